@@ -1,0 +1,64 @@
+//! `opennotr`: the client. Reads its config, keeps the tunnel up, prints
+//! what the server gave it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use opennotr_client::{Client, Event};
+
+/// Exposes local services through an opennotrd server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (the original's `-conf FILE` works too).
+    #[arg(short, long, value_name = "FILE", default_value = "config.yaml")]
+    config: PathBuf,
+    /// Log level or filter (default: $RUST_LOG, else info).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log one JSON object per line.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse_from(opennotr_cli::normalize_args(std::env::args_os()));
+    let cfg = match opennotr_config::load_client(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("opennotr: {}: {e}", args.config.display());
+            return std::process::ExitCode::from(opennotr_config::EXIT_USAGE as u8);
+        }
+    };
+    opennotr_cli::init_tracing(args.log_level.as_deref(), args.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("opennotr: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let shutdown = opennotr_cli::shutdown_on_signals();
+        let client = Client::new(
+            cfg,
+            Arc::new(|e: &Event| match e {
+                Event::Connected(reg) => {
+                    for line in reg.lines() {
+                        println!("{line}");
+                    }
+                }
+                Event::Refused { code, message } => {
+                    println!("refused by server ({code}): {message}")
+                }
+                Event::Disconnected { reason, retry_in } => {
+                    println!("disconnected: {reason}; retrying in {:.1}s", retry_in.as_secs_f64())
+                }
+                _ => {}
+            }),
+        );
+        client.run(shutdown).await;
+    });
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,73 @@
+//! `opennotrd`: the server. Reads its config (a bad one exits 64 before
+//! anything binds), serves until SIGINT/SIGTERM, drains, exits 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use opennotr_server::{builtin_plugins, Server, ServerError};
+
+mod demo;
+
+/// Makes services behind NAT reachable through this host.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (the original's `-conf FILE` works too).
+    #[arg(short, long, value_name = "FILE", default_value = "notrd.yaml", conflicts_with = "demo")]
+    config: PathBuf,
+    /// Run a complete local setup on embedded defaults: a server, a client
+    /// and a sample service, all on 127.0.0.1; prints what to try.
+    #[arg(long)]
+    demo: bool,
+    /// Log level or filter (default: $RUST_LOG, else info).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log one JSON object per line.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse_from(opennotr_cli::normalize_args(std::env::args_os()));
+    let cfg = if args.demo {
+        None
+    } else {
+        match opennotr_config::load_server(&args.config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("opennotrd: {}: {e}", args.config.display());
+                return ExitCode::from(opennotr_config::EXIT_USAGE as u8);
+            }
+        }
+    };
+    opennotr_cli::init_tracing(args.log_level.as_deref(), args.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("opennotrd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = opennotr_cli::shutdown_on_signals();
+        match cfg {
+            Some(cfg) => {
+                let server = Server::bind(cfg, &builtin_plugins()).await?;
+                server.run(shutdown).await
+            }
+            None => demo::run(shutdown).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ServerError::Config { .. }) => {
+            eprintln!("opennotrd: {}: {e}", args.config.display());
+            ExitCode::from(opennotr_config::EXIT_USAGE as u8)
+        }
+        Err(e) => {
+            eprintln!("opennotrd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! What `opennotrd` and `opennotr` share: the original's `-conf` flag,
+//! logging set-up and signal handling.
+
+use std::ffi::OsString;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Rewrites the original Go flag `-conf FILE` / `-conf=FILE` to `--config`,
+/// so clap handles both spellings.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-conf") => OsString::from("--config"),
+            Some(s) if s.starts_with("-conf=") => OsString::from(format!("--config={}", &s[6..])),
+            _ => a,
+        })
+        .collect()
+}
+
+/// Logs to stderr. The level comes from `level` (a flag) or `RUST_LOG`,
+/// default `info`; `json` switches to one JSON object per line.
+pub fn init_tracing(level: Option<&str>, json: bool) {
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM; a second one exits at
+/// once with status 130.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_signal().await;
+        info!("signal received; shutting down (send it again to exit at once)");
+        t.cancel();
+        wait_signal().await;
+        warn!("second signal; exiting now");
+        std::process::exit(130);
+    });
+    token
+}
+
+#[cfg(unix)]
+async fn wait_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_flag_is_rewritten() {
+        let a = normalize_args(["x", "-conf", "f.yaml", "-conf=g.yaml", "-c", "h"].map(OsString::from));
+        assert_eq!(a, ["x", "--config", "f.yaml", "--config=g.yaml", "-c", "h"].map(OsString::from));
+    }
+}

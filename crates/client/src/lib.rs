@@ -1,0 +1,198 @@
+//! `opennotr`, the client: keeps one authenticated, encrypted control
+//! connection to `opennotrd`, reconnecting forever with backoff, and for each
+//! stream the server asks for, dials the local target and a data channel to
+//! the server and relays between them.
+//!
+//! The client dials only targets declared in its own configuration: a
+//! server (or anyone posing as one) cannot make it connect anywhere else.
+//!
+//! # Layout
+//! - [`Client`]: the reconnect loop and the events it reports.
+//! - `session`: one connection: handshake, registration, control loop.
+//! - `stream`: one stream: local dial, data channel, relay (TCP) or pump (UDP).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opennotr_config::ClientConfig;
+use opennotr_proto::message::{ForwardResult, RefuseCode, StreamProtocol};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+mod session;
+mod stream;
+
+/// What happened, for the user and for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The session is up.
+    Connected(Registration),
+    /// The server refused the client.
+    Refused {
+        /// Machine-readable reason.
+        code: RefuseCode,
+        /// What the server said.
+        message: String,
+    },
+    /// The connection failed or ended.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// When the next attempt is made.
+        retry_in: Duration,
+    },
+}
+
+/// What the server gave this client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The virtual IP.
+    pub vip: std::net::Ipv4Addr,
+    /// The domain.
+    pub domain: String,
+    /// One result per requested forward.
+    pub forwards: Vec<ForwardResult>,
+}
+
+impl Registration {
+    /// The original opennotr's connect lines, plus one per refused forward.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out =
+            vec!["connect success".to_string(), format!("vhost: {}", self.vip), format!("domain: {}", self.domain)];
+        for f in &self.forwards {
+            let r = &f.request;
+            let public = match f.public_port {
+                Some(p) => format!("{}://{}:{}", r.protocol, self.domain, p),
+                None => f.url.clone().unwrap_or_else(|| format!("{}://{}", r.protocol, self.domain)),
+            };
+            let local = SocketAddr::new(r.local_ip, r.local_port);
+            match &f.error {
+                None => out.push(format!("{public} => {local}")),
+                Some(e) => {
+                    out.push(format!("{}://{}:{} => {local} refused: {e}", r.protocol, self.domain, r.public_port))
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Receives [`Event`]s.
+pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server said no.
+    #[error("refused by the server ({code}): {message}")]
+    Refused {
+        /// Machine-readable reason.
+        code: RefuseCode,
+        /// What the server said.
+        message: String,
+    },
+    /// Key confirmation failed on our side.
+    #[error("authentication failed: the server does not know our key (check `key` against the server's authKey)")]
+    BadKey,
+    /// The connection or its protocol failed.
+    #[error("{0}")]
+    Transport(#[from] opennotr_transport::TransportError),
+    /// The server sent something unexpected.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server stopped answering keepalives.
+    #[error("server silent for {0:?}")]
+    Silent(Duration),
+    /// The server is shutting down.
+    #[error("server going away: {0}")]
+    GoingAway(String),
+}
+
+/// The targets this client's config declares; nothing else is ever dialed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Allowed(HashSet<(StreamProtocol, SocketAddr)>);
+
+impl Allowed {
+    fn from_config(cfg: &ClientConfig) -> Self {
+        let mut set = HashSet::new();
+        for f in &cfg.forwards {
+            let proto = if f.protocol == "udp" { StreamProtocol::Udp } else { StreamProtocol::Tcp };
+            for &(_, local) in &f.ports {
+                set.insert((proto, SocketAddr::new(f.local_ip, local)));
+            }
+        }
+        Allowed(set)
+    }
+
+    pub(crate) fn permits(&self, proto: StreamProtocol, target: SocketAddr) -> bool {
+        self.0.contains(&(proto, target))
+    }
+}
+
+/// The client: configuration, identity and event sink.
+pub struct Client {
+    cfg: Arc<ClientConfig>,
+    client_id: String,
+    events: EventSink,
+    allowed: Arc<Allowed>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("server", &self.cfg.server_addr).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `cfg`, reporting to `events`. Its id is random, so one
+    /// process keeps its VIP, domain and ports across reconnects.
+    pub fn new(cfg: ClientConfig, events: EventSink) -> Self {
+        let allowed = Arc::new(Allowed::from_config(&cfg));
+        Client { cfg: Arc::new(cfg), client_id: hex::encode(rand::random::<[u8; 16]>()), events, allowed }
+    }
+
+    /// Connects, serves, and reconnects with exponential backoff and jitter
+    /// until `shutdown` is cancelled.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let cap = self.cfg.reconnect_max_delay;
+        let base = Duration::from_millis(500).min(cap);
+        let mut attempt = 0u32;
+        while !shutdown.is_cancelled() {
+            let started = tokio::time::Instant::now();
+            let r = tokio::select! {
+                r = session::connect_and_serve(&self.cfg, &self.client_id, &self.allowed, &self.events, &shutdown) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A session that lived a while was healthy: start over from the
+            // shortest delay.
+            if started.elapsed() > Duration::from_secs(30) {
+                attempt = 0;
+            }
+            let exp = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+            let delay = exp.mul_f64(rand::rng().random_range(0.5..=1.0));
+            attempt = attempt.saturating_add(1);
+            let reason = match &r {
+                Ok(()) => "connection closed".to_string(),
+                Err(e) => e.to_string(),
+            };
+            if let Err(ClientError::Refused { code, message }) = &r {
+                (self.events)(&Event::Refused { code: *code, message: message.clone() });
+            }
+            warn!(%reason, retry_in_ms = delay.as_millis() as u64, "disconnected");
+            (self.events)(&Event::Disconnected { reason, retry_in: delay });
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        info!("client stopped");
+    }
+}

@@ -1,0 +1,190 @@
+//! One connection to the server: handshake, registration, control loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use opennotr_config::ClientConfig;
+use opennotr_proto::frame::{preface, PROTOCOL_VERSION};
+use opennotr_proto::handshake::{ClientHandshake, HandshakeError, SessionKeys};
+use opennotr_proto::message::{ClientMessage, ForwardRequest, ServerMessage};
+use opennotr_transport::{
+    read_frame_exact, timed, tune_tcp, write_frame, Channel, FrameReader, FrameWriter, SecureStream, TransportError,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::{Allowed, ClientError, Event, EventSink, Registration};
+
+const SOFTWARE: &str = concat!("opennotr/", env!("CARGO_PKG_VERSION"));
+
+/// What a stream task needs to reach the server again.
+pub(crate) struct Link {
+    pub(crate) server: SocketAddr,
+    pub(crate) session: Vec<u8>,
+    pub(crate) keys: SessionKeys,
+    pub(crate) plaintext: bool,
+    pub(crate) timeout: std::time::Duration,
+}
+
+fn requests(cfg: &ClientConfig) -> Vec<ForwardRequest> {
+    cfg.forwards
+        .iter()
+        .flat_map(|f| {
+            f.ports.iter().map(move |&(public, local)| ForwardRequest {
+                protocol: f.protocol.clone(),
+                public_port: public,
+                local_ip: f.local_ip,
+                local_port: local,
+                raw_config: f.raw_config.clone(),
+            })
+        })
+        .collect()
+}
+
+fn refused(m: ServerMessage) -> ClientError {
+    match m {
+        ServerMessage::Refused { code, message } => ClientError::Refused { code, message },
+        other => ClientError::Protocol(format!("unexpected message {other:?}")),
+    }
+}
+
+pub(crate) async fn connect_and_serve(
+    cfg: &ClientConfig,
+    client_id: &str,
+    allowed: &Arc<Allowed>,
+    events: &EventSink,
+    shutdown: &CancellationToken,
+) -> Result<(), ClientError> {
+    let limit = cfg.handshake_timeout;
+    let mut tcp =
+        timed(limit, "connecting to the server", async { Ok(TcpStream::connect(cfg.server_addr.as_str()).await?) })
+            .await?;
+    tune_tcp(&tcp);
+    let server = tcp.peer_addr().map_err(TransportError::from)?;
+
+    let (hs, spake) = ClientHandshake::start(cfg.key.expose().as_bytes(), cfg.plaintext);
+    let hello =
+        ClientMessage::Hello { version: PROTOCOL_VERSION, spake, plaintext: cfg.plaintext, software: SOFTWARE.into() };
+    timed(limit, "sending hello", async {
+        tcp.write_all(&preface()).await?;
+        write_frame(&mut tcp, &hello.to_bytes()).await
+    })
+    .await?;
+    let reply = timed(limit, "waiting for the server's challenge", read_frame_exact(&mut tcp)).await?;
+    let (keys, mac) = match ServerMessage::from_bytes(&reply).map_err(TransportError::from)? {
+        ServerMessage::Challenge { version, spake, mac, software } => {
+            if version != PROTOCOL_VERSION {
+                return Err(ClientError::Protocol(format!(
+                    "server speaks protocol {version}, we speak {PROTOCOL_VERSION}"
+                )));
+            }
+            debug!(%software, "server");
+            match hs.finish(&spake, &mac) {
+                Ok(x) => x,
+                Err(HandshakeError::BadKey) => return Err(ClientError::BadKey),
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+        }
+        other => return Err(refused(other)),
+    };
+    timed(limit, "sending confirm", write_frame(&mut tcp, &ClientMessage::Confirm { mac }.to_bytes())).await?;
+
+    let chan = if cfg.plaintext {
+        Channel::Plain(tcp)
+    } else {
+        Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new())))
+    };
+    let (rd, wr) = tokio::io::split(chan);
+    let mut reader = FrameReader::new(rd);
+    let mut writer = FrameWriter::new(wr);
+    let register = ClientMessage::Register {
+        client_id: client_id.to_string(),
+        domain: cfg.domain.clone(),
+        forwards: requests(cfg),
+    };
+    timed(limit, "sending register", writer.send(&register.to_bytes())).await?;
+    let reply = timed(limit, "waiting for registration", reader.next()).await?;
+    let (session, reg) = match ServerMessage::from_bytes(&reply).map_err(TransportError::from)? {
+        ServerMessage::Registered { session, vip, domain, forwards } => {
+            (session, Registration { vip, domain, forwards })
+        }
+        other => return Err(refused(other)),
+    };
+    info!(vip = %reg.vip, domain = %reg.domain, "connected");
+    for f in &reg.forwards {
+        if let Some(e) = &f.error {
+            warn!(protocol = %f.request.protocol, public_port = f.request.public_port, error = %e, "forward refused by the server");
+        }
+    }
+    (events)(&Event::Connected(reg));
+
+    let link = Arc::new(Link { server, session, keys, plaintext: cfg.plaintext, timeout: limit });
+    let kill = shutdown.child_token();
+    let (out, mut outbox) = mpsc::channel::<ClientMessage>(1024);
+    let keepalive = cfg.keepalive_timeout;
+    let write_kill = kill.clone();
+    let writer_task = tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                m = outbox.recv() => m,
+                _ = write_kill.cancelled() => None,
+            };
+            let Some(m) = m else { break };
+            match tokio::time::timeout(keepalive, writer.send(&m.to_bytes())).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    write_kill.cancel();
+                    break;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.shutdown()).await;
+    });
+
+    let mut ping = tokio::time::interval(cfg.keepalive_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = tokio::time::sleep(keepalive);
+    tokio::pin!(deadline);
+    let mut seq = 0u64;
+    let result = loop {
+        tokio::select! {
+            frame = reader.next() => {
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => break Err(e.into()),
+                };
+                deadline.as_mut().reset(Instant::now() + keepalive);
+                match ServerMessage::from_bytes(&frame) {
+                    Ok(ServerMessage::Connect { stream, protocol, target, peer }) => {
+                        let span = info_span!("stream", id = stream, %target, peer = ?peer);
+                        tokio::spawn(
+                            crate::stream::serve(link.clone(), allowed.clone(), out.clone(), kill.clone(), stream, protocol, target)
+                                .instrument(span),
+                        );
+                    }
+                    Ok(ServerMessage::Ping { seq }) => { let _ = out.try_send(ClientMessage::Pong { seq }); }
+                    Ok(ServerMessage::Pong { .. }) => {}
+                    Ok(ServerMessage::GoingAway { reason }) => break Err(ClientError::GoingAway(reason)),
+                    Ok(ServerMessage::Refused { code, message }) => break Err(ClientError::Refused { code, message }),
+                    Ok(other) => break Err(ClientError::Protocol(format!("unexpected message {other:?}"))),
+                    Err(e) => break Err(ClientError::Protocol(e.to_string())),
+                }
+            }
+            _ = ping.tick() => {
+                seq += 1;
+                let _ = out.try_send(ClientMessage::Ping { seq });
+            }
+            _ = &mut deadline => break Err(ClientError::Silent(keepalive)),
+            _ = kill.cancelled() => break Ok(()),
+        }
+    };
+    // Every stream of this session ends with it.
+    kill.cancel();
+    let _ = writer_task.await;
+    result
+}

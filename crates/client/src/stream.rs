@@ -1,0 +1,164 @@
+//! One stream: dial the local target, open a data channel, relay.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use opennotr_proto::datagram;
+use opennotr_proto::frame::preface;
+use opennotr_proto::message::{ClientMessage, StreamProtocol};
+use opennotr_transport::relay::relay;
+use opennotr_transport::{timed, tune_tcp, write_frame, Channel, SecureStream, TransportError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::session::Link;
+use crate::Allowed;
+
+/// Datagrams from the local service waiting for the tunnel; beyond this
+/// they are dropped rather than blocking the socket.
+const UDP_QUEUE: usize = 512;
+
+enum Local {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+pub(crate) async fn serve(
+    link: Arc<Link>,
+    allowed: Arc<Allowed>,
+    out: mpsc::Sender<ClientMessage>,
+    kill: CancellationToken,
+    stream: u64,
+    protocol: StreamProtocol,
+    target: std::net::SocketAddr,
+) {
+    let refuse = |reason: String| {
+        let out = out.clone();
+        async move {
+            let _ = out.send(ClientMessage::StreamRefused { stream, reason }).await;
+        }
+    };
+    if !allowed.permits(protocol, target) {
+        warn!("server asked for a target this client does not declare; refused");
+        return refuse(format!("{target} is not a target declared in the client's config")).await;
+    }
+    let local = match protocol {
+        StreamProtocol::Tcp => {
+            match timed(link.timeout, "connecting to the local service", async {
+                Ok(TcpStream::connect(target).await?)
+            })
+            .await
+            {
+                Ok(s) => {
+                    tune_tcp(&s);
+                    Local::Tcp(s)
+                }
+                Err(e) => {
+                    debug!(error = %e, "local service unreachable");
+                    return refuse(format!("cannot connect to {target}: {e}")).await;
+                }
+            }
+        }
+        StreamProtocol::Udp => {
+            let bind: std::net::SocketAddr =
+                if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+            let sock = match UdpSocket::bind(bind).await {
+                Ok(s) => s,
+                Err(e) => return refuse(format!("cannot open a UDP socket: {e}")).await,
+            };
+            if let Err(e) = sock.connect(target).await {
+                return refuse(format!("cannot reach {target}: {e}")).await;
+            }
+            Local::Udp(sock)
+        }
+    };
+    let chan = match open_data_channel(&link, stream).await {
+        Ok(c) => c,
+        Err(e) => return debug!(error = %e, "cannot open a data channel to the server"),
+    };
+    tokio::select! {
+        _ = kill.cancelled() => debug!("session closed; stream dropped"),
+        r = async {
+            match local {
+                Local::Tcp(mut s) => {
+                    let mut chan = chan;
+                    relay(&mut s, &mut chan).await.map(|(up, down)| debug!(up, down, "stream closed"))
+                }
+                Local::Udp(sock) => pump_udp(sock, chan).await,
+            }
+        } => if let Err(e) = r { debug!(error = %e, "stream ended with an error") },
+    }
+}
+
+async fn open_data_channel(link: &Link, stream: u64) -> Result<Channel, TransportError> {
+    timed(link.timeout, "opening a data channel", async {
+        let mut tcp = TcpStream::connect(link.server).await?;
+        tune_tcp(&tcp);
+        let nonce: [u8; 16] = rand::random();
+        let mac = link.keys.data_hello_mac(&link.session, stream, &nonce);
+        let hello = ClientMessage::DataHello { session: link.session.clone(), stream, nonce: nonce.to_vec(), mac };
+        tcp.write_all(&preface()).await?;
+        write_frame(&mut tcp, &hello.to_bytes()).await?;
+        Ok(if link.plaintext {
+            Channel::Plain(tcp)
+        } else {
+            let k = link.keys.data_channel_keys(stream, &nonce);
+            Channel::Sealed(Box::new(SecureStream::new(tcp, &k.c2s, &k.s2c, BytesMut::new())))
+        })
+    })
+    .await
+}
+
+/// Datagrams both ways between a connected UDP socket and the stream.
+async fn pump_udp(sock: UdpSocket, chan: Channel) -> std::io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(chan);
+    let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(UDP_QUEUE);
+    let sock = &sock;
+    let from_local = async {
+        let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
+        loop {
+            let n = sock.recv(&mut buf).await?;
+            // Full queue: the tunnel is slower than the service; drop.
+            let _ = tx.try_send(bytes::Bytes::copy_from_slice(&buf[..n]));
+        }
+    };
+    let to_server = async {
+        let mut batch = BytesMut::with_capacity(64 * 1024);
+        while let Some(d) = rx.recv().await {
+            batch.clear();
+            datagram::encode(&d, &mut batch);
+            while batch.len() < 64 * 1024 {
+                match rx.try_recv() {
+                    Ok(d) => {
+                        datagram::encode(&d, &mut batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+            wr.write_all(&batch).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let to_local = async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            if rd.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            while let Some(d) = datagram::decode(&mut buf) {
+                // A refused send (nothing listening yet) is the service's
+                // problem, not the flow's.
+                let _ = sock.send(&d).await;
+            }
+            buf.reserve(64 * 1024);
+        }
+    };
+    tokio::select! {
+        r = from_local => r,
+        r = to_server => r,
+        r = to_local => r,
+    }
+}

@@ -1,0 +1,134 @@
+//! `opennotr` configuration file.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::server::check_keepalive;
+use crate::util::{dns_name, duration, host_port, is_plugin_name, PortMap, Seconds};
+use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawFile {
+    server_addr: Option<String>,
+    key: Option<String>,
+    domain: Option<String>,
+    forwards: Option<Vec<RawForward>>,
+    plaintext: Option<bool>,
+    keepalive_interval: Option<Seconds>,
+    keepalive_timeout: Option<Seconds>,
+    handshake_timeout: Option<Seconds>,
+    reconnect_max_delay: Option<Seconds>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    protocol: Option<String>,
+    ports: Option<PortMap>,
+    // The original's Go field names, hence not camelCase for `IP`.
+    #[serde(rename = "localIP")]
+    local_ip: Option<String>,
+    #[serde(rename = "rawConfig")]
+    raw_config: Option<String>,
+}
+
+pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
+    let raw: RawFile = yaml::from_str(text)?.unwrap_or_default();
+    validate(raw)
+}
+
+fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
+    let server_addr = raw.server_addr.ok_or_else(|| ConfigError::invalid("serverAddr", "required"))?;
+    host_port(&server_addr).map_err(|m| ConfigError::invalid("serverAddr", m))?;
+
+    let key = raw.key.ok_or_else(|| ConfigError::invalid("key", "required"))?;
+    if key.is_empty() {
+        return Err(ConfigError::invalid("key", "must not be empty"));
+    }
+
+    // Go's zero value: an empty domain asks the server to pick one.
+    let domain = match raw.domain.filter(|d| !d.is_empty()) {
+        None => None,
+        Some(d) => Some(dns_name(&d).map_err(|m| ConfigError::invalid("domain", m))?),
+    };
+
+    let mut forwards = Vec::new();
+    // (protocol, public port) -> index of the forward that claimed it first.
+    let mut claimed: HashMap<(String, u16), usize> = HashMap::new();
+    for (i, f) in raw.forwards.unwrap_or_default().into_iter().enumerate() {
+        forwards.push(forward(i, f, &mut claimed)?);
+    }
+
+    let keepalive_interval = duration("keepaliveInterval", raw.keepalive_interval, Duration::from_secs(5))?;
+    let keepalive_timeout = duration("keepaliveTimeout", raw.keepalive_timeout, Duration::from_secs(15))?;
+    check_keepalive("keepaliveTimeout", keepalive_interval, keepalive_timeout)?;
+
+    Ok(ClientConfig {
+        server_addr,
+        key: Secret::new(key),
+        domain,
+        forwards,
+        plaintext: raw.plaintext.unwrap_or(false),
+        keepalive_interval,
+        keepalive_timeout,
+        handshake_timeout: duration("handshakeTimeout", raw.handshake_timeout, Duration::from_secs(10))?,
+        reconnect_max_delay: duration("reconnectMaxDelay", raw.reconnect_max_delay, Duration::from_secs(30))?,
+    })
+}
+
+fn forward(
+    i: usize,
+    raw: RawForward,
+    claimed: &mut HashMap<(String, u16), usize>,
+) -> Result<ForwardConfig, ConfigError> {
+    let key = |field: &str| format!("forwards[{i}].{field}");
+
+    let protocol = raw.protocol.ok_or_else(|| ConfigError::invalid(key("protocol"), "required"))?;
+    if protocol.is_empty() {
+        return Err(ConfigError::invalid(key("protocol"), "must not be empty"));
+    }
+    if !is_plugin_name(&protocol) {
+        return Err(ConfigError::invalid(
+            key("protocol"),
+            format!("`{protocol}` is not a plugin name (lowercase letters, digits, '_' and '-')"),
+        ));
+    }
+
+    let pairs = raw.ports.unwrap_or_default().0;
+    if pairs.is_empty() {
+        return Err(ConfigError::invalid(
+            key("ports"),
+            "must map at least one public port to a local port, e.g. `0: 8080`",
+        ));
+    }
+    let mut ports = Vec::with_capacity(pairs.len());
+    for (public, local) in &pairs {
+        let bad = |m: String| ConfigError::invalid(key("ports"), m);
+        let public = public.port().map_err(|m| bad(format!("public port: {m}")))?;
+        let local = local.port().map_err(|m| bad(format!("local port: {m}")))?;
+        if local == 0 {
+            return Err(bad(format!("local port of public port {public} must be 1-65535, not 0")));
+        }
+        // Public port 0 means "server chooses", so any number of them may coexist.
+        if public != 0 {
+            if let Some(first) = claimed.insert((protocol.clone(), public), i) {
+                let whose = if first == i { "earlier in this map".to_owned() } else { format!("by forwards[{first}]") };
+                return Err(bad(format!("public port {public}/{protocol} is already used {whose}")));
+            }
+        }
+        ports.push((public, local));
+    }
+
+    let local_ip = match raw.local_ip.filter(|ip| !ip.is_empty()) {
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(text) => {
+            text.parse().map_err(|_| ConfigError::invalid(key("localIP"), format!("`{text}` is not an IP address")))?
+        }
+    };
+
+    Ok(ForwardConfig { protocol, ports, local_ip, raw_config: raw.raw_config.filter(|c| !c.is_empty()) })
+}

@@ -1,0 +1,207 @@
+//! Configuration of `opennotrd` (server) and `opennotr` (client).
+//!
+//! The original Go project's YAML files (`notrd.yaml`, `config.yaml`) parse
+//! unchanged; new keys are additions. Parsing is strict: an unknown key, a
+//! wrong type or an invalid value is a [`ConfigError`] naming the key, and the
+//! binaries exit with [`EXIT_USAGE`] before anything binds.
+//!
+//! CONTRACT (used by the server, client and binaries — keep these names):
+//! the public types and functions below. Implementation is free.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+mod client;
+mod listen;
+mod server;
+mod util;
+mod yaml;
+
+/// Exit code for a configuration error (BSD `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+
+/// A secret string whose `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// What went wrong, always naming the key (dotted path such as `server.listen`
+/// or `forwards[1].ports`) where there is one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), message: message.into() }
+    }
+    /// The key at fault, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Io { .. } => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- server
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub server: ServerSection,
+    pub dhcp: DhcpSection,
+    /// `plugin.<name>`: the plugin's configuration as JSON (the original
+    /// writes a string holding JSON; a YAML mapping is accepted too).
+    pub plugins: BTreeMap<String, serde_json::Value>,
+    pub limits: Limits,
+    /// `resolver.etcdEndpoints` (original key); empty = DNS publishing off.
+    pub etcd_endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSection {
+    /// `server.listen`, Go style `":10100"` means all interfaces.
+    pub listen: SocketAddr,
+    /// `server.authKey`: shared key of all clients. Must be non-empty.
+    pub auth_key: Secret,
+    /// `server.domain`: zone under which client domains are generated.
+    pub domain: String,
+    /// `server.tcplisten` (or the original HEAD's `tcpforward.listen`).
+    pub tcp_listen: Option<SocketAddr>,
+    /// `server.udplisten` (or `udpforward.listen`).
+    pub udp_listen: Option<SocketAddr>,
+    /// `server.allowPlaintext` (default false): accept clients that ask for
+    /// an unencrypted tunnel. Authentication is never skipped.
+    pub allow_plaintext: bool,
+    /// `server.handshakeTimeout` seconds (default 10).
+    pub handshake_timeout: Duration,
+    /// `server.keepaliveInterval` seconds (default 5).
+    pub keepalive_interval: Duration,
+    /// `server.keepaliveTimeout` seconds (default 15): a peer silent this long is dead.
+    pub keepalive_timeout: Duration,
+    /// `server.connectTimeout` seconds (default 10): how long a visitor waits
+    /// for the client to open the stream.
+    pub connect_timeout: Duration,
+    /// `server.shutdownGrace` seconds (default 10).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DhcpSection {
+    /// `dhcp.cidr` as written, e.g. `100.64.242.1/24` (IPv4).
+    pub cidr: ipnet::Ipv4Net,
+    /// `dhcp.ip`: the server's own address in the pool, never handed out.
+    pub ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `limits.maxClients` (default 1024).
+    pub max_clients: usize,
+    /// `limits.maxForwardsPerClient` (default 64).
+    pub max_forwards_per_client: usize,
+    /// `limits.maxStreamsPerClient` (default 4096).
+    pub max_streams_per_client: usize,
+    /// `limits.maxUdpFlowsPerForward` (default 1024).
+    pub max_udp_flows_per_forward: usize,
+    /// `limits.maxHandshakes` (default 256): connections in handshake at once.
+    pub max_handshakes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clients: 1024,
+            max_forwards_per_client: 64,
+            max_streams_per_client: 4096,
+            max_udp_flows_per_forward: 1024,
+            max_handshakes: 256,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `serverAddr`: `host:port` of opennotrd.
+    pub server_addr: String,
+    /// `key`: must equal the server's `authKey`.
+    pub key: Secret,
+    /// `domain`: requested domain; `None` = the server picks a random label.
+    pub domain: Option<String>,
+    pub forwards: Vec<ForwardConfig>,
+    /// `plaintext` (default false): ask for an unencrypted tunnel.
+    pub plaintext: bool,
+    /// `keepaliveInterval` / `keepaliveTimeout` seconds (defaults 5 / 15).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// `handshakeTimeout` seconds (default 10), also the dial timeout.
+    pub handshake_timeout: Duration,
+    /// `reconnectMaxDelay` seconds (default 30): cap of the backoff.
+    pub reconnect_max_delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// `forwards[i].protocol`: plugin name (`tcp`, `udp`, ...).
+    pub protocol: String,
+    /// `forwards[i].ports`: public port -> local port, in file order
+    /// (public port 0 = let the server choose).
+    pub ports: Vec<(u16, u16)>,
+    /// `forwards[i].localIP` (default 127.0.0.1): host the client dials.
+    pub local_ip: IpAddr,
+    /// `forwards[i].rawConfig`: opaque string handed to the plugin.
+    pub raw_config: Option<String>,
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Parses and validates a server file (see `docs/configuration.md`).
+pub fn parse_server(yaml: &str) -> Result<ServerConfig, ConfigError> {
+    server::parse(yaml)
+}
+pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+    parse_server(&text)
+}
+/// Parses and validates a client file (see `docs/configuration.md`).
+pub fn parse_client(yaml: &str) -> Result<ClientConfig, ConfigError> {
+    client::parse(yaml)
+}
+pub fn load_client(path: &Path) -> Result<ClientConfig, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+    parse_client(&text)
+}
+
+/// Parses a Go-style listen address: `":10100"` = all IPv4 interfaces,
+/// `"127.0.0.1:80"`, `"[::1]:80"`, `"localhost:80"` (= 127.0.0.1). Port 0
+/// is allowed (bind to any free port). The error is a message without the
+/// key; the caller adds it.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    listen::parse_listen(s)
+}

@@ -1,0 +1,269 @@
+//! `opennotrd` configuration file.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::util::{dns_name, duration, is_plugin_name, positive, Seconds};
+use crate::{yaml, ConfigError, DhcpSection, Limits, Secret, ServerConfig, ServerSection};
+
+// Raw shapes of the file. Every field is optional so that a missing required
+// key is reported by name (`server.listen: required`) by `validate`, rather
+// than as serde's "missing field" against the parent section.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    server: Option<RawServer>,
+    dhcp: Option<RawDhcp>,
+    plugin: Option<BTreeMap<String, serde_json::Value>>,
+    limits: Option<RawLimits>,
+    tcpforward: Option<RawTcpForward>,
+    udpforward: Option<RawUdpForward>,
+    resolver: Option<RawResolver>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawServer {
+    listen: Option<String>,
+    auth_key: Option<String>,
+    domain: Option<String>,
+    // The original spells these in lower case.
+    #[serde(rename = "tcplisten")]
+    tcp_listen: Option<String>,
+    #[serde(rename = "udplisten")]
+    udp_listen: Option<String>,
+    allow_plaintext: Option<bool>,
+    handshake_timeout: Option<Seconds>,
+    keepalive_interval: Option<Seconds>,
+    keepalive_timeout: Option<Seconds>,
+    connect_timeout: Option<Seconds>,
+    shutdown_grace: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDhcp {
+    cidr: Option<String>,
+    ip: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawLimits {
+    max_clients: Option<u64>,
+    max_forwards_per_client: Option<u64>,
+    max_streams_per_client: Option<u64>,
+    max_udp_flows_per_forward: Option<u64>,
+    max_handshakes: Option<u64>,
+}
+
+// The timeouts of the original's last version are parsed so its files load,
+// and otherwise ignored: the new transport has its own keepalive.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTcpForward {
+    listen: Option<String>,
+    #[allow(dead_code)]
+    read_timeout: Option<i64>,
+    #[allow(dead_code)]
+    write_timeout: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawUdpForward {
+    listen: Option<String>,
+    #[allow(dead_code)]
+    read_timeout: Option<i64>,
+    #[allow(dead_code)]
+    write_timeout: Option<i64>,
+    #[allow(dead_code)]
+    session_timeout: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawResolver {
+    etcd_endpoints: Option<Vec<String>>,
+}
+
+pub(crate) fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+    let raw: RawFile = yaml::from_str(text)?.unwrap_or_default();
+    validate(raw)
+}
+
+fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
+    let s = raw.server.unwrap_or_default();
+    let listen = listen("server.listen", required("server.listen", s.listen)?.as_str())?;
+
+    let auth_key = required("server.authKey", s.auth_key)?;
+    if auth_key.is_empty() {
+        return Err(ConfigError::invalid("server.authKey", "must not be empty"));
+    }
+    let domain = required("server.domain", s.domain)?;
+    let domain = dns_name(&domain).map_err(|m| ConfigError::invalid("server.domain", m))?;
+
+    let tcp_listen = merge_listen(
+        ("server.tcplisten", s.tcp_listen),
+        ("tcpforward.listen", raw.tcpforward.unwrap_or_default().listen),
+    )?;
+    let udp_listen = merge_listen(
+        ("server.udplisten", s.udp_listen),
+        ("udpforward.listen", raw.udpforward.unwrap_or_default().listen),
+    )?;
+
+    let keepalive_interval = duration("server.keepaliveInterval", s.keepalive_interval, Duration::from_secs(5))?;
+    let keepalive_timeout = duration("server.keepaliveTimeout", s.keepalive_timeout, Duration::from_secs(15))?;
+    check_keepalive("server.keepaliveTimeout", keepalive_interval, keepalive_timeout)?;
+
+    let server = ServerSection {
+        listen,
+        auth_key: Secret::new(auth_key),
+        domain,
+        tcp_listen,
+        udp_listen,
+        allow_plaintext: s.allow_plaintext.unwrap_or(false),
+        handshake_timeout: duration("server.handshakeTimeout", s.handshake_timeout, Duration::from_secs(10))?,
+        keepalive_interval,
+        keepalive_timeout,
+        connect_timeout: duration("server.connectTimeout", s.connect_timeout, Duration::from_secs(10))?,
+        shutdown_grace: duration("server.shutdownGrace", s.shutdown_grace, Duration::from_secs(10))?,
+    };
+
+    let dhcp = dhcp(raw.dhcp.unwrap_or_default())?;
+
+    let mut plugins = BTreeMap::new();
+    for (name, value) in raw.plugin.unwrap_or_default() {
+        let key = format!("plugin.{name}");
+        if !is_plugin_name(&name) {
+            return Err(ConfigError::invalid(key, "plugin names may only hold lowercase letters, digits, '_' and '-'"));
+        }
+        let value = plugin_value(value).map_err(|m| ConfigError::invalid(&key, m))?;
+        plugins.insert(name, value);
+    }
+
+    let l = raw.limits.unwrap_or_default();
+    let d = Limits::default();
+    let limits = Limits {
+        max_clients: positive("limits.maxClients", l.max_clients, d.max_clients)?,
+        max_forwards_per_client: positive(
+            "limits.maxForwardsPerClient",
+            l.max_forwards_per_client,
+            d.max_forwards_per_client,
+        )?,
+        max_streams_per_client: positive(
+            "limits.maxStreamsPerClient",
+            l.max_streams_per_client,
+            d.max_streams_per_client,
+        )?,
+        max_udp_flows_per_forward: positive(
+            "limits.maxUdpFlowsPerForward",
+            l.max_udp_flows_per_forward,
+            d.max_udp_flows_per_forward,
+        )?,
+        max_handshakes: positive("limits.maxHandshakes", l.max_handshakes, d.max_handshakes)?,
+    };
+
+    let etcd_endpoints = raw.resolver.unwrap_or_default().etcd_endpoints.unwrap_or_default();
+    if let Some(i) = etcd_endpoints.iter().position(|e| e.trim().is_empty()) {
+        return Err(ConfigError::invalid(format!("resolver.etcdEndpoints[{i}]"), "must not be empty"));
+    }
+
+    Ok(ServerConfig { server, dhcp, plugins, limits, etcd_endpoints })
+}
+
+fn required(key: &str, value: Option<String>) -> Result<String, ConfigError> {
+    value.ok_or_else(|| ConfigError::invalid(key, "required"))
+}
+
+fn listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    crate::listen::parse_listen(value).map_err(|m| ConfigError::invalid(key, m))
+}
+
+/// `server.tcplisten` (original README) and `tcpforward.listen` (original
+/// HEAD) name the same listener; either may be used, both only if they agree.
+fn merge_listen(
+    (new_key, new): (&str, Option<String>),
+    (old_key, old): (&str, Option<String>),
+) -> Result<Option<SocketAddr>, ConfigError> {
+    // An empty string was Go's zero value, i.e. "not configured".
+    let parse = |key: &str, v: Option<String>| match v.filter(|v| !v.is_empty()) {
+        Some(v) => listen(key, &v).map(Some),
+        None => Ok(None),
+    };
+    let new_addr = parse(new_key, new)?;
+    let old_addr = parse(old_key, old)?;
+    match (new_addr, old_addr) {
+        (Some(a), Some(b)) if a != b => {
+            Err(ConfigError::invalid(old_key, format!("{b} contradicts {new_key} ({a}); set only one of them")))
+        }
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+pub(crate) fn check_keepalive(key: &str, interval: Duration, timeout: Duration) -> Result<(), ConfigError> {
+    if timeout <= interval {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "must be greater than keepaliveInterval ({}s), got {}s",
+                interval.as_secs_f64(),
+                timeout.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn dhcp(raw: RawDhcp) -> Result<DhcpSection, ConfigError> {
+    let text = required("dhcp.cidr", raw.cidr)?;
+    let cidr: ipnet::Ipv4Net = text.parse().map_err(|_| {
+        ConfigError::invalid("dhcp.cidr", format!("`{text}` is not an IPv4 CIDR such as 100.64.242.1/24"))
+    })?;
+    // /31 and /32 leave no address to hand out once the network and
+    // broadcast addresses are set aside.
+    if cidr.prefix_len() > 30 {
+        return Err(ConfigError::invalid(
+            "dhcp.cidr",
+            format!("/{} is too small for an address pool; use /30 or larger", cidr.prefix_len()),
+        ));
+    }
+    let ip = match raw.ip.filter(|ip| !ip.is_empty()) {
+        None => None,
+        Some(text) => {
+            let ip: Ipv4Addr = text
+                .parse()
+                .map_err(|_| ConfigError::invalid("dhcp.ip", format!("`{text}` is not an IPv4 address")))?;
+            if !cidr.contains(&ip) {
+                return Err(ConfigError::invalid("dhcp.ip", format!("{ip} is outside dhcp.cidr {cidr}")));
+            }
+            Some(ip)
+        }
+    };
+    Ok(DhcpSection { cidr, ip })
+}
+
+/// The original stores each plugin's configuration as a string holding JSON;
+/// a YAML mapping is the friendlier spelling of the same thing.
+fn plugin_value(value: serde_json::Value) -> Result<serde_json::Value, String> {
+    let value = match value {
+        serde_json::Value::Null => return Ok(serde_json::Value::Object(Default::default())),
+        serde_json::Value::String(s) if s.trim().is_empty() => {
+            return Ok(serde_json::Value::Object(Default::default()));
+        }
+        serde_json::Value::String(s) => serde_json::from_str::<serde_json::Value>(&s)
+            .map_err(|e| format!("invalid JSON: {e} (position within the value)"))?,
+        other => other,
+    };
+    // Every plugin reads an object of settings; anything else is a mistake
+    // better caught here than as a plugin start-up failure.
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(format!("expected a JSON object (a string holding `{{...}}`) or a mapping, got {value}"))
+    }
+}

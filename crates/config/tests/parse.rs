@@ -1,0 +1,273 @@
+//! Behaviour of the parsers beyond the shipped files.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use opennotr_config::{parse_client, parse_listen, parse_server, ConfigError, EXIT_USAGE};
+
+const SERVER: &str = "\
+server:
+  listen: \":10100\"
+  authKey: \"server-secret-do-not-print\"
+  domain: \"open.notr.test\"
+dhcp:
+  cidr: \"100.64.242.1/24\"
+";
+
+const CLIENT: &str = "\
+serverAddr: \"127.0.0.1:10100\"
+key: \"client-secret-do-not-print\"
+";
+
+fn server_with(extra: &str) -> Result<opennotr_config::ServerConfig, ConfigError> {
+    parse_server(&format!("{SERVER}{extra}"))
+}
+
+fn client_with(extra: &str) -> Result<opennotr_config::ClientConfig, ConfigError> {
+    parse_client(&format!("{CLIENT}{extra}"))
+}
+
+fn err_key<T: std::fmt::Debug>(r: Result<T, ConfigError>) -> String {
+    r.expect_err("should fail").key().expect("error names a key").to_owned()
+}
+
+#[test]
+fn exit_code_is_ex_usage() {
+    assert_eq!(EXIT_USAGE, 64);
+}
+
+#[test]
+fn listen_addresses() {
+    let ok = |s: &str| parse_listen(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+    assert_eq!(ok(":10100"), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 10100)));
+    assert_eq!(ok("0.0.0.0:1"), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1)));
+    assert_eq!(ok("127.0.0.1:0"), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    assert_eq!(ok(":0"), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    assert_eq!(ok("[::]:80"), SocketAddr::from((Ipv6Addr::UNSPECIFIED, 80)));
+    assert_eq!(ok("[::1]:65535"), SocketAddr::from((Ipv6Addr::LOCALHOST, 65535)));
+    assert_eq!(ok("localhost:80"), SocketAddr::from((Ipv4Addr::LOCALHOST, 80)));
+    for bad in [
+        "",
+        ":",
+        "10100",
+        ":65536",
+        ":-1",
+        ":+80",
+        ": 80",
+        "0.0.0.0",
+        "0.0.0.0:",
+        "::1:80",
+        "[::1]",
+        "example.com:80",
+        "256.0.0.1:80",
+        " :80",
+    ] {
+        let err = parse_listen(bad).expect_err(bad);
+        assert!(!err.is_empty());
+    }
+}
+
+#[test]
+fn durations_are_seconds_integer_or_fractional() {
+    let cfg = server_with("").expect("minimal server");
+    assert_eq!(cfg.server.handshake_timeout, Duration::from_secs(10));
+
+    let mut cfg_text = SERVER.replace(
+        "  domain:",
+        "  handshakeTimeout: 0.5\n  keepaliveInterval: 1\n  keepaliveTimeout: 2.25\n  connectTimeout: 3\n  shutdownGrace: 0.001\n  domain:",
+    );
+    let cfg = parse_server(&cfg_text).expect("durations");
+    assert_eq!(cfg.server.handshake_timeout, Duration::from_millis(500));
+    assert_eq!(cfg.server.keepalive_interval, Duration::from_secs(1));
+    assert_eq!(cfg.server.keepalive_timeout, Duration::from_millis(2250));
+    assert_eq!(cfg.server.connect_timeout, Duration::from_secs(3));
+    assert_eq!(cfg.server.shutdown_grace, Duration::from_millis(1));
+
+    for bad in ["0", "-1", ".inf", ".nan", "\"5\"", "true", "[1]"] {
+        cfg_text = SERVER.replace("  domain:", &format!("  connectTimeout: {bad}\n  domain:"));
+        assert_eq!(err_key(parse_server(&cfg_text)), "server.connectTimeout", "{bad}");
+    }
+
+    let cfg =
+        client_with("handshakeTimeout: 0.5\nreconnectMaxDelay: 60\nkeepaliveInterval: 0.25\nkeepaliveTimeout: 0.75\n")
+            .expect("client durations");
+    assert_eq!(cfg.handshake_timeout, Duration::from_millis(500));
+    assert_eq!(cfg.reconnect_max_delay, Duration::from_secs(60));
+    assert_eq!(cfg.keepalive_interval, Duration::from_millis(250));
+    assert_eq!(cfg.keepalive_timeout, Duration::from_millis(750));
+    assert_eq!(err_key(client_with("reconnectMaxDelay: 0\n")), "reconnectMaxDelay");
+    // Only the timeout is given: it is compared with the default interval (5).
+    assert_eq!(err_key(client_with("keepaliveTimeout: 4\n")), "keepaliveTimeout");
+}
+
+#[test]
+fn debug_output_never_shows_keys() {
+    let server = server_with("").expect("server");
+    let text = format!("{server:?} {server:#?} {:?}", server.server.auth_key);
+    assert!(!text.contains("server-secret-do-not-print"), "{text}");
+    assert!(text.contains("Secret(***)"));
+    assert_eq!(server.server.auth_key.expose(), "server-secret-do-not-print");
+
+    let client = client_with("forwards:\n  - protocol: tcp\n    ports: {0: 8080}\n").expect("client");
+    let text = format!("{client:?} {client:#?}");
+    assert!(!text.contains("client-secret-do-not-print"), "{text}");
+    assert_eq!(client.key.expose(), "client-secret-do-not-print");
+}
+
+#[test]
+fn errors_do_not_echo_keys() {
+    // A key with a bad type is reported by location, not by value.
+    let err = parse_server("server:\n  authKey: [\"server-secret-do-not-print\"]\n").expect_err("bad");
+    assert!(!err.to_string().contains("server-secret-do-not-print"), "{err}");
+}
+
+#[test]
+fn empty_document_reports_first_required_key() {
+    assert_eq!(err_key(parse_server("")), "server.listen");
+    assert_eq!(err_key(parse_server("# nothing\n")), "server.listen");
+    assert_eq!(err_key(parse_client("")), "serverAddr");
+    assert_eq!(err_key(parse_server("server:\n  listen: \":1\"\n")), "server.authKey");
+    assert_eq!(err_key(parse_server("server:\n  listen: \":1\"\n  authKey: k\n")), "server.domain");
+    assert_eq!(err_key(parse_server(&SERVER.replace("dhcp:\n  cidr: \"100.64.242.1/24\"\n", ""))), "dhcp.cidr");
+    assert_eq!(err_key(parse_client("serverAddr: a:1\n")), "key");
+}
+
+#[test]
+fn unknown_keys_are_named_with_a_suggestion() {
+    let err = server_with("limits:\n  maxClient: 5\n").expect_err("typo");
+    assert_eq!(err.key(), Some("limits.maxClient"));
+    assert!(err.to_string().contains("did you mean `maxClients`"), "{err}");
+    assert!(err.to_string().contains("line 8"), "{err}");
+
+    let err =
+        client_with("forwards:\n  - protocol: tcp\n    ports: {0: 1}\n    localIp: ::1\n").expect_err("case typo");
+    assert_eq!(err.key(), Some("forwards[0].localIp"));
+    assert!(err.to_string().contains("did you mean `localIP`"), "{err}");
+
+    let err = client_with("serveraddr: x\n").expect_err("case typo");
+    assert_eq!(err.key(), Some("serveraddr"));
+    assert!(err.to_string().contains("did you mean `serverAddr`"), "{err}");
+
+    // Plugin names are free-form, so an unknown name is not an unknown key.
+    let cfg = server_with("plugin:\n  my-gateway_2: '{\"x\": 1}'\n").expect("custom plugin");
+    assert_eq!(cfg.plugins["my-gateway_2"], serde_json::json!({"x": 1}));
+}
+
+#[test]
+fn wrong_types_name_the_key_and_line() {
+    let err = server_with("limits:\n  maxClients: many\n").expect_err("type");
+    assert_eq!(err.key(), Some("limits.maxClients"));
+    assert!(err.to_string().contains("(line 8, column 15)"), "{err}");
+    assert_eq!(err_key(server_with("resolver:\n  etcdEndpoints: http://x\n")), "resolver.etcdEndpoints");
+    assert_eq!(err_key(server_with("tcpforward:\n  readTimeout: 1.5\n")), "tcpforward.readTimeout");
+    assert_eq!(err_key(client_with("forwards:\n  - protocol: [tcp]\n")), "forwards[0].protocol");
+    assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: [1]\n")), "forwards[0].ports");
+    assert_eq!(err_key(parse_server("- a\n")), "(document)");
+}
+
+#[test]
+fn server_values() {
+    let cfg = server_with(
+        "plugin:\n  tcp: '{\"PortMin\": 1, \"PortMax\": 2, \"bind\": \"0.0.0.0\"}'\n  udp:\n    sessionTimeout: 30\n  http:\n  h2c: \"\"\n\
+         limits:\n  maxClients: 1\n  maxForwardsPerClient: 2\n  maxStreamsPerClient: 3\n  maxUdpFlowsPerForward: 4\n  maxHandshakes: 5\n\
+         resolver:\n  etcdEndpoints: [\"http://127.0.0.1:2379\", \"http://10.0.0.1:2379\"]\n",
+    )
+    .expect("server");
+    assert_eq!(cfg.plugins["tcp"], serde_json::json!({"PortMin": 1, "PortMax": 2, "bind": "0.0.0.0"}));
+    assert_eq!(cfg.plugins["udp"], serde_json::json!({"sessionTimeout": 30}));
+    assert_eq!(cfg.plugins["http"], serde_json::json!({}));
+    assert_eq!(cfg.plugins["h2c"], serde_json::json!({}));
+    assert_eq!(
+        (cfg.limits.max_clients, cfg.limits.max_forwards_per_client, cfg.limits.max_streams_per_client),
+        (1, 2, 3)
+    );
+    assert_eq!((cfg.limits.max_udp_flows_per_forward, cfg.limits.max_handshakes), (4, 5));
+    assert_eq!(cfg.etcd_endpoints, ["http://127.0.0.1:2379", "http://10.0.0.1:2379"]);
+    assert_eq!(cfg.dhcp.ip, None);
+    assert_eq!(cfg.server.tcp_listen, None);
+
+    let cfg = parse_server(&SERVER.replace("open.notr.test", "Open.Notr.TEST.")).expect("domain");
+    assert_eq!(cfg.server.domain, "open.notr.test");
+
+    let cfg = parse_server(&SERVER.replace("authKey", "allowPlaintext: true\n  authKey")).expect("flag");
+    assert!(cfg.server.allow_plaintext);
+
+    assert_eq!(err_key(server_with("plugin:\n  tcp: 5\n")), "plugin.tcp");
+    assert_eq!(err_key(server_with("plugin:\n  tcp: '[1]'\n")), "plugin.tcp");
+    assert_eq!(err_key(server_with("plugin:\n  \"t cp\": '{}'\n")), "plugin.t cp");
+    assert_eq!(err_key(server_with("resolver:\n  etcdEndpoints: [\"\"]\n")), "resolver.etcdEndpoints[0]");
+    assert_eq!(err_key(parse_server(&SERVER.replace("100.64.242.1/24", "100.64.242.1"))), "dhcp.cidr");
+    assert_eq!(err_key(parse_server(&SERVER.replace("100.64.242.1/24", "fd00::1/64"))), "dhcp.cidr");
+    assert_eq!(err_key(parse_server(&SERVER.replace("100.64.242.1/24", "100.64.242.1/33"))), "dhcp.cidr");
+    assert_eq!(err_key(parse_server(&SERVER.replace(":10100", "example.com:10100"))), "server.listen");
+    assert_eq!(err_key(parse_server(&SERVER.replace("open.notr.test", ""))), "server.domain");
+    assert_eq!(err_key(server_with("  ip: \"not-an-ip\"\n")), "dhcp.ip");
+    // The smallest pool allowed: a /30 keeps two usable addresses.
+    let cfg = parse_server(&SERVER.replace("100.64.242.1/24", "10.0.0.1/30")).expect("/30");
+    assert_eq!(cfg.dhcp.cidr.prefix_len(), 30);
+}
+
+#[test]
+fn original_head_listener_keys() {
+    let cfg = server_with("tcpforward:\n  listen: \":4398\"\n  readTimeout: 10\n  writeTimeout: 10\nudpforward:\n  listen: \"127.0.0.1:4399\"\n  readTimeout: 10\n  writeTimeout: 10\n  sessionTimeout: 30\n")
+        .expect("HEAD keys");
+    assert_eq!(cfg.server.tcp_listen, Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4398))));
+    assert_eq!(cfg.server.udp_listen, Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 4399))));
+
+    // Both spellings at once are fine when they agree, an error when not.
+    let both = SERVER.replace("  domain:", "  udplisten: \":4399\"\n  domain:");
+    let cfg = parse_server(&format!("{both}udpforward:\n  listen: \"0.0.0.0:4399\"\n")).expect("agree");
+    assert_eq!(cfg.server.udp_listen, Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4399))));
+    assert_eq!(err_key(parse_server(&format!("{both}udpforward:\n  listen: \":4400\"\n"))), "udpforward.listen");
+    assert_eq!(err_key(server_with("tcpforward:\n  listen: \"4398\"\n")), "tcpforward.listen");
+}
+
+#[test]
+fn client_values() {
+    let cfg = client_with(
+        "domain: \"\"\nplaintext: true\nforwards:\n\
+         - protocol: tcp\n  localIP: \"192.168.1.10\"\n  rawConfig: '{\"k\": 1}'\n  ports:\n    \"2222\": \"22\"\n    0: 80\n    0: 81\n\
+         - protocol: udp\n  localIP: \"::1\"\n  ports:\n    2222: 53\n",
+    );
+    // `0` twice in one mapping is a YAML duplicate key; that is reported,
+    // with the port map as the key like every port problem.
+    assert_eq!(err_key(cfg), "forwards[0].ports");
+
+    let cfg = client_with(
+        "domain: \"\"\nplaintext: true\nforwards:\n\
+         - protocol: tcp\n  localIP: \"192.168.1.10\"\n  rawConfig: '{\"k\": 1}'\n  ports:\n    \"2222\": \"22\"\n    0: 80\n\
+         - protocol: tcp\n  ports:\n    0: 81\n\
+         - protocol: udp\n  localIP: \"::1\"\n  ports:\n    2222: 53\n",
+    )
+    .expect("client");
+    assert_eq!(cfg.domain, None);
+    assert!(cfg.plaintext);
+    assert_eq!(cfg.forwards[0].ports, [(2222, 22), (0, 80)]);
+    assert_eq!(cfg.forwards[0].local_ip, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10)));
+    assert_eq!(cfg.forwards[0].raw_config.as_deref(), Some("{\"k\": 1}"));
+    // Public port 0 may repeat; the same number under another protocol is another port.
+    assert_eq!(cfg.forwards[1].ports, [(0, 81)]);
+    assert_eq!(cfg.forwards[2].ports, [(2222, 53)]);
+    assert_eq!(cfg.forwards[2].local_ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
+
+    // Duplicate public port within one forward, written once as a string.
+    let err =
+        client_with("forwards:\n  - protocol: tcp\n    ports:\n      2222: 22\n      \"2222\": 23\n").expect_err("dup");
+    assert_eq!(err.key(), Some("forwards[0].ports"));
+
+    for addr in ["demo.notr.tech:10100", "[2001:db8::1]:10100", "192.0.2.1:1"] {
+        let cfg = parse_client(&CLIENT.replace("127.0.0.1:10100", addr)).expect(addr);
+        assert_eq!(cfg.server_addr, addr);
+    }
+    for addr in ["demo.notr.tech", "demo.notr.tech:0", "2001:db8::1:10100", "bad_host:1", ""] {
+        assert_eq!(err_key(parse_client(&CLIENT.replace("127.0.0.1:10100", addr))), "serverAddr", "{addr}");
+    }
+    assert_eq!(err_key(client_with("forwards:\n  - protocol: TCP\n    ports: {0: 1}\n")), "forwards[0].protocol");
+    assert_eq!(err_key(client_with("forwards:\n  - ports: {0: 1}\n")), "forwards[0].protocol");
+    assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n")), "forwards[0].ports");
+    assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: {0: 65536}\n")), "forwards[0].ports");
+    assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: {x: 1}\n")), "forwards[0].ports");
+    assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: {1: 1.5}\n")), "forwards[0].ports");
+    assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: {1: \" 2\"}\n")), "forwards[0].ports");
+    assert_eq!(err_key(client_with("domain: \"a..b\"\n")), "domain");
+}

@@ -1,0 +1,200 @@
+//! The plugin API of `opennotrd`.
+//!
+//! Every protocol a client can ask for (`tcp`, `udp`, and later `http`,
+//! `https`, `h2c`, ...) is a plugin, including the built-in ones. The life
+//! cycle is the original opennotr's:
+//!
+//! 1. **setup** — once at start, [`PluginFactory::setup`] gets the JSON
+//!    under `plugin.<name>` in the server config and returns the plugin, or
+//!    a [`PluginError::Config`] that stops the server before it binds.
+//! 2. **run_proxy** — for each forward of each client session,
+//!    [`Plugin::run_proxy`] gets the forward's [`ForwardMeta`] and a
+//!    [`ForwardContext`] whose [`Tunnel`] opens streams to that client, and
+//!    returns the public [`Endpoint`] (or a reason it cannot run, which the
+//!    client prints; the client's other forwards still run).
+//! 3. **stop_proxy** — when the session ends, [`Plugin::stop_proxy`] must
+//!    release everything the forward holds (listeners, flows, tasks) before
+//!    it returns, so a reconnecting client can take its port back at once.
+//!
+//! `docs/plugins.md` walks through writing one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+pub use async_trait::async_trait;
+pub use opennotr_proto::message::StreamProtocol;
+pub use opennotr_transport::TunnelStream;
+pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::task::TaskTracker;
+
+/// What a plugin knows about one forward.
+#[derive(Debug, Clone)]
+pub struct ForwardMeta {
+    /// Unique (per server run) id of this forward.
+    pub id: u64,
+    /// Plugin name the client asked for.
+    pub protocol: String,
+    /// Public port the client asked for; 0 = the plugin chooses.
+    pub public_port: u16,
+    /// The client's virtual IP.
+    pub vip: Ipv4Addr,
+    /// Host the client dials for this forward.
+    pub local_ip: IpAddr,
+    /// Port the client dials for this forward.
+    pub local_port: u16,
+    /// The client's domain.
+    pub domain: String,
+    /// The forward's `rawConfig` from the client's file, untouched.
+    pub raw_config: Option<String>,
+    /// The client's id (stable across its reconnects).
+    pub client_id: String,
+}
+
+impl ForwardMeta {
+    /// The address the client dials for this forward.
+    pub fn target(&self) -> SocketAddr {
+        SocketAddr::new(self.local_ip, self.local_port)
+    }
+}
+
+/// Where visitors reach a forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The public port, if the plugin has one of its own.
+    pub public_port: Option<u16>,
+    /// How to reach it, e.g. `tcp://open.notr.tech:10022`.
+    pub url: String,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The client's session is gone.
+    #[error("client session closed")]
+    SessionClosed,
+    /// The client refused or could not reach the target.
+    #[error("client refused the stream: {0}")]
+    Refused(String),
+    /// The client did not open the stream in time.
+    #[error("client did not open the stream in time")]
+    Timeout,
+    /// The client has as many open streams as it may.
+    #[error("too many streams for this client")]
+    TooManyStreams,
+}
+
+/// A handle to one client session, for opening streams to it.
+#[async_trait]
+pub trait Tunnel: Send + Sync + fmt::Debug {
+    /// Asks the client to connect to `target` (one of its declared targets)
+    /// and returns the stream carrying that connection. `peer` is the
+    /// visitor's address, for the client's logs.
+    async fn open_stream(
+        &self,
+        protocol: StreamProtocol,
+        target: SocketAddr,
+        peer: Option<SocketAddr>,
+    ) -> Result<TunnelStream, OpenError>;
+}
+
+/// Limits the server imposes on a forward.
+#[derive(Debug, Clone)]
+pub struct ForwardLimits {
+    /// Concurrent UDP flows (remote peers) per forward.
+    pub max_udp_flows: usize,
+}
+
+/// Everything `run_proxy` gets besides the metadata.
+#[derive(Debug, Clone)]
+pub struct ForwardContext {
+    /// Opens streams to the client.
+    pub tunnel: Arc<dyn Tunnel>,
+    /// Cancelled when the forward must stop accepting (stop_proxy, session
+    /// end, server shutdown).
+    pub stop: CancellationToken,
+    /// Cancelled when the session is gone: in-flight connections must end.
+    pub kill: CancellationToken,
+    /// Spawn per-connection tasks here, so shutdown can wait for them to drain.
+    pub tracker: TaskTracker,
+    /// Limits to enforce.
+    pub limits: ForwardLimits,
+}
+
+/// Why a plugin could not set up or run a forward.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    /// The plugin's configuration is invalid; `key` is a dotted path such
+    /// as `plugin.tcp.PortMin`.
+    #[error("{key}: {message}")]
+    Config {
+        /// The key at fault.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// This forward cannot run; the reason is shown to the client.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A protocol plugin, as set up from its config.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// Starts forwarding for one forward of a session.
+    async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError>;
+    /// Stops the forward and frees all it holds before returning.
+    async fn stop_proxy(&self, meta: &ForwardMeta);
+}
+
+/// Creates a plugin from its configuration.
+pub trait PluginFactory: Send + Sync + 'static {
+    /// The protocol name clients use (`forwards[].protocol`).
+    fn name(&self) -> &'static str;
+    /// Validates `config` (the JSON under `plugin.<name>`; `{}` when the
+    /// server config has no entry) and returns the plugin.
+    fn setup(&self, config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError>;
+}
+
+/// The plugins a server can run, by name.
+#[derive(Default)]
+pub struct Registry {
+    factories: BTreeMap<&'static str, Box<dyn PluginFactory>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.factories.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a plugin; a later one of the same name replaces the earlier.
+    pub fn register(&mut self, factory: impl PluginFactory) -> &mut Self {
+        self.factories.insert(factory.name(), Box::new(factory));
+        self
+    }
+
+    /// Whether a plugin of this name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
+    /// Names of the registered plugins.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.factories.keys().copied()
+    }
+
+    /// Sets up the plugin `name` with `config`.
+    pub fn setup(&self, name: &str, config: &serde_json::Value) -> Option<Result<Arc<dyn Plugin>, PluginError>> {
+        self.factories.get(name).map(|f| f.setup(config))
+    }
+}

@@ -1,0 +1,404 @@
+//! Control messages: one enum per direction, JSON in a frame.
+//!
+//! JSON keeps the control channel easy to read in a capture (it is rare
+//! traffic; the data path never goes through it) and lets a newer peer add
+//! fields an older one ignores. Binary fields are lowercase hex.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::FrameError;
+
+/// Messages from the client (`opennotr`) to the server (`opennotrd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// First message of a control connection: the client's SPAKE2 share.
+    Hello {
+        /// Protocol version the client speaks.
+        version: u8,
+        /// SPAKE2 message (side A).
+        #[serde(with = "hex_bytes")]
+        spake: Vec<u8>,
+        /// The client asks for an unencrypted tunnel.
+        #[serde(default)]
+        plaintext: bool,
+        /// Software name and version, for logs.
+        #[serde(default)]
+        software: String,
+    },
+    /// Key confirmation: proves the client derived the same key.
+    Confirm {
+        /// HMAC over the handshake transcript.
+        #[serde(with = "hex_bytes")]
+        mac: Vec<u8>,
+    },
+    /// After the handshake: who the client is and what it wants exposed.
+    Register {
+        /// Random per client process; lets a reconnect take back its VIP,
+        /// domain and ports and replace its own stale session.
+        client_id: String,
+        /// Requested domain; `None` = let the server pick.
+        #[serde(default)]
+        domain: Option<String>,
+        /// Requested forwards, one per public→local port pair.
+        #[serde(default)]
+        forwards: Vec<ForwardRequest>,
+    },
+    /// First message of a data connection: claims stream `stream` of a session.
+    DataHello {
+        /// Session id from [`ServerMessage::Registered`].
+        #[serde(with = "hex_bytes")]
+        session: Vec<u8>,
+        /// The stream the server asked for in [`ServerMessage::Connect`].
+        stream: u64,
+        /// Fresh random bytes; keys of this channel depend on them.
+        #[serde(with = "hex_bytes")]
+        nonce: Vec<u8>,
+        /// HMAC proving the sender holds the session's keys.
+        #[serde(with = "hex_bytes")]
+        mac: Vec<u8>,
+    },
+    /// The client could not (or would not) open the stream.
+    StreamRefused {
+        /// Stream id from [`ServerMessage::Connect`].
+        stream: u64,
+        /// Why, for the server's log and the visitor-facing error.
+        reason: String,
+    },
+    /// Keepalive probe; answered with [`ServerMessage::Pong`].
+    Ping {
+        /// Echoed back.
+        seq: u64,
+    },
+    /// Answer to [`ServerMessage::Ping`].
+    Pong {
+        /// The probe's sequence number.
+        seq: u64,
+    },
+}
+
+/// Messages from the server to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// Answer to `hello`: the server's SPAKE2 share and key confirmation.
+    Challenge {
+        /// Protocol version the server speaks.
+        version: u8,
+        /// SPAKE2 message (side B).
+        #[serde(with = "hex_bytes")]
+        spake: Vec<u8>,
+        /// HMAC over the transcript, proving the server knows the key.
+        #[serde(with = "hex_bytes")]
+        mac: Vec<u8>,
+        /// Software name and version, for logs.
+        #[serde(default)]
+        software: String,
+    },
+    /// The connection is refused; the server closes it after this.
+    /// Frozen across protocol versions.
+    Refused {
+        /// Machine-readable reason.
+        code: RefuseCode,
+        /// Human-readable explanation, printed by the client.
+        message: String,
+    },
+    /// The session is up.
+    Registered {
+        /// Session id, quoted by data connections.
+        #[serde(with = "hex_bytes")]
+        session: Vec<u8>,
+        /// The client's virtual IP.
+        vip: Ipv4Addr,
+        /// The client's domain.
+        domain: String,
+        /// One result per requested forward, in request order.
+        forwards: Vec<ForwardResult>,
+    },
+    /// Open stream `stream` to `target` by dialing it and then the server.
+    Connect {
+        /// Stream id to quote in `data_hello`.
+        stream: u64,
+        /// Transport of the target.
+        protocol: StreamProtocol,
+        /// Where to connect; must be one of the client's declared targets.
+        target: SocketAddr,
+        /// The visitor's address, for logs.
+        #[serde(default)]
+        peer: Option<SocketAddr>,
+    },
+    /// Keepalive probe; answered with [`ClientMessage::Pong`].
+    Ping {
+        /// Echoed back.
+        seq: u64,
+    },
+    /// Answer to [`ClientMessage::Ping`].
+    Pong {
+        /// The probe's sequence number.
+        seq: u64,
+    },
+    /// The server is shutting down; reconnect later.
+    GoingAway {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RefuseCode {
+    /// The peers' keys differ.
+    BadKey,
+    /// The peers speak different protocol versions.
+    VersionMismatch,
+    /// The client asked for plaintext and the server does not allow it.
+    PlaintextNotAllowed,
+    /// The requested domain is held by another live client.
+    DomainTaken,
+    /// The requested domain is not acceptable.
+    DomainInvalid,
+    /// No virtual IP is free.
+    PoolExhausted,
+    /// The server has as many clients as it accepts.
+    TooManyClients,
+    /// More forwards than the server allows per client.
+    TooManyForwards,
+    /// A handshake step took too long.
+    Timeout,
+    /// The peer sent something it should not have.
+    ProtocolError,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// A code this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl RefuseCode {
+    /// Whether retrying with the same configuration can ever succeed.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            RefuseCode::BadKey
+                | RefuseCode::VersionMismatch
+                | RefuseCode::PlaintextNotAllowed
+                | RefuseCode::DomainInvalid
+                | RefuseCode::TooManyForwards
+        )
+    }
+}
+
+impl std::fmt::Display for RefuseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("unknown"))
+    }
+}
+
+/// Transport of a stream's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamProtocol {
+    /// A byte stream, relayed as is.
+    Tcp,
+    /// Datagrams, framed with [`crate::datagram`].
+    Udp,
+}
+
+/// One requested forward: a public port of a protocol to a local target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// Plugin name (`tcp`, `udp`, ...).
+    pub protocol: String,
+    /// Requested public port; 0 = the server picks.
+    pub public_port: u16,
+    /// Host the client dials.
+    pub local_ip: IpAddr,
+    /// Port the client dials.
+    pub local_port: u16,
+    /// Opaque per-forward configuration for the plugin.
+    #[serde(default)]
+    pub raw_config: Option<String>,
+}
+
+/// What became of one requested forward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardResult {
+    /// The request this answers.
+    pub request: ForwardRequest,
+    /// Public port actually listening, when the plugin has one.
+    #[serde(default)]
+    pub public_port: Option<u16>,
+    /// How visitors reach it, e.g. `tcp://open.notr.tech:10022`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Why the forward did not start; `None` = it runs.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+macro_rules! json_codec {
+    ($t:ty) => {
+        impl $t {
+            /// Serialises to a frame body.
+            pub fn to_bytes(&self) -> Vec<u8> {
+                // Serialising these types cannot fail: no maps with
+                // non-string keys, no custom serialisers that error.
+                serde_json::to_vec(self).unwrap_or_default()
+            }
+            /// Parses a frame body.
+            pub fn from_bytes(b: &[u8]) -> Result<Self, FrameError> {
+                serde_json::from_slice(b).map_err(|e| FrameError::Malformed(e.to_string()))
+            }
+        }
+    };
+}
+json_codec!(ClientMessage);
+json_codec!(ServerMessage);
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        // Every binary field is at most a few dozen bytes.
+        if s.len() > 512 {
+            return Err(serde::de::Error::custom("hex field too long"));
+        }
+        hex::decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_forward() -> impl Strategy<Value = ForwardRequest> {
+        ("[a-z]{1,8}", any::<u16>(), any::<[u8; 4]>(), any::<u16>(), proptest::option::of(".{0,20}")).prop_map(
+            |(protocol, public_port, ip, local_port, raw_config)| ForwardRequest {
+                protocol,
+                public_port,
+                local_ip: IpAddr::from(ip),
+                local_port,
+                raw_config,
+            },
+        )
+    }
+
+    fn arb_client() -> impl Strategy<Value = ClientMessage> {
+        prop_oneof![
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64), any::<bool>(), ".{0,10}").prop_map(
+                |(version, spake, plaintext, software)| {
+                    ClientMessage::Hello { version, spake, plaintext, software }
+                }
+            ),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|mac| ClientMessage::Confirm { mac }),
+            (".{0,20}", proptest::option::of("[a-z.]{1,20}"), proptest::collection::vec(arb_forward(), 0..4))
+                .prop_map(|(client_id, domain, forwards)| ClientMessage::Register { client_id, domain, forwards }),
+            (
+                proptest::collection::vec(any::<u8>(), 16),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 16),
+                proptest::collection::vec(any::<u8>(), 32)
+            )
+                .prop_map(|(session, stream, nonce, mac)| ClientMessage::DataHello {
+                    session,
+                    stream,
+                    nonce,
+                    mac
+                }),
+            (any::<u64>(), ".{0,30}").prop_map(|(stream, reason)| ClientMessage::StreamRefused { stream, reason }),
+            any::<u64>().prop_map(|seq| ClientMessage::Ping { seq }),
+            any::<u64>().prop_map(|seq| ClientMessage::Pong { seq }),
+        ]
+    }
+
+    fn arb_server() -> impl Strategy<Value = ServerMessage> {
+        let addr = (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p)));
+        prop_oneof![
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(version, spake, mac)| ServerMessage::Challenge {
+                    version,
+                    spake,
+                    mac,
+                    software: String::new()
+                }),
+            (".{0,30}").prop_map(|message| ServerMessage::Refused { code: RefuseCode::DomainTaken, message }),
+            (any::<[u8; 4]>(), "[a-z.]{1,20}", proptest::collection::vec(arb_forward(), 0..3)).prop_map(
+                |(vip, domain, reqs)| {
+                    ServerMessage::Registered {
+                        session: vec![7; 16],
+                        vip: Ipv4Addr::from(vip),
+                        domain,
+                        forwards: reqs
+                            .into_iter()
+                            .map(|request| ForwardResult {
+                                request,
+                                public_port: Some(1),
+                                url: None,
+                                error: Some("x".into()),
+                            })
+                            .collect(),
+                    }
+                }
+            ),
+            (any::<u64>(), any::<bool>(), addr.clone(), proptest::option::of(addr)).prop_map(
+                |(stream, udp, target, peer)| {
+                    ServerMessage::Connect {
+                        stream,
+                        protocol: if udp { StreamProtocol::Udp } else { StreamProtocol::Tcp },
+                        target,
+                        peer,
+                    }
+                }
+            ),
+            any::<u64>().prop_map(|seq| ServerMessage::Ping { seq }),
+            ".{0,20}".prop_map(|reason| ServerMessage::GoingAway { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_messages_round_trip(m in arb_client()) {
+            prop_assert_eq!(ClientMessage::from_bytes(&m.to_bytes()).unwrap(), m);
+        }
+
+        #[test]
+        fn server_messages_round_trip(m in arb_server()) {
+            prop_assert_eq!(ServerMessage::from_bytes(&m.to_bytes()).unwrap(), m);
+        }
+
+        #[test]
+        fn garbage_is_an_error_not_a_panic(data in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = ClientMessage::from_bytes(&data);
+            let _ = ServerMessage::from_bytes(&data);
+        }
+    }
+
+    #[test]
+    fn unknown_refuse_code_from_newer_peer() {
+        let m = ServerMessage::from_bytes(br#"{"type":"refused","code":"quota_exceeded","message":"m"}"#).unwrap();
+        assert_eq!(m, ServerMessage::Refused { code: RefuseCode::Unknown, message: "m".into() });
+        assert_eq!(RefuseCode::BadKey.to_string(), "bad_key");
+    }
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let m = ServerMessage::Refused { code: RefuseCode::VersionMismatch, message: "upgrade".into() };
+        assert_eq!(
+            String::from_utf8(m.to_bytes()).unwrap(),
+            r#"{"type":"refused","code":"version_mismatch","message":"upgrade"}"#
+        );
+    }
+}

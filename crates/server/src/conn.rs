@@ -1,0 +1,272 @@
+//! One accepted connection: the preface, then either a control handshake
+//! that becomes a session, or a data channel that becomes a stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use opennotr_proto::frame::{parse_preface, PROTOCOL_VERSION};
+use opennotr_proto::handshake::ServerHandshake;
+use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage};
+use opennotr_transport::{
+    read_frame_exact, read_preface, timed, tune_tcp, write_frame, Channel, FrameReader, FrameWriter, SecureStream,
+    TransportError,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::session::{self, Session, OUTBOX};
+use crate::state::AdmitError;
+use crate::Shared;
+
+const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
+
+/// Accepts until `stop`; transient errors (out of file descriptors, a
+/// connection reset before accept) back off instead of ending the loop.
+pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = Duration::from_millis(5);
+                let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many connections in handshake; dropping one");
+                    continue;
+                };
+                tune_tcp(&tcp);
+                let span = info_span!("conn", %peer);
+                shared.sessions.spawn(handle(shared.clone(), tcp, peer, permit).instrument(span));
+            }
+            Err(e) => {
+                warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn refuse(tcp: &mut TcpStream, code: RefuseCode, message: String) {
+    info!(%code, %message, "refusing client");
+    let m = ServerMessage::Refused { code, message };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(tcp, &m.to_bytes())).await;
+}
+
+async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    let limit = shared.cfg.server.handshake_timeout;
+    let preface = match timed(limit, "waiting for the preface", read_preface(&mut tcp)).await {
+        Ok(p) => p,
+        Err(e) => return debug!(error = %e, "no preface"),
+    };
+    match parse_preface(&preface) {
+        Err(e) => return debug!(error = %e, "not an opennotr client"),
+        Ok(v) if v != PROTOCOL_VERSION => {
+            let msg = format!(
+                "protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the client version {v}; \
+                 run the same opennotr release on both sides"
+            );
+            return refuse(&mut tcp, RefuseCode::VersionMismatch, msg).await;
+        }
+        Ok(_) => {}
+    }
+    let first = match timed(limit, "waiting for hello", read_frame_exact(&mut tcp)).await {
+        Ok(f) => f,
+        Err(e) => return debug!(error = %e, "no hello"),
+    };
+    match ClientMessage::from_bytes(&first) {
+        Ok(ClientMessage::Hello { version, spake, plaintext, software }) => {
+            if version != PROTOCOL_VERSION {
+                let msg = format!("protocol version mismatch: server {PROTOCOL_VERSION}, client {version}");
+                return refuse(&mut tcp, RefuseCode::VersionMismatch, msg).await;
+            }
+            debug!(%software, plaintext, "hello");
+            control(shared, tcp, peer, spake, plaintext, permit).await
+        }
+        Ok(ClientMessage::DataHello { session, stream, nonce, mac }) => {
+            drop(permit);
+            data(&shared, tcp, &session, stream, &nonce, &mac)
+        }
+        Ok(other) => refuse(&mut tcp, RefuseCode::ProtocolError, format!("expected hello, got {other:?}")).await,
+        Err(e) => refuse(&mut tcp, RefuseCode::ProtocolError, format!("malformed hello: {e}")).await,
+    }
+}
+
+/// A data channel claims the stream a visitor is waiting for.
+fn data(shared: &Shared, tcp: TcpStream, session: &[u8], stream: u64, nonce: &[u8], mac: &[u8]) {
+    let Ok(id) = <[u8; 16]>::try_from(session) else {
+        return debug!("data hello with a malformed session id");
+    };
+    if nonce.len() != 16 {
+        return debug!("data hello with a malformed nonce");
+    }
+    let Some(s) = shared.state().sessions.get(&id).cloned() else {
+        return debug!("data hello for an unknown session");
+    };
+    if !s.keys.verify_data_hello(session, stream, nonce, mac) {
+        return warn!("data hello with a bad MAC; dropped");
+    }
+    // Claiming removes the stream, so a replayed hello finds nothing.
+    let Some(waiter) = s.claim(stream) else {
+        return debug!(stream, "data hello for a stream nobody waits for (expired or replayed)");
+    };
+    let chan = if s.plaintext {
+        Channel::Plain(tcp)
+    } else {
+        let k = s.keys.data_channel_keys(stream, nonce);
+        Channel::Sealed(Box::new(SecureStream::new(tcp, &k.s2c, &k.c2s, BytesMut::new())))
+    };
+    let _ = waiter.send(Ok(chan));
+}
+
+async fn control(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    spake: Vec<u8>,
+    plaintext: bool,
+    permit: OwnedSemaphorePermit,
+) {
+    let cfg = &shared.cfg.server;
+    let limit = cfg.handshake_timeout;
+    if shared.draining.is_cancelled() {
+        return refuse(&mut tcp, RefuseCode::ShuttingDown, "the server is shutting down".into()).await;
+    }
+    if plaintext && !cfg.allow_plaintext {
+        let msg = "the client asks for an unencrypted tunnel and this server does not allow it \
+                   (set server.allowPlaintext: true on the server, or plaintext: false on the client)";
+        return refuse(&mut tcp, RefuseCode::PlaintextNotAllowed, msg.into()).await;
+    }
+    let (hs, spake_b, mac) = match ServerHandshake::respond(cfg.auth_key.expose().as_bytes(), &spake, plaintext) {
+        Ok(x) => x,
+        Err(e) => return refuse(&mut tcp, RefuseCode::ProtocolError, e.to_string()).await,
+    };
+    let challenge =
+        ServerMessage::Challenge { version: PROTOCOL_VERSION, spake: spake_b, mac, software: SOFTWARE.into() };
+    if let Err(e) = timed(limit, "sending challenge", write_frame(&mut tcp, &challenge.to_bytes())).await {
+        return debug!(error = %e, "handshake failed");
+    }
+    let confirm = match timed(limit, "waiting for key confirmation", read_frame_exact(&mut tcp)).await {
+        Ok(f) => ClientMessage::from_bytes(&f),
+        Err(TransportError::Closed) => {
+            return info!("client closed during the handshake (its key probably differs from the server's)")
+        }
+        Err(e) => return debug!(error = %e, "handshake failed"),
+    };
+    let keys = match confirm {
+        Ok(ClientMessage::Confirm { mac }) => match hs.verify(&mac) {
+            Ok(k) => k,
+            Err(_) => {
+                let msg = "authentication failed: the client's key does not match the server's authKey";
+                return refuse(&mut tcp, RefuseCode::BadKey, msg.into()).await;
+            }
+        },
+        _ => return refuse(&mut tcp, RefuseCode::ProtocolError, "expected confirm".into()).await,
+    };
+    let chan = if plaintext {
+        Channel::Plain(tcp)
+    } else {
+        Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.s2c, &keys.control.c2s, BytesMut::new())))
+    };
+    let (rd, wr) = tokio::io::split(chan);
+    let mut reader = FrameReader::new(rd);
+    let mut writer = FrameWriter::new(wr);
+    let register =
+        match timed(limit, "waiting for register", reader.next()).await.map(|f| ClientMessage::from_bytes(&f)) {
+            Ok(Ok(ClientMessage::Register { client_id, domain, forwards })) => (client_id, domain, forwards),
+            Ok(_) => {
+                let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "expected register".into() };
+                let _ = writer.send(&m.to_bytes()).await;
+                return;
+            }
+            Err(e) => return debug!(error = %e, "no register"),
+        };
+    let (client_id, domain, forwards) = register;
+    if client_id.is_empty() || client_id.len() > 128 {
+        let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "bad client id".into() };
+        let _ = writer.send(&m.to_bytes()).await;
+        return;
+    }
+    let domain = domain.filter(|d| !d.is_empty());
+
+    // Admission, replacing the client's own stale session if it has one.
+    // Deciding and inserting happen under one lock, so two clients can never
+    // both get the same domain or VIP.
+    let session_id: [u8; 16] = rand::random();
+    let (out, outbox) = mpsc::channel(OUTBOX);
+    let mut keys = Some(keys);
+    let (session, leased_ports) = loop {
+        let admitted = {
+            let mut st = shared.state();
+            st.admit(&client_id, domain.as_deref()).map(|a| {
+                let session = Arc::new(Session::new(
+                    &shared,
+                    session_id,
+                    client_id.clone(),
+                    a.domain,
+                    a.vip,
+                    peer,
+                    plaintext,
+                    keys.take().unwrap_or_else(|| unreachable!("admitted once")),
+                    out.clone(),
+                ));
+                st.insert(session.clone());
+                (session, a.ports)
+            })
+        };
+        match admitted {
+            Ok(x) => break x,
+            Err(AdmitError::Replace(old)) => {
+                info!(client = %client_id, "client reconnected; replacing its previous session");
+                old.kill.cancel();
+                if tokio::time::timeout(Duration::from_secs(15), old.finished.cancelled()).await.is_err() {
+                    let m = ServerMessage::Refused {
+                        code: RefuseCode::DomainTaken,
+                        message: "the previous session of this client is still closing; retry".into(),
+                    };
+                    let _ = writer.send(&m.to_bytes()).await;
+                    return;
+                }
+            }
+            Err(AdmitError::Refused(code, message)) => {
+                info!(%code, %message, "refusing client");
+                let m = ServerMessage::Refused { code, message };
+                let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
+                return;
+            }
+        }
+    };
+    drop(out);
+    drop(permit);
+    let span = info_span!("session", client = %short(&client_id), domain = %session.domain, vip = %session.vip);
+    async move {
+        info!(%peer, plaintext, "client connected");
+        let results = session::start_forwards(&shared, &session, &forwards, &leased_ports).await;
+        let registered = ServerMessage::Registered {
+            session: session_id.to_vec(),
+            vip: session.vip,
+            domain: session.domain.clone(),
+            forwards: results,
+        };
+        if let Err(e) = timed(limit, "sending registered", writer.send(&registered.to_bytes())).await {
+            debug!(error = %e, "client gone before registration finished");
+            return session::cleanup(&shared, &session).await;
+        }
+        session::run(shared.clone(), session, reader, writer, outbox).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}

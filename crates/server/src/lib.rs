@@ -1,0 +1,258 @@
+//! `opennotrd`, the server: authenticates clients, gives each a session with
+//! a virtual IP and a domain, and runs its forwards through plugins.
+//!
+//! # Layout
+//! - [`Server`]: binds, accepts, shuts down with a grace period.
+//! - `conn`: one accepted connection: preface, then either a control
+//!   handshake (a new session) or a data channel (a stream of a session).
+//! - `session`: a live session: control loop, keepalive, opening streams,
+//!   clean-up.
+//! - `state`: who holds which VIP, domain and session; leases that give a
+//!   reconnecting client its VIP, domain and ports back.
+//! - [`vip`]: the VIP pool.
+//! - [`plugins`]: the built-in `tcp` and `udp` plugins.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opennotr_config::ServerConfig;
+use opennotr_plugin::{Plugin, Registry, TaskTracker};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+mod conn;
+pub mod plugins;
+mod session;
+mod state;
+pub mod vip;
+
+/// Protocol names reserved for plugins that later versions ship (the
+/// original's gateway plugins). A config naming one is accepted with a
+/// warning; forwards asking for it are refused with a reason.
+pub const RESERVED_PLUGINS: &[&str] = &["http", "https", "h2c", "tls", "dummy"];
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is invalid (exit code 64); `key` names the field.
+    #[error("{key}: {message}")]
+    Config {
+        /// Dotted key at fault.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A session as seen from outside (tests, logs, later the admin API).
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The client's id.
+    pub client_id: String,
+    /// The client's domain.
+    pub domain: String,
+    /// The client's virtual IP.
+    pub vip: Ipv4Addr,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// When the session started.
+    pub connected_at: SystemTime,
+    /// Whether the tunnel is unencrypted.
+    pub plaintext: bool,
+    /// Running forwards.
+    pub forwards: Vec<ForwardInfo>,
+}
+
+/// A running forward.
+#[derive(Debug, Clone)]
+pub struct ForwardInfo {
+    /// Plugin name.
+    pub protocol: String,
+    /// Public port, if any.
+    pub public_port: Option<u16>,
+    /// Where visitors reach it.
+    pub url: String,
+    /// What the client dials.
+    pub target: SocketAddr,
+}
+
+impl Shared {
+    /// The state lock. A panic while holding it cannot leave the maps half
+    /// updated in a way worse than losing the server, so poison is ignored.
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, state::State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) cfg: ServerConfig,
+    pub(crate) plugins: BTreeMap<String, Arc<dyn Plugin>>,
+    pub(crate) state: std::sync::Mutex<state::State>,
+    pub(crate) next_forward: std::sync::atomic::AtomicU64,
+    /// Sessions and handshakes.
+    pub(crate) sessions: TaskTracker,
+    /// Visitor connections and flows, drained at shutdown.
+    pub(crate) streams: TaskTracker,
+    /// Cancelled at shutdown: no new sessions, listeners close.
+    pub(crate) draining: CancellationToken,
+    /// Cancelled when the grace period ends: everything stops.
+    pub(crate) kill: CancellationToken,
+    pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// A cheap handle to look at a running server.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").finish_non_exhaustive()
+    }
+}
+
+/// The registry of built-in plugins (`tcp`, `udp`).
+pub fn builtin_plugins() -> Registry {
+    let mut r = Registry::new();
+    r.register(plugins::tcp::TcpFactory).register(plugins::udp::UdpFactory);
+    r
+}
+
+/// Sets up every plugin: the configured ones with their JSON, the other
+/// registered ones with `{}`. Fails on an invalid plugin config or an
+/// unknown plugin name, before anything is bound.
+pub fn setup_plugins(
+    cfg: &ServerConfig,
+    registry: &Registry,
+) -> Result<BTreeMap<String, Arc<dyn Plugin>>, ServerError> {
+    let mut out = BTreeMap::new();
+    for (name, conf) in &cfg.plugins {
+        match registry.setup(name, conf) {
+            Some(Ok(p)) => {
+                out.insert(name.clone(), p);
+            }
+            Some(Err(e)) => return Err(plugin_config_error(name, e)),
+            None if RESERVED_PLUGINS.contains(&name.as_str()) => {
+                warn!(plugin = %name, "plugin is not built into this server yet; forwards asking for it will be refused");
+            }
+            None => {
+                let known: Vec<_> = registry.names().collect();
+                return Err(ServerError::Config {
+                    key: format!("plugin.{name}"),
+                    message: format!("unknown plugin {name:?} (this server has: {})", known.join(", ")),
+                });
+            }
+        }
+    }
+    for name in registry.names() {
+        if !out.contains_key(name) {
+            match registry.setup(name, &serde_json::json!({})) {
+                Some(Ok(p)) => {
+                    out.insert(name.to_string(), p);
+                }
+                Some(Err(e)) => return Err(plugin_config_error(name, e)),
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn plugin_config_error(name: &str, e: opennotr_plugin::PluginError) -> ServerError {
+    match e {
+        opennotr_plugin::PluginError::Config { key, message } => ServerError::Config { key, message },
+        other => ServerError::Config { key: format!("plugin.{name}"), message: other.to_string() },
+    }
+}
+
+impl Server {
+    /// Sets up the plugins (a config error comes back before anything is
+    /// bound) and binds the control listener.
+    pub async fn bind(cfg: ServerConfig, registry: &Registry) -> Result<Server, ServerError> {
+        let plugins = setup_plugins(&cfg, registry)?;
+        let addr = cfg.server.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let state = state::State::new(&cfg);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes));
+        let shared = Arc::new(Shared {
+            plugins,
+            state: std::sync::Mutex::new(state),
+            next_forward: 1.into(),
+            sessions: TaskTracker::new(),
+            streams: TaskTracker::new(),
+            draining: CancellationToken::new(),
+            kill: CancellationToken::new(),
+            handshakes,
+            cfg,
+        });
+        Ok(Server { listener, shared })
+    }
+
+    /// The control listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.shared.cfg.server.listen)
+    }
+
+    /// A handle for looking at the server while it runs.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle { shared: self.shared.clone() }
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting new
+    /// clients and visitors, lets open connections drain for
+    /// `server.shutdownGrace`, closes every session and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let shared = self.shared;
+        info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening for clients");
+        let accept_stop = CancellationToken::new();
+        let accept = tokio::spawn(conn::accept_loop(self.listener, shared.clone(), accept_stop.clone()));
+
+        shutdown.cancelled().await;
+        let grace = shared.cfg.server.shutdown_grace;
+        info!(grace_secs = grace.as_secs_f64(), "shutting down: refusing new clients, draining open connections");
+        shared.draining.cancel();
+        shared.streams.close();
+        if tokio::time::timeout(grace, shared.streams.wait()).await.is_err() {
+            warn!("grace period over; closing the connections still open");
+        }
+        shared.kill.cancel();
+        accept_stop.cancel();
+        let _ = accept.await;
+        shared.sessions.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.sessions.wait()).await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+impl ServerHandle {
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let sessions: Vec<_> = self.shared.state().sessions.values().cloned().collect();
+        sessions.iter().map(|s| s.info()).collect()
+    }
+
+    /// Whether `vip` is held by a session.
+    pub fn vip_in_use(&self, vip: Ipv4Addr) -> bool {
+        self.shared.state().vips.is_used(vip)
+    }
+}

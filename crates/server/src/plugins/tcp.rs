@@ -1,0 +1,123 @@
+//! `tcp`: a public TCP port per forward; each visitor connection becomes a
+//! stream to the client, which dials `localIP:localPort`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opennotr_plugin::{
+    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
+    StreamProtocol,
+};
+use opennotr_transport::relay::relay;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::{parse_config, PortRules};
+
+/// Creates the `tcp` plugin.
+#[derive(Debug)]
+pub struct TcpFactory;
+
+impl PluginFactory for TcpFactory {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn setup(&self, config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError> {
+        let rules: PortRules = parse_config("tcp", config)?;
+        rules.validate("tcp")?;
+        Ok(Arc::new(TcpPlugin { rules, running: Mutex::new(HashMap::new()) }))
+    }
+}
+
+struct TcpPlugin {
+    rules: PortRules,
+    running: Mutex<HashMap<u64, (CancellationToken, JoinHandle<()>)>>,
+}
+
+#[async_trait]
+impl Plugin for TcpPlugin {
+    async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
+        let listener = self.rules.bind_with(meta.public_port, |a| async move { bind(a) }).await?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(meta.public_port);
+        let stop = ctx.stop.clone();
+        let span = info_span!("tcp", port);
+        let task = tokio::spawn(accept_loop(listener, meta.clone(), ctx).instrument(span));
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(meta.id, (stop, task));
+        }
+        Ok(Endpoint { public_port: Some(port), url: format!("tcp://{}:{port}", meta.domain) })
+    }
+
+    async fn stop_proxy(&self, meta: &ForwardMeta) {
+        let entry = self.running.lock().ok().and_then(|mut r| r.remove(&meta.id));
+        if let Some((stop, task)) = entry {
+            stop.cancel();
+            // The listener is closed when the task returns, so the port is
+            // free for a reconnecting client as soon as we return.
+            let _ = task.await;
+        }
+    }
+}
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    // SO_REUSEADDR only skips TIME_WAIT of closed connections; it does not
+    // let two listeners share a port on Linux.
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+async fn accept_loop(listener: TcpListener, meta: ForwardMeta, ctx: ForwardContext) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = ctx.stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((visitor, peer)) => {
+                backoff = Duration::from_millis(5);
+                let span = info_span!("visitor", %peer);
+                ctx.tracker.spawn(visit(visitor, peer, meta.clone(), ctx.clone()).instrument(span));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed; backing off");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = ctx.stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn visit(mut visitor: TcpStream, peer: std::net::SocketAddr, meta: ForwardMeta, ctx: ForwardContext) {
+    opennotr_transport::tune_tcp(&visitor);
+    let opened = tokio::select! {
+        s = ctx.tunnel.open_stream(StreamProtocol::Tcp, meta.target(), Some(peer)) => s,
+        _ = ctx.kill.cancelled() => return,
+    };
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "cannot reach the client's service");
+            // A reset tells the visitor at once that nothing is there.
+            let _ = socket2::SockRef::from(&visitor).set_linger(Some(Duration::ZERO));
+            return;
+        }
+    };
+    tokio::select! {
+        r = relay(&mut visitor, &mut stream) => match r {
+            Ok((up, down)) => debug!(up, down, "visitor connection closed"),
+            Err(e) => debug!(error = %e, "visitor connection ended with an error"),
+        },
+        _ = ctx.kill.cancelled() => debug!("session closed; dropping visitor connection"),
+    }
+}

@@ -1,0 +1,225 @@
+//! `udp`: a public UDP port per forward. Each remote peer is a flow with its
+//! own stream to the client (datagram boundaries kept by
+//! `opennotr_proto::datagram`); a flow idle for `sessionTimeout` seconds is
+//! dropped with its stream, socket and tasks. When a flow cannot keep up,
+//! datagrams are dropped, never queued without bound and never blocking
+//! the other flows.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use opennotr_plugin::{
+    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
+    StreamProtocol,
+};
+use opennotr_proto::datagram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info_span, Instrument};
+
+use super::{parse_config, PortRules};
+
+/// Datagrams waiting for a flow's stream; beyond this they are dropped.
+const FLOW_QUEUE: usize = 512;
+/// Largest batch of datagrams written to a stream at once.
+const BATCH: usize = 64 * 1024;
+
+/// Creates the `udp` plugin.
+#[derive(Debug)]
+pub struct UdpFactory;
+
+impl PluginFactory for UdpFactory {
+    fn name(&self) -> &'static str {
+        "udp"
+    }
+
+    fn setup(&self, config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError> {
+        let rules: PortRules = parse_config("udp", config)?;
+        rules.validate("udp")?;
+        let idle = rules.session_timeout.unwrap_or(30.0);
+        if !(idle.is_finite() && idle > 0.0 && idle <= 86_400.0) {
+            return Err(PluginError::Config {
+                key: "plugin.udp.sessionTimeout".into(),
+                message: format!("{idle} is not a number of seconds between 0 and 86400"),
+            });
+        }
+        Ok(Arc::new(UdpPlugin { rules, idle: Duration::from_secs_f64(idle), running: Mutex::new(HashMap::new()) }))
+    }
+}
+
+struct UdpPlugin {
+    rules: PortRules,
+    idle: Duration,
+    running: Mutex<HashMap<u64, (CancellationToken, JoinHandle<()>)>>,
+}
+
+#[async_trait]
+impl Plugin for UdpPlugin {
+    async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
+        let sock = self.rules.bind_with(meta.public_port, UdpSocket::bind).await?;
+        let port = sock.local_addr().map(|a| a.port()).unwrap_or(meta.public_port);
+        let stop = ctx.stop.clone();
+        let span = info_span!("udp", port);
+        let task = tokio::spawn(recv_loop(Arc::new(sock), meta.clone(), ctx, self.idle).instrument(span));
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(meta.id, (stop, task));
+        }
+        Ok(Endpoint { public_port: Some(port), url: format!("udp://{}:{port}", meta.domain) })
+    }
+
+    async fn stop_proxy(&self, meta: &ForwardMeta) {
+        let entry = self.running.lock().ok().and_then(|mut r| r.remove(&meta.id));
+        if let Some((stop, task)) = entry {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+}
+
+struct Flow {
+    tx: mpsc::Sender<Bytes>,
+    generation: u64,
+    stop: CancellationToken,
+}
+
+async fn recv_loop(sock: Arc<UdpSocket>, meta: ForwardMeta, ctx: ForwardContext, idle: Duration) {
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let mut generation = 0u64;
+    let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
+    let mut dropped = 0u64;
+    loop {
+        tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            Some((peer, g)) = ended_rx.recv() => {
+                if flows.get(&peer).is_some_and(|f| f.generation == g) {
+                    flows.remove(&peer);
+                }
+            }
+            r = sock.recv_from(&mut buf) => {
+                let (n, peer) = match r {
+                    Ok(x) => x,
+                    // ICMP errors from earlier sends surface here; they
+                    // concern one peer, not the socket.
+                    Err(e) => { debug!(error = %e, "recv failed"); continue; }
+                };
+                if !flows.contains_key(&peer) {
+                    if flows.len() >= ctx.limits.max_udp_flows {
+                        dropped += 1;
+                        if dropped.is_power_of_two() {
+                            debug!(dropped, limit = ctx.limits.max_udp_flows, "flow limit reached; dropping datagrams of new peers");
+                        }
+                        continue;
+                    }
+                    generation += 1;
+                    let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+                    let stop = ctx.kill.child_token();
+                    let span = info_span!("flow", %peer);
+                    ctx.tracker.spawn(
+                        flow(sock.clone(), peer, rx, meta.clone(), ctx.clone(), idle, stop.clone(), ended_tx.clone(), generation)
+                            .instrument(span),
+                    );
+                    flows.insert(peer, Flow { tx, generation, stop });
+                }
+                if let Some(f) = flows.get(&peer) {
+                    if f.tx.try_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+    }
+    for (_, f) in flows.drain() {
+        f.stop.cancel();
+    }
+}
+
+fn now_ms(base: Instant) -> u64 {
+    base.elapsed().as_millis() as u64
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn flow(
+    sock: Arc<UdpSocket>,
+    peer: SocketAddr,
+    mut rx: mpsc::Receiver<Bytes>,
+    meta: ForwardMeta,
+    ctx: ForwardContext,
+    idle: Duration,
+    stop: CancellationToken,
+    ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    generation: u64,
+) {
+    let opened = tokio::select! {
+        s = ctx.tunnel.open_stream(StreamProtocol::Udp, meta.target(), Some(peer)) => s,
+        _ = stop.cancelled() => { let _ = ended.send((peer, generation)); return; }
+    };
+    let stream = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "cannot open a flow to the client");
+            let _ = ended.send((peer, generation));
+            return;
+        }
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let base = Instant::now();
+    let last = AtomicU64::new(0);
+
+    let to_client = async {
+        let mut batch = BytesMut::with_capacity(BATCH);
+        while let Some(d) = rx.recv().await {
+            batch.clear();
+            datagram::encode(&d, &mut batch);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(d) => {
+                        datagram::encode(&d, &mut batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+            last.store(now_ms(base), Ordering::Relaxed);
+            if wr.write_all(&batch).await.is_err() {
+                break;
+            }
+        }
+    };
+    let from_client = async {
+        let mut buf = BytesMut::with_capacity(BATCH);
+        loop {
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            while let Some(d) = datagram::decode(&mut buf) {
+                last.store(now_ms(base), Ordering::Relaxed);
+                let _ = sock.send_to(&d, peer).await;
+            }
+            buf.reserve(BATCH);
+        }
+    };
+    let expiry = async {
+        loop {
+            let since = Duration::from_millis(now_ms(base) - last.load(Ordering::Relaxed).min(now_ms(base)));
+            if since >= idle {
+                break;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
+    };
+    tokio::select! {
+        _ = to_client => debug!("flow closed"),
+        _ = from_client => debug!("client closed the flow"),
+        _ = expiry => debug!(idle_secs = idle.as_secs_f64(), "flow idle; dropped"),
+        _ = stop.cancelled() => {}
+    }
+    let _ = ended.send((peer, generation));
+}

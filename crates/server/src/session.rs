@@ -1,0 +1,387 @@
+//! A live session: its forwards, its control loop and its clean-up.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use opennotr_plugin::{
+    async_trait, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, StreamProtocol, Tunnel, TunnelStream,
+};
+use opennotr_proto::handshake::SessionKeys;
+use opennotr_proto::message::{ClientMessage, ForwardRequest, ForwardResult, ServerMessage};
+use opennotr_transport::{Channel, FrameReader, FrameWriter, TransportError};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::state::{ForwardKey, SessionId};
+use crate::{ForwardInfo, SessionInfo, Shared};
+
+type Pending = oneshot::Sender<Result<Channel, OpenError>>;
+
+/// How long a plugin may take to start or stop one forward.
+const PLUGIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control messages waiting to be written; a client this far behind is dead
+/// or hostile, and opening streams waits rather than queueing more.
+pub(crate) const OUTBOX: usize = 1024;
+
+pub(crate) struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) client_id: String,
+    pub(crate) domain: String,
+    pub(crate) vip: Ipv4Addr,
+    pub(crate) remote: SocketAddr,
+    pub(crate) plaintext: bool,
+    pub(crate) connected_at: SystemTime,
+    pub(crate) keys: SessionKeys,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_stream: AtomicU64,
+    out: mpsc::Sender<ServerMessage>,
+    /// Cancelled when the session ends: every stream stops.
+    pub(crate) kill: CancellationToken,
+    /// Cancelled when forwards must stop accepting (session end or drain).
+    stop: CancellationToken,
+    /// Cancelled when clean-up is complete: VIP, domain and ports are free.
+    pub(crate) finished: CancellationToken,
+    streams: Arc<Semaphore>,
+    connect_timeout: Duration,
+    forwards: Mutex<Vec<RunningForward>>,
+}
+
+struct RunningForward {
+    meta: ForwardMeta,
+    plugin: Arc<dyn Plugin>,
+    key: ForwardKey,
+    info: ForwardInfo,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("client_id", &self.client_id)
+            .field("domain", &self.domain)
+            .field("vip", &self.vip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: &Shared,
+        id: SessionId,
+        client_id: String,
+        domain: String,
+        vip: Ipv4Addr,
+        remote: SocketAddr,
+        plaintext: bool,
+        keys: SessionKeys,
+        out: mpsc::Sender<ServerMessage>,
+    ) -> Self {
+        let kill = shared.kill.child_token();
+        Session {
+            id,
+            client_id,
+            domain,
+            vip,
+            remote,
+            plaintext,
+            connected_at: SystemTime::now(),
+            keys,
+            pending: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            out,
+            stop: shared.draining.child_token(),
+            kill,
+            finished: CancellationToken::new(),
+            streams: Arc::new(Semaphore::new(shared.cfg.limits.max_streams_per_client)),
+            connect_timeout: shared.cfg.server.connect_timeout,
+            forwards: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn info(&self) -> SessionInfo {
+        SessionInfo {
+            client_id: self.client_id.clone(),
+            domain: self.domain.clone(),
+            vip: self.vip,
+            remote: self.remote,
+            connected_at: self.connected_at,
+            plaintext: self.plaintext,
+            forwards: self.forwards.lock().map(|f| f.iter().map(|r| r.info.clone()).collect()).unwrap_or_default(),
+        }
+    }
+
+    /// Hands a data channel to the visitor waiting for `stream`; `None` if
+    /// no one waits (expired, already claimed, or never asked for).
+    pub(crate) fn claim(&self, stream: u64) -> Option<Pending> {
+        self.pending.lock().ok()?.remove(&stream)
+    }
+
+    fn refuse_pending(&self, stream: u64, reason: String) {
+        if let Some(tx) = self.claim(stream) {
+            let _ = tx.send(Err(OpenError::Refused(reason)));
+        }
+    }
+}
+
+/// The [`Tunnel`] plugins get: opens streams on this session.
+#[derive(Debug)]
+pub(crate) struct SessionTunnel(pub(crate) Arc<Session>);
+
+#[async_trait]
+impl Tunnel for SessionTunnel {
+    async fn open_stream(
+        &self,
+        protocol: StreamProtocol,
+        target: SocketAddr,
+        peer: Option<SocketAddr>,
+    ) -> Result<TunnelStream, OpenError> {
+        let s = &self.0;
+        if s.kill.is_cancelled() {
+            return Err(OpenError::SessionClosed);
+        }
+        let permit = s.streams.clone().try_acquire_owned().map_err(|_| OpenError::TooManyStreams)?;
+        let stream = s.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        s.pending.lock().map_err(|_| OpenError::SessionClosed)?.insert(stream, tx);
+        let ask = async {
+            s.out
+                .send(ServerMessage::Connect { stream, protocol, target, peer })
+                .await
+                .map_err(|_| OpenError::SessionClosed)?;
+            rx.await.map_err(|_| OpenError::SessionClosed)?
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(s.connect_timeout, ask) => r.unwrap_or(Err(OpenError::Timeout)),
+            _ = s.kill.cancelled() => Err(OpenError::SessionClosed),
+        };
+        if result.is_err() {
+            s.claim(stream);
+        }
+        Ok(TunnelStream::new(result?, Some(Box::new(permit))))
+    }
+}
+
+/// Starts the requested forwards; one that fails does not stop the others.
+pub(crate) async fn start_forwards(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    requests: &[ForwardRequest],
+    leased: &HashMap<ForwardKey, u16>,
+) -> Vec<ForwardResult> {
+    let mut results = Vec::with_capacity(requests.len());
+    let max = shared.cfg.limits.max_forwards_per_client;
+    let tunnel: Arc<dyn Tunnel> = Arc::new(SessionTunnel(session.clone()));
+    for (i, req) in requests.iter().enumerate() {
+        let fail =
+            |error: String| ForwardResult { request: req.clone(), public_port: None, url: None, error: Some(error) };
+        if i >= max {
+            results.push(fail(format!("the server allows at most {max} forwards per client")));
+            continue;
+        }
+        let Some(plugin) = shared.plugins.get(&req.protocol).cloned() else {
+            let have: Vec<_> = shared.plugins.keys().map(String::as_str).collect();
+            results.push(fail(format!(
+                "protocol {:?} is not available on this server (it has: {})",
+                req.protocol,
+                have.join(", ")
+            )));
+            continue;
+        };
+        let key = ForwardKey {
+            protocol: req.protocol.clone(),
+            requested_port: req.public_port,
+            local_ip: req.local_ip,
+            local_port: req.local_port,
+        };
+        let mut meta = ForwardMeta {
+            id: shared.next_forward.fetch_add(1, Ordering::Relaxed),
+            protocol: req.protocol.clone(),
+            public_port: req.public_port,
+            vip: session.vip,
+            local_ip: req.local_ip,
+            local_port: req.local_port,
+            domain: session.domain.clone(),
+            raw_config: req.raw_config.clone(),
+            client_id: session.client_id.clone(),
+        };
+        let leased_port = if req.public_port == 0 { leased.get(&key).copied() } else { None };
+        let mut outcome = Err("not started".to_string());
+        for port in leased_port.into_iter().chain([req.public_port]) {
+            meta.public_port = port;
+            let ctx = ForwardContext {
+                tunnel: tunnel.clone(),
+                stop: session.stop.child_token(),
+                kill: session.kill.clone(),
+                tracker: shared.streams.clone(),
+                limits: ForwardLimits { max_udp_flows: shared.cfg.limits.max_udp_flows_per_forward },
+            };
+            outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
+                Ok(Ok(ep)) => Ok(ep),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the plugin did not start the forward in time".into()),
+            };
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        match outcome {
+            Ok(ep) => {
+                let info = ForwardInfo {
+                    protocol: req.protocol.clone(),
+                    public_port: ep.public_port,
+                    url: ep.url.clone(),
+                    target: meta.target(),
+                };
+                info!(protocol = %req.protocol, url = %ep.url, target = %meta.target(), "forward started");
+                if let Ok(mut f) = session.forwards.lock() {
+                    f.push(RunningForward { meta, plugin, key, info });
+                }
+                results.push(ForwardResult {
+                    request: req.clone(),
+                    public_port: ep.public_port,
+                    url: Some(ep.url),
+                    error: None,
+                });
+            }
+            Err(e) => {
+                info!(protocol = %req.protocol, public_port = req.public_port, error = %e, "forward refused");
+                results.push(fail(e));
+            }
+        }
+    }
+    results
+}
+
+/// Why a session ended, for the log.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    Silent(Duration),
+    Replaced,
+    Shutdown,
+    Error(String),
+}
+
+/// Runs the control loop until the session ends, then cleans up.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    mut reader: FrameReader<ReadHalf<Channel>>,
+    writer: FrameWriter<WriteHalf<Channel>>,
+    outbox: mpsc::Receiver<ServerMessage>,
+) {
+    let timeout = shared.cfg.server.keepalive_timeout;
+    let writer_task = tokio::spawn(write_loop(writer, outbox, session.kill.clone(), timeout));
+    let mut ping = tokio::time::interval(shared.cfg.server.keepalive_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let end = loop {
+        tokio::select! {
+            frame = reader.next() => {
+                let msg = match frame {
+                    Ok(f) => ClientMessage::from_bytes(&f),
+                    Err(TransportError::Closed) => break End::ClientClosed,
+                    Err(e) => break End::Error(e.to_string()),
+                };
+                deadline.as_mut().reset(Instant::now() + timeout);
+                match msg {
+                    Ok(ClientMessage::Ping { seq }) => { let _ = session.out.try_send(ServerMessage::Pong { seq }); }
+                    Ok(ClientMessage::Pong { .. }) => {}
+                    Ok(ClientMessage::StreamRefused { stream, reason }) => {
+                        debug!(stream, %reason, "client refused stream");
+                        session.refuse_pending(stream, reason);
+                    }
+                    Ok(other) => break End::Error(format!("unexpected message {other:?}")),
+                    Err(e) => break End::Error(e.to_string()),
+                }
+            }
+            _ = ping.tick() => {
+                seq += 1;
+                let _ = session.out.try_send(ServerMessage::Ping { seq });
+            }
+            _ = &mut deadline => break End::Silent(timeout),
+            _ = session.kill.cancelled() => {
+                break if shared.kill.is_cancelled() { End::Shutdown } else { End::Replaced };
+            }
+        }
+    };
+    match &end {
+        End::ClientClosed => info!("client disconnected"),
+        End::Silent(t) => warn!(timeout_secs = t.as_secs_f64(), "client silent too long; closing its session"),
+        End::Replaced => info!("session replaced by the same client's new connection"),
+        End::Shutdown => {
+            let _ = session.out.try_send(ServerMessage::GoingAway { reason: "server shutting down".into() });
+        }
+        End::Error(e) => warn!(error = %e, "closing session after a protocol error"),
+    }
+    // The writer flushes what is queued (a parting `going_away`) and stops.
+    drop(reader);
+    session.kill.cancel();
+    let _ = writer_task.await;
+    cleanup(&shared, &session).await;
+}
+
+async fn write_loop(
+    mut writer: FrameWriter<WriteHalf<Channel>>,
+    mut outbox: mpsc::Receiver<ServerMessage>,
+    kill: CancellationToken,
+    timeout: Duration,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = outbox.recv() => m,
+            _ = kill.cancelled() => {
+                // Flush what is already queued (a parting `going_away`).
+                while let Ok(m) = outbox.try_recv() {
+                    if tokio::time::timeout(Duration::from_secs(1), writer.send(&m.to_bytes())).await.is_err() { break; }
+                }
+                None
+            }
+        };
+        let Some(msg) = msg else { break };
+        match tokio::time::timeout(timeout, writer.send(&msg.to_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "control write failed");
+                kill.cancel();
+                break;
+            }
+            Err(_) => {
+                warn!("client stopped reading its control channel; closing its session");
+                kill.cancel();
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+}
+
+/// Frees everything the session holds, then marks it finished.
+pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
+    session.kill.cancel();
+    session.stop.cancel();
+    let forwards = session.forwards.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default();
+    let mut ports = HashMap::new();
+    for f in &forwards {
+        if tokio::time::timeout(PLUGIN_STEP_TIMEOUT, f.plugin.stop_proxy(&f.meta)).await.is_err() {
+            warn!(protocol = %f.meta.protocol, "plugin did not stop the forward in time");
+        }
+        if let Some(p) = f.info.public_port {
+            ports.insert(f.key.clone(), p);
+        }
+    }
+    if let Ok(mut p) = session.pending.lock() {
+        p.clear();
+    }
+    shared.state().remove(session, ports);
+    session.finished.cancel();
+    debug!("session resources released");
+}

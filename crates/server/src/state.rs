@@ -1,0 +1,190 @@
+//! Who holds what: sessions, domains, VIPs, and the leases that let a
+//! reconnecting client take its VIP, domain and ports back.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use opennotr_config::ServerConfig;
+use opennotr_proto::message::RefuseCode;
+use rand::Rng;
+
+use crate::session::Session;
+use crate::vip::VipPool;
+
+pub(crate) type SessionId = [u8; 16];
+
+/// Identifies "the same forward" across reconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ForwardKey {
+    pub(crate) protocol: String,
+    pub(crate) requested_port: u16,
+    pub(crate) local_ip: IpAddr,
+    pub(crate) local_port: u16,
+}
+
+/// What a client held last time.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub(crate) vip: Ipv4Addr,
+    pub(crate) domain: String,
+    pub(crate) ports: HashMap<ForwardKey, u16>,
+    touched: Instant,
+}
+
+pub(crate) struct State {
+    pub(crate) sessions: HashMap<SessionId, Arc<Session>>,
+    by_client: HashMap<String, SessionId>,
+    domains: HashMap<String, SessionId>,
+    pub(crate) vips: VipPool,
+    leases: HashMap<String, Lease>,
+    max_leases: usize,
+    max_clients: usize,
+    zone: String,
+}
+
+/// What admission decided.
+pub(crate) struct Admission {
+    pub(crate) vip: Ipv4Addr,
+    pub(crate) domain: String,
+    pub(crate) ports: HashMap<ForwardKey, u16>,
+}
+
+pub(crate) enum AdmitError {
+    Refused(RefuseCode, String),
+    /// The client's previous session is still live; close it and retry.
+    Replace(Arc<Session>),
+}
+
+const LABEL_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// 16 characters of base32: 80 random bits, not guessable or enumerable.
+fn random_label() -> String {
+    let mut rng = rand::rng();
+    (0..16).map(|_| LABEL_ALPHABET[rng.random_range(0..LABEL_ALPHABET.len())] as char).collect()
+}
+
+/// Lowercases and checks a requested domain.
+pub(crate) fn normalize_domain(d: &str) -> Result<String, String> {
+    let d = d.trim_end_matches('.').to_ascii_lowercase();
+    if d.is_empty() || d.len() > 253 {
+        return Err("a domain has 1 to 253 characters".into());
+    }
+    for label in d.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!("{d:?} is not a valid domain name"));
+        }
+    }
+    Ok(d)
+}
+
+impl State {
+    pub(crate) fn new(cfg: &ServerConfig) -> Self {
+        State {
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            domains: HashMap::new(),
+            vips: VipPool::new(cfg.dhcp.cidr, cfg.dhcp.ip),
+            leases: HashMap::new(),
+            max_leases: cfg.limits.max_clients.saturating_mul(4).max(64),
+            max_clients: cfg.limits.max_clients,
+            zone: cfg.server.domain.clone(),
+        }
+    }
+
+    /// Decides VIP and domain for a registering client. Takes nothing if it
+    /// refuses. The caller inserts the session with [`State::insert`] under the same lock.
+    pub(crate) fn admit(&mut self, client_id: &str, requested: Option<&str>) -> Result<Admission, AdmitError> {
+        if let Some(old) = self.by_client.get(client_id).and_then(|id| self.sessions.get(id)) {
+            return Err(AdmitError::Replace(old.clone()));
+        }
+        if self.sessions.len() >= self.max_clients {
+            return Err(AdmitError::Refused(
+                RefuseCode::TooManyClients,
+                format!("the server already has its maximum of {} clients", self.max_clients),
+            ));
+        }
+        let lease = self.leases.get(client_id).cloned();
+        let domain = match requested {
+            Some(d) => normalize_domain(d).map_err(|m| AdmitError::Refused(RefuseCode::DomainInvalid, m))?,
+            None => match &lease {
+                Some(l) if !self.domains.contains_key(&l.domain) => l.domain.clone(),
+                _ => loop {
+                    let d = format!("{}.{}", random_label(), self.zone);
+                    if !self.domains.contains_key(&d) {
+                        break d;
+                    }
+                },
+            },
+        };
+        if self.domains.contains_key(&domain) {
+            return Err(AdmitError::Refused(
+                RefuseCode::DomainTaken,
+                format!("domain {domain} is held by another connected client"),
+            ));
+        }
+        let vip = self.vips.allocate(lease.as_ref().map(|l| l.vip)).ok_or_else(|| {
+            AdmitError::Refused(
+                RefuseCode::PoolExhausted,
+                format!("no virtual IP is free: all {} addresses of dhcp.cidr are in use", self.vips.capacity()),
+            )
+        })?;
+        let ports = lease.map(|l| l.ports).unwrap_or_default();
+        Ok(Admission { vip, domain, ports })
+    }
+
+    pub(crate) fn insert(&mut self, s: Arc<Session>) {
+        self.by_client.insert(s.client_id.clone(), s.id);
+        self.domains.insert(s.domain.clone(), s.id);
+        self.sessions.insert(s.id, s);
+    }
+
+    /// Removes a finished session and remembers what it held.
+    pub(crate) fn remove(&mut self, s: &Session, ports: HashMap<ForwardKey, u16>) {
+        if self.sessions.get(&s.id).is_some_and(|x| x.id == s.id) {
+            self.sessions.remove(&s.id);
+        }
+        if self.by_client.get(&s.client_id) == Some(&s.id) {
+            self.by_client.remove(&s.client_id);
+        }
+        if self.domains.get(&s.domain) == Some(&s.id) {
+            self.domains.remove(&s.domain);
+        }
+        self.vips.release(s.vip);
+        if self.leases.len() >= self.max_leases && !self.leases.contains_key(&s.client_id) {
+            if let Some(oldest) = self.leases.iter().min_by_key(|(_, l)| l.touched).map(|(k, _)| k.clone()) {
+                self.leases.remove(&oldest);
+            }
+        }
+        self.leases.insert(
+            s.client_id.clone(),
+            Lease { vip: s.vip, domain: s.domain.clone(), ports, touched: Instant::now() },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_checked() {
+        assert_eq!(normalize_domain("App.Example.COM.").unwrap(), "app.example.com");
+        assert!(normalize_domain("-bad.example").is_err());
+        assert!(normalize_domain("a..b").is_err());
+        assert!(normalize_domain("sp ace.x").is_err());
+    }
+
+    #[test]
+    fn labels_are_random() {
+        let a = random_label();
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, random_label());
+    }
+}

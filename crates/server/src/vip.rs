@@ -1,0 +1,133 @@
+//! The pool of virtual IPs (`dhcp.cidr`).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+/// Hands out the host addresses of a CIDR, except the network and broadcast
+/// addresses and the server's own (`dhcp.ip`).
+///
+/// Addresses are handed out round-robin from a cursor rather than lowest
+/// first, so an address just released (and remembered by its client for a
+/// reconnect) is the last one given to somebody else. Only allocated
+/// addresses are stored, so a /8 costs nothing up front.
+#[derive(Debug)]
+pub struct VipPool {
+    first: u32,
+    last: u32,
+    reserved: Option<u32>,
+    used: HashSet<u32>,
+    cursor: u32,
+}
+
+impl VipPool {
+    /// A pool over `net`, never handing out `server_ip`. Without one, the
+    /// address as written in `dhcp.cidr` (`100.64.242.1/24` → `.1`) is the
+    /// server's, as in the original.
+    pub fn new(net: ipnet::Ipv4Net, server_ip: Option<Ipv4Addr>) -> Self {
+        let server_ip = server_ip.or(Some(net.addr()).filter(|a| *a != net.network()));
+        let network = u32::from(net.network());
+        let broadcast = u32::from(net.broadcast());
+        let (first, last) = if net.prefix_len() >= 31 { (network, broadcast) } else { (network + 1, broadcast - 1) };
+        VipPool { first, last, reserved: server_ip.map(u32::from), used: HashSet::new(), cursor: first }
+    }
+
+    /// How many addresses can be handed out in all.
+    pub fn capacity(&self) -> usize {
+        let n = (self.last - self.first + 1) as usize;
+        match self.reserved {
+            Some(r) if (self.first..=self.last).contains(&r) => n - 1,
+            _ => n,
+        }
+    }
+
+    /// How many are handed out now.
+    pub fn in_use(&self) -> usize {
+        self.used.len()
+    }
+
+    fn available(&self, a: u32) -> bool {
+        (self.first..=self.last).contains(&a) && Some(a) != self.reserved && !self.used.contains(&a)
+    }
+
+    /// Takes `preferred` if it is free, else the next free address.
+    pub fn allocate(&mut self, preferred: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        if let Some(p) = preferred.map(u32::from) {
+            if self.available(p) {
+                self.used.insert(p);
+                return Some(p.into());
+            }
+        }
+        if self.used.len() >= self.capacity() {
+            return None;
+        }
+        let span = self.last - self.first + 1;
+        for i in 0..span {
+            let a = self.first + (self.cursor - self.first + i) % span;
+            if self.available(a) {
+                self.used.insert(a);
+                self.cursor = if a == self.last { self.first } else { a + 1 };
+                return Some(a.into());
+            }
+        }
+        None
+    }
+
+    /// Gives an address back.
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        self.used.remove(&u32::from(ip));
+    }
+
+    /// Whether `ip` is handed out.
+    pub fn is_used(&self, ip: Ipv4Addr) -> bool {
+        self.used.contains(&u32::from(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(cidr: &str, ip: Option<&str>) -> VipPool {
+        VipPool::new(cidr.parse().unwrap(), ip.map(|s| s.parse().unwrap()))
+    }
+
+    #[test]
+    fn excludes_network_broadcast_and_server() {
+        let mut p = pool("100.64.242.1/29", Some("100.64.242.1"));
+        assert_eq!(p.capacity(), 5);
+        let got: Vec<_> = std::iter::from_fn(|| p.allocate(None)).collect();
+        let want: Vec<Ipv4Addr> = (2..=6).map(|i| Ipv4Addr::new(100, 64, 242, i)).collect();
+        assert_eq!(got, want);
+        assert_eq!(p.allocate(None), None);
+    }
+
+    #[test]
+    fn released_address_is_reused_last_but_preferred_on_request() {
+        let mut p = pool("10.0.0.0/29", None);
+        assert_eq!(p.capacity(), 6);
+        let a = p.allocate(None).unwrap();
+        let b = p.allocate(None).unwrap();
+        p.release(a);
+        let c = p.allocate(None).unwrap();
+        assert_ne!(c, a);
+        assert_ne!(c, b);
+        p.release(b);
+        assert_eq!(p.allocate(Some(b)), Some(b));
+        assert_eq!(p.allocate(Some(b)).map(|x| x != b), Some(true));
+    }
+
+    #[test]
+    fn written_address_is_the_servers_by_default() {
+        let mut p = pool("100.64.242.1/30", None);
+        assert_eq!(p.allocate(None), Some(Ipv4Addr::new(100, 64, 242, 2)));
+        assert_eq!(p.allocate(None), None);
+    }
+
+    #[test]
+    fn large_pool_costs_nothing_up_front() {
+        let mut p = pool("10.0.0.0/8", None);
+        assert_eq!(p.capacity(), (1 << 24) - 2);
+        assert_eq!(p.allocate(None), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(p.in_use(), 1);
+    }
+}
