@@ -9,7 +9,7 @@ use opennotr_client::{Client, Event};
 
 /// Exposes local services through an opennotrd server.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "opennotr", version)]
 struct Args {
     /// Configuration file (the original's `-conf FILE` works too).
     #[arg(short, long, value_name = "FILE", default_value = "config.yaml")]

@@ -26,7 +26,10 @@ pub fn init_tracing(level: Option<&str>, json: bool) {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
@@ -39,11 +42,14 @@ pub fn init_tracing(level: Option<&str>, json: bool) {
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    // Install the handlers now, not in the task: once the caller logs that
+    // it is up, a signal must already be caught.
+    let mut signals = Signals::install();
     tokio::spawn(async move {
-        wait_signal().await;
+        signals.recv().await;
         info!("signal received; shutting down (send it again to exit at once)");
         t.cancel();
-        wait_signal().await;
+        signals.recv().await;
         warn!("second signal; exiting now");
         std::process::exit(130);
     });
@@ -51,20 +57,37 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 #[cfg(unix)]
-async fn wait_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(i), Ok(t)) => Signals(Some((i, t))),
+            _ => Signals(None),
+        }
+    }
+    async fn recv(&mut self) {
+        let Some((int, term)) = &mut self.0 else { return std::future::pending().await };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Self {
+        Signals
+    }
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 #[cfg(test)]

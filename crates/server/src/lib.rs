@@ -189,6 +189,11 @@ impl Server {
     /// bound) and binds the control listener.
     pub async fn bind(cfg: ServerConfig, registry: &Registry) -> Result<Server, ServerError> {
         let plugins = setup_plugins(&cfg, registry)?;
+        for (key, addr) in [("server.tcplisten", cfg.server.tcp_listen), ("server.udplisten", cfg.server.udp_listen)] {
+            if let Some(addr) = addr {
+                warn!(key, %addr, "the virtual LAN (transparent proxy) is not in this version yet; not listening there");
+            }
+        }
         let addr = cfg.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let state = state::State::new(&cfg);

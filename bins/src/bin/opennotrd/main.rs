@@ -11,7 +11,7 @@ mod demo;
 
 /// Makes services behind NAT reachable through this host.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "opennotrd", version)]
 struct Args {
     /// Configuration file (the original's `-conf FILE` works too).
     #[arg(short, long, value_name = "FILE", default_value = "notrd.yaml", conflicts_with = "demo")]

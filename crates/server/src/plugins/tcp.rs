@@ -28,6 +28,12 @@ impl PluginFactory for TcpFactory {
     fn setup(&self, config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError> {
         let rules: PortRules = parse_config("tcp", config)?;
         rules.validate("tcp")?;
+        if rules.session_timeout.is_some() {
+            return Err(PluginError::Config {
+                key: "plugin.tcp.sessionTimeout".into(),
+                message: "only the udp plugin has sessionTimeout".into(),
+            });
+        }
         Ok(Arc::new(TcpPlugin { rules, running: Mutex::new(HashMap::new()) }))
     }
 }
