@@ -1,1 +1,694 @@
-//! Test support
+//! Test support for the in-process end-to-end tests under `tests/tests/`.
+//!
+//! - [`ServerSpec`] / [`TestServer`]: an `opennotrd` on `127.0.0.1:0`, built
+//!   from a YAML file through `opennotr_config::parse_server`, with public
+//!   ports bound on loopback in a fixed range.
+//! - [`ClientSpec`] / [`TestClient`]: an `opennotr` client whose events come
+//!   out of a channel, with helpers to wait for `Connected`.
+//! - Local services: [`tcp_echo`], [`udp_echo`], [`slow_tcp`], [`tcp_accepting`].
+//! - [`Proxy`]: a TCP proxy between client and server that can cut, freeze
+//!   or half-drop the connections going through it.
+//! - [`within`], [`wait_until`], [`run_test`]: bounded waits, so a hang fails
+//!   a test instead of stalling it.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use opennotr_client::{Client, Event, Registration};
+pub use opennotr_config::{ClientConfig, ServerConfig};
+pub use opennotr_proto::message::RefuseCode;
+pub use opennotr_server::{builtin_plugins, Server, ServerHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+pub use tokio_util::sync::CancellationToken;
+
+/// The key of every test server and (unless a test says otherwise) client.
+pub const KEY: &str = "e2e shared test key";
+/// `server.domain` of every test server.
+pub const ZONE: &str = "e2e.notr.test";
+/// Bound of a single wait (an event, a condition, a read).
+pub const WAIT: Duration = Duration::from_secs(10);
+/// Bound of a whole test body.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Range of public ports the test servers hand out. It lies below Linux's
+/// default ephemeral range (32768-60999), so the kernel never gives one of
+/// these ports to an outgoing connection, and a port a test expects back
+/// (a reconnecting client's lease) or expects free cannot be taken that way.
+pub const PORT_RANGE: (u16, u16) = (20000, 32000);
+
+/// Logs to the test output when `RUST_LOG` is set (e.g. `RUST_LOG=debug`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Runs a test body under [`TEST_TIMEOUT`].
+pub async fn run_test<F: Future>(body: F) -> F::Output {
+    init_tracing();
+    match tokio::time::timeout(TEST_TIMEOUT, body).await {
+        Ok(v) => v,
+        Err(_) => panic!("test did not finish within {TEST_TIMEOUT:?}"),
+    }
+}
+
+/// Awaits `fut`, failing the test if it takes longer than `limit`.
+pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// Polls `cond` until it holds, failing the test after [`WAIT`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(WAIT, what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// `127.0.0.1:port`.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Deterministic bytes that differ with `seed` and position.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+// ------------------------------------------------------------------ server
+
+/// What a test server looks like; [`ServerSpec::yaml`] turns it into a
+/// server configuration file.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// `server.listen`.
+    pub listen: SocketAddr,
+    /// `server.authKey`.
+    pub key: String,
+    /// `server.allowPlaintext`.
+    pub allow_plaintext: bool,
+    /// `server.keepaliveInterval` / `keepaliveTimeout`, seconds.
+    pub keepalive: Option<(f64, f64)>,
+    /// `server.connectTimeout`, seconds.
+    pub connect_timeout: Option<f64>,
+    /// `server.shutdownGrace`, seconds.
+    pub shutdown_grace: f64,
+    /// `PortMin`/`PortMax` of both `tcp` and `udp`.
+    pub port_range: (u16, u16),
+    /// `limits.<key>: <value>` lines.
+    pub limits: Vec<(&'static str, u64)>,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        ServerSpec {
+            listen: local(0),
+            key: KEY.into(),
+            allow_plaintext: false,
+            keepalive: None,
+            connect_timeout: None,
+            shutdown_grace: 1.0,
+            port_range: PORT_RANGE,
+            limits: Vec::new(),
+        }
+    }
+}
+
+impl ServerSpec {
+    /// The server configuration file.
+    pub fn yaml(&self) -> String {
+        let mut y = String::new();
+        y += "server:\n";
+        y += &format!("  listen: \"{}\"\n", self.listen);
+        y += &format!("  authKey: {:?}\n", self.key);
+        y += &format!("  domain: \"{ZONE}\"\n");
+        y += &format!("  allowPlaintext: {}\n", self.allow_plaintext);
+        y += &format!("  shutdownGrace: {}\n", self.shutdown_grace);
+        if let Some((interval, timeout)) = self.keepalive {
+            y += &format!("  keepaliveInterval: {interval}\n  keepaliveTimeout: {timeout}\n");
+        }
+        if let Some(t) = self.connect_timeout {
+            y += &format!("  connectTimeout: {t}\n");
+        }
+        y += "dhcp:\n  cidr: \"100.64.242.1/24\"\n  ip: \"100.64.242.1\"\n";
+        let (lo, hi) = self.port_range;
+        y += "plugin:\n";
+        y += &format!("  tcp: '{{\"PortMin\": {lo}, \"PortMax\": {hi}, \"bind\": \"127.0.0.1\"}}'\n");
+        y += "  udp:\n";
+        y += &format!("    PortMin: {lo}\n    PortMax: {hi}\n    bind: \"127.0.0.1\"\n");
+        if !self.limits.is_empty() {
+            y += "limits:\n";
+            for (k, v) in &self.limits {
+                y += &format!("  {k}: {v}\n");
+            }
+        }
+        y
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> ServerConfig {
+        let yaml = self.yaml();
+        opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    /// The control address.
+    pub addr: SocketAddr,
+    /// For looking at sessions and VIPs.
+    pub handle: ServerHandle,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), opennotr_server::ServerError>>>,
+}
+
+impl TestServer {
+    /// Starts a server with the built-in plugins.
+    pub async fn start(spec: &ServerSpec) -> TestServer {
+        TestServer::start_with(spec.config(), &builtin_plugins()).await
+    }
+
+    /// Starts a server with the given plugins.
+    pub async fn start_with(cfg: ServerConfig, registry: &opennotr_plugin::Registry) -> TestServer {
+        let server = Server::bind(cfg, registry).await.unwrap_or_else(|e| panic!("server does not start: {e}"));
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let shutdown = CancellationToken::new();
+        let task = Some(tokio::spawn(server.run(shutdown.clone())));
+        TestServer { addr, handle, shutdown, task }
+    }
+
+    /// Shuts the server down and waits until `run` has returned.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            within(Duration::from_secs(20), "server shutdown", task)
+                .await
+                .expect("server task panicked")
+                .expect("server run failed");
+        }
+    }
+
+    /// Polls until the server has no sessions.
+    pub async fn wait_no_sessions(&self) {
+        let h = self.handle.clone();
+        wait_until("server has no sessions", || h.sessions().is_empty()).await;
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+// ------------------------------------------------------------------ client
+
+/// One requested forward: `protocol`, public port (0 = server picks), local port.
+#[derive(Debug, Clone)]
+pub struct Fwd {
+    /// Plugin name.
+    pub protocol: String,
+    /// Public port, 0 = the server chooses.
+    pub public: u16,
+    /// Local port the client dials on 127.0.0.1.
+    pub local: u16,
+}
+
+/// A `tcp` forward.
+pub fn tcp_fwd(public: u16, local: u16) -> Fwd {
+    Fwd { protocol: "tcp".into(), public, local }
+}
+
+/// A `udp` forward.
+pub fn udp_fwd(public: u16, local: u16) -> Fwd {
+    Fwd { protocol: "udp".into(), public, local }
+}
+
+/// What a test client looks like; [`ClientSpec::yaml`] turns it into a
+/// client configuration file.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    /// `serverAddr`.
+    pub server: SocketAddr,
+    /// `key`.
+    pub key: String,
+    /// `domain`.
+    pub domain: Option<String>,
+    /// `plaintext`.
+    pub plaintext: bool,
+    /// `forwards`, one entry per forward.
+    pub forwards: Vec<Fwd>,
+    /// `keepaliveInterval` / `keepaliveTimeout`, seconds.
+    pub keepalive: Option<(f64, f64)>,
+    /// `handshakeTimeout`, seconds.
+    pub handshake_timeout: Option<f64>,
+    /// `reconnectMaxDelay`, seconds.
+    pub reconnect_max_delay: f64,
+}
+
+impl ClientSpec {
+    /// A client of `server` with the test key and no forwards.
+    pub fn new(server: SocketAddr) -> ClientSpec {
+        ClientSpec {
+            server,
+            key: KEY.into(),
+            domain: None,
+            plaintext: false,
+            forwards: Vec::new(),
+            keepalive: None,
+            handshake_timeout: None,
+            reconnect_max_delay: 0.5,
+        }
+    }
+
+    /// Adds a forward.
+    pub fn forward(mut self, f: Fwd) -> ClientSpec {
+        self.forwards.push(f);
+        self
+    }
+
+    /// Asks for a domain.
+    pub fn domain(mut self, d: &str) -> ClientSpec {
+        self.domain = Some(d.into());
+        self
+    }
+
+    /// The client configuration file.
+    pub fn yaml(&self) -> String {
+        let mut y = String::new();
+        y += &format!("serverAddr: \"{}\"\n", self.server);
+        y += &format!("key: {:?}\n", self.key);
+        if let Some(d) = &self.domain {
+            y += &format!("domain: \"{d}\"\n");
+        }
+        y += &format!("plaintext: {}\n", self.plaintext);
+        y += &format!("reconnectMaxDelay: {}\n", self.reconnect_max_delay);
+        if let Some((interval, timeout)) = self.keepalive {
+            y += &format!("keepaliveInterval: {interval}\nkeepaliveTimeout: {timeout}\n");
+        }
+        if let Some(t) = self.handshake_timeout {
+            y += &format!("handshakeTimeout: {t}\n");
+        }
+        if !self.forwards.is_empty() {
+            y += "forwards:\n";
+            for f in &self.forwards {
+                y += &format!("  - protocol: {}\n    ports:\n      {}: {}\n", f.protocol, f.public, f.local);
+            }
+        }
+        y
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> ClientConfig {
+        let yaml = self.yaml();
+        opennotr_config::parse_client(&yaml).unwrap_or_else(|e| panic!("bad test client config: {e}\n{yaml}"))
+    }
+}
+
+/// A running client and the events it reports.
+pub struct TestClient {
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Every event received so far, in order.
+    pub history: Vec<Event>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestClient {
+    /// Starts a client for `spec`.
+    pub fn start(spec: &ClientSpec) -> TestClient {
+        TestClient::start_config(spec.config())
+    }
+
+    /// Starts a client for `cfg` (a new client id).
+    pub fn start_config(cfg: ClientConfig) -> TestClient {
+        let (tx, events) = mpsc::unbounded_channel();
+        let client = Client::new(
+            cfg,
+            Arc::new(move |e: &Event| {
+                let _ = tx.send(e.clone());
+            }),
+        );
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = Some(tokio::spawn(async move { client.run(token).await }));
+        TestClient { events, history: Vec::new(), shutdown, task }
+    }
+
+    /// The next event.
+    pub async fn next_event(&mut self) -> Event {
+        let e =
+            within(WAIT, "waiting for a client event", self.events.recv()).await.expect("client event channel closed");
+        self.history.push(e.clone());
+        e
+    }
+
+    /// Waits for an event matching `pred`, skipping the others.
+    pub async fn wait_event(&mut self, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Event {
+        let seen_before = self.history.len();
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let e = self.events.recv().await.expect("client event channel closed");
+                self.history.push(e.clone());
+                if pred(&e) {
+                    return e;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(e) => e,
+            Err(_) => panic!("timed out waiting for {what}; events meanwhile: {:#?}", &self.history[seen_before..]),
+        }
+    }
+
+    /// Waits for the next `Connected`, skipping `Disconnected`/`Refused`.
+    pub async fn connected(&mut self) -> Registration {
+        match self.wait_event("the client to connect", |e| matches!(e, Event::Connected(_))).await {
+            Event::Connected(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits for the next `Disconnected` and returns its reason.
+    pub async fn disconnected(&mut self) -> String {
+        match self.wait_event("the client to disconnect", |e| matches!(e, Event::Disconnected { .. })).await {
+            Event::Disconnected { reason, .. } => reason,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Events already queued, without waiting.
+    pub fn pending_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            self.history.push(e.clone());
+            out.push(e);
+        }
+        out
+    }
+
+    /// Stops the client and waits for its task to end.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            within(WAIT, "client shutdown", task).await.expect("client task panicked");
+        }
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The public port of forward `i`, failing the test if it was refused.
+pub fn public_port(reg: &Registration, i: usize) -> u16 {
+    let f = &reg.forwards[i];
+    assert_eq!(f.error, None, "forward {i} refused");
+    f.public_port.unwrap_or_else(|| panic!("forward {i} has no public port: {f:?}"))
+}
+
+// ------------------------------------------------------------ local services
+
+/// A background task, aborted when dropped.
+pub struct Service {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP echo server: copies back until EOF, then closes its write side.
+pub async fn tcp_echo() -> Service {
+    tcp_service(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+/// A TCP server running `handler` for each connection.
+pub async fn tcp_service<F, Fut>(handler: F) -> Service
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(local(0)).await.expect("bind local service");
+    let addr = listener.local_addr().expect("local service address");
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((s, _)) => { conns.spawn(handler(s)); }
+                    Err(_) => continue,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    });
+    Service { addr, task }
+}
+
+/// A TCP server that hands each accepted connection to the test.
+pub async fn tcp_accepting() -> (Service, mpsc::UnboundedReceiver<TcpStream>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let svc = tcp_service(move |s| {
+        let _ = tx.send(s);
+        async {}
+    })
+    .await;
+    (svc, rx)
+}
+
+/// A TCP server that accepts and holds connections, never reading them.
+/// Returns how many it has accepted.
+pub async fn slow_tcp() -> (Service, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let svc = tcp_service(move |s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _hold = s;
+            std::future::pending::<()>().await
+        }
+    })
+    .await;
+    (svc, accepted)
+}
+
+/// A UDP echo server: each datagram goes back to its sender unchanged.
+pub async fn udp_echo() -> Service {
+    let sock = UdpSocket::bind(local(0)).await.expect("bind udp echo");
+    let addr = sock.local_addr().expect("udp echo address");
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Ok((n, peer)) = sock.recv_from(&mut buf).await {
+                let _ = sock.send_to(&buf[..n], peer).await;
+            }
+        }
+    });
+    Service { addr, task }
+}
+
+/// Connects to `addr`, sends `payload`, half-closes, and returns all it
+/// reads until EOF.
+pub async fn echo_once(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    within(WAIT, "echo through the tunnel", async {
+        let mut s = TcpStream::connect(addr).await.expect("connect to the public port");
+        let (mut r, mut w) = s.split();
+        let send = async {
+            w.write_all(payload).await.expect("write to the tunnel");
+            w.shutdown().await.expect("half-close");
+        };
+        let recv = async {
+            let mut back = Vec::with_capacity(payload.len());
+            r.read_to_end(&mut back).await.expect("read from the tunnel");
+            back
+        };
+        tokio::join!(send, recv).1
+    })
+    .await
+}
+
+/// Asserts that a TCP echo through `addr` returns `payload`.
+pub async fn assert_echo(addr: SocketAddr, payload: &[u8]) {
+    let back = echo_once(addr, payload).await;
+    assert!(back == payload, "echo of {} bytes came back as {} different bytes", payload.len(), back.len());
+}
+
+// ------------------------------------------------------------------- proxy
+
+#[derive(Default)]
+struct ConnCtl {
+    cut: CancellationToken,
+    freeze: CancellationToken,
+    drop_client: CancellationToken,
+}
+
+#[derive(Default)]
+struct ProxyInner {
+    conns: Mutex<Vec<Arc<ConnCtl>>>,
+    blackhole: AtomicBool,
+    release: CancellationToken,
+    accepted: AtomicUsize,
+}
+
+/// A TCP proxy to `upstream` that can break the connections through it in
+/// the ways a network does.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    inner: Arc<ProxyInner>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy on `127.0.0.1:0` forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind(local(0)).await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let inner = Arc::new(ProxyInner::default());
+        let i = inner.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                i.accepted.fetch_add(1, Ordering::SeqCst);
+                let release = i.release.clone();
+                if i.blackhole.load(Ordering::SeqCst) {
+                    tokio::spawn(async move {
+                        let _hold = client;
+                        release.cancelled().await;
+                    });
+                    continue;
+                }
+                let ctl = Arc::new(ConnCtl::default());
+                if let Ok(mut c) = i.conns.lock() {
+                    c.push(ctl.clone());
+                }
+                tokio::spawn(pipe(client, upstream, ctl, release));
+            }
+        });
+        Proxy { addr, inner, task }
+    }
+
+    fn take_conns(&self) -> Vec<Arc<ConnCtl>> {
+        self.inner.conns.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
+    }
+
+    /// Closes both sides of every current connection.
+    pub fn cut_all(&self) {
+        for c in self.take_conns() {
+            c.cut.cancel();
+        }
+    }
+
+    /// Closes the client side of every current connection and keeps the
+    /// server side open, silent: the server does not notice.
+    pub fn drop_client_side(&self) {
+        for c in self.take_conns() {
+            c.drop_client.cancel();
+        }
+    }
+
+    /// Stops forwarding bytes on every current connection, keeping both
+    /// sides open: a silently dead path.
+    pub fn freeze_all(&self) {
+        for c in self.take_conns() {
+            c.freeze.cancel();
+        }
+    }
+
+    /// While on, new connections are accepted and then ignored.
+    pub fn set_blackhole(&self, on: bool) {
+        self.inner.blackhole.store(on, Ordering::SeqCst);
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.inner.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.inner.release.cancel();
+        self.task.abort();
+    }
+}
+
+enum Break {
+    Cut,
+    Freeze,
+    DropClient,
+}
+
+async fn pipe(client: TcpStream, upstream: SocketAddr, ctl: Arc<ConnCtl>, release: CancellationToken) {
+    let Ok(server) = TcpStream::connect(upstream).await else { return };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let action = {
+        let up = async {
+            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            let _ = sw.shutdown().await;
+        };
+        let down = async {
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            let _ = cw.shutdown().await;
+        };
+        tokio::select! {
+            _ = async { tokio::join!(up, down) } => return,
+            _ = release.cancelled() => return,
+            _ = ctl.cut.cancelled() => Break::Cut,
+            _ = ctl.freeze.cancelled() => Break::Freeze,
+            _ = ctl.drop_client.cancelled() => Break::DropClient,
+        }
+    };
+    match action {
+        Break::Cut => {}
+        Break::Freeze => {
+            release.cancelled().await;
+            drop((cr, cw, sr, sw));
+        }
+        Break::DropClient => {
+            drop((cr, cw));
+            release.cancelled().await;
+            drop((sr, sw));
+        }
+    }
+}

@@ -120,7 +120,13 @@ async fn pump_udp(sock: UdpSocket, chan: Channel) -> std::io::Result<()> {
     let from_local = async {
         let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
         loop {
-            let n = sock.recv(&mut buf).await?;
+            let n = match sock.recv(&mut buf).await {
+                Ok(n) => n,
+                // The ICMP answer to an earlier send to a closed port: the
+                // service is away for now, the flow goes on.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e),
+            };
             // Full queue: the tunnel is slower than the service; drop.
             let _ = tx.try_send(bytes::Bytes::copy_from_slice(&buf[..n]));
         }

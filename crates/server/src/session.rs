@@ -263,7 +263,9 @@ pub(crate) async fn start_forwards(
 enum End {
     ClientClosed,
     Silent(Duration),
-    Replaced,
+    /// Closed from elsewhere (replaced by a reconnect, a failed write);
+    /// whoever closed it logged why.
+    Closed,
     Shutdown,
     Error(String),
 }
@@ -277,7 +279,10 @@ pub(crate) async fn run(
     outbox: mpsc::Receiver<ServerMessage>,
 ) {
     let timeout = shared.cfg.server.keepalive_timeout;
-    let writer_task = tokio::spawn(write_loop(writer, outbox, session.kill.clone(), timeout));
+    // The writer stops when this loop is done (not on `kill` itself): a
+    // parting `going_away`, queued after `kill` fires, must still go out.
+    let done = CancellationToken::new();
+    let writer_task = tokio::spawn(write_loop(writer, outbox, session.kill.clone(), done.clone(), timeout));
     let mut ping = tokio::time::interval(shared.cfg.server.keepalive_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
@@ -309,14 +314,14 @@ pub(crate) async fn run(
             }
             _ = &mut deadline => break End::Silent(timeout),
             _ = session.kill.cancelled() => {
-                break if shared.kill.is_cancelled() { End::Shutdown } else { End::Replaced };
+                break if shared.kill.is_cancelled() { End::Shutdown } else { End::Closed };
             }
         }
     };
     match &end {
         End::ClientClosed => info!("client disconnected"),
         End::Silent(t) => warn!(timeout_secs = t.as_secs_f64(), "client silent too long; closing its session"),
-        End::Replaced => info!("session replaced by the same client's new connection"),
+        End::Closed => debug!("session closed by the server"),
         End::Shutdown => {
             let _ = session.out.try_send(ServerMessage::GoingAway { reason: "server shutting down".into() });
         }
@@ -325,20 +330,24 @@ pub(crate) async fn run(
     // The writer flushes what is queued (a parting `going_away`) and stops.
     drop(reader);
     session.kill.cancel();
+    done.cancel();
     let _ = writer_task.await;
     cleanup(&shared, &session).await;
 }
 
+/// Writes queued messages until `done`, then flushes what is queued and
+/// half-closes; cancels `kill` if the client stops taking them.
 async fn write_loop(
     mut writer: FrameWriter<WriteHalf<Channel>>,
     mut outbox: mpsc::Receiver<ServerMessage>,
     kill: CancellationToken,
+    done: CancellationToken,
     timeout: Duration,
 ) {
     loop {
         let msg = tokio::select! {
             m = outbox.recv() => m,
-            _ = kill.cancelled() => {
+            _ = done.cancelled() => {
                 // Flush what is already queued (a parting `going_away`).
                 while let Ok(m) = outbox.try_recv() {
                     if tokio::time::timeout(Duration::from_secs(1), writer.send(&m.to_bytes())).await.is_err() { break; }

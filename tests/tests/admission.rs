@@ -1,0 +1,237 @@
+//! Who gets in and with what: keys, versions, domains, VIPs, limits, and
+//! what the server may ask the client to dial.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use opennotr_plugin::{
+    async_trait, Endpoint, ForwardContext, ForwardMeta, OpenError, Plugin, PluginError, PluginFactory, StreamProtocol,
+};
+use opennotr_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_is_refused_with_the_reason() {
+    run_test(async {
+        let server = TestServer::start(&ServerSpec::default()).await;
+        let mut spec = ClientSpec::new(server.addr);
+        spec.key = "not the server's key".into();
+        let mut client = TestClient::start(&spec);
+        let reason = client.disconnected().await;
+        assert!(reason.contains("key"), "the reason should mention the key: {reason}");
+        assert!(reason.contains("authentication failed"), "{reason}");
+        assert!(!client.history.iter().any(|e| matches!(e, Event::Connected(_))));
+        assert!(server.handle.sessions().is_empty());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_protocol_version_gets_a_refused_frame() {
+    run_test(async {
+        let server = TestServer::start(&ServerSpec::default()).await;
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"NOTR\x63").await.unwrap();
+        let mut len = [0u8; 4];
+        within(WAIT, "the refused frame", s.read_exact(&mut len)).await.unwrap();
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(len < 4096, "frame length {len}");
+        let mut body = vec![0u8; len];
+        within(WAIT, "the refused frame body", s.read_exact(&mut body)).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("the frame holds JSON");
+        assert_eq!(v["type"], "refused", "{v}");
+        assert_eq!(v["code"], "version_mismatch", "{v}");
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(message.contains("99"), "the message names the client's version: {message}");
+        // Then the server closes the connection.
+        let mut rest = Vec::new();
+        within(WAIT, "the server to close", s.read_to_end(&mut rest)).await.unwrap();
+        assert!(rest.is_empty());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vip_is_released_when_the_client_leaves() {
+    run_test(async {
+        let echo = tcp_echo().await;
+        let server = TestServer::start(&ServerSpec::default()).await;
+        let mut client = TestClient::start(&ClientSpec::new(server.addr).forward(tcp_fwd(0, echo.addr.port())));
+        let reg = client.connected().await;
+        let port = public_port(&reg, 0);
+        assert!(server.handle.vip_in_use(reg.vip));
+        assert_eq!(server.handle.sessions()[0].vip, reg.vip);
+        client.stop().await;
+        server.wait_no_sessions().await;
+        let h = server.handle.clone();
+        wait_until("the VIP to be free", || !h.vip_in_use(reg.vip)).await;
+        // The public port is closed too.
+        assert!(tokio::net::TcpListener::bind(local(port)).await.is_ok(), "port {port} still bound");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_domain_is_refused() {
+    run_test(async {
+        let server = TestServer::start(&ServerSpec::default()).await;
+        let mut first = TestClient::start(&ClientSpec::new(server.addr).domain("app.e2e.notr.test"));
+        let reg = first.connected().await;
+        assert_eq!(reg.domain, "app.e2e.notr.test");
+
+        // Another client (another id), same domain, any case.
+        let mut second = TestClient::start(&ClientSpec::new(server.addr).domain("App.E2E.notr.test"));
+        let e = second.wait_event("a refusal", |e| matches!(e, Event::Refused { .. })).await;
+        let Event::Refused { code, message } = e else { unreachable!() };
+        assert_eq!(code, RefuseCode::DomainTaken, "{message}");
+        assert!(message.contains("app.e2e.notr.test"), "{message}");
+        second.stop().await;
+
+        let sessions = server.handle.sessions();
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].domain, "app.e2e.notr.test");
+        assert!(first.pending_events().is_empty(), "the first client was disturbed: {:?}", first.history);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_domain_gets_a_random_label() {
+    run_test(async {
+        let server = TestServer::start(&ServerSpec::default()).await;
+        let mut a = TestClient::start(&ClientSpec::new(server.addr));
+        let mut b = TestClient::start(&ClientSpec::new(server.addr));
+        let (ra, rb) = (a.connected().await, b.connected().await);
+        for d in [&ra.domain, &rb.domain] {
+            let label = d.strip_suffix(&format!(".{ZONE}")).unwrap_or_else(|| panic!("{d} is not under {ZONE}"));
+            assert_eq!(label.len(), 16, "{d}");
+            assert!(label.bytes().all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c)), "{d}");
+        }
+        assert_ne!(ra.domain, rb.domain);
+        assert_ne!(ra.vip, rb.vip);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_per_client_refuses_the_extra_forward() {
+    run_test(async {
+        let echo = tcp_echo().await;
+        let server =
+            TestServer::start(&ServerSpec { limits: vec![("maxForwardsPerClient", 1)], ..Default::default() }).await;
+        let spec = ClientSpec::new(server.addr)
+            .forward(tcp_fwd(0, echo.addr.port()))
+            .forward(tcp_fwd(0, echo.addr.port() ^ 1));
+        let mut client = TestClient::start(&spec);
+        let reg = client.connected().await;
+        assert_echo(local(public_port(&reg, 0)), b"the first forward works").await;
+        let error = reg.forwards[1].error.as_deref().expect("the second forward should be refused");
+        assert!(error.contains("at most 1"), "{error}");
+        assert_eq!(server.handle.sessions()[0].forwards.len(), 1);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_refuses_the_extra_client() {
+    run_test(async {
+        let server = TestServer::start(&ServerSpec { limits: vec![("maxClients", 1)], ..Default::default() }).await;
+        let mut first = TestClient::start(&ClientSpec::new(server.addr));
+        first.connected().await;
+        let mut second = TestClient::start(&ClientSpec::new(server.addr));
+        let e = second.wait_event("a refusal", |e| matches!(e, Event::Refused { .. })).await;
+        let Event::Refused { code, message } = e else { unreachable!() };
+        assert_eq!(code, RefuseCode::TooManyClients, "{message}");
+        assert_eq!(server.handle.sessions().len(), 1);
+        // Once the first leaves, the second gets in.
+        first.stop().await;
+        second.connected().await;
+    })
+    .await
+}
+
+// ------------------------------------------- the client dials only what it declares
+
+/// A plugin that, for each forward, asks the client for streams to the
+/// declared target and to targets the client never declared, and reports
+/// what happened.
+struct ProbeFactory(mpsc::UnboundedSender<(String, Result<(), String>)>);
+
+struct Probe(mpsc::UnboundedSender<(String, Result<(), String>)>);
+
+impl PluginFactory for ProbeFactory {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn setup(&self, _config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError> {
+        Ok(Arc::new(Probe(self.0.clone())))
+    }
+}
+
+#[async_trait]
+impl Plugin for Probe {
+    async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
+        let declared = meta.target();
+        let undeclared_port = SocketAddr::new(declared.ip(), declared.port() ^ 1);
+        let undeclared_host: SocketAddr = ([10, 9, 8, 7], declared.port()).into();
+        let probes = vec![
+            ("declared tcp", StreamProtocol::Tcp, declared),
+            ("undeclared port", StreamProtocol::Tcp, undeclared_port),
+            ("undeclared host", StreamProtocol::Tcp, undeclared_host),
+            ("declared port as udp", StreamProtocol::Udp, declared),
+        ];
+        let report = self.0.clone();
+        // Streams open once the session runs, after run_proxy returns.
+        tokio::spawn(async move {
+            for (name, proto, target) in probes {
+                let r = match ctx.tunnel.open_stream(proto, target, None).await {
+                    Ok(mut s) => {
+                        // Prove it is the real service: an echo.
+                        let mut buf = [0u8; 4];
+                        let ok = s.write_all(b"ping").await.is_ok() && s.read_exact(&mut buf).await.is_ok();
+                        if ok && &buf == b"ping" {
+                            Ok(())
+                        } else {
+                            Err("opened, but no echo".to_string())
+                        }
+                    }
+                    Err(OpenError::Refused(reason)) => Err(format!("refused: {reason}")),
+                    Err(e) => Err(format!("other error: {e}")),
+                };
+                let _ = report.send((name.to_string(), r));
+            }
+        });
+        Ok(Endpoint { public_port: None, url: format!("probe://{}", meta.domain) })
+    }
+
+    async fn stop_proxy(&self, _meta: &ForwardMeta) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_cannot_make_the_client_dial_undeclared_targets() {
+    run_test(async {
+        let echo = tcp_echo().await;
+        let (tx, mut results) = mpsc::unbounded_channel();
+        let mut registry = builtin_plugins();
+        registry.register(ProbeFactory(tx));
+        let server = TestServer::start_with(ServerSpec::default().config(), &registry).await;
+        let spec =
+            ClientSpec::new(server.addr).forward(Fwd { protocol: "probe".into(), public: 0, local: echo.addr.port() });
+        let mut client = TestClient::start(&spec);
+        let reg = client.connected().await;
+        assert_eq!(reg.forwards[0].error, None);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(within(WAIT, "a probe result", results.recv()).await.expect("probe results"));
+        }
+        assert_eq!(got[0], ("declared tcp".to_string(), Ok(())), "{got:?}");
+        for (name, r) in &got[1..] {
+            let e = r.as_ref().expect_err(&format!("{name}: the client dialed an undeclared target"));
+            assert!(e.starts_with("refused: ") && e.contains("not a target declared"), "{name}: {e}");
+        }
+        assert!(client.pending_events().is_empty(), "the session survives: {:?}", client.history);
+    })
+    .await
+}
