@@ -7,7 +7,7 @@ use opennotr_proto::datagram;
 use opennotr_proto::frame::preface;
 use opennotr_proto::message::{ClientMessage, StreamProtocol};
 use opennotr_transport::relay::relay;
-use opennotr_transport::{timed, tune_tcp, write_frame, Channel, SecureStream, TransportError};
+use opennotr_transport::{timed, tune_tcp, Channel, SecureStream, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -65,7 +65,7 @@ pub(crate) async fn serve(
         StreamProtocol::Udp => {
             let bind: std::net::SocketAddr =
                 if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-            let sock = match UdpSocket::bind(bind).await {
+            let sock = match bind_udp(bind) {
                 Ok(s) => s,
                 Err(e) => return refuse(format!("cannot open a UDP socket: {e}")).await,
             };
@@ -93,6 +93,18 @@ pub(crate) async fn serve(
     }
 }
 
+/// A UDP socket with large buffers (capped by the kernel's `rmem_max`), so
+/// a burst from the local service is not dropped while the flow's task waits
+/// to be scheduled.
+fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 async fn open_data_channel(link: &Link, stream: u64) -> Result<Channel, TransportError> {
     timed(link.timeout, "opening a data channel", async {
         let mut tcp = TcpStream::connect(link.server).await?;
@@ -100,8 +112,10 @@ async fn open_data_channel(link: &Link, stream: u64) -> Result<Channel, Transpor
         let nonce: [u8; 16] = rand::random();
         let mac = link.keys.data_hello_mac(&link.session, stream, &nonce);
         let hello = ClientMessage::DataHello { session: link.session.clone(), stream, nonce: nonce.to_vec(), mac };
-        tcp.write_all(&preface()).await?;
-        write_frame(&mut tcp, &hello.to_bytes()).await?;
+        // Preface and hello in one write: one segment, one wake-up on the server.
+        let mut first = BytesMut::from(&preface()[..]);
+        opennotr_proto::frame::encode_frame(&hello.to_bytes(), &mut first)?;
+        tcp.write_all(&first).await?;
         Ok(if link.plaintext {
             Channel::Plain(tcp)
         } else {

@@ -36,13 +36,29 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(5);
-                let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
-                    debug!(%peer, "too many connections in handshake; dropping one");
+                // Connections past the handshake limit wait for a slot (up to
+                // the handshake timeout) rather than being dropped: a burst of
+                // visitors makes a burst of data channels. Past four times the
+                // limit, even waiting is refused, so waiting costs stay bounded.
+                let Ok(queued) = shared.queued.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many connections waiting for a handshake slot; dropping one");
                     continue;
                 };
                 tune_tcp(&tcp);
                 let span = info_span!("conn", %peer);
-                shared.sessions.spawn(handle(shared.clone(), tcp, peer, permit).instrument(span));
+                let shared2 = shared.clone();
+                shared.sessions.spawn(
+                    async move {
+                        let limit = shared2.cfg.server.handshake_timeout;
+                        let slot = tokio::time::timeout(limit, shared2.handshakes.clone().acquire_owned()).await;
+                        drop(queued);
+                        match slot {
+                            Ok(Ok(permit)) => handle(shared2, tcp, peer, permit).await,
+                            _ => debug!("no handshake slot in time; dropping the connection"),
+                        }
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");

@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     /// Cancelled when the grace period ends: everything stops.
     pub(crate) kill: CancellationToken,
     pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
+    /// Connections accepted and waiting for a handshake slot.
+    pub(crate) queued: Arc<tokio::sync::Semaphore>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -206,6 +208,7 @@ impl Server {
             streams: TaskTracker::new(),
             draining: CancellationToken::new(),
             kill: CancellationToken::new(),
+            queued: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes.saturating_mul(4))),
             handshakes,
             cfg,
         });

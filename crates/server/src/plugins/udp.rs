@@ -63,7 +63,7 @@ struct UdpPlugin {
 #[async_trait]
 impl Plugin for UdpPlugin {
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
-        let sock = self.rules.bind_with(meta.public_port, UdpSocket::bind).await?;
+        let sock = self.rules.bind_with(meta.public_port, |a| async move { bind(a) }).await?;
         let port = sock.local_addr().map(|a| a.port()).unwrap_or(meta.public_port);
         let stop = ctx.stop.clone();
         let span = info_span!("udp", port);
@@ -81,6 +81,20 @@ impl Plugin for UdpPlugin {
             let _ = task.await;
         }
     }
+}
+
+/// Socket buffers asked for (the kernel caps them at `net.core.rmem_max`):
+/// a burst that arrives while the receive loop is not scheduled waits here
+/// instead of being dropped by the kernel.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
 }
 
 struct Flow {
