@@ -306,7 +306,15 @@ def main():
     ap.add_argument("--udp-rate", default="200M")
     ap.add_argument("--only", default="")
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--report-from", metavar="JSON", help="rewrite docs/benchmarks.md from a saved results file")
     args = ap.parse_args()
+    if args.report_from:
+        with open(args.report_from) as f:
+            results = json.load(f)
+        cmd = "python3 bench/run.py --time " + str(args.time)
+        with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
+            f.write(write_report(results, args, cmd))
+        return
     bins = ensure_tools()
     release = build_opennotr()
     suites = [
