@@ -120,6 +120,8 @@ pub struct ServerSpec {
     pub port_range: (u16, u16),
     /// `limits.<key>: <value>` lines.
     pub limits: Vec<(&'static str, u64)>,
+    /// `sessionTimeout` of the `udp` plugin, seconds.
+    pub udp_session_timeout: Option<f64>,
 }
 
 impl Default for ServerSpec {
@@ -133,6 +135,7 @@ impl Default for ServerSpec {
             shutdown_grace: 1.0,
             port_range: PORT_RANGE,
             limits: Vec::new(),
+            udp_session_timeout: None,
         }
     }
 }
@@ -159,6 +162,9 @@ impl ServerSpec {
         y += &format!("  tcp: '{{\"PortMin\": {lo}, \"PortMax\": {hi}, \"bind\": \"127.0.0.1\"}}'\n");
         y += "  udp:\n";
         y += &format!("    PortMin: {lo}\n    PortMax: {hi}\n    bind: \"127.0.0.1\"\n");
+        if let Some(t) = self.udp_session_timeout {
+            y += &format!("    sessionTimeout: {t}\n");
+        }
         if !self.limits.is_empty() {
             y += "limits:\n";
             for (k, v) in &self.limits {

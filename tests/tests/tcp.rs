@@ -340,3 +340,20 @@ async fn max_streams_per_client_turns_away_the_extra_visitor() {
     })
     .await
 }
+
+/// Every closed visitor connection gives its stream back: nothing leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connections_release_their_streams() {
+    run_test(async {
+        let echo = tcp_echo().await;
+        let server = TestServer::start(&ServerSpec::default()).await;
+        let mut client = TestClient::start(&ClientSpec::new(server.addr).forward(tcp_fwd(0, echo.addr.port())));
+        let public = local(public_port(&client.connected().await, 0));
+        for i in 0..50u64 {
+            assert_echo(public, &pattern(i, 1000)).await;
+        }
+        let handle = server.handle.clone();
+        wait_until("all streams released", || handle.sessions()[0].open_streams == 0).await;
+    })
+    .await
+}

@@ -141,3 +141,42 @@ async fn a_udp_flow_survives_its_service_going_away_for_a_moment() {
     })
     .await
 }
+
+/// An idle flow is dropped after `sessionTimeout` with its stream (the
+/// server's open-stream count returns to 0) and the client's socket (the next
+/// datagram from the same peer reaches the service from a new source port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_flows_are_freed() {
+    run_test(async {
+        // Answers each datagram with the address it came from.
+        let whoami = UdpSocket::bind(local(0)).await.unwrap();
+        let service = whoami.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((_, peer)) = whoami.recv_from(&mut buf).await {
+                let _ = whoami.send_to(peer.to_string().as_bytes(), peer).await;
+            }
+        });
+        let spec = ServerSpec { udp_session_timeout: Some(0.3), ..ServerSpec::default() };
+        let server = TestServer::start(&spec).await;
+        let mut client = TestClient::start(&ClientSpec::new(server.addr).forward(udp_fwd(0, service.port())));
+        let public = local(public_port(&client.connected().await, 0));
+        let peer = UdpSocket::bind(local(0)).await.unwrap();
+        peer.connect(public).await.unwrap();
+        let mut buf = vec![0u8; 256];
+
+        peer.send(b"first").await.unwrap();
+        let n = within(WAIT, "first reply", peer.recv(&mut buf)).await.unwrap();
+        let first_source = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert_eq!(server.handle.sessions()[0].open_streams, 1, "one flow open");
+
+        let handle = server.handle.clone();
+        wait_until("the idle flow is dropped", || handle.sessions()[0].open_streams == 0).await;
+
+        peer.send(b"second").await.unwrap();
+        let n = within(WAIT, "second reply", peer.recv(&mut buf)).await.unwrap();
+        let second_source = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert_ne!(first_source, second_source, "a new flow uses a new socket on the client");
+    })
+    .await
+}

@@ -73,6 +73,8 @@ pub struct SessionInfo {
     pub plaintext: bool,
     /// Running forwards.
     pub forwards: Vec<ForwardInfo>,
+    /// Streams (visitor connections and UDP flows) open now.
+    pub open_streams: usize,
 }
 
 /// A running forward.

@@ -48,6 +48,7 @@ pub(crate) struct Session {
     /// Cancelled when clean-up is complete: VIP, domain and ports are free.
     pub(crate) finished: CancellationToken,
     streams: Arc<Semaphore>,
+    max_streams: usize,
     connect_timeout: Duration,
     forwards: Mutex<Vec<RunningForward>>,
 }
@@ -99,6 +100,7 @@ impl Session {
             kill,
             finished: CancellationToken::new(),
             streams: Arc::new(Semaphore::new(shared.cfg.limits.max_streams_per_client)),
+            max_streams: shared.cfg.limits.max_streams_per_client,
             connect_timeout: shared.cfg.server.connect_timeout,
             forwards: Mutex::new(Vec::new()),
         }
@@ -113,6 +115,7 @@ impl Session {
             connected_at: self.connected_at,
             plaintext: self.plaintext,
             forwards: self.forwards.lock().map(|f| f.iter().map(|r| r.info.clone()).collect()).unwrap_or_default(),
+            open_streams: self.max_streams.saturating_sub(self.streams.available_permits()),
         }
     }
 
