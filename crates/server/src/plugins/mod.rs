@@ -3,9 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use opennotr_plugin::PluginError;
+use opennotr_plugin::{CancellationToken, Endpoint, ForwardMeta, PluginError};
 use rand::Rng;
 use serde::Deserialize;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub mod tcp;
 pub mod udp;
@@ -83,6 +85,40 @@ impl PortRules {
                 Err(PluginError::Refused(format!("no free port in the range {lo}-{hi}")))
             }
             (p, _) => bind(SocketAddr::new(ip, p)).await.map_err(|e| in_use(p, e)),
+        }
+    }
+}
+
+/// The forwards a plugin runs, each a task serving its public socket.
+#[derive(Default)]
+pub(crate) struct Running(std::sync::Mutex<std::collections::HashMap<u64, (CancellationToken, JoinHandle<()>)>>);
+
+impl Running {
+    /// Serves `meta`'s forward with `fut` (which must end when `ctx.stop` is
+    /// cancelled) and returns its endpoint.
+    pub(crate) fn start<F>(
+        &self,
+        meta: &ForwardMeta,
+        stop: CancellationToken,
+        port: u16,
+        scheme: &str,
+        fut: F,
+    ) -> Endpoint
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let task = tokio::spawn(fut.instrument(tracing::info_span!("forward", protocol = scheme, port)));
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(meta.id, (stop, task));
+        Endpoint { public_port: Some(port), url: format!("{scheme}://{}:{port}", meta.domain) }
+    }
+
+    /// Stops a forward and waits for its task, so its socket is closed (and
+    /// the port free for a reconnecting client) when this returns.
+    pub(crate) async fn stop(&self, meta: &ForwardMeta) {
+        let entry = self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&meta.id);
+        if let Some((stop, task)) = entry {
+            stop.cancel();
+            let _ = task.await;
         }
     }
 }

@@ -1,20 +1,17 @@
 //! `tcp`: a public TCP port per forward; each visitor connection becomes a
 //! stream to the client, which dials `localIP:localPort`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opennotr_plugin::{
-    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
-    StreamProtocol,
+    async_trait, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory, StreamProtocol,
 };
 use opennotr_transport::relay::relay;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::{parse_config, PortRules};
+use super::{parse_config, PortRules, Running};
 
 /// Creates the `tcp` plugin.
 #[derive(Debug)]
@@ -34,13 +31,13 @@ impl PluginFactory for TcpFactory {
                 message: "only the udp plugin has sessionTimeout".into(),
             });
         }
-        Ok(Arc::new(TcpPlugin { rules, running: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(TcpPlugin { rules, running: Running::default() }))
     }
 }
 
 struct TcpPlugin {
     rules: PortRules,
-    running: Mutex<HashMap<u64, (CancellationToken, JoinHandle<()>)>>,
+    running: Running,
 }
 
 #[async_trait]
@@ -48,23 +45,11 @@ impl Plugin for TcpPlugin {
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
         let listener = self.rules.bind_with(meta.public_port, |a| async move { bind(a) }).await?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(meta.public_port);
-        let stop = ctx.stop.clone();
-        let span = info_span!("tcp", port);
-        let task = tokio::spawn(accept_loop(listener, meta.clone(), ctx).instrument(span));
-        if let Ok(mut r) = self.running.lock() {
-            r.insert(meta.id, (stop, task));
-        }
-        Ok(Endpoint { public_port: Some(port), url: format!("tcp://{}:{port}", meta.domain) })
+        Ok(self.running.start(meta, ctx.stop.clone(), port, "tcp", accept_loop(listener, meta.clone(), ctx)))
     }
 
     async fn stop_proxy(&self, meta: &ForwardMeta) {
-        let entry = self.running.lock().ok().and_then(|mut r| r.remove(&meta.id));
-        if let Some((stop, task)) = entry {
-            stop.cancel();
-            // The listener is closed when the task returns, so the port is
-            // free for a reconnecting client as soon as we return.
-            let _ = task.await;
-        }
+        self.running.stop(meta).await;
     }
 }
 

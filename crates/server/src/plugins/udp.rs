@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,11 +20,10 @@ use opennotr_proto::datagram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info_span, Instrument};
 
-use super::{parse_config, PortRules};
+use super::{parse_config, PortRules, Running};
 
 /// Datagrams waiting for a flow's stream; beyond this they are dropped.
 const FLOW_QUEUE: usize = 512;
@@ -50,14 +49,14 @@ impl PluginFactory for UdpFactory {
                 message: format!("{idle} is not a number of seconds between 0 and 86400"),
             });
         }
-        Ok(Arc::new(UdpPlugin { rules, idle: Duration::from_secs_f64(idle), running: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(UdpPlugin { rules, idle: Duration::from_secs_f64(idle), running: Running::default() }))
     }
 }
 
 struct UdpPlugin {
     rules: PortRules,
     idle: Duration,
-    running: Mutex<HashMap<u64, (CancellationToken, JoinHandle<()>)>>,
+    running: Running,
 }
 
 #[async_trait]
@@ -65,21 +64,12 @@ impl Plugin for UdpPlugin {
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
         let sock = self.rules.bind_with(meta.public_port, |a| async move { bind(a) }).await?;
         let port = sock.local_addr().map(|a| a.port()).unwrap_or(meta.public_port);
-        let stop = ctx.stop.clone();
-        let span = info_span!("udp", port);
-        let task = tokio::spawn(recv_loop(Arc::new(sock), meta.clone(), ctx, self.idle).instrument(span));
-        if let Ok(mut r) = self.running.lock() {
-            r.insert(meta.id, (stop, task));
-        }
-        Ok(Endpoint { public_port: Some(port), url: format!("udp://{}:{port}", meta.domain) })
+        let serve = recv_loop(Arc::new(sock), meta.clone(), ctx.clone(), self.idle);
+        Ok(self.running.start(meta, ctx.stop.clone(), port, "udp", serve))
     }
 
     async fn stop_proxy(&self, meta: &ForwardMeta) {
-        let entry = self.running.lock().ok().and_then(|mut r| r.remove(&meta.id));
-        if let Some((stop, task)) = entry {
-            stop.cancel();
-            let _ = task.await;
-        }
+        self.running.stop(meta).await;
     }
 }
 
