@@ -126,6 +126,10 @@ impl Allowed {
                 set.insert((proto, SocketAddr::new(f.local_ip, local)));
             }
         }
+        for v in &cfg.vip_ports {
+            let proto = if v.udp { StreamProtocol::Udp } else { StreamProtocol::Tcp };
+            set.insert((proto, SocketAddr::new(v.local_ip, v.port)));
+        }
         Allowed(set)
     }
 

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use opennotr_config::ClientConfig;
 use opennotr_proto::frame::{preface, PROTOCOL_VERSION};
 use opennotr_proto::handshake::{ClientHandshake, HandshakeError, SessionKeys};
-use opennotr_proto::message::{ClientMessage, ForwardRequest, ServerMessage};
+use opennotr_proto::message::{ClientMessage, ForwardRequest, ServerMessage, StreamProtocol, VipPort};
 use opennotr_transport::{
     read_frame_exact, timed, tune_tcp, write_frame, Channel, FrameReader, FrameWriter, SecureStream, TransportError,
 };
@@ -42,6 +42,17 @@ fn requests(cfg: &ClientConfig) -> Vec<ForwardRequest> {
                 local_port: local,
                 raw_config: f.raw_config.clone(),
             })
+        })
+        .collect()
+}
+
+fn vip_ports(cfg: &ClientConfig) -> Vec<VipPort> {
+    cfg.vip_ports
+        .iter()
+        .map(|v| VipPort {
+            protocol: if v.udp { StreamProtocol::Udp } else { StreamProtocol::Tcp },
+            port: v.port,
+            local_ip: v.local_ip,
         })
         .collect()
 }
@@ -106,6 +117,7 @@ pub(crate) async fn connect_and_serve(
         client_id: client_id.to_string(),
         domain: cfg.domain.clone(),
         forwards: requests(cfg),
+        vip_ports: vip_ports(cfg),
     };
     timed(limit, "sending register", writer.send(&register.to_bytes())).await?;
     let reply = timed(limit, "waiting for registration", reader.next()).await?;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::server::check_keepalive;
 use crate::util::{dns_name, duration, host_port, is_plugin_name, PortMap, Seconds};
-use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret};
+use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret, VipPortConfig};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -22,6 +22,16 @@ struct RawFile {
     keepalive_timeout: Option<Seconds>,
     handshake_timeout: Option<Seconds>,
     reconnect_max_delay: Option<Seconds>,
+    vip_ports: Option<Vec<RawVipPort>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVipPort {
+    port: Option<u32>,
+    protocol: Option<String>,
+    #[serde(rename = "localIP")]
+    local_ip: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -67,7 +77,29 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
     let keepalive_timeout = duration("keepaliveTimeout", raw.keepalive_timeout, Duration::from_secs(15))?;
     check_keepalive("keepaliveTimeout", keepalive_interval, keepalive_timeout)?;
 
+    let mut vip_ports = Vec::new();
+    for (i, v) in raw.vip_ports.unwrap_or_default().into_iter().enumerate() {
+        let key = |field: &str| format!("vipPorts[{i}].{field}");
+        let port = match v.port {
+            Some(p @ 1..=65535) => p as u16,
+            Some(p) => return Err(ConfigError::invalid(key("port"), format!("{p} is not a port (1-65535)"))),
+            None => return Err(ConfigError::invalid(key("port"), "required")),
+        };
+        let protocol = v.protocol.unwrap_or_else(|| "tcp".into());
+        if protocol != "tcp" && protocol != "udp" {
+            return Err(ConfigError::invalid(key("protocol"), format!("`{protocol}` is neither tcp nor udp")));
+        }
+        let local_ip = match v.local_ip.filter(|ip| !ip.is_empty()) {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(text) => text
+                .parse()
+                .map_err(|_| ConfigError::invalid(key("localIP"), format!("`{text}` is not an IP address")))?,
+        };
+        vip_ports.push(VipPortConfig { port, udp: protocol == "udp", local_ip });
+    }
+
     Ok(ClientConfig {
+        vip_ports,
         server_addr,
         key: Secret::new(key),
         domain,

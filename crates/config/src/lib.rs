@@ -95,6 +95,10 @@ pub struct ServerSection {
     /// `server.allowPlaintext` (default false): accept clients that ask for
     /// an unencrypted tunnel. Authentication is never skipped.
     pub allow_plaintext: bool,
+    /// `server.vlanAllowRemote` (default false): let other hosts that route
+    /// the VIP range through this server reach clients' exported VIP ports.
+    /// Off, only programs on the server host can.
+    pub vlan_allow_remote: bool,
     /// `server.handshakeTimeout` seconds (default 10).
     pub handshake_timeout: Duration,
     /// `server.keepaliveInterval` seconds (default 5).
@@ -162,6 +166,20 @@ pub struct ClientConfig {
     pub handshake_timeout: Duration,
     /// `reconnectMaxDelay` seconds (default 30): cap of the backoff.
     pub reconnect_max_delay: Duration,
+    /// `vipPorts`: ports reachable only at the client's virtual IP, on the
+    /// server host, besides the local ports of its forwards.
+    pub vip_ports: Vec<VipPortConfig>,
+}
+
+/// One entry of `vipPorts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipPortConfig {
+    /// `vipPorts[i].port`: the port at the VIP, and the port the client dials.
+    pub port: u16,
+    /// `vipPorts[i].protocol` is `udp` (default `tcp`).
+    pub udp: bool,
+    /// `vipPorts[i].localIP` (default 127.0.0.1): the host the client dials.
+    pub local_ip: IpAddr,
 }
 
 #[derive(Debug, Clone)]

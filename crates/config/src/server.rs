@@ -37,6 +37,7 @@ struct RawServer {
     #[serde(rename = "udplisten")]
     udp_listen: Option<String>,
     allow_plaintext: Option<bool>,
+    vlan_allow_remote: Option<bool>,
     handshake_timeout: Option<Seconds>,
     keepalive_interval: Option<Seconds>,
     keepalive_timeout: Option<Seconds>,
@@ -127,6 +128,7 @@ fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
         tcp_listen,
         udp_listen,
         allow_plaintext: s.allow_plaintext.unwrap_or(false),
+        vlan_allow_remote: s.vlan_allow_remote.unwrap_or(false),
         handshake_timeout: duration("server.handshakeTimeout", s.handshake_timeout, Duration::from_secs(10))?,
         keepalive_interval,
         keepalive_timeout,

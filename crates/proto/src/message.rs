@@ -46,6 +46,10 @@ pub enum ClientMessage {
         /// Requested forwards, one per public→local port pair.
         #[serde(default)]
         forwards: Vec<ForwardRequest>,
+        /// Ports reachable at the client's VIP only (on the server host),
+        /// besides the local ports of the forwards.
+        #[serde(default)]
+        vip_ports: Vec<VipPort>,
     },
     /// First message of a data connection: claims stream `stream` of a session.
     DataHello {
@@ -227,6 +231,17 @@ pub struct ForwardRequest {
     pub raw_config: Option<String>,
 }
 
+/// A port the client exposes on its virtual IP only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipPort {
+    /// Transport.
+    pub protocol: StreamProtocol,
+    /// The port at the VIP; the client dials the same port.
+    pub port: u16,
+    /// Host the client dials.
+    pub local_ip: IpAddr,
+}
+
 /// What became of one requested forward.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardResult {
@@ -304,8 +319,18 @@ mod tests {
                 }
             ),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|mac| ClientMessage::Confirm { mac }),
-            (".{0,20}", proptest::option::of("[a-z.]{1,20}"), proptest::collection::vec(arb_forward(), 0..4))
-                .prop_map(|(client_id, domain, forwards)| ClientMessage::Register { client_id, domain, forwards }),
+            (".{0,20}", proptest::option::of("[a-z.]{1,20}"), proptest::collection::vec(arb_forward(), 0..4)).prop_map(
+                |(client_id, domain, forwards)| ClientMessage::Register {
+                    client_id,
+                    domain,
+                    forwards,
+                    vip_ports: vec![VipPort {
+                        protocol: StreamProtocol::Udp,
+                        port: 53,
+                        local_ip: [127, 0, 0, 1].into()
+                    }],
+                }
+            ),
             (
                 proptest::collection::vec(any::<u8>(), 16),
                 any::<u64>(),

@@ -198,7 +198,9 @@ async fn control(
     let mut writer = FrameWriter::new(wr);
     let register =
         match timed(limit, "waiting for register", reader.next()).await.map(|f| ClientMessage::from_bytes(&f)) {
-            Ok(Ok(ClientMessage::Register { client_id, domain, forwards })) => (client_id, domain, forwards),
+            Ok(Ok(ClientMessage::Register { client_id, domain, forwards, vip_ports })) => {
+                (client_id, domain, forwards, vip_ports)
+            }
             Ok(_) => {
                 let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "expected register".into() };
                 let _ = writer.send(&m.to_bytes()).await;
@@ -206,7 +208,8 @@ async fn control(
             }
             Err(e) => return debug!(error = %e, "no register"),
         };
-    let (client_id, domain, forwards) = register;
+    let (client_id, domain, forwards, vip_ports) = register;
+    let exports = session::exports(&forwards, &vip_ports);
     if client_id.is_empty() || client_id.len() > 128 {
         let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "bad client id".into() };
         let _ = writer.send(&m.to_bytes()).await;
@@ -234,6 +237,7 @@ async fn control(
                     plaintext,
                     keys.take().unwrap_or_else(|| unreachable!("admitted once")),
                     out.clone(),
+                    exports.clone(),
                 ));
                 st.insert(session.clone());
                 (session, a.ports)
@@ -267,6 +271,7 @@ async fn control(
     async move {
         info!(%peer, plaintext, "client connected");
         let results = session::start_forwards(&shared, &session, &forwards, &leased_ports).await;
+        crate::vlan::export(&shared, &session, true).await;
         let registered = ServerMessage::Registered {
             session: session_id.to_vec(),
             vip: session.vip,

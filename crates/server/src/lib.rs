@@ -28,6 +28,7 @@ pub mod plugins;
 mod session;
 mod state;
 pub mod vip;
+mod vlan;
 
 /// Protocol names reserved for plugins that later versions ship (the
 /// original's gateway plugins). A config naming one is accepted with a
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     /// Cancelled when the grace period ends: everything stops.
     pub(crate) kill: CancellationToken,
     pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
+    /// The virtual LAN's rules, when it is on.
+    pub(crate) vlan: std::sync::Mutex<Option<Arc<opennotr_tproxy::Rules>>>,
     /// Connections accepted and waiting for a handshake slot.
     pub(crate) queued: Arc<tokio::sync::Semaphore>,
 }
@@ -120,6 +123,7 @@ pub(crate) struct Shared {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    vlan: Option<vlan::Setup>,
 }
 
 /// A cheap handle to look at a running server.
@@ -193,11 +197,12 @@ impl Server {
     /// bound) and binds the control listener.
     pub async fn bind(cfg: ServerConfig, registry: &Registry) -> Result<Server, ServerError> {
         let plugins = setup_plugins(&cfg, registry)?;
-        for (key, addr) in [("server.tcplisten", cfg.server.tcp_listen), ("server.udplisten", cfg.server.udp_listen)] {
-            if let Some(addr) = addr {
-                warn!(key, %addr, "the virtual LAN (transparent proxy) is not in this version yet; not listening there");
-            }
-        }
+        // Without the capability (or nft, or Linux), the virtual LAN is off
+        // and everything else works: one warning says so.
+        let vlan = vlan::setup(&cfg).unwrap_or_else(|reason| {
+            warn!(%reason, "virtual LAN off (it needs Linux, CAP_NET_ADMIN and the nft command); the tcp and udp plugins work as usual");
+            None
+        });
         let addr = cfg.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let state = state::State::new(&cfg);
@@ -210,11 +215,15 @@ impl Server {
             streams: TaskTracker::new(),
             draining: CancellationToken::new(),
             kill: CancellationToken::new(),
+            vlan: std::sync::Mutex::new(None),
             queued: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes.saturating_mul(4))),
             handshakes,
             cfg,
         });
-        Ok(Server { listener, shared })
+        if let Some(v) = &vlan {
+            *shared.vlan.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.rules.clone());
+        }
+        Ok(Server { listener, shared, vlan })
     }
 
     /// The control listener's address.
@@ -235,6 +244,9 @@ impl Server {
         info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening for clients");
         let accept_stop = CancellationToken::new();
         let accept = tokio::spawn(conn::accept_loop(self.listener, shared.clone(), accept_stop.clone()));
+        if let Some(v) = self.vlan {
+            vlan::spawn(v, shared.clone(), shared.kill.clone());
+        }
 
         shutdown.cancelled().await;
         let grace = shared.cfg.server.shutdown_grace;
@@ -249,6 +261,10 @@ impl Server {
         let _ = accept.await;
         shared.sessions.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.sessions.wait()).await;
+        if let Some(rules) = shared.vlan.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            rules.remove();
+            info!("virtual LAN rules removed");
+        }
         info!("stopped");
         Ok(())
     }

@@ -10,7 +10,7 @@ use opennotr_plugin::{
     async_trait, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, StreamProtocol, Tunnel, TunnelStream,
 };
 use opennotr_proto::handshake::SessionKeys;
-use opennotr_proto::message::{ClientMessage, ForwardRequest, ForwardResult, ServerMessage};
+use opennotr_proto::message::{ClientMessage, ForwardRequest, ForwardResult, ServerMessage, VipPort};
 use opennotr_transport::{Channel, FrameReader, FrameWriter, TransportError};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -51,6 +51,8 @@ pub(crate) struct Session {
     max_streams: usize,
     connect_timeout: Duration,
     forwards: Mutex<Vec<RunningForward>>,
+    /// What the client exports at its VIP: (transport, port) → what it dials.
+    pub(crate) exports: HashMap<(StreamProtocol, u16), SocketAddr>,
 }
 
 struct RunningForward {
@@ -82,6 +84,7 @@ impl Session {
         plaintext: bool,
         keys: SessionKeys,
         out: mpsc::Sender<ServerMessage>,
+        exports: HashMap<(StreamProtocol, u16), SocketAddr>,
     ) -> Self {
         let kill = shared.kill.child_token();
         Session {
@@ -103,6 +106,7 @@ impl Session {
             max_streams: shared.cfg.limits.max_streams_per_client,
             connect_timeout: shared.cfg.server.connect_timeout,
             forwards: Mutex::new(Vec::new()),
+            exports,
         }
     }
 
@@ -130,6 +134,24 @@ impl Session {
             let _ = tx.send(Err(OpenError::Refused(reason)));
         }
     }
+}
+
+/// What a client exports at its VIP: the local port of each forward (its
+/// transport is the forward's: `udp` for udp, TCP for every other plugin),
+/// and its `vip_ports`. The first entry for a (transport, port) wins.
+pub(crate) fn exports(
+    forwards: &[ForwardRequest],
+    vip_ports: &[VipPort],
+) -> HashMap<(StreamProtocol, u16), SocketAddr> {
+    let mut out = HashMap::new();
+    for f in forwards {
+        let proto = if f.protocol == "udp" { StreamProtocol::Udp } else { StreamProtocol::Tcp };
+        out.entry((proto, f.local_port)).or_insert(SocketAddr::new(f.local_ip, f.local_port));
+    }
+    for v in vip_ports {
+        out.entry((v.protocol, v.port)).or_insert(SocketAddr::new(v.local_ip, v.port));
+    }
+    out
 }
 
 /// The [`Tunnel`] plugins get: opens streams on this session.
@@ -393,6 +415,9 @@ pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
     if let Ok(mut p) = session.pending.lock() {
         p.clear();
     }
+    // Before the VIP is released: a client that gets it next must not
+    // inherit this one's exported ports.
+    crate::vlan::export(shared, session, false).await;
     shared.state().remove(session, ports);
     session.finished.cancel();
     debug!("session resources released");

@@ -37,6 +37,7 @@ pub(crate) struct State {
     pub(crate) sessions: HashMap<SessionId, Arc<Session>>,
     by_client: HashMap<String, SessionId>,
     domains: HashMap<String, SessionId>,
+    by_vip: HashMap<Ipv4Addr, SessionId>,
     pub(crate) vips: VipPool,
     leases: HashMap<String, Lease>,
     max_leases: usize,
@@ -90,6 +91,7 @@ impl State {
             sessions: HashMap::new(),
             by_client: HashMap::new(),
             domains: HashMap::new(),
+            by_vip: HashMap::new(),
             vips: VipPool::new(cfg.dhcp.cidr, cfg.dhcp.ip),
             leases: HashMap::new(),
             max_leases: cfg.limits.max_clients.saturating_mul(4).max(64),
@@ -139,9 +141,15 @@ impl State {
         Ok(Admission { vip, domain, ports })
     }
 
+    /// The live session holding `vip`.
+    pub(crate) fn by_vip(&self, vip: Ipv4Addr) -> Option<Arc<Session>> {
+        self.by_vip.get(&vip).and_then(|id| self.sessions.get(id)).cloned()
+    }
+
     pub(crate) fn insert(&mut self, s: Arc<Session>) {
         self.by_client.insert(s.client_id.clone(), s.id);
         self.domains.insert(s.domain.clone(), s.id);
+        self.by_vip.insert(s.vip, s.id);
         self.sessions.insert(s.id, s);
     }
 
@@ -155,6 +163,9 @@ impl State {
         }
         if self.domains.get(&s.domain) == Some(&s.id) {
             self.domains.remove(&s.domain);
+        }
+        if self.by_vip.get(&s.vip) == Some(&s.id) {
+            self.by_vip.remove(&s.vip);
         }
         self.vips.release(s.vip);
         if self.leases.len() >= self.max_leases && !self.leases.contains_key(&s.client_id) {

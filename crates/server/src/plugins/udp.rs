@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use opennotr_plugin::{
     async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
-    StreamProtocol,
+    StreamProtocol, Tunnel,
 };
 use opennotr_proto::datagram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -127,8 +127,16 @@ async fn recv_loop(sock: Arc<UdpSocket>, meta: ForwardMeta, ctx: ForwardContext,
                     let stop = ctx.kill.child_token();
                     let span = info_span!("flow", %peer);
                     ctx.tracker.spawn(
-                        flow(sock.clone(), peer, rx, meta.clone(), ctx.clone(), idle, stop.clone(), ended_tx.clone(), generation)
-                            .instrument(span),
+                        flow(
+                            FlowEnds { reply: sock.clone(), peer, tunnel: ctx.tunnel.clone(), target: meta.target() },
+                            peer,
+                            rx,
+                            idle,
+                            stop.clone(),
+                            ended_tx.clone(),
+                            generation,
+                        )
+                        .instrument(span),
                     );
                     flows.insert(peer, Flow { tx, generation, stop });
                 }
@@ -149,27 +157,41 @@ fn now_ms(base: Instant) -> u64 {
     base.elapsed().as_millis() as u64
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn flow(
-    sock: Arc<UdpSocket>,
-    peer: SocketAddr,
+/// Where a flow's datagrams come from and go to.
+pub(crate) struct FlowEnds {
+    /// Sends replies to the peer (for the plugin, its public socket; for the
+    /// virtual LAN, a socket bound to the VIP).
+    pub(crate) reply: Arc<UdpSocket>,
+    /// The remote peer.
+    pub(crate) peer: SocketAddr,
+    /// The client's session.
+    pub(crate) tunnel: Arc<dyn Tunnel>,
+    /// What the client dials.
+    pub(crate) target: SocketAddr,
+}
+
+/// One flow: opens a stream to the client, then carries datagrams both ways
+/// until it is idle for `idle`, either side closes, or `stop`. Reports its
+/// end on `ended` as `(key, generation)` so the owner forgets it.
+pub(crate) async fn flow<K: Send + 'static>(
+    ends: FlowEnds,
+    key: K,
     mut rx: mpsc::Receiver<Bytes>,
-    meta: ForwardMeta,
-    ctx: ForwardContext,
     idle: Duration,
     stop: CancellationToken,
-    ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    ended: mpsc::UnboundedSender<(K, u64)>,
     generation: u64,
 ) {
+    let FlowEnds { reply: sock, peer, tunnel, target } = ends;
     let opened = tokio::select! {
-        s = ctx.tunnel.open_stream(StreamProtocol::Udp, meta.target(), Some(peer)) => s,
-        _ = stop.cancelled() => { let _ = ended.send((peer, generation)); return; }
+        s = tunnel.open_stream(StreamProtocol::Udp, target, Some(peer)) => s,
+        _ = stop.cancelled() => { let _ = ended.send((key, generation)); return; }
     };
     let stream = match opened {
         Ok(s) => s,
         Err(e) => {
             debug!(error = %e, "cannot open a flow to the client");
-            let _ = ended.send((peer, generation));
+            let _ = ended.send((key, generation));
             return;
         }
     };
@@ -225,5 +247,5 @@ async fn flow(
         _ = expiry => debug!(idle_secs = idle.as_secs_f64(), "flow idle; dropped"),
         _ = stop.cancelled() => {}
     }
-    let _ = ended.send((peer, generation));
+    let _ = ended.send((key, generation));
 }

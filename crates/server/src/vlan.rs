@@ -1,0 +1,219 @@
+//! The virtual LAN: programs on the server host reach a client at
+//! `VIP:port` as if it were on a local network.
+//!
+//! Firewall rules (`opennotr_tproxy::rules`) divert connections and
+//! datagrams addressed to an exported `VIP:port` into a transparent TCP
+//! listener (`server.tcplisten`) and a transparent UDP socket
+//! (`server.udplisten`); everything else addressed to the VIP range is
+//! refused by the rules themselves. Here the original destination picks the
+//! session (by VIP) and the target (by port), and the traffic goes down that
+//! client's tunnel like a visitor's.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use opennotr_config::ServerConfig;
+use opennotr_plugin::{StreamProtocol, Tunnel};
+use opennotr_tproxy::{Proto, RuleSpec, Rules, TransparentUdp};
+use opennotr_transport::relay::relay;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::plugins::udp::{flow, FlowEnds};
+use crate::session::{Session, SessionTunnel};
+use crate::Shared;
+
+/// Idle time after which a UDP flow to a VIP is dropped.
+const UDP_IDLE: Duration = Duration::from_secs(30);
+const FLOW_QUEUE: usize = 512;
+
+/// The transparent sockets and the rules feeding them.
+pub(crate) struct Setup {
+    pub(crate) rules: Arc<Rules>,
+    tcp: TcpListener,
+    udp: Option<TransparentUdp>,
+}
+
+/// Binds the transparent sockets and installs the rules, or says why not.
+pub(crate) fn setup(cfg: &ServerConfig) -> Result<Option<Setup>, String> {
+    let Some(tcp_addr) = cfg.server.tcp_listen else { return Ok(None) };
+    let tcp = opennotr_tproxy::transparent_tcp_listener(tcp_addr)
+        .map_err(|e| format!("cannot open the transparent TCP listener on {tcp_addr}: {e}"))?;
+    let udp = match cfg.server.udp_listen {
+        Some(a) => {
+            Some(TransparentUdp::bind(a).map_err(|e| format!("cannot open the transparent UDP socket on {a}: {e}"))?)
+        }
+        None => None,
+    };
+    let spec = RuleSpec {
+        cidr: cfg.dhcp.cidr,
+        tcp: tcp.local_addr().unwrap_or(tcp_addr),
+        udp: udp.as_ref().and_then(|u| u.local_addr().ok()),
+        allow_remote: cfg.server.vlan_allow_remote,
+    };
+    let rules = Rules::install(&spec).map_err(|e| format!("cannot install the firewall rules: {e}"))?;
+    info!(
+        cidr = %cfg.dhcp.cidr.trunc(),
+        tcp = %spec.tcp,
+        udp = ?spec.udp,
+        allow_remote = spec.allow_remote,
+        "virtual LAN on: programs on this host reach clients at their VIPs"
+    );
+    Ok(Some(Setup { rules: Arc::new(rules), tcp, udp }))
+}
+
+pub(crate) fn proto(p: StreamProtocol) -> Proto {
+    match p {
+        StreamProtocol::Tcp => Proto::Tcp,
+        StreamProtocol::Udp => Proto::Udp,
+    }
+}
+
+/// Makes a session's exports reachable at its VIP (`on`), or not.
+pub(crate) async fn export(shared: &Shared, s: &Session, on: bool) {
+    let Some(rules) = shared.vlan.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+    let ports = if on { s.exports.keys().map(|&(p, port)| (proto(p), port)).collect() } else { Vec::new() };
+    if let Err(e) = rules.export(s.vip, ports).await {
+        warn!(vip = %s.vip, error = %e, "cannot update the exported VIP ports");
+    }
+}
+
+/// The session holding `dst`'s VIP and what it dials for `dst`'s port.
+fn route(shared: &Shared, dst: SocketAddr, p: StreamProtocol) -> Option<(Arc<Session>, SocketAddr)> {
+    let SocketAddr::V4(dst) = dst else { return None };
+    let session = shared.state().by_vip(*dst.ip())?;
+    let target = *session.exports.get(&(p, dst.port()))?;
+    Some((session, target))
+}
+
+/// Serves the transparent sockets until `stop`.
+pub(crate) fn spawn(setup: Setup, shared: Arc<Shared>, stop: CancellationToken) {
+    tokio::spawn(tcp_loop(setup.tcp, shared.clone(), stop.clone()).instrument(info_span!("vlan_tcp")));
+    if let Some(udp) = setup.udp {
+        tokio::spawn(udp_loop(udp, shared, stop).instrument(info_span!("vlan_udp")));
+    }
+}
+
+async fn tcp_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                backoff = Duration::from_millis(5);
+                let span = info_span!("vip_conn", %peer);
+                shared.streams.spawn(tcp_conn(shared.clone(), sock, peer).instrument(span));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed; backing off");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn reset(sock: &TcpStream) {
+    let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}
+
+async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
+    opennotr_transport::tune_tcp(&sock);
+    let Ok(dst) = sock.local_addr() else { return };
+    // The rules let only exported ports through; a miss here is a session
+    // that just ended, or a direct connection to the listener itself.
+    let Some((session, target)) = route(&shared, dst, StreamProtocol::Tcp) else {
+        debug!(%dst, "nothing exported there; reset");
+        return reset(&sock);
+    };
+    let kill = session.kill.clone();
+    let tunnel = SessionTunnel(session);
+    let opened = tokio::select! {
+        s = tunnel.open_stream(StreamProtocol::Tcp, target, Some(peer)) => s,
+        _ = kill.cancelled() => return reset(&sock),
+    };
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%dst, error = %e, "client cannot reach its service; reset");
+            return reset(&sock);
+        }
+    };
+    tokio::select! {
+        r = relay(&mut sock, &mut stream) => match r {
+            Ok((up, down)) => debug!(%dst, up, down, "VIP connection closed"),
+            Err(e) => debug!(%dst, error = %e, "VIP connection ended with an error"),
+        },
+        _ = kill.cancelled() => {}
+    }
+}
+
+struct Flow {
+    tx: mpsc::Sender<Bytes>,
+    generation: u64,
+}
+
+type FlowKey = (SocketAddr, SocketAddr);
+
+async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(FlowKey, u64)>();
+    let mut generation = 0u64;
+    let mut buf = vec![0u8; opennotr_proto::datagram::MAX_DATAGRAM];
+    let max_flows = shared.cfg.limits.max_udp_flows_per_forward;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            Some((key, g)) = ended_rx.recv() => {
+                if flows.get(&key).is_some_and(|f| f.generation == g) {
+                    flows.remove(&key);
+                }
+            }
+            r = sock.recv(&mut buf) => {
+                let (n, peer, dst) = match r {
+                    Ok(x) => x,
+                    Err(e) => { debug!(error = %e, "recv failed"); continue; }
+                };
+                let key = (peer, dst);
+                if !flows.contains_key(&key) {
+                    let Some((session, target)) = route(&shared, dst, StreamProtocol::Udp) else {
+                        debug!(%dst, "nothing exported there; datagram dropped");
+                        continue;
+                    };
+                    let of_vip = flows.keys().filter(|(_, d)| d.ip() == dst.ip()).count();
+                    if of_vip >= max_flows {
+                        debug!(%dst, "UDP flow limit of this VIP reached; datagram dropped");
+                        continue;
+                    }
+                    let reply = match opennotr_tproxy::reply_socket(dst) {
+                        Ok(r) => Arc::new(r),
+                        Err(e) => { warn!(%dst, error = %e, "cannot open a reply socket at the VIP"); continue; }
+                    };
+                    generation += 1;
+                    let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+                    let ends = FlowEnds { reply, peer, tunnel: Arc::new(SessionTunnel(session.clone())), target };
+                    let span = info_span!("vip_flow", %peer, %dst);
+                    shared.streams.spawn(
+                        flow(ends, key, rx, UDP_IDLE, session.kill.child_token(), ended_tx.clone(), generation).instrument(span),
+                    );
+                    flows.insert(key, Flow { tx, generation });
+                }
+                if let Some(f) = flows.get(&key) {
+                    // A full queue: the flow is slower than its sender; drop.
+                    let _ = f.tx.try_send(Bytes::copy_from_slice(&buf[..n]));
+                }
+            }
+        }
+    }
+}
