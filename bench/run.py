@@ -260,6 +260,118 @@ def bore_setup(bins):
     return setup
 
 
+NS = "onbench"
+
+
+def in_ns(args):
+    return ["ip", "netns", "exec", NS] + args
+
+
+def iperf_ns(host, port, args, secs):
+    out = subprocess.run(in_ns(["iperf3", "-c", host, "-p", str(port), "-t", str(secs), "-J"] + args),
+                         capture_output=True, text=True, timeout=secs + 60)
+    data = json.loads(out.stdout)
+    if "error" in data:
+        raise RuntimeError(data["error"])
+    end = data["end"]
+    if "-u" in args:
+        s = end["sum"]
+        return {"mbps": s["bits_per_second"] / 1e6, "loss_pct": s.get("lost_percent", 0.0)}
+    return {"mbps": end["sum_received"]["bits_per_second"] / 1e6}
+
+
+def vip_suite(release, secs, udp_rate, tmp):
+    """The virtual LAN path, in a network namespace of our own (the rules
+    must not touch the host's): iperf3 to VIP:port vs the tcp/udp plugins'
+    public port vs direct. Needs root and nft."""
+    if os.geteuid() != 0 or not shutil.which("nft"):
+        print("virtual LAN benchmark skipped: needs root and nft", flush=True)
+        return []
+    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    subprocess.run(in_ns(["ip", "link", "set", "lo", "up"]), check=True)
+    procs = Procs()
+    results = []
+    try:
+        sconf = os.path.join(tmp, "vlan-notrd.yaml")
+        with open(sconf, "w") as f:
+            f.write("""server:
+  listen: "127.0.0.1:10100"
+  authKey: "bench-key"
+  domain: "bench.notr.test"
+  tcplisten: "127.0.0.1:4398"
+  udplisten: "127.0.0.1:4399"
+dhcp:
+  cidr: "100.64.242.1/24"
+plugin:
+  tcp: '{"bind": "127.0.0.1"}'
+  udp: '{"bind": "127.0.0.1"}'
+""")
+        cconf = os.path.join(tmp, "vlan-client.yaml")
+        with open(cconf, "w") as f:
+            f.write("""serverAddr: "127.0.0.1:10100"
+key: "bench-key"
+forwards:
+  - protocol: tcp
+    ports:
+      15201: 5201
+  - protocol: udp
+    ports:
+      15201: 5201
+""")
+        env = dict(os.environ, RUST_LOG="warn")
+        procs.start(in_ns(["iperf3", "-s", "-p", "5201", "-B", "127.0.0.1"]))
+        procs.start(in_ns([os.path.join(release, "opennotrd"), "-c", sconf]), env=env)
+        time.sleep(0.5)  # a benchmark, not a test: the warm-up below is the real readiness check
+        client = procs.start(in_ns([os.path.join(release, "opennotr"), "-c", cconf]), env=env,
+                             stdout=subprocess.PIPE, text=True)
+        vip = None
+        for line in client.stdout:
+            if line.startswith("vhost: "):
+                vip = line.split()[1]
+                break
+        paths = [("direct (in the namespace)", "127.0.0.1", 5201), ("tcp/udp plugin public port", "127.0.0.1", 15201),
+                 (f"virtual LAN, VIP {vip}", vip, 5201)]
+        for name, host, port in paths:
+            r = {"name": name}
+            for _ in range(40):
+                try:
+                    iperf_ns(host, port, [], 1)
+                    break
+                except Exception:
+                    time.sleep(0.25)
+            try:
+                r["tcp1"] = iperf_ns(host, port, [], secs)
+                r["tcp8"] = iperf_ns(host, port, ["-P", "8"], secs)
+                r["udp"] = iperf_ns(host, port, ["-u", "-b", udp_rate, "-l", "1400"], secs)
+            except Exception as e:
+                r["error"] = str(e)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    finally:
+        procs.stop()
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+    return results
+
+
+def vip_report(results):
+    if not results:
+        return ""
+    base = results[0]
+    lines = ["", "## Virtual LAN path", "",
+             "In a network namespace of the run's own (lo only), iperf3 from the server host to the client's",
+             "iperf3 server: directly, through the tcp/udp plugins' public port, and at the client's VIP",
+             "through the transparent proxy. Ratios against direct.", "",
+             "| path | TCP 1 stream | TCP 8 streams | UDP |", "|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | error: {r['error']} | | |")
+            continue
+        b = base if r is not base else None
+        lines.append(f"| {r['name']} | {fmt(r, 'tcp1', b)} | {fmt(r, 'tcp8', b)} | {fmt(r, 'udp', None)} |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt(r, key, base):
     v = r.get(key)
     if not v:
@@ -305,15 +417,18 @@ def main():
     ap.add_argument("--time", type=int, default=8)
     ap.add_argument("--udp-rate", default="200M")
     ap.add_argument("--only", default="")
+    ap.add_argument("--vip", action="store_true", help="only the virtual LAN path (root)")
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--report-from", metavar="JSON", help="rewrite docs/benchmarks.md from a saved results file")
     args = ap.parse_args()
     if args.report_from:
         with open(args.report_from) as f:
-            results = json.load(f)
+            saved = json.load(f)
+        if isinstance(saved, list):
+            saved = {"tunnels": saved, "vip": []}
         cmd = "python3 bench/run.py --time " + str(args.time)
         with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
-            f.write(write_report(results, args, cmd))
+            f.write(write_report(saved["tunnels"], args, cmd) + vip_report(saved["vip"]))
         return
     bins = ensure_tools()
     release = build_opennotr()
@@ -327,16 +442,22 @@ def main():
     ]
     only = [s for s in args.only.split(",") if s]
     results = []
+    vip_results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, setup in suites:
-            if only and name not in only:
+            if args.vip or (only and name not in only):
                 continue
             results.append(run_suite(name, setup, args.time, args.udp_rate, tmp))
+        if not only:
+            vip_results = vip_suite(release, args.time, args.udp_rate, tmp)
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(RESULTS, f"{stamp}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    report = write_report(results, args, "python3 bench/run.py " + " ".join(sys.argv[1:]))
+        json.dump({"tunnels": results, "vip": vip_results}, f, indent=1)
+    if args.vip:
+        print(vip_report(vip_results))
+        return
+    report = write_report(results, args, "python3 bench/run.py " + " ".join(sys.argv[1:])) + vip_report(vip_results)
     print(report)
     if not args.no_report and not only:
         with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:

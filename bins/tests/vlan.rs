@@ -1,0 +1,1043 @@
+//! Root-only integration tests of the virtual LAN, in network namespaces.
+//!
+//! Each test builds its own "server host" namespace and one or two "client
+//! host" namespaces joined by veth pairs, runs `opennotrd` in the server
+//! namespace (with `server.tcplisten`/`udplisten`, so it installs its
+//! nftables table and policy route there), `opennotr` and small Python
+//! services in the client namespaces, and probes `VIP:port` from the server
+//! namespace with curl and Python. Nothing touches the host's own network
+//! namespace; fixed ports are used only inside the private namespaces.
+//!
+//! Not root: every test prints `skipped: needs root` and passes. Root
+//! without `nft` (or `ip`, `curl`, `python3`): the test fails and says what
+//! to install.
+//!
+//! Every wait reads child output or polls a condition with a deadline; no
+//! sleep is used to synchronise.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_opennotrd");
+const CLIENT: &str = env!("CARGO_BIN_EXE_opennotr");
+
+/// Upper bound for any single wait (debug build on a busy 2-core machine).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The priority of opennotrd's `ip rule` and the number of its routing table.
+const ROUTE_TABLE: &str = "20047";
+
+/// The VIP pool of every test's server.
+const CIDR: &str = "100.64.242.1/24";
+
+/// Ports inside the private namespaces.
+const CONTROL_PORT: u16 = 10100;
+const TPROXY_TCP: u16 = 4398;
+const TPROXY_UDP: u16 = 4399;
+
+// ------------------------------------------------------------------ preflight
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// False (after printing why) when the test must be skipped; panics when a
+/// tool the test needs is missing on a root machine.
+fn preflight() -> bool {
+    let uid = Command::new("id").arg("-u").output().expect("cannot run `id -u`");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    for (tool, package) in [("nft", "nftables"), ("ip", "iproute2"), ("curl", "curl"), ("python3", "python3")] {
+        assert!(on_path(tool), "`{tool}` not found in PATH: install {package} (e.g. `apt-get install {package}`)");
+    }
+    true
+}
+
+macro_rules! root_only {
+    () => {
+        if !preflight() {
+            return;
+        }
+    };
+}
+
+// ------------------------------------------------------------------ temp dirs
+
+/// A world-readable directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let p = std::env::temp_dir().join(format!("opennotr-vlan-{tag}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        TempDir(p)
+    }
+
+    /// Writes a world-readable file.
+    fn write(&self, name: &str, data: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.0.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ------------------------------------------------------------------ commands
+
+/// What a bounded command run produced.
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn show(&self) -> String {
+        format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `timeout`.
+fn run_bounded(mut cmd: Command, timeout: Duration) -> Out {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let read = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} still running after {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Out { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+fn cmd(prog: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(prog);
+    c.args(args);
+    c
+}
+
+/// A command run inside the namespace `ns`.
+fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, prog]).args(args);
+    c
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn check(c: Command) -> String {
+    let shown = format!("{c:?}");
+    let out = run_bounded(c, WAIT);
+    assert_eq!(out.code, Some(0), "{shown} failed: {}", out.show());
+    out.stdout
+}
+
+/// The real Python interpreter (not a pyenv shim), found once.
+fn python() -> &'static str {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = check(cmd("python3", &["-c", "import sys; print(sys.executable)"]));
+        let exe = out.trim().to_string();
+        if exe.is_empty() {
+            "python3".into()
+        } else {
+            exe
+        }
+    })
+}
+
+/// Polls `cond` every 50 ms until it holds, for at most `timeout`.
+fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ------------------------------------------------------------------ namespaces
+
+/// A server namespace and `n` client namespaces, each client joined to the
+/// server by its own veth pair on `10.A.B.0/24` (server `.1`, client `.2`).
+/// Deleted on drop.
+struct Lan {
+    server: String,
+    clients: Vec<String>,
+    created: Vec<String>,
+    net: (u8, u8),
+}
+
+impl Lan {
+    /// `idx` (0-63) is unique per test, so that the subnets of tests running
+    /// in parallel differ too.
+    fn new(tag: &str, idx: u8, n: usize) -> Lan {
+        assert!(idx < 64 && n <= 4);
+        let pid = std::process::id();
+        let mut lan = Lan {
+            server: format!("onr{pid}{tag}s"),
+            clients: (0..n).map(|i| format!("onr{pid}{tag}c{i}")).collect(),
+            created: Vec::new(),
+            net: (200 + (pid % 56) as u8, idx * 4),
+        };
+        for ns in std::iter::once(lan.server.clone()).chain(lan.clients.clone()) {
+            // A namespace of the same name can only be a leftover of an
+            // earlier run that had our pid and crashed.
+            let _ = run_bounded(cmd("ip", &["netns", "del", &ns]), WAIT);
+            check(cmd("ip", &["netns", "add", &ns]));
+            lan.created.push(ns.clone());
+            check(cmd("ip", &["-n", &ns, "link", "set", "lo", "up"]));
+        }
+        for (i, c) in lan.clients.clone().iter().enumerate() {
+            // Created directly inside the namespaces: the host never sees
+            // them. The names stay under 15 characters.
+            let (vs, vc) = (format!("v{pid}{tag}s{i}"), format!("v{pid}{tag}c{i}"));
+            assert!(vs.len() <= 15, "veth name {vs} too long");
+            check(cmd("ip", &["link", "add", "name", &vs, "netns", &lan.server, "type", "veth", "peer", "name", &vc, "netns", c]));
+            check(cmd("ip", &["-n", &lan.server, "addr", "add", &format!("{}/24", lan.server_ip(i)), "dev", &vs]));
+            check(cmd("ip", &["-n", c, "addr", "add", &format!("{}/24", lan.client_ip(i)), "dev", &vc]));
+            check(cmd("ip", &["-n", &lan.server, "link", "set", &vs, "up"]));
+            check(cmd("ip", &["-n", c, "link", "set", &vc, "up"]));
+        }
+        if n > 0 {
+            // A default route, as a real host has: without the virtual
+            // LAN's rules, a connection to a VIP would then time out (the
+            // client host drops it) rather than fail with "network
+            // unreachable", so "refused at once" proves the rules work.
+            check(cmd("ip", &["-n", &lan.server, "route", "add", "default", "via", &lan.client_ip(0).to_string()]));
+        }
+        lan
+    }
+
+    fn server_ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net.0, self.net.1 + i as u8, 1)
+    }
+
+    fn client_ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net.0, self.net.1 + i as u8, 2)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in &self.created {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+// ------------------------------------------------------------------ children
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Out,
+    Err,
+}
+
+enum Msg {
+    Line(Src, String),
+    Eof(Src),
+}
+
+/// A running child whose stdout and stderr are read line by line on two
+/// threads. Killed (SIGKILL) and reaped on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    rx: Receiver<Msg>,
+    seen: Vec<(Src, String)>,
+    eof: [bool; 2],
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, cwd: &Path) -> Proc {
+        let mut child = cmd
+            .current_dir(cwd)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (src, pipe) in [(Src::Out, Box::new(out) as Box<dyn Read + Send>), (Src::Err, Box::new(err))] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let mut r = BufReader::new(pipe);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                            if tx.send(Msg::Line(src, line)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(Msg::Eof(src));
+            });
+        }
+        Proc { name: name.into(), child, rx, seen: Vec::new(), eof: [false; 2] }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn transcript(&self) -> String {
+        let mut s = String::new();
+        for (src, l) in &self.seen {
+            s.push_str(match src {
+                Src::Out => "  out| ",
+                Src::Err => "  err| ",
+            });
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+
+    fn pump(&mut self, deadline: Instant) -> Option<(Src, String)> {
+        loop {
+            if self.eof == [true, true] {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Msg::Line(src, l)) => {
+                    self.seen.push((src, l.clone()));
+                    return Some((src, l));
+                }
+                Ok(Msg::Eof(src)) => self.eof[src as usize] = true,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Waits for the next line of `src` that satisfies `pred`; panics with
+    /// the transcript on timeout or exit.
+    fn expect(&mut self, src: Src, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        while let Some((s, l)) = self.pump(deadline) {
+            if s == src && pred(&l) {
+                return l;
+            }
+        }
+        let status = self.child.try_wait().ok().flatten();
+        panic!(
+            "{}: no {src:?} line {what} within {WAIT:?} (exit status: {status:?}); output so far:\n{}",
+            self.name,
+            self.transcript()
+        );
+    }
+
+    fn next_stdout(&mut self) -> String {
+        self.expect(Src::Out, "(any)", |_| true)
+    }
+
+    /// Waits for the child to exit (its pipes close first), with a deadline.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        while self.pump(deadline).is_some() {}
+        if self.eof != [true, true] {
+            panic!("{}: still running after {timeout:?}; output so far:\n{}", self.name, self.transcript());
+        }
+        self.child.wait().unwrap()
+    }
+
+    fn lines(&self, src: Src) -> Vec<String> {
+        self.seen.iter().filter(|(s, _)| *s == src).map(|(_, l)| l.clone()).collect()
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(st.success(), "kill -{sig} {} failed", self.pid());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- {} (pid {}) output:\n{}", self.name, self.child.id(), self.transcript());
+        }
+    }
+}
+
+/// The `fields` of a JSON log line, if it is one with this message.
+fn json_fields(line: &str, message: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields")?;
+    (fields.get("message")?.as_str()? == message).then(|| fields.clone())
+}
+
+// ------------------------------------------------------------------ opennotrd / opennotr
+
+/// The server file of these tests: control listener on `listen`, the
+/// virtual LAN on (unless the process lacks the capability), public ports
+/// of the tcp and udp plugins on the server namespace's loopback.
+fn server_yaml(listen: &str) -> String {
+    format!(
+        r#"server:
+  listen: "{listen}"
+  authKey: "k"
+  domain: "vlan.notr.test"
+  tcplisten: "127.0.0.1:{TPROXY_TCP}"
+  udplisten: "127.0.0.1:{TPROXY_UDP}"
+  shutdownGrace: 0.5
+dhcp:
+  cidr: "{CIDR}"
+plugin:
+  tcp: '{{"bind": "127.0.0.1", "PortMin": 20000, "PortMax": 20100}}'
+  udp: '{{"bind": "127.0.0.1", "PortMin": 20000, "PortMax": 20100}}'
+"#
+    )
+}
+
+/// Starts `opennotrd` in `ns` (through `prefix`, e.g. setpriv, if given)
+/// and waits for its `listening for clients` line.
+fn start_server_with(ns: &str, dir: &TempDir, conf: &Path, prefix: &[&str], bin: &str) -> Proc {
+    let mut args: Vec<&str> = prefix.to_vec();
+    args.extend([bin, "-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]);
+    let mut p = Proc::spawn("opennotrd", in_ns(ns, args[0], &args[1..]), &dir.0);
+    p.expect(Src::Err, "`listening for clients`", |l| json_fields(l, "listening for clients").is_some());
+    p
+}
+
+fn start_server(ns: &str, dir: &TempDir, yaml: &str) -> Proc {
+    let conf = dir.write("opennotrd.yaml", yaml);
+    let p = start_server_with(ns, dir, &conf, &[], SERVER);
+    assert!(
+        p.seen.iter().any(|(_, l)| l.contains("virtual LAN on")),
+        "opennotrd did not turn the virtual LAN on:\n{}",
+        p.transcript()
+    );
+    p
+}
+
+/// What the client printed after `connect success`.
+struct Registration {
+    vip: Ipv4Addr,
+    domain: String,
+    forwards: Vec<String>,
+}
+
+/// Starts `opennotr` in `ns` and reads its registration block:
+/// `connect success`, `vhost: `, `domain: ` and one line per forward.
+fn start_client(ns: &str, dir: &TempDir, name: &str, yaml: &str, n_forwards: usize) -> (Proc, Registration) {
+    let conf = dir.write(name, yaml);
+    let mut c = Proc::spawn(
+        "opennotr",
+        in_ns(ns, CLIENT, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
+        &dir.0,
+    );
+    c.expect(Src::Out, "`connect success`", |l| l == "connect success");
+    let vhost = c.next_stdout();
+    let vip: Ipv4Addr =
+        vhost.strip_prefix("vhost: ").unwrap_or_else(|| panic!("expected `vhost: `, got {vhost:?}")).parse().unwrap();
+    let o = vip.octets();
+    assert!(o[..3] == [100, 64, 242] && (2..=254).contains(&o[3]), "VIP {vip} outside the pool {CIDR}");
+    let dline = c.next_stdout();
+    let domain = dline.strip_prefix("domain: ").unwrap_or_else(|| panic!("expected `domain: `, got {dline:?}")).into();
+    let forwards = (0..n_forwards).map(|_| c.next_stdout()).collect();
+    (c, Registration { vip, domain, forwards })
+}
+
+/// Parses `<proto>://<domain>:<public> => 127.0.0.1:<local>`.
+fn parse_forward(line: &str, proto: &str, domain: &str) -> (u16, u16) {
+    let rest = line
+        .strip_prefix(&format!("{proto}://{domain}:"))
+        .unwrap_or_else(|| panic!("expected a {proto} forward of {domain}, got {line:?}"));
+    let (public, local) = rest.split_once(" => ").unwrap_or_else(|| panic!("no ` => ` in {line:?}"));
+    let local = local.strip_prefix("127.0.0.1:").unwrap_or_else(|| panic!("local is not 127.0.0.1 in {line:?}"));
+    (public.parse().unwrap(), local.parse().unwrap())
+}
+
+/// SIGTERM: opennotrd exits 0 (after `shutdownGrace: 0.5`).
+fn stop_server(mut server: Proc) {
+    server.signal("TERM");
+    let st = server.wait_exit(WAIT);
+    assert_eq!(st.code(), Some(0), "opennotrd after SIGTERM: {st:?}\n{}", server.transcript());
+}
+
+// ------------------------------------------------------------------ services (client namespaces)
+
+/// `python3 -m http.server` on 127.0.0.1:`port` of `ns`, serving `dir`.
+fn http_server(ns: &str, dir: &Path, port: u16) -> Proc {
+    let port = port.to_string();
+    let args = ["-u", "-m", "http.server", &port, "--bind", "127.0.0.1", "--directory", dir.to_str().unwrap()];
+    let mut p = Proc::spawn("http.server", in_ns(ns, python(), &args), dir);
+    p.expect(Src::Out, "`Serving HTTP`", |l| l.starts_with("Serving HTTP"));
+    p
+}
+
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    s.sendto(d, a)
+"#;
+
+/// A UDP echo on 127.0.0.1:`port` of `ns`.
+fn udp_echo(ns: &str, dir: &TempDir, port: u16) -> Proc {
+    let mut p = Proc::spawn("udp echo", in_ns(ns, python(), &["-u", "-c", UDP_ECHO, &port.to_string()]), &dir.0);
+    p.expect(Src::Out, "`ready`", |l| l == "ready");
+    p
+}
+
+// ------------------------------------------------------------------ probes (server namespace)
+
+/// `curl URL` in `ns` with `-m 5`; body to `out` (or stdout).
+fn curl(ns: &str, url: &str, out: Option<&Path>, max_secs: u32) -> Out {
+    let m = max_secs.to_string();
+    let mut args = vec!["-sS", "-m", &m, "-w", "\n%{http_code}"];
+    let o;
+    if let Some(p) = out {
+        o = p.to_str().unwrap().to_string();
+        args.extend(["-o", &o]);
+    }
+    args.push(url);
+    run_bounded(in_ns(ns, "curl", &args), Duration::from_secs(max_secs as u64) + WAIT)
+}
+
+/// The body at `url`, which must answer 200.
+fn curl_body(ns: &str, url: &str) -> String {
+    let out = curl(ns, url, None, 5);
+    assert_eq!(out.code, Some(0), "curl {url} in {ns}: {}", out.show());
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "curl {url}: {}", out.show());
+    body.to_string()
+}
+
+/// `url` is refused at once: curl exit 7 (cannot connect), not 28 (timeout).
+fn curl_refused(ns: &str, url: &str) {
+    let t = Instant::now();
+    let out = curl(ns, url, None, 5);
+    assert_eq!(out.code, Some(7), "curl {url} in {ns} should be refused (7), took {:?}: {}", t.elapsed(), out.show());
+}
+
+const UDP_PROBE: &str = r#"
+import os, socket, sys
+ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fixed = [1, 2, 3, 17, 100, 512, 1200, 1400, 1472, 1473, 1500, 2000, 4096, 8192, 9000, 16384, 32768, 50000, 65000, 65507]
+sizes = (fixed + [1 + (i * 7919) % 3000 for i in range(count)])[:count]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.connect((ip, port))
+s.settimeout(2.0)
+retries = 0
+for i, n in enumerate(sizes):
+    payload = bytes([i]) + os.urandom(n - 1)
+    for attempt in range(5):
+        s.send(payload)
+        try:
+            while True:
+                d = s.recv(70000)
+                if d == payload:
+                    break
+                if d[:1] and d[0] < i:
+                    continue  # a late echo of a retransmission
+                print("datagram %d (%d bytes): echo differs (%d bytes)" % (i, n, len(d)))
+                sys.exit(1)
+            break
+        except socket.timeout:
+            retries += 1
+    else:
+        print("datagram %d (%d bytes): no echo after 5 tries" % (i, n))
+        sys.exit(1)
+print("ok %d datagrams, %d bytes, %d retries" % (len(sizes), sum(sizes), retries))
+"#;
+
+/// Sends `count` datagrams of various sizes (1 to 65507 bytes) to
+/// `ip:port` from `ns`; each must come back unchanged.
+fn udp_echo_probe(ns: &str, ip: Ipv4Addr, port: u16, count: usize) {
+    let out = run_bounded(
+        in_ns(ns, python(), &["-c", UDP_PROBE, &ip.to_string(), &port.to_string(), &count.to_string()]),
+        WAIT * 2,
+    );
+    assert_eq!(out.code, Some(0), "udp echo via {ip}:{port}: {}", out.show());
+    assert!(out.stdout.starts_with(&format!("ok {count} datagrams")), "{}", out.show());
+    eprintln!("udp {ip}:{port}: {}", out.stdout.trim());
+}
+
+const UDP_REFUSED: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2.0)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.send(b"probe 1")
+    s.send(b"probe 2")
+    print("REPLY %r" % s.recv(100))
+except socket.timeout:
+    print("silent")
+except OSError as e:
+    print("error %s" % e)
+"#;
+
+/// A datagram to `ip:port` from `ns` gets an error or no answer (timing is
+/// not asserted).
+fn udp_not_answered(ns: &str, ip: Ipv4Addr, port: u16) {
+    let out = run_bounded(in_ns(ns, python(), &["-c", UDP_REFUSED, &ip.to_string(), &port.to_string()]), WAIT);
+    assert_eq!(out.code, Some(0), "{}", out.show());
+    let verdict = out.stdout.trim();
+    assert!(verdict == "silent" || verdict.starts_with("error "), "udp {ip}:{port} answered: {}", out.show());
+    eprintln!("udp {ip}:{port}: {verdict}");
+}
+
+// ------------------------------------------------------------------ rules
+
+/// (tables `ip opennotr`, `ip rule` lines of priority 20047, routes in
+/// table 20047) in `ns`.
+fn vlan_state(ns: &str) -> (usize, usize, usize) {
+    let tables = check(in_ns(ns, "nft", &["list", "tables"]));
+    let tables = tables.lines().filter(|l| l.trim() == "table ip opennotr").count();
+    let rules = check(cmd("ip", &["-n", ns, "rule", "show"]));
+    let rules = rules.lines().filter(|l| l.starts_with(&format!("{ROUTE_TABLE}:"))).count();
+    // `ip route show table N` fails when the table does not exist.
+    let routes = run_bounded(cmd("ip", &["-n", ns, "route", "show", "table", ROUTE_TABLE]), WAIT);
+    let routes = if routes.code == Some(0) { routes.stdout.lines().filter(|l| !l.trim().is_empty()).count() } else { 0 };
+    (tables, rules, routes)
+}
+
+/// Polls until `ns` has no trace of the virtual LAN.
+fn assert_rules_gone(ns: &str, when: &str) {
+    let mut last = (0, 0, 0);
+    let gone = poll(Duration::from_secs(10), || {
+        last = vlan_state(ns);
+        last == (0, 0, 0)
+    });
+    assert!(gone, "{when}: (tables, rules, routes) still {last:?} after 10 s");
+}
+
+/// The elements of the `exported` set, as printed by nft.
+fn exported(ns: &str) -> String {
+    let s = check(in_ns(ns, "nft", &["list", "set", "ip", "opennotr", "exported"]));
+    match s.split_once("elements = {") {
+        Some((_, rest)) => rest.split('}').next().unwrap().split_whitespace().collect::<Vec<_>>().join(" "),
+        None => String::new(),
+    }
+}
+
+/// Local addresses of the listening TCP (`-t`) or bound UDP (`-u`) sockets
+/// of `ns`, as (address, port).
+fn bound(ns: &str, flag: &str) -> BTreeSet<(String, u16)> {
+    let out = check(in_ns(ns, "ss", &["-Hn", "-l", flag]));
+    out.lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|a| a.rsplit_once(':').and_then(|(ip, p)| Some((ip.to_string(), p.parse().ok()?))))
+        .collect()
+}
+
+// ------------------------------------------------------------------ 1. TCP
+
+#[test]
+fn curl_reaches_the_client_service_at_its_vip() {
+    root_only!();
+    let t = Instant::now();
+    let lan = Lan::new("a", 1, 1);
+    let dir = TempDir::new("curl");
+    dir.write("www/index.html", "hello from the client host\n");
+    let mut big = Vec::with_capacity(20 << 20);
+    std::fs::File::open("/dev/urandom").unwrap().take(20 << 20).read_to_end(&mut big).unwrap();
+    let big_path = dir.write("www/big.bin", &big);
+    drop(big);
+
+    let _web = http_server(&lan.clients[0], &dir.path("www"), 8000);
+    let server = start_server(&lan.server, &dir, &server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0))));
+    let client_yaml = format!(
+        "serverAddr: \"{}:{CONTROL_PORT}\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8000\n",
+        lan.server_ip(0)
+    );
+    let (_client, reg) = start_client(&lan.clients[0], &dir, "opennotr.yaml", &client_yaml, 1);
+    let (_, local) = parse_forward(&reg.forwards[0], "tcp", &reg.domain);
+    assert_eq!(local, 8000);
+    assert_eq!(exported(&lan.server), format!("{} . tcp . 8000", reg.vip));
+
+    let body = curl_body(&lan.server, &format!("http://{}:8000/", reg.vip));
+    assert_eq!(body, "hello from the client host\n");
+
+    // 20 MB through the VIP, checked with sha256.
+    let got = dir.path("got.bin");
+    let t_big = Instant::now();
+    let out = curl(&lan.server, &format!("http://{}:8000/big.bin", reg.vip), Some(&got), 60);
+    assert_eq!(out.code, Some(0), "curl big.bin: {}", out.show());
+    assert!(out.stdout.ends_with("200"), "curl big.bin: {}", out.show());
+    let elapsed = t_big.elapsed();
+    let sums = check(cmd("sha256sum", &[big_path.to_str().unwrap(), got.to_str().unwrap()]));
+    let sums: Vec<&str> = sums.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(sums.len(), 2);
+    assert_eq!(sums[0], sums[1], "sha256 of the file fetched via the VIP differs");
+    assert_eq!(std::fs::metadata(&got).unwrap().len(), 20 << 20);
+    eprintln!("20 MiB via the VIP in {elapsed:?}; sha256 {}", sums[0]);
+
+    stop_server(server);
+    assert_rules_gone(&lan.server, "after SIGTERM");
+    eprintln!("test took {:?}", t.elapsed());
+}
+
+// ------------------------------------------------------------------ 2. UDP
+
+#[test]
+fn udp_echo_at_the_vip() {
+    root_only!();
+    let t = Instant::now();
+    let lan = Lan::new("b", 2, 1);
+    let dir = TempDir::new("udp");
+    let _echo = udp_echo(&lan.clients[0], &dir, 5353);
+    let _server = start_server(&lan.server, &dir, &server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0))));
+    let client_yaml = format!(
+        "serverAddr: \"{}:{CONTROL_PORT}\"\nkey: \"k\"\nforwards:\n  - protocol: udp\n    ports:\n      0: 5353\n",
+        lan.server_ip(0)
+    );
+    let (_client, reg) = start_client(&lan.clients[0], &dir, "opennotr.yaml", &client_yaml, 1);
+    let (public, local) = parse_forward(&reg.forwards[0], "udp", &reg.domain);
+    assert_eq!(local, 5353);
+    assert_eq!(exported(&lan.server), format!("{} . udp . 5353", reg.vip));
+
+    udp_echo_probe(&lan.server, reg.vip, 5353, 50);
+    // The public port of the same forward still works too.
+    udp_echo_probe(&lan.server, Ipv4Addr::LOCALHOST, public, 5);
+    // A udp forward exports UDP only: TCP to the same port is refused.
+    curl_refused(&lan.server, &format!("http://{}:5353/", reg.vip));
+    eprintln!("test took {:?}", t.elapsed());
+}
+
+// ------------------------------------------------------------------ 3. refusals
+
+#[test]
+fn unexported_ports_and_unused_vips_are_refused_at_once() {
+    root_only!();
+    let t = Instant::now();
+    let lan = Lan::new("c", 3, 1);
+    let dir = TempDir::new("refused");
+    dir.write("www/index.html", "exported\n");
+    let c = &lan.clients[0];
+    let _web = http_server(c, &dir.path("www"), 8000);
+    // Services that do exist on the client host but are not exported.
+    let _web2 = http_server(c, &dir.path("www"), 8001);
+    let _echo = udp_echo(c, &dir, 5353);
+    let _echo2 = udp_echo(c, &dir, 5354);
+    let _server = start_server(&lan.server, &dir, &server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0))));
+    let client_yaml = format!(
+        "serverAddr: \"{}:{CONTROL_PORT}\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8000\n  - protocol: udp\n    ports:\n      0: 5353\n",
+        lan.server_ip(0)
+    );
+    let (client, reg) = start_client(c, &dir, "opennotr.yaml", &client_yaml, 2);
+    let vip = reg.vip;
+    let unused = Ipv4Addr::new(100, 64, 242, if vip.octets()[3] == 77 { 78 } else { 77 });
+
+    assert_eq!(curl_body(&lan.server, &format!("http://{vip}:8000/")), "exported\n");
+    udp_echo_probe(&lan.server, vip, 5353, 3);
+
+    curl_refused(&lan.server, &format!("http://{vip}:8001/"));
+    curl_refused(&lan.server, &format!("http://{vip}:22/"));
+    curl_refused(&lan.server, &format!("http://{unused}:8000/"));
+    curl_refused(&lan.server, &format!("http://{unused}:8001/"));
+    udp_not_answered(&lan.server, vip, 5354);
+    udp_not_answered(&lan.server, unused, 5353);
+
+    // Once the client is gone its VIP is unused too: its ports leave the
+    // set and connections are refused.
+    let mut client = client;
+    client.child.kill().unwrap();
+    client.wait_exit(WAIT);
+    let mut left = String::new();
+    let cleared = poll(Duration::from_secs(10), || {
+        left = exported(&lan.server);
+        left.is_empty()
+    });
+    assert!(cleared, "exports of a departed client still in the set after 10 s: {left}");
+    curl_refused(&lan.server, &format!("http://{vip}:8000/"));
+    udp_not_answered(&lan.server, vip, 5353);
+    eprintln!("test took {:?}", t.elapsed());
+}
+
+// ------------------------------------------------------------------ 4. vipPorts
+
+#[test]
+fn vip_ports_are_reachable_only_at_the_vip() {
+    root_only!();
+    let t = Instant::now();
+    let lan = Lan::new("d", 4, 1);
+    let dir = TempDir::new("vipports");
+    dir.write("www/index.html", "forwarded\n");
+    dir.write("vip/index.html", "only at the VIP\n");
+    let c = &lan.clients[0];
+    let _web = http_server(c, &dir.path("www"), 8000);
+    let _vipweb = http_server(c, &dir.path("vip"), 9000);
+    let _echo = udp_echo(c, &dir, 5454);
+    let _server = start_server(&lan.server, &dir, &server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0))));
+    let client_yaml = format!(
+        "serverAddr: \"{}:{CONTROL_PORT}\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8000\nvipPorts:\n  - port: 9000\n  - port: 5454\n    protocol: udp\n    localIP: 127.0.0.1\n",
+        lan.server_ip(0)
+    );
+    let (client, reg) = start_client(c, &dir, "opennotr.yaml", &client_yaml, 1);
+    let (public, _) = parse_forward(&reg.forwards[0], "tcp", &reg.domain);
+    let vip = reg.vip;
+
+    assert_eq!(curl_body(&lan.server, &format!("http://{vip}:9000/")), "only at the VIP\n");
+    assert_eq!(curl_body(&lan.server, &format!("http://{vip}:8000/")), "forwarded\n");
+    udp_echo_probe(&lan.server, vip, 5454, 10);
+    // vipPorts are per transport: tcp 5454 is not exported.
+    curl_refused(&lan.server, &format!("http://{vip}:5454/"));
+
+    // No public port: the registration lists the forward only, the server
+    // host has no socket on 9000 or 5454, and its TCP listeners are the
+    // control port, the transparent listener and the forward's public port.
+    assert!(
+        !client.lines(Src::Out).iter().any(|l| l.contains("9000") || l.contains("5454")),
+        "the client printed a public port for a vipPorts entry:\n{}",
+        client.transcript()
+    );
+    let tcp: BTreeSet<u16> = bound(&lan.server, "-t").into_iter().map(|(_, p)| p).collect();
+    assert_eq!(tcp, BTreeSet::from([CONTROL_PORT, TPROXY_TCP, public]), "TCP listeners of the server host");
+    // A UDP flow to the VIP has a reply socket bound at VIP:5454; nothing
+    // else may use 5454 or 9000.
+    let udp = bound(&lan.server, "-u");
+    for (ip, port) in &udp {
+        assert!(
+            (*port != 9000 && *port != 5454) || *ip == vip.to_string(),
+            "UDP socket {ip}:{port} on the server host: {udp:?}"
+        );
+    }
+    curl_refused(&lan.server, "http://127.0.0.1:9000/");
+    curl_refused(&lan.server, &format!("http://{}:9000/", lan.server_ip(0)));
+    assert_eq!(curl_body(&lan.server, &format!("http://127.0.0.1:{public}/")), "forwarded\n");
+
+    let elements = exported(&lan.server);
+    for e in [format!("{vip} . tcp . 8000"), format!("{vip} . tcp . 9000"), format!("{vip} . udp . 5454")] {
+        assert!(elements.contains(&e), "{e} missing from the exported set: {elements}");
+    }
+    eprintln!("test took {:?}", t.elapsed());
+}
+
+// ------------------------------------------------------------------ 5. two clients
+
+#[test]
+fn two_clients_are_isolated() {
+    root_only!();
+    let t = Instant::now();
+    let lan = Lan::new("e", 5, 2);
+    let dir = TempDir::new("two");
+    let (a, b) = (&lan.clients[0], &lan.clients[1]);
+    dir.write("a80/index.html", "A on 8000\n");
+    dir.write("a81/index.html", "A on 8001\n");
+    dir.write("b80/index.html", "B on 8000\n");
+    dir.write("b82/index.html", "B on 8002\n");
+    // Both client hosts have a service on 8000; each has one more.
+    let _a80 = http_server(a, &dir.path("a80"), 8000);
+    let _a81 = http_server(a, &dir.path("a81"), 8001);
+    let _b80 = http_server(b, &dir.path("b80"), 8000);
+    let _b82 = http_server(b, &dir.path("b82"), 8002);
+    let _b81 = http_server(b, &dir.path("b80"), 8001);
+    let _a82 = http_server(a, &dir.path("a80"), 8002);
+    let _server = start_server(&lan.server, &dir, &server_yaml(&format!(":{CONTROL_PORT}")));
+    let ya = format!(
+        "serverAddr: \"{}:{CONTROL_PORT}\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8000\n      20001: 8001\n",
+        lan.server_ip(0)
+    );
+    let yb = format!(
+        "serverAddr: \"{}:{CONTROL_PORT}\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8000\nvipPorts:\n  - port: 8002\n",
+        lan.server_ip(1)
+    );
+    let (_ca, ra) = start_client(a, &dir, "a.yaml", &ya, 2);
+    let (_cb, rb) = start_client(b, &dir, "b.yaml", &yb, 1);
+    let (va, vb) = (ra.vip, rb.vip);
+    assert_ne!(va, vb, "two clients got the same VIP");
+    assert_ne!(ra.domain, rb.domain);
+
+    let get = |vip: Ipv4Addr, port: u16| curl_body(&lan.server, &format!("http://{vip}:{port}/"));
+    assert_eq!(get(va, 8000), "A on 8000\n");
+    assert_eq!(get(vb, 8000), "B on 8000\n");
+    assert_eq!(get(va, 8001), "A on 8001\n");
+    assert_eq!(get(vb, 8002), "B on 8002\n");
+    // Each one's extra port is not the other's, although a service listens
+    // there on the other client host.
+    curl_refused(&lan.server, &format!("http://{vb}:8001/"));
+    curl_refused(&lan.server, &format!("http://{va}:8002/"));
+
+    let elements = exported(&lan.server);
+    let mut listed: Vec<&str> = elements.split(", ").collect();
+    listed.sort();
+    let mut want =
+        [format!("{va} . tcp . 8000"), format!("{va} . tcp . 8001"), format!("{vb} . tcp . 8000"), format!("{vb} . tcp . 8002")];
+    want.sort();
+    assert_eq!(listed, want.iter().map(String::as_str).collect::<Vec<_>>(), "exported set");
+    eprintln!("test took {:?}", t.elapsed());
+}
+
+// ------------------------------------------------------------------ 6. rules lifecycle
+
+#[test]
+fn rules_are_removed_on_sigterm_and_not_duplicated_after_a_crash() {
+    root_only!();
+    let t = Instant::now();
+    let lan = Lan::new("f", 6, 1);
+    let dir = TempDir::new("rules");
+    let s = &lan.server;
+    let yaml = server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0)));
+    assert_eq!(vlan_state(s), (0, 0, 0), "fresh namespace");
+
+    // Clean run: one table, one rule, one route; SIGTERM removes them.
+    let mut server = start_server(s, &dir, &yaml);
+    check(in_ns(s, "nft", &["list", "table", "ip", "opennotr"]));
+    assert_eq!(vlan_state(s), (1, 1, 1), "(tables, rules, routes) while running");
+    server.signal("TERM");
+    let st = server.wait_exit(WAIT);
+    assert_eq!(st.code(), Some(0), "opennotrd after SIGTERM: {st:?}\n{}", server.transcript());
+    assert!(server.seen.iter().any(|(_, l)| json_fields(l, "virtual LAN rules removed").is_some()));
+    assert_rules_gone(s, "after SIGTERM");
+    drop(server);
+
+    // Crash with a client's export in the set: everything stays behind.
+    let mut server = start_server(s, &dir, &yaml);
+    let client_yaml = format!(
+        "serverAddr: \"{}:{CONTROL_PORT}\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8000\n",
+        lan.server_ip(0)
+    );
+    let (client, reg) = start_client(&lan.clients[0], &dir, "opennotr.yaml", &client_yaml, 1);
+    assert_eq!(exported(s), format!("{} . tcp . 8000", reg.vip));
+    server.child.kill().unwrap();
+    let st = server.wait_exit(WAIT);
+    assert_eq!(st.code(), None, "opennotrd should have died of SIGKILL: {st:?}");
+    drop(server);
+    drop(client);
+    assert_eq!(vlan_state(s), (1, 1, 1), "a SIGKILLed server leaves its rules (the precondition of this test)");
+
+    // Restart: the leftovers are replaced, not duplicated, and the stale
+    // export is gone.
+    let server = start_server(s, &dir, &yaml);
+    assert_eq!(vlan_state(s), (1, 1, 1), "(tables, rules, routes) after a restart over a crash's leftovers");
+    assert_eq!(exported(s), "", "a crashed run's exports survived the restart");
+    let rules = check(cmd("ip", &["-n", s, "rule", "show"]));
+    let ours: Vec<&str> = rules.lines().filter(|l| l.starts_with(&format!("{ROUTE_TABLE}:"))).collect();
+    assert_eq!(ours.len(), 1, "ip rule:\n{rules}");
+    assert!(ours[0].contains("to 100.64.242.0/24") && ours[0].contains(&format!("lookup {ROUTE_TABLE}")), "{}", ours[0]);
+
+    stop_server(server);
+    assert_rules_gone(s, "after SIGTERM following a crash");
+    eprintln!("test took {:?}", t.elapsed());
+}
+
+// ------------------------------------------------------------------ 7. no capability
+
+#[test]
+fn without_the_capability_it_warns_and_still_forwards() {
+    root_only!();
+    let t = Instant::now();
+    let lan = Lan::new("g", 7, 1);
+    let dir = TempDir::new("nocap");
+    dir.write("www/index.html", "through the public port\n");
+    let _web = http_server(&lan.clients[0], &dir.path("www"), 8000);
+
+    let drop_privs: Vec<&str> = if on_path("setpriv") {
+        vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+    } else {
+        assert!(on_path("runuser"), "neither setpriv nor runuser found: install util-linux");
+        vec!["runuser", "-u", "nobody", "--"]
+    };
+    // The binary must be executable by nobody; copy it when its directory
+    // is not reachable.
+    let mut probe = drop_privs.clone();
+    probe.extend([SERVER, "--version"]);
+    let bin = if run_bounded(cmd(probe[0], &probe[1..]), WAIT).code == Some(0) {
+        SERVER.to_string()
+    } else {
+        let copy = dir.path("opennotrd");
+        std::fs::copy(SERVER, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy.to_str().unwrap().to_string()
+    };
+    let conf = dir.write("opennotrd.yaml", server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0))));
+    let mut server = start_server_with(&lan.server, &dir, &conf, &drop_privs, &bin);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
+    assert_eq!(uid.split_whitespace().next(), Some("65534"), "opennotrd does not run as nobody: Uid:{uid}");
+
+    let client_yaml = format!(
+        "serverAddr: \"{}:{CONTROL_PORT}\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8000\n",
+        lan.server_ip(0)
+    );
+    let (_client, reg) = start_client(&lan.clients[0], &dir, "opennotr.yaml", &client_yaml, 1);
+    let (public, local) = parse_forward(&reg.forwards[0], "tcp", &reg.domain);
+    assert_eq!(local, 8000);
+    assert!((20000..=20100).contains(&public), "public port {public} outside 20000-20100");
+    assert_eq!(curl_body(&lan.server, &format!("http://127.0.0.1:{public}/")), "through the public port\n");
+    assert_eq!(vlan_state(&lan.server), (0, 0, 0), "rules installed without the capability");
+
+    server.signal("TERM");
+    let st = server.wait_exit(WAIT);
+    assert_eq!(st.code(), Some(0), "opennotrd after SIGTERM: {st:?}\n{}", server.transcript());
+    let warnings: Vec<String> =
+        server.lines(Src::Err).into_iter().filter(|l| l.contains("virtual LAN off")).collect();
+    assert_eq!(warnings.len(), 1, "expected one `virtual LAN off` warning:\n{}", server.transcript());
+    assert!(warnings[0].contains("\"WARN\""), "not a warning: {}", warnings[0]);
+    assert!(!server.transcript().contains("virtual LAN on"), "{}", server.transcript());
+    eprintln!("test took {:?}", t.elapsed());
+}
