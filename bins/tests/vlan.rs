@@ -47,9 +47,7 @@ const TPROXY_UDP: u16 = 4399;
 // ------------------------------------------------------------------ preflight
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
 }
 
 /// False (after printing why) when the test must be skipped; panics when a
@@ -60,7 +58,8 @@ fn preflight() -> bool {
         eprintln!("skipped: needs root");
         return false;
     }
-    for (tool, package) in [("nft", "nftables"), ("ip", "iproute2"), ("curl", "curl"), ("python3", "python3")] {
+    let tools = [("nft", "nftables"), ("ip", "iproute2"), ("ss", "iproute2"), ("curl", "curl"), ("python3", "python3")];
+    for (tool, package) in tools {
         assert!(on_path(tool), "`{tool}` not found in PATH: install {package} (e.g. `apt-get install {package}`)");
     }
     true
@@ -247,7 +246,10 @@ impl Lan {
             // them. The names stay under 15 characters.
             let (vs, vc) = (format!("v{pid}{tag}s{i}"), format!("v{pid}{tag}c{i}"));
             assert!(vs.len() <= 15, "veth name {vs} too long");
-            check(cmd("ip", &["link", "add", "name", &vs, "netns", &lan.server, "type", "veth", "peer", "name", &vc, "netns", c]));
+            check(cmd(
+                "ip",
+                &["link", "add", "name", &vs, "netns", &lan.server, "type", "veth", "peer", "name", &vc, "netns", c],
+            ));
             check(cmd("ip", &["-n", &lan.server, "addr", "add", &format!("{}/24", lan.server_ip(i)), "dev", &vs]));
             check(cmd("ip", &["-n", c, "addr", "add", &format!("{}/24", lan.client_ip(i)), "dev", &vc]));
             check(cmd("ip", &["-n", &lan.server, "link", "set", &vs, "up"]));
@@ -661,7 +663,8 @@ fn vlan_state(ns: &str) -> (usize, usize, usize) {
     let rules = rules.lines().filter(|l| l.starts_with(&format!("{ROUTE_TABLE}:"))).count();
     // `ip route show table N` fails when the table does not exist.
     let routes = run_bounded(cmd("ip", &["-n", ns, "route", "show", "table", ROUTE_TABLE]), WAIT);
-    let routes = if routes.code == Some(0) { routes.stdout.lines().filter(|l| !l.trim().is_empty()).count() } else { 0 };
+    let routes =
+        if routes.code == Some(0) { routes.stdout.lines().filter(|l| !l.trim().is_empty()).count() } else { 0 };
     (tables, rules, routes)
 }
 
@@ -815,6 +818,15 @@ fn unexported_ports_and_unused_vips_are_refused_at_once() {
     assert!(cleared, "exports of a departed client still in the set after 10 s: {left}");
     curl_refused(&lan.server, &format!("http://{vip}:8000/"));
     udp_not_answered(&lan.server, vip, 5353);
+
+    // A connection made to the transparent listener itself (not to a VIP)
+    // is reset at once, not served or left hanging.
+    let out = curl(&lan.server, &format!("http://127.0.0.1:{TPROXY_TCP}/"), None, 5);
+    assert!(
+        matches!(out.code, Some(7 | 52 | 56)),
+        "curl to the transparent listener directly should be reset: {}",
+        out.show()
+    );
     eprintln!("test took {:?}", t.elapsed());
 }
 
@@ -925,8 +937,12 @@ fn two_clients_are_isolated() {
     let elements = exported(&lan.server);
     let mut listed: Vec<&str> = elements.split(", ").collect();
     listed.sort();
-    let mut want =
-        [format!("{va} . tcp . 8000"), format!("{va} . tcp . 8001"), format!("{vb} . tcp . 8000"), format!("{vb} . tcp . 8002")];
+    let mut want = [
+        format!("{va} . tcp . 8000"),
+        format!("{va} . tcp . 8001"),
+        format!("{vb} . tcp . 8000"),
+        format!("{vb} . tcp . 8002"),
+    ];
     want.sort();
     assert_eq!(listed, want.iter().map(String::as_str).collect::<Vec<_>>(), "exported set");
     eprintln!("test took {:?}", t.elapsed());
@@ -978,7 +994,11 @@ fn rules_are_removed_on_sigterm_and_not_duplicated_after_a_crash() {
     let rules = check(cmd("ip", &["-n", s, "rule", "show"]));
     let ours: Vec<&str> = rules.lines().filter(|l| l.starts_with(&format!("{ROUTE_TABLE}:"))).collect();
     assert_eq!(ours.len(), 1, "ip rule:\n{rules}");
-    assert!(ours[0].contains("to 100.64.242.0/24") && ours[0].contains(&format!("lookup {ROUTE_TABLE}")), "{}", ours[0]);
+    assert!(
+        ours[0].contains("to 100.64.242.0/24") && ours[0].contains(&format!("lookup {ROUTE_TABLE}")),
+        "{}",
+        ours[0]
+    );
 
     stop_server(server);
     assert_rules_gone(s, "after SIGTERM following a crash");
@@ -1034,10 +1054,54 @@ fn without_the_capability_it_warns_and_still_forwards() {
     server.signal("TERM");
     let st = server.wait_exit(WAIT);
     assert_eq!(st.code(), Some(0), "opennotrd after SIGTERM: {st:?}\n{}", server.transcript());
-    let warnings: Vec<String> =
-        server.lines(Src::Err).into_iter().filter(|l| l.contains("virtual LAN off")).collect();
+    let warnings: Vec<String> = server.lines(Src::Err).into_iter().filter(|l| l.contains("virtual LAN off")).collect();
     assert_eq!(warnings.len(), 1, "expected one `virtual LAN off` warning:\n{}", server.transcript());
     assert!(warnings[0].contains("\"WARN\""), "not a warning: {}", warnings[0]);
     assert!(!server.transcript().contains("virtual LAN on"), "{}", server.transcript());
+    eprintln!("test took {:?}", t.elapsed());
+}
+
+// ------------------------------------------------------------------ 8. other hosts
+
+#[test]
+fn other_hosts_reach_vips_only_with_vlan_allow_remote() {
+    root_only!();
+    let t = Instant::now();
+    let lan = Lan::new("h", 8, 1);
+    let dir = TempDir::new("remote");
+    dir.write("www/index.html", "exported\n");
+    let c = &lan.clients[0];
+    let _web = http_server(c, &dir.path("www"), 8000);
+    let _web2 = http_server(c, &dir.path("www"), 8001);
+    // The client host doubles as "another host" that routes the VIP range
+    // to the server.
+    check(cmd("ip", &["-n", c, "route", "add", "100.64.242.0/24", "via", &lan.server_ip(0).to_string()]));
+    let listen = format!("{}:{CONTROL_PORT}", lan.server_ip(0));
+    let client_yaml =
+        format!("serverAddr: \"{listen}\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8000\n");
+
+    // Default: only the server host reaches the VIP; other hosts' packets
+    // are dropped (curl times out: exit 28).
+    let server = start_server(&lan.server, &dir, &server_yaml(&listen));
+    let (client, reg) = start_client(c, &dir, "opennotr.yaml", &client_yaml, 1);
+    let vip = reg.vip;
+    assert_eq!(curl_body(&lan.server, &format!("http://{vip}:8000/")), "exported\n");
+    let out = curl(c, &format!("http://{vip}:8000/"), None, 2);
+    assert_eq!(out.code, Some(28), "another host reached {vip}:8000 without vlanAllowRemote: {}", out.show());
+    drop(client);
+    stop_server(server);
+
+    // vlanAllowRemote: exported ports are reachable from other hosts too;
+    // other ports are still dropped.
+    let yaml =
+        server_yaml(&listen).replace("  shutdownGrace: 0.5\n", "  shutdownGrace: 0.5\n  vlanAllowRemote: true\n");
+    let _server = start_server(&lan.server, &dir, &yaml);
+    let (_client, reg) = start_client(c, &dir, "opennotr.yaml", &client_yaml, 1);
+    let vip = reg.vip;
+    assert_eq!(curl_body(c, &format!("http://{vip}:8000/")), "exported\n");
+    assert_eq!(curl_body(&lan.server, &format!("http://{vip}:8000/")), "exported\n");
+    let out = curl(c, &format!("http://{vip}:8001/"), None, 2);
+    assert_eq!(out.code, Some(28), "another host reached unexported {vip}:8001: {}", out.show());
+    curl_refused(&lan.server, &format!("http://{vip}:8001/"));
     eprintln!("test took {:?}", t.elapsed());
 }

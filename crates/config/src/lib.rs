@@ -78,12 +78,38 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// `resolver.etcdEndpoints` (original key); empty = DNS publishing off.
     pub etcd_endpoints: Vec<String>,
+    /// `resolver.etcdPrefix` (default `/skydns`): where CoreDNS's etcd
+    /// plugin looks for records.
+    pub etcd_prefix: String,
+    /// `resolver.leaseTtl` seconds (default 30): records vanish this long
+    /// after opennotrd stops renewing them (it died).
+    pub etcd_lease_ttl: u64,
+    /// `dns`: the embedded authoritative DNS server; `None` = off.
+    pub dns: Option<DnsSection>,
+}
+
+/// The `dns` section.
+#[derive(Debug, Clone)]
+pub struct DnsSection {
+    /// `dns.listen`: UDP and TCP address (required in the section).
+    pub listen: SocketAddr,
+    /// `dns.ttl` seconds (default 60) of the answers.
+    pub ttl: u32,
+    /// `dns.wildcard` (default false): a client's domain also answers for
+    /// every name below it (`*.app.example.com`).
+    pub wildcard: bool,
+    /// `dns.nameserver` (default `ns1.<server.domain>`): the zone's NS name.
+    pub nameserver: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerSection {
     /// `server.listen`, Go style `":10100"` means all interfaces.
     pub listen: SocketAddr,
+    /// `server.publicIP`: the server's public address(es), IPv4 and/or
+    /// IPv6, published in DNS for client domains. Default: the address
+    /// `server.listen` is bound to, if it is a specific one.
+    pub public_ips: Vec<IpAddr>,
     /// `server.authKey`: shared key of all clients. Must be non-empty.
     pub auth_key: Secret,
     /// `server.domain`: zone under which client domains are generated.

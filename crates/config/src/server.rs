@@ -1,13 +1,13 @@
 //! `opennotrd` configuration file.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::util::{dns_name, duration, is_plugin_name, positive, Seconds};
-use crate::{yaml, ConfigError, DhcpSection, Limits, Secret, ServerConfig, ServerSection};
+use crate::{yaml, ConfigError, DhcpSection, DnsSection, Limits, Secret, ServerConfig, ServerSection};
 
 // Raw shapes of the file. Every field is optional so that a missing required
 // key is reported by name (`server.listen: required`) by `validate`, rather
@@ -23,6 +23,24 @@ struct RawFile {
     tcpforward: Option<RawTcpForward>,
     udpforward: Option<RawUdpForward>,
     resolver: Option<RawResolver>,
+    dns: Option<RawDns>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDns {
+    listen: Option<String>,
+    ttl: Option<u64>,
+    wildcard: Option<bool>,
+    nameserver: Option<String>,
+}
+
+/// `server.publicIP`: one address or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize, Default)]
@@ -38,6 +56,8 @@ struct RawServer {
     udp_listen: Option<String>,
     allow_plaintext: Option<bool>,
     vlan_allow_remote: Option<bool>,
+    #[serde(rename = "publicIP")]
+    public_ip: Option<OneOrMany>,
     handshake_timeout: Option<Seconds>,
     keepalive_interval: Option<Seconds>,
     keepalive_timeout: Option<Seconds>,
@@ -90,6 +110,8 @@ struct RawUdpForward {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawResolver {
     etcd_endpoints: Option<Vec<String>>,
+    etcd_prefix: Option<String>,
+    lease_ttl: Option<u64>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
@@ -121,7 +143,18 @@ fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
     let keepalive_timeout = duration("server.keepaliveTimeout", s.keepalive_timeout, Duration::from_secs(15))?;
     check_keepalive("server.keepaliveTimeout", keepalive_interval, keepalive_timeout)?;
 
+    let public_ips = match s.public_ip {
+        None => Vec::new(),
+        Some(OneOrMany::One(one)) => vec![one],
+        Some(OneOrMany::Many(many)) => many,
+    }
+    .into_iter()
+    .filter(|t| !t.is_empty())
+    .map(|t| t.parse::<IpAddr>().map_err(|_| ConfigError::invalid("server.publicIP", format!("`{t}` is not an IP address"))))
+    .collect::<Result<Vec<_>, _>>()?;
+
     let server = ServerSection {
+        public_ips,
         listen,
         auth_key: Secret::new(auth_key),
         domain,
@@ -170,12 +203,39 @@ fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
         max_handshakes: positive("limits.maxHandshakes", l.max_handshakes, d.max_handshakes)?,
     };
 
-    let etcd_endpoints = raw.resolver.unwrap_or_default().etcd_endpoints.unwrap_or_default();
+    let resolver = raw.resolver.unwrap_or_default();
+    let etcd_endpoints = resolver.etcd_endpoints.unwrap_or_default();
     if let Some(i) = etcd_endpoints.iter().position(|e| e.trim().is_empty()) {
         return Err(ConfigError::invalid(format!("resolver.etcdEndpoints[{i}]"), "must not be empty"));
     }
+    let etcd_prefix = resolver.etcd_prefix.unwrap_or_else(|| "/skydns".into());
+    if !etcd_prefix.starts_with('/') || etcd_prefix.len() < 2 || etcd_prefix.ends_with('/') {
+        return Err(ConfigError::invalid("resolver.etcdPrefix", "must start with '/' and not end with it, e.g. /skydns"));
+    }
+    let etcd_lease_ttl = match resolver.lease_ttl {
+        None => 30,
+        Some(t @ 5..=3600) => t,
+        Some(t) => return Err(ConfigError::invalid("resolver.leaseTtl", format!("{t} is not between 5 and 3600 seconds"))),
+    };
 
-    Ok(ServerConfig { server, dhcp, plugins, limits, etcd_endpoints })
+    let dns = match raw.dns {
+        None => None,
+        Some(d) => {
+            let dns_listen = self::listen("dns.listen", required("dns.listen", d.listen)?.as_str())?;
+            let ttl = match d.ttl {
+                None => 60,
+                Some(t @ 0..=86_400) => t as u32,
+                Some(t) => return Err(ConfigError::invalid("dns.ttl", format!("{t} is more than a day (86400)"))),
+            };
+            let nameserver = match d.nameserver {
+                None => format!("ns1.{}", server.domain),
+                Some(n) => dns_name(&n).map_err(|m| ConfigError::invalid("dns.nameserver", m))?,
+            };
+            Some(DnsSection { listen: dns_listen, ttl, wildcard: d.wildcard.unwrap_or(false), nameserver })
+        }
+    };
+
+    Ok(ServerConfig { server, dhcp, plugins, limits, etcd_endpoints, etcd_prefix, etcd_lease_ttl, dns })
 }
 
 fn required(key: &str, value: Option<String>) -> Result<String, ConfigError> {

@@ -272,6 +272,7 @@ async fn control(
         info!(%peer, plaintext, "client connected");
         let results = session::start_forwards(&shared, &session, &forwards, &leased_ports).await;
         crate::vlan::export(&shared, &session, true).await;
+        shared.publish_names();
         let registered = ServerMessage::Registered {
             session: session_id.to_vec(),
             vip: session.vip,

@@ -92,6 +92,12 @@ pub struct ForwardInfo {
 }
 
 impl Shared {
+    /// Publishes the live domains to the DNS server and the etcd publisher.
+    pub(crate) fn publish_names(&self) {
+        let names: opennotr_dns::Names = self.state().sessions.values().map(|s| (s.domain.clone(), s.vip)).collect();
+        self.names.send_replace(Arc::new(names));
+    }
+
     /// The state lock. A panic while holding it cannot leave the maps half
     /// updated in a way worse than losing the server, so poison is ignored.
     pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, state::State> {
@@ -113,6 +119,8 @@ pub(crate) struct Shared {
     /// Cancelled when the grace period ends: everything stops.
     pub(crate) kill: CancellationToken,
     pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
+    /// Live domains and VIPs, for the DNS server and the etcd publisher.
+    pub(crate) names: tokio::sync::watch::Sender<Arc<opennotr_dns::Names>>,
     /// The virtual LAN's rules, when it is on.
     pub(crate) vlan: std::sync::Mutex<Option<Arc<opennotr_tproxy::Rules>>>,
     /// Connections accepted and waiting for a handshake slot.
@@ -124,6 +132,8 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     vlan: Option<vlan::Setup>,
+    dns: Option<opennotr_dns::DnsServer>,
+    etcd: Option<opennotr_dns::etcd::EtcdPublisher>,
 }
 
 /// A cheap handle to look at a running server.
@@ -192,7 +202,32 @@ fn plugin_config_error(name: &str, e: opennotr_plugin::PluginError) -> ServerErr
     }
 }
 
+/// The public addresses client domains resolve to: `server.publicIP`, or
+/// the address the control listener is bound to when it is a specific one.
+/// Never looked up on the internet.
+fn public_addresses(cfg: &ServerConfig) -> Result<Vec<std::net::IpAddr>, ServerError> {
+    if !cfg.server.public_ips.is_empty() {
+        return Ok(cfg.server.public_ips.clone());
+    }
+    let ip = cfg.server.listen.ip();
+    if !ip.is_unspecified() {
+        return Ok(vec![ip]);
+    }
+    if cfg.dns.is_some() || !cfg.etcd_endpoints.is_empty() {
+        return Err(ServerError::Config {
+            key: "server.publicIP".into(),
+            message: "required for DNS when server.listen is bound to all interfaces (which address is public?)".into(),
+        });
+    }
+    Ok(Vec::new())
+}
+
 impl Server {
+    /// The DNS server's address, when it is on.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(|d| d.local_addr())
+    }
+
     /// Sets up the plugins (a config error comes back before anything is
     /// bound) and binds the control listener.
     pub async fn bind(cfg: ServerConfig, registry: &Registry) -> Result<Server, ServerError> {
@@ -203,8 +238,35 @@ impl Server {
             warn!(%reason, "virtual LAN off (it needs Linux, CAP_NET_ADMIN and the nft command); the tcp and udp plugins work as usual");
             None
         });
+        let public = public_addresses(&cfg)?;
         let addr = cfg.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let dns = match &cfg.dns {
+            None => None,
+            Some(d) => {
+                let zone = opennotr_dns::ZoneConfig {
+                    zone: cfg.server.domain.clone(),
+                    public: public.clone(),
+                    ttl: d.ttl,
+                    wildcard: d.wildcard,
+                    nameserver: d.nameserver.clone(),
+                };
+                let server = opennotr_dns::DnsServer::bind(d.listen, zone)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr: d.listen, source })?;
+                Some(server)
+            }
+        };
+        let etcd = (!cfg.etcd_endpoints.is_empty()).then(|| {
+            opennotr_dns::etcd::EtcdPublisher::new(opennotr_dns::etcd::EtcdConfig {
+                endpoints: cfg.etcd_endpoints.clone(),
+                prefix: cfg.etcd_prefix.clone(),
+                lease_ttl: Duration::from_secs(cfg.etcd_lease_ttl),
+                public: public.clone(),
+                record_ttl: cfg.dns.as_ref().map(|d| d.ttl).unwrap_or(60),
+                owner: format!("opennotrd {} {}", cfg.server.domain, cfg.server.listen),
+            })
+        });
         let state = state::State::new(&cfg);
         let handshakes = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes));
         let shared = Arc::new(Shared {
@@ -216,6 +278,7 @@ impl Server {
             draining: CancellationToken::new(),
             kill: CancellationToken::new(),
             vlan: std::sync::Mutex::new(None),
+            names: tokio::sync::watch::Sender::new(Arc::new(opennotr_dns::Names::new())),
             queued: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes.saturating_mul(4))),
             handshakes,
             cfg,
@@ -223,7 +286,7 @@ impl Server {
         if let Some(v) = &vlan {
             *shared.vlan.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.rules.clone());
         }
-        Ok(Server { listener, shared, vlan })
+        Ok(Server { listener, shared, vlan, dns, etcd })
     }
 
     /// The control listener's address.
@@ -247,6 +310,15 @@ impl Server {
         if let Some(v) = self.vlan {
             vlan::spawn(v, shared.clone(), shared.kill.clone());
         }
+        let names_stop = CancellationToken::new();
+        let mut name_tasks = Vec::new();
+        if let Some(dns) = self.dns {
+            info!(addr = %dns.local_addr(), "listening for DNS queries");
+            name_tasks.push(tokio::spawn(dns.run(shared.names.subscribe(), names_stop.clone())));
+        }
+        if let Some(etcd) = self.etcd {
+            name_tasks.push(tokio::spawn(etcd.run(shared.names.subscribe(), names_stop.clone())));
+        }
 
         shutdown.cancelled().await;
         let grace = shared.cfg.server.shutdown_grace;
@@ -261,6 +333,10 @@ impl Server {
         let _ = accept.await;
         shared.sessions.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.sessions.wait()).await;
+        names_stop.cancel();
+        for t in name_tasks {
+            let _ = t.await;
+        }
         if let Some(rules) = shared.vlan.lock().unwrap_or_else(|e| e.into_inner()).take() {
             rules.remove();
             info!("virtual LAN rules removed");

@@ -419,6 +419,7 @@ pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
     // inherit this one's exported ports.
     crate::vlan::export(shared, session, false).await;
     shared.state().remove(session, ports);
+    shared.publish_names();
     session.finished.cancel();
     debug!("session resources released");
 }

@@ -1,0 +1,84 @@
+//! Names of opennotr clients.
+//!
+//! - [`DnsServer`]: an embedded authoritative DNS server (UDP and TCP) for
+//!   the zone `server.domain` and the custom domains of live clients.
+//! - [`etcd::EtcdPublisher`]: SkyDNS records in etcd, as CoreDNS's `etcd`
+//!   plugin reads them (the original opennotr's integration, fixed).
+//!
+//! Both follow one [`Names`] snapshot that the server replaces whenever a
+//! session starts or ends, through a `tokio::sync::watch` channel.
+//!
+//! CONTRACT (the server codes against these names; keep them):
+//! `Names`, `ZoneConfig`, `DnsServer::{bind, local_addr, run}`, `answer`,
+//! `vip_name`, `etcd::EtcdPublisher::{new, run}`, `etcd::EtcdConfig`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub mod etcd;
+
+/// The live clients' domains (lowercase, no trailing dot) and their VIPs.
+pub type Names = BTreeMap<String, Ipv4Addr>;
+
+/// What the DNS server answers with.
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    /// `server.domain`: the zone (lowercase, no trailing dot).
+    pub zone: String,
+    /// The server's public addresses: A/AAAA answers for client domains.
+    pub public: Vec<IpAddr>,
+    /// TTL of answers, seconds.
+    pub ttl: u32,
+    /// Whether `*.<client domain>` answers like the domain itself.
+    pub wildcard: bool,
+    /// The zone's NS (and SOA MNAME) host name.
+    pub nameserver: String,
+}
+
+/// The name under which `domain`'s VIP is published: the part of the
+/// domain left of the zone (or the whole domain, if it is a custom one),
+/// dots turned into dashes, then `.vip.<zone>`.
+/// `abc.open.notr.tech` → `abc.vip.open.notr.tech`;
+/// `cloud.example.com` → `cloud-example-com.vip.open.notr.tech`.
+pub fn vip_name(domain: &str, zone: &str) -> String {
+    let _ = (domain, zone);
+    todo!("helper implements")
+}
+
+/// The answer to one DNS query (wire format), or `None` to send nothing
+/// (unparseable garbage, a response, ...). `max_len` is the largest answer
+/// the transport may carry (512 or the EDNS size for UDP, 65535 for TCP);
+/// a longer answer is truncated with TC set.
+pub fn answer(query: &[u8], names: &Names, cfg: &ZoneConfig, max_len: usize) -> Option<Vec<u8>> {
+    let _ = (query, names, cfg, max_len);
+    todo!("helper implements")
+}
+
+/// The embedded DNS server, bound and ready to run.
+#[derive(Debug)]
+pub struct DnsServer {
+    cfg: ZoneConfig,
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `listen` (port 0: one free port for both).
+    pub async fn bind(listen: SocketAddr, cfg: ZoneConfig) -> std::io::Result<DnsServer> {
+        let _ = listen;
+        todo!("helper implements {cfg:?}")
+    }
+
+    /// The address both sockets are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        todo!("helper implements {:?}", self.cfg)
+    }
+
+    /// Serves until `stop`, answering from the latest `names`.
+    pub async fn run(self, names: watch::Receiver<Arc<Names>>, stop: CancellationToken) {
+        let _ = (names, stop);
+        todo!("helper implements")
+    }
+}
