@@ -554,7 +554,8 @@ fn udp_echo(ns: &str, dir: &TempDir, port: u16) -> Proc {
 
 // ------------------------------------------------------------------ probes (server namespace)
 
-/// `curl URL` in `ns` with `-m 5`; body to `out` (or stdout).
+/// `curl URL` in `ns` with `-m max_secs`; body to `out` (or stdout), then
+/// a newline and the HTTP status on stdout.
 fn curl(ns: &str, url: &str, out: Option<&Path>, max_secs: u32) -> Out {
     let m = max_secs.to_string();
     let mut args = vec!["-sS", "-m", &m, "-w", "\n%{http_code}"];

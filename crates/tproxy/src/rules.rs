@@ -101,6 +101,10 @@ pub fn ruleset(spec: &RuleSpec) -> String {
         ));
     }
     divert.push(format!("iifname \"lo\" ip daddr {cidr} meta l4proto tcp reject with tcp reset"));
+    // Without a transparent UDP socket nothing carries UDP to a VIP: refuse
+    // it at once rather than letting the final drop leave senders hanging.
+    let udp_off =
+        if spec.udp.is_none() { format!("\t\tip daddr {cidr} meta l4proto udp reject\n") } else { String::new() };
     divert.push(format!("ip daddr {cidr} drop"));
     format!(
         "add table ip {TABLE}\n\
@@ -109,6 +113,7 @@ pub fn ruleset(spec: &RuleSpec) -> String {
          \tset exported {{\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t}}\n\
          \tchain refuse {{\n\
          \t\ttype filter hook output priority filter; policy accept;\n\
+         {udp_off}\
          \t\tip daddr {cidr} ip daddr . meta l4proto . th dport @exported accept\n\
          \t\tip daddr {cidr} meta l4proto udp reject\n\
          \t}}\n\
@@ -289,6 +294,9 @@ mod tests {
         assert!(r.contains("iifname \"lo\" ip daddr . meta l4proto . th dport @exported meta l4proto tcp tproxy to 127.0.0.1:4398 accept"));
         assert!(r.contains("meta l4proto udp tproxy to :4399 accept"));
         assert!(r.contains("ip daddr 100.64.242.0/24 drop"));
+        assert!(!r.contains("policy accept;\n\t\tip daddr 100.64.242.0/24 meta l4proto udp reject"));
+        let no_udp = ruleset(&RuleSpec { udp: None, ..spec.clone() });
+        assert!(no_udp.contains("policy accept;\n\t\tip daddr 100.64.242.0/24 meta l4proto udp reject\n"));
         let remote = ruleset(&RuleSpec { allow_remote: true, ..spec });
         assert!(remote.contains("\t\tip daddr . meta l4proto . th dport @exported meta l4proto tcp tproxy"));
     }
