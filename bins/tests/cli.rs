@@ -573,6 +573,7 @@ fn original_files_end_to_end() {
 /// The commented example server file, on loopback.
 fn example_server_yaml() -> String {
     let mut s = replace_once(&read_etc("opennotrd.yaml"), r#"listen: ":10100""#, r#"listen: "127.0.0.1:0""#);
+    s = replace_once(&s, r#"listen: "127.0.0.1:5353""#, r#"listen: "127.0.0.1:0""#);
     s = replace_once(&s, r#""bind": "0.0.0.0""#, r#""bind": "127.0.0.1""#);
     replace_once(&s, r#"bind: "0.0.0.0""#, r#"bind: "127.0.0.1""#)
 }

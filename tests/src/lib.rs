@@ -122,6 +122,26 @@ pub struct ServerSpec {
     pub limits: Vec<(&'static str, u64)>,
     /// `sessionTimeout` of the `udp` plugin, seconds.
     pub udp_session_timeout: Option<f64>,
+    /// The embedded DNS server (`dns` section, `server.publicIP`); off
+    /// when `None`.
+    pub dns: Option<DnsSpec>,
+}
+
+/// The `dns` section of a test server, on `127.0.0.1:0`.
+#[derive(Debug, Clone)]
+pub struct DnsSpec {
+    /// `server.publicIP`: what client domains resolve to.
+    pub public_ips: Vec<String>,
+    /// `dns.wildcard`.
+    pub wildcard: bool,
+    /// `dns.ttl`, seconds.
+    pub ttl: Option<u32>,
+}
+
+impl Default for DnsSpec {
+    fn default() -> Self {
+        DnsSpec { public_ips: vec!["127.0.0.2".into()], wildcard: false, ttl: None }
+    }
 }
 
 impl Default for ServerSpec {
@@ -136,6 +156,7 @@ impl Default for ServerSpec {
             port_range: PORT_RANGE,
             limits: Vec::new(),
             udp_session_timeout: None,
+            dns: None,
         }
     }
 }
@@ -156,6 +177,9 @@ impl ServerSpec {
         if let Some(t) = self.connect_timeout {
             y += &format!("  connectTimeout: {t}\n");
         }
+        if let Some(dns) = &self.dns {
+            y += &format!("  publicIP: {:?}\n", dns.public_ips);
+        }
         y += "dhcp:\n  cidr: \"100.64.242.1/24\"\n  ip: \"100.64.242.1\"\n";
         let (lo, hi) = self.port_range;
         y += "plugin:\n";
@@ -164,6 +188,12 @@ impl ServerSpec {
         y += &format!("    PortMin: {lo}\n    PortMax: {hi}\n    bind: \"127.0.0.1\"\n");
         if let Some(t) = self.udp_session_timeout {
             y += &format!("    sessionTimeout: {t}\n");
+        }
+        if let Some(dns) = &self.dns {
+            y += &format!("dns:\n  listen: \"127.0.0.1:0\"\n  wildcard: {}\n", dns.wildcard);
+            if let Some(t) = dns.ttl {
+                y += &format!("  ttl: {t}\n");
+            }
         }
         if !self.limits.is_empty() {
             y += "limits:\n";
@@ -187,6 +217,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// For looking at sessions and VIPs.
     pub handle: ServerHandle,
+    /// The embedded DNS server's address (UDP and TCP), when it is on.
+    pub dns: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), opennotr_server::ServerError>>>,
 }
@@ -201,10 +233,11 @@ impl TestServer {
     pub async fn start_with(cfg: ServerConfig, registry: &opennotr_plugin::Registry) -> TestServer {
         let server = Server::bind(cfg, registry).await.unwrap_or_else(|e| panic!("server does not start: {e}"));
         let addr = server.local_addr();
+        let dns = server.dns_addr();
         let handle = server.handle();
         let shutdown = CancellationToken::new();
         let task = Some(tokio::spawn(server.run(shutdown.clone())));
-        TestServer { addr, handle, shutdown, task }
+        TestServer { addr, handle, dns, shutdown, task }
     }
 
     /// Shuts the server down and waits until `run` has returned.

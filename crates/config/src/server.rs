@@ -150,7 +150,9 @@ fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
     }
     .into_iter()
     .filter(|t| !t.is_empty())
-    .map(|t| t.parse::<IpAddr>().map_err(|_| ConfigError::invalid("server.publicIP", format!("`{t}` is not an IP address"))))
+    .map(|t| {
+        t.parse::<IpAddr>().map_err(|_| ConfigError::invalid("server.publicIP", format!("`{t}` is not an IP address")))
+    })
     .collect::<Result<Vec<_>, _>>()?;
 
     let server = ServerSection {
@@ -210,12 +212,17 @@ fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
     }
     let etcd_prefix = resolver.etcd_prefix.unwrap_or_else(|| "/skydns".into());
     if !etcd_prefix.starts_with('/') || etcd_prefix.len() < 2 || etcd_prefix.ends_with('/') {
-        return Err(ConfigError::invalid("resolver.etcdPrefix", "must start with '/' and not end with it, e.g. /skydns"));
+        return Err(ConfigError::invalid(
+            "resolver.etcdPrefix",
+            "must start with '/' and not end with it, e.g. /skydns",
+        ));
     }
     let etcd_lease_ttl = match resolver.lease_ttl {
         None => 30,
         Some(t @ 5..=3600) => t,
-        Some(t) => return Err(ConfigError::invalid("resolver.leaseTtl", format!("{t} is not between 5 and 3600 seconds"))),
+        Some(t) => {
+            return Err(ConfigError::invalid("resolver.leaseTtl", format!("{t} is not between 5 and 3600 seconds")))
+        }
     };
 
     let dns = match raw.dns {

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+mod answer;
 pub mod etcd;
+mod server;
 
 /// The live clients' domains (lowercase, no trailing dot) and their VIPs.
 pub type Names = BTreeMap<String, Ipv4Addr>;
@@ -44,41 +46,52 @@ pub struct ZoneConfig {
 /// dots turned into dashes, then `.vip.<zone>`.
 /// `abc.open.notr.tech` → `abc.vip.open.notr.tech`;
 /// `cloud.example.com` → `cloud-example-com.vip.open.notr.tech`.
+/// The result is lowercase, without a trailing dot.
 pub fn vip_name(domain: &str, zone: &str) -> String {
-    let _ = (domain, zone);
-    todo!("helper implements")
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    let left = match domain.strip_suffix(zone.as_str()).and_then(|l| l.strip_suffix('.')) {
+        Some(l) if !l.is_empty() => l,
+        _ => domain.as_str(),
+    };
+    format!("{}.vip.{zone}", left.replace('.', "-"))
 }
 
 /// The answer to one DNS query (wire format), or `None` to send nothing
 /// (unparseable garbage, a response, ...). `max_len` is the largest answer
 /// the transport may carry (512 or the EDNS size for UDP, 65535 for TCP);
-/// a longer answer is truncated with TC set.
+/// a longer answer is truncated with TC set. The UDP server does not call
+/// this with a fixed size: it applies the query's own EDNS size (see
+/// docs/dns.md). Builds the per-snapshot index each call; the server keeps
+/// one per snapshot instead.
 pub fn answer(query: &[u8], names: &Names, cfg: &ZoneConfig, max_len: usize) -> Option<Vec<u8>> {
-    let _ = (query, names, cfg, max_len);
-    todo!("helper implements")
+    let index = answer::Index::new(names, cfg, server::serial_now());
+    answer::respond(query, names, cfg, &index, answer::Limit::Fixed(max_len)).map(|r| r.bytes)
 }
 
 /// The embedded DNS server, bound and ready to run.
 #[derive(Debug)]
 pub struct DnsServer {
     cfg: ZoneConfig,
+    udp: tokio::net::UdpSocket,
+    tcp: tokio::net::TcpListener,
+    addr: SocketAddr,
 }
 
 impl DnsServer {
     /// Binds UDP and TCP on `listen` (port 0: one free port for both).
     pub async fn bind(listen: SocketAddr, cfg: ZoneConfig) -> std::io::Result<DnsServer> {
-        let _ = listen;
-        todo!("helper implements {cfg:?}")
+        let (udp, tcp, addr) = server::bind(listen).await?;
+        Ok(DnsServer { cfg, udp, tcp, addr })
     }
 
     /// The address both sockets are bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        todo!("helper implements {:?}", self.cfg)
+        self.addr
     }
 
     /// Serves until `stop`, answering from the latest `names`.
     pub async fn run(self, names: watch::Receiver<Arc<Names>>, stop: CancellationToken) {
-        let _ = (names, stop);
-        todo!("helper implements")
+        server::run(self, names, stop).await
     }
 }

@@ -264,7 +264,14 @@ impl Server {
                 lease_ttl: Duration::from_secs(cfg.etcd_lease_ttl),
                 public: public.clone(),
                 record_ttl: cfg.dns.as_ref().map(|d| d.ttl).unwrap_or(60),
-                owner: format!("opennotrd {} {}", cfg.server.domain, cfg.server.listen),
+                // Unique per server even when several share one etcd, zone
+                // and port: their public addresses differ.
+                owner: format!(
+                    "opennotrd {} {} {}",
+                    cfg.server.domain,
+                    cfg.server.listen,
+                    public.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+                ),
             })
         });
         let state = state::State::new(&cfg);

@@ -9,28 +9,24 @@
 //! session (by VIP) and the target (by port), and the traffic goes down that
 //! client's tunnel like a visitor's.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use opennotr_config::ServerConfig;
 use opennotr_plugin::{StreamProtocol, Tunnel};
 use opennotr_tproxy::{Proto, RuleSpec, Rules, TransparentUdp};
 use opennotr_transport::relay::relay;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::plugins::udp::{flow, FlowEnds};
+use crate::plugins::udp::{FlowEnds, FlowTable};
 use crate::session::{Session, SessionTunnel};
 use crate::Shared;
 
 /// Idle time after which a UDP flow to a VIP is dropped.
 const UDP_IDLE: Duration = Duration::from_secs(30);
-const FLOW_QUEUE: usize = 512;
 
 /// The transparent sockets and the rules feeding them.
 pub(crate) struct Setup {
@@ -159,40 +155,28 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
     }
 }
 
-struct Flow {
-    tx: mpsc::Sender<Bytes>,
-    generation: u64,
-}
-
 type FlowKey = (SocketAddr, SocketAddr);
 
 async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationToken) {
-    let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
-    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(FlowKey, u64)>();
-    let mut generation = 0u64;
+    let mut flows: FlowTable<FlowKey> = FlowTable::new();
     let mut buf = vec![0u8; opennotr_proto::datagram::MAX_DATAGRAM];
     let max_flows = shared.cfg.limits.max_udp_flows_per_forward;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            Some((key, g)) = ended_rx.recv() => {
-                if flows.get(&key).is_some_and(|f| f.generation == g) {
-                    flows.remove(&key);
-                }
-            }
+            _ = flows.reap() => {}
             r = sock.recv(&mut buf) => {
                 let (n, peer, dst) = match r {
                     Ok(x) => x,
                     Err(e) => { debug!(error = %e, "recv failed"); continue; }
                 };
                 let key = (peer, dst);
-                if !flows.contains_key(&key) {
+                if !flows.contains(&key) {
                     let Some((session, target)) = route(&shared, dst, StreamProtocol::Udp) else {
                         debug!(%dst, "nothing exported there; datagram dropped");
                         continue;
                     };
-                    let of_vip = flows.keys().filter(|(_, d)| d.ip() == dst.ip()).count();
-                    if of_vip >= max_flows {
+                    if flows.keys().filter(|(_, d)| d.ip() == dst.ip()).count() >= max_flows {
                         debug!(%dst, "UDP flow limit of this VIP reached; datagram dropped");
                         continue;
                     }
@@ -200,19 +184,11 @@ async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationT
                         Ok(r) => Arc::new(r),
                         Err(e) => { warn!(%dst, error = %e, "cannot open a reply socket at the VIP"); continue; }
                     };
-                    generation += 1;
-                    let (tx, rx) = mpsc::channel(FLOW_QUEUE);
                     let ends = FlowEnds { reply, peer, tunnel: Arc::new(SessionTunnel(session.clone())), target };
-                    let span = info_span!("vip_flow", %peer, %dst);
-                    shared.streams.spawn(
-                        flow(ends, key, rx, UDP_IDLE, session.kill.child_token(), ended_tx.clone(), generation).instrument(span),
-                    );
-                    flows.insert(key, Flow { tx, generation });
+                    flows.start(key, ends, UDP_IDLE, session.kill.child_token(), &shared.streams);
                 }
-                if let Some(f) = flows.get(&key) {
-                    // A full queue: the flow is slower than its sender; drop.
-                    let _ = f.tx.try_send(Bytes::copy_from_slice(&buf[..n]));
-                }
+                // A full queue: the flow is slower than its sender; drop.
+                flows.send(&key, &buf[..n]);
             }
         }
     }

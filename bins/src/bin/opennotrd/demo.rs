@@ -14,6 +14,9 @@ server:
   listen: "127.0.0.1:0"
   authKey: "KEY"
   domain: "demo.notr.test"
+  publicIP: "127.0.0.1"
+dns:
+  listen: "127.0.0.1:0"
 dhcp:
   cidr: "100.64.242.1/24"
 plugin:
@@ -60,6 +63,7 @@ pub(crate) async fn run(shutdown: CancellationToken) -> Result<(), ServerError> 
         .map_err(|e| ServerError::Config { key: "demo".into(), message: e.to_string() })?;
     let server = Server::bind(cfg, &builtin_plugins()).await?;
     let server_addr = server.local_addr();
+    let dns_port = server.dns_addr().map(|a| a.port()).unwrap_or_default();
 
     let bind_err = |addr: std::net::SocketAddr| move |source| ServerError::Bind { addr, source };
     let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -77,7 +81,7 @@ pub(crate) async fn run(shutdown: CancellationToken) -> Result<(), ServerError> 
         .map_err(|e| ServerError::Config { key: "demo".into(), message: e.to_string() })?;
     let client = Client::new(
         client_cfg,
-        Arc::new(|e: &Event| {
+        Arc::new(move |e: &Event| {
             if let Event::Connected(reg) = e {
                 for line in reg.lines() {
                     println!("{line}");
@@ -89,6 +93,7 @@ pub(crate) async fn run(shutdown: CancellationToken) -> Result<(), ServerError> 
                         _ => {}
                     }
                 }
+                println!("try:  dig @127.0.0.1 -p {dns_port} {} +short", reg.domain);
                 println!("Ctrl-C stops the demo.");
             }
         }),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use opennotr_plugin::{
     async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
-    StreamProtocol, Tunnel,
+    StreamProtocol, TaskTracker, Tunnel,
 };
 use opennotr_proto::datagram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,26 +87,84 @@ fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-struct Flow {
-    tx: mpsc::Sender<Bytes>,
+/// The live flows of one UDP socket, by key (the peer, or for the virtual
+/// LAN the peer and the VIP:port it addressed). A flow that ends reports
+/// itself; the table forgets it unless a newer flow took its key.
+pub(crate) struct FlowTable<K> {
+    flows: HashMap<K, (mpsc::Sender<Bytes>, u64, CancellationToken)>,
+    ended_tx: mpsc::UnboundedSender<(K, u64)>,
+    ended_rx: mpsc::UnboundedReceiver<(K, u64)>,
     generation: u64,
-    stop: CancellationToken,
+}
+
+impl<K: Eq + std::hash::Hash + Clone + Send + std::fmt::Debug + 'static> FlowTable<K> {
+    pub(crate) fn new() -> Self {
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        FlowTable { flows: HashMap::new(), ended_tx, ended_rx, generation: 0 }
+    }
+
+    /// Waits for a flow to end and forgets it. Cancel-safe.
+    pub(crate) async fn reap(&mut self) {
+        if let Some((key, g)) = self.ended_rx.recv().await {
+            if self.flows.get(&key).is_some_and(|f| f.1 == g) {
+                self.flows.remove(&key);
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        self.flows.contains_key(key)
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.flows.keys()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Starts a flow for `key` on `tracker`; it stops with `stop`.
+    pub(crate) fn start(
+        &mut self,
+        key: K,
+        ends: FlowEnds,
+        idle: Duration,
+        stop: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        self.generation += 1;
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let span = info_span!("flow", peer = %ends.peer, key = ?key);
+        tracker.spawn(
+            flow(ends, key.clone(), rx, idle, stop.clone(), self.ended_tx.clone(), self.generation).instrument(span),
+        );
+        self.flows.insert(key, (tx, self.generation, stop));
+    }
+
+    /// Queues a datagram for `key`'s flow; `false` if it was dropped (no
+    /// such flow, or the flow is slower than its sender).
+    pub(crate) fn send(&self, key: &K, datagram: &[u8]) -> bool {
+        self.flows.get(key).is_some_and(|f| f.0.try_send(Bytes::copy_from_slice(datagram)).is_ok())
+    }
+}
+
+impl<K> Drop for FlowTable<K> {
+    fn drop(&mut self) {
+        for (_, (_, _, stop)) in self.flows.drain() {
+            stop.cancel();
+        }
+    }
 }
 
 async fn recv_loop(sock: Arc<UdpSocket>, meta: ForwardMeta, ctx: ForwardContext, idle: Duration) {
-    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
-    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
-    let mut generation = 0u64;
+    let mut flows = FlowTable::new();
     let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
     let mut dropped = 0u64;
     loop {
         tokio::select! {
             _ = ctx.stop.cancelled() => break,
-            Some((peer, g)) = ended_rx.recv() => {
-                if flows.get(&peer).is_some_and(|f| f.generation == g) {
-                    flows.remove(&peer);
-                }
-            }
+            _ = flows.reap() => {}
             r = sock.recv_from(&mut buf) => {
                 let (n, peer) = match r {
                     Ok(x) => x,
@@ -114,7 +172,7 @@ async fn recv_loop(sock: Arc<UdpSocket>, meta: ForwardMeta, ctx: ForwardContext,
                     // concern one peer, not the socket.
                     Err(e) => { debug!(error = %e, "recv failed"); continue; }
                 };
-                if !flows.contains_key(&peer) {
+                if !flows.contains(&peer) {
                     if flows.len() >= ctx.limits.max_udp_flows {
                         dropped += 1;
                         if dropped.is_power_of_two() {
@@ -122,34 +180,14 @@ async fn recv_loop(sock: Arc<UdpSocket>, meta: ForwardMeta, ctx: ForwardContext,
                         }
                         continue;
                     }
-                    generation += 1;
-                    let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-                    let stop = ctx.kill.child_token();
-                    let span = info_span!("flow", %peer);
-                    ctx.tracker.spawn(
-                        flow(
-                            FlowEnds { reply: sock.clone(), peer, tunnel: ctx.tunnel.clone(), target: meta.target() },
-                            peer,
-                            rx,
-                            idle,
-                            stop.clone(),
-                            ended_tx.clone(),
-                            generation,
-                        )
-                        .instrument(span),
-                    );
-                    flows.insert(peer, Flow { tx, generation, stop });
+                    let ends = FlowEnds { reply: sock.clone(), peer, tunnel: ctx.tunnel.clone(), target: meta.target() };
+                    flows.start(peer, ends, idle, ctx.kill.child_token(), &ctx.tracker);
                 }
-                if let Some(f) = flows.get(&peer) {
-                    if f.tx.try_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
-                        dropped += 1;
-                    }
+                if !flows.send(&peer, &buf[..n]) {
+                    dropped += 1;
                 }
             }
         }
-    }
-    for (_, f) in flows.drain() {
-        f.stop.cancel();
     }
 }
 

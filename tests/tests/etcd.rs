@@ -1,0 +1,526 @@
+//! Client domains published to a real etcd (started here, on free loopback
+//! ports) as SkyDNS records for CoreDNS's etcd plugin: written when a
+//! client connects, deleted when it leaves, revoked at a clean stop,
+//! expired when opennotrd dies, restored after etcd restarts (or loses its
+//! data), and published once etcd comes up if it was down at start.
+//!
+//! Needs `/usr/bin/etcd` (Debian package `etcd-server`; CI installs it).
+//! etcd is read back through its JSON gateway.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use opennotr_tests::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The prefix CoreDNS reads (the default of `resolver.etcdPrefix`).
+const PREFIX: &str = "/skydns";
+/// `resolver.leaseTtl` of the test servers, seconds.
+const LEASE_TTL: u64 = 5;
+/// Bound of waiting for etcd to change (lease expiry, reconnection).
+const ETCD_WAIT: Duration = Duration::from_secs(15);
+
+// ------------------------------------------------------------------ etcd
+
+/// A single-member etcd on loopback, killed on drop.
+struct Etcd {
+    client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("free port address").port()
+}
+
+fn etcd_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let candidates =
+        std::iter::once(PathBuf::from("/usr/bin/etcd")).chain(std::env::split_paths(&path).map(|d| d.join("etcd")));
+    for c in candidates {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!("etcd is not installed: these tests need /usr/bin/etcd (Debian: apt-get install etcd-server)");
+}
+
+impl Etcd {
+    /// Ports for an etcd, not started yet.
+    fn ports() -> Etcd {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "opennotr-etcd-test-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the etcd test directory");
+        Etcd { client_port: free_port(), peer_port: free_port(), dir, child: None }
+    }
+
+    /// An etcd, started and ready.
+    async fn start() -> Etcd {
+        let mut e = Etcd::ports();
+        e.launch().await;
+        e
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Starts etcd (again) on the same ports and data directory, and waits
+    /// until it answers.
+    async fn launch(&mut self) {
+        assert!(self.child.is_none(), "etcd already running");
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open the etcd log");
+        let child = Command::new(etcd_binary())
+            .args(["--name", "default"])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("etcd log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((200, body)) = http(self.client_port, "GET", "/health", "").await {
+                if body.contains("true") {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("etcd exited ({status}) at start:\n{}", self.log_tail());
+            }
+            if Instant::now() > deadline {
+                panic!("etcd not ready within 20 s:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills etcd at once (SIGKILL), as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Deletes etcd's data (while it is not running).
+    fn wipe(&self) {
+        assert!(self.child.is_none(), "wipe a running etcd");
+        std::fs::remove_dir_all(self.dir.join("data")).expect("delete the etcd data");
+    }
+
+    /// A JSON gateway call; `None` if etcd does not answer.
+    async fn call(&self, path: &str, body: Value) -> Option<Value> {
+        let (status, text) = http(self.client_port, "POST", path, &body.to_string()).await?;
+        assert_eq!(status, 200, "{path} {body}: {text}");
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Every record under the prefix: key → (value, lease).
+    async fn records(&self) -> BTreeMap<String, (Value, i64)> {
+        let (start, end) = (format!("{PREFIX}/"), format!("{PREFIX}0"));
+        let v = self
+            .call("/v3/kv/range", json!({ "key": b64(start.as_bytes()), "range_end": b64(end.as_bytes()) }))
+            .await
+            .unwrap_or_else(|| panic!("etcd does not answer:\n{}", self.log_tail()));
+        let mut out = BTreeMap::new();
+        for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
+            let key = String::from_utf8(unb64(kv["key"].as_str().unwrap_or(""))).expect("UTF-8 key");
+            let value = serde_json::from_slice(&unb64(kv["value"].as_str().unwrap_or("")))
+                .unwrap_or_else(|e| panic!("record {key} is not JSON: {e}"));
+            out.insert(key, (value, int(&kv["lease"])));
+        }
+        out
+    }
+
+    /// Writes a record without a lease.
+    async fn put(&self, key: &str, value: Value) {
+        self.call("/v3/kv/put", json!({ "key": b64(key.as_bytes()), "value": b64(value.to_string().as_bytes()) }))
+            .await
+            .expect("etcd answers");
+    }
+
+    /// Remaining seconds of a lease, -1 if it does not exist.
+    async fn lease_ttl(&self, id: i64) -> i64 {
+        int(&self.call("/v3/lease/timetolive", json!({ "ID": id.to_string() })).await.expect("etcd answers")["TTL"])
+    }
+
+    /// Polls until the records under the prefix are `want`'s keys with
+    /// their hosts, failing after [`ETCD_WAIT`].
+    async fn wait_records(&self, what: &str, want: &BTreeMap<String, String>) -> BTreeMap<String, (Value, i64)> {
+        let deadline = Instant::now() + ETCD_WAIT;
+        loop {
+            let now = self.records().await;
+            let hosts: BTreeMap<String, String> =
+                now.iter().map(|(k, (v, _))| (k.clone(), v["host"].as_str().unwrap_or("").to_owned())).collect();
+            if hosts == *want {
+                return now;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {ETCD_WAIT:?} waiting for {what}: want {want:#?}, etcd has {now:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A minimal HTTP/1.0 exchange (the answer ends at EOF, never chunked).
+async fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut s = TcpStream::connect(local(port)).await.ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn b64(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = B64.iter().position(|&x| x == c).unwrap_or_else(|| panic!("not base64: {s}")) as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// A gateway integer: a string or a number, absent = 0.
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or_else(|_| panic!("not an integer: {s}")),
+        Value::Number(n) => n.as_i64().unwrap_or_else(|| panic!("not an integer: {n}")),
+        _ => 0,
+    }
+}
+
+// --------------------------------------------------------------- opennotr
+
+/// A test server's configuration publishing to `endpoint`.
+fn server_config(endpoint: &str, public_ip: &str) -> ServerConfig {
+    let yaml = ServerSpec::default().yaml().replacen("server:\n", &format!("server:\n  publicIP: {public_ip}\n"), 1)
+        + &format!("resolver:\n  etcdEndpoints: [\"{endpoint}\"]\n  leaseTtl: {LEASE_TTL}\n");
+    opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
+}
+
+/// The owner field the server writes (`opennotrd <zone> <listen> <public IPs>`).
+fn owner(cfg: &ServerConfig) -> String {
+    let public: Vec<String> = cfg.server.public_ips.iter().map(|a| a.to_string()).collect();
+    format!("opennotrd {} {} {}", cfg.server.domain, cfg.server.listen, public.join(","))
+}
+
+/// Where CoreDNS looks for `domain`.
+fn key_of(domain: &str) -> String {
+    let mut labels: Vec<&str> = domain.split('.').collect();
+    labels.reverse();
+    format!("{PREFIX}/{}", labels.join("/"))
+}
+
+fn want(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, h)| (k.to_string(), h.to_string())).collect()
+}
+
+async fn connect(server: std::net::SocketAddr, domain: Option<&str>) -> (TestClient, Registration) {
+    let mut spec = ClientSpec::new(server);
+    spec.domain = domain.map(str::to_owned);
+    let mut client = TestClient::start(&spec);
+    let reg = client.connected().await;
+    (client, reg)
+}
+
+/// An opennotrd on a runtime of its own, so that it can die at once:
+/// dropping the runtime drops every task, and nothing runs a clean stop.
+struct Doomed {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Doomed {
+    async fn start(cfg: ServerConfig) -> (Doomed, std::net::SocketAddr) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the server");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let server = Server::bind(cfg, &builtin_plugins()).await.unwrap_or_else(|e| panic!("server: {e}"));
+            let _ = tx.send(server.local_addr());
+            let _ = server.run(CancellationToken::new()).await;
+        });
+        let addr = within(WAIT, "the server to bind", rx).await.expect("server bound");
+        (Doomed { rt: Some(rt) }, addr)
+    }
+
+    /// Everything of the server stops where it is.
+    fn crash(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Doomed {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+/// (1) the record in CoreDNS's format, only for the client domain;
+/// (2) removed when the client leaves; a clean stop revokes the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_domain_is_published_and_removed() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let cfg = server_config(&etcd.endpoint(), "127.0.0.2");
+        let owner = owner(&cfg);
+        let server = TestServer::start_with(cfg, &builtin_plugins()).await;
+
+        let (client, reg) = connect(server.addr, None).await;
+        assert!(reg.domain.ends_with(ZONE), "{}", reg.domain);
+        let key = key_of(&reg.domain);
+        let label = reg.domain.split('.').next().unwrap_or_default();
+        assert_eq!(key, format!("/skydns/test/notr/e2e/{label}"));
+        // Only the client's domain (no VIP names), with the public address.
+        let records = etcd.wait_records("the client's record", &want(&[(&key, "127.0.0.2")])).await;
+        let (value, lease) = &records[&key];
+        assert_eq!(*value, json!({ "host": "127.0.0.2", "ttl": 60, "opennotr": owner }));
+        assert_ne!(*lease, 0, "the record hangs on a lease");
+        let left = etcd.lease_ttl(*lease).await;
+        assert!(left > 0 && left <= LEASE_TTL as i64, "lease TTL {left}");
+
+        client.stop().await;
+        etcd.wait_records("the record to go with the client", &want(&[])).await;
+
+        let (_client, reg2) = connect(server.addr, Some("second.e2e.notr.test")).await;
+        assert_eq!(reg2.domain, "second.e2e.notr.test");
+        let records = etcd
+            .wait_records("the second client's record", &want(&[("/skydns/test/notr/e2e/second", "127.0.0.2")]))
+            .await;
+        let lease2 = records["/skydns/test/notr/e2e/second"].1;
+        assert_eq!(lease2, *lease, "one lease for all records");
+
+        // A clean stop revokes the lease: nothing is left, at once.
+        server.stop().await;
+        assert_eq!(etcd.records().await, BTreeMap::new());
+        assert_eq!(etcd.lease_ttl(*lease).await, -1, "the lease is revoked");
+    })
+    .await
+}
+
+/// (3) opennotrd dies (no clean stop, no revocation): its records vanish
+/// when the lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_expire_when_the_server_dies() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let (mut server, addr) = Doomed::start(server_config(&etcd.endpoint(), "127.0.0.2")).await;
+        let (mut client, reg) = connect(addr, None).await;
+        let key = key_of(&reg.domain);
+        let records = etcd.wait_records("the client's record", &want(&[(&key, "127.0.0.2")])).await;
+        let lease = records[&key].1;
+
+        server.crash();
+        client.disconnected().await;
+        // Nobody deleted or revoked anything...
+        assert_eq!(etcd.records().await.len(), 1, "the record outlives the server until its lease expires");
+        assert!(etcd.lease_ttl(lease).await > 0);
+        // ...and the lease expiry removes it.
+        let died = Instant::now();
+        etcd.wait_records("the lease to expire", &want(&[])).await;
+        assert_eq!(etcd.lease_ttl(lease).await, -1);
+        eprintln!("records gone {:?} after the crash (lease TTL {LEASE_TTL} s)", died.elapsed());
+        client.stop().await;
+    })
+    .await
+}
+
+/// (4) etcd is killed and restarted: the records follow the clients that
+/// came and went meanwhile; restarted with no data at all, everything is
+/// published again on a new lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_restored_after_etcd_restarts() {
+    run_test(async {
+        let mut etcd = Etcd::start().await;
+        let server = TestServer::start_with(server_config(&etcd.endpoint(), "127.0.0.2"), &builtin_plugins()).await;
+        let (_a, a) = connect(server.addr, Some("a.e2e.notr.test")).await;
+        let (b_client, b) = connect(server.addr, Some("b.e2e.notr.test")).await;
+        let ip = "127.0.0.2";
+        let ab = want(&[(&key_of(&a.domain), ip), (&key_of(&b.domain), ip)]);
+        etcd.wait_records("a and b", &ab).await;
+
+        // Down: b leaves, c comes.
+        etcd.kill();
+        b_client.stop().await;
+        let (_c, c) = connect(server.addr, Some("c.e2e.notr.test")).await;
+        let h = server.handle.clone();
+        wait_until("the server to have a and c", || h.sessions().len() == 2).await;
+
+        etcd.launch().await;
+        let ac = want(&[(&key_of(&a.domain), ip), (&key_of(&c.domain), ip)]);
+        let records = etcd.wait_records("a and c after the restart", &ac).await;
+        let lease = records[&key_of(&a.domain)].1;
+        assert!(records.values().all(|(_, l)| *l == lease), "one lease: {records:?}");
+        assert!(etcd.lease_ttl(lease).await > 0);
+
+        // Down again, and back without its data (lease and records gone).
+        etcd.kill();
+        etcd.wipe();
+        etcd.launch().await;
+        let records = etcd.wait_records("a and c on a blank etcd", &ac).await;
+        let new_lease = records[&key_of(&a.domain)].1;
+        assert!(etcd.lease_ttl(new_lease).await > 0, "a live lease");
+        server.stop().await;
+        assert_eq!(etcd.records().await, BTreeMap::new());
+    })
+    .await
+}
+
+/// (5) etcd down when opennotrd starts: clients connect as usual, and the
+/// records appear once etcd is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connect_while_etcd_is_down() {
+    run_test(async {
+        let mut etcd = Etcd::ports();
+        let server = TestServer::start_with(server_config(&etcd.endpoint(), "127.0.0.2"), &builtin_plugins()).await;
+        let started = Instant::now();
+        let (_client, reg) = within(Duration::from_secs(3), "a prompt connection", connect(server.addr, None)).await;
+        eprintln!("connected in {:?} with etcd down", started.elapsed());
+
+        etcd.launch().await;
+        etcd.wait_records("the record once etcd is up", &want(&[(&key_of(&reg.domain), "127.0.0.2")])).await;
+        server.stop().await;
+        assert_eq!(etcd.records().await, BTreeMap::new());
+    })
+    .await
+}
+
+/// At start, records of ours (same owner) that are not live are deleted;
+/// records of anyone else are never touched, even where a client's domain
+/// wants the key. Several public addresses: one sub-key each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_records_of_ours_go_and_others_stay() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let cfg = server_config(&etcd.endpoint(), "[\"127.0.0.2\", \"::1\"]");
+        let owner = owner(&cfg);
+        let stale = json!({ "host": "127.0.0.9", "ttl": 60, "opennotr": owner });
+        let foreign = json!({ "host": "10.0.0.1" });
+        let other = json!({ "host": "10.0.0.2", "opennotr": "opennotrd elsewhere 0.0.0.0:10100" });
+        etcd.put("/skydns/test/notr/e2e/stale", stale.clone()).await;
+        etcd.put("/skydns/test/notr/e2e/gone/x1", stale).await;
+        etcd.put("/skydns/test/notr/e2e/foreign", foreign.clone()).await;
+        etcd.put("/skydns/test/notr/e2e/other", other.clone()).await;
+        etcd.put("/skydns/test/notr/e2e/taken/x1", foreign.clone()).await;
+
+        let server = TestServer::start_with(cfg, &builtin_plugins()).await;
+        let (_taken, _) = connect(server.addr, Some("taken.e2e.notr.test")).await;
+        let (_client, reg) = connect(server.addr, None).await;
+        let key = key_of(&reg.domain);
+        let others = [
+            ("/skydns/test/notr/e2e/foreign", "10.0.0.1"),
+            ("/skydns/test/notr/e2e/other", "10.0.0.2"),
+            ("/skydns/test/notr/e2e/taken/x1", "10.0.0.1"),
+        ];
+        let mut expected = want(&others);
+        expected.extend(want(&[
+            ("/skydns/test/notr/e2e/taken/x2", "::1"),
+            (&format!("{key}/x1"), "127.0.0.2"),
+            (&format!("{key}/x2"), "::1"),
+        ]));
+        let records = etcd.wait_records("stale ones gone, ours written, others kept", &expected).await;
+        assert_eq!(records["/skydns/test/notr/e2e/foreign"].0, foreign);
+        assert_eq!(records["/skydns/test/notr/e2e/taken/x1"].0, foreign);
+        assert_eq!(records["/skydns/test/notr/e2e/other"].0, other);
+        assert_eq!(records[&format!("{key}/x2")].0, json!({ "host": "::1", "ttl": 60, "opennotr": owner }));
+
+        server.stop().await;
+        let left: BTreeMap<String, String> = etcd
+            .records()
+            .await
+            .into_iter()
+            .map(|(k, (v, _))| (k, v["host"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        assert_eq!(left, want(&others), "only other owners' records are left");
+    })
+    .await
+}
+
+#[test]
+fn base64_helpers_round_trip() {
+    for s in ["", "a", "ab", "abc", "/skydns/", "{\"host\":\"127.0.0.2\"}"] {
+        assert_eq!(unb64(&b64(s.as_bytes())), s.as_bytes(), "{s}");
+    }
+    assert_eq!(b64(b"/skydns/a"), "L3NreWRucy9h");
+    assert_eq!(b64(b"x"), "eA==");
+}
