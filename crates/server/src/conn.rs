@@ -10,7 +10,7 @@ use opennotr_proto::frame::{parse_preface, PROTOCOL_VERSION};
 use opennotr_proto::handshake::ServerHandshake;
 use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage};
 use opennotr_transport::{
-    read_frame_exact, read_preface, timed, tune_tcp, write_frame, Channel, FrameReader, FrameWriter, SecureStream,
+    read_frame_exact, read_preface, timed, write_frame, Acceptor, Channel, FrameReader, FrameWriter, SecureStream,
     TransportError,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -24,51 +24,32 @@ use crate::Shared;
 
 const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
 
-/// Accepts until `stop`; transient errors (out of file descriptors, a
-/// connection reset before accept) back off instead of ending the loop.
+/// Accepts clients and data channels until `stop`.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.cancelled() => return,
+    let mut acceptor = Acceptor::new(listener);
+    while let Some((tcp, peer)) = acceptor.next(&stop).await {
+        // Connections past the handshake limit wait for a slot (up to the
+        // handshake timeout) rather than being dropped: a burst of visitors
+        // makes a burst of data channels. Past four times the limit, even
+        // waiting is refused, so waiting costs stay bounded.
+        let Ok(queued) = shared.queued.clone().try_acquire_owned() else {
+            debug!(%peer, "too many connections waiting for a handshake slot; dropping one");
+            continue;
         };
-        match accepted {
-            Ok((tcp, peer)) => {
-                backoff = Duration::from_millis(5);
-                // Connections past the handshake limit wait for a slot (up to
-                // the handshake timeout) rather than being dropped: a burst of
-                // visitors makes a burst of data channels. Past four times the
-                // limit, even waiting is refused, so waiting costs stay bounded.
-                let Ok(queued) = shared.queued.clone().try_acquire_owned() else {
-                    debug!(%peer, "too many connections waiting for a handshake slot; dropping one");
-                    continue;
-                };
-                tune_tcp(&tcp);
-                let span = info_span!("conn", %peer);
-                let shared2 = shared.clone();
-                shared.sessions.spawn(
-                    async move {
-                        let limit = shared2.cfg.server.handshake_timeout;
-                        let slot = tokio::time::timeout(limit, shared2.handshakes.clone().acquire_owned()).await;
-                        drop(queued);
-                        match slot {
-                            Ok(Ok(permit)) => handle(shared2, tcp, peer, permit).await,
-                            _ => debug!("no handshake slot in time; dropping the connection"),
-                        }
-                    }
-                    .instrument(span),
-                );
-            }
-            Err(e) => {
-                warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
+        let span = info_span!("conn", %peer);
+        let shared2 = shared.clone();
+        shared.sessions.spawn(
+            async move {
+                let limit = shared2.cfg.server.handshake_timeout;
+                let slot = tokio::time::timeout(limit, shared2.handshakes.clone().acquire_owned()).await;
+                drop(queued);
+                match slot {
+                    Ok(Ok(permit)) => handle(shared2, tcp, peer, permit).await,
+                    _ => debug!("no handshake slot in time; dropping the connection"),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-        }
+            .instrument(span),
+        );
     }
 }
 

@@ -17,6 +17,7 @@ use opennotr_config::ServerConfig;
 use opennotr_plugin::{StreamProtocol, Tunnel};
 use opennotr_tproxy::{Proto, RuleSpec, Rules, TransparentUdp};
 use opennotr_transport::relay::relay;
+use opennotr_transport::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -96,27 +97,10 @@ pub(crate) fn spawn(setup: Setup, shared: Arc<Shared>, stop: CancellationToken) 
 }
 
 async fn tcp_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.cancelled() => return,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                backoff = Duration::from_millis(5);
-                let span = info_span!("vip_conn", %peer);
-                shared.streams.spawn(tcp_conn(shared.clone(), sock, peer).instrument(span));
-            }
-            Err(e) => {
-                warn!(error = %e, "accept failed; backing off");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
+    let mut acceptor = Acceptor::new(listener);
+    while let Some((sock, peer)) = acceptor.next(&stop).await {
+        let span = info_span!("vip_conn", %peer);
+        shared.streams.spawn(tcp_conn(shared.clone(), sock, peer).instrument(span));
     }
 }
 
@@ -125,7 +109,6 @@ fn reset(sock: &TcpStream) {
 }
 
 async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
-    opennotr_transport::tune_tcp(&sock);
     let Ok(dst) = sock.local_addr() else { return };
     // The rules let only exported ports through; a miss here is a session
     // that just ended, or a direct connection to the listener itself.

@@ -14,7 +14,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::sync::Mutex;
 
-use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 /// Name of our nftables table (family `ip`).
@@ -178,26 +177,10 @@ fn nft_script_blocking(script: &str) -> Result<(), RuleError> {
 }
 
 async fn nft_script(script: String) -> Result<(), RuleError> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| RuleError::Spawn { cmd: "nft -f -".into(), source })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(script.as_bytes()).await;
-    }
-    let out = child.wait_with_output().await.map_err(|source| RuleError::Spawn { cmd: "nft -f -".into(), source })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(RuleError::Failed {
-            cmd: "nft -f -".into(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    // nft answers in milliseconds; keep it off the runtime's threads anyway.
+    tokio::task::spawn_blocking(move || nft_script_blocking(&script))
+        .await
+        .unwrap_or_else(|e| Err(RuleError::Spawn { cmd: "nft -f -".into(), source: std::io::Error::other(e) }))
 }
 
 /// Removes everything a run of opennotrd installs, whether this run or a

@@ -7,12 +7,15 @@
 //!   stream a plugin gets for one proxied connection.
 //! - [`framed`]: reading and writing control messages with timeouts.
 //! - [`relay`]: copying between a visitor and a tunnel stream, with half-close.
+//! - [`accept`]: an accept loop that backs off on errors instead of dying.
 
+pub mod accept;
 pub mod channel;
 pub mod framed;
 pub mod relay;
 pub mod secure;
 
+pub use accept::Acceptor;
 pub use channel::{Channel, TunnelStream};
 pub use framed::{read_frame_exact, read_preface, timed, write_frame, FrameReader, FrameWriter, TransportError};
 pub use secure::SecureStream;

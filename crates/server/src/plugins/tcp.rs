@@ -8,8 +8,9 @@ use opennotr_plugin::{
     async_trait, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory, StreamProtocol,
 };
 use opennotr_transport::relay::relay;
+use opennotr_transport::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info_span, Instrument};
 
 use super::{parse_config, PortRules, Running};
 
@@ -65,32 +66,14 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn accept_loop(listener: TcpListener, meta: ForwardMeta, ctx: ForwardContext) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = ctx.stop.cancelled() => return,
-        };
-        match accepted {
-            Ok((visitor, peer)) => {
-                backoff = Duration::from_millis(5);
-                let span = info_span!("visitor", %peer);
-                ctx.tracker.spawn(visit(visitor, peer, meta.clone(), ctx.clone()).instrument(span));
-            }
-            Err(e) => {
-                warn!(error = %e, "accept failed; backing off");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = ctx.stop.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
+    let mut acceptor = Acceptor::new(listener);
+    while let Some((visitor, peer)) = acceptor.next(&ctx.stop).await {
+        let span = info_span!("visitor", %peer);
+        ctx.tracker.spawn(visit(visitor, peer, meta.clone(), ctx.clone()).instrument(span));
     }
 }
 
 async fn visit(mut visitor: TcpStream, peer: std::net::SocketAddr, meta: ForwardMeta, ctx: ForwardContext) {
-    opennotr_transport::tune_tcp(&visitor);
     let opened = tokio::select! {
         s = ctx.tunnel.open_stream(StreamProtocol::Tcp, meta.target(), Some(peer)) => s,
         _ = ctx.kill.cancelled() => return,

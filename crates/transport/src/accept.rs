@@ -1,0 +1,51 @@
+//! An accept loop that survives transient errors.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+
+/// Accepts connections until stopped. A failed accept (out of file
+/// descriptors, a connection reset before it was accepted) waits, doubling
+/// from 5 ms to 1 s, and tries again: a listener never dies of one error.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: TcpListener,
+    backoff: Duration,
+}
+
+impl Acceptor {
+    /// Accepts on `listener`.
+    pub fn new(listener: TcpListener) -> Self {
+        Acceptor { listener, backoff: FIRST_BACKOFF }
+    }
+
+    /// The next connection, or `None` once `stop` is cancelled.
+    pub async fn next(&mut self, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                r = self.listener.accept() => r,
+                _ = stop.cancelled() => return None,
+            };
+            match accepted {
+                Ok(conn) => {
+                    self.backoff = FIRST_BACKOFF;
+                    crate::tune_tcp(&conn.0);
+                    return Some(conn);
+                }
+                Err(e) => {
+                    warn!(error = %e, backoff_ms = self.backoff.as_millis() as u64, "accept failed; backing off");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.backoff) => {}
+                        _ = stop.cancelled() => return None,
+                    }
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
