@@ -7,221 +7,24 @@
 //! come from the client's stdout. Every wait reads child output (or polls a
 //! socket) with a deadline; no sleep is used to synchronise.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::path::Path;
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_opennotrd");
-const CLIENT: &str = env!("CARGO_BIN_EXE_opennotr");
-
-/// Upper bound for any single wait (debug build on a busy 2-core machine).
-const WAIT: Duration = Duration::from_secs(30);
+use support::{json_fields, parse_forward, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 // ------------------------------------------------------------------ helpers
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!("opennotr-cli-{tag}-{}-{n}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Src {
-    Out,
-    Err,
-}
-
-enum Msg {
-    Line(Src, String),
-    Eof(Src),
-}
-
-/// A running child whose stdout and stderr are read line by line on two
-/// threads. Killed (and reaped) on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    rx: Receiver<Msg>,
-    /// Every line received so far, for assertions and failure messages.
-    seen: Vec<(Src, String)>,
-    eof: [bool; 2],
-}
-
-impl Proc {
-    fn spawn(bin: &str, args: &[&str], cwd: &Path) -> Proc {
-        let mut cmd = Command::new(bin);
-        cmd.env("NO_COLOR", "1");
-        Proc::spawn_cmd(cmd, args, cwd)
-    }
-
-    fn spawn_cmd(mut cmd: Command, args: &[&str], cwd: &Path) -> Proc {
-        let bin = cmd.get_program().to_string_lossy().into_owned();
-        let mut child = cmd
-            .args(args)
-            .current_dir(cwd)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        for (src, pipe) in [(Src::Out, Box::new(out) as Box<dyn Read + Send>), (Src::Err, Box::new(err))] {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                let mut r = BufReader::new(pipe);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
-                            if tx.send(Msg::Line(src, line)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = tx.send(Msg::Eof(src));
-            });
-        }
-        let name = Path::new(&bin).file_name().unwrap().to_string_lossy().into_owned();
-        Proc { name, child, rx, seen: Vec::new(), eof: [false; 2] }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn transcript(&self) -> String {
-        let mut s = String::new();
-        for (src, l) in &self.seen {
-            s.push_str(match src {
-                Src::Out => "  out| ",
-                Src::Err => "  err| ",
-            });
-            s.push_str(l);
-            s.push('\n');
-        }
-        s
-    }
-
-    /// Receives one message before `deadline`; false on timeout or when both
-    /// pipes are closed.
-    fn pump(&mut self, deadline: Instant) -> Option<(Src, String)> {
-        loop {
-            if self.eof == [true, true] {
-                return None;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(Msg::Line(src, l)) => {
-                    self.seen.push((src, l.clone()));
-                    return Some((src, l));
-                }
-                Ok(Msg::Eof(src)) => self.eof[src as usize] = true,
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
-            }
-        }
-    }
-
-    /// Waits for the next line of `src` that satisfies `pred`; panics with
-    /// the transcript on timeout or exit.
-    fn expect(&mut self, src: Src, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        while let Some((s, l)) = self.pump(deadline) {
-            if s == src && pred(&l) {
-                return l;
-            }
-        }
-        let status = self.child.try_wait().ok().flatten();
-        panic!(
-            "{}: no {src:?} line {what} within {WAIT:?} (exit status: {status:?}); output so far:\n{}",
-            self.name,
-            self.transcript()
-        );
-    }
-
-    /// The next stdout line, whatever it is.
-    fn next_stdout(&mut self) -> String {
-        self.expect(Src::Out, "(any)", |_| true)
-    }
-
-    /// Waits for the child to exit (its pipes close first), with a deadline.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        while self.pump(deadline).is_some() {}
-        if self.eof != [true, true] {
-            panic!("{}: still running after {timeout:?}; output so far:\n{}", self.name, self.transcript());
-        }
-        // Both pipes are closed, so the process has exited or is about to.
-        self.child.wait().unwrap()
-    }
-
-    fn stderr_text(&self) -> String {
-        self.lines(Src::Err).join("\n")
-    }
-
-    fn lines(&self, src: Src) -> Vec<String> {
-        self.seen.iter().filter(|(s, _)| *s == src).map(|(_, l)| l.clone()).collect()
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
-        assert!(st.success(), "kill -{sig} {} failed", self.pid());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("--- {} (pid {}) output:\n{}", self.name, self.child.id(), self.transcript());
-        }
-    }
-}
 
 /// Runs a binary that is expected to exit on its own.
 fn run_to_exit(bin: &str, args: &[&str], cwd: &Path) -> (ExitStatus, Proc) {
     let mut p = Proc::spawn(bin, args, cwd);
     let st = p.wait_exit(WAIT);
     (st, p)
-}
-
-/// The `fields` of a JSON log line, if it is one with this message.
-fn json_fields(line: &str, message: &str) -> Option<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields")?;
-    (fields.get("message")?.as_str()? == message).then(|| fields.clone())
 }
 
 /// Replaces `from` (which must occur exactly once) by `to`.
@@ -322,36 +125,6 @@ fn check_udp_echo(port: u16) {
     panic!("no udp echo through port {port} within {WAIT:?}");
 }
 
-/// What the client printed after `connect success`.
-struct Registration {
-    vip: Ipv4Addr,
-    domain: String,
-    forwards: Vec<String>,
-}
-
-/// Reads the client's registration block: `connect success`, `vhost: `,
-/// `domain: ` and one line per forward.
-fn read_registration(client: &mut Proc, n_forwards: usize) -> Registration {
-    client.expect(Src::Out, "`connect success`", |l| l == "connect success");
-    let vhost = client.next_stdout();
-    let vip =
-        vhost.strip_prefix("vhost: ").unwrap_or_else(|| panic!("expected `vhost: `, got {vhost:?}")).parse().unwrap();
-    let dline = client.next_stdout();
-    let domain = dline.strip_prefix("domain: ").unwrap_or_else(|| panic!("expected `domain: `, got {dline:?}")).into();
-    let forwards = (0..n_forwards).map(|_| client.next_stdout()).collect();
-    Registration { vip, domain, forwards }
-}
-
-/// Parses `<proto>://<domain>:<public> => 127.0.0.1:<local>`.
-fn parse_forward(line: &str, proto: &str, domain: &str) -> (u16, u16) {
-    let rest = line
-        .strip_prefix(&format!("{proto}://{domain}:"))
-        .unwrap_or_else(|| panic!("expected a {proto} forward of {domain}, got {line:?}"));
-    let (public, local) = rest.split_once(" => ").unwrap_or_else(|| panic!("no ` => ` in {line:?}"));
-    let local = local.strip_prefix("127.0.0.1:").unwrap_or_else(|| panic!("local is not 127.0.0.1 in {line:?}"));
-    (public.parse().unwrap(), local.parse().unwrap())
-}
-
 fn assert_vip(vip: Ipv4Addr) {
     let o = vip.octets();
     assert_eq!(&o[..3], &[100, 64, 242], "vhost {vip} is outside dhcp.cidr 100.64.242.1/24");
@@ -403,7 +176,7 @@ fn plain_log_to_a_pipe_has_no_colour_codes() {
     // Logs go to files, journald or `docker logs` through a pipe: no ANSI
     // escapes there unless stderr is a terminal.
     let dir = TempDir::new("plainlog");
-    let conf = dir.write("opennotrd.yaml", &example_server_yaml());
+    let conf = dir.write("opennotrd.yaml", example_server_yaml());
     let mut cmd = Command::new(SERVER);
     cmd.env_remove("NO_COLOR");
     let mut server = Proc::spawn_cmd(cmd, &["--config", conf.to_str().unwrap()], &dir.0);
@@ -446,7 +219,7 @@ fn server_bad_configs_exit_64_naming_the_key() {
     {
         let dir = TempDir::new("busy");
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
-        let conf = dir.write("notrd.yaml", &GOOD_SERVER.replace("LISTEN", &held.local_addr().unwrap().to_string()));
+        let conf = dir.write("notrd.yaml", GOOD_SERVER.replace("LISTEN", &held.local_addr().unwrap().to_string()));
         let (st, p) = run_to_exit(SERVER, &["--config", conf.to_str().unwrap()], &dir.0);
         assert_eq!(st.code(), Some(1), "busy port: {st:?}\n{}", p.transcript());
         assert!(p.stderr_text().contains("cannot listen"), "{}", p.transcript());
@@ -636,7 +409,7 @@ fn signal_right_after_listening_exits_0() {
     // a race between the log line and installing the handlers shows up
     // only part of the time.
     let dir = TempDir::new("signals");
-    let conf = dir.write("opennotrd.yaml", &example_server_yaml());
+    let conf = dir.write("opennotrd.yaml", example_server_yaml());
     for i in 0..40 {
         let sig = if i % 2 == 0 { "TERM" } else { "INT" };
         let (mut server, _) = start_server(&dir, &conf);
@@ -651,7 +424,7 @@ fn client_without_server_retries_and_stops_on_sigterm() {
     let dir = TempDir::new("noserver");
     // Nothing listens on this port once the listener is dropped.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let conf = dir.write("c.yaml", &format!("serverAddr: \"{dead}\"\nkey: \"k\"\n"));
+    let conf = dir.write("c.yaml", format!("serverAddr: \"{dead}\"\nkey: \"k\"\n"));
     // The original's `-conf=FILE` spelling.
     let mut client = Proc::spawn(CLIENT, &[&format!("-conf={}", conf.display()), "--log-json"], &dir.0);
     client.expect(Src::Out, "`disconnected:`", |l| l.starts_with("disconnected: "));
@@ -726,8 +499,8 @@ fn grace_period_over_closes_open_connections_and_exits_0() {
 #[test]
 fn wrong_key_is_reported_and_retried() {
     let dir = TempDir::new("badkey");
-    let (mut server, addr) = start_server(&dir, &dir.write("opennotrd.yaml", &example_server_yaml()));
-    let conf = dir.write("c.yaml", &format!("serverAddr: \"{addr}\"\nkey: \"not the server's key\"\n"));
+    let (mut server, addr) = start_server(&dir, &dir.write("opennotrd.yaml", example_server_yaml()));
+    let conf = dir.write("c.yaml", format!("serverAddr: \"{addr}\"\nkey: \"not the server's key\"\n"));
     let mut client = start_client(&dir, &conf);
     let about_key = |l: &str| {
         let l = l.to_ascii_lowercase();

@@ -15,23 +15,19 @@
 //! Every wait reads child output or polls a condition with a deadline; no
 //! sleep is used to synchronise.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_opennotrd");
-const CLIENT: &str = env!("CARGO_BIN_EXE_opennotr");
-
-/// Upper bound for any single wait (debug build on a busy 2-core machine).
-const WAIT: Duration = Duration::from_secs(30);
+use support::{json_fields, parse_forward, read_registration, Proc, Registration, Src, TempDir, CLIENT, SERVER, WAIT};
 
 /// The priority of opennotrd's `ip rule` and the number of its routing table.
 const ROUTE_TABLE: &str = "20047";
@@ -71,45 +67,6 @@ macro_rules! root_only {
             return;
         }
     };
-}
-
-// ------------------------------------------------------------------ temp dirs
-
-/// A world-readable directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!("opennotr-vlan-{tag}-{}-{n}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(p)
-    }
-
-    /// Writes a world-readable file.
-    fn write(&self, name: &str, data: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.0.join(name);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).unwrap();
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        std::fs::write(&p, data).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        p
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ------------------------------------------------------------------ commands
@@ -282,158 +239,6 @@ impl Drop for Lan {
     }
 }
 
-// ------------------------------------------------------------------ children
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Src {
-    Out,
-    Err,
-}
-
-enum Msg {
-    Line(Src, String),
-    Eof(Src),
-}
-
-/// A running child whose stdout and stderr are read line by line on two
-/// threads. Killed (SIGKILL) and reaped on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    rx: Receiver<Msg>,
-    seen: Vec<(Src, String)>,
-    eof: [bool; 2],
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, cwd: &Path) -> Proc {
-        let mut child = cmd
-            .current_dir(cwd)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        for (src, pipe) in [(Src::Out, Box::new(out) as Box<dyn Read + Send>), (Src::Err, Box::new(err))] {
-            let tx = tx.clone();
-            thread::spawn(move || {
-                let mut r = BufReader::new(pipe);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
-                            if tx.send(Msg::Line(src, line)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = tx.send(Msg::Eof(src));
-            });
-        }
-        Proc { name: name.into(), child, rx, seen: Vec::new(), eof: [false; 2] }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn transcript(&self) -> String {
-        let mut s = String::new();
-        for (src, l) in &self.seen {
-            s.push_str(match src {
-                Src::Out => "  out| ",
-                Src::Err => "  err| ",
-            });
-            s.push_str(l);
-            s.push('\n');
-        }
-        s
-    }
-
-    fn pump(&mut self, deadline: Instant) -> Option<(Src, String)> {
-        loop {
-            if self.eof == [true, true] {
-                return None;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(Msg::Line(src, l)) => {
-                    self.seen.push((src, l.clone()));
-                    return Some((src, l));
-                }
-                Ok(Msg::Eof(src)) => self.eof[src as usize] = true,
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
-            }
-        }
-    }
-
-    /// Waits for the next line of `src` that satisfies `pred`; panics with
-    /// the transcript on timeout or exit.
-    fn expect(&mut self, src: Src, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        while let Some((s, l)) = self.pump(deadline) {
-            if s == src && pred(&l) {
-                return l;
-            }
-        }
-        let status = self.child.try_wait().ok().flatten();
-        panic!(
-            "{}: no {src:?} line {what} within {WAIT:?} (exit status: {status:?}); output so far:\n{}",
-            self.name,
-            self.transcript()
-        );
-    }
-
-    fn next_stdout(&mut self) -> String {
-        self.expect(Src::Out, "(any)", |_| true)
-    }
-
-    /// Waits for the child to exit (its pipes close first), with a deadline.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        while self.pump(deadline).is_some() {}
-        if self.eof != [true, true] {
-            panic!("{}: still running after {timeout:?}; output so far:\n{}", self.name, self.transcript());
-        }
-        self.child.wait().unwrap()
-    }
-
-    fn lines(&self, src: Src) -> Vec<String> {
-        self.seen.iter().filter(|(s, _)| *s == src).map(|(_, l)| l.clone()).collect()
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
-        assert!(st.success(), "kill -{sig} {} failed", self.pid());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("--- {} (pid {}) output:\n{}", self.name, self.child.id(), self.transcript());
-        }
-    }
-}
-
-/// The `fields` of a JSON log line, if it is one with this message.
-fn json_fields(line: &str, message: &str) -> Option<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields")?;
-    (fields.get("message")?.as_str()? == message).then(|| fields.clone())
-}
-
 // ------------------------------------------------------------------ opennotrd / opennotr
 
 /// The server file of these tests: control listener on `listen`, the
@@ -462,7 +267,7 @@ plugin:
 fn start_server_with(ns: &str, dir: &TempDir, conf: &Path, prefix: &[&str], bin: &str) -> Proc {
     let mut args: Vec<&str> = prefix.to_vec();
     args.extend([bin, "-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]);
-    let mut p = Proc::spawn("opennotrd", in_ns(ns, args[0], &args[1..]), &dir.0);
+    let mut p = Proc::spawn_named("opennotrd", in_ns(ns, args[0], &args[1..]), &dir.0);
     p.expect(Src::Err, "`listening for clients`", |l| json_fields(l, "listening for clients").is_some());
     p
 }
@@ -478,42 +283,19 @@ fn start_server(ns: &str, dir: &TempDir, yaml: &str) -> Proc {
     p
 }
 
-/// What the client printed after `connect success`.
-struct Registration {
-    vip: Ipv4Addr,
-    domain: String,
-    forwards: Vec<String>,
-}
-
 /// Starts `opennotr` in `ns` and reads its registration block:
 /// `connect success`, `vhost: `, `domain: ` and one line per forward.
 fn start_client(ns: &str, dir: &TempDir, name: &str, yaml: &str, n_forwards: usize) -> (Proc, Registration) {
     let conf = dir.write(name, yaml);
-    let mut c = Proc::spawn(
+    let mut c = Proc::spawn_named(
         "opennotr",
         in_ns(ns, CLIENT, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
         &dir.0,
     );
-    c.expect(Src::Out, "`connect success`", |l| l == "connect success");
-    let vhost = c.next_stdout();
-    let vip: Ipv4Addr =
-        vhost.strip_prefix("vhost: ").unwrap_or_else(|| panic!("expected `vhost: `, got {vhost:?}")).parse().unwrap();
-    let o = vip.octets();
-    assert!(o[..3] == [100, 64, 242] && (2..=254).contains(&o[3]), "VIP {vip} outside the pool {CIDR}");
-    let dline = c.next_stdout();
-    let domain = dline.strip_prefix("domain: ").unwrap_or_else(|| panic!("expected `domain: `, got {dline:?}")).into();
-    let forwards = (0..n_forwards).map(|_| c.next_stdout()).collect();
-    (c, Registration { vip, domain, forwards })
-}
-
-/// Parses `<proto>://<domain>:<public> => 127.0.0.1:<local>`.
-fn parse_forward(line: &str, proto: &str, domain: &str) -> (u16, u16) {
-    let rest = line
-        .strip_prefix(&format!("{proto}://{domain}:"))
-        .unwrap_or_else(|| panic!("expected a {proto} forward of {domain}, got {line:?}"));
-    let (public, local) = rest.split_once(" => ").unwrap_or_else(|| panic!("no ` => ` in {line:?}"));
-    let local = local.strip_prefix("127.0.0.1:").unwrap_or_else(|| panic!("local is not 127.0.0.1 in {line:?}"));
-    (public.parse().unwrap(), local.parse().unwrap())
+    let reg = read_registration(&mut c, n_forwards);
+    let o = reg.vip.octets();
+    assert!(o[..3] == [100, 64, 242] && (2..=254).contains(&o[3]), "VIP {} outside the pool {CIDR}", reg.vip);
+    (c, reg)
 }
 
 /// SIGTERM: opennotrd exits 0 (after `shutdownGrace: 0.5`).
@@ -529,7 +311,7 @@ fn stop_server(mut server: Proc) {
 fn http_server(ns: &str, dir: &Path, port: u16) -> Proc {
     let port = port.to_string();
     let args = ["-u", "-m", "http.server", &port, "--bind", "127.0.0.1", "--directory", dir.to_str().unwrap()];
-    let mut p = Proc::spawn("http.server", in_ns(ns, python(), &args), dir);
+    let mut p = Proc::spawn_named("http.server", in_ns(ns, python(), &args), dir);
     p.expect(Src::Out, "`Serving HTTP`", |l| l.starts_with("Serving HTTP"));
     p
 }
@@ -547,7 +329,7 @@ while True:
 
 /// A UDP echo on 127.0.0.1:`port` of `ns`.
 fn udp_echo(ns: &str, dir: &TempDir, port: u16) -> Proc {
-    let mut p = Proc::spawn("udp echo", in_ns(ns, python(), &["-u", "-c", UDP_ECHO, &port.to_string()]), &dir.0);
+    let mut p = Proc::spawn_named("udp echo", in_ns(ns, python(), &["-u", "-c", UDP_ECHO, &port.to_string()]), &dir.0);
     p.expect(Src::Out, "`ready`", |l| l == "ready");
     p
 }
@@ -705,7 +487,7 @@ fn curl_reaches_the_client_service_at_its_vip() {
     root_only!();
     let t = Instant::now();
     let lan = Lan::new("a", 1, 1);
-    let dir = TempDir::new("curl");
+    let dir = TempDir::world_readable("curl");
     dir.write("www/index.html", "hello from the client host\n");
     let mut big = Vec::with_capacity(20 << 20);
     std::fs::File::open("/dev/urandom").unwrap().take(20 << 20).read_to_end(&mut big).unwrap();
@@ -752,7 +534,7 @@ fn udp_echo_at_the_vip() {
     root_only!();
     let t = Instant::now();
     let lan = Lan::new("b", 2, 1);
-    let dir = TempDir::new("udp");
+    let dir = TempDir::world_readable("udp");
     let _echo = udp_echo(&lan.clients[0], &dir, 5353);
     let _server = start_server(&lan.server, &dir, &server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0))));
     let client_yaml = format!(
@@ -779,7 +561,7 @@ fn unexported_ports_and_unused_vips_are_refused_at_once() {
     root_only!();
     let t = Instant::now();
     let lan = Lan::new("c", 3, 1);
-    let dir = TempDir::new("refused");
+    let dir = TempDir::world_readable("refused");
     dir.write("www/index.html", "exported\n");
     let c = &lan.clients[0];
     let _web = http_server(c, &dir.path("www"), 8000);
@@ -838,7 +620,7 @@ fn vip_ports_are_reachable_only_at_the_vip() {
     root_only!();
     let t = Instant::now();
     let lan = Lan::new("d", 4, 1);
-    let dir = TempDir::new("vipports");
+    let dir = TempDir::world_readable("vipports");
     dir.write("www/index.html", "forwarded\n");
     dir.write("vip/index.html", "only at the VIP\n");
     let c = &lan.clients[0];
@@ -897,7 +679,7 @@ fn two_clients_are_isolated() {
     root_only!();
     let t = Instant::now();
     let lan = Lan::new("e", 5, 2);
-    let dir = TempDir::new("two");
+    let dir = TempDir::world_readable("two");
     let (a, b) = (&lan.clients[0], &lan.clients[1]);
     dir.write("a80/index.html", "A on 8000\n");
     dir.write("a81/index.html", "A on 8001\n");
@@ -956,7 +738,7 @@ fn rules_are_removed_on_sigterm_and_not_duplicated_after_a_crash() {
     root_only!();
     let t = Instant::now();
     let lan = Lan::new("f", 6, 1);
-    let dir = TempDir::new("rules");
+    let dir = TempDir::world_readable("rules");
     let s = &lan.server;
     let yaml = server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0)));
     assert_eq!(vlan_state(s), (0, 0, 0), "fresh namespace");
@@ -1013,7 +795,7 @@ fn without_the_capability_it_warns_and_still_forwards() {
     root_only!();
     let t = Instant::now();
     let lan = Lan::new("g", 7, 1);
-    let dir = TempDir::new("nocap");
+    let dir = TempDir::world_readable("nocap");
     dir.write("www/index.html", "through the public port\n");
     let _web = http_server(&lan.clients[0], &dir.path("www"), 8000);
 
@@ -1069,7 +851,7 @@ fn other_hosts_reach_vips_only_with_vlan_allow_remote() {
     root_only!();
     let t = Instant::now();
     let lan = Lan::new("h", 8, 1);
-    let dir = TempDir::new("remote");
+    let dir = TempDir::world_readable("remote");
     dir.write("www/index.html", "exported\n");
     let c = &lan.clients[0];
     let _web = http_server(c, &dir.path("www"), 8000);
