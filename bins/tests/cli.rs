@@ -302,12 +302,26 @@ fn original_files_end_to_end() {
     s = replace_once(&s, r#""PortMax": 20000"#, r#""PortMax": 20000, "bind": "127.0.0.1""#);
     s = replace_once(&s, r#""PortMax": 30000"#, r#""PortMax": 30000, "bind": "127.0.0.1""#);
     let (server, addr) = start_server(&dir, &dir.write("notrd.yaml", &s));
-    for p in ["http", "https", "h2c"] {
-        let warned = server.seen.iter().any(|(_, l)| {
-            json_fields(l, "plugin is not built into this server yet; forwards asking for it will be refused")
-                .is_some_and(|f| f["plugin"] == p)
-        });
-        assert!(warned, "no warning for plugin {p}:\n{}", server.transcript());
+    // `https` is not built in yet; `http` and `h2c` are, but the original
+    // file configures them for the external OpenResty gateway (adminUrl),
+    // which is not available yet: each says so once.
+    let warned = |message: &str, p: &str| {
+        server.seen.iter().any(|(_, l)| json_fields(l, message).is_some_and(|f| f["plugin"] == p))
+    };
+    assert!(
+        warned("plugin is not built into this server yet; forwards asking for it will be refused", "https"),
+        "no warning for plugin https:\n{}",
+        server.transcript()
+    );
+    for p in ["http", "h2c"] {
+        assert!(
+            warned(
+                "the external gateway mode (adminUrl) is not available yet; forwards asking for it will be refused",
+                p
+            ),
+            "no warning for plugin {p}:\n{}",
+            server.transcript()
+        );
     }
 
     // Client: the original config.yaml, pointed at the server and at the

@@ -125,6 +125,9 @@ pub struct ServerSpec {
     /// The embedded DNS server (`dns` section, `server.publicIP`); off
     /// when `None`.
     pub dns: Option<DnsSpec>,
+    /// More `plugin.<name>: '<json>'` entries, e.g.
+    /// `("http", r#"{"listen": "127.0.0.1:0"}"#)`.
+    pub plugins: Vec<(String, String)>,
 }
 
 /// The `dns` section of a test server, on `127.0.0.1:0`.
@@ -157,6 +160,7 @@ impl Default for ServerSpec {
             limits: Vec::new(),
             udp_session_timeout: None,
             dns: None,
+            plugins: Vec::new(),
         }
     }
 }
@@ -189,6 +193,9 @@ impl ServerSpec {
         if let Some(t) = self.udp_session_timeout {
             y += &format!("    sessionTimeout: {t}\n");
         }
+        for (name, json) in &self.plugins {
+            y += &format!("  {name}: '{json}'\n");
+        }
         if let Some(dns) = &self.dns {
             y += &format!("dns:\n  listen: \"127.0.0.1:0\"\n  wildcard: {}\n", dns.wildcard);
             if let Some(t) = dns.ttl {
@@ -202,6 +209,12 @@ impl ServerSpec {
             }
         }
         y
+    }
+
+    /// Adds a `plugin.<name>` entry holding `json`.
+    pub fn plugin(mut self, name: &str, json: &str) -> ServerSpec {
+        self.plugins.push((name.into(), json.into()));
+        self
     }
 
     /// The parsed configuration.
@@ -285,6 +298,16 @@ pub fn tcp_fwd(public: u16, local: u16) -> Fwd {
 /// A `udp` forward.
 pub fn udp_fwd(public: u16, local: u16) -> Fwd {
     Fwd { protocol: "udp".into(), public, local }
+}
+
+/// An `http` forward (the embedded gateway) to a local port.
+pub fn http_fwd(local: u16) -> Fwd {
+    Fwd { protocol: "http".into(), public: 0, local }
+}
+
+/// An `h2c` forward (the embedded gateway) to a local port.
+pub fn h2c_fwd(local: u16) -> Fwd {
+    Fwd { protocol: "h2c".into(), public: 0, local }
 }
 
 /// What a test client looks like; [`ClientSpec::yaml`] turns it into a

@@ -31,9 +31,9 @@ pub mod vip;
 mod vlan;
 
 /// Protocol names reserved for plugins that later versions ship (the
-/// original's gateway plugins). A config naming one is accepted with a
+/// original's remaining gateway plugins; `http` and `h2c` are built in). A config naming one is accepted with a
 /// warning; forwards asking for it are refused with a reason.
-pub const RESERVED_PLUGINS: &[&str] = &["http", "https", "h2c", "tls", "dummy"];
+pub const RESERVED_PLUGINS: &[&str] = &["https", "tls", "dummy"];
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -148,10 +148,12 @@ impl std::fmt::Debug for ServerHandle {
     }
 }
 
-/// The registry of built-in plugins (`tcp`, `udp`).
+/// The registry of built-in plugins (`tcp`, `udp`, and the embedded
+/// gateway's `http` and `h2c`, sharing one router).
 pub fn builtin_plugins() -> Registry {
     let mut r = Registry::new();
     r.register(plugins::tcp::TcpFactory).register(plugins::udp::UdpFactory);
+    opennotr_gateway::register(&mut r);
     r
 }
 

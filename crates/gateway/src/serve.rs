@@ -1,0 +1,557 @@
+//! Serving visitors on a shared gateway port with hyper 1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use opennotr_plugin::{CancellationToken, OpenError, StreamProtocol};
+use opennotr_transport::Acceptor;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info_span, Instrument};
+
+use crate::{Gateway, GatewayConfig, Lookup, Scheme, Upstream};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What a plugin's connections need to know.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    scheme: Scheme,
+    wildcard: bool,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Settings {
+    pub(crate) fn new(scheme: Scheme, cfg: &GatewayConfig) -> Settings {
+        Settings { scheme, wildcard: cfg.wildcard, header_timeout: cfg.header_timeout, idle_timeout: cfg.idle_timeout }
+    }
+}
+
+/// Accepts visitors until `shutdown`; each connection is its own task (the
+/// listener is shared by every session, so no session's tracker owns it).
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) {
+    let mut acceptor = Acceptor::new(listener);
+    while let Some((visitor, peer)) = acceptor.next(&shutdown).await {
+        let span = info_span!("visitor", scheme = settings.scheme.name(), %peer);
+        tokio::spawn(
+            serve_connection(visitor, peer, gateway.clone(), settings.clone(), shutdown.clone()).instrument(span),
+        );
+    }
+}
+
+// ------------------------------------------------------------ activity
+
+/// When a visitor connection last moved a byte, and how many of its
+/// requests are in flight (a response body still streaming counts).
+#[derive(Debug)]
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { base: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A socket that records its activity.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+// ---------------------------------------------------------- connections
+
+struct Conn {
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    settings: Arc<Settings>,
+    activity: Arc<Activity>,
+}
+
+async fn serve_connection(
+    visitor: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) {
+    let activity = Arc::new(Activity::new());
+    activity.touch();
+    let io = TokioIo::new(Tracked { inner: visitor, activity: activity.clone() });
+    let conn = Arc::new(Conn { peer, gateway, settings: settings.clone(), activity: activity.clone() });
+    let service = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+    });
+    match settings.scheme {
+        Scheme::Http => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout).keep_alive(true);
+            let c = b.serve_connection(io, service).with_upgrades();
+            drive(c, |c| c.graceful_shutdown(), &activity, settings.idle_timeout, &shutdown).await;
+        }
+        Scheme::H2c => {
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
+            b.http2().timer(TokioTimer::new()).adaptive_window(true).max_concurrent_streams(256);
+            let c = b.serve_connection(io, service);
+            drive(c, |c| c.graceful_shutdown(), &activity, settings.idle_timeout, &shutdown).await;
+        }
+    }
+}
+
+/// Runs a visitor connection until it ends, is idle too long (no traffic
+/// and no request in flight), or the gateway shuts down.
+async fn drive<C, E>(
+    conn: C,
+    mut graceful_shutdown: impl FnMut(Pin<&mut C>),
+    activity: &Activity,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let wait = match idle.saturating_sub(activity.idle_for()) {
+            d if d.is_zero() => idle,
+            d => d,
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "visitor connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                graceful_shutdown(conn.as_mut());
+                closing = true;
+            }
+            _ = tokio::time::sleep(wait), if !closing => {
+                if activity.idle_for() >= idle && activity.in_flight.load(Ordering::SeqCst) == 0 {
+                    debug!("visitor connection idle; closing it");
+                    graceful_shutdown(conn.as_mut());
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------- requests
+
+fn html(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
+    let page = format!(
+        "<!DOCTYPE html>\n<html><head><title>{status_code} {title}</title></head>\n\
+         <body><h1>{status_code} {title}</h1><p>{detail}</p><hr><p>opennotr</p></body></html>\n",
+        status_code = status.as_u16(),
+        title = escape(title),
+        detail = escape(detail),
+    );
+    let mut r = Response::new(full(page));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn full(s: String) -> Body {
+    Full::new(Bytes::from(s)).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The host a request names, as sent (`:authority` for HTTP/2, else `Host`).
+fn authority<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+}
+
+/// `Host` without port, lowercase, without a trailing dot.
+pub(crate) fn route_name(host: &str) -> String {
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers (and those `Connection` names). With
+/// `upgrade`, `Connection: upgrade` and `Upgrade` stay. `TE: trailers`
+/// stays (gRPC needs it end to end).
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let upgrade_value = h.get(header::UPGRADE).cloned();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, v);
+        }
+    }
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, host: &str) {
+    let ip = peer.ip().to_canonical().to_string();
+    let previous: Vec<&str> = h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    let xff = if previous.is_empty() { ip.clone() } else { format!("{}, {ip}", previous.join(", ")) };
+    let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(name, v);
+        }
+    };
+    set(h, "x-forwarded-for", &xff);
+    set(h, "x-forwarded-proto", "http");
+    set(h, "x-forwarded-host", host);
+    set(h, "x-real-ip", &ip);
+}
+
+async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
+    let in_flight = conn.activity.begin();
+    let scheme = conn.settings.scheme;
+    let Some(host) = authority(&req) else {
+        return html(StatusCode::BAD_REQUEST, "Bad Request", "The request names no host.");
+    };
+    let name = route_name(&host);
+    let up = match conn.gateway.lookup(scheme, &name, conn.settings.wildcard) {
+        Lookup::Found(up) => up,
+        Lookup::Gone => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                &format!("client not connected: {name}"),
+            )
+        }
+        Lookup::Unknown => {
+            return html(StatusCode::NOT_FOUND, "Not Found", &format!("No service is routed for {name} here."));
+        }
+    };
+    let opened = tokio::select! {
+        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(conn.peer)) => r,
+        _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
+    };
+    let stream = match opened {
+        Ok(s) => s,
+        Err(OpenError::Refused(reason)) => {
+            return html(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("bad gateway: {reason}"));
+        }
+        Err(OpenError::TooManyStreams) => {
+            return html(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "too many streams for this client");
+        }
+        Err(e) => {
+            debug!(error = %e, "cannot open a stream to the client");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                &format!("client not connected: {name}"),
+            );
+        }
+    };
+
+    let upgrade = scheme == Scheme::Http && wants_upgrade(&req);
+    let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    add_forwarded(req.headers_mut(), conn.peer, &host);
+
+    let io = TokioIo::new(stream);
+    let sent = match scheme {
+        Scheme::Http => {
+            *req.version_mut() = Version::HTTP_11;
+            if req.uri().authority().is_some() {
+                // An absolute-form request: the service gets origin form.
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+                *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+                if let Ok(v) = HeaderValue::from_str(&host) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+            }
+            let (mut sender, c) = match hyper::client::conn::http1::handshake(io).await {
+                Ok(x) => x,
+                Err(e) => return bad_gateway(e),
+            };
+            spawn_upstream(c.with_upgrades(), up.kill.clone());
+            sender.send_request(req).await
+        }
+        Scheme::H2c => {
+            *req.version_mut() = Version::HTTP_2;
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+            match Uri::builder().scheme("http").authority(host.as_str()).path_and_query(pq).build() {
+                Ok(u) => *req.uri_mut() = u,
+                Err(_) => return html(StatusCode::BAD_REQUEST, "Bad Request", "The request's host is not valid."),
+            }
+            req.headers_mut().remove(header::HOST);
+            let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+            b.adaptive_window(true);
+            let (mut sender, c) = match b.handshake(io).await {
+                Ok(x) => x,
+                Err(e) => return bad_gateway(e),
+            };
+            spawn_upstream(c, up.kill.clone());
+            sender.send_request(req).await
+        }
+    };
+    let mut resp = match sent {
+        Ok(r) => r,
+        Err(e) => return bad_gateway(e),
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(visitor_upgrade) = visitor_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice(visitor_upgrade, upstream_upgrade, up.clone()).in_current_span());
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    resp.map(|body| {
+        body.map_err(BoxError::from)
+            .map_frame(move |f| {
+                let _held = &in_flight;
+                f
+            })
+            .boxed_unsync()
+    })
+}
+
+fn bad_gateway(e: hyper::Error) -> Response<Body> {
+    debug!(error = %e, "the client's service failed");
+    let reason = match std::error::Error::source(&e) {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    };
+    html(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("bad gateway: {reason}"))
+}
+
+/// Drives the connection to the client's service until it is done or the
+/// session is gone.
+fn spawn_upstream<F, E>(conn: F, kill: CancellationToken)
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                r = conn => if let Err(e) = r { debug!(error = %e, "connection to the client's service ended") },
+                _ = kill.cancelled() => debug!("session closed; dropping the connection to the client's service"),
+            }
+        }
+        .in_current_span(),
+    );
+}
+
+/// Copies both ways between an upgraded visitor connection and the
+/// upgraded connection to the client's service, until both end or the
+/// session is gone.
+async fn splice(visitor: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, up: Upstream) {
+    let (v, u) = match tokio::try_join!(visitor, upstream) {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut v, mut u) = (TokioIo::new(v), TokioIo::new(u));
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut v, &mut u) => match r {
+            Ok((up_bytes, down_bytes)) => debug!(up = up_bytes, down = down_bytes, "upgraded connection closed"),
+            Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
+        },
+        _ = up.kill.cancelled() => debug!("session closed; dropping upgraded connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_names() {
+        assert_eq!(route_name("App.Example.com:8080"), "app.example.com");
+        assert_eq!(route_name("app.example.com."), "app.example.com");
+        assert_eq!(route_name("[::1]:80"), "::1");
+        assert_eq!(route_name("a.b"), "a.b");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-private").is_none() && h.get("connection").is_none() && h.get("keep-alive").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, "[::ffff:192.0.2.7]:5000".parse().unwrap(), "a.example:8080");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
+        assert_eq!(h.get("x-real-ip").unwrap(), "192.0.2.7");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example:8080");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+}

@@ -1,0 +1,617 @@
+//! The embedded gateway (`http`, `h2c`): real servers and clients in
+//! process, visited with real `curl`, a small WebSocket client and Python's
+//! gRPC.
+
+use std::convert::Infallible;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opennotr_gateway::Gateway;
+use opennotr_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A server whose `http` and `h2c` gateways listen on loopback, and its router.
+async fn gateway_server(extra: &[(&str, &str)]) -> (TestServer, Arc<Gateway>) {
+    let mut spec = ServerSpec::default()
+        .plugin("http", r#"{"listen": "127.0.0.1:0", "headerTimeout": 5, "idleTimeout": 30}"#)
+        .plugin("h2c", r#"{"listen": "127.0.0.1:0"}"#);
+    for (name, json) in extra {
+        spec = spec.plugin(name, json);
+    }
+    let mut registry = builtin_plugins();
+    let gateway = opennotr_gateway::register(&mut registry);
+    (TestServer::start_with(spec.config(), &registry).await, gateway)
+}
+
+fn dom(label: &str) -> String {
+    format!("{label}.{ZONE}")
+}
+
+// ------------------------------------------------------------ services
+
+/// An HTTP/1.1 + HTTP/2 service: `/download/N` streams N pattern bytes
+/// (chunked), `/upload` answers `<len> <sha256>` of the body, anything else
+/// answers its name, the request's version and headers.
+async fn http_service(name: &'static str) -> Service {
+    tcp_service(move |s| async move {
+        let svc = hyper::service::service_fn(move |req| respond(name, req));
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+            .await;
+    })
+    .await
+}
+
+async fn respond(name: &'static str, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    if let Some(n) = path.strip_prefix("/download/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+        tokio::spawn(async move {
+            let data = pattern(7, n);
+            for chunk in data.chunks(65536) {
+                if tx.send_data(Bytes::copy_from_slice(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        return Ok(Response::new(body.boxed()));
+    }
+    if path == "/upload" {
+        let mut body = req.into_body();
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut len = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                len += data.len();
+                ctx.update(&data);
+            }
+        }
+        return Ok(Response::new(full(format!("{len} {}", hex(ctx.finish().as_ref())))));
+    }
+    let mut text = format!("service={name}\nversion={:?}\npath={path}\n", req.version());
+    for (k, v) in req.headers() {
+        text += &format!("{k}: {}\n", v.to_str().unwrap_or("?"));
+    }
+    Ok(Response::new(full(text)))
+}
+
+fn full(s: String) -> Body {
+    Full::new(Bytes::from(s)).boxed()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind(local(0)).await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------- curl
+
+struct Curl {
+    status: u16,
+    body: String,
+    stderr: String,
+}
+
+/// Runs curl with `args` resolving `domain:port` to loopback; the status is
+/// the last response's.
+async fn curl(domain: &str, port: u16, args: &[&str]) -> Curl {
+    let resolve = format!("{domain}:{port}:127.0.0.1");
+    let out = within(
+        Duration::from_secs(30),
+        "curl",
+        Command::new("curl")
+            .args(["-sS", "--noproxy", "*", "--max-time", "20", "--resolve", &resolve, "-w", "\n%{http_code}"])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    Curl {
+        status: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+fn url(domain: &str, port: u16, path: &str) -> String {
+    format!("http://{domain}:{port}{path}")
+}
+
+fn header_of(body: &str, name: &str) -> Option<String> {
+    body.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+}
+
+async fn connect_http(server: &TestServer, domain: &str, local: u16) -> (TestClient, u16) {
+    let mut c = TestClient::start(&ClientSpec::new(server.addr).domain(domain).forward(http_fwd(local)));
+    let reg = c.connected().await;
+    (c, public_port(&reg, 0))
+}
+
+// --------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_domains_share_one_port_routed_by_host() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let (sa, sb) = (http_service("A").await, http_service("B").await);
+        let (da, db) = (dom("alpha"), dom("beta"));
+        let (_ca, pa) = connect_http(&server, &da, sa.addr.port()).await;
+        let (_cb, pb) = connect_http(&server, &db, sb.addr.port()).await;
+        assert_eq!(pa, pb, "both domains share the gateway's port");
+
+        let a = curl(&da, pa, &[&url(&da, pa, "/a")]).await;
+        assert_eq!(a.status, 200, "{}{}", a.body, a.stderr);
+        assert!(a.body.starts_with("service=A\n"), "{}", a.body);
+        let b = curl(&db, pa, &[&url(&db, pa, "/b"), "-H", "X-Forwarded-For: 203.0.113.9"]).await;
+        assert!(b.body.starts_with("service=B\n"), "{}", b.body);
+
+        // Forwarded headers, as the client's service sees them.
+        assert_eq!(header_of(&a.body, "x-forwarded-for").as_deref(), Some("127.0.0.1"));
+        assert_eq!(header_of(&b.body, "x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"));
+        assert_eq!(header_of(&a.body, "x-real-ip").as_deref(), Some("127.0.0.1"));
+        assert_eq!(header_of(&a.body, "x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(header_of(&a.body, "x-forwarded-host"), Some(format!("{da}:{pa}")));
+        assert_eq!(header_of(&a.body, "host"), Some(format!("{da}:{pa}")));
+
+        // Host is case-insensitive.
+        let upper = da.to_uppercase();
+        let r = curl(&upper, pa, &[&url(&upper, pa, "/")]).await;
+        assert!(r.body.starts_with("service=A\n"), "{}", r.body);
+
+        // Unknown domain: a 404 page naming it.
+        let unknown = dom("nobody");
+        let r = curl(&unknown, pa, &[&url(&unknown, pa, "/")]).await;
+        assert_eq!(r.status, 404);
+        assert!(r.body.contains(&unknown), "{}", r.body);
+
+        // Keep-alive: two requests on one connection.
+        let r = curl(&da, pa, &["-v", &url(&da, pa, "/1"), &url(&da, pa, "/2")]).await;
+        assert!(r.stderr.contains("Re-using existing connection"), "{}", r.stderr);
+        assert_eq!(r.body.matches("service=A").count(), 2, "{}", r.body);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_stream_both_ways() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let svc = http_service("A").await;
+        let d = dom("bulk");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+        let dir = std::env::temp_dir().join(format!("opennotr-gw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let n = 3 * 1024 * 1024 + 17;
+        let down = dir.join("down.bin");
+        let r =
+            curl(&d, port, &["-o", down.to_str().unwrap(), "-D", "-", &url(&d, port, &format!("/download/{n}"))]).await;
+        assert_eq!(r.status, 200, "{}", r.stderr);
+        assert!(r.body.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{}", r.body);
+        let got = std::fs::read(&down).unwrap();
+        assert_eq!(got.len(), n);
+        assert_eq!(sha256(&got), sha256(&pattern(7, n)));
+
+        let up = dir.join("up.bin");
+        let data = pattern(11, 2 * 1024 * 1024 + 5);
+        std::fs::write(&up, &data).unwrap();
+        let file = format!("@{}", up.display());
+        let r =
+            curl(&d, port, &["-H", "Transfer-Encoding: chunked", "--data-binary", &file, &url(&d, port, "/upload")])
+                .await;
+        assert_eq!(r.status, 200, "{}", r.stderr);
+        assert_eq!(r.body, format!("{} {}", data.len(), sha256(&data)));
+        let _ = std::fs::remove_dir_all(&dir);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_service_is_a_bad_gateway() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let d = dom("refusing");
+        let (_c, port) = connect_http(&server, &d, closed_port().await).await;
+        let r = curl(&d, port, &[&url(&d, port, "/")]).await;
+        assert_eq!(r.status, 502, "{}", r.body);
+        assert!(r.body.contains("bad gateway"), "{}", r.body);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_take_the_route_and_a_gone_client_is_503() {
+    run_test(async {
+        let (server, gw) = gateway_server(&[]).await;
+        let svc = http_service("A").await;
+        let proxy = Proxy::start(server.addr).await;
+        let d = dom("again");
+        let mut c = TestClient::start(&ClientSpec::new(proxy.addr).domain(&d).forward(http_fwd(svc.addr.port())));
+        let port = public_port(&c.connected().await, 0);
+        assert_eq!(curl(&d, port, &[&url(&d, port, "/")]).await.status, 200);
+        let first = gw.routes();
+        assert_eq!(first.len(), 1, "{first:?}");
+
+        // The connection drops; the client comes back (same client id).
+        proxy.cut_all();
+        let reg = c.connected().await;
+        assert_eq!(public_port(&reg, 0), port);
+        let g = gw.clone();
+        wait_until("the route to move to the new session", || {
+            let r = g.routes();
+            r.len() == 1 && r[0].2 != first[0].2
+        })
+        .await;
+        let r = curl(&d, port, &[&url(&d, port, "/")]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.starts_with("service=A\n"));
+
+        // The client goes: the route goes, visitors get 503 at once.
+        c.stop().await;
+        server.wait_no_sessions().await;
+        assert!(gw.routes().is_empty(), "{:?}", gw.routes());
+        let t = Instant::now();
+        let r = curl(&d, port, &[&url(&d, port, "/")]).await;
+        assert!(matches!(r.status, 502 | 503), "{} {}", r.status, r.body);
+        assert!(r.body.contains("client not connected"), "{}", r.body);
+        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_names_route_and_admin_url_is_refused() {
+    run_test(async {
+        // h2c in the original's external mode: its forwards are refused.
+        let spec = ServerSpec::default()
+            .plugin("http", r#"{"listen": "127.0.0.1:0", "wildcard": true}"#)
+            .plugin("h2c", r#"{"adminUrl": "http://127.0.0.1:81/upstreams"}"#);
+        let server = TestServer::start(&spec).await;
+        let svc = http_service("A").await;
+        let d = dom("wild");
+        let mut c = TestClient::start(
+            &ClientSpec::new(server.addr).domain(&d).forward(http_fwd(svc.addr.port())).forward(h2c_fwd(1)),
+        );
+        let reg = c.connected().await;
+        let port = public_port(&reg, 0);
+        let err = reg.forwards[1].error.clone().expect("h2c refused");
+        assert!(err.contains("adminUrl"), "{err}");
+        assert_eq!(reg.forwards[0].url.as_deref(), Some(format!("http://{d}:{port}").as_str()));
+
+        // Wildcard: any name below the domain routes to it.
+        let below = format!("x.y.{d}");
+        let r = curl(&below, port, &[&url(&below, port, "/")]).await;
+        assert!(r.body.starts_with("service=A\n"), "{} {}", r.status, r.body);
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_with_prior_knowledge() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let svc = http_service("H2").await;
+        let d = dom("grpc");
+        let mut c = TestClient::start(&ClientSpec::new(server.addr).domain(&d).forward(h2c_fwd(svc.addr.port())));
+        let port = public_port(&c.connected().await, 0);
+        let r = curl(
+            &d,
+            port,
+            &["--http2-prior-knowledge", "-w", "\n%{http_version}\n%{http_code}", &url(&d, port, "/h2")],
+        )
+        .await;
+        // curl keeps the last -w: the version curl spoke, then the status
+        // the harness reads.
+        assert_eq!(r.status, 200, "{}{}", r.body, r.stderr);
+        assert!(r.body.starts_with("service=H2\nversion=HTTP/2.0\npath=/h2\n"), "{}", r.body);
+        assert!(r.body.ends_with("\n2"), "curl did not speak HTTP/2: {}", r.body);
+        assert_eq!(header_of(&r.body, "x-forwarded-host"), Some(format!("{d}:{port}")));
+
+        let n = 1024 * 1024 + 3;
+        let r = curl(
+            &d,
+            port,
+            &[
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}\n%{http_code}",
+                &url(&d, port, &format!("/download/{n}")),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.ends_with(&n.to_string()), "{}", r.body);
+        server.stop().await;
+    })
+    .await;
+}
+
+// ----------------------------------------------------------- websocket
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn ws_accept(key: &str) -> String {
+    let s = format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, s.as_bytes()).as_ref())
+}
+
+async fn read_head<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).await.unwrap() == 0 {
+            break;
+        }
+        let l = l.trim_end().to_string();
+        if l.is_empty() {
+            break;
+        }
+        lines.push(l);
+    }
+    lines
+}
+
+/// Reads one frame: (opcode, payload), unmasking if masked.
+async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).await.unwrap();
+    let masked = h[1] & 0x80 != 0;
+    let mut len = u64::from(h[1] & 0x7f);
+    if len == 126 {
+        len = u64::from(r.read_u16().await.unwrap());
+    } else if len == 127 {
+        len = r.read_u64().await.unwrap();
+    }
+    let mut mask = [0u8; 4];
+    if masked {
+        r.read_exact(&mut mask).await.unwrap();
+    }
+    let mut p = vec![0u8; len as usize];
+    r.read_exact(&mut p).await.unwrap();
+    if masked {
+        for (i, b) in p.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+    }
+    (h[0] & 0x0f, p)
+}
+
+fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n < 65536 => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(k) => {
+            f.extend_from_slice(&k);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+/// A WebSocket echo server: answers the handshake, echoes text frames.
+async fn ws_echo() -> Service {
+    tcp_service(|s| async move {
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        let head = read_head(&mut r).await;
+        let key = head.iter().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+        });
+        let Some(key) = key else { return };
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            ws_accept(&key)
+        );
+        w.write_all(resp.as_bytes()).await.unwrap();
+        loop {
+            let (op, p) = read_frame(&mut r).await;
+            if op == 8 {
+                let _ = w.write_all(&frame(8, &p, None)).await;
+                return;
+            }
+            w.write_all(&frame(op, &p, None)).await.unwrap();
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_round_trip() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let svc = ws_echo().await;
+        let d = dom("ws");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+
+        let s = TcpStream::connect(local(port)).await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        let key = base64(b"0123456789abcdef");
+        let req = format!(
+            "GET /chat HTTP/1.1\r\nHost: {d}:{port}\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        w.write_all(req.as_bytes()).await.unwrap();
+        let head = within(WAIT, "the 101", read_head(&mut r)).await;
+        assert!(head[0].starts_with("HTTP/1.1 101"), "{head:?}");
+        let accept = head
+            .iter()
+            .find_map(|l| l.strip_prefix("sec-websocket-accept: ").or(l.strip_prefix("Sec-WebSocket-Accept: ")));
+        assert_eq!(accept, Some(ws_accept(&key).as_str()), "{head:?}");
+        for (i, msg) in ["hello", "through the gateway", &"x".repeat(70_000)].iter().enumerate() {
+            w.write_all(&frame(1, msg.as_bytes(), Some([1, 2, 3, i as u8]))).await.unwrap();
+            let (op, p) = within(WAIT, "an echoed frame", read_frame(&mut r)).await;
+            assert_eq!(op, 1);
+            assert_eq!(p, msg.as_bytes());
+        }
+        w.write_all(&frame(8, &[3, 232], Some([9, 9, 9, 9]))).await.unwrap();
+        let (op, _) = within(WAIT, "the close frame", read_frame(&mut r)).await;
+        assert_eq!(op, 8);
+        server.stop().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- gRPC
+
+const GRPC_SERVER: &str = r#"
+import sys
+from concurrent import futures
+import grpc
+
+def unary(req, ctx):
+    return b"echo:" + req
+
+def stream(req, ctx):
+    for i in range(int(req.decode())):
+        yield (b"%d:" % i) + b"s" * 100000
+
+def fail(req, ctx):
+    ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req.decode())
+
+opts = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+handlers = grpc.method_handlers_generic_handler("test.Echo", {
+    "Unary": grpc.unary_unary_rpc_method_handler(unary),
+    "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    "Fail": grpc.unary_unary_rpc_method_handler(fail),
+})
+server = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
+server.add_generic_rpc_handlers((handlers,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+sys.stdin.read()
+server.stop(0)
+"#;
+
+const GRPC_CLIENT: &str = r#"
+import sys
+import grpc
+port, authority = sys.argv[1], sys.argv[2]
+opts = [("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0),
+        ("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+ch = grpc.insecure_channel("127.0.0.1:" + port, options=opts)
+unary = ch.unary_unary("/test.Echo/Unary")
+assert unary(b"hi", timeout=10) == b"echo:hi"
+big = b"y" * (3 << 20)
+assert unary(big, timeout=20) == b"echo:" + big
+items = list(ch.unary_stream("/test.Echo/Stream")(b"20", timeout=20))
+assert len(items) == 20, len(items)
+assert all(x.startswith(b"%d:" % i) and len(x) > 100000 for i, x in enumerate(items))
+try:
+    ch.unary_unary("/test.Echo/Fail")(b"abc", timeout=10)
+    raise SystemExit("Fail did not fail")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.NOT_FOUND, e.code()
+    assert e.details() == "no such thing: abc", e.details()
+print("grpc ok")
+"#;
+
+fn have_python_grpc() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import grpc"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_over_h2c() {
+    if !have_python_grpc() {
+        eprintln!("skipping: python3-grpcio is not installed");
+        return;
+    }
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let mut grpc_server = Command::new("python3")
+            .args(["-c", GRPC_SERVER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the python gRPC server");
+        let mut out = BufReader::new(grpc_server.stdout.take().unwrap());
+        let mut line = String::new();
+        within(WAIT, "the gRPC server's port", out.read_line(&mut line)).await.unwrap();
+        let local_port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("gRPC server said {line:?}"));
+
+        let d = dom("rpc");
+        let mut c = TestClient::start(&ClientSpec::new(server.addr).domain(&d).forward(h2c_fwd(local_port)));
+        let port = public_port(&c.connected().await, 0);
+        let out = within(
+            Duration::from_secs(40),
+            "the gRPC client",
+            Command::new("python3")
+                .args(["-c", GRPC_CLIENT, &port.to_string(), &format!("{d}:{port}")])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && stdout.contains("grpc ok"), "gRPC client failed:\n{stdout}\n{stderr}");
+        drop(grpc_server.stdin.take());
+        let _ = grpc_server.kill().await;
+        server.stop().await;
+    })
+    .await;
+}
