@@ -290,10 +290,12 @@ async fn reconnects_take_the_route_and_a_gone_client_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_names_route_and_admin_url_is_refused() {
     run_test(async {
-        // h2c in the original's external mode: its forwards are refused.
-        let spec = ServerSpec::default()
-            .plugin("http", r#"{"listen": "127.0.0.1:0", "wildcard": true}"#)
-            .plugin("h2c", r#"{"adminUrl": "http://127.0.0.1:81/upstreams"}"#);
+        // h2c in the original's external mode, its admin API not running:
+        // the registration fails and the forward is refused with the reason.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let h2c = format!(r#"{{"adminUrl": "http://127.0.0.1:{closed}/upstreams"}}"#);
+        let spec =
+            ServerSpec::default().plugin("http", r#"{"listen": "127.0.0.1:0", "wildcard": true}"#).plugin("h2c", &h2c);
         let server = TestServer::start(&spec).await;
         let svc = http_service("A").await;
         let d = dom("wild");
@@ -303,7 +305,7 @@ async fn wildcard_names_route_and_admin_url_is_refused() {
         let reg = c.connected().await;
         let port = public_port(&reg, 0);
         let err = reg.forwards[1].error.clone().expect("h2c refused");
-        assert!(err.contains("adminUrl"), "{err}");
+        assert!(err.contains("external gateway") && err.contains(&format!("127.0.0.1:{closed}")), "{err}");
         assert_eq!(reg.forwards[0].url.as_deref(), Some(format!("http://{d}:{port}").as_str()));
 
         // Wildcard: any name below the domain routes to it.

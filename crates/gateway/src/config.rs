@@ -1,6 +1,7 @@
-//! The JSON under `plugin.http` / `plugin.h2c`.
+//! The JSON under `plugin.http` / `plugin.h2c` / `plugin.https` / `plugin.tls`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use opennotr_plugin::PluginError;
@@ -34,9 +35,40 @@ pub struct GatewayConfig {
     /// How long a visitor connection may stay without traffic and without
     /// a request in flight.
     pub idle_timeout: Duration,
+    /// `https` only: where the certificates are (`cert`, `key`, `certDir`).
+    pub certs: Option<CertFiles>,
+    /// `https` only: how often the certificate files are checked for
+    /// changes (`reloadInterval`).
+    pub reload_interval: Duration,
 }
 
-const KEYS: &[&str] = &["listen", "adminUrl", "wildcard", "headerTimeout", "idleTimeout"];
+/// The certificate files of the embedded `https` gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The default certificate chain (PEM), served when no per-domain one
+    /// matches (or the visitor sends no SNI).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Per-domain certificates: `<domain>.pem` + `<domain>.key`, wildcard
+    /// ones as `_.<parent>.pem` + `_.<parent>.key`.
+    pub cert_dir: Option<PathBuf>,
+}
+
+const KEYS: &[&str] = &["listen", "adminUrl", "reconcileInterval", "wildcard", "headerTimeout", "idleTimeout"];
+const HTTPS_KEYS: &[&str] = &[
+    "listen",
+    "adminUrl",
+    "reconcileInterval",
+    "wildcard",
+    "headerTimeout",
+    "idleTimeout",
+    "cert",
+    "key",
+    "certDir",
+    "reloadInterval",
+];
+const TLS_KEYS: &[&str] = &["listen", "wildcard", "headerTimeout"];
 
 impl GatewayConfig {
     /// Parses the config of plugin `name`; errors name `plugin.<name>.<key>`.
@@ -53,9 +85,14 @@ impl GatewayConfig {
                 })
             }
         };
+        let keys = match name {
+            "https" => HTTPS_KEYS,
+            "tls" => TLS_KEYS,
+            _ => KEYS,
+        };
         for k in obj.keys() {
-            if !KEYS.contains(&k.as_str()) {
-                return Err(err(k, format!("unknown key (known: {})", KEYS.join(", "))));
+            if !keys.contains(&k.as_str()) {
+                return Err(err(k, format!("unknown key (known: {})", keys.join(", "))));
             }
         }
         let string = |key: &str| -> Result<Option<String>, PluginError> {
@@ -102,11 +139,45 @@ impl GatewayConfig {
             Some(serde_json::Value::Bool(b)) => *b,
             Some(other) => return Err(err("wildcard", format!("expected true or false, got {other}"))),
         };
+        let path = |key: &str| -> Result<Option<PathBuf>, PluginError> {
+            let Some(p) = string(key)? else { return Ok(None) };
+            let p = PathBuf::from(p);
+            let meta = std::fs::metadata(&p).map_err(|e| err(key, format!("{}: {e}", p.display())))?;
+            if meta.is_dir() != (key == "certDir") {
+                let what = if key == "certDir" { "a directory" } else { "a file" };
+                return Err(err(key, format!("{} is not {what}", p.display())));
+            }
+            Ok(Some(p))
+        };
+        let certs = CertFiles { cert: path("cert")?, key: path("key")?, cert_dir: path("certDir")? };
+        let certs = match (&certs.cert, &certs.key) {
+            (Some(_), None) => return Err(err("key", "cert needs its key".into())),
+            (None, Some(_)) => return Err(err("cert", "key needs its cert".into())),
+            (None, None) if certs.cert_dir.is_none() => None,
+            _ => Some(certs),
+        };
+        if name == "https" {
+            match (&mode, &certs) {
+                (Mode::Embedded { .. }, None) => {
+                    return Err(err(
+                        "cert",
+                        "the embedded https gateway needs certificates: cert and key (a default one), and/or certDir"
+                            .into(),
+                    ))
+                }
+                (Mode::External { .. } | Mode::Off, Some(_)) => {
+                    return Err(err("listen", "cert, key and certDir are for the embedded gateway (listen)".into()))
+                }
+                _ => {}
+            }
+        }
         Ok(GatewayConfig {
             mode,
             wildcard,
-            header_timeout: seconds("headerTimeout", 30)?,
+            header_timeout: seconds("headerTimeout", if name == "tls" { 10 } else { 30 })?,
             idle_timeout: seconds("idleTimeout", 120)?,
+            certs,
+            reload_interval: seconds("reloadInterval", 5)?,
         })
     }
 }
@@ -148,5 +219,41 @@ mod tests {
             "plugin.http.wildcard"
         );
         assert_eq!(key_of(GatewayConfig::parse("http", &json!("x")).unwrap_err()), "plugin.http");
+        assert_eq!(
+            key_of(GatewayConfig::parse("http", &json!({"listen": "0.0.0.0:80", "cert": "/x"})).unwrap_err()),
+            "plugin.http.cert"
+        );
+    }
+
+    #[test]
+    fn https_and_tls_keys() {
+        let dir = std::env::temp_dir().join(format!("opennotr-gw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("c.pem");
+        std::fs::write(&cert, "x").unwrap();
+        let c = cert.display().to_string();
+        let d = dir.display().to_string();
+        let ok = GatewayConfig::parse(
+            "https",
+            &json!({"listen": "0.0.0.0:443", "cert": c, "key": c, "certDir": d, "reloadInterval": 0.5}),
+        )
+        .unwrap();
+        assert_eq!(ok.certs.unwrap().cert_dir.unwrap(), dir);
+        assert_eq!(ok.reload_interval, Duration::from_millis(500));
+        let e = |v| key_of(GatewayConfig::parse("https", &v).unwrap_err());
+        assert_eq!(e(json!({"listen": "0.0.0.0:443"})), "plugin.https.cert");
+        assert_eq!(e(json!({"listen": "0.0.0.0:443", "cert": c})), "plugin.https.key");
+        assert_eq!(e(json!({"listen": "0.0.0.0:443", "cert": "/nonexistent/x.pem", "key": c})), "plugin.https.cert");
+        assert_eq!(e(json!({"listen": "0.0.0.0:443", "certDir": c})), "plugin.https.certDir");
+        assert_eq!(e(json!({"listen": "0.0.0.0:443", "crt": c})), "plugin.https.crt");
+        // The original's external mode keeps parsing.
+        let ext = GatewayConfig::parse("https", &json!({"adminUrl": "http://127.0.0.1:81/upstreams"})).unwrap();
+        assert!(matches!(ext.mode, Mode::External { .. }));
+        assert_eq!(
+            key_of(GatewayConfig::parse("tls", &json!({"listen": "0.0.0.0:443", "cert": c})).unwrap_err()),
+            "plugin.tls.cert"
+        );
+        assert!(GatewayConfig::parse("tls", &json!({"listen": "0.0.0.0:443"})).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,19 +1,27 @@
-//! The embedded HTTP gateway of `opennotrd`: the `http` and `h2c` plugins.
+//! The embedded HTTP gateway of `opennotrd`: the `http`, `https`, `h2c`
+//! and `tls` plugins.
 //!
-//! Many clients share one public port per scheme (80 for `http`, 980 for
-//! `h2c` in the original); the gateway routes each request by its `Host`
+//! Many clients share one public port per scheme (80 for `http`, 443 for
+//! `https` and `tls`, 980 for `h2c` in the original); the gateway routes
+//! each request by its `Host`
 //! (HTTP/1.1) or `:authority` (HTTP/2) to the client whose domain it names,
 //! and proxies it over a stream opened straight to that client's session.
 //!
 //! # Layout
 //! - [`Gateway`]: the router shared by every gateway plugin of one server:
-//!   domain → per-scheme [`Upstream`]. `https` and `tls` join it later.
-//! - [`register`]: adds the `http` and `h2c` factories, sharing one router,
-//!   to a plugin registry.
-//! - `config`: the plugins' JSON (`listen`, `wildcard`, timeouts; the
-//!   original's `adminUrl` is parsed and its forwards refused for now).
+//!   domain → per-scheme [`Upstream`].
+//! - [`register`]: adds the `http`, `h2c`, `https` and `tls` factories,
+//!   sharing one router, to a plugin registry.
+//! - `config`: the plugins' JSON (`listen` or the original's `adminUrl`,
+//!   `wildcard`, timeouts).
+//! - `external`: the external gateway mode (`adminUrl`): registrations with
+//!   an OpenResty gateway (`deploy/openresty/`), awaited, removed when the
+//!   session ends, re-pushed periodically.
 //! - `serve`: hyper 1 connections on the shared listeners, per-request
 //!   routing, header rewriting, upgrades, error pages.
+//! - `tls`: the TLS ports of the embedded `https` (termination, certificates
+//!   by SNI, reload) and `tls` (SNI passthrough) plugins, one listener per
+//!   address shared by both.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -23,12 +31,14 @@ use opennotr_plugin::{
     async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
     Registry, Tunnel,
 };
-use tracing::{info, warn};
+use tracing::info;
 
 mod config;
+mod external;
 mod serve;
+mod tls;
 
-pub use config::{GatewayConfig, Mode};
+pub use config::{CertFiles, GatewayConfig, Mode};
 
 /// A scheme the gateway serves; each has its own listener and its own
 /// routes (a domain may have an `http` and an `h2c` forward at once).
@@ -39,6 +49,12 @@ pub enum Scheme {
     Http,
     /// Cleartext HTTP/2 with prior knowledge (gRPC) to an HTTP/2 service.
     H2c,
+    /// TLS terminated at the gateway, then HTTP/1.1 to the service (and
+    /// HTTP/2 to `h2c` forwards of the same domain: gRPC over TLS).
+    Https,
+    /// SNI passthrough: the visitor's TLS stream, untouched, to the
+    /// client's own TLS service.
+    Tls,
 }
 
 impl Scheme {
@@ -47,6 +63,8 @@ impl Scheme {
         match self {
             Scheme::Http => "http",
             Scheme::H2c => "h2c",
+            Scheme::Https => "https",
+            Scheme::Tls => "tls",
         }
     }
 }
@@ -103,6 +121,9 @@ pub enum Lookup {
 #[derive(Default)]
 pub struct Gateway {
     routes: Mutex<Routes>,
+    /// The TLS ports (`https` and `tls` plugins), one per `listen` address,
+    /// shared when both plugins name the same one.
+    tls_ports: Mutex<HashMap<SocketAddr, std::sync::Weak<tls::TlsPort>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -202,11 +223,12 @@ impl Gateway {
     }
 }
 
-/// Adds the gateway plugins (`http`, `h2c`) to `registry`, sharing one new
-/// [`Gateway`], which is returned (for tests and later the admin API).
+/// Adds the gateway plugins (`http`, `h2c`, `https`, `tls`) to `registry`,
+/// sharing one new [`Gateway`], which is returned (for tests and later the
+/// admin API).
 pub fn register(registry: &mut Registry) -> Arc<Gateway> {
     let gateway = Gateway::new();
-    for scheme in [Scheme::Http, Scheme::H2c] {
+    for scheme in [Scheme::Http, Scheme::H2c, Scheme::Https, Scheme::Tls] {
         registry.register(GatewayFactory { scheme, gateway: gateway.clone() });
     }
     gateway
@@ -233,18 +255,24 @@ impl PluginFactory for GatewayFactory {
 
     fn setup(&self, config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError> {
         let cfg = GatewayConfig::parse(self.scheme.name(), config)?;
-        if let Mode::External { admin_url } = &cfg.mode {
-            // The message the server logs for plugins it does not have yet:
-            // the external mode is not built yet either.
-            warn!(plugin = self.scheme.name(), admin_url = %admin_url, "the external gateway mode (adminUrl) is not available yet; forwards asking for it will be refused");
+        if let (Scheme::Https | Scheme::Tls, Mode::Embedded { listen }) = (self.scheme, &cfg.mode) {
+            return tls::setup(self.scheme, &self.gateway, *listen, &cfg);
         }
+        let shutdown = CancellationToken::new();
+        let external = match &cfg.mode {
+            Mode::External { admin_url } => {
+                Some(external::External::new(self.scheme.name(), admin_url, config, shutdown.clone())?)
+            }
+            _ => None,
+        };
         Ok(Arc::new(GatewayPlugin {
             scheme: self.scheme,
             gateway: self.gateway.clone(),
             settings: Arc::new(serve::Settings::new(self.scheme, &cfg)),
             cfg,
             listener: tokio::sync::OnceCell::new(),
-            shutdown: CancellationToken::new(),
+            external,
+            shutdown,
         }))
     }
 }
@@ -257,6 +285,8 @@ struct GatewayPlugin {
     /// The bound port, once the first forward bound the listener. The
     /// listener then lives as long as the plugin.
     listener: tokio::sync::OnceCell<u16>,
+    /// The external mode (`adminUrl`): registrations with the gateway.
+    external: Option<external::External>,
     /// Cancelled when the plugin is dropped (the server is gone).
     shutdown: CancellationToken,
 }
@@ -294,7 +324,10 @@ impl Plugin for GatewayPlugin {
         let addr = match &self.cfg.mode {
             Mode::Embedded { listen } => *listen,
             Mode::External { .. } => {
-                return Err(PluginError::Refused("the external gateway mode (adminUrl) is not available yet".into()))
+                return match &self.external {
+                    Some(ext) => ext.register(meta, &ctx).await,
+                    None => Err(PluginError::Refused("the external gateway is not set up".into())),
+                }
             }
             Mode::Off => {
                 return Err(PluginError::Refused(format!(
@@ -319,6 +352,9 @@ impl Plugin for GatewayPlugin {
     }
 
     async fn stop_proxy(&self, meta: &ForwardMeta) {
+        if let Some(ext) = &self.external {
+            return ext.unregister(meta).await;
+        }
         self.gateway.remove(self.scheme, &meta.domain, meta.id);
     }
 }

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use opennotr_plugin::{CancellationToken, OpenError, StreamProtocol};
 use opennotr_transport::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tracing::{debug, info_span, Instrument};
 
 use crate::{Gateway, GatewayConfig, Lookup, Scheme, Upstream};
@@ -29,10 +29,10 @@ type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// What a plugin's connections need to know.
 #[derive(Debug)]
 pub(crate) struct Settings {
-    scheme: Scheme,
-    wildcard: bool,
-    header_timeout: Duration,
-    idle_timeout: Duration,
+    pub(crate) scheme: Scheme,
+    pub(crate) wildcard: bool,
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 impl Settings {
@@ -99,12 +99,12 @@ impl Drop for InFlight {
 }
 
 /// A socket that records its activity.
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -115,7 +115,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -158,13 +158,17 @@ struct Conn {
     activity: Arc<Activity>,
 }
 
-async fn serve_connection(
-    visitor: TcpStream,
+/// Serves one visitor connection (plain, or already TLS-terminated for
+/// `https`) with the scheme's HTTP versions.
+pub(crate) async fn serve_connection<S>(
+    visitor: S,
     peer: SocketAddr,
     gateway: Arc<Gateway>,
     settings: Arc<Settings>,
     shutdown: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     activity.touch();
     let io = TokioIo::new(Tracked { inner: visitor, activity: activity.clone() });
@@ -187,6 +191,16 @@ async fn serve_connection(
             let c = b.serve_connection(io, service);
             drive(c, |c| c.graceful_shutdown(), &activity, settings.idle_timeout, &shutdown).await;
         }
+        Scheme::Https => {
+            // HTTP/1.1 (with upgrades) or HTTP/2, as ALPN chose; the
+            // auto builder tells them apart by the HTTP/2 preface.
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_timeout).keep_alive(true);
+            b.http2().timer(TokioTimer::new()).adaptive_window(true).max_concurrent_streams(256);
+            let c = b.serve_connection_with_upgrades(io, service);
+            drive(c, |c| c.graceful_shutdown(), &activity, settings.idle_timeout, &shutdown).await;
+        }
+        Scheme::Tls => {}
     }
 }
 
@@ -340,7 +354,7 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, host: &str) {
+fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, host: &str, proto: &'static str) {
     let ip = peer.ip().to_canonical().to_string();
     let previous: Vec<&str> = h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
     let xff = if previous.is_empty() { ip.clone() } else { format!("{}, {ip}", previous.join(", ")) };
@@ -350,19 +364,66 @@ fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, host: &str) {
         }
     };
     set(h, "x-forwarded-for", &xff);
-    set(h, "x-forwarded-proto", "http");
+    set(h, "x-forwarded-proto", proto);
     set(h, "x-forwarded-host", host);
     set(h, "x-real-ip", &ip);
+}
+
+/// How the gateway speaks to a client's service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpstreamProto {
+    /// HTTP/1.1 (with upgrades).
+    H1,
+    /// HTTP/2 with prior knowledge.
+    H2,
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.get(..16).is_some_and(|p| p.eq_ignore_ascii_case("application/grpc")))
 }
 
 async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let in_flight = conn.activity.begin();
     let scheme = conn.settings.scheme;
+    let mut upstream_proto = UpstreamProto::H1;
     let Some(host) = authority(&req) else {
         return html(StatusCode::BAD_REQUEST, "Bad Request", "The request names no host.");
     };
     let name = route_name(&host);
-    let up = match conn.gateway.lookup(scheme, &name, conn.settings.wildcard) {
+    // Which routes serve this scheme, in order, and how each speaks to the
+    // client's service: `https` terminates TLS for `https` forwards
+    // (HTTP/1.1 to the service) and `h2c` forwards (HTTP/2: gRPC over TLS),
+    // gRPC requests preferring an `h2c` forward.
+    let candidates: &[(Scheme, UpstreamProto)] = match scheme {
+        Scheme::Http => &[(Scheme::Http, UpstreamProto::H1)],
+        Scheme::H2c => &[(Scheme::H2c, UpstreamProto::H2)],
+        Scheme::Https if is_grpc(&req) => &[(Scheme::H2c, UpstreamProto::H2), (Scheme::Https, UpstreamProto::H1)],
+        Scheme::Https => &[(Scheme::Https, UpstreamProto::H1), (Scheme::H2c, UpstreamProto::H2)],
+        Scheme::Tls => &[],
+    };
+    let mut found = Lookup::Unknown;
+    for (s, proto) in candidates {
+        match conn.gateway.lookup(*s, &name, conn.settings.wildcard) {
+            Lookup::Found(up) => {
+                found = Lookup::Found(up);
+                upstream_proto = *proto;
+                break;
+            }
+            Lookup::Gone => found = Lookup::Gone,
+            Lookup::Unknown => {}
+        }
+    }
+    if scheme == Scheme::Https && matches!(found, Lookup::Unknown) {
+        // A passthrough domain whose client is gone (the handshake came
+        // here because its route is not live).
+        if let Lookup::Gone = conn.gateway.lookup(Scheme::Tls, &name, conn.settings.wildcard) {
+            found = Lookup::Gone;
+        }
+    }
+    let up = match found {
         Lookup::Found(up) => up,
         Lookup::Gone => {
             return html(
@@ -397,14 +458,14 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
         }
     };
 
-    let upgrade = scheme == Scheme::Http && wants_upgrade(&req);
+    let upgrade = upstream_proto == UpstreamProto::H1 && wants_upgrade(&req);
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
-    add_forwarded(req.headers_mut(), conn.peer, &host);
+    add_forwarded(req.headers_mut(), conn.peer, &host, if scheme == Scheme::Https { "https" } else { "http" });
 
     let io = TokioIo::new(stream);
-    let sent = match scheme {
-        Scheme::Http => {
+    let sent = match upstream_proto {
+        UpstreamProto::H1 => {
             *req.version_mut() = Version::HTTP_11;
             if req.uri().authority().is_some() {
                 // An absolute-form request: the service gets origin form.
@@ -421,7 +482,7 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
             spawn_upstream(c.with_upgrades(), up.kill.clone());
             sender.send_request(req).await
         }
-        Scheme::H2c => {
+        UpstreamProto::H2 => {
             *req.version_mut() = Version::HTTP_2;
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
             match Uri::builder().scheme("http").authority(host.as_str()).path_and_query(pq).build() {
@@ -548,7 +609,7 @@ mod tests {
     fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "[::ffff:192.0.2.7]:5000".parse().unwrap(), "a.example:8080");
+        add_forwarded(&mut h, "[::ffff:192.0.2.7]:5000".parse().unwrap(), "a.example:8080", "http");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(h.get("x-real-ip").unwrap(), "192.0.2.7");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example:8080");

@@ -31,9 +31,10 @@ pub mod vip;
 mod vlan;
 
 /// Protocol names reserved for plugins that later versions ship (the
-/// original's remaining gateway plugins; `http` and `h2c` are built in). A config naming one is accepted with a
-/// warning; forwards asking for it are refused with a reason.
-pub const RESERVED_PLUGINS: &[&str] = &["https", "tls", "dummy"];
+/// gateway plugins `http`, `https`, `h2c` and `tls` are built in). A config
+/// naming one is accepted with a warning; forwards asking for it are refused
+/// with a reason.
+pub const RESERVED_PLUGINS: &[&str] = &["dummy"];
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]

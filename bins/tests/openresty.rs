@@ -1,0 +1,579 @@
+//! The external gateway mode (`adminUrl`) against the shipped
+//! `deploy/openresty/` config, run by Debian's nginx with the Lua module.
+//!
+//! Root only (network namespaces, the virtual LAN): not root, the nginx
+//! test prints `skipped: needs root` and passes. Root without nginx's Lua
+//! module (or curl, python3, openssl): it fails and says what to install.
+//!
+//! In a fresh "server host" namespace: nginx with the shipped config (ports
+//! rewritten, its own prefix), opennotrd with the virtual LAN and
+//! `plugin.http: {"adminUrl": ...}`; in a "client host" namespace: opennotr
+//! with an `http` forward to a small Python service. The registration, a
+//! request and a WebSocket upgrade go through nginx; nginx is restarted and
+//! gets the mapping back by reconciliation; the client leaves and the
+//! mapping goes. A second test (no root needed) points adminUrl at a closed
+//! port: the client prints the forward refused with the reason.
+
+mod support;
+
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
+
+/// The VIP pool of the server.
+const CIDR: &str = "100.64.242.1/24";
+
+/// Ports inside the private namespaces.
+const CONTROL_PORT: u16 = 10100;
+const TPROXY_TCP: u16 = 4398;
+const TPROXY_UDP: u16 = 4399;
+/// nginx's listeners (the shipped 80, 443, 980 and 81, rewritten).
+const GW_HTTP: u16 = 18080;
+const GW_HTTPS: u16 = 18443;
+const GW_H2C: u16 = 18980;
+const GW_ADMIN: u16 = 18081;
+/// The client's service.
+const SERVICE_PORT: u16 = 8000;
+
+const DOMAIN: &str = "app.gw.notr.test";
+
+// ------------------------------------------------------------------ preflight
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    let uid = Command::new("id").arg("-u").output().expect("cannot run `id -u`");
+    String::from_utf8_lossy(&uid.stdout).trim() == "0"
+}
+
+/// The nginx binary (Debian's is in /usr/sbin, not always on PATH).
+fn nginx() -> String {
+    if on_path("nginx") {
+        return "nginx".into();
+    }
+    for p in ["/usr/sbin/nginx", "/usr/local/openresty/nginx/sbin/nginx"] {
+        if Path::new(p).is_file() {
+            return p.into();
+        }
+    }
+    panic!("nginx not found: install nginx-light, libnginx-mod-http-lua and lua-cjson (apt-get install nginx-light libnginx-mod-http-lua lua-cjson)")
+}
+
+fn preflight() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    let tools =
+        [("nft", "nftables"), ("ip", "iproute2"), ("curl", "curl"), ("python3", "python3"), ("openssl", "openssl")];
+    for (tool, package) in tools {
+        assert!(on_path(tool), "`{tool}` not found in PATH: install {package} (e.g. `apt-get install {package}`)");
+    }
+    nginx();
+    assert!(
+        Path::new("/usr/lib/nginx/modules/ngx_http_lua_module.so").is_file(),
+        "nginx's Lua module is missing: apt-get install libnginx-mod-http-lua lua-cjson"
+    );
+    true
+}
+
+// ------------------------------------------------------------------ commands
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn show(&self) -> String {
+        format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `timeout`.
+fn run_bounded(mut cmd: Command, timeout: Duration) -> Out {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let read = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} still running after {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Out { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+fn cmd(prog: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(prog);
+    c.args(args);
+    c
+}
+
+fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, prog]).args(args);
+    c
+}
+
+fn check(c: Command) -> String {
+    let shown = format!("{c:?}");
+    let out = run_bounded(c, WAIT);
+    assert_eq!(out.code, Some(0), "{shown} failed: {}", out.show());
+    out.stdout
+}
+
+/// The real Python interpreter (not a pyenv shim), found once.
+fn python() -> &'static str {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = check(cmd("python3", &["-c", "import sys; print(sys.executable)"]));
+        let exe = out.trim().to_string();
+        if exe.is_empty() {
+            "python3".into()
+        } else {
+            exe
+        }
+    })
+}
+
+/// Polls `cond` every 100 ms until it holds, for at most `timeout`.
+fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ------------------------------------------------------------------ namespaces
+
+/// A server namespace and a client namespace joined by a veth pair on
+/// `10.A.B.0/24` (server `.1`, client `.2`). Deleted on drop.
+struct Lan {
+    server: String,
+    client: String,
+    net: (u8, u8),
+}
+
+impl Lan {
+    fn new(tag: &str) -> Lan {
+        let pid = std::process::id();
+        let lan = Lan {
+            server: format!("onr{pid}{tag}s"),
+            client: format!("onr{pid}{tag}c"),
+            net: (200 + (pid % 56) as u8, 250),
+        };
+        for ns in [&lan.server, &lan.client] {
+            let _ = run_bounded(cmd("ip", &["netns", "del", ns]), WAIT);
+            check(cmd("ip", &["netns", "add", ns]));
+            check(cmd("ip", &["-n", ns, "link", "set", "lo", "up"]));
+        }
+        let (vs, vc) = (format!("v{pid}{tag}s"), format!("v{pid}{tag}c"));
+        check(cmd(
+            "ip",
+            &[
+                "link",
+                "add",
+                "name",
+                &vs,
+                "netns",
+                &lan.server,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &vc,
+                "netns",
+                &lan.client,
+            ],
+        ));
+        check(cmd("ip", &["-n", &lan.server, "addr", "add", &format!("{}/24", lan.server_ip()), "dev", &vs]));
+        check(cmd("ip", &["-n", &lan.client, "addr", "add", &format!("{}/24", lan.client_ip()), "dev", &vc]));
+        check(cmd("ip", &["-n", &lan.server, "link", "set", &vs, "up"]));
+        check(cmd("ip", &["-n", &lan.client, "link", "set", &vc, "up"]));
+        check(cmd("ip", &["-n", &lan.server, "route", "add", "default", "via", &lan.client_ip().to_string()]));
+        lan
+    }
+
+    fn server_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net.0, self.net.1, 1)
+    }
+
+    fn client_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net.0, self.net.1, 2)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in [&self.server, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+// ------------------------------------------------------------------ nginx
+
+/// The shipped `deploy/openresty/`.
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/openresty")
+}
+
+fn replace_once(s: &str, from: &str, to: &str) -> String {
+    assert_eq!(s.matches(from).count(), 1, "expected {from:?} once in the shipped nginx.conf");
+    s.replacen(from, to, 1)
+}
+
+/// The shipped config under `dir/ngx` (the nginx prefix), listeners on the
+/// test's ports, a self-signed certificate for the TLS listener.
+fn nginx_prefix(dir: &TempDir) -> PathBuf {
+    let conf = std::fs::read_to_string(deploy_dir().join("nginx.conf")).unwrap();
+    let mut conf = replace_once(&conf, "listen 80;", &format!("listen {GW_HTTP};"));
+    conf = replace_once(&conf, "listen 443 ssl", &format!("listen {GW_HTTPS} ssl"));
+    conf = replace_once(&conf, "listen 980 http2", &format!("listen {GW_H2C} http2"));
+    conf = replace_once(&conf, "listen 127.0.0.1:81;", &format!("listen 127.0.0.1:{GW_ADMIN};"));
+    dir.write("ngx/nginx.conf", conf);
+    dir.write("ngx/lua/opennotr.lua", std::fs::read(deploy_dir().join("lua/opennotr.lua")).unwrap());
+    dir.write("ngx/logs/.keep", "");
+    dir.write("ngx/tmp/.keep", "");
+    let prefix = dir.path("ngx");
+    let (crt, key) = (prefix.join("cert/upstream.crt"), prefix.join("cert/upstream.key"));
+    std::fs::create_dir_all(prefix.join("cert")).unwrap();
+    check(cmd(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=*.gw.notr.test",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            crt.to_str().unwrap(),
+        ],
+    ));
+    prefix
+}
+
+/// `curl` in `ns` with `-m 5`; stdout is the body, a newline and the status.
+fn curl(ns: &str, args: &[&str]) -> Out {
+    let mut a = vec!["-sS", "-m", "5", "-w", "\n%{http_code}"];
+    a.extend_from_slice(args);
+    run_bounded(in_ns(ns, "curl", &a), WAIT)
+}
+
+/// (status, body) of a curl that got an answer.
+fn curl_answer(ns: &str, args: &[&str]) -> (String, String) {
+    let out = curl(ns, args);
+    assert_eq!(out.code, Some(0), "curl {args:?}: {}", out.show());
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+fn admin_url() -> String {
+    format!("http://127.0.0.1:{GW_ADMIN}/upstreams")
+}
+
+/// The gateway's mapping of `DOMAIN` for `http`: (status, body).
+fn mapping(ns: &str) -> (String, String) {
+    curl_answer(ns, &[&format!("{}?host={DOMAIN}&scheme=http", admin_url())])
+}
+
+/// nginx in the foreground; on drop (a failed test) its master is asked to
+/// stop its workers too before the guard kills it.
+struct Nginx(Proc);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.child.try_wait() {
+            let _ = Command::new("kill").args(["-TERM", &self.0.pid().to_string()]).status();
+            poll(Duration::from_secs(5), || !matches!(self.0.child.try_wait(), Ok(None)));
+        }
+    }
+}
+
+/// nginx in the foreground in `ns`, once its admin API answers.
+fn start_nginx(ns: &str, prefix: &Path) -> Nginx {
+    let bin = nginx();
+    let p = prefix.to_str().unwrap();
+    let mut proc =
+        Proc::spawn_named("nginx", in_ns(ns, &bin, &["-p", p, "-c", "nginx.conf", "-g", "daemon off;"]), prefix);
+    let up = poll(WAIT, || {
+        if let Ok(Some(st)) = proc.child.try_wait() {
+            let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+            panic!("nginx exited: {st:?}\n{}\n{log}", proc.transcript());
+        }
+        curl(ns, &[&admin_url()]).stdout.ends_with("200")
+    });
+    assert!(up, "nginx's admin API did not answer within {WAIT:?}");
+    Nginx(proc)
+}
+
+/// SIGQUIT (graceful stop): nginx exits 0.
+fn stop_nginx(mut n: Nginx) {
+    n.0.signal("QUIT");
+    let st = n.0.wait_exit(WAIT);
+    assert!(st.success(), "nginx after SIGQUIT: {st:?}");
+}
+
+// ------------------------------------------------------------------ the client's service
+
+/// Answers GET with a page (and closes), and an `Upgrade: websocket`
+/// request with 101, then echoes the raw bytes: enough to prove that the
+/// gateway passes upgrades through.
+const SERVICE: &str = r#"
+import socket, sys, threading
+def handle(c):
+    try:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = c.recv(4096)
+            if not d:
+                return
+            data += d
+        head, rest = data.split(b"\r\n\r\n", 1)
+        if b"upgrade: websocket" in head.lower():
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            if rest:
+                c.sendall(rest)
+            while True:
+                d = c.recv(4096)
+                if not d:
+                    return
+                c.sendall(d)
+        body = b"hello through the gateway\n"
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    finally:
+        c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+
+/// A WebSocket-style upgrade through the gateway, then an echo.
+const WS_PROBE: &str = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+s.sendall(("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % host).encode())
+data = b""
+while b"\r\n\r\n" not in data:
+    d = s.recv(4096)
+    if not d:
+        break
+    data += d
+head, rest = data.split(b"\r\n\r\n", 1) if b"\r\n\r\n" in data else (data, b"")
+print(head.split(b"\r\n")[0].decode(), flush=True)
+s.sendall(b"ping-through-the-gateway")
+while len(rest) < 24:
+    d = s.recv(4096)
+    if not d:
+        break
+    rest += d
+print(rest.decode(errors="replace"), flush=True)
+"#;
+
+// ------------------------------------------------------------------ opennotrd / opennotr
+
+fn server_yaml(listen: &str, admin: &str, vlan: bool) -> String {
+    let vlan = if vlan {
+        format!("  tcplisten: \"127.0.0.1:{TPROXY_TCP}\"\n  udplisten: \"127.0.0.1:{TPROXY_UDP}\"\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"server:
+  listen: "{listen}"
+  authKey: "k"
+  domain: "gw.notr.test"
+{vlan}  shutdownGrace: 0.5
+dhcp:
+  cidr: "{CIDR}"
+plugin:
+  http: '{{"adminUrl": "{admin}", "reconcileInterval": 1}}'
+"#
+    )
+}
+
+fn client_yaml(server: &str) -> String {
+    format!(
+        "serverAddr: \"{server}\"\nkey: \"k\"\ndomain: \"{DOMAIN}\"\nforwards:\n  - protocol: http\n    ports:\n      0: {SERVICE_PORT}\n"
+    )
+}
+
+fn start_server(cmd: Command, dir: &TempDir) -> (Proc, String) {
+    let mut p = Proc::spawn_named("opennotrd", cmd, &dir.0);
+    let line = p.expect(Src::Err, "`listening for clients`", |l| json_fields(l, "listening for clients").is_some());
+    let addr = json_fields(&line, "listening for clients").unwrap()["addr"].as_str().unwrap().to_string();
+    (p, addr)
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
+    if !preflight() {
+        return;
+    }
+    let t = Instant::now();
+    let lan = Lan::new("og");
+    let dir = TempDir::world_readable("openresty");
+    let prefix = nginx_prefix(&dir);
+    let ns = lan.server.as_str();
+
+    let nginx = start_nginx(ns, &prefix);
+    let mut service = Proc::spawn_named(
+        "service",
+        in_ns(&lan.client, python(), &["-u", "-c", SERVICE, &SERVICE_PORT.to_string()]),
+        &dir.0,
+    );
+    service.expect(Src::Out, "`ready`", |l| l == "ready");
+
+    let conf =
+        dir.write("opennotrd.yaml", server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip()), &admin_url(), true));
+    let (server, _) =
+        start_server(in_ns(ns, SERVER, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]), &dir);
+    assert!(
+        server.seen.iter().any(|(_, l)| l.contains("virtual LAN on")),
+        "opennotrd did not turn the virtual LAN on:\n{}",
+        server.transcript()
+    );
+    let cconf = dir.write("opennotr.yaml", client_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip())));
+    let mut client = Proc::spawn_named(
+        "opennotr",
+        in_ns(&lan.client, CLIENT, &["-c", cconf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
+        &dir.0,
+    );
+    let reg = read_registration(&mut client, 1);
+    assert_eq!(reg.domain, DOMAIN);
+    assert_eq!(reg.forwards[0], format!("http://{DOMAIN} => 127.0.0.1:{SERVICE_PORT}"));
+
+    // 1. The registration is in the gateway (awaited before the client was told).
+    let (code, body) = mapping(ns);
+    assert_eq!(code, "200", "GET mapping: {body}");
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["ip"], reg.vip.to_string(), "{m}");
+    assert_eq!(m["port"], SERVICE_PORT.to_string(), "{m}");
+    assert_eq!(m["scheme"], "http");
+    assert_eq!(m["host"], DOMAIN);
+
+    // 2. A request through nginx reaches the client's service.
+    let resolve = format!("{DOMAIN}:{GW_HTTP}:127.0.0.1");
+    let url = format!("http://{DOMAIN}:{GW_HTTP}/");
+    let (code, body) = curl_answer(ns, &["--resolve", &resolve, &url]);
+    assert_eq!((code.as_str(), body.as_str()), ("200", "hello through the gateway\n"));
+    // An unknown domain: 404 naming it.
+    let (code, body) = curl_answer(
+        ns,
+        &[
+            "--resolve",
+            &format!("nobody.gw.notr.test:{GW_HTTP}:127.0.0.1"),
+            &format!("http://nobody.gw.notr.test:{GW_HTTP}/"),
+        ],
+    );
+    assert_eq!(code, "404");
+    assert!(body.contains("nobody.gw.notr.test"), "{body}");
+
+    // 3. A WebSocket upgrade passes through, then bytes both ways.
+    let ws = check(in_ns(ns, python(), &["-c", WS_PROBE, DOMAIN, &GW_HTTP.to_string()]));
+    let mut lines = ws.lines();
+    assert_eq!(lines.next(), Some("HTTP/1.1 101 Switching Protocols"), "{ws}");
+    assert_eq!(lines.next(), Some("ping-through-the-gateway"), "{ws}");
+
+    // 4. nginx restarted (its shared dict is gone): reconciliation pushes
+    // the mapping again within the interval (1 s here).
+    stop_nginx(nginx);
+    let nginx = start_nginx(ns, &prefix);
+    let t_restart = Instant::now();
+    assert!(
+        poll(Duration::from_secs(15), || mapping(ns).0 == "200"),
+        "the mapping was not re-pushed after the restart"
+    );
+    eprintln!("mapping back {:?} after nginx restarted", t_restart.elapsed());
+    let (code, body) = curl_answer(ns, &["--resolve", &resolve, &url]);
+    assert_eq!((code.as_str(), body.as_str()), ("200", "hello through the gateway\n"));
+
+    // 5. The client leaves: the mapping is deleted, requests fail.
+    drop(client);
+    assert!(poll(WAIT, || mapping(ns).0 == "404"), "the mapping outlived the client");
+    let (code, _) = curl_answer(ns, &["--resolve", &resolve, &url]);
+    assert_eq!(code, "404");
+
+    let mut server = server;
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(WAIT).code(), Some(0), "{}", server.transcript());
+    stop_nginx(nginx);
+    drop(service);
+    eprintln!("test took {:?}", t.elapsed());
+}
+
+/// No root needed: loopback only, ports chosen by the kernel.
+#[test]
+fn a_failed_registration_refuses_the_forward_with_the_reason() {
+    let dir = TempDir::new("openresty-refused");
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = format!("http://127.0.0.1:{closed}/upstreams");
+    let conf = dir.write("opennotrd.yaml", server_yaml("127.0.0.1:0", &admin, false));
+    let mut server_cmd = Command::new(SERVER);
+    server_cmd.args(["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]);
+    let (mut server, addr) = start_server(server_cmd, &dir);
+    let cconf = dir.write("opennotr.yaml", client_yaml(&addr));
+    let mut client_cmd = Command::new(CLIENT);
+    client_cmd.args(["-c", cconf.to_str().unwrap(), "--log-level", "info", "--log-json"]);
+    let mut client = Proc::spawn_named("opennotr", client_cmd, &dir.0);
+    let reg = read_registration(&mut client, 1);
+    let line = &reg.forwards[0];
+    eprintln!("{line}");
+    let prefix = format!("http://{DOMAIN}:0 => 127.0.0.1:{SERVICE_PORT} refused: ");
+    assert!(line.starts_with(&prefix), "expected {prefix:?}..., got {line:?}");
+    assert!(line.contains("external gateway") && line.contains(&admin), "no reason in {line:?}");
+    assert!(line.to_lowercase().contains("refused"), "the connection error is not shown: {line:?}");
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(WAIT).code(), Some(0), "{}", server.transcript());
+}

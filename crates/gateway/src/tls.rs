@@ -1,0 +1,582 @@
+//! The TLS port of the embedded gateway: the `https` plugin (TLS terminated
+//! with certificates from files, picked by SNI and reloaded when they
+//! change) and the `tls` plugin (SNI passthrough), sharing one listener
+//! when their `listen` addresses are equal.
+//!
+//! A [`TlsPort`] is one listen address. The `https` plugin sets its
+//! termination (certificates, HTTP settings), the `tls` plugin turns on
+//! passthrough; the first forward of either binds it. Each visitor
+//! connection: with passthrough on, the ClientHello is read (and kept) and
+//! if its SNI names a domain with a live `tls` route, the bytes read so far
+//! and the rest of the stream go untouched to that client's service;
+//! otherwise TLS is terminated (replaying the bytes read) and the requests
+//! are served as `https`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use opennotr_plugin::{
+    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, OpenError, Plugin, PluginError,
+    StreamProtocol,
+};
+use opennotr_transport::Acceptor;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::CertFiles;
+use crate::serve::{serve_connection, Settings};
+use crate::{bind, Gateway, GatewayConfig, Lookup, Scheme, Upstream};
+
+/// The most ClientHello bytes read before giving up on finding the SNI.
+const MAX_HELLO: usize = 64 * 1024;
+
+// ------------------------------------------------------------ certificates
+
+/// Modification time and length of a file: what "changed" means.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(p: &Path) -> Stamp {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+#[derive(Clone)]
+struct Loaded {
+    stamps: [Stamp; 2],
+    key: Arc<CertifiedKey>,
+}
+
+#[derive(Default)]
+struct StoreState {
+    default: Option<Loaded>,
+    /// Lowercase domain (`*.parent` for wildcard files) → certificate.
+    by_name: HashMap<String, Loaded>,
+}
+
+/// The certificates of an `https` gateway, picked by SNI: the exact name,
+/// then `*.<parent>`, then the default one.
+pub(crate) struct CertStore {
+    files: CertFiles,
+    state: RwLock<StoreState>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<_> = s.by_name.keys().collect();
+        names.sort();
+        f.debug_struct("CertStore").field("default", &s.default.is_some()).field("names", &names).finish()
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no CERTIFICATE in the file", cert.display()));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match().map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(ck))
+}
+
+/// `<dir>/<name>.pem` + `<dir>/<name>.key` pairs: (domain, cert, key).
+/// `_.<parent>` files are the wildcard `*.<parent>`.
+fn scan_dir(dir: &Path) -> io::Result<Vec<(String, PathBuf, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".pem")) else {
+            continue;
+        };
+        let key = dir.join(format!("{stem}.key"));
+        if !key.is_file() {
+            continue;
+        }
+        let name = stem.to_ascii_lowercase();
+        let name = match name.strip_prefix("_.") {
+            Some(parent) => format!("*.{parent}"),
+            None => name,
+        };
+        out.push((name, path, key));
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl CertStore {
+    /// Loads every certificate; any error is a configuration error.
+    pub(crate) fn load(files: CertFiles) -> Result<CertStore, PluginError> {
+        let err = |key: &str, message: String| PluginError::Config { key: format!("plugin.https.{key}"), message };
+        let mut state = StoreState::default();
+        if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
+            let stamps = [stamp(cert), stamp(key)];
+            state.default = Some(Loaded { stamps, key: load_pair(cert, key).map_err(|e| err("cert", e))? });
+        }
+        if let Some(dir) = &files.cert_dir {
+            for (name, cert, key) in scan_dir(dir).map_err(|e| err("certDir", format!("{}: {e}", dir.display())))? {
+                let stamps = [stamp(&cert), stamp(&key)];
+                let ck = load_pair(&cert, &key).map_err(|e| err("certDir", e))?;
+                state.by_name.insert(name, Loaded { stamps, key: ck });
+            }
+        }
+        Ok(CertStore { files, state: RwLock::new(state) })
+    }
+
+    /// Reloads the files that changed (and picks up new and removed ones
+    /// in the directory). A file that does not load keeps the previous
+    /// certificate and is logged.
+    pub(crate) fn refresh(&self) {
+        let current = {
+            let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+            (s.default.clone(), s.by_name.clone())
+        };
+        let (mut default, old) = current;
+        let mut changed = false;
+        if let (Some(cert), Some(key)) = (&self.files.cert, &self.files.key) {
+            let stamps = [stamp(cert), stamp(key)];
+            if default.as_ref().is_none_or(|l| l.stamps != stamps) {
+                match load_pair(cert, key) {
+                    Ok(ck) => {
+                        info!(cert = %cert.display(), "default certificate reloaded");
+                        default = Some(Loaded { stamps, key: ck });
+                        changed = true;
+                    }
+                    Err(e) => warn!(error = %e, "cannot reload the default certificate; keeping the previous one"),
+                }
+            }
+        }
+        let mut by_name = HashMap::new();
+        if let Some(dir) = &self.files.cert_dir {
+            match scan_dir(dir) {
+                Ok(pairs) => {
+                    for (name, cert, key) in pairs {
+                        let stamps = [stamp(&cert), stamp(&key)];
+                        match old.get(&name) {
+                            Some(l) if l.stamps == stamps => {
+                                by_name.insert(name, l.clone());
+                            }
+                            previous => match load_pair(&cert, &key) {
+                                Ok(ck) => {
+                                    info!(domain = %name, "certificate loaded");
+                                    by_name.insert(name, Loaded { stamps, key: ck });
+                                    changed = true;
+                                }
+                                Err(e) => {
+                                    warn!(domain = %name, error = %e, "cannot load a certificate; keeping the previous one");
+                                    if let Some(l) = previous {
+                                        by_name.insert(name, l.clone());
+                                    }
+                                }
+                            },
+                        }
+                    }
+                    if old.keys().any(|k| !by_name.contains_key(k)) {
+                        changed = true;
+                    }
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot read the certificate directory");
+                    by_name = old;
+                }
+            }
+        } else {
+            by_name = old;
+        }
+        if changed {
+            let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+            s.default = default;
+            s.by_name = by_name;
+        }
+    }
+
+    /// The certificate for `sni` (lowercase), if any.
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = sni {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(l) = s.by_name.get(&name) {
+                return Some(l.key.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(l) = s.by_name.get(&format!("*.{parent}")) {
+                    return Some(l.key.clone());
+                }
+            }
+        }
+        s.default.as_ref().map(|l| l.key.clone())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let picked = self.pick(hello.server_name());
+        if picked.is_none() {
+            debug!(sni = ?hello.server_name(), "no certificate for this name");
+        }
+        picked
+    }
+}
+
+// ------------------------------------------------------------------ ports
+
+/// What the `https` plugin set on a port.
+struct Termination {
+    acceptor: tokio_rustls::TlsAcceptor,
+    store: Arc<CertStore>,
+    settings: Arc<Settings>,
+    reload: Duration,
+}
+
+/// What the `tls` plugin set on a port.
+#[derive(Debug, Clone, Copy)]
+struct Passthrough {
+    wildcard: bool,
+    hello_timeout: Duration,
+}
+
+struct PortState {
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    term: RwLock<Option<Arc<Termination>>>,
+    pass: RwLock<Option<Passthrough>>,
+}
+
+impl PortState {
+    fn term(&self) -> Option<Arc<Termination>> {
+        self.term.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn pass(&self) -> Option<Passthrough> {
+        *self.pass.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One TLS listen address, held by the `https` and/or `tls` plugins on
+/// it; the listener stops when the last of them is dropped.
+pub(crate) struct TlsPort {
+    state: Arc<PortState>,
+    bound: tokio::sync::OnceCell<u16>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TlsPort {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TlsPort {
+    async fn listen(&self) -> Result<u16, PluginError> {
+        self.bound
+            .get_or_try_init(|| async {
+                let addr = self.state.addr;
+                let listener = bind(addr)
+                    .map_err(|e| PluginError::Refused(format!("the gateway cannot listen on {addr}: {e}")))?;
+                let port = listener.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+                info!(addr = %addr, port, https = self.state.term().is_some(), tls = self.state.pass().is_some(), "TLS gateway listening");
+                if let Some(term) = self.state.term() {
+                    tokio::spawn(reload_loop(term.store.clone(), term.reload, self.shutdown.clone()));
+                }
+                tokio::spawn(accept_loop(listener, self.state.clone(), self.shutdown.clone()));
+                Ok(port)
+            })
+            .await
+            .copied()
+    }
+}
+
+async fn reload_loop(store: Arc<CertStore>, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let s = store.clone();
+        let _ = tokio::task::spawn_blocking(move || s.refresh()).await;
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<PortState>, shutdown: CancellationToken) {
+    let mut acceptor = Acceptor::new(listener);
+    while let Some((visitor, peer)) = acceptor.next(&shutdown).await {
+        let span = info_span!("visitor", port = "tls", %peer);
+        tokio::spawn(visit(visitor, peer, state.clone(), shutdown.clone()).instrument(span));
+    }
+}
+
+/// Reads the ClientHello, keeping every byte read: the bytes and the SNI
+/// (`None` inside when the hello names none). `None` when the visitor is
+/// not speaking TLS or is too slow.
+async fn read_hello(s: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Option<String>)> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut acceptor = rustls::server::Acceptor::default();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut rd = &chunk[..n];
+            while !rd.is_empty() {
+                acceptor.read_tls(&mut rd).ok()?;
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    return Some(accepted.client_hello().server_name().map(|n| n.to_ascii_lowercase()));
+                }
+                Ok(None) if buf.len() < MAX_HELLO => {}
+                _ => return None,
+            }
+        }
+    };
+    let sni = tokio::time::timeout(timeout, read).await.ok()??;
+    Some((buf, sni))
+}
+
+async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, shutdown: CancellationToken) {
+    let term = state.term();
+    let mut prefix = Vec::new();
+    if let Some(pass) = state.pass() {
+        let Some((bytes, sni)) = read_hello(&mut visitor, pass.hello_timeout).await else {
+            debug!("no ClientHello; closing");
+            return;
+        };
+        prefix = bytes;
+        if let Some(name) = sni {
+            match state.gateway.lookup(Scheme::Tls, &name, pass.wildcard) {
+                Lookup::Found(up) => return relay(visitor, prefix, peer, up, &name).await,
+                _ if term.is_none() => {
+                    debug!(sni = %name, "no tls route for this name and no https here; closing");
+                    return;
+                }
+                _ => {}
+            }
+        } else if term.is_none() {
+            return;
+        }
+    }
+    let Some(term) = term else { return };
+    let io = Replay { prefix, pos: 0, inner: visitor };
+    let tls = match tokio::time::timeout(term.settings.header_timeout, term.acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    serve_connection(tls, peer, state.gateway.clone(), term.settings.clone(), shutdown).await;
+}
+
+/// The visitor's TLS stream, from its first byte, to the client's service.
+async fn relay(mut visitor: TcpStream, prefix: Vec<u8>, peer: SocketAddr, up: Upstream, name: &str) {
+    let opened = tokio::select! {
+        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(peer)) => r,
+        _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
+    };
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(sni = %name, error = %e, "cannot open a stream to the client; closing");
+            return;
+        }
+    };
+    let _ = visitor.set_nodelay(true);
+    tokio::select! {
+        r = async {
+            stream.write_all(&prefix).await?;
+            tokio::io::copy_bidirectional(&mut visitor, &mut stream).await
+        } => match r {
+            Ok((up_bytes, down_bytes)) => debug!(sni = %name, up = up_bytes, down = down_bytes, "passthrough closed"),
+            Err(e) => debug!(sni = %name, error = %e, "passthrough ended with an error"),
+        },
+        _ = up.kill.cancelled() => debug!(sni = %name, "session closed; dropping the passthrough"),
+    }
+}
+
+/// A stream that first yields `prefix` (the bytes already read from it).
+struct Replay<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.pos);
+            let pos = self.pos;
+            buf.put_slice(&self.prefix[pos..pos + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+// ---------------------------------------------------------------- plugins
+
+/// Sets up the embedded `https` or `tls` plugin on the port of `listen`.
+pub(crate) fn setup(
+    scheme: Scheme,
+    gateway: &Arc<Gateway>,
+    listen: SocketAddr,
+    cfg: &GatewayConfig,
+) -> Result<Arc<dyn Plugin>, PluginError> {
+    // Validate before touching the shared port.
+    let term = match scheme {
+        Scheme::Https => {
+            let files = cfg.certs.clone().ok_or_else(|| PluginError::Config {
+                key: "plugin.https.cert".into(),
+                message: "the embedded https gateway needs certificates".into(),
+            })?;
+            let store = Arc::new(CertStore::load(files)?);
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| PluginError::Config { key: "plugin.https".into(), message: e.to_string() })?
+                .with_no_client_auth()
+                .with_cert_resolver(store.clone());
+            sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(Arc::new(Termination {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+                store,
+                settings: Arc::new(Settings::new(Scheme::Https, cfg)),
+                reload: cfg.reload_interval,
+            }))
+        }
+        _ => None,
+    };
+    let port = {
+        let mut ports = gateway.tls_ports.lock().unwrap_or_else(|e| e.into_inner());
+        ports.retain(|_, w| w.strong_count() > 0);
+        match ports.get(&listen).and_then(|w| w.upgrade()) {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(TlsPort {
+                    state: Arc::new(PortState {
+                        addr: listen,
+                        gateway: gateway.clone(),
+                        term: RwLock::new(None),
+                        pass: RwLock::new(None),
+                    }),
+                    bound: tokio::sync::OnceCell::new(),
+                    shutdown: CancellationToken::new(),
+                });
+                ports.insert(listen, Arc::downgrade(&p));
+                p
+            }
+        }
+    };
+    match term {
+        Some(t) => *port.state.term.write().unwrap_or_else(|e| e.into_inner()) = Some(t),
+        None => {
+            *port.state.pass.write().unwrap_or_else(|e| e.into_inner()) =
+                Some(Passthrough { wildcard: cfg.wildcard, hello_timeout: cfg.header_timeout })
+        }
+    }
+    Ok(Arc::new(TlsPlugin { scheme, gateway: gateway.clone(), port }))
+}
+
+struct TlsPlugin {
+    scheme: Scheme,
+    gateway: Arc<Gateway>,
+    port: Arc<TlsPort>,
+}
+
+#[async_trait]
+impl Plugin for TlsPlugin {
+    async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
+        let port = self.port.listen().await?;
+        let domain = meta.domain.to_ascii_lowercase();
+        let up = Upstream {
+            tunnel: ctx.tunnel.clone(),
+            target: meta.target(),
+            forward: meta.id,
+            client_id: meta.client_id.clone(),
+            kill: ctx.kill.clone(),
+        };
+        self.gateway.insert(self.scheme, &domain, up).map_err(PluginError::Refused)?;
+        let url = match self.scheme {
+            Scheme::Https if port == 443 => format!("https://{domain}"),
+            Scheme::Https => format!("https://{domain}:{port}"),
+            _ => format!("tls://{domain}:{port}"),
+        };
+        Ok(Endpoint { public_port: Some(port), url })
+    }
+
+    async fn stop_proxy(&self, meta: &ForwardMeta) {
+        self.gateway.remove(self.scheme, &meta.domain, meta.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_yields_the_prefix_first() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (a, mut b) = tokio::io::duplex(64);
+            b.write_all(b" world").await.unwrap();
+            drop(b);
+            let mut r = Replay { prefix: b"hello".to_vec(), pos: 0, inner: a };
+            let mut out = String::new();
+            r.read_to_string(&mut out).await.unwrap();
+            assert_eq!(out, "hello world");
+        });
+    }
+}
