@@ -568,23 +568,12 @@ except grpc.RpcError as e:
 print("grpc ok")
 "#;
 
-fn have_python_grpc() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import grpc"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_streaming_over_h2c() {
-    if !have_python_grpc() {
-        eprintln!("skipping: python3-grpcio is not installed");
-        return;
-    }
+    let python = python_with_grpc();
     run_test(async {
         let (server, _gw) = gateway_server(&[]).await;
-        let mut grpc_server = Command::new("python3")
+        let mut grpc_server = Command::new(python)
             .args(["-c", GRPC_SERVER])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -602,7 +591,7 @@ async fn grpc_unary_and_streaming_over_h2c() {
         let out = within(
             Duration::from_secs(40),
             "the gRPC client",
-            Command::new("python3")
+            Command::new(python)
                 .args(["-c", GRPC_CLIENT, &port.to_string(), &format!("{d}:{port}")])
                 .kill_on_drop(true)
                 .output(),

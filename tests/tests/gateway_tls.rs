@@ -457,24 +457,13 @@ assert len(items) == 10, len(items)
 print("grpc over tls ok")
 "#;
 
-fn have_python_grpc() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import grpc"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_tls_to_an_h2c_forward() {
-    if !have_python_grpc() {
-        eprintln!("skipping: python3-grpcio is not installed");
-        return;
-    }
+    let python = python_with_grpc();
     run_test(async {
         let (pki, _ca) = gateway_pki("grpc");
         let server = tls_server(&pki).await;
-        let mut grpc_server = Command::new("python3")
+        let mut grpc_server = Command::new(python)
             .args(["-c", GRPC_SERVER])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -501,7 +490,7 @@ async fn grpc_over_tls_to_an_h2c_forward() {
         let out = within(
             Duration::from_secs(40),
             "the gRPC client",
-            Command::new("python3")
+            Command::new(python)
                 .args(["-c", GRPC_TLS_CLIENT, &tls_port.to_string(), &d, &pki.path("ca.pem")])
                 .kill_on_drop(true)
                 .output(),
