@@ -18,7 +18,13 @@ rathole and bore are installed with `cargo install` into bench/.tools the
 first time (rathole takes ~6 minutes on 2 cores). This is a benchmark, not
 a test: it is never run by CI.
 
+Gateway (--gateway alone, or part of the full run): HTTP requests/s and
+p50/p99 latency with wrk (keep-alive, HTTP/1.1 and HTTPS) and h2load (h2c)
+to a local nginx serving a 1 KiB file: directly, through opennotr's embedded
+gateway (http/https/h2c plugins), and through nginx in front of rathole.
+
 Usage: python3 bench/run.py [--time 8] [--udp-rate 200M] [--only NAME,...]
+       python3 bench/run.py --gateway [--gateway-time 10] [--connections 64]
 """
 
 import argparse
@@ -412,26 +418,393 @@ def write_report(results, args, cmd):
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------- gateway
+
+GW_DOMAIN = "bench.notr.test"
+BODY_SIZE = 1024
+
+
+def nginx_start(procs, tmp, name, body):
+    """Starts nginx with its own prefix in tmp; body is the `http {}` content."""
+    prefix = os.path.join(tmp, name)
+    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        # `user root`: the run's temporary directory is private to root.
+        f.write(f"""user root;
+worker_processes {body[0]};
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+{body[1]}
+}}
+""")
+    return procs.start(["nginx", "-p", prefix, "-c", conf, "-g", "daemon off;"])
+
+
+def make_cert(tmp):
+    key = os.path.join(tmp, "gw-key.pem")
+    crt = os.path.join(tmp, "gw-crt.pem")
+    if not os.path.exists(crt):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", f"/CN={GW_DOMAIN}",
+                        "-addext", f"subjectAltName=DNS:{GW_DOMAIN},DNS:*.notr.test,DNS:localhost"],
+                       check=True, capture_output=True)
+    return crt, key
+
+
+def wait_http(port, tls=False, attempts=80):
+    """Waits until GET / with Host: bench.notr.test answers 200 on port."""
+    import http.client
+    import ssl
+    last = None
+    for _ in range(attempts):
+        try:
+            if tls:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                c = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=ctx)
+            else:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/", headers={"Host": GW_DOMAIN})
+            r = c.getresponse()
+            body = r.read()
+            c.close()
+            if r.status == 200 and len(body) == BODY_SIZE:
+                return
+            last = f"status {r.status}, {len(body)} bytes"
+        except Exception as e:
+            last = e
+        time.sleep(0.25)
+    raise RuntimeError(f"no 200 on port {port}: {last}")
+
+
+def to_ms(s):
+    for unit, mult in (("us", 1e-3), ("ms", 1.0), ("s", 1e3), ("m", 6e4)):
+        if s.endswith(unit):
+            return float(s[: -len(unit)]) * mult
+    return float(s)
+
+
+def wrk(url, secs, conns, threads):
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--latency",
+                          "-H", f"Host: {GW_DOMAIN}", url],
+                         capture_output=True, text=True, timeout=secs + 60).stdout
+    r = {}
+    lat = False
+    for line in out.splitlines():
+        t = line.split()
+        if line.startswith("Requests/sec:"):
+            r["rps"] = float(t[1])
+        elif line.strip().startswith("Latency Distribution"):
+            lat = True
+        elif lat and t and t[0] in ("50%", "99%"):
+            r["p" + t[0][:-1]] = to_ms(t[1])
+        elif "Non-2xx" in line:
+            r["non2xx"] = int(t[-1])
+        elif "Socket errors" in line:
+            r["socket_errors"] = line.strip()
+        elif "requests in" in line:
+            r["requests"] = int(t[0])
+    if "rps" not in r:
+        raise RuntimeError(f"wrk gave no result: {out[-400:]}")
+    return r
+
+
+def h2load(port, secs, conns, streams, tmp):
+    log = os.path.join(tmp, f"h2load-{port}.log")
+    out = subprocess.run(["h2load", "-t", "2", "-c", str(conns), "-m", str(streams), "-D", str(secs),
+                          "--warm-up-time", "1", "--log-file", log,
+                          "-H", f":authority: {GW_DOMAIN}", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=secs + 60).stdout
+    r = {}
+    for line in out.splitlines():
+        t = line.replace(",", "").split()
+        if line.startswith("finished in"):
+            r["rps"] = float(t[3])
+        elif line.startswith("requests:"):
+            r["requests"] = int(t[1])
+            r["failed"] = int(t[t.index("failed") - 1])
+        elif line.startswith("status codes:"):
+            r["non2xx"] = int(t[t.index("3xx") - 1]) + int(t[t.index("4xx") - 1]) + int(t[t.index("5xx") - 1])
+    if "rps" not in r:
+        raise RuntimeError(f"h2load gave no result: {out[-400:]}")
+    lats = []
+    with open(log) as f:
+        for line in f:
+            p = line.split()
+            if len(p) >= 3:
+                lats.append(int(p[2]) / 1000.0)  # microseconds
+    lats.sort()
+    if lats:
+        r["p50"] = lats[len(lats) // 2]
+        r["p99"] = lats[min(len(lats) - 1, int(len(lats) * 0.99))]
+    return r
+
+
+def gateway_suite(release, bins, args, tmp):
+    """HTTP requests/s and latency: direct, through the embedded gateway,
+    and through nginx in front of rathole (tcp and tls transports)."""
+    for tool, pkg in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("nginx", "nginx-light")):
+        if not shutil.which(tool):
+            subprocess.run(["apt-get", "install", "-y", "-qq", pkg], check=True)
+    secs, conns = args.gateway_time, args.connections
+    crt, key = make_cert(tmp)
+    www = os.path.join(tmp, "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "index.html"), "wb") as f:
+        f.write(b"x" * (BODY_SIZE - 1) + b"\n")
+    procs = Procs()
+    results = []
+
+    def run(name, kind, fn):
+        r = {"name": name, "kind": kind}
+        try:
+            r.update(fn())
+        except Exception as e:  # a failed path is reported, not fatal
+            r["error"] = str(e)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+
+    try:
+        # The local service: nginx, one worker, a 1 KiB static file, HTTP/1.1
+        # (plain and TLS) and cleartext HTTP/2 with prior knowledge.
+        svc, svc_tls, svc_h2c = free_port(), free_port(), free_port()
+        nginx_start(procs, tmp, "service", ("1", f"""
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{svc};
+    listen 127.0.0.1:{svc_tls} ssl;
+    listen 127.0.0.1:{svc_h2c} http2;
+    ssl_certificate {crt};
+    ssl_certificate_key {key};
+    http2_max_requests 1000000;
+    root {www};
+  }}"""))
+        for p in (svc, svc_tls, svc_h2c):
+            wait_port(p)
+        wait_http(svc)
+
+        # opennotr: the http, https and h2c plugins of one server, one client
+        # with one forward of each to the service; one pair with the default
+        # encrypted tunnel and one with a plaintext tunnel.
+        env = dict(os.environ, RUST_LOG="warn")
+        gws = {}
+        for plain in (False, True):
+            ctrl, gh, gs, g2 = free_port(), free_port(), free_port(), free_port()
+            tag = "plain" if plain else "enc"
+            sconf = os.path.join(tmp, f"gw-notrd-{tag}.yaml")
+            with open(sconf, "w") as f:
+                f.write(f"""server:
+  listen: "127.0.0.1:{ctrl}"
+  authKey: "bench-key"
+  domain: "notr.test"
+  allowPlaintext: {str(plain).lower()}
+dhcp:
+  cidr: "100.64.{243 + plain}.1/24"
+plugin:
+  http: '{{"listen": "127.0.0.1:{gh}"}}'
+  https: '{{"listen": "127.0.0.1:{gs}", "cert": "{crt}", "key": "{key}"}}'
+  h2c: '{{"listen": "127.0.0.1:{g2}"}}'
+""")
+            cconf = os.path.join(tmp, f"gw-client-{tag}.yaml")
+            with open(cconf, "w") as f:
+                f.write(f"""serverAddr: "127.0.0.1:{ctrl}"
+key: "bench-key"
+plaintext: {str(plain).lower()}
+domain: "{GW_DOMAIN}"
+forwards:
+  - protocol: http
+    ports:
+      0: {svc}
+  - protocol: https
+    ports:
+      0: {svc}
+  - protocol: h2c
+    ports:
+      0: {svc_h2c}
+""")
+            procs.start([os.path.join(release, "opennotrd"), "-c", sconf], env=env)
+            wait_port(ctrl)
+            procs.start([os.path.join(release, "opennotr"), "-c", cconf], env=env)
+            gws[tag] = (gh, gs, g2)
+
+        # rathole, tcp and tls transports, each forwarding a port to the
+        # service; nginx in front of each, as a reverse proxy with upstream
+        # keep-alive, terminating TLS with the same certificate.
+        fronts = {}
+        pfx = os.path.join(tmp, "gw-id.pfx")
+        subprocess.run(["openssl", "pkcs12", "-export", "-out", pfx, "-inkey", key, "-in", crt,
+                        "-passout", "pass:1234"], check=True, capture_output=True)
+        for transport in ("tcp", "tls"):
+            rctrl, rpub = free_port(), free_port()
+            ts = tc = ""
+            if transport == "tls":
+                ts = f'[server.transport]\ntype = "tls"\n[server.transport.tls]\npkcs12 = "{pfx}"\npkcs12_password = "1234"\n'
+                tc = f'[client.transport]\ntype = "tls"\n[client.transport.tls]\ntrusted_root = "{crt}"\nhostname = "localhost"\n'
+            rs = os.path.join(tmp, f"gw-rathole-{transport}-server.toml")
+            with open(rs, "w") as f:
+                f.write(f'[server]\nbind_addr = "127.0.0.1:{rctrl}"\n{ts}'
+                        f'[server.services.web]\ntoken = "k"\nbind_addr = "127.0.0.1:{rpub}"\n')
+            rc = os.path.join(tmp, f"gw-rathole-{transport}-client.toml")
+            host = "localhost" if transport == "tls" else "127.0.0.1"
+            with open(rc, "w") as f:
+                f.write(f'[client]\nremote_addr = "{host}:{rctrl}"\n{tc}'
+                        f'[client.services.web]\ntoken = "k"\nlocal_addr = "127.0.0.1:{svc}"\n')
+            procs.start([os.path.join(bins, "rathole"), "--server", rs], env=env)
+            wait_port(rctrl)
+            procs.start([os.path.join(bins, "rathole"), "--client", rc], env=env)
+            fh, fs = free_port(), free_port()
+            nginx_start(procs, tmp, f"front-{transport}", ("auto", f"""
+  keepalive_requests 1000000;
+  upstream rathole {{ server 127.0.0.1:{rpub}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{fh};
+    listen 127.0.0.1:{fs} ssl;
+    ssl_certificate {crt};
+    ssl_certificate_key {key};
+    location / {{
+      proxy_pass http://rathole;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+  }}"""))
+            fronts[transport] = (fh, fs)
+        for gh, gs, g2 in gws.values():
+            for p in (gh, gs, g2):
+                wait_port(p)
+            wait_http(gh)
+            wait_http(gs, tls=True)
+        for fh, fs in fronts.values():
+            wait_http(fh)
+            wait_http(fs, tls=True)
+
+        t = args.wrk_threads
+        run("direct", "http", lambda: wrk(f"http://127.0.0.1:{svc}/", secs, conns, t))
+        run("opennotr gateway", "http", lambda: wrk(f"http://127.0.0.1:{gws['enc'][0]}/", secs, conns, t))
+        run("opennotr gateway, plaintext tunnel", "http",
+            lambda: wrk(f"http://127.0.0.1:{gws['plain'][0]}/", secs, conns, t))
+        run("nginx + rathole tcp", "http", lambda: wrk(f"http://127.0.0.1:{fronts['tcp'][0]}/", secs, conns, t))
+        run("nginx + rathole tls", "http", lambda: wrk(f"http://127.0.0.1:{fronts['tls'][0]}/", secs, conns, t))
+        run("direct (nginx TLS)", "https", lambda: wrk(f"https://127.0.0.1:{svc_tls}/", secs, conns, t))
+        run("opennotr gateway", "https", lambda: wrk(f"https://127.0.0.1:{gws['enc'][1]}/", secs, conns, t))
+        run("opennotr gateway, plaintext tunnel", "https",
+            lambda: wrk(f"https://127.0.0.1:{gws['plain'][1]}/", secs, conns, t))
+        run("nginx TLS + rathole tcp", "https",
+            lambda: wrk(f"https://127.0.0.1:{fronts['tcp'][1]}/", secs, conns, t))
+        run("nginx TLS + rathole tls", "https",
+            lambda: wrk(f"https://127.0.0.1:{fronts['tls'][1]}/", secs, conns, t))
+        c2, m2 = args.h2_connections, args.h2_streams
+        run("direct", "h2c", lambda: h2load(svc_h2c, secs, c2, m2, tmp))
+        run("opennotr gateway", "h2c", lambda: h2load(gws["enc"][2], secs, c2, m2, tmp))
+        run("opennotr gateway, plaintext tunnel", "h2c", lambda: h2load(gws["plain"][2], secs, c2, m2, tmp))
+    finally:
+        procs.stop()
+    return results
+
+
+def gateway_report(results, meta):
+    if not results:
+        return ""
+    lines = ["", "## Gateway", "",
+             f"Produced by `{meta.get('cmd', 'python3 bench/run.py --gateway')}` on {meta.get('date', '?')}"
+             f" ({meta.get('cores', '?')} cores, loopback, load average {meta.get('load', '?')} before the run).",
+             f"HTTP/1.1 and HTTPS: `wrk -t{meta.get('wrk_threads', 2)} -c{meta.get('connections', 64)} "
+             f"-d{meta.get('secs', 10)}s --latency -H 'Host: {GW_DOMAIN}'` (keep-alive). "
+             f"h2c: `h2load -t2 -c{meta.get('h2_connections', 16)} -m{meta.get('h2_streams', 16)} "
+             f"-D{meta.get('secs', 10)} --warm-up-time 1` (prior knowledge), latency percentiles from its "
+             "`--log-file`.",
+             "The service is nginx (one worker) serving a 1 KiB static file; the nginx in front of rathole",
+             "runs `worker_processes auto` with upstream keep-alive. Ratios are requests/s against the",
+             "`rathole tcp` and the `rathole tls` row of the same kind (h2c: against direct).", "",
+             "| kind | path | requests/s | p50 | p99 | vs rathole tcp | vs rathole tls |",
+             "|---|---|---|---|---|---|---|"]
+    tcp, tls = {}, {}
+    for r in results:
+        if "error" in r:
+            continue
+        if "rathole tcp" in r["name"] or (r["kind"] == "h2c" and r["name"] == "direct"):
+            tcp[r["kind"]] = r
+        if "rathole tls" in r["name"]:
+            tls[r["kind"]] = r
+
+    def ratio(r, b):
+        return f"{r['rps'] / b['rps']:.2f}×" if b and b is not r else "—"
+
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['kind']} | {r['name']} | error: {r['error']} | | | | |")
+            continue
+        bad = ""
+        if r.get("non2xx") or r.get("failed"):
+            bad = f" ({r.get('non2xx', 0)} non-2xx, {r.get('failed', 0)} failed)"
+        lines.append(f"| {r['kind']} | {r['name']} | {r['rps']:.0f}{bad} | {r.get('p50', 0):.2f} ms | "
+                     f"{r.get('p99', 0):.2f} ms | {ratio(r, tcp.get(r['kind']))} | {ratio(r, tls.get(r['kind']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_gateway_section(text, section):
+    """Puts section in place of the document's `## Gateway` section (up to
+    the next `## ` heading), or at its end."""
+    lines = text.split("\n")
+    start = next((i for i, l in enumerate(lines) if l.strip() == "## Gateway"), None)
+    if start is None:
+        return text.rstrip("\n") + "\n" + section
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    head = "\n".join(lines[:start]).rstrip("\n") + "\n"
+    tail = "\n".join(lines[end:])
+    return head + section + ("\n" + tail if tail.strip() else "")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--time", type=int, default=8)
     ap.add_argument("--udp-rate", default="200M")
     ap.add_argument("--only", default="")
     ap.add_argument("--vip", action="store_true", help="only the virtual LAN path (root)")
+    ap.add_argument("--gateway", action="store_true",
+                    help="only the HTTP gateway benchmark; replaces the Gateway section of docs/benchmarks.md")
+    ap.add_argument("--gateway-time", type=int, default=10, help="seconds per wrk/h2load run")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections")
+    ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--h2-connections", type=int, default=16)
+    ap.add_argument("--h2-streams", type=int, default=16, help="h2load -m")
+    ap.add_argument("--bin-dir", help="opennotr/opennotrd from here instead of a release build")
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--report-from", metavar="JSON", help="rewrite docs/benchmarks.md from a saved results file")
     args = ap.parse_args()
+    doc = os.path.join(ROOT, "docs", "benchmarks.md")
     if args.report_from:
         with open(args.report_from) as f:
             saved = json.load(f)
         if isinstance(saved, list):
             saved = {"tunnels": saved, "vip": []}
+        gw = gateway_report(saved.get("gateway", []), saved.get("gateway_meta", {}))
+        if not saved.get("tunnels") and gw:
+            # A --gateway run: only its section changes.
+            with open(doc) as f:
+                text = f.read()
+            with open(doc, "w") as f:
+                f.write(replace_gateway_section(text, gw))
+            return
         cmd = "python3 bench/run.py --time " + str(args.time)
-        with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
-            f.write(write_report(saved["tunnels"], args, cmd) + vip_report(saved["vip"]))
+        with open(doc, "w") as f:
+            f.write(write_report(saved["tunnels"], args, cmd) + vip_report(saved.get("vip", [])) + gw)
         return
     bins = ensure_tools()
-    release = build_opennotr()
+    release = args.bin_dir or build_opennotr()
     suites = [
         ("direct", setup_direct),
         ("opennotr plain", opennotr_setup(release, True)),
@@ -441,26 +814,45 @@ def main():
         ("bore", bore_setup(bins)),
     ]
     only = [s for s in args.only.split(",") if s]
+    cmd = "python3 bench/run.py " + " ".join(sys.argv[1:])
     results = []
     vip_results = []
+    gw_results = []
+    gw_meta = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, setup in suites:
-            if args.vip or (only and name not in only):
+            if args.vip or args.gateway or (only and name not in only):
                 continue
             results.append(run_suite(name, setup, args.time, args.udp_rate, tmp))
-        if not only:
+        if not only and not args.gateway:
             vip_results = vip_suite(release, args.time, args.udp_rate, tmp)
+        if (not only and not args.vip) or args.gateway:
+            gw_meta = {"cmd": cmd.strip(), "date": str(datetime.date.today()), "cores": os.cpu_count(),
+                       "load": "%.2f" % os.getloadavg()[0], "secs": args.gateway_time,
+                       "connections": args.connections, "wrk_threads": args.wrk_threads,
+                       "h2_connections": args.h2_connections, "h2_streams": args.h2_streams}
+            gw_results = gateway_suite(release, bins, args, tmp)
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(RESULTS, f"{stamp}.json"), "w") as f:
-        json.dump({"tunnels": results, "vip": vip_results}, f, indent=1)
+        json.dump({"tunnels": results, "vip": vip_results, "gateway": gw_results, "gateway_meta": gw_meta}, f,
+                  indent=1)
     if args.vip:
         print(vip_report(vip_results))
         return
-    report = write_report(results, args, "python3 bench/run.py " + " ".join(sys.argv[1:])) + vip_report(vip_results)
+    gw = gateway_report(gw_results, gw_meta)
+    if args.gateway:
+        print(gw)
+        if not args.no_report:
+            with open(doc) as f:
+                text = f.read()
+            with open(doc, "w") as f:
+                f.write(replace_gateway_section(text, gw))
+        return
+    report = write_report(results, args, cmd) + vip_report(vip_results) + gw
     print(report)
     if not args.no_report and not only:
-        with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
+        with open(doc, "w") as f:
             f.write(report)
 
 

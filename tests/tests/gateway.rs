@@ -606,3 +606,37 @@ async fn grpc_unary_and_streaming_over_h2c() {
     })
     .await;
 }
+
+/// Requests of keep-alive visitors reuse pooled connections to the
+/// client's service (one tunnel stream each) instead of opening a stream
+/// and a connection per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let svc = tcp_service(move |s| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let svc = hyper::service::service_fn(move |req| respond("P", req));
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            }
+        })
+        .await;
+        let d = dom("pooled");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+        let u = url(&d, port, "/");
+        for _ in 0..3 {
+            // One visitor connection, five requests on it.
+            let r = curl(&d, port, &[&u, &u, &u, &u, &u]).await;
+            assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
+            assert_eq!(r.body.matches("service=P").count(), 5, "{}", r.body);
+        }
+        let n = accepted.load(Ordering::SeqCst);
+        assert!((1..=4).contains(&n), "15 requests took {n} connections to the service");
+        server.stop().await;
+    })
+    .await;
+}

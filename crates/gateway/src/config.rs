@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     /// `https` only: how often the certificate files are checked for
     /// changes (`reloadInterval`).
     pub reload_interval: Duration,
+    /// `https` only: automatic certificates (`acme`).
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 /// The certificate files of the embedded `https` gateway.
@@ -67,6 +69,7 @@ const HTTPS_KEYS: &[&str] = &[
     "key",
     "certDir",
     "reloadInterval",
+    "acme",
 ];
 const TLS_KEYS: &[&str] = &["listen", "wildcard", "headerTimeout"];
 
@@ -156,15 +159,20 @@ impl GatewayConfig {
             (None, None) if certs.cert_dir.is_none() => None,
             _ => Some(certs),
         };
+        let acme = match obj.get("acme") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(a) => Some(crate::acme::AcmeConfig::parse(a)?),
+        };
+        if acme.is_some() && !matches!(mode, Mode::Embedded { .. }) {
+            return Err(err("acme", "automatic certificates are for the embedded gateway (listen)".into()));
+        }
         if name == "https" {
             match (&mode, &certs) {
-                (Mode::Embedded { .. }, None) => {
-                    return Err(err(
-                        "cert",
-                        "the embedded https gateway needs certificates: cert and key (a default one), and/or certDir"
-                            .into(),
-                    ))
-                }
+                (Mode::Embedded { .. }, None) if acme.is_none() => return Err(err(
+                    "cert",
+                    "the embedded https gateway needs certificates: cert and key (a default one), certDir and/or acme"
+                        .into(),
+                )),
                 (Mode::External { .. } | Mode::Off, Some(_)) => {
                     return Err(err("listen", "cert, key and certDir are for the embedded gateway (listen)".into()))
                 }
@@ -178,6 +186,7 @@ impl GatewayConfig {
             idle_timeout: seconds("idleTimeout", 120)?,
             certs,
             reload_interval: seconds("reloadInterval", 5)?,
+            acme,
         })
     }
 }

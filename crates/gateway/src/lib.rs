@@ -19,6 +19,8 @@
 //!   session ends, re-pushed periodically.
 //! - `serve`: hyper 1 connections on the shared listeners, per-request
 //!   routing, header rewriting, upgrades, error pages.
+//! - `acme`: automatic certificates for the `https` plugin (HTTP-01 on the
+//!   `http` plugin's port or TLS-ALPN-01), stored on disk and renewed.
 //! - `tls`: the TLS ports of the embedded `https` (termination, certificates
 //!   by SNI, reload) and `tls` (SNI passthrough) plugins, one listener per
 //!   address shared by both.
@@ -33,11 +35,13 @@ use opennotr_plugin::{
 };
 use tracing::info;
 
+mod acme;
 mod config;
 mod external;
 mod serve;
 mod tls;
 
+pub use acme::{AcmeConfig, Challenge};
 pub use config::{CertFiles, GatewayConfig, Mode};
 
 /// A scheme the gateway serves; each has its own listener and its own
@@ -124,6 +128,11 @@ pub struct Gateway {
     /// The TLS ports (`https` and `tls` plugins), one per `listen` address,
     /// shared when both plugins name the same one.
     tls_ports: Mutex<HashMap<SocketAddr, std::sync::Weak<tls::TlsPort>>>,
+    /// Pending ACME HTTP-01 challenges: token → key authorization, answered
+    /// on the `http` plugin's port.
+    acme_tokens: Mutex<HashMap<String, String>>,
+    /// The embedded `http` plugin, whose listener HTTP-01 needs.
+    http_plugin: Mutex<std::sync::Weak<GatewayPlugin>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -213,6 +222,23 @@ impl Gateway {
         }
     }
 
+    pub(crate) fn acme_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.acme_tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Binds the embedded `http` plugin's listener (HTTP-01 answers there)
+    /// if no `http` forward did yet; its port.
+    pub(crate) async fn ensure_http_listener(&self) -> Result<u16, String> {
+        let plugin = self.http_plugin.lock().unwrap_or_else(|e| e.into_inner()).upgrade();
+        let Some(plugin) = plugin else {
+            return Err("HTTP-01 needs the embedded http gateway (plugin.http.listen)".into());
+        };
+        match plugin.cfg.mode {
+            Mode::Embedded { listen } => plugin.listen(listen).await.map_err(|e| e.to_string()),
+            _ => Err("HTTP-01 needs the embedded http gateway (plugin.http.listen)".into()),
+        }
+    }
+
     /// Every live route: scheme, domain, forward id.
     pub fn routes(&self) -> Vec<(Scheme, String, u64)> {
         let r = self.lock();
@@ -265,7 +291,7 @@ impl PluginFactory for GatewayFactory {
             }
             _ => None,
         };
-        Ok(Arc::new(GatewayPlugin {
+        let plugin = Arc::new(GatewayPlugin {
             scheme: self.scheme,
             gateway: self.gateway.clone(),
             settings: Arc::new(serve::Settings::new(self.scheme, &cfg)),
@@ -273,7 +299,11 @@ impl PluginFactory for GatewayFactory {
             listener: tokio::sync::OnceCell::new(),
             external,
             shutdown,
-        }))
+        });
+        if self.scheme == Scheme::Http && matches!(plugin.cfg.mode, Mode::Embedded { .. }) {
+            *self.gateway.http_plugin.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&plugin);
+        }
+        Ok(plugin)
     }
 }
 

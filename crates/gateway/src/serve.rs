@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use opennotr_plugin::{CancellationToken, OpenError, StreamProtocol};
+use opennotr_plugin::{CancellationToken, OpenError, StreamProtocol, TunnelStream};
 use opennotr_transport::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -33,11 +33,19 @@ pub(crate) struct Settings {
     pub(crate) wildcard: bool,
     pub(crate) header_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    /// Idle connections to clients' services, for reuse.
+    pub(crate) pool: Arc<Pool>,
 }
 
 impl Settings {
     pub(crate) fn new(scheme: Scheme, cfg: &GatewayConfig) -> Settings {
-        Settings { scheme, wildcard: cfg.wildcard, header_timeout: cfg.header_timeout, idle_timeout: cfg.idle_timeout }
+        Settings {
+            scheme,
+            wildcard: cfg.wildcard,
+            header_timeout: cfg.header_timeout,
+            idle_timeout: cfg.idle_timeout,
+            pool: Arc::new(Pool::new()),
+        }
     }
 }
 
@@ -370,7 +378,7 @@ fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, host: &str, proto: &'stati
 }
 
 /// How the gateway speaks to a client's service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum UpstreamProto {
     /// HTTP/1.1 (with upgrades).
     H1,
@@ -388,6 +396,9 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let in_flight = conn.activity.begin();
     let scheme = conn.settings.scheme;
+    if let Some(r) = crate::acme::http01_answer(&conn.gateway, scheme, req.uri().path()) {
+        return r.map(full);
+    }
     let mut upstream_proto = UpstreamProto::H1;
     let Some(host) = authority(&req) else {
         return html(StatusCode::BAD_REQUEST, "Bad Request", "The request names no host.");
@@ -436,34 +447,11 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
             return html(StatusCode::NOT_FOUND, "Not Found", &format!("No service is routed for {name} here."));
         }
     };
-    let opened = tokio::select! {
-        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(conn.peer)) => r,
-        _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
-    };
-    let stream = match opened {
-        Ok(s) => s,
-        Err(OpenError::Refused(reason)) => {
-            return html(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("bad gateway: {reason}"));
-        }
-        Err(OpenError::TooManyStreams) => {
-            return html(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "too many streams for this client");
-        }
-        Err(e) => {
-            debug!(error = %e, "cannot open a stream to the client");
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable",
-                &format!("client not connected: {name}"),
-            );
-        }
-    };
-
     let upgrade = upstream_proto == UpstreamProto::H1 && wants_upgrade(&req);
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut(), upgrade);
     add_forwarded(req.headers_mut(), conn.peer, &host, if scheme == Scheme::Https { "https" } else { "http" });
 
-    let io = TokioIo::new(stream);
     let sent = match upstream_proto {
         UpstreamProto::H1 => {
             *req.version_mut() = Version::HTTP_11;
@@ -475,12 +463,7 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
                     req.headers_mut().insert(header::HOST, v);
                 }
             }
-            let (mut sender, c) = match hyper::client::conn::http1::handshake(io).await {
-                Ok(x) => x,
-                Err(e) => return bad_gateway(e),
-            };
-            spawn_upstream(c.with_upgrades(), up.kill.clone());
-            sender.send_request(req).await
+            send_h1(&conn, &up, &name, req, upgrade).await
         }
         UpstreamProto::H2 => {
             *req.version_mut() = Version::HTTP_2;
@@ -490,19 +473,12 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
                 Err(_) => return html(StatusCode::BAD_REQUEST, "Bad Request", "The request's host is not valid."),
             }
             req.headers_mut().remove(header::HOST);
-            let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-            b.adaptive_window(true);
-            let (mut sender, c) = match b.handshake(io).await {
-                Ok(x) => x,
-                Err(e) => return bad_gateway(e),
-            };
-            spawn_upstream(c, up.kill.clone());
-            sender.send_request(req).await
+            send_h2(&conn, &up, &name, req).await
         }
     };
     let mut resp = match sent {
         Ok(r) => r,
-        Err(e) => return bad_gateway(e),
+        Err(page) => return page,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -570,6 +546,291 @@ async fn splice(visitor: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::On
         },
         _ = up.kill.cancelled() => debug!("session closed; dropping upgraded connection"),
     }
+}
+
+// ----------------------------------------------------------------- pool
+
+/// Idle HTTP/1.1 connections kept per route, at most.
+const POOL_MAX_IDLE: usize = 32;
+/// How long an idle connection to a client's service is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which connections a request may reuse: those to the same forward of the
+/// same session (the tunnel), spoken the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    tunnel: usize,
+    forward: u64,
+    target: SocketAddr,
+    proto: UpstreamProto,
+}
+
+impl PoolKey {
+    fn new(up: &Upstream, proto: UpstreamProto) -> PoolKey {
+        PoolKey { tunnel: Arc::as_ptr(&up.tunnel) as *const () as usize, forward: up.forward, target: up.target, proto }
+    }
+}
+
+struct IdleH1 {
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+enum PoolEntry {
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    H1(Vec<IdleH1>),
+    /// One shared HTTP/2 connection (it multiplexes).
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+struct Routes {
+    entries: std::collections::HashMap<PoolKey, (PoolEntry, CancellationToken)>,
+    sweeper: bool,
+}
+
+/// Connections to clients' services (streams through their tunnels) kept
+/// for later requests of the same route, so that a keep-alive visitor does
+/// not cost a new tunnel stream and connection per request. Entries go
+/// when the session ends (its kill token), when the connection closes, or
+/// after [`POOL_IDLE_TIMEOUT`] unused.
+pub(crate) struct Pool {
+    routes: std::sync::Mutex<Routes>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub(crate) fn new() -> Pool {
+        Pool { routes: std::sync::Mutex::new(Routes { entries: Default::default(), sweeper: false }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle HTTP/1.1 connection of the route, ready for a request.
+    fn take_h1(&self, key: &PoolKey) -> Option<hyper::client::conn::http1::SendRequest<Incoming>> {
+        let mut routes = self.lock();
+        let (entry, kill) = routes.entries.get_mut(key)?;
+        if kill.is_cancelled() {
+            routes.entries.remove(key);
+            return None;
+        }
+        let PoolEntry::H1(idle) = entry else { return None };
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < POOL_IDLE_TIMEOUT && !c.sender.is_closed() && c.sender.is_ready() {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn put_h1(
+        self: &Arc<Self>,
+        key: PoolKey,
+        kill: &CancellationToken,
+        sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    ) {
+        if kill.is_cancelled() {
+            return;
+        }
+        let mut routes = self.lock();
+        let (entry, _) = routes.entries.entry(key).or_insert_with(|| (PoolEntry::H1(Vec::new()), kill.clone()));
+        if let PoolEntry::H1(idle) = entry {
+            idle.retain(|c| !c.sender.is_closed());
+            if idle.len() < POOL_MAX_IDLE {
+                idle.push(IdleH1 { sender, since: Instant::now() });
+            }
+        }
+        self.start_sweeper(&mut routes);
+    }
+
+    /// The route's shared HTTP/2 connection, if it is still usable.
+    fn h2(&self, key: &PoolKey) -> Option<hyper::client::conn::http2::SendRequest<Incoming>> {
+        let mut routes = self.lock();
+        let (entry, kill) = routes.entries.get(key)?;
+        match entry {
+            PoolEntry::H2(s) if !kill.is_cancelled() && !s.is_closed() && s.is_ready() => Some(s.clone()),
+            _ => {
+                routes.entries.remove(key);
+                None
+            }
+        }
+    }
+
+    fn put_h2(
+        self: &Arc<Self>,
+        key: PoolKey,
+        kill: &CancellationToken,
+        sender: hyper::client::conn::http2::SendRequest<Incoming>,
+    ) {
+        if kill.is_cancelled() {
+            return;
+        }
+        let mut routes = self.lock();
+        routes.entries.insert(key, (PoolEntry::H2(sender), kill.clone()));
+        self.start_sweeper(&mut routes);
+    }
+
+    /// Starts, once, the task that drops expired and closed connections
+    /// (it ends with the pool).
+    fn start_sweeper(self: &Arc<Self>, routes: &mut Routes) {
+        if routes.sweeper {
+            return;
+        }
+        routes.sweeper = true;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POOL_IDLE_TIMEOUT / 4).await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.sweep();
+            }
+        });
+    }
+
+    fn sweep(&self) {
+        let mut routes = self.lock();
+        routes.entries.retain(|_, (entry, kill)| {
+            if kill.is_cancelled() {
+                return false;
+            }
+            match entry {
+                PoolEntry::H1(idle) => {
+                    idle.retain(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && !c.sender.is_closed());
+                    !idle.is_empty()
+                }
+                PoolEntry::H2(s) => !s.is_closed(),
+            }
+        });
+    }
+}
+
+/// Opens a stream through the client's tunnel to the forward's target, or
+/// the error page for the visitor.
+async fn open_upstream(conn: &Conn, up: &Upstream, name: &str) -> Result<TokioIo<TunnelStream>, Response<Body>> {
+    let opened = tokio::select! {
+        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(conn.peer)) => r,
+        _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
+    };
+    match opened {
+        Ok(s) => Ok(TokioIo::new(s)),
+        Err(OpenError::Refused(reason)) => {
+            Err(html(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("bad gateway: {reason}")))
+        }
+        Err(OpenError::TooManyStreams) => {
+            Err(html(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "too many streams for this client"))
+        }
+        Err(e) => {
+            debug!(error = %e, "cannot open a stream to the client");
+            Err(html(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", &format!("client not connected: {name}")))
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to the client's service.
+async fn connect_h1(
+    conn: &Conn,
+    up: &Upstream,
+    name: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, Response<Body>> {
+    let io = open_upstream(conn, up, name).await?;
+    let (sender, c) = hyper::client::conn::http1::handshake(io).await.map_err(bad_gateway)?;
+    spawn_upstream(c.with_upgrades(), up.kill.clone());
+    Ok(sender)
+}
+
+/// Sends a request over HTTP/1.1: on a fresh connection for upgrades, else
+/// on an idle pooled one (a new one if there is none, or if the pooled one
+/// closed before the request went out); the connection returns to the
+/// pool once its response has been read.
+async fn send_h1(
+    conn: &Conn,
+    up: &Upstream,
+    name: &str,
+    req: Request<Incoming>,
+    upgrade: bool,
+) -> Result<Response<Incoming>, Response<Body>> {
+    if upgrade {
+        let mut sender = connect_h1(conn, up, name).await?;
+        return sender.send_request(req).await.map_err(bad_gateway);
+    }
+    let pool = &conn.settings.pool;
+    let key = PoolKey::new(up, UpstreamProto::H1);
+    let mut req = req;
+    let mut sender = loop {
+        let Some(mut sender) = pool.take_h1(&key) else {
+            break connect_h1(conn, up, name).await?;
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                give_back_h1(pool, key, &up.kill, sender);
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                // Not sent: the pooled connection had closed; try another.
+                Some(r) => req = r,
+                None => return Err(bad_gateway(e.into_error())),
+            },
+        }
+    };
+    let resp = sender.send_request(req).await.map_err(bad_gateway)?;
+    give_back_h1(pool, key, &up.kill, sender);
+    Ok(resp)
+}
+
+/// Puts the connection back in the pool once it can take another request
+/// (its response body read to the end); dropped if it closes instead.
+fn give_back_h1(
+    pool: &Arc<Pool>,
+    key: PoolKey,
+    kill: &CancellationToken,
+    mut sender: hyper::client::conn::http1::SendRequest<Incoming>,
+) {
+    if sender.is_ready() {
+        pool.put_h1(key, kill, sender);
+        return;
+    }
+    let (pool, kill) = (pool.clone(), kill.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            r = sender.ready() => if r.is_ok() { pool.put_h1(key, &kill, sender) },
+            _ = kill.cancelled() => {}
+        }
+    });
+}
+
+/// Sends a request over the route's shared HTTP/2 connection, making it
+/// first if there is none (or it closed).
+async fn send_h2(
+    conn: &Conn,
+    up: &Upstream,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Response<Body>> {
+    let pool = &conn.settings.pool;
+    let key = PoolKey::new(up, UpstreamProto::H2);
+    let mut req = req;
+    if let Some(mut sender) = pool.h2(&key) {
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(r) => req = r,
+                None => return Err(bad_gateway(e.into_error())),
+            },
+        }
+    }
+    let io = open_upstream(conn, up, name).await?;
+    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    b.adaptive_window(true);
+    let (mut sender, c) = b.handshake(io).await.map_err(bad_gateway)?;
+    spawn_upstream(c, up.kill.clone());
+    pool.put_h2(key, &up.kill, sender.clone());
+    sender.send_request(req).await.map_err(bad_gateway)
 }
 
 #[cfg(test)]

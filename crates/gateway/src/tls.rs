@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::acme::{Acme, Challenge, ACME_TLS_ALPN};
 use crate::config::CertFiles;
 use crate::serve::{serve_connection, Settings};
 use crate::{bind, Gateway, GatewayConfig, Lookup, Scheme, Upstream};
@@ -69,6 +70,8 @@ struct StoreState {
 pub(crate) struct CertStore {
     files: CertFiles,
     state: RwLock<StoreState>,
+    /// Automatic certificates, between the files by name and the default.
+    acme: Option<Arc<Acme>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -122,7 +125,7 @@ fn scan_dir(dir: &Path) -> io::Result<Vec<(String, PathBuf, PathBuf)>> {
 
 impl CertStore {
     /// Loads every certificate; any error is a configuration error.
-    pub(crate) fn load(files: CertFiles) -> Result<CertStore, PluginError> {
+    pub(crate) fn load(files: CertFiles, acme: Option<Arc<Acme>>) -> Result<CertStore, PluginError> {
         let err = |key: &str, message: String| PluginError::Config { key: format!("plugin.https.{key}"), message };
         let mut state = StoreState::default();
         if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
@@ -136,7 +139,7 @@ impl CertStore {
                 state.by_name.insert(name, Loaded { stamps, key: ck });
             }
         }
-        Ok(CertStore { files, state: RwLock::new(state) })
+        Ok(CertStore { files, state: RwLock::new(state), acme })
     }
 
     /// Reloads the files that changed (and picks up new and removed ones
@@ -206,7 +209,10 @@ impl CertStore {
         }
     }
 
-    /// The certificate for `sni` (lowercase), if any.
+    /// The certificate for `sni`, if any: a `certDir` file of the exact
+    /// name, then a `certDir` wildcard file, then an ACME certificate of
+    /// the exact name (ordering one, in the background, when the name has
+    /// none yet and the policy allows it), then the default certificate.
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
         if let Some(name) = sni {
@@ -219,6 +225,12 @@ impl CertStore {
                     return Some(l.key.clone());
                 }
             }
+            if let Some(acme) = &self.acme {
+                if let Some(ck) = acme.cert(&name) {
+                    return Some(ck);
+                }
+                acme.on_first_use(&name);
+            }
         }
         s.default.as_ref().map(|l| l.key.clone())
     }
@@ -226,6 +238,13 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let (Some(acme), Some(mut alpn)) = (&self.acme, hello.alpn()) {
+            if acme.challenge() == Challenge::TlsAlpn01 && alpn.any(|p| p == ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the challenge certificate or nothing.
+                let name = hello.server_name()?.trim_end_matches('.').to_ascii_lowercase();
+                return acme.alpn_cert(&name);
+            }
+        }
         let picked = self.pick(hello.server_name());
         if picked.is_none() {
             debug!(sni = ?hello.server_name(), "no certificate for this name");
@@ -292,6 +311,9 @@ impl TlsPort {
                 let port = listener.local_addr().map(|a| a.port()).unwrap_or(addr.port());
                 info!(addr = %addr, port, https = self.state.term().is_some(), tls = self.state.pass().is_some(), "TLS gateway listening");
                 if let Some(term) = self.state.term() {
+                    if let Some(acme) = &term.store.acme {
+                        acme.start_renewal();
+                    }
                     tokio::spawn(reload_loop(term.store.clone(), term.reload, self.shutdown.clone()));
                 }
                 tokio::spawn(accept_loop(listener, self.state.clone(), self.shutdown.clone()));
@@ -387,6 +409,10 @@ async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, 
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        debug!("TLS-ALPN-01 validation handshake done; closing");
+        return;
+    }
     serve_connection(tls, peer, state.gateway.clone(), term.settings.clone(), shutdown).await;
 }
 
@@ -478,11 +504,22 @@ pub(crate) fn setup(
     // Validate before touching the shared port.
     let term = match scheme {
         Scheme::Https => {
-            let files = cfg.certs.clone().ok_or_else(|| PluginError::Config {
-                key: "plugin.https.cert".into(),
-                message: "the embedded https gateway needs certificates".into(),
-            })?;
-            let store = Arc::new(CertStore::load(files)?);
+            let files = match (&cfg.certs, &cfg.acme) {
+                (Some(f), _) => f.clone(),
+                (None, Some(_)) => CertFiles { cert: None, key: None, cert_dir: None },
+                (None, None) => {
+                    return Err(PluginError::Config {
+                        key: "plugin.https.cert".into(),
+                        message: "the embedded https gateway needs certificates".into(),
+                    })
+                }
+            };
+            let acme = match &cfg.acme {
+                Some(a) => Some(Acme::new(a.clone(), gateway, cfg.wildcard)?),
+                None => None,
+            };
+            let alpn_challenge = acme.as_ref().is_some_and(|a| a.challenge() == Challenge::TlsAlpn01);
+            let store = Arc::new(CertStore::load(files, acme)?);
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut sc = rustls::ServerConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -490,6 +527,9 @@ pub(crate) fn setup(
                 .with_no_client_auth()
                 .with_cert_resolver(store.clone());
             sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            if alpn_challenge {
+                sc.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+            }
             Some(Arc::new(Termination {
                 acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
                 store,
@@ -549,6 +589,11 @@ impl Plugin for TlsPlugin {
             kill: ctx.kill.clone(),
         };
         self.gateway.insert(self.scheme, &domain, up).map_err(PluginError::Refused)?;
+        if self.scheme == Scheme::Https {
+            if let Some(acme) = self.port.state.term().and_then(|t| t.store.acme.clone()) {
+                acme.on_connect(&domain);
+            }
+        }
         let url = match self.scheme {
             Scheme::Https if port == 443 => format!("https://{domain}"),
             Scheme::Https => format!("https://{domain}:{port}"),
