@@ -16,14 +16,11 @@
 
 mod support;
 
-use std::io::Read;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::netns::{check, cmd, in_ns, poll_every, python, run_bounded, Lan, Out};
 use support::{json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 /// The VIP pool of the server.
@@ -85,165 +82,9 @@ fn preflight() -> bool {
     true
 }
 
-// ------------------------------------------------------------------ commands
-
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn show(&self) -> String {
-        format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
-/// Runs `cmd` to completion, killing it after `timeout`.
-fn run_bounded(mut cmd: Command, timeout: Duration) -> Out {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let read = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = read(Box::new(child.stdout.take().unwrap()));
-    let err = read(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} still running after {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    Out { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
-}
-
-fn cmd(prog: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(prog);
-    c.args(args);
-    c
-}
-
-fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, prog]).args(args);
-    c
-}
-
-fn check(c: Command) -> String {
-    let shown = format!("{c:?}");
-    let out = run_bounded(c, WAIT);
-    assert_eq!(out.code, Some(0), "{shown} failed: {}", out.show());
-    out.stdout
-}
-
-/// The real Python interpreter (not a pyenv shim), found once.
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = check(cmd("python3", &["-c", "import sys; print(sys.executable)"]));
-        let exe = out.trim().to_string();
-        if exe.is_empty() {
-            "python3".into()
-        } else {
-            exe
-        }
-    })
-}
-
 /// Polls `cond` every 100 ms until it holds, for at most `timeout`.
-fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-// ------------------------------------------------------------------ namespaces
-
-/// A server namespace and a client namespace joined by a veth pair on
-/// `10.A.B.0/24` (server `.1`, client `.2`). Deleted on drop.
-struct Lan {
-    server: String,
-    client: String,
-    net: (u8, u8),
-}
-
-impl Lan {
-    fn new(tag: &str) -> Lan {
-        let pid = std::process::id();
-        let lan = Lan {
-            server: format!("onr{pid}{tag}s"),
-            client: format!("onr{pid}{tag}c"),
-            net: (200 + (pid % 56) as u8, 250),
-        };
-        for ns in [&lan.server, &lan.client] {
-            let _ = run_bounded(cmd("ip", &["netns", "del", ns]), WAIT);
-            check(cmd("ip", &["netns", "add", ns]));
-            check(cmd("ip", &["-n", ns, "link", "set", "lo", "up"]));
-        }
-        let (vs, vc) = (format!("v{pid}{tag}s"), format!("v{pid}{tag}c"));
-        check(cmd(
-            "ip",
-            &[
-                "link",
-                "add",
-                "name",
-                &vs,
-                "netns",
-                &lan.server,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &vc,
-                "netns",
-                &lan.client,
-            ],
-        ));
-        check(cmd("ip", &["-n", &lan.server, "addr", "add", &format!("{}/24", lan.server_ip()), "dev", &vs]));
-        check(cmd("ip", &["-n", &lan.client, "addr", "add", &format!("{}/24", lan.client_ip()), "dev", &vc]));
-        check(cmd("ip", &["-n", &lan.server, "link", "set", &vs, "up"]));
-        check(cmd("ip", &["-n", &lan.client, "link", "set", &vc, "up"]));
-        check(cmd("ip", &["-n", &lan.server, "route", "add", "default", "via", &lan.client_ip().to_string()]));
-        lan
-    }
-
-    fn server_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.net.0, self.net.1, 1)
-    }
-
-    fn client_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.net.0, self.net.1, 2)
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in [&self.server, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
-    }
+fn poll(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_every(Duration::from_millis(100), timeout, cond)
 }
 
 // ------------------------------------------------------------------ nginx
@@ -461,7 +302,7 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
         return;
     }
     let t = Instant::now();
-    let lan = Lan::new("og");
+    let lan = Lan::on_subnet("og", 250, 1);
     let dir = TempDir::world_readable("openresty");
     let prefix = nginx_prefix(&dir);
     let ns = lan.server.as_str();
@@ -469,13 +310,13 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
     let nginx = start_nginx(ns, &prefix);
     let mut service = Proc::spawn_named(
         "service",
-        in_ns(&lan.client, python(), &["-u", "-c", SERVICE, &SERVICE_PORT.to_string()]),
+        in_ns(&lan.clients[0], python(), &["-u", "-c", SERVICE, &SERVICE_PORT.to_string()]),
         &dir.0,
     );
     service.expect(Src::Out, "`ready`", |l| l == "ready");
 
     let conf =
-        dir.write("opennotrd.yaml", server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip()), &admin_url(), true));
+        dir.write("opennotrd.yaml", server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0)), &admin_url(), true));
     let (server, _) =
         start_server(in_ns(ns, SERVER, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]), &dir);
     assert!(
@@ -483,10 +324,10 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
         "opennotrd did not turn the virtual LAN on:\n{}",
         server.transcript()
     );
-    let cconf = dir.write("opennotr.yaml", client_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip())));
+    let cconf = dir.write("opennotr.yaml", client_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0))));
     let mut client = Proc::spawn_named(
         "opennotr",
-        in_ns(&lan.client, CLIENT, &["-c", cconf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
+        in_ns(&lan.clients[0], CLIENT, &["-c", cconf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
         &dir.0,
     );
     let reg = read_registration(&mut client, 1);

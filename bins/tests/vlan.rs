@@ -22,11 +22,10 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::netns::{check, cmd, in_ns, poll_every, python, run_bounded, Lan, Out};
 use support::{json_fields, parse_forward, read_registration, Proc, Registration, Src, TempDir, CLIENT, SERVER, WAIT};
 
 /// The priority of opennotrd's `ip rule` and the number of its routing table.
@@ -69,174 +68,9 @@ macro_rules! root_only {
     };
 }
 
-// ------------------------------------------------------------------ commands
-
-/// What a bounded command run produced.
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn show(&self) -> String {
-        format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
-/// Runs `cmd` to completion, killing it after `timeout`.
-fn run_bounded(mut cmd: Command, timeout: Duration) -> Out {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    let read = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = read(Box::new(child.stdout.take().unwrap()));
-    let err = read(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} still running after {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    Out { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
-}
-
-fn cmd(prog: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(prog);
-    c.args(args);
-    c
-}
-
-/// A command run inside the namespace `ns`.
-fn in_ns(ns: &str, prog: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, prog]).args(args);
-    c
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn check(c: Command) -> String {
-    let shown = format!("{c:?}");
-    let out = run_bounded(c, WAIT);
-    assert_eq!(out.code, Some(0), "{shown} failed: {}", out.show());
-    out.stdout
-}
-
-/// The real Python interpreter (not a pyenv shim), found once.
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = check(cmd("python3", &["-c", "import sys; print(sys.executable)"]));
-        let exe = out.trim().to_string();
-        if exe.is_empty() {
-            "python3".into()
-        } else {
-            exe
-        }
-    })
-}
-
 /// Polls `cond` every 50 ms until it holds, for at most `timeout`.
-fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-// ------------------------------------------------------------------ namespaces
-
-/// A server namespace and `n` client namespaces, each client joined to the
-/// server by its own veth pair on `10.A.B.0/24` (server `.1`, client `.2`).
-/// Deleted on drop.
-struct Lan {
-    server: String,
-    clients: Vec<String>,
-    created: Vec<String>,
-    net: (u8, u8),
-}
-
-impl Lan {
-    /// `idx` (0-63) is unique per test, so that the subnets of tests running
-    /// in parallel differ too.
-    fn new(tag: &str, idx: u8, n: usize) -> Lan {
-        assert!(idx < 64 && n <= 4);
-        let pid = std::process::id();
-        let mut lan = Lan {
-            server: format!("onr{pid}{tag}s"),
-            clients: (0..n).map(|i| format!("onr{pid}{tag}c{i}")).collect(),
-            created: Vec::new(),
-            net: (200 + (pid % 56) as u8, idx * 4),
-        };
-        for ns in std::iter::once(lan.server.clone()).chain(lan.clients.clone()) {
-            // A namespace of the same name can only be a leftover of an
-            // earlier run that had our pid and crashed.
-            let _ = run_bounded(cmd("ip", &["netns", "del", &ns]), WAIT);
-            check(cmd("ip", &["netns", "add", &ns]));
-            lan.created.push(ns.clone());
-            check(cmd("ip", &["-n", &ns, "link", "set", "lo", "up"]));
-        }
-        for (i, c) in lan.clients.clone().iter().enumerate() {
-            // Created directly inside the namespaces: the host never sees
-            // them. The names stay under 15 characters.
-            let (vs, vc) = (format!("v{pid}{tag}s{i}"), format!("v{pid}{tag}c{i}"));
-            assert!(vs.len() <= 15, "veth name {vs} too long");
-            check(cmd(
-                "ip",
-                &["link", "add", "name", &vs, "netns", &lan.server, "type", "veth", "peer", "name", &vc, "netns", c],
-            ));
-            check(cmd("ip", &["-n", &lan.server, "addr", "add", &format!("{}/24", lan.server_ip(i)), "dev", &vs]));
-            check(cmd("ip", &["-n", c, "addr", "add", &format!("{}/24", lan.client_ip(i)), "dev", &vc]));
-            check(cmd("ip", &["-n", &lan.server, "link", "set", &vs, "up"]));
-            check(cmd("ip", &["-n", c, "link", "set", &vc, "up"]));
-        }
-        if n > 0 {
-            // A default route, as a real host has: without the virtual
-            // LAN's rules, a connection to a VIP would then time out (the
-            // client host drops it) rather than fail with "network
-            // unreachable", so "refused at once" proves the rules work.
-            check(cmd("ip", &["-n", &lan.server, "route", "add", "default", "via", &lan.client_ip(0).to_string()]));
-        }
-        lan
-    }
-
-    fn server_ip(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.net.0, self.net.1 + i as u8, 1)
-    }
-
-    fn client_ip(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.net.0, self.net.1 + i as u8, 2)
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in &self.created {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-        }
-    }
+fn poll(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_every(Duration::from_millis(50), timeout, cond)
 }
 
 // ------------------------------------------------------------------ opennotrd / opennotr

@@ -1,9 +1,12 @@
-//! Helpers shared by the integration tests (`cli.rs`, `vlan.rs`): a temp
-//! dir guard, a child-process guard that reads its output line by line, and
-//! readers of what the binaries print and log.
+//! Helpers shared by the integration tests (`cli.rs`, `vlan.rs`,
+//! `openresty.rs`): a temp dir guard, a child-process guard that reads its
+//! output line by line, readers of what the binaries print and log, and (in
+//! [`netns`]) the network-namespace helpers of the root-only tests.
 
 // Each test crate compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
+
+pub(crate) mod netns;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
