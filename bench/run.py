@@ -122,9 +122,10 @@ class Procs:
         self.procs = []
 
 
-def iperf(port, args, secs):
-    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(secs), "-J"] + args,
-                         capture_output=True, text=True, timeout=secs + 60)
+def iperf(port, args, secs, host="127.0.0.1", ns=False):
+    """One iperf3 run (in the benchmark's namespace if `ns`): Mbit/s received, and loss for UDP."""
+    cmd = ["iperf3", "-c", host, "-p", str(port), "-t", str(secs), "-J"] + args
+    out = subprocess.run(in_ns(cmd) if ns else cmd, capture_output=True, text=True, timeout=secs + 60)
     data = json.loads(out.stdout)
     if "error" in data:
         raise RuntimeError(data["error"])
@@ -274,16 +275,7 @@ def in_ns(args):
 
 
 def iperf_ns(host, port, args, secs):
-    out = subprocess.run(in_ns(["iperf3", "-c", host, "-p", str(port), "-t", str(secs), "-J"] + args),
-                         capture_output=True, text=True, timeout=secs + 60)
-    data = json.loads(out.stdout)
-    if "error" in data:
-        raise RuntimeError(data["error"])
-    end = data["end"]
-    if "-u" in args:
-        s = end["sum"]
-        return {"mbps": s["bits_per_second"] / 1e6, "loss_pct": s.get("lost_percent", 0.0)}
-    return {"mbps": end["sum_received"]["bits_per_second"] / 1e6}
+    return iperf(port, args, secs, host=host, ns=True)
 
 
 def vip_suite(release, secs, udp_rate, tmp):

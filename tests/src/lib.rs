@@ -774,3 +774,54 @@ pub fn python_with_grpc() -> &'static str {
         })
         .expect("no python3 with the grpc module: install Debian's python3-grpcio")
 }
+
+/// A Python gRPC echo service (`test.Echo`: `Unary` echoes with an `echo:`
+/// prefix, `Stream` sends N large messages, `Fail` answers NOT_FOUND with
+/// details in the trailers), on 127.0.0.1 and a free port.
+const GRPC_ECHO_SERVER: &str = r#"
+import sys
+from concurrent import futures
+import grpc
+
+def unary(req, ctx):
+    return b"echo:" + req
+
+def stream(req, ctx):
+    for i in range(int(req.decode())):
+        yield (b"%d:" % i) + b"s" * 100000
+
+def fail(req, ctx):
+    ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req.decode())
+
+opts = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+handlers = grpc.method_handlers_generic_handler("test.Echo", {
+    "Unary": grpc.unary_unary_rpc_method_handler(unary),
+    "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    "Fail": grpc.unary_unary_rpc_method_handler(fail),
+})
+server = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
+server.add_generic_rpc_handlers((handlers,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+sys.stdin.read()
+server.stop(0)
+"#;
+
+/// Starts [`GRPC_ECHO_SERVER`]; returns the child (killed on drop; it also
+/// stops when its stdin closes) and its port.
+pub async fn grpc_echo_server() -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(python_with_grpc())
+        .args(["-c", GRPC_ECHO_SERVER])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the python gRPC server");
+    let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    within(WAIT, "the gRPC server's port", out.read_line(&mut line)).await.expect("read the gRPC server's port");
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("gRPC server said {line:?}"));
+    (child, port)
+}

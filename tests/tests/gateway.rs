@@ -3,7 +3,6 @@
 //! gRPC.
 
 use std::convert::Infallible;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -515,36 +514,6 @@ async fn websocket_round_trip() {
 
 // ---------------------------------------------------------------- gRPC
 
-const GRPC_SERVER: &str = r#"
-import sys
-from concurrent import futures
-import grpc
-
-def unary(req, ctx):
-    return b"echo:" + req
-
-def stream(req, ctx):
-    for i in range(int(req.decode())):
-        yield (b"%d:" % i) + b"s" * 100000
-
-def fail(req, ctx):
-    ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req.decode())
-
-opts = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
-handlers = grpc.method_handlers_generic_handler("test.Echo", {
-    "Unary": grpc.unary_unary_rpc_method_handler(unary),
-    "Stream": grpc.unary_stream_rpc_method_handler(stream),
-    "Fail": grpc.unary_unary_rpc_method_handler(fail),
-})
-server = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
-server.add_generic_rpc_handlers((handlers,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print(port, flush=True)
-sys.stdin.read()
-server.stop(0)
-"#;
-
 const GRPC_CLIENT: &str = r#"
 import sys
 import grpc
@@ -573,17 +542,7 @@ async fn grpc_unary_and_streaming_over_h2c() {
     let python = python_with_grpc();
     run_test(async {
         let (server, _gw) = gateway_server(&[]).await;
-        let mut grpc_server = Command::new(python)
-            .args(["-c", GRPC_SERVER])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the python gRPC server");
-        let mut out = BufReader::new(grpc_server.stdout.take().unwrap());
-        let mut line = String::new();
-        within(WAIT, "the gRPC server's port", out.read_line(&mut line)).await.unwrap();
-        let local_port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("gRPC server said {line:?}"));
+        let (mut grpc_server, local_port) = grpc_echo_server().await;
 
         let d = dom("rpc");
         let mut c = TestClient::start(&ClientSpec::new(server.addr).domain(&d).forward(h2c_fwd(local_port)));

@@ -413,32 +413,6 @@ async fn sni_passthrough_to_the_clients_own_tls_service() {
 
 // ---------------------------------------------------------------- gRPC
 
-const GRPC_SERVER: &str = r#"
-import sys
-from concurrent import futures
-import grpc
-
-def unary(req, ctx):
-    return b"echo:" + req
-
-def stream(req, ctx):
-    for i in range(int(req.decode())):
-        yield (b"%d:" % i) + b"s" * 100000
-
-handlers = grpc.method_handlers_generic_handler("test.Echo", {
-    "Unary": grpc.unary_unary_rpc_method_handler(unary),
-    "Stream": grpc.unary_stream_rpc_method_handler(stream),
-})
-opts = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
-server = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
-server.add_generic_rpc_handlers((handlers,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print(port, flush=True)
-sys.stdin.read()
-server.stop(0)
-"#;
-
 const GRPC_TLS_CLIENT: &str = r#"
 import sys
 import grpc
@@ -463,17 +437,7 @@ async fn grpc_over_tls_to_an_h2c_forward() {
     run_test(async {
         let (pki, _ca) = gateway_pki("grpc");
         let server = tls_server(&pki).await;
-        let mut grpc_server = Command::new(python)
-            .args(["-c", GRPC_SERVER])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the python gRPC server");
-        let mut out = BufReader::new(grpc_server.stdout.take().unwrap());
-        let mut line = String::new();
-        within(WAIT, "the gRPC server's port", out.read_line(&mut line)).await.unwrap();
-        let local_port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("gRPC server said {line:?}"));
+        let (mut grpc_server, local_port) = grpc_echo_server().await;
 
         // gRPC requests on the https port go to the domain's h2c forward,
         // the others to its https forward.

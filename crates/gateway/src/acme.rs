@@ -579,14 +579,8 @@ pub(crate) fn http01_answer(gateway: &Gateway, scheme: Scheme, path: &str) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::key_of;
     use serde_json::json;
-
-    fn key_of(e: PluginError) -> String {
-        match e {
-            PluginError::Config { key, .. } => key,
-            other => panic!("not a config error: {other}"),
-        }
-    }
 
     #[test]
     fn parses_and_applies_the_policy() {

@@ -192,11 +192,12 @@ impl GatewayConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn key_of(e: PluginError) -> String {
+    /// The key a config error names (also used by `acme`'s tests).
+    pub(crate) fn key_of(e: PluginError) -> String {
         match e {
             PluginError::Config { key, .. } => key,
             other => panic!("not a config error: {other}"),

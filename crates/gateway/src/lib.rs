@@ -88,6 +88,19 @@ pub struct Upstream {
     pub kill: CancellationToken,
 }
 
+impl Upstream {
+    /// The route to `meta`'s forward on its session.
+    pub fn of(meta: &ForwardMeta, ctx: &ForwardContext) -> Upstream {
+        Upstream {
+            tunnel: ctx.tunnel.clone(),
+            target: meta.target(),
+            forward: meta.id,
+            client_id: meta.client_id.clone(),
+            kill: ctx.kill.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
@@ -369,13 +382,7 @@ impl Plugin for GatewayPlugin {
         };
         let port = self.listen(addr).await?;
         let domain = meta.domain.to_ascii_lowercase();
-        let up = Upstream {
-            tunnel: ctx.tunnel.clone(),
-            target: meta.target(),
-            forward: meta.id,
-            client_id: meta.client_id.clone(),
-            kill: ctx.kill.clone(),
-        };
+        let up = Upstream::of(meta, &ctx);
         self.gateway.insert(self.scheme, &domain, up).map_err(PluginError::Refused)?;
         let url = if port == 80 { format!("http://{domain}") } else { format!("http://{domain}:{port}") };
         Ok(Endpoint { public_port: Some(port), url })

@@ -581,13 +581,7 @@ impl Plugin for TlsPlugin {
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
         let port = self.port.listen().await?;
         let domain = meta.domain.to_ascii_lowercase();
-        let up = Upstream {
-            tunnel: ctx.tunnel.clone(),
-            target: meta.target(),
-            forward: meta.id,
-            client_id: meta.client_id.clone(),
-            kill: ctx.kill.clone(),
-        };
+        let up = Upstream::of(meta, &ctx);
         self.gateway.insert(self.scheme, &domain, up).map_err(PluginError::Refused)?;
         if self.scheme == Scheme::Https {
             if let Some(acme) = self.port.state.term().and_then(|t| t.store.acme.clone()) {
