@@ -60,9 +60,10 @@ impl VipPool {
         if self.used.len() >= self.capacity() {
             return None;
         }
-        let span = self.last - self.first + 1;
+        // u64: with a /0 or /1 pool the sum below does not fit in u32.
+        let span = u64::from(self.last - self.first) + 1;
         for i in 0..span {
-            let a = self.first + (self.cursor - self.first + i) % span;
+            let a = self.first + ((u64::from(self.cursor - self.first) + i) % span) as u32;
             if self.available(a) {
                 self.used.insert(a);
                 self.cursor = if a == self.last { self.first } else { a + 1 };
@@ -121,6 +122,18 @@ mod tests {
         let mut p = pool("100.64.242.1/30", None);
         assert_eq!(p.allocate(None), Some(Ipv4Addr::new(100, 64, 242, 2)));
         assert_eq!(p.allocate(None), None);
+    }
+
+    #[test]
+    fn the_whole_address_space_does_not_overflow() {
+        // The scan starts at the last address and wraps past three used
+        // ones: offset + step exceeds u32 there.
+        let mut p = pool("0.0.0.0/0", None);
+        for a in [Ipv4Addr::new(255, 255, 255, 254), Ipv4Addr::new(0, 0, 0, 1), Ipv4Addr::new(0, 0, 0, 2)] {
+            assert_eq!(p.allocate(Some(a)), Some(a));
+        }
+        p.cursor = p.last;
+        assert_eq!(p.allocate(None), Some(Ipv4Addr::new(0, 0, 0, 3)));
     }
 
     #[test]
