@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -491,12 +491,11 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     resp.map(|body| {
-        body.map_err(BoxError::from)
-            .map_frame(move |f| {
-                let _held = &in_flight;
-                f
-            })
-            .boxed_unsync()
+        body.map_frame(move |f| {
+            let _held = &in_flight;
+            f
+        })
+        .boxed_unsync()
     })
 }
 
@@ -551,7 +550,7 @@ async fn splice(visitor: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::On
 // ----------------------------------------------------------------- pool
 
 /// Idle HTTP/1.1 connections kept per route, at most.
-const POOL_MAX_IDLE: usize = 32;
+const POOL_MAX_IDLE: usize = 256;
 /// How long an idle connection to a client's service is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -621,12 +620,11 @@ impl Pool {
             return None;
         }
         let PoolEntry::H1(idle) = entry else { return None };
-        while let Some(c) = idle.pop() {
-            if c.since.elapsed() < POOL_IDLE_TIMEOUT && !c.sender.is_closed() && c.sender.is_ready() {
-                return Some(c.sender);
-            }
-        }
-        None
+        idle.retain(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && !c.sender.is_closed());
+        // A connection whose last response body was just read may not have
+        // noticed yet that it is free; it stays for a later request.
+        let i = idle.iter().rposition(|c| c.sender.is_ready())?;
+        Some(idle.remove(i).sender)
     }
 
     fn put_h1(
@@ -746,18 +744,18 @@ async fn connect_h1(
 
 /// Sends a request over HTTP/1.1: on a fresh connection for upgrades, else
 /// on an idle pooled one (a new one if there is none, or if the pooled one
-/// closed before the request went out); the connection returns to the
-/// pool once its response has been read.
+/// closed before the request went out). The response's body hands the
+/// connection back to the pool when it has been read to the end.
 async fn send_h1(
     conn: &Conn,
     up: &Upstream,
     name: &str,
     req: Request<Incoming>,
     upgrade: bool,
-) -> Result<Response<Incoming>, Response<Body>> {
+) -> Result<Response<Body>, Response<Body>> {
     if upgrade {
         let mut sender = connect_h1(conn, up, name).await?;
-        return sender.send_request(req).await.map_err(bad_gateway);
+        return sender.send_request(req).await.map(|r| r.map(boxed)).map_err(bad_gateway);
     }
     let pool = &conn.settings.pool;
     let key = PoolKey::new(up, UpstreamProto::H1);
@@ -767,10 +765,7 @@ async fn send_h1(
             break connect_h1(conn, up, name).await?;
         };
         match sender.try_send_request(req).await {
-            Ok(resp) => {
-                give_back_h1(pool, key, &up.kill, sender);
-                return Ok(resp);
-            }
+            Ok(resp) => return Ok(returning(resp, pool, key, &up.kill, sender)),
             Err(mut e) => match e.take_message() {
                 // Not sent: the pooled connection had closed; try another.
                 Some(r) => req = r,
@@ -779,29 +774,81 @@ async fn send_h1(
         }
     };
     let resp = sender.send_request(req).await.map_err(bad_gateway)?;
-    give_back_h1(pool, key, &up.kill, sender);
-    Ok(resp)
+    Ok(returning(resp, pool, key, &up.kill, sender))
 }
 
-/// Puts the connection back in the pool once it can take another request
-/// (its response body read to the end); dropped if it closes instead.
-fn give_back_h1(
+fn boxed(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed_unsync()
+}
+
+/// The response with a body that returns `sender` to the pool once read to
+/// its end. A body dropped half-read leaves the connection unusable, so it
+/// is not returned then (hyper closes it).
+fn returning(
+    resp: Response<Incoming>,
     pool: &Arc<Pool>,
     key: PoolKey,
     kill: &CancellationToken,
-    mut sender: hyper::client::conn::http1::SendRequest<Incoming>,
-) {
-    if sender.is_ready() {
-        pool.put_h1(key, kill, sender);
-        return;
-    }
-    let (pool, kill) = (pool.clone(), kill.clone());
-    tokio::spawn(async move {
-        tokio::select! {
-            r = sender.ready() => if r.is_ok() { pool.put_h1(key, &kill, sender) },
-            _ = kill.cancelled() => {}
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+) -> Response<Body> {
+    let back = GiveBack { pool: pool.clone(), key, kill: kill.clone(), sender };
+    resp.map(|body| OnEnd { inner: body, on_end: Some(back) }.map_err(BoxError::from).boxed_unsync())
+}
+
+struct GiveBack {
+    pool: Arc<Pool>,
+    key: PoolKey,
+    kill: CancellationToken,
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+}
+
+/// A body that gives its connection back when it ends.
+struct OnEnd {
+    inner: Incoming,
+    on_end: Option<GiveBack>,
+}
+
+impl OnEnd {
+    fn finish(&mut self) {
+        if let Some(b) = self.on_end.take() {
+            b.pool.put_h1(b.key, &b.kill, b.sender);
         }
-    });
+    }
+}
+
+impl hyper::body::Body for OnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for OnEnd {
+    fn drop(&mut self) {
+        // Bodiless responses (HEAD, 204, 304) may never be polled.
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
 }
 
 /// Sends a request over the route's shared HTTP/2 connection, making it
@@ -811,13 +858,13 @@ async fn send_h2(
     up: &Upstream,
     name: &str,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, Response<Body>> {
+) -> Result<Response<Body>, Response<Body>> {
     let pool = &conn.settings.pool;
     let key = PoolKey::new(up, UpstreamProto::H2);
     let mut req = req;
     if let Some(mut sender) = pool.h2(&key) {
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => return Ok(resp.map(boxed)),
             Err(mut e) => match e.take_message() {
                 Some(r) => req = r,
                 None => return Err(bad_gateway(e.into_error())),
@@ -830,7 +877,7 @@ async fn send_h2(
     let (mut sender, c) = b.handshake(io).await.map_err(bad_gateway)?;
     spawn_upstream(c, up.kill.clone());
     pool.put_h2(key, &up.kill, sender.clone());
-    sender.send_request(req).await.map_err(bad_gateway)
+    sender.send_request(req).await.map(|r| r.map(boxed)).map_err(bad_gateway)
 }
 
 #[cfg(test)]
