@@ -172,6 +172,61 @@ fn version_and_help() {
 }
 
 #[test]
+fn completions_need_no_config_file() {
+    // An empty working directory: neither default file (notrd.yaml,
+    // config.yaml) exists, so a script on stdout proves none was read.
+    let dir = TempDir::new("completions");
+    for (bin, name) in [(SERVER, "opennotrd"), (CLIENT, "opennotr")] {
+        let (st, p) = run_to_exit(bin, &["--completions", "bash"], &dir.0);
+        assert_eq!(st.code(), Some(0), "{name} --completions bash: {st:?}\n{}", p.transcript());
+        let script = p.lines(Src::Out).join("\n");
+        assert!(
+            script.contains(&format!("_{name}()")) && script.contains(&format!("complete -F _{name} ")),
+            "{name} --completions bash is not a bash completion script for {name}:\n{script}"
+        );
+        for opt in ["--config", "--log-level", "--log-json", "--completions"] {
+            assert!(script.contains(opt), "{name}'s bash completions do not offer {opt}:\n{script}");
+        }
+        assert_eq!(script.contains("--demo"), bin == SERVER, "{name}: --demo is the server's flag only");
+        assert!(p.stderr_text().is_empty(), "{name} --completions bash wrote to stderr:\n{}", p.stderr_text());
+
+        // -h stays short; --help documents the flag.
+        let (_, p) = run_to_exit(bin, &["-h"], &dir.0);
+        assert!(!p.lines(Src::Out).join("\n").contains("--completions"), "{name} -h lists --completions");
+        let (_, p) = run_to_exit(bin, &["--help"], &dir.0);
+        assert!(p.lines(Src::Out).join("\n").contains("--completions <SHELL>"), "{name} --help omits --completions");
+
+        // How each shell's script spells the long option --config.
+        for (shell, config) in
+            [("zsh", "--config=["), ("fish", "-l config"), ("elvish", "cand --config"), ("powershell", "'--config'")]
+        {
+            let (st, p) = run_to_exit(bin, &["--completions", shell], &dir.0);
+            assert_eq!(st.code(), Some(0), "{name} --completions {shell}: {st:?}\n{}", p.transcript());
+            let script = p.lines(Src::Out).join("\n");
+            assert!(script.contains(name) && script.contains(config), "{name} --completions {shell}:\n{script}");
+        }
+
+        // A shell clap_complete does not know: a usage error naming the value
+        // and the valid ones, nothing on stdout.
+        let (st, p) = run_to_exit(bin, &["--completions", "nosuchshell"], &dir.0);
+        assert_eq!(st.code(), Some(2), "{name} --completions nosuchshell: {st:?}\n{}", p.transcript());
+        let err = p.stderr_text();
+        assert!(
+            err.contains("invalid value 'nosuchshell' for '--completions <SHELL>'")
+                && err.contains("possible values: bash, elvish, fish, powershell, zsh"),
+            "{name} --completions nosuchshell: unclear error:\n{err}"
+        );
+        assert!(p.lines(Src::Out).is_empty(), "{name}: unexpected stdout: {:?}", p.lines(Src::Out));
+
+        // Not combinable: other flags would be silently ignored otherwise.
+        let (st, _) = run_to_exit(bin, &["--completions", "bash", "--config", "x.yaml"], &dir.0);
+        assert_eq!(st.code(), Some(2), "{name} --completions with --config: {st:?}");
+    }
+    let (st, _) = run_to_exit(SERVER, &["--completions", "bash", "--demo"], &dir.0);
+    assert_eq!(st.code(), Some(2), "opennotrd --completions with --demo: {st:?}");
+}
+
+#[test]
 fn plain_log_to_a_pipe_has_no_colour_codes() {
     // Logs go to files, journald or `docker logs` through a pipe: no ANSI
     // escapes there unless stderr is a terminal.
@@ -518,4 +573,43 @@ fn wrong_key_is_reported_and_retried() {
     assert_eq!(client.wait_exit(WAIT).code(), Some(0));
     server.signal("TERM");
     assert_eq!(server.wait_exit(WAIT).code(), Some(0));
+}
+
+// ------------------------------------------------------------------ reload
+
+/// SIGHUP re-reads the file: a broken one is refused and changes nothing;
+/// a changed key closes that client's session and refuses its reconnect,
+/// while the server keeps running.
+#[test]
+fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
+    let dir = TempDir::new("sighup");
+    let with_key = |key: &str| {
+        format!(
+            "server:\n  listen: \"127.0.0.1:0\"\n  domain: \"open.notr.test\"\n\
+             dhcp:\n  cidr: \"100.64.242.1/24\"\n\
+             clients:\n  - name: alice\n    key: \"{key}\"\n"
+        )
+    };
+    let conf = dir.write("notrd.yaml", with_key("first key"));
+    let (mut server, addr) = start_server(&dir, &conf);
+    let client_conf = dir.write(
+        "config.yaml",
+        format!("serverAddr: \"{addr}\"\nname: alice\nkey: \"first key\"\nreconnectMaxDelay: 1\n"),
+    );
+    let mut client = start_client(&dir, &client_conf);
+    let reg = read_registration(&mut client, 0);
+    assert_eq!(reg.domain, "alice.open.notr.test");
+
+    dir.write("notrd.yaml", "server: [this is not a config");
+    server.signal("HUP");
+    server.expect(Src::Err, "`reload refused`", |l| l.contains("reload refused"));
+    assert!(server.child.try_wait().unwrap().is_none(), "server exited on SIGHUP\n{}", server.transcript());
+
+    dir.write("notrd.yaml", with_key("second key"));
+    server.signal("HUP");
+    server.expect(Src::Err, "`configuration reloaded`", |l| l.contains("configuration reloaded"));
+    client.expect(Src::Out, "`disconnected: server going away`", |l| l.starts_with("disconnected: server going away"));
+    client.expect(Src::Out, "`authentication failed`", |l| l.contains("authentication failed"));
+    assert!(server.child.try_wait().unwrap().is_none(), "server exited\n{}", server.transcript());
+    shut_down(server, client);
 }

@@ -128,6 +128,8 @@ pub struct ServerSpec {
     /// More `plugin.<name>: '<json>'` entries, e.g.
     /// `("http", r#"{"listen": "127.0.0.1:0"}"#)`.
     pub plugins: Vec<(String, String)>,
+    /// More top-level YAML (`clients:`, `admin:`), appended as is.
+    pub extra_yaml: String,
 }
 
 /// The `dns` section of a test server, on `127.0.0.1:0`.
@@ -161,6 +163,7 @@ impl Default for ServerSpec {
             udp_session_timeout: None,
             dns: None,
             plugins: Vec::new(),
+            extra_yaml: String::new(),
         }
     }
 }
@@ -208,6 +211,7 @@ impl ServerSpec {
                 y += &format!("  {k}: {v}\n");
             }
         }
+        y += &self.extra_yaml;
         y
     }
 
@@ -232,6 +236,8 @@ pub struct TestServer {
     pub handle: ServerHandle,
     /// The embedded DNS server's address (UDP and TCP), when it is on.
     pub dns: Option<SocketAddr>,
+    /// The admin API's address, when it is on.
+    pub admin: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), opennotr_server::ServerError>>>,
 }
@@ -247,10 +253,11 @@ impl TestServer {
         let server = Server::bind(cfg, registry).await.unwrap_or_else(|e| panic!("server does not start: {e}"));
         let addr = server.local_addr();
         let dns = server.dns_addr();
+        let admin = server.admin_addr();
         let handle = server.handle();
         let shutdown = CancellationToken::new();
         let task = Some(tokio::spawn(server.run(shutdown.clone())));
-        TestServer { addr, handle, dns, shutdown, task }
+        TestServer { addr, handle, dns, admin, shutdown, task }
     }
 
     /// Shuts the server down and waits until `run` has returned.
@@ -318,6 +325,8 @@ pub struct ClientSpec {
     pub server: SocketAddr,
     /// `key`.
     pub key: String,
+    /// `name`: the credential name; `None` = the shared key.
+    pub name: Option<String>,
     /// `domain`.
     pub domain: Option<String>,
     /// `plaintext`.
@@ -338,6 +347,7 @@ impl ClientSpec {
         ClientSpec {
             server,
             key: KEY.into(),
+            name: None,
             domain: None,
             plaintext: false,
             forwards: Vec::new(),
@@ -353,6 +363,13 @@ impl ClientSpec {
         self
     }
 
+    /// Authenticates as credential `name` with `key`.
+    pub fn credential(mut self, name: &str, key: &str) -> ClientSpec {
+        self.name = Some(name.into());
+        self.key = key.into();
+        self
+    }
+
     /// Asks for a domain.
     pub fn domain(mut self, d: &str) -> ClientSpec {
         self.domain = Some(d.into());
@@ -364,6 +381,9 @@ impl ClientSpec {
         let mut y = String::new();
         y += &format!("serverAddr: \"{}\"\n", self.server);
         y += &format!("key: {:?}\n", self.key);
+        if let Some(n) = &self.name {
+            y += &format!("name: {n:?}\n");
+        }
         if let Some(d) = &self.domain {
             y += &format!("domain: \"{d}\"\n");
         }

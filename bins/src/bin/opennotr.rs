@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use clap_complete::Shell;
 use opennotr_client::{Client, Event};
 
 /// Exposes local services through an opennotrd server.
@@ -20,10 +21,19 @@ struct Args {
     /// Log one JSON object per line.
     #[arg(long)]
     log_json: bool,
+    /// Print the shell completion script for SHELL and exit; no
+    /// configuration file is read.
+    // Left out of -h: installing completions is a one-off, not an everyday flag.
+    #[arg(long, value_name = "SHELL", exclusive = true, hide_short_help = true)]
+    completions: Option<Shell>,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse_from(opennotr_cli::normalize_args(std::env::args_os()));
+    if let Some(shell) = args.completions {
+        clap_complete::generate(shell, &mut Args::command(), "opennotr", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     let cfg = match opennotr_config::load_client(&args.config) {
         Ok(c) => c,
         Err(e) => {

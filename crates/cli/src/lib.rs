@@ -56,6 +56,26 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Calls `reload` on every SIGHUP. The handler is installed before this
+/// returns: SIGHUP's default action would end the process.
+#[cfg(unix)]
+pub fn on_hangup(reload: impl Fn() + Send + 'static) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return warn!("cannot catch SIGHUP; reload through the admin API instead");
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading the configuration");
+            reload();
+        }
+    });
+}
+
+/// No SIGHUP here; reload through the admin API.
+#[cfg(not(unix))]
+pub fn on_hangup(_reload: impl Fn() + Send + 'static) {}
+
 #[cfg(unix)]
 struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
 

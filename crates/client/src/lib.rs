@@ -97,7 +97,10 @@ pub enum ClientError {
         message: String,
     },
     /// Key confirmation failed on our side.
-    #[error("authentication failed: the server does not know our key (check `key` against the server's authKey)")]
+    #[error(
+        "authentication failed: the server does not know our key (check `key` against the server's authKey, \
+         or `name` and `key` against its clients list)"
+    )]
     BadKey,
     /// The connection or its protocol failed.
     #[error("{0}")]

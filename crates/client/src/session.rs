@@ -78,9 +78,14 @@ pub(crate) async fn connect_and_serve(
     tune_tcp(&tcp);
     let server = tcp.peer_addr().map_err(TransportError::from)?;
 
-    let (hs, spake) = ClientHandshake::start(cfg.key.expose().as_bytes(), cfg.plaintext);
-    let hello =
-        ClientMessage::Hello { version: PROTOCOL_VERSION, spake, plaintext: cfg.plaintext, software: SOFTWARE.into() };
+    let (hs, spake) = ClientHandshake::start(cfg.key.expose().as_bytes(), cfg.name.as_deref(), cfg.plaintext);
+    let hello = ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        spake,
+        plaintext: cfg.plaintext,
+        software: SOFTWARE.into(),
+        name: cfg.name.clone(),
+    };
     timed(limit, "sending hello", async {
         tcp.write_all(&preface()).await?;
         write_frame(&mut tcp, &hello.to_bytes()).await

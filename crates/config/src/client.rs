@@ -14,6 +14,7 @@ use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret, VipPortConfi
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawFile {
     server_addr: Option<String>,
+    name: Option<String>,
     key: Option<String>,
     domain: Option<String>,
     forwards: Option<Vec<RawForward>>,
@@ -55,6 +56,12 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
     let server_addr = raw.server_addr.ok_or_else(|| ConfigError::invalid("serverAddr", "required"))?;
     host_port(&server_addr).map_err(|m| ConfigError::invalid("serverAddr", m))?;
 
+    let name = raw.name.filter(|n| !n.is_empty());
+    if let Some(n) = &name {
+        if n.len() > 63 {
+            return Err(ConfigError::invalid("name", "longer than 63 characters"));
+        }
+    }
     let key = raw.key.ok_or_else(|| ConfigError::invalid("key", "required"))?;
     if key.is_empty() {
         return Err(ConfigError::invalid("key", "must not be empty"));
@@ -102,6 +109,7 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
         vip_ports,
         server_addr,
         key: Secret::new(key),
+        name,
         domain,
         forwards,
         plaintext: raw.plaintext.unwrap_or(false),

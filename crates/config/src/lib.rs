@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod client;
+mod clients;
 mod listen;
 mod server;
 mod util;
@@ -86,6 +87,48 @@ pub struct ServerConfig {
     pub etcd_lease_ttl: u64,
     /// `dns`: the embedded authoritative DNS server; `None` = off.
     pub dns: Option<DnsSection>,
+    /// `clients` and the entries of `clientsFile`: per-client credentials.
+    pub clients: Vec<Credential>,
+    /// `clientsFile`: where more credentials are read from (at start and on
+    /// every reload), relative to the server file's directory.
+    pub clients_file: Option<std::path::PathBuf>,
+    /// `admin`: the admin API and dashboard; `None` = off.
+    pub admin: Option<AdminSection>,
+}
+
+/// One client's own credential: it authenticates with `name` and `key`
+/// and may claim only what the entry allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// `clients[i].name`: what the client sends as its `name`.
+    pub name: String,
+    /// `clients[i].key`.
+    pub key: Secret,
+    /// `clients[i].domains`: names (`app.example.com`) and patterns
+    /// (`*.example.com`) it may claim. Default `<name>.<server.domain>`.
+    pub domains: Vec<String>,
+    /// `clients[i].ports`: public ports it may ask for; empty = any.
+    pub ports: Vec<PortRange>,
+    /// `clients[i].protocols`: plugins it may use; empty = all.
+    pub protocols: Vec<String>,
+}
+
+/// An inclusive range of ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+pub use clients::{credential, CredentialText};
+
+/// The `admin` section.
+#[derive(Debug, Clone)]
+pub struct AdminSection {
+    /// `admin.listen` (default `127.0.0.1:7070`).
+    pub listen: SocketAddr,
+    /// `admin.token`: the bearer token every request but `/healthz` needs.
+    pub token: Secret,
 }
 
 /// The `dns` section.
@@ -110,8 +153,9 @@ pub struct ServerSection {
     /// IPv6, published in DNS for client domains. Default: the address
     /// `server.listen` is bound to, if it is a specific one.
     pub public_ips: Vec<IpAddr>,
-    /// `server.authKey`: shared key of all clients. Must be non-empty.
-    pub auth_key: Secret,
+    /// `server.authKey`: the key of clients that send no name. Optional
+    /// when per-client credentials are configured.
+    pub auth_key: Option<Secret>,
     /// `server.domain`: zone under which client domains are generated.
     pub domain: String,
     /// `server.tcplisten` (or the original HEAD's `tcpforward.listen`).
@@ -178,8 +222,11 @@ impl Default for Limits {
 pub struct ClientConfig {
     /// `serverAddr`: `host:port` of opennotrd.
     pub server_addr: String,
-    /// `key`: must equal the server's `authKey`.
+    /// `key`: the server's `authKey`, or with `name` the client's own key.
     pub key: Secret,
+    /// `name`: the client's credential name on the server (`clients` of
+    /// the server file); `None` = authenticate with the shared `authKey`.
+    pub name: Option<String>,
     /// `domain`: requested domain; `None` = the server picks a random label.
     pub domain: Option<String>,
     pub forwards: Vec<ForwardConfig>,
@@ -224,13 +271,16 @@ pub struct ForwardConfig {
 // ---------------------------------------------------------------- loading
 
 /// Parses and validates a server file (see `docs/configuration.md`).
+/// A relative `clientsFile` is read from the current directory.
 pub fn parse_server(yaml: &str) -> Result<ServerConfig, ConfigError> {
-    server::parse(yaml)
+    server::parse(yaml, None)
 }
+/// Reads and validates a server file, and the `clientsFile` it names
+/// (relative to the file's directory).
 pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
-    parse_server(&text)
+    server::parse(&text, path.parent())
 }
 /// Parses and validates a client file (see `docs/configuration.md`).
 pub fn parse_client(yaml: &str) -> Result<ClientConfig, ConfigError> {

@@ -24,6 +24,17 @@ struct RawFile {
     udpforward: Option<RawUdpForward>,
     resolver: Option<RawResolver>,
     dns: Option<RawDns>,
+    clients: Option<Vec<crate::clients::RawClient>>,
+    #[serde(rename = "clientsFile")]
+    clients_file: Option<String>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,21 +125,52 @@ struct RawResolver {
     lease_ttl: Option<u64>,
 }
 
-pub(crate) fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+pub(crate) fn parse(text: &str, base: Option<&std::path::Path>) -> Result<ServerConfig, ConfigError> {
     let raw: RawFile = yaml::from_str(text)?.unwrap_or_default();
-    validate(raw)
+    validate(raw, base)
 }
 
-fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
+fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig, ConfigError> {
     let s = raw.server.unwrap_or_default();
     let listen = listen("server.listen", required("server.listen", s.listen)?.as_str())?;
 
-    let auth_key = required("server.authKey", s.auth_key)?;
-    if auth_key.is_empty() {
+    let auth_key = s.auth_key;
+    if auth_key.as_deref() == Some("") {
         return Err(ConfigError::invalid("server.authKey", "must not be empty"));
+    }
+    if auth_key.is_none() && raw.clients.is_none() && raw.clients_file.is_none() {
+        return Err(ConfigError::invalid("server.authKey", "required (unless clients or clientsFile is set)"));
     }
     let domain = required("server.domain", s.domain)?;
     let domain = dns_name(&domain).map_err(|m| ConfigError::invalid("server.domain", m))?;
+
+    let mut clients = crate::clients::validate("clients", raw.clients.unwrap_or_default(), &domain)?;
+    let clients_file = raw.clients_file.filter(|f| !f.is_empty()).map(|f| match base {
+        Some(dir) if std::path::Path::new(&f).is_relative() => dir.join(f),
+        _ => std::path::PathBuf::from(f),
+    });
+    if let Some(path) = &clients_file {
+        for c in crate::clients::load_file(path, &domain)? {
+            if clients.iter().any(|o| o.name == c.name) {
+                return Err(ConfigError::invalid(
+                    "clientsFile",
+                    format!("client {:?} is also listed under clients", c.name),
+                ));
+            }
+            clients.push(c);
+        }
+    }
+    let admin = match raw.admin {
+        None => None,
+        Some(a) => {
+            let listen = self::listen("admin.listen", a.listen.as_deref().unwrap_or("127.0.0.1:7070"))?;
+            let token = required("admin.token", a.token)?;
+            if token.len() < 16 {
+                return Err(ConfigError::invalid("admin.token", "must be at least 16 characters"));
+            }
+            Some(crate::AdminSection { listen, token: Secret::new(token) })
+        }
+    };
 
     let tcp_listen = merge_listen(
         ("server.tcplisten", s.tcp_listen),
@@ -158,7 +200,7 @@ fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
     let server = ServerSection {
         public_ips,
         listen,
-        auth_key: Secret::new(auth_key),
+        auth_key: auth_key.map(Secret::new),
         domain,
         tcp_listen,
         udp_listen,
@@ -242,7 +284,19 @@ fn validate(raw: RawFile) -> Result<ServerConfig, ConfigError> {
         }
     };
 
-    Ok(ServerConfig { server, dhcp, plugins, limits, etcd_endpoints, etcd_prefix, etcd_lease_ttl, dns })
+    Ok(ServerConfig {
+        server,
+        dhcp,
+        plugins,
+        limits,
+        etcd_endpoints,
+        etcd_prefix,
+        etcd_lease_ttl,
+        dns,
+        clients,
+        clients_file,
+        admin,
+    })
 }
 
 fn required(key: &str, value: Option<String>) -> Result<String, ConfigError> {

@@ -106,7 +106,7 @@ fn debug_output_never_shows_keys() {
     let text = format!("{server:?} {server:#?} {:?}", server.server.auth_key);
     assert!(!text.contains("server-secret-do-not-print"), "{text}");
     assert!(text.contains("Secret(***)"));
-    assert_eq!(server.server.auth_key.expose(), "server-secret-do-not-print");
+    assert_eq!(server.server.auth_key.as_ref().map(|k| k.expose()), Some("server-secret-do-not-print"));
 
     let client = client_with("forwards:\n  - protocol: tcp\n    ports: {0: 8080}\n").expect("client");
     let text = format!("{client:?} {client:#?}");
@@ -270,4 +270,37 @@ fn client_values() {
     assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: {1: 1.5}\n")), "forwards[0].ports");
     assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: {1: \" 2\"}\n")), "forwards[0].ports");
     assert_eq!(err_key(client_with("domain: \"a..b\"\n")), "domain");
+}
+
+#[test]
+fn clients_admin_and_clients_file() {
+    let dir = std::env::temp_dir().join(format!("opennotr-config-clients-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("more.yaml"), "- name: carol\n  key: \"c\"\n  ports: [8080, \"9000-9010\"]\n").unwrap();
+    let server = "server:\n  listen: \":1\"\n  domain: open.notr.test\ndhcp:\n  cidr: 100.64.0.1/24\n\
+                  clients:\n  - name: alice\n    key: \"alice-secret-do-not-print\"\n\
+                  clientsFile: more.yaml\nadmin:\n  token: \"0123456789abcdef\"\n";
+    let path = dir.join("notrd.yaml");
+    std::fs::write(&path, server).unwrap();
+    let cfg = opennotr_config::load_server(&path).expect("valid");
+    assert!(cfg.server.auth_key.is_none());
+    let names: Vec<_> = cfg.clients.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["alice", "carol"]);
+    assert_eq!(cfg.clients[0].domains, ["alice.open.notr.test"]);
+    assert!(cfg.clients[1].allows_port(9005) && !cfg.clients[1].allows_port(8081));
+    let admin = cfg.admin.as_ref().expect("admin");
+    assert_eq!(admin.listen.to_string(), "127.0.0.1:7070");
+    // Secrets stay out of Debug output.
+    let text = format!("{cfg:?}");
+    assert!(!text.contains("alice-secret-do-not-print") && !text.contains("0123456789abcdef"), "{text}");
+
+    // A bad entry in the file names the file's key.
+    std::fs::write(dir.join("more.yaml"), "- name: carol\n  key: \"\"\n").unwrap();
+    let err = opennotr_config::load_server(&path).expect_err("empty key");
+    assert_eq!(err.key(), Some("clientsFile[0].key"), "{err}");
+    // The same name in both places is refused.
+    std::fs::write(dir.join("more.yaml"), "- name: alice\n  key: \"x\"\n").unwrap();
+    let err = opennotr_config::load_server(&path).expect_err("twice");
+    assert_eq!(err.key(), Some("clientsFile"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

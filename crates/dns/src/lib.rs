@@ -76,13 +76,36 @@ pub struct DnsServer {
     udp: tokio::net::UdpSocket,
     tcp: tokio::net::TcpListener,
     addr: SocketAddr,
+    stats: std::sync::Arc<DnsStats>,
+}
+
+/// Queries answered, by transport and response code, for the metrics.
+#[derive(Debug, Default)]
+pub struct DnsStats {
+    counts: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), u64>>,
+}
+
+impl DnsStats {
+    pub(crate) fn count(&self, proto: &'static str, rcode: String) {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((proto, rcode)).or_default() += 1;
+    }
+
+    /// `((transport, rcode), queries)` pairs, e.g. `(("udp", "NoError"), 3)`.
+    pub fn snapshot(&self) -> Vec<((&'static str, String), u64)> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 impl DnsServer {
     /// Binds UDP and TCP on `listen` (port 0: one free port for both).
     pub async fn bind(listen: SocketAddr, cfg: ZoneConfig) -> std::io::Result<DnsServer> {
         let (udp, tcp, addr) = server::bind(listen).await?;
-        Ok(DnsServer { cfg, udp, tcp, addr })
+        Ok(DnsServer { cfg, udp, tcp, addr, stats: Default::default() })
+    }
+
+    /// Its query counters (they keep counting while it runs).
+    pub fn stats(&self) -> std::sync::Arc<DnsStats> {
+        self.stats.clone()
     }
 
     /// The address both sockets are bound to.

@@ -46,16 +46,22 @@ pub(crate) fn serial_now() -> u32 {
 
 /// The latest names and their index, rebuilt when the names change.
 struct Current {
+    stats: Arc<crate::DnsStats>,
     cfg: ZoneConfig,
     rx: watch::Receiver<Arc<Names>>,
     cache: Mutex<(Arc<Names>, Arc<Index>)>,
 }
 
 impl Current {
-    fn new(cfg: ZoneConfig, rx: watch::Receiver<Arc<Names>>) -> Current {
+    fn new(cfg: ZoneConfig, rx: watch::Receiver<Arc<Names>>, stats: Arc<crate::DnsStats>) -> Current {
         let names = rx.borrow().clone();
         let index = Arc::new(index(&names, &cfg, serial_now()));
-        Current { cfg, rx, cache: Mutex::new((names, index)) }
+        Current { stats, cfg, rx, cache: Mutex::new((names, index)) }
+    }
+
+    fn log(&self, proto: &'static str, peer: SocketAddr, reply: &Reply) {
+        self.stats.count(proto, reply.rcode.to_string());
+        log(proto, peer, reply);
     }
 
     /// The names as they are now (cheap: an `Arc` clone, unless they changed).
@@ -99,8 +105,8 @@ fn log(proto: &str, peer: SocketAddr, reply: &Reply) {
 }
 
 pub(crate) async fn run(server: DnsServer, names: watch::Receiver<Arc<Names>>, stop: CancellationToken) {
-    let DnsServer { cfg, udp, tcp, addr } = server;
-    let current = Arc::new(Current::new(cfg, names));
+    let DnsServer { cfg, udp, tcp, addr, stats } = server;
+    let current = Arc::new(Current::new(cfg, names, stats));
     let conns = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_TCP));
     let mut buf = vec![0u8; 65535];
@@ -113,7 +119,7 @@ pub(crate) async fn run(server: DnsServer, names: watch::Receiver<Arc<Names>>, s
                         debug!(%peer, len = n, "DNS: ignored a UDP packet that is not a query");
                         continue;
                     };
-                    log("udp", peer, &reply);
+                    current.log("udp", peer, &reply);
                     if let Err(e) = udp.send_to(&reply.bytes, peer).await {
                         debug!(%peer, error = %e, "DNS: cannot send a UDP answer");
                     }
@@ -170,7 +176,7 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, current: &Current, s
                 debug!(%peer, len = query.len(), "DNS: not a query over TCP; closing");
                 return None;
             };
-            log("tcp", peer, &reply);
+            current.log("tcp", peer, &reply);
             let mut out = Vec::with_capacity(2 + reply.bytes.len());
             out.extend_from_slice(&(reply.bytes.len() as u16).to_be_bytes());
             out.extend_from_slice(&reply.bytes);

@@ -148,6 +148,10 @@ pub trait Plugin: Send + Sync + 'static {
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError>;
     /// Stops the forward and frees all it holds before returning.
     async fn stop_proxy(&self, meta: &ForwardMeta);
+    /// Appends the plugin's own metrics, in Prometheus' text format, to a
+    /// scrape of the server's `/metrics` (bytes and streams per forward are
+    /// counted by the server already).
+    fn metrics(&self, _out: &mut String) {}
 }
 
 /// Creates a plugin from its configuration.
@@ -159,10 +163,11 @@ pub trait PluginFactory: Send + Sync + 'static {
     fn setup(&self, config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError>;
 }
 
-/// The plugins a server can run, by name.
-#[derive(Default)]
+/// The plugins a server can run, by name. Cloning shares the factories
+/// (the server keeps a copy to set plugins up again on reload).
+#[derive(Default, Clone)]
 pub struct Registry {
-    factories: BTreeMap<&'static str, Box<dyn PluginFactory>>,
+    factories: BTreeMap<&'static str, Arc<dyn PluginFactory>>,
 }
 
 impl fmt::Debug for Registry {
@@ -179,7 +184,7 @@ impl Registry {
 
     /// Adds a plugin; a later one of the same name replaces the earlier.
     pub fn register(&mut self, factory: impl PluginFactory) -> &mut Self {
-        self.factories.insert(factory.name(), Box::new(factory));
+        self.factories.insert(factory.name(), Arc::new(factory));
         self
     }
 

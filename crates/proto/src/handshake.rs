@@ -21,6 +21,17 @@ use ring::{hkdf, hmac};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 
 const ID_CLIENT: &[u8] = b"opennotr client";
+
+/// The client's SPAKE2 identity: with a credential name, the name is part
+/// of it, so a MITM cannot replay one client's exchange under another name.
+fn client_identity(name: Option<&str>) -> Vec<u8> {
+    let mut id = ID_CLIENT.to_vec();
+    if let Some(n) = name {
+        id.push(b'/');
+        id.extend_from_slice(n.as_bytes());
+    }
+    id
+}
 const ID_SERVER: &[u8] = b"opennotr server";
 const TRANSCRIPT_LABEL: &[u8] = b"opennotr/1 handshake";
 
@@ -122,9 +133,14 @@ impl std::fmt::Debug for ClientHandshake {
 
 impl ClientHandshake {
     /// Starts a handshake; returns the state and the SPAKE2 message for `hello`.
-    pub fn start(key: &[u8], plaintext: bool) -> (Self, Vec<u8>) {
-        let (spake, msg) =
-            Spake2::<Ed25519Group>::start_a(&Password::new(key), &Identity::new(ID_CLIENT), &Identity::new(ID_SERVER));
+    /// `name` is the client's credential name (`None` for the shared key);
+    /// it is bound into the exchange, so a key only works with its name.
+    pub fn start(key: &[u8], name: Option<&str>, plaintext: bool) -> (Self, Vec<u8>) {
+        let (spake, msg) = Spake2::<Ed25519Group>::start_a(
+            &Password::new(key),
+            &Identity::new(&client_identity(name)),
+            &Identity::new(ID_SERVER),
+        );
         (ClientHandshake { spake, msg: msg.clone(), plaintext }, msg)
     }
 
@@ -155,11 +171,15 @@ impl ServerHandshake {
     /// the server's confirmation MAC for `challenge`.
     pub fn respond(
         key: &[u8],
+        name: Option<&str>,
         client_spake: &[u8],
         plaintext: bool,
     ) -> Result<(Self, Vec<u8>, Vec<u8>), HandshakeError> {
-        let (spake, msg) =
-            Spake2::<Ed25519Group>::start_b(&Password::new(key), &Identity::new(ID_CLIENT), &Identity::new(ID_SERVER));
+        let (spake, msg) = Spake2::<Ed25519Group>::start_b(
+            &Password::new(key),
+            &Identity::new(&client_identity(name)),
+            &Identity::new(ID_SERVER),
+        );
         let shared = spake.finish(client_spake).map_err(|_| HandshakeError::BadMessage)?;
         let derived = derive(&shared, transcript(client_spake, &msg, plaintext));
         let mac = hmac::sign(&derived.server_confirm, &derived.transcript).as_ref().to_vec();
@@ -213,9 +233,22 @@ impl SessionKeys {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_key_works_only_under_its_name() {
+        let attempt = |cn: Option<&str>, sn: Option<&str>| {
+            let (c, hello) = ClientHandshake::start(b"k", cn, false);
+            let (s, spake_b, mac_s) = ServerHandshake::respond(b"k", sn, &hello, false).unwrap();
+            c.finish(&spake_b, &mac_s).and_then(|(_, mac)| s.verify(&mac).map(|_| ()))
+        };
+        assert!(attempt(Some("alice"), Some("alice")).is_ok());
+        assert!(matches!(attempt(Some("alice"), Some("bob")), Err(HandshakeError::BadKey)));
+        assert!(matches!(attempt(None, Some("alice")), Err(HandshakeError::BadKey)));
+        assert!(matches!(attempt(Some("alice"), None), Err(HandshakeError::BadKey)));
+    }
+
     fn run(client_key: &[u8], server_key: &[u8]) -> Result<(SessionKeys, SessionKeys), HandshakeError> {
-        let (c, hello) = ClientHandshake::start(client_key, false);
-        let (s, spake_b, mac_s) = ServerHandshake::respond(server_key, &hello, false)?;
+        let (c, hello) = ClientHandshake::start(client_key, None, false);
+        let (s, spake_b, mac_s) = ServerHandshake::respond(server_key, None, &hello, false)?;
         let (ck, mac_c) = c.finish(&spake_b, &mac_s)?;
         let sk = s.verify(&mac_c)?;
         Ok((ck, sk))
@@ -248,25 +281,25 @@ mod tests {
     #[test]
     fn replayed_client_messages_fail() {
         // An attacker replays a recorded hello and confirm to a server.
-        let (c, hello) = ClientHandshake::start(b"k", false);
-        let (_s, spake_b, mac_s) = ServerHandshake::respond(b"k", &hello, false).unwrap();
+        let (c, hello) = ClientHandshake::start(b"k", None, false);
+        let (_s, spake_b, mac_s) = ServerHandshake::respond(b"k", None, &hello, false).unwrap();
         let (_, recorded_confirm) = c.finish(&spake_b, &mac_s).unwrap();
-        let (s2, _, _) = ServerHandshake::respond(b"k", &hello, false).unwrap();
+        let (s2, _, _) = ServerHandshake::respond(b"k", None, &hello, false).unwrap();
         assert_eq!(s2.verify(&recorded_confirm).unwrap_err(), HandshakeError::BadKey);
     }
 
     #[test]
     fn plaintext_flag_is_bound_to_the_transcript() {
         // A man in the middle flipping `plaintext` breaks confirmation.
-        let (c, hello) = ClientHandshake::start(b"k", false);
-        let (_s, spake_b, mac_s) = ServerHandshake::respond(b"k", &hello, true).unwrap();
+        let (c, hello) = ClientHandshake::start(b"k", None, false);
+        let (_s, spake_b, mac_s) = ServerHandshake::respond(b"k", None, &hello, true).unwrap();
         assert_eq!(c.finish(&spake_b, &mac_s).unwrap_err(), HandshakeError::BadKey);
     }
 
     #[test]
     fn garbage_spake_message() {
-        assert!(ServerHandshake::respond(b"k", b"junk", false).is_err());
-        let (c, _) = ClientHandshake::start(b"k", false);
+        assert!(ServerHandshake::respond(b"k", None, b"junk", false).is_err());
+        let (c, _) = ClientHandshake::start(b"k", None, false);
         assert_eq!(c.finish(&[0u8; 3], &[0u8; 32]).unwrap_err(), HandshakeError::BadMessage);
     }
 

@@ -28,6 +28,9 @@ pub enum ClientMessage {
         /// Software name and version, for logs.
         #[serde(default)]
         software: String,
+        /// The client's credential name; absent = the shared `authKey`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     /// Key confirmation: proves the client derived the same key.
     Confirm {
@@ -179,6 +182,8 @@ pub enum RefuseCode {
     ProtocolError,
     /// The server is shutting down.
     ShuttingDown,
+    /// The client's credential does not allow the requested domain.
+    DomainNotAllowed,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -193,6 +198,7 @@ impl RefuseCode {
                 | RefuseCode::VersionMismatch
                 | RefuseCode::PlaintextNotAllowed
                 | RefuseCode::DomainInvalid
+                | RefuseCode::DomainNotAllowed
                 | RefuseCode::TooManyForwards
         )
     }
@@ -313,11 +319,16 @@ mod tests {
 
     fn arb_client() -> impl Strategy<Value = ClientMessage> {
         prop_oneof![
-            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64), any::<bool>(), ".{0,10}").prop_map(
-                |(version, spake, plaintext, software)| {
-                    ClientMessage::Hello { version, spake, plaintext, software }
-                }
-            ),
+            (
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<bool>(),
+                ".{0,10}",
+                proptest::option::of("[a-z]{1,10}")
+            )
+                .prop_map(|(version, spake, plaintext, software, name)| {
+                    ClientMessage::Hello { version, spake, plaintext, software, name }
+                }),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|mac| ClientMessage::Confirm { mac }),
             (".{0,20}", proptest::option::of("[a-z.]{1,20}"), proptest::collection::vec(arb_forward(), 0..4)).prop_map(
                 |(client_id, domain, forwards)| ClientMessage::Register {

@@ -41,7 +41,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
         shared.sessions.spawn(
             async move {
                 let limit = shared2.cfg.server.handshake_timeout;
-                let slot = tokio::time::timeout(limit, shared2.handshakes.clone().acquire_owned()).await;
+                let slot = tokio::time::timeout(limit, shared2.handshake_slots.clone().acquire_owned()).await;
                 drop(queued);
                 match slot {
                     Ok(Ok(permit)) => handle(shared2, tcp, peer, permit).await,
@@ -53,8 +53,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
     }
 }
 
-async fn refuse(tcp: &mut TcpStream, code: RefuseCode, message: String) {
+async fn refuse(shared: &Shared, tcp: &mut TcpStream, peer: SocketAddr, code: RefuseCode, message: String) {
     info!(%code, %message, "refusing client");
+    shared.refused(peer, None, code, &message);
     let m = ServerMessage::Refused { code, message };
     let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(tcp, &m.to_bytes())).await;
 }
@@ -72,7 +73,8 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, permi
                 "protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the client version {v}; \
                  run the same opennotr release on both sides"
             );
-            return refuse(&mut tcp, RefuseCode::VersionMismatch, msg).await;
+            shared.handshake_result("version_mismatch");
+            return refuse(&shared, &mut tcp, peer, RefuseCode::VersionMismatch, msg).await;
         }
         Ok(_) => {}
     }
@@ -81,20 +83,28 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, permi
         Err(e) => return debug!(error = %e, "no hello"),
     };
     match ClientMessage::from_bytes(&first) {
-        Ok(ClientMessage::Hello { version, spake, plaintext, software }) => {
+        Ok(ClientMessage::Hello { version, spake, plaintext, software, name }) => {
             if version != PROTOCOL_VERSION {
                 let msg = format!("protocol version mismatch: server {PROTOCOL_VERSION}, client {version}");
-                return refuse(&mut tcp, RefuseCode::VersionMismatch, msg).await;
+                shared.handshake_result("version_mismatch");
+                return refuse(&shared, &mut tcp, peer, RefuseCode::VersionMismatch, msg).await;
             }
-            debug!(%software, plaintext, "hello");
-            control(shared, tcp, peer, spake, plaintext, permit).await
+            debug!(%software, plaintext, name = name.as_deref().unwrap_or(""), "hello");
+            control(shared, tcp, peer, spake, plaintext, name, permit).await
         }
         Ok(ClientMessage::DataHello { session, stream, nonce, mac }) => {
             drop(permit);
             data(&shared, tcp, &session, stream, &nonce, &mac)
         }
-        Ok(other) => refuse(&mut tcp, RefuseCode::ProtocolError, format!("expected hello, got {other:?}")).await,
-        Err(e) => refuse(&mut tcp, RefuseCode::ProtocolError, format!("malformed hello: {e}")).await,
+        Ok(other) => {
+            shared.handshake_result("protocol_error");
+            let msg = format!("expected hello, got {other:?}");
+            refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, msg).await
+        }
+        Err(e) => {
+            shared.handshake_result("protocol_error");
+            refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, format!("malformed hello: {e}")).await
+        }
     }
 }
 
@@ -125,50 +135,84 @@ fn data(shared: &Shared, tcp: TcpStream, session: &[u8], stream: u64, nonce: &[u
     let _ = waiter.send(Ok(chan));
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn control(
     shared: Arc<Shared>,
     mut tcp: TcpStream,
     peer: SocketAddr,
     spake: Vec<u8>,
     plaintext: bool,
+    name: Option<String>,
     permit: OwnedSemaphorePermit,
 ) {
     let cfg = &shared.cfg.server;
     let limit = cfg.handshake_timeout;
+    let result = |r: &'static str| shared.handshake_result(r);
     if shared.draining.is_cancelled() {
-        return refuse(&mut tcp, RefuseCode::ShuttingDown, "the server is shutting down".into()).await;
+        result("shutting_down");
+        return refuse(&shared, &mut tcp, peer, RefuseCode::ShuttingDown, "the server is shutting down".into()).await;
     }
     if plaintext && !cfg.allow_plaintext {
+        result("plaintext_not_allowed");
         let msg = "the client asks for an unencrypted tunnel and this server does not allow it \
                    (set server.allowPlaintext: true on the server, or plaintext: false on the client)";
-        return refuse(&mut tcp, RefuseCode::PlaintextNotAllowed, msg.into()).await;
+        return refuse(&shared, &mut tcp, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
     }
-    let (hs, spake_b, mac) = match ServerHandshake::respond(cfg.auth_key.expose().as_bytes(), &spake, plaintext) {
+    let name = name.filter(|n| !n.is_empty() && n.len() <= 63);
+    if name.is_none() && shared.creds().shared_key.is_none() {
+        result("bad_key");
+        let msg = "this server has no shared key: set `name` and `key` from the server's clients list";
+        return refuse(&shared, &mut tcp, peer, RefuseCode::BadKey, msg.into()).await;
+    }
+    // An unknown name runs the exchange with a random key, so it fails at
+    // key confirmation exactly like a wrong key: names cannot be probed.
+    let key = shared.creds().key_for(name.as_deref()).map(|k| k.expose().as_bytes().to_vec());
+    let key = key.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
+    let (hs, spake_b, mac) = match ServerHandshake::respond(&key, name.as_deref(), &spake, plaintext) {
         Ok(x) => x,
-        Err(e) => return refuse(&mut tcp, RefuseCode::ProtocolError, e.to_string()).await,
+        Err(e) => {
+            result("protocol_error");
+            return refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, e.to_string()).await;
+        }
     };
+    drop(key);
     let challenge =
         ServerMessage::Challenge { version: PROTOCOL_VERSION, spake: spake_b, mac, software: SOFTWARE.into() };
     if let Err(e) = timed(limit, "sending challenge", write_frame(&mut tcp, &challenge.to_bytes())).await {
+        result("closed");
         return debug!(error = %e, "handshake failed");
     }
     let confirm = match timed(limit, "waiting for key confirmation", read_frame_exact(&mut tcp)).await {
         Ok(f) => ClientMessage::from_bytes(&f),
         Err(TransportError::Closed) => {
-            return info!("client closed during the handshake (its key probably differs from the server's)")
+            result("bad_key");
+            let msg = "client closed during the handshake (its key probably differs from the server's)";
+            shared.refused(peer, name.as_deref(), RefuseCode::BadKey, msg);
+            return info!("{msg}");
         }
-        Err(e) => return debug!(error = %e, "handshake failed"),
+        Err(e) => {
+            result("timeout");
+            return debug!(error = %e, "handshake failed");
+        }
     };
     let keys = match confirm {
         Ok(ClientMessage::Confirm { mac }) => match hs.verify(&mac) {
             Ok(k) => k,
             Err(_) => {
-                let msg = "authentication failed: the client's key does not match the server's authKey";
-                return refuse(&mut tcp, RefuseCode::BadKey, msg.into()).await;
+                result("bad_key");
+                let msg = match &name {
+                    None => "authentication failed: the client's key does not match the server's authKey",
+                    Some(_) => "authentication failed: unknown client name or wrong key",
+                };
+                return refuse(&shared, &mut tcp, peer, RefuseCode::BadKey, msg.into()).await;
             }
         },
-        _ => return refuse(&mut tcp, RefuseCode::ProtocolError, "expected confirm".into()).await,
+        _ => {
+            result("protocol_error");
+            return refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, "expected confirm".into()).await;
+        }
     };
+    result("ok");
     let chan = if plaintext {
         Channel::Plain(tcp)
     } else {
@@ -196,7 +240,41 @@ async fn control(
         let _ = writer.send(&m.to_bytes()).await;
         return;
     }
-    let domain = domain.filter(|d| !d.is_empty());
+    let mut domain = domain.filter(|d| !d.is_empty());
+    // The credential as it is now; if it changes before the session is in
+    // the table, the change's sweep misses it, so that is checked below.
+    let cred = match &name {
+        None => None,
+        Some(n) => match shared.creds().get(n).cloned() {
+            Some(c) => Some(c),
+            None => {
+                let m = ServerMessage::Refused { code: RefuseCode::BadKey, message: "credential revoked".into() };
+                let _ = writer.send(&m.to_bytes()).await;
+                return;
+            }
+        },
+    };
+    if let Some(c) = &cred {
+        match domain.as_deref().map(crate::state::normalize_domain) {
+            Some(Ok(d)) if !c.allows_domain(&d) => {
+                let message = format!("client {} may not claim {d} (allowed: {})", c.name, c.domains.join(", "));
+                info!(%message, "refusing client");
+                shared.refused(peer, Some(&c.name), RefuseCode::DomainNotAllowed, &message);
+                let m = ServerMessage::Refused { code: RefuseCode::DomainNotAllowed, message };
+                let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
+                return;
+            }
+            Some(_) => {}
+            // Without a request, a named client gets its first exact name.
+            None => domain = c.domains.iter().find(|d| !d.starts_with("*.")).cloned(),
+        }
+    }
+    // Client ids are the client's choice: under a name, they only ever
+    // match (and replace) sessions of the same name.
+    let client_id = match &name {
+        Some(n) => format!("{n}/{client_id}"),
+        None => client_id,
+    };
 
     // Admission, replacing the client's own stale session if it has one.
     // Deciding and inserting happen under one lock, so two clients can never
@@ -211,6 +289,7 @@ async fn control(
                 let session = Arc::new(Session::new(
                     &shared,
                     session_id,
+                    name.clone(),
                     client_id.clone(),
                     a.domain,
                     a.vip,
@@ -240,6 +319,7 @@ async fn control(
             }
             Err(AdmitError::Refused(code, message)) => {
                 info!(%code, %message, "refusing client");
+                shared.refused(peer, name.as_deref(), code, &message);
                 let m = ServerMessage::Refused { code, message };
                 let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
                 return;
@@ -248,10 +328,17 @@ async fn control(
     };
     drop(out);
     drop(permit);
-    let span = info_span!("session", client = %short(&client_id), domain = %session.domain, vip = %session.vip);
+    if let Some(c) = &cred {
+        if shared.creds().get(&c.name) != Some(c) {
+            info!(client = %c.name, "credential changed while registering; closing the session");
+            session.kill.cancel();
+        }
+    }
+    let who = name.clone().unwrap_or_else(|| short(&client_id).to_string());
+    let span = info_span!("session", client = %who, domain = %session.domain, vip = %session.vip);
     async move {
         info!(%peer, plaintext, "client connected");
-        let results = session::start_forwards(&shared, &session, &forwards, &leased_ports).await;
+        let results = session::start_forwards(&shared, &session, cred.as_ref(), &forwards, &leased_ports).await;
         crate::vlan::export(&shared, &session, true).await;
         shared.publish_names();
         let registered = ServerMessage::Registered {

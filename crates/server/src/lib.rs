@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod admin;
 mod conn;
+mod creds;
 pub mod plugins;
 mod session;
 mod state;
@@ -104,11 +106,100 @@ impl Shared {
     pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, state::State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The plugin serving `protocol` now.
+    pub(crate) fn plugin(&self, protocol: &str) -> Option<Arc<dyn Plugin>> {
+        self.plugins.read().unwrap_or_else(|e| e.into_inner()).get(protocol).cloned()
+    }
+
+    /// Every plugin, by name.
+    pub(crate) fn plugins(&self) -> BTreeMap<String, Arc<dyn Plugin>> {
+        self.plugins.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The limits in force now.
+    pub(crate) fn limits(&self) -> opennotr_config::Limits {
+        self.limits.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies new limits: new sessions, forwards and handshakes get them;
+    /// live sessions keep their stream limit.
+    pub(crate) fn set_limits(&self, next: opennotr_config::Limits) {
+        let mut slot = self.limits.write().unwrap_or_else(|e| e.into_inner());
+        let resize = |sem: &tokio::sync::Semaphore, old: usize, new: usize| {
+            if new > old {
+                sem.add_permits(new - old);
+            } else {
+                // Only slots free right now can be taken away; with every
+                // slot busy, the limit shrinks by less than asked.
+                sem.forget_permits(old - new);
+            }
+        };
+        resize(&self.handshake_slots, slot.max_handshakes, next.max_handshakes);
+        resize(&self.queued, slot.max_handshakes.saturating_mul(4), next.max_handshakes.saturating_mul(4));
+        self.state().set_max_clients(next.max_clients);
+        *slot = next;
+    }
+
+    /// The credentials in force now.
+    pub(crate) fn creds(&self) -> Arc<creds::Creds> {
+        self.creds.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records a refusal for the admin API, the dashboard and the metrics.
+    pub(crate) fn refused(
+        &self,
+        remote: SocketAddr,
+        client: Option<&str>,
+        code: impl std::fmt::Display,
+        message: &str,
+    ) {
+        self.refusals.record(creds::Refusal {
+            at: SystemTime::now(),
+            remote: remote.to_string(),
+            client: client.map(str::to_string),
+            code: code.to_string(),
+            message: message.to_string(),
+        });
+    }
+
+    /// Counts a finished control handshake by its result.
+    pub(crate) fn handshake_result(&self, result: &'static str) {
+        *self.handshakes.lock().unwrap_or_else(|e| e.into_inner()).entry(result).or_default() += 1;
+    }
+
+    /// Replaces the credentials and closes the sessions of every client
+    /// whose entry changed or went. Returns how many sessions were closed.
+    pub(crate) fn set_creds(&self, next: creds::Creds) -> usize {
+        let mut slot = self.creds.write().unwrap_or_else(|e| e.into_inner());
+        let changed = slot.changed_names(&next);
+        *slot = Arc::new(next);
+        drop(slot);
+        let doomed: Vec<_> = self
+            .state()
+            .sessions
+            .values()
+            .filter(|s| s.client.as_ref().is_some_and(|c| changed.contains(c)))
+            .cloned()
+            .collect();
+        for s in &doomed {
+            info!(client = s.client.as_deref().unwrap_or(""), domain = %s.domain, "credential changed or revoked; closing its session");
+            s.close("credential changed or revoked");
+        }
+        doomed.len()
+    }
 }
 
 pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
-    pub(crate) plugins: BTreeMap<String, Arc<dyn Plugin>>,
+    /// The plugins by name; an entry is replaced when a reload changes its
+    /// config.
+    pub(crate) plugins: std::sync::RwLock<BTreeMap<String, Arc<dyn Plugin>>>,
+    /// What sets plugins up again on reload.
+    pub(crate) registry: Registry,
+    /// Each plugin's config as in force now (`{}` for one the file leaves
+    /// out), to tell which ones a reload changes.
+    pub(crate) plugin_cfgs: std::sync::Mutex<BTreeMap<String, serde_json::Value>>,
     pub(crate) state: std::sync::Mutex<state::State>,
     pub(crate) next_forward: std::sync::atomic::AtomicU64,
     /// Sessions and handshakes.
@@ -119,13 +210,24 @@ pub(crate) struct Shared {
     pub(crate) draining: CancellationToken,
     /// Cancelled when the grace period ends: everything stops.
     pub(crate) kill: CancellationToken,
-    pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
+    pub(crate) handshake_slots: Arc<tokio::sync::Semaphore>,
     /// Live domains and VIPs, for the DNS server and the etcd publisher.
     pub(crate) names: tokio::sync::watch::Sender<Arc<opennotr_dns::Names>>,
     /// The virtual LAN's rules, when it is on.
     pub(crate) vlan: std::sync::Mutex<Option<Arc<opennotr_tproxy::Rules>>>,
     /// Connections accepted and waiting for a handshake slot.
     pub(crate) queued: Arc<tokio::sync::Semaphore>,
+    /// `limits`, replaceable by a reload; sessions keep the limits they
+    /// started with, new sessions and forwards take the current ones.
+    pub(crate) limits: std::sync::RwLock<opennotr_config::Limits>,
+    /// Who may connect; replaced whole on reload or an API change.
+    pub(crate) creds: std::sync::RwLock<Arc<creds::Creds>>,
+    pub(crate) refusals: creds::Refusals,
+    /// Control handshakes by result.
+    pub(crate) handshakes: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+    pub(crate) dns_stats: Option<Arc<opennotr_dns::DnsStats>>,
+    /// The file to re-read on reload.
+    pub(crate) config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -135,6 +237,7 @@ pub struct Server {
     vlan: Option<vlan::Setup>,
     dns: Option<opennotr_dns::DnsServer>,
     etcd: Option<opennotr_dns::etcd::EtcdPublisher>,
+    admin: Option<opennotr_admin::AdminServer>,
 }
 
 /// A cheap handle to look at a running server.
@@ -198,7 +301,16 @@ pub fn setup_plugins(
     Ok(out)
 }
 
-fn plugin_config_error(name: &str, e: opennotr_plugin::PluginError) -> ServerError {
+/// Every registered plugin's effective config: its `plugin.<name>` entry,
+/// or `{}`.
+pub(crate) fn plugin_configs(cfg: &ServerConfig, registry: &Registry) -> BTreeMap<String, serde_json::Value> {
+    registry
+        .names()
+        .map(|n| (n.to_string(), cfg.plugins.get(n).cloned().unwrap_or_else(|| serde_json::json!({}))))
+        .collect()
+}
+
+pub(crate) fn plugin_config_error(name: &str, e: opennotr_plugin::PluginError) -> ServerError {
     match e {
         opennotr_plugin::PluginError::Config { key, message } => ServerError::Config { key, message },
         other => ServerError::Config { key: format!("plugin.{name}"), message: other.to_string() },
@@ -278,9 +390,11 @@ impl Server {
             })
         });
         let state = state::State::new(&cfg);
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes));
+        let handshake_slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes));
         let shared = Arc::new(Shared {
-            plugins,
+            plugins: std::sync::RwLock::new(plugins),
+            registry: registry.clone(),
+            plugin_cfgs: std::sync::Mutex::new(plugin_configs(&cfg, registry)),
             state: std::sync::Mutex::new(state),
             next_forward: 1.into(),
             sessions: TaskTracker::new(),
@@ -290,13 +404,34 @@ impl Server {
             vlan: std::sync::Mutex::new(None),
             names: tokio::sync::watch::Sender::new(Arc::new(opennotr_dns::Names::new())),
             queued: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes.saturating_mul(4))),
-            handshakes,
+            handshake_slots,
+            creds: std::sync::RwLock::new(Arc::new(creds::Creds::from_config(&cfg))),
+            limits: std::sync::RwLock::new(cfg.limits.clone()),
+            refusals: creds::Refusals::default(),
+            handshakes: Default::default(),
+            dns_stats: dns.as_ref().map(|d| d.stats()),
+            config_path: Default::default(),
             cfg,
         });
         if let Some(v) = &vlan {
             *shared.vlan.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.rules.clone());
         }
-        Ok(Server { listener, shared, vlan, dns, etcd })
+        let admin = match &shared.cfg.admin {
+            None => None,
+            Some(a) => {
+                let backend = Arc::new(ServerHandle { shared: shared.clone() });
+                let server = opennotr_admin::AdminServer::bind(a.listen, a.token.expose().to_string(), backend)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr: a.listen, source })?;
+                Some(server)
+            }
+        };
+        Ok(Server { listener, shared, vlan, dns, etcd, admin })
+    }
+
+    /// The admin API's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
     }
 
     /// The control listener's address.
@@ -329,6 +464,10 @@ impl Server {
         if let Some(etcd) = self.etcd {
             name_tasks.push(tokio::spawn(etcd.run(shared.names.subscribe(), names_stop.clone())));
         }
+        if let Some(admin) = self.admin {
+            info!(addr = %admin.local_addr(), "admin API listening");
+            name_tasks.push(tokio::spawn(admin.run(names_stop.clone())));
+        }
 
         shutdown.cancelled().await;
         let grace = shared.cfg.server.shutdown_grace;
@@ -357,6 +496,11 @@ impl Server {
 }
 
 impl ServerHandle {
+    /// Where [`reload`](ServerHandle::reload) re-reads the configuration.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        *self.shared.config_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
+    }
+
     /// The live sessions.
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let sessions: Vec<_> = self.shared.state().sessions.values().cloned().collect();

@@ -11,7 +11,7 @@ use opennotr_plugin::{
 };
 use opennotr_proto::handshake::SessionKeys;
 use opennotr_proto::message::{ClientMessage, ForwardRequest, ForwardResult, ServerMessage, VipPort};
-use opennotr_transport::{Channel, FrameReader, FrameWriter, TransportError};
+use opennotr_transport::{Channel, Counters, FrameReader, FrameWriter, TransportError};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
@@ -31,6 +31,8 @@ pub(crate) const OUTBOX: usize = 1024;
 
 pub(crate) struct Session {
     pub(crate) id: SessionId,
+    /// The credential name it authenticated with; `None` = shared key.
+    pub(crate) client: Option<String>,
     pub(crate) client_id: String,
     pub(crate) domain: String,
     pub(crate) vip: Ipv4Addr,
@@ -53,13 +55,16 @@ pub(crate) struct Session {
     forwards: Mutex<Vec<RunningForward>>,
     /// What the client exports at its VIP: (transport, port) → what it dials.
     pub(crate) exports: HashMap<(StreamProtocol, u16), SocketAddr>,
+    /// Traffic to its VIP through the virtual LAN.
+    pub(crate) vip_counters: Arc<Counters>,
 }
 
-struct RunningForward {
-    meta: ForwardMeta,
+pub(crate) struct RunningForward {
+    pub(crate) meta: ForwardMeta,
     plugin: Arc<dyn Plugin>,
     key: ForwardKey,
-    info: ForwardInfo,
+    pub(crate) info: ForwardInfo,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Session {
@@ -77,6 +82,7 @@ impl Session {
     pub(crate) fn new(
         shared: &Shared,
         id: SessionId,
+        client: Option<String>,
         client_id: String,
         domain: String,
         vip: Ipv4Addr,
@@ -87,8 +93,10 @@ impl Session {
         exports: HashMap<(StreamProtocol, u16), SocketAddr>,
     ) -> Self {
         let kill = shared.kill.child_token();
+        let max_streams = shared.limits().max_streams_per_client;
         Session {
             id,
+            client,
             client_id,
             domain,
             vip,
@@ -102,12 +110,19 @@ impl Session {
             stop: shared.draining.child_token(),
             kill,
             finished: CancellationToken::new(),
-            streams: Arc::new(Semaphore::new(shared.cfg.limits.max_streams_per_client)),
-            max_streams: shared.cfg.limits.max_streams_per_client,
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
             connect_timeout: shared.cfg.server.connect_timeout,
             forwards: Mutex::new(Vec::new()),
             exports,
+            vip_counters: Arc::default(),
         }
+    }
+
+    /// Runs `f` on the running forwards.
+    pub(crate) fn with_forwards<T>(&self, f: impl FnOnce(&[RunningForward]) -> T) -> T {
+        let g = self.forwards.lock().unwrap_or_else(|e| e.into_inner());
+        f(&g)
     }
 
     pub(crate) fn info(&self) -> SessionInfo {
@@ -121,6 +136,12 @@ impl Session {
             forwards: self.forwards.lock().map(|f| f.iter().map(|r| r.info.clone()).collect()).unwrap_or_default(),
             open_streams: self.max_streams.saturating_sub(self.streams.available_permits()),
         }
+    }
+
+    /// Closes the session from the server's side, telling the client why.
+    pub(crate) fn close(&self, reason: &str) {
+        let _ = self.out.try_send(ServerMessage::GoingAway { reason: reason.to_string() });
+        self.kill.cancel();
     }
 
     /// Hands a data channel to the visitor waiting for `stream`; `None` if
@@ -154,9 +175,10 @@ pub(crate) fn exports(
     out
 }
 
-/// The [`Tunnel`] plugins get: opens streams on this session.
+/// The [`Tunnel`] plugins get: opens streams on this session, counted in
+/// the forward's (or the VIP's) counters.
 #[derive(Debug)]
-pub(crate) struct SessionTunnel(pub(crate) Arc<Session>);
+pub(crate) struct SessionTunnel(pub(crate) Arc<Session>, pub(crate) Arc<Counters>);
 
 #[async_trait]
 impl Tunnel for SessionTunnel {
@@ -188,7 +210,7 @@ impl Tunnel for SessionTunnel {
         if result.is_err() {
             s.claim(stream);
         }
-        Ok(TunnelStream::new(result?, Some(Box::new(permit))))
+        Ok(TunnelStream::new(result?, Some(Box::new(permit))).counted(self.1.clone()))
     }
 }
 
@@ -196,21 +218,49 @@ impl Tunnel for SessionTunnel {
 pub(crate) async fn start_forwards(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
+    cred: Option<&opennotr_config::Credential>,
     requests: &[ForwardRequest],
     leased: &HashMap<ForwardKey, u16>,
 ) -> Vec<ForwardResult> {
     let mut results = Vec::with_capacity(requests.len());
-    let max = shared.cfg.limits.max_forwards_per_client;
-    let tunnel: Arc<dyn Tunnel> = Arc::new(SessionTunnel(session.clone()));
+    let limits = shared.limits();
+    let max = limits.max_forwards_per_client;
     for (i, req) in requests.iter().enumerate() {
-        let fail =
-            |error: String| ForwardResult { request: req.clone(), public_port: None, url: None, error: Some(error) };
+        let fail = |error: String| {
+            let m = format!("{} forward (public port {}): {error}", req.protocol, req.public_port);
+            shared.refused(session.remote, session.client.as_deref(), "forward_refused", &m);
+            ForwardResult { request: req.clone(), public_port: None, url: None, error: Some(error) }
+        };
         if i >= max {
             results.push(fail(format!("the server allows at most {max} forwards per client")));
             continue;
         }
-        let Some(plugin) = shared.plugins.get(&req.protocol).cloned() else {
-            let have: Vec<_> = shared.plugins.keys().map(String::as_str).collect();
+        if let Some(c) = cred {
+            if !c.allows_protocol(&req.protocol) {
+                results.push(fail(format!(
+                    "client {} may not use protocol {:?} (allowed: {})",
+                    c.name,
+                    req.protocol,
+                    c.protocols.join(", ")
+                )));
+                continue;
+            }
+            if !c.allows_port(req.public_port) {
+                let ranges: Vec<String> = c.ports.iter().map(|r| r.to_string()).collect();
+                results.push(fail(format!(
+                    "client {} may not use public port {} (allowed: {})",
+                    c.name,
+                    req.public_port,
+                    ranges.join(", ")
+                )));
+                continue;
+            }
+        }
+        let counters = Arc::new(Counters::default());
+        let tunnel: Arc<dyn Tunnel> = Arc::new(SessionTunnel(session.clone(), counters.clone()));
+        let Some(plugin) = shared.plugin(&req.protocol) else {
+            let all = shared.plugins();
+            let have: Vec<_> = all.keys().map(String::as_str).collect();
             results.push(fail(format!(
                 "protocol {:?} is not available on this server (it has: {})",
                 req.protocol,
@@ -244,7 +294,7 @@ pub(crate) async fn start_forwards(
                 stop: session.stop.child_token(),
                 kill: session.kill.clone(),
                 tracker: shared.streams.clone(),
-                limits: ForwardLimits { max_udp_flows: shared.cfg.limits.max_udp_flows_per_forward },
+                limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
             };
             outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
                 Ok(Ok(ep)) => Ok(ep),
@@ -265,7 +315,7 @@ pub(crate) async fn start_forwards(
                 };
                 info!(protocol = %req.protocol, url = %ep.url, target = %meta.target(), "forward started");
                 if let Ok(mut f) = session.forwards.lock() {
-                    f.push(RunningForward { meta, plugin, key, info });
+                    f.push(RunningForward { meta, plugin, key, info, counters });
                 }
                 results.push(ForwardResult {
                     request: req.clone(),

@@ -100,6 +100,11 @@ impl State {
         }
     }
 
+    pub(crate) fn set_max_clients(&mut self, max: usize) {
+        self.max_clients = max;
+        self.max_leases = max.saturating_mul(4).max(64);
+    }
+
     /// Decides VIP and domain for a registering client. Takes nothing if it
     /// refuses. The caller inserts the session with [`State::insert`] under the same lock.
     pub(crate) fn admit(&mut self, client_id: &str, requested: Option<&str>) -> Result<Admission, AdmitError> {

@@ -117,7 +117,7 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
         return reset(&sock);
     };
     let kill = session.kill.clone();
-    let tunnel = SessionTunnel(session);
+    let tunnel = SessionTunnel(session.clone(), session.vip_counters.clone());
     let opened = tokio::select! {
         s = tunnel.open_stream(StreamProtocol::Tcp, target, Some(peer)) => s,
         _ = kill.cancelled() => return reset(&sock),
@@ -143,7 +143,7 @@ type FlowKey = (SocketAddr, SocketAddr);
 async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationToken) {
     let mut flows: FlowTable<FlowKey> = FlowTable::new();
     let mut buf = vec![0u8; opennotr_proto::datagram::MAX_DATAGRAM];
-    let max_flows = shared.cfg.limits.max_udp_flows_per_forward;
+    let max_flows = shared.limits().max_udp_flows_per_forward;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -167,7 +167,7 @@ async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationT
                         Ok(r) => Arc::new(r),
                         Err(e) => { warn!(%dst, error = %e, "cannot open a reply socket at the VIP"); continue; }
                     };
-                    let ends = FlowEnds { reply, peer, tunnel: Arc::new(SessionTunnel(session.clone())), target };
+                    let ends = FlowEnds { reply, peer, tunnel: Arc::new(SessionTunnel(session.clone(), session.vip_counters.clone())), target };
                     flows.start(key, ends, UDP_IDLE, session.kill.child_token(), &shared.streams);
                 }
                 // A full queue: the flow is slower than its sender; drop.

@@ -3,6 +3,8 @@
 use std::any::Any;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -72,6 +74,21 @@ impl AsyncWrite for Channel {
 pub struct TunnelStream {
     chan: Channel,
     _guard: Option<Box<dyn Any + Send + Sync>>,
+    counters: Option<Arc<Counters>>,
+}
+
+/// Traffic of the streams of one forward (or of a session's VIP traffic),
+/// as seen from the server: shown by the admin API and the metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes written to the streams: from visitors toward the client.
+    pub bytes_in: AtomicU64,
+    /// Bytes read from the streams: from the client toward visitors.
+    pub bytes_out: AtomicU64,
+    /// Streams open now.
+    pub open: AtomicU64,
+    /// Streams opened since the forward started.
+    pub opened: AtomicU64,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -83,7 +100,16 @@ impl std::fmt::Debug for TunnelStream {
 impl TunnelStream {
     /// Wraps a channel; `guard` lives as long as the stream.
     pub fn new(chan: Channel, guard: Option<Box<dyn Any + Send + Sync>>) -> Self {
-        TunnelStream { chan, _guard: guard }
+        TunnelStream { chan, _guard: guard, counters: None }
+    }
+
+    /// Counts this stream's traffic in `c` (and the stream itself while it
+    /// is open).
+    pub fn counted(mut self, c: Arc<Counters>) -> Self {
+        c.open.fetch_add(1, Ordering::Relaxed);
+        c.opened.fetch_add(1, Ordering::Relaxed);
+        self.counters = Some(c);
+        self
     }
 
     /// The channel underneath.
@@ -92,15 +118,34 @@ impl TunnelStream {
     }
 }
 
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        if let Some(c) = &self.counters {
+            c.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl AsyncRead for TunnelStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().chan).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.chan).poll_read(cx, buf);
+        if let (Some(c), Poll::Ready(Ok(()))) = (&this.counters, &r) {
+            c.bytes_out.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        }
+        r
     }
 }
 
 impl AsyncWrite for TunnelStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().chan).poll_write(cx, data)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.chan).poll_write(cx, data);
+        if let (Some(c), Poll::Ready(Ok(n))) = (&this.counters, &r) {
+            c.bytes_in.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().chan).poll_flush(cx)

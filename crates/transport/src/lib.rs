@@ -16,7 +16,7 @@ pub mod relay;
 pub mod secure;
 
 pub use accept::Acceptor;
-pub use channel::{Channel, TunnelStream};
+pub use channel::{Channel, Counters, TunnelStream};
 pub use framed::{read_frame_exact, read_preface, timed, write_frame, FrameReader, FrameWriter, TransportError};
 pub use secure::SecureStream;
 

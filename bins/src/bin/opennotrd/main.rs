@@ -1,10 +1,12 @@
 //! `opennotrd`: the server. Reads its config (a bad one exits 64 before
-//! anything binds), serves until SIGINT/SIGTERM, drains, exits 0.
+//! anything binds), serves until SIGINT/SIGTERM, drains, exits 0. SIGHUP
+//! re-reads the file (a broken one is refused and the old config stays).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use clap_complete::Shell;
 use opennotr_server::{builtin_plugins, Server, ServerError};
 
 mod demo;
@@ -26,10 +28,19 @@ struct Args {
     /// Log one JSON object per line.
     #[arg(long)]
     log_json: bool,
+    /// Print the shell completion script for SHELL and exit; no
+    /// configuration file is read.
+    // Left out of -h: installing completions is a one-off, not an everyday flag.
+    #[arg(long, value_name = "SHELL", exclusive = true, hide_short_help = true)]
+    completions: Option<Shell>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse_from(opennotr_cli::normalize_args(std::env::args_os()));
+    if let Some(shell) = args.completions {
+        clap_complete::generate(shell, &mut Args::command(), "opennotrd", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let cfg = if args.demo {
         None
     } else {
@@ -49,11 +60,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let config_path = args.config.clone();
     let result = rt.block_on(async {
         let shutdown = opennotr_cli::shutdown_on_signals();
         match cfg {
             Some(cfg) => {
+                let handle = std::sync::Arc::new(std::sync::OnceLock::<opennotr_server::ServerHandle>::new());
+                let h = handle.clone();
+                // `reload` logs what it applied or why it refused.
+                opennotr_cli::on_hangup(move || match h.get() {
+                    Some(h) => drop(h.reload()),
+                    None => tracing::warn!("SIGHUP before the server was up; ignored"),
+                });
                 let server = Server::bind(cfg, &builtin_plugins()).await?;
+                let _ = handle.set(server.handle());
+                server.handle().set_config_path(config_path);
                 server.run(shutdown).await
             }
             None => demo::run(shutdown).await,

@@ -1,0 +1,199 @@
+//! What the admin API shows and changes: the [`Backend`] trait the server
+//! implements, and the JSON views it hands out.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// What the admin API shows and changes; implemented by the server.
+///
+/// Every method is called on tokio's blocking pool (`spawn_blocking`), never
+/// on a runtime worker: an implementation may take locks, read the
+/// configuration file, or wait on async work with
+/// `tokio::runtime::Handle::current().block_on(..)`. A panic in a method
+/// becomes a 500 for that request only.
+pub trait Backend: Send + Sync + 'static {
+    /// Every live session.
+    fn sessions(&self) -> Vec<SessionView>;
+    /// One session by its id (hex), if it is live.
+    fn session(&self, id: &str) -> Option<SessionView>;
+    /// Closes the session (the client is disconnected); false if unknown.
+    fn close_session(&self, id: &str) -> bool;
+    /// Every credential, from the configuration file and added through the API.
+    fn clients(&self) -> Vec<ClientView>;
+    /// Adds a credential. `Invalid` names the field at fault (`name`,
+    /// `key`, `domains[1]`, …); `Conflict` if the name is taken.
+    fn add_client(&self, c: NewClient) -> Result<ClientView, BackendError>;
+    /// Removes (revokes) a credential; returns how many sessions were closed.
+    fn remove_client(&self, name: &str) -> Result<usize, BackendError>;
+    /// Re-reads the configuration file and applies it.
+    fn reload(&self) -> Result<ReloadReport, BackendError>;
+    /// Recent refusals (handshakes and forwards), newest first.
+    fn refusals(&self) -> Vec<RefusalView>;
+    /// Prometheus text exposition format (version 0.0.4).
+    fn metrics(&self) -> String;
+}
+
+/// One live session of a client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Session id, hex.
+    pub id: String,
+    /// The credential's name; `None` when the client used the shared `authKey`.
+    pub client: Option<String>,
+    /// The client process's random id (the same across its reconnects).
+    pub client_id: String,
+    /// The domain the session was given.
+    pub domain: String,
+    /// The virtual IP the session was given.
+    pub vip: Ipv4Addr,
+    /// The client's address, as the server saw it.
+    pub remote: SocketAddr,
+    /// When the session was registered, in unix seconds.
+    pub connected_since: u64,
+    /// Whether the session runs without encryption.
+    pub plaintext: bool,
+    /// The session's running forwards.
+    pub forwards: Vec<ForwardView>,
+    /// Bytes from visitors toward the client's services.
+    pub bytes_in: u64,
+    /// Bytes toward visitors.
+    pub bytes_out: u64,
+    /// Visitor connections and UDP flows open now.
+    pub open_streams: u64,
+}
+
+/// One running forward of a session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardView {
+    /// The plugin that runs it: `tcp`, `udp`, `http`, …
+    pub protocol: String,
+    /// The public port; `None` for forwards routed by domain on a shared port.
+    pub public_port: Option<u16>,
+    /// Where visitors reach it: `tcp://app.example.com:20022`.
+    pub url: String,
+    /// What the client connects to.
+    pub target: SocketAddr,
+    /// Bytes from visitors toward the target.
+    pub bytes_in: u64,
+    /// Bytes toward visitors.
+    pub bytes_out: u64,
+    /// Visitor connections and UDP flows open now.
+    pub open_streams: u64,
+}
+
+/// A credential: a named key and what it may use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientView {
+    /// The credential's name.
+    pub name: String,
+    /// Domains and `*.suffix` patterns it may register.
+    pub domains: Vec<String>,
+    /// Public ports it may use: `"20000-20100"` or `"8080"` (empty: any).
+    pub ports: Vec<String>,
+    /// Protocols it may forward (empty: any).
+    pub protocols: Vec<String>,
+    /// How many of its sessions are live.
+    pub sessions: usize,
+    /// Where it comes from: `"config"` or `"api"`.
+    pub source: String,
+}
+
+/// A credential to add. Its `key` is a secret: `Debug` hides it and the
+/// admin API never logs it or puts it in a response.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClient {
+    /// The credential's name.
+    pub name: String,
+    /// The key the client's `key` must match.
+    pub key: String,
+    /// Domains and `*.suffix` patterns it may register (empty: its
+    /// name under the server's domain).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Public ports it may use: `"20000-20100"` or `"8080"` (empty: any).
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Protocols it may forward (empty: any).
+    #[serde(default)]
+    pub protocols: Vec<String>,
+}
+
+impl fmt::Debug for NewClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewClient")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .field("domains", &self.domains)
+            .field("ports", &self.ports)
+            .field("protocols", &self.protocols)
+            .finish()
+    }
+}
+
+/// A handshake or forward the server refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefusalView {
+    /// When, in unix seconds.
+    pub at: u64,
+    /// The peer's address.
+    pub remote: String,
+    /// The credential's name, if the handshake got that far.
+    pub client: Option<String>,
+    /// The refusal code, as the client was told it.
+    pub code: String,
+    /// The reason, as the client was told it.
+    pub message: String,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The keys or credentials that changed.
+    pub changed: Vec<String>,
+    /// Sessions closed because their credential was removed or narrowed.
+    pub sessions_closed: usize,
+    /// Changed keys that only take effect after a restart (listen addresses, …).
+    pub restart_required: Vec<String>,
+}
+
+/// Why the backend refused a change.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No such thing (HTTP 404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A field of the request, or of the configuration file on reload, is
+    /// wrong (HTTP 400). `field` names it.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field at fault: `name`, `domains[1]`, `server.listen`, …
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The change collides with the current state (HTTP 409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_client_debug_hides_the_key() {
+        let c = NewClient {
+            name: "alice".into(),
+            key: "hunter2-very-secret".into(),
+            domains: vec!["a.example.com".into()],
+            ports: vec![],
+            protocols: vec![],
+        };
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("alice") && shown.contains("<redacted>"), "{shown}");
+    }
+}

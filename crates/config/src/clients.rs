@@ -1,0 +1,240 @@
+//! Per-client credentials: `clients` in the server file, or the file
+//! `clientsFile` names (a YAML list of the same entries).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::util::{dns_name, is_plugin_name, PortText};
+use crate::{yaml, ConfigError, Credential, PortRange, Secret};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClient {
+    name: Option<String>,
+    key: Option<String>,
+    domains: Option<Vec<String>>,
+    ports: Option<Vec<PortText>>,
+    protocols: Option<Vec<String>>,
+}
+
+/// Validates the entries under `prefix` (`clients` or `clientsFile`).
+pub(crate) fn validate(prefix: &str, raw: Vec<RawClient>, zone: &str) -> Result<Vec<Credential>, ConfigError> {
+    let mut out: Vec<Credential> = Vec::with_capacity(raw.len());
+    for (i, c) in raw.into_iter().enumerate() {
+        let at = format!("{prefix}[{i}]");
+        let name = c.name.ok_or_else(|| ConfigError::invalid(format!("{at}.name"), "required"))?;
+        let key = c.key.ok_or_else(|| ConfigError::invalid(format!("{at}.key"), "required"))?;
+        let ports: Vec<String> = c.ports.unwrap_or_default().iter().map(port_text).collect();
+        let cred = credential(
+            &at,
+            CredentialText {
+                name,
+                key,
+                domains: c.domains.unwrap_or_default(),
+                ports,
+                protocols: c.protocols.unwrap_or_default(),
+            },
+            zone,
+        )?;
+        if out.iter().any(|o| o.name == cred.name) {
+            return Err(ConfigError::invalid(format!("{at}.name"), format!("{:?} is listed twice", cred.name)));
+        }
+        out.push(cred);
+    }
+    Ok(out)
+}
+
+fn port_text(p: &PortText) -> String {
+    match p {
+        PortText::Number(n) => n.to_string(),
+        PortText::Text(s) => s.clone(),
+        PortText::Other(what) => format!("<{what}>"),
+    }
+}
+
+/// A credential as text, from a file or from the admin API.
+#[derive(Clone)]
+pub struct CredentialText {
+    pub name: String,
+    pub key: String,
+    pub domains: Vec<String>,
+    /// `"8080"` or `"20000-20100"`.
+    pub ports: Vec<String>,
+    pub protocols: Vec<String>,
+}
+
+impl std::fmt::Debug for CredentialText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialText").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Checks one credential; errors name `{at}.field`. `zone` is
+/// `server.domain`, for the default domain `<name>.<zone>`.
+pub fn credential(at: &str, c: CredentialText, zone: &str) -> Result<Credential, ConfigError> {
+    let name = c.name;
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ConfigError::invalid(
+            format!("{at}.name"),
+            format!("{name:?} is not a client name: 1-63 of a-z, 0-9, '-', '_' and '.'"),
+        ));
+    }
+    if c.key.is_empty() {
+        return Err(ConfigError::invalid(format!("{at}.key"), "must not be empty"));
+    }
+    let mut domains = Vec::with_capacity(c.domains.len());
+    for (j, d) in c.domains.iter().enumerate() {
+        let key = format!("{at}.domains[{j}]");
+        let pattern = match d.strip_prefix("*.") {
+            Some(rest) => format!("*.{}", dns_name(rest).map_err(|m| ConfigError::invalid(&key, m))?),
+            None => dns_name(d).map_err(|m| ConfigError::invalid(&key, m))?,
+        };
+        domains.push(pattern);
+    }
+    if domains.is_empty() {
+        let label = name.replace(['_', '.'], "-");
+        domains.push(format!("{label}.{zone}"));
+    }
+    let mut ports = Vec::with_capacity(c.ports.len());
+    for (j, p) in c.ports.iter().enumerate() {
+        let range = PortRange::parse(p).map_err(|m| ConfigError::invalid(format!("{at}.ports[{j}]"), m))?;
+        ports.push(range);
+    }
+    for (j, p) in c.protocols.iter().enumerate() {
+        if !is_plugin_name(p) {
+            return Err(ConfigError::invalid(format!("{at}.protocols[{j}]"), format!("{p:?} is not a protocol name")));
+        }
+    }
+    Ok(Credential { name, key: Secret::new(c.key), domains, ports, protocols: c.protocols })
+}
+
+/// Reads `clientsFile`: a YAML list of entries.
+pub(crate) fn load_file(path: &Path, zone: &str) -> Result<Vec<Credential>, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+    let raw: Vec<RawClient> = yaml::from_str(&text)
+        .map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                let key = if key.starts_with('[') { format!("clientsFile{key}") } else { "clientsFile".to_string() };
+                ConfigError::Invalid { key, message: format!("{message} (in {})", path.display()) }
+            }
+            other => other,
+        })?
+        .unwrap_or_default();
+    validate("clientsFile", raw, zone)
+}
+
+impl PortRange {
+    /// `"8080"` or `"20000-20100"`.
+    pub fn parse(s: &str) -> Result<PortRange, String> {
+        let num = |t: &str| crate::util::parse_port(t.trim()).filter(|p| *p != 0);
+        let bad = || format!("{s:?} is not a port (1-65535) or a range such as 20000-20100");
+        match s.split_once('-') {
+            None => num(s).map(|p| PortRange { first: p, last: p }).ok_or_else(bad),
+            Some((a, b)) => match (num(a), num(b)) {
+                (Some(first), Some(last)) if first <= last => Ok(PortRange { first, last }),
+                _ => Err(bad()),
+            },
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl Credential {
+    /// Whether this client may hold `domain` (already lowercase, no
+    /// trailing dot). `*.example.com` covers names below example.com, not
+    /// example.com itself.
+    pub fn allows_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|p| match p.strip_prefix("*.") {
+            Some(suffix) => {
+                domain.len() > suffix.len() + 1 && domain.ends_with(suffix) && {
+                    let cut = domain.len() - suffix.len();
+                    domain.as_bytes()[cut - 1] == b'.'
+                }
+            }
+            None => p == domain,
+        })
+    }
+
+    /// Whether this client may ask for public port `port` (0, "any", is
+    /// always allowed: the server picks). No `ports` list = any port.
+    pub fn allows_port(&self, port: u16) -> bool {
+        port == 0 || self.ports.is_empty() || self.ports.iter().any(|r| r.contains(port))
+    }
+
+    /// Whether this client may use plugin `protocol`. No list = every one.
+    pub fn allows_protocol(&self, protocol: &str) -> bool {
+        self.protocols.is_empty() || self.protocols.iter().any(|p| p == protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(domains: &[&str], ports: &[&str], protocols: &[&str]) -> Result<Credential, ConfigError> {
+        credential(
+            "clients[0]",
+            CredentialText {
+                name: "alice".into(),
+                key: "k".into(),
+                domains: domains.iter().map(|s| s.to_string()).collect(),
+                ports: ports.iter().map(|s| s.to_string()).collect(),
+                protocols: protocols.iter().map(|s| s.to_string()).collect(),
+            },
+            "notr.test",
+        )
+    }
+
+    #[test]
+    fn defaults_and_patterns() {
+        let c = cred(&[], &[], &[]).unwrap();
+        assert_eq!(c.domains, ["alice.notr.test"]);
+        assert!(c.allows_domain("alice.notr.test") && !c.allows_domain("bob.notr.test"));
+        assert!(c.allows_port(1) && c.allows_protocol("udp"));
+
+        let c = cred(&["*.Alice.Example.com", "x.example.com."], &["8080", "20000-20100"], &["tcp"]).unwrap();
+        assert!(c.allows_domain("a.alice.example.com") && c.allows_domain("b.a.alice.example.com"));
+        assert!(!c.allows_domain("alice.example.com") && !c.allows_domain("xalice.example.com"));
+        assert!(c.allows_domain("x.example.com"));
+        assert!(c.allows_port(8080) && c.allows_port(20050) && c.allows_port(0) && !c.allows_port(8081));
+        assert!(c.allows_protocol("tcp") && !c.allows_protocol("udp"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(cred(&["bad domain"], &[], &[]).unwrap_err().key(), Some("clients[0].domains[0]"));
+        assert_eq!(cred(&[], &["9-1"], &[]).unwrap_err().key(), Some("clients[0].ports[0]"));
+        assert_eq!(cred(&[], &["0"], &[]).unwrap_err().key(), Some("clients[0].ports[0]"));
+        assert_eq!(cred(&[], &[], &["T C P"]).unwrap_err().key(), Some("clients[0].protocols[0]"));
+        let e = credential(
+            "clients[1]",
+            CredentialText {
+                name: "Bad Name".into(),
+                key: "k".into(),
+                domains: vec![],
+                ports: vec![],
+                protocols: vec![],
+            },
+            "z",
+        );
+        assert_eq!(e.unwrap_err().key(), Some("clients[1].name"));
+    }
+}

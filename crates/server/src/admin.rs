@@ -1,0 +1,395 @@
+//! What the admin API sees and changes: the server's side of
+//! [`opennotr_admin::Backend`].
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opennotr_admin::{
+    Backend, BackendError, ClientView, ForwardView, NewClient, RefusalView, ReloadReport, SessionView,
+};
+use opennotr_config::{Credential, CredentialText};
+use opennotr_transport::Counters;
+use tracing::{info, warn};
+
+use crate::creds::{Creds, Source};
+use crate::session::Session;
+use crate::{ServerHandle, Shared};
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn view(s: &Session) -> SessionView {
+    let forwards: Vec<ForwardView> = s.with_forwards(|fs| {
+        fs.iter()
+            .map(|f| ForwardView {
+                protocol: f.info.protocol.clone(),
+                public_port: f.info.public_port,
+                url: f.info.url.clone(),
+                target: f.info.target,
+                bytes_in: f.counters.bytes_in.load(Ordering::Relaxed),
+                bytes_out: f.counters.bytes_out.load(Ordering::Relaxed),
+                open_streams: f.counters.open.load(Ordering::Relaxed),
+            })
+            .collect()
+    });
+    let vip = &s.vip_counters;
+    let sum = |pick: fn(&ForwardView) -> u64, c: &std::sync::atomic::AtomicU64| {
+        forwards.iter().map(pick).sum::<u64>() + c.load(Ordering::Relaxed)
+    };
+    SessionView {
+        id: hex::encode(s.id),
+        client: s.client.clone(),
+        client_id: s.client_id.clone(),
+        domain: s.domain.clone(),
+        vip: s.vip,
+        remote: s.remote,
+        connected_since: unix(s.connected_at),
+        plaintext: s.plaintext,
+        bytes_in: sum(|f| f.bytes_in, &vip.bytes_in),
+        bytes_out: sum(|f| f.bytes_out, &vip.bytes_out),
+        open_streams: sum(|f| f.open_streams, &vip.open),
+        forwards,
+    }
+}
+
+fn client_view(shared: &Shared, c: &Credential, source: Source) -> ClientView {
+    let sessions = shared.state().sessions.values().filter(|s| s.client.as_deref() == Some(&c.name)).count();
+    ClientView {
+        name: c.name.clone(),
+        domains: c.domains.clone(),
+        ports: c.ports.iter().map(|r| r.to_string()).collect(),
+        protocols: c.protocols.clone(),
+        sessions,
+        source: source.name().into(),
+    }
+}
+
+fn invalid(e: opennotr_config::ConfigError) -> BackendError {
+    match e {
+        opennotr_config::ConfigError::Invalid { key, message } => {
+            BackendError::Invalid { field: key.trim_start_matches('.').to_string(), message }
+        }
+        other => BackendError::Invalid { field: "config".into(), message: other.to_string() },
+    }
+}
+
+impl ServerHandle {
+    fn live(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<_> = self.shared.state().sessions.values().cloned().collect();
+        v.sort_by_key(|s| s.connected_at);
+        v
+    }
+
+    fn find(&self, id: &str) -> Option<Arc<Session>> {
+        let id: [u8; 16] = hex::decode(id).ok()?.try_into().ok()?;
+        self.shared.state().sessions.get(&id).cloned()
+    }
+
+    /// Re-reads the configuration file the server was started with and
+    /// applies what can change at run time (credentials); reports the rest
+    /// as needing a restart. A file that does not validate changes nothing.
+    pub fn reload(&self) -> Result<ReloadReport, BackendError> {
+        let path = self.shared.config_path.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(path) = path else {
+            return Err(BackendError::Conflict("the server was not started from a file; nothing to reload".into()));
+        };
+        let next = match opennotr_config::load_server(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "reload refused; the running configuration stays");
+                return Err(invalid(e));
+            }
+        };
+        let old = &self.shared.cfg;
+        let mut report = ReloadReport::default();
+
+        // Plugins whose config changed are set up anew first: if one fails,
+        // the reload is refused before anything changed.
+        let unknown = next
+            .plugins
+            .keys()
+            .find(|n| !self.shared.registry.contains(n) && !crate::RESERVED_PLUGINS.contains(&n.as_str()));
+        if let Some(name) = unknown {
+            let known: Vec<_> = self.shared.registry.names().collect();
+            return Err(BackendError::Invalid {
+                field: format!("plugin.{name}"),
+                message: format!("unknown plugin {name:?} (this server has: {})", known.join(", ")),
+            });
+        }
+        let next_cfgs = crate::plugin_configs(&next, &self.shared.registry);
+        let current_cfgs = self.shared.plugin_cfgs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut fresh = Vec::new();
+        for (name, conf) in &next_cfgs {
+            if current_cfgs.get(name) == Some(conf) {
+                continue;
+            }
+            match self.shared.registry.setup(name, conf) {
+                Some(Ok(p)) => fresh.push((name.clone(), p)),
+                Some(Err(e)) => {
+                    let e = crate::plugin_config_error(name, e);
+                    warn!(error = %e, "reload refused; the running configuration stays");
+                    return Err(match e {
+                        crate::ServerError::Config { key, message } => BackendError::Invalid { field: key, message },
+                        other => BackendError::Invalid { field: format!("plugin.{name}"), message: other.to_string() },
+                    });
+                }
+                None => {}
+            }
+        }
+
+        let current = self.shared.creds();
+        let creds = current.reloaded(&next);
+        if creds.shared_key != current.shared_key {
+            report.changed.push("server.authKey".into());
+        }
+        let names = current.changed_names(&creds);
+        let added = creds.clients.keys().filter(|n| !current.clients.contains_key(*n)).count();
+        if !names.is_empty() || added > 0 {
+            report.changed.push("clients".into());
+        }
+        // Sections that only a restart applies; compared through their
+        // Debug form, which hides secrets but shows every other field.
+        let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+        if !same(&self.shared.limits(), &next.limits) {
+            report.changed.push("limits".into());
+            self.shared.set_limits(next.limits.clone());
+        }
+        let mut old_server = old.server.clone();
+        old_server.auth_key = next.server.auth_key.clone();
+        let checks: [(&str, bool); 5] = [
+            ("server", same(&old_server, &next.server)),
+            ("dhcp", same(&old.dhcp, &next.dhcp)),
+            ("resolver", old.etcd_endpoints == next.etcd_endpoints && old.etcd_prefix == next.etcd_prefix),
+            ("dns", same(&old.dns, &next.dns)),
+            ("admin", same(&old.admin.as_ref().map(|a| a.listen), &next.admin.as_ref().map(|a| a.listen))),
+        ];
+        report.restart_required = checks.iter().filter(|(_, same)| !same).map(|(k, _)| k.to_string()).collect();
+        report.sessions_closed = self.shared.set_creds(creds);
+
+        // New plugin instances serve new forwards at once; sessions with a
+        // forward on a replaced plugin are closed and come back on the new
+        // one (their old forwards stop with them). Other sessions stay.
+        if !fresh.is_empty() {
+            let changed: Vec<String> = fresh.iter().map(|(n, _)| n.clone()).collect();
+            {
+                let mut plugins = self.shared.plugins.write().unwrap_or_else(|e| e.into_inner());
+                for (name, p) in fresh {
+                    plugins.insert(name, p);
+                }
+            }
+            *self.shared.plugin_cfgs.lock().unwrap_or_else(|e| e.into_inner()) = next_cfgs;
+            for s in self.live() {
+                let uses = s.with_forwards(|fs| fs.iter().any(|f| changed.contains(&f.meta.protocol)));
+                if uses && !s.kill.is_cancelled() {
+                    s.close("the server's plugin configuration changed; reconnect");
+                    report.sessions_closed += 1;
+                }
+            }
+            report.changed.extend(changed.iter().map(|n| format!("plugin.{n}")));
+        }
+        info!(changed = ?report.changed, restart_required = ?report.restart_required, sessions_closed = report.sessions_closed, "configuration reloaded");
+        Ok(report)
+    }
+}
+
+impl Backend for ServerHandle {
+    fn sessions(&self) -> Vec<SessionView> {
+        self.live().iter().map(|s| view(s)).collect()
+    }
+
+    fn session(&self, id: &str) -> Option<SessionView> {
+        self.find(id).map(|s| view(&s))
+    }
+
+    fn close_session(&self, id: &str) -> bool {
+        let Some(s) = self.find(id) else { return false };
+        info!(domain = %s.domain, "session closed through the admin API");
+        s.close("closed by the server's operator");
+        true
+    }
+
+    fn clients(&self) -> Vec<ClientView> {
+        let creds = self.shared.creds();
+        creds.clients.values().map(|(c, src)| client_view(&self.shared, c, *src)).collect()
+    }
+
+    fn add_client(&self, c: NewClient) -> Result<ClientView, BackendError> {
+        let text =
+            CredentialText { name: c.name, key: c.key, domains: c.domains, ports: c.ports, protocols: c.protocols };
+        let cred = opennotr_config::credential("", text, &self.shared.cfg.server.domain).map_err(invalid)?;
+        let current = self.shared.creds();
+        if current.clients.contains_key(&cred.name) {
+            return Err(BackendError::Conflict(format!("client {:?} exists; remove it first", cred.name)));
+        }
+        let mut next: Creds = (*current).clone();
+        next.clients.insert(cred.name.clone(), (cred.clone(), Source::Api));
+        self.shared.set_creds(next);
+        info!(client = %cred.name, "credential added through the admin API");
+        Ok(client_view(&self.shared, &cred, Source::Api))
+    }
+
+    fn remove_client(&self, name: &str) -> Result<usize, BackendError> {
+        let current = self.shared.creds();
+        if !current.clients.contains_key(name) {
+            return Err(BackendError::NotFound(format!("client {name:?}")));
+        }
+        let mut next: Creds = (*current).clone();
+        next.clients.remove(name);
+        let closed = self.shared.set_creds(next);
+        info!(client = %name, sessions_closed = closed, "credential revoked through the admin API");
+        Ok(closed)
+    }
+
+    fn reload(&self) -> Result<ReloadReport, BackendError> {
+        ServerHandle::reload(self)
+    }
+
+    fn refusals(&self) -> Vec<RefusalView> {
+        self.shared
+            .refusals
+            .recent()
+            .into_iter()
+            .map(|r| RefusalView {
+                at: unix(r.at),
+                remote: r.remote,
+                client: r.client,
+                code: r.code,
+                message: r.message,
+            })
+            .collect()
+    }
+
+    fn metrics(&self) -> String {
+        metrics_text(&self.shared, &self.live())
+    }
+}
+
+/// A Prometheus label value, escaped.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The metrics in Prometheus' text format (0.0.4).
+fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
+    let mut out = String::with_capacity(4096);
+    family(&mut out, "opennotr_sessions", "gauge", "Live client sessions.");
+    let _ = writeln!(out, "opennotr_sessions {}", sessions.len());
+
+    family(&mut out, "opennotr_handshakes_total", "counter", "Control handshakes by result.");
+    for (result, n) in shared.handshakes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(out, "opennotr_handshakes_total{{result=\"{result}\"}} {n}");
+    }
+    family(&mut out, "opennotr_refusals_total", "counter", "Refused clients and forwards by reason.");
+    for (reason, n) in shared.refusals.counts() {
+        let _ = writeln!(out, "opennotr_refusals_total{{reason=\"{}\"}} {n}", esc(&reason));
+    }
+
+    // One series per running forward, plus each session's VIP traffic.
+    struct Row {
+        labels: String,
+        udp: bool,
+        c: Arc<Counters>,
+    }
+    let mut rows = Vec::new();
+    for s in sessions {
+        let client = esc(s.client.as_deref().unwrap_or(""));
+        let domain = esc(&s.domain);
+        s.with_forwards(|fs| {
+            for f in fs {
+                let port = f.info.public_port.map(|p| p.to_string()).unwrap_or_default();
+                rows.push(Row {
+                    labels: format!(
+                        "client=\"{client}\",domain=\"{domain}\",protocol=\"{}\",port=\"{port}\"",
+                        esc(&f.info.protocol)
+                    ),
+                    udp: f.info.protocol == "udp",
+                    c: f.counters.clone(),
+                });
+            }
+        });
+        rows.push(Row {
+            labels: format!("client=\"{client}\",domain=\"{domain}\",protocol=\"vip\",port=\"\""),
+            udp: false,
+            c: s.vip_counters.clone(),
+        });
+    }
+    family(
+        &mut out,
+        "opennotr_forward_bytes_total",
+        "counter",
+        "Bytes through a forward: in = from visitors toward the client, out = toward visitors.",
+    );
+    for r in &rows {
+        let (i, o) = (r.c.bytes_in.load(Ordering::Relaxed), r.c.bytes_out.load(Ordering::Relaxed));
+        let _ = writeln!(out, "opennotr_forward_bytes_total{{{},direction=\"in\"}} {i}", r.labels);
+        let _ = writeln!(out, "opennotr_forward_bytes_total{{{},direction=\"out\"}} {o}", r.labels);
+    }
+    family(&mut out, "opennotr_forward_streams_open", "gauge", "Visitor connections and UDP flows open now.");
+    for r in &rows {
+        let _ = writeln!(out, "opennotr_forward_streams_open{{{}}} {}", r.labels, r.c.open.load(Ordering::Relaxed));
+    }
+    family(&mut out, "opennotr_forward_streams_total", "counter", "Visitor connections and UDP flows opened.");
+    for r in &rows {
+        let _ = writeln!(out, "opennotr_forward_streams_total{{{}}} {}", r.labels, r.c.opened.load(Ordering::Relaxed));
+    }
+    let udp = rows.iter().filter(|r| r.udp);
+    let (open, total) =
+        udp.fold((0, 0), |(o, t), r| (o + r.c.open.load(Ordering::Relaxed), t + r.c.opened.load(Ordering::Relaxed)));
+    family(&mut out, "opennotr_udp_flows_open", "gauge", "UDP flows open now, all forwards.");
+    let _ = writeln!(out, "opennotr_udp_flows_open {open}");
+    family(&mut out, "opennotr_udp_flows_total", "counter", "UDP flows opened by live forwards.");
+    let _ = writeln!(out, "opennotr_udp_flows_total {total}");
+
+    if let Some(dns) = &shared.dns_stats {
+        family(
+            &mut out,
+            "opennotr_dns_queries_total",
+            "counter",
+            "DNS queries answered, by transport and response code.",
+        );
+        for ((proto, rcode), n) in dns.snapshot() {
+            let _ = writeln!(out, "opennotr_dns_queries_total{{transport=\"{proto}\",rcode=\"{}\"}} {n}", esc(&rcode));
+        }
+    }
+    for p in shared.plugins().values() {
+        p.metrics(&mut out);
+    }
+    process_metrics(&mut out);
+    out
+}
+
+/// The standard process metrics, from /proc (Linux only; elsewhere none).
+fn process_metrics(out: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    // Fields after the command name, which may hold spaces, in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // `rest` starts at field 3 (state); utime is field 14, stime 15,
+    // starttime 22, vsize 23, rss 24.
+    let ticks = 100.0;
+    let page = 4096.0;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok())))
+        .unwrap_or(0.0);
+    family(out, "process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.");
+    let _ = writeln!(out, "process_cpu_seconds_total {}", (num(11) + num(12)) / ticks);
+    family(out, "process_start_time_seconds", "gauge", "Start time of the process since the epoch, in seconds.");
+    let _ = writeln!(out, "process_start_time_seconds {}", boot + num(19) / ticks);
+    family(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+    let _ = writeln!(out, "process_virtual_memory_bytes {}", num(20));
+    family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    let _ = writeln!(out, "process_resident_memory_bytes {}", num(21) * page);
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(out, "process_open_fds", "gauge", "Open file descriptors.");
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
+}

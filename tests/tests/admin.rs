@@ -1,0 +1,381 @@
+//! Per-client credentials and the admin API, with real clients: who may
+//! connect and claim what, sessions appearing and going, closing and
+//! revoking, reload, and the metrics counting a known transfer.
+
+use std::net::SocketAddr;
+
+use opennotr_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "admin-token-0123456789";
+const ALICE_KEY: &str = "alice's own key";
+const BOB_KEY: &str = "bob's own key";
+
+fn spec() -> ServerSpec {
+    ServerSpec {
+        extra_yaml: format!(
+            "clients:\n\
+             \x20 - name: alice\n    key: {ALICE_KEY:?}\n    protocols: [tcp]\n    ports: [\"20000-25000\"]\n\
+             \x20 - name: bob\n    key: {BOB_KEY:?}\n    domains: [\"*.bob.example\"]\n\
+             admin:\n  listen: \"127.0.0.1:0\"\n  token: {TOKEN:?}\n"
+        ),
+        ..ServerSpec::default()
+    }
+}
+
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+/// One request to the admin API with curl: `token` None sends no header.
+async fn api(admin: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    if let Some(t) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    cmd.arg(format!("http://{admin}{path}"));
+    let out = within(WAIT, "curl", cmd.output()).await.expect("curl runs (Debian package curl)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Reply { status: code.trim().parse().unwrap_or(0), body: body.to_string() }
+}
+
+fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body))
+}
+
+async fn refused(c: &mut TestClient) -> (RefuseCode, String) {
+    match c.wait_event("a refusal", |e| matches!(e, Event::Refused { .. })).await {
+        Event::Refused { code, message } => (code, message),
+        _ => unreachable!(),
+    }
+}
+
+/// A key the server does not accept: the client notices at key
+/// confirmation (the server's proof does not verify) and gives up the
+/// attempt itself.
+async fn bad_key(c: &mut TestClient) {
+    let reason = c.disconnected().await;
+    let reason = if reason.starts_with("server going away") { c.disconnected().await } else { reason };
+    assert!(reason.contains("authentication failed"), "{reason}");
+}
+
+#[tokio::test]
+async fn credentials_decide_who_connects_and_what_it_may_claim() {
+    run_test(async {
+        let server = TestServer::start(&spec()).await;
+        let echo = tcp_echo().await;
+        let local = echo.addr.port();
+
+        // Alice: her own name and key; she gets <name>.<zone> by default, her
+        // tcp forward runs, udp and a port outside her range are refused.
+        let alice = ClientSpec::new(server.addr)
+            .credential("alice", ALICE_KEY)
+            .forward(tcp_fwd(0, local))
+            .forward(udp_fwd(0, local))
+            .forward(tcp_fwd(26000, local));
+        let mut a = TestClient::start(&alice);
+        let reg = a.connected().await;
+        assert_eq!(reg.domain, format!("alice.{ZONE}"));
+        assert!(reg.forwards[0].error.is_none(), "{:?}", reg.forwards[0]);
+        let udp_err = reg.forwards[1].error.clone().expect("udp refused");
+        assert!(udp_err.contains("may not use protocol \"udp\""), "{udp_err}");
+        let port_err = reg.forwards[2].error.clone().expect("port refused");
+        assert!(port_err.contains("may not use public port 26000"), "{port_err}");
+        let sessions = server.handle.sessions();
+        assert_eq!(sessions.len(), 1);
+
+        // Bob may only claim names under bob.example.
+        let mut b = TestClient::start(&ClientSpec::new(server.addr).credential("bob", BOB_KEY).domain("alice.e2e.x"));
+        let (code, message) = refused(&mut b).await;
+        assert_eq!(code, RefuseCode::DomainNotAllowed, "{message}");
+        assert!(message.contains("*.bob.example"), "{message}");
+        b.stop().await;
+        let mut b =
+            TestClient::start(&ClientSpec::new(server.addr).credential("bob", BOB_KEY).domain("www.bob.example"));
+        assert_eq!(b.connected().await.domain, "www.bob.example");
+
+        // A wrong key, a key under another name, an unknown name: all the
+        // same refusal, so names cannot be probed.
+        for (name, key) in [("alice", "wrong"), ("bob", ALICE_KEY), ("carol", ALICE_KEY)] {
+            let mut c = TestClient::start(&ClientSpec::new(server.addr).credential(name, key));
+            bad_key(&mut c).await;
+            c.stop().await;
+        }
+        let r = opennotr_admin::Backend::refusals(&server.handle);
+        assert_eq!(r.iter().filter(|r| r.code == "bad_key").count(), 3, "{r:?}");
+        // The shared key still works without a name.
+        let mut s = TestClient::start(&ClientSpec::new(server.addr));
+        s.connected().await;
+
+        for c in [a, b, s] {
+            c.stop().await;
+        }
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn admin_api_sees_closes_and_revokes() {
+    run_test(async {
+        let server = TestServer::start(&spec()).await;
+        let admin = server.admin.expect("admin API on");
+
+        assert_eq!(api(admin, "GET", "/healthz", None, None).await.status, 200);
+        assert_eq!(api(admin, "GET", "/api/v1/sessions", None, None).await.status, 401);
+        assert_eq!(api(admin, "GET", "/api/v1/sessions", Some("wrong-token-wrong-token"), None).await.status, 401);
+        let r = api(admin, "GET", "/api/v1/sessions", Some(TOKEN), None).await;
+        assert_eq!((r.status, json(&r)), (200, serde_json::json!([])));
+
+        let echo = tcp_echo().await;
+        let mut a = TestClient::start(
+            &ClientSpec::new(server.addr).credential("alice", ALICE_KEY).forward(tcp_fwd(0, echo.addr.port())),
+        );
+        let reg = a.connected().await;
+        let r = api(admin, "GET", "/api/v1/sessions", Some(TOKEN), None).await;
+        let list = json(&r);
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+        let s = &list[0];
+        assert_eq!(s["client"], "alice");
+        assert_eq!(s["domain"], reg.domain);
+        assert_eq!(s["vip"], reg.vip.to_string());
+        assert_eq!(s["forwards"][0]["protocol"], "tcp");
+        assert_eq!(s["forwards"][0]["public_port"], public_port(&reg, 0));
+        let id = s["id"].as_str().expect("id").to_string();
+        let one = api(admin, "GET", &format!("/api/v1/sessions/{id}"), Some(TOKEN), None).await;
+        assert_eq!(json(&one)["id"], id);
+
+        // Closing the session disconnects the client; it comes back as a
+        // new session.
+        let r = api(admin, "DELETE", &format!("/api/v1/sessions/{id}"), Some(TOKEN), None).await;
+        assert_eq!(r.status, 204, "{}", r.body);
+        let reason = a.disconnected().await;
+        assert!(reason.contains("closed by the server's operator"), "{reason}");
+        a.connected().await;
+        let h = server.handle.clone();
+        wait_until("a new session", || h.sessions().len() == 1).await;
+        assert_ne!(hex_id(&server), id);
+        assert_eq!(api(admin, "GET", &format!("/api/v1/sessions/{id}"), Some(TOKEN), None).await.status, 404);
+
+        // Revoking alice closes her session and refuses her reconnect.
+        let clients = json(&api(admin, "GET", "/api/v1/clients", Some(TOKEN), None).await);
+        assert!(clients.to_string().contains("\"alice\"") && !clients.to_string().contains(ALICE_KEY));
+        let r = api(admin, "DELETE", "/api/v1/clients/alice", Some(TOKEN), None).await;
+        assert_eq!((r.status, json(&r)["sessions_closed"].clone()), (200, serde_json::json!(1)), "{}", r.body);
+        bad_key(&mut a).await;
+        server.wait_no_sessions().await;
+
+        // Adding her back through the API lets her in again.
+        let body = format!(r#"{{"name": "alice", "key": {ALICE_KEY:?}, "protocols": ["tcp"]}}"#);
+        let r = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(&body)).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert!(!r.body.contains(ALICE_KEY));
+        assert_eq!(json(&r)["source"], "api");
+        a.connected().await;
+        let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(r#"{"name": "x y", "key": "k"}"#)).await;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        assert!(bad.body.contains("name"), "{}", bad.body);
+
+        // Refusals are listed with their reasons.
+        let refusals = api(admin, "GET", "/api/v1/refusals", Some(TOKEN), None).await;
+        assert!(refusals.body.contains("bad_key"), "{}", refusals.body);
+
+        a.stop().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+fn hex_id(server: &TestServer) -> String {
+    let s = opennotr_admin::Backend::sessions(&server.handle);
+    s.first().map(|s| s.id.clone()).unwrap_or_default()
+}
+
+/// Python's Prometheus parser (Debian python3-prometheus-client) reads the
+/// scrape; the bytes of one known transfer are counted exactly.
+#[tokio::test]
+async fn metrics_parse_and_count_a_known_transfer() {
+    run_test(async {
+        let server = TestServer::start(&spec()).await;
+        let admin = server.admin.expect("admin API on");
+        let echo = tcp_echo().await;
+        let mut a = TestClient::start(
+            &ClientSpec::new(server.addr).credential("alice", ALICE_KEY).forward(tcp_fwd(0, echo.addr.port())),
+        );
+        let reg = a.connected().await;
+        let port = public_port(&reg, 0);
+
+        const N: usize = 300_001;
+        let data = pattern(7, N);
+        let mut v = tokio::net::TcpStream::connect(local(port)).await.expect("connect");
+        v.write_all(&data).await.expect("write");
+        let mut back = vec![0u8; N];
+        within(WAIT, "echo", v.read_exact(&mut back)).await.expect("read");
+        assert_eq!(back, data);
+        drop(v);
+        let h = server.handle.clone();
+        wait_until("stream closed", || h.sessions()[0].open_streams == 0).await;
+
+        let r = api(admin, "GET", "/metrics", Some(TOKEN), None).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(api(admin, "GET", "/metrics", None, None).await.status, 401);
+        let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+want = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        if s.name == "opennotr_forward_bytes_total" and s.labels.get("protocol") == "tcp":
+            want[s.labels["direction"]] = int(s.value)
+        if s.name == "opennotr_forward_streams_total" and s.labels.get("protocol") == "tcp":
+            want["streams"] = int(s.value)
+        if s.name == "opennotr_sessions":
+            want["sessions"] = int(s.value)
+        if s.name == "opennotr_handshakes_total" and s.labels.get("result") == "ok":
+            want["ok"] = int(s.value)
+        if s.name == "process_resident_memory_bytes":
+            want["rss"] = s.value > 0
+print(want["in"], want["out"], want["streams"], want["sessions"], want["ok"], want["rss"])
+"#;
+        let mut py = tokio::process::Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (Debian python3-prometheus-client)");
+        py.stdin.take().expect("stdin").write_all(r.body.as_bytes()).await.expect("feed");
+        let out = within(WAIT, "python parser", py.wait_with_output()).await.expect("python");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "parser failed: {}\n{}", String::from_utf8_lossy(&out.stderr), r.body);
+        assert_eq!(stdout.trim(), format!("{N} {N} 1 1 1 True"), "{}", r.body);
+
+        a.stop().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A reload applies new credentials without touching other sessions; a
+/// broken file changes nothing.
+#[tokio::test]
+async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
+    run_test(async {
+        let dir = std::env::temp_dir().join(format!("opennotr-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("notrd.yaml");
+        let spec = spec();
+        std::fs::write(&path, spec.yaml()).expect("write config");
+        let cfg = opennotr_config::load_server(&path).expect("config");
+        let server = TestServer::start_with(cfg, &builtin_plugins()).await;
+        server.handle.set_config_path(path.clone());
+        let admin = server.admin.expect("admin");
+
+        let mut a = TestClient::start(&ClientSpec::new(server.addr).credential("alice", ALICE_KEY));
+        a.connected().await;
+        let mut b = TestClient::start(&ClientSpec::new(server.addr).credential("bob", BOB_KEY));
+        b.connected().await;
+
+        std::fs::write(&path, "server: [broken").expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(TOKEN), None).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(server.handle.sessions().len(), 2);
+
+        // Bob's key changes: his session closes, alice's stays. A lower
+        // forward limit applies to the next registration.
+        let changed = spec.yaml().replace(BOB_KEY, "bob's new key") + "limits:\n  maxForwardsPerClient: 1\n";
+        std::fs::write(&path, changed).expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(TOKEN), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(json(&r)["sessions_closed"], 1, "{}", r.body);
+        bad_key(&mut b).await;
+        let h = server.handle.clone();
+        wait_until("only alice left", || h.sessions().len() == 1).await;
+        assert!(a.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })));
+        let report = json(&r);
+        assert!(report["changed"].to_string().contains("limits"), "{report}");
+        let echo = tcp_echo().await;
+        let p = echo.addr.port();
+        let mut c = TestClient::start(&ClientSpec::new(server.addr).forward(tcp_fwd(0, p)).forward(tcp_fwd(0, p)));
+        let reg = c.connected().await;
+        assert!(reg.forwards[0].error.is_none());
+        let err = reg.forwards[1].error.clone().expect("second forward refused");
+        assert!(err.contains("at most 1 forwards"), "{err}");
+        c.stop().await;
+
+        // The tcp plugin's port range changes: the session with a tcp
+        // forward is closed and comes back with a port in the new range;
+        // the session without one is not touched.
+        let mut t = TestClient::start(&ClientSpec::new(server.addr).forward(tcp_fwd(0, p)));
+        let before = public_port(&t.connected().await, 0);
+        let (lo, hi) = PORT_RANGE;
+        let narrow = format!("\"PortMin\": {lo}, \"PortMax\": {}", lo + 99);
+        let tcp_line = format!("\"PortMin\": {lo}, \"PortMax\": {hi}");
+        let yaml = std::fs::read_to_string(&path).expect("read").replacen(&tcp_line, &narrow, 1);
+        std::fs::write(&path, yaml).expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(TOKEN), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(json(&r)["changed"].to_string().contains("plugin.tcp"), "{}", r.body);
+        assert_eq!(json(&r)["sessions_closed"], 1, "{}", r.body);
+        let reason = t.disconnected().await;
+        assert!(reason.contains("plugin configuration changed"), "{reason}");
+        let after = public_port(&t.connected().await, 0);
+        if !(lo..=lo + 99).contains(&before) {
+            assert_ne!(before, after);
+        }
+        assert!((lo..=lo + 99).contains(&after), "port {after} outside the new range");
+        assert!(a.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })));
+        t.stop().await;
+
+        a.stop().await;
+        b.stop().await;
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// The dashboard of a real server, with a real client connected, renders
+/// that client's session in Debian's headless Chromium.
+#[tokio::test]
+async fn dashboard_shows_a_real_session_in_chromium() {
+    let Some(browser) = ["/usr/bin/chromium"].into_iter().find(|p| std::path::Path::new(p).is_file()) else {
+        if std::env::var("OPENNOTR_SKIP_BROWSER").as_deref() == Ok("1") {
+            return println!("skipped: no chromium");
+        }
+        panic!("needs Debian's chromium (apt-get install chromium; CI installs it)");
+    };
+    run_test(async {
+        let server = TestServer::start(&spec()).await;
+        let admin = server.admin.expect("admin");
+        let echo = tcp_echo().await;
+        let mut a = TestClient::start(
+            &ClientSpec::new(server.addr).credential("alice", ALICE_KEY).forward(tcp_fwd(0, echo.addr.port())),
+        );
+        let reg = a.connected().await;
+        let profile = std::env::temp_dir().join(format!("opennotr-e2e-chromium-{}", std::process::id()));
+        let out = tokio::process::Command::new(browser)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--virtual-time-budget=10000", "--dump-dom"])
+            .arg(format!("http://{admin}/#token={TOKEN}"))
+            .kill_on_drop(true)
+            .output();
+        // A hang guard, not a synchronisation.
+        let out = within(std::time::Duration::from_secs(120), "chromium", out).await.expect("chromium runs");
+        let _ = std::fs::remove_dir_all(&profile);
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(dom.contains(&reg.domain), "the dashboard does not show {}:\n{dom}", reg.domain);
+        assert!(dom.contains(&format!(":{}", public_port(&reg, 0))), "no public port in:\n{dom}");
+        a.stop().await;
+        server.stop().await;
+    })
+    .await;
+}
