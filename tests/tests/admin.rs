@@ -379,3 +379,61 @@ async fn dashboard_shows_a_real_session_in_chromium() {
     })
     .await;
 }
+
+/// The gateway's requests by status and the DNS server's queries show up
+/// in the scrape with exact counts.
+#[tokio::test]
+async fn metrics_count_gateway_requests_and_dns_queries() {
+    run_test(async {
+        let spec =
+            ServerSpec { dns: Some(DnsSpec::default()), ..spec() }.plugin("http", r#"{"listen": "127.0.0.1:0"}"#);
+        let server = TestServer::start(&spec).await;
+        let admin = server.admin.expect("admin");
+        let svc = tcp_service(|mut s| async move {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).await.is_ok_and(|n| n == 1) {
+                head.push(b[0]);
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+        })
+        .await;
+        let mut a = TestClient::start(
+            &ClientSpec::new(server.addr)
+                .credential("bob", BOB_KEY)
+                .domain("www.bob.example")
+                .forward(http_fwd(svc.addr.port())),
+        );
+        let reg = a.connected().await;
+        let port = public_port(&reg, 0);
+        for (host, want) in [(reg.domain.as_str(), "200"), ("nobody.example", "404")] {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+                .arg(format!("Host: {host}"))
+                .arg(format!("http://127.0.0.1:{port}/"))
+                .output();
+            let out = within(WAIT, "curl", out).await.expect("curl");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+        }
+        let dns = server.dns.expect("dns on");
+        let out = tokio::process::Command::new("dig")
+            .arg(format!("@{}", dns.ip()))
+            .args(["-p", &dns.port().to_string(), "+time=2", "+tries=2", "+short", &reg.domain, "A"])
+            .output();
+        let out = within(WAIT, "dig (Debian bind9-dnsutils)", out).await.expect("dig");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127.0.0.2");
+
+        let m = api(admin, "GET", "/metrics", Some(TOKEN), None).await.body;
+        for line in [
+            "opennotr_gateway_requests_total{scheme=\"http\",status=\"200\"} 1",
+            "opennotr_gateway_requests_total{scheme=\"http\",status=\"404\"} 1",
+            "opennotr_dns_queries_total{transport=\"udp\",rcode=\"NOERROR\"} 1",
+        ] {
+            assert!(m.lines().any(|l| l == line), "no `{line}` in:\n{m}");
+        }
+        assert_eq!(m.matches("# TYPE opennotr_gateway_requests_total").count(), 1, "{m}");
+        a.stop().await;
+        server.stop().await;
+    })
+    .await;
+}

@@ -146,6 +146,8 @@ pub struct Gateway {
     acme_tokens: Mutex<HashMap<String, String>>,
     /// The embedded `http` plugin, whose listener HTTP-01 needs.
     http_plugin: Mutex<std::sync::Weak<GatewayPlugin>>,
+    /// Requests answered, by scheme and status, for the metrics.
+    requests: Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -158,6 +160,22 @@ impl Gateway {
     /// An empty router.
     pub fn new() -> Arc<Gateway> {
         Arc::new(Gateway::default())
+    }
+
+    fn count_request(&self, scheme: Scheme, status: u16) {
+        *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((scheme.name(), status)).or_default() += 1;
+    }
+
+    /// The request counters as one Prometheus family.
+    fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str(
+            "# HELP opennotr_gateway_requests_total Requests the embedded gateway answered, by scheme and status.\n\
+             # TYPE opennotr_gateway_requests_total counter\n",
+        );
+        for ((scheme, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "opennotr_gateway_requests_total{{scheme=\"{scheme}\",status=\"{status}\"}} {n}");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
@@ -393,6 +411,14 @@ impl Plugin for GatewayPlugin {
             return ext.unregister(meta).await;
         }
         self.gateway.remove(self.scheme, &meta.domain, meta.id);
+    }
+
+    fn metrics(&self, out: &mut String) {
+        // One family for every scheme, so one plugin writes it: the `http`
+        // plugin, which every server with the gateway has.
+        if self.scheme == Scheme::Http {
+            self.gateway.write_metrics(out);
+        }
     }
 }
 

@@ -183,7 +183,11 @@ pub(crate) async fn serve_connection<S>(
     let conn = Arc::new(Conn { peer, gateway, settings: settings.clone(), activity: activity.clone() });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+        async move {
+            let resp = handle(req, conn.clone()).await;
+            conn.gateway.count_request(conn.settings.scheme, resp.status().as_u16());
+            Ok::<_, Infallible>(resp)
+        }
     });
     match settings.scheme {
         Scheme::Http => {
