@@ -6,13 +6,17 @@
 //! module (or curl, python3, openssl): it fails and says what to install.
 //!
 //! In a fresh "server host" namespace: nginx with the shipped config (ports
-//! rewritten, its own prefix), opennotrd with the virtual LAN and
-//! `plugin.http: {"adminUrl": ...}`; in a "client host" namespace: opennotr
-//! with an `http` forward to a small Python service. The registration, a
-//! request and a WebSocket upgrade go through nginx; nginx is restarted and
-//! gets the mapping back by reconciliation; the client leaves and the
-//! mapping goes. A second test (no root needed) points adminUrl at a closed
-//! port: the client prints the forward refused with the reason.
+//! rewritten, its own prefix), holding mappings a crashed opennotrd left,
+//! and opennotrd with the virtual LAN and `plugin.http`/`plugin.h2c`:
+//! `{"adminUrl": ...}`; in a "client host" namespace: opennotr with an
+//! `http` forward to a small Python service and an `h2c` forward to a
+//! Python gRPC service. The stale mappings into the VIP pool go at start,
+//! the others stay; the registration, a request, a WebSocket upgrade and
+//! gRPC calls (cleartext HTTP/2 and over TLS) go through nginx; nginx is
+//! restarted and gets the mappings back by reconciliation; the client
+//! leaves and the mappings go. A second test (no root needed) points
+//! adminUrl at a closed port: the client prints the forward refused with
+//! the reason.
 
 mod support;
 
@@ -20,11 +24,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::grpc::{python_with_grpc, GRPC_CLIENT, GRPC_ECHO_SERVER};
 use support::netns::{check, cmd, in_ns, poll_every, python, run_bounded, Lan, Out};
 use support::{json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
-/// The VIP pool of the server.
+/// The VIP pool of the server (`.1` is the server's own).
 const CIDR: &str = "100.64.242.1/24";
+/// The VIP the first client gets.
+const FIRST_VIP: &str = "100.64.242.2";
 
 /// Ports inside the private namespaces.
 const CONTROL_PORT: u16 = 10100;
@@ -39,6 +46,12 @@ const GW_ADMIN: u16 = 18081;
 const SERVICE_PORT: u16 = 8000;
 
 const DOMAIN: &str = "app.gw.notr.test";
+/// Mappings a crashed opennotrd left: one into its pool (to the VIP and
+/// port the next client gets), one of a scheme the new one does not run
+/// externally, and another server's (outside the pool).
+const STALE: &str = "stale.gw.notr.test";
+const STALE_HTTPS: &str = "stale-tls.gw.notr.test";
+const FOREIGN: &str = "foreign.gw.notr.test";
 
 // ------------------------------------------------------------------ preflight
 
@@ -126,6 +139,8 @@ fn nginx_prefix(dir: &TempDir) -> PathBuf {
             "2",
             "-subj",
             "/CN=*.gw.notr.test",
+            "-addext",
+            "subjectAltName=DNS:*.gw.notr.test",
             "-keyout",
             key.to_str().unwrap(),
             "-out",
@@ -154,9 +169,33 @@ fn admin_url() -> String {
     format!("http://127.0.0.1:{GW_ADMIN}/upstreams")
 }
 
+/// The gateway's mapping of `scheme://host`: (status, body).
+fn mapping_of(ns: &str, scheme: &str, host: &str) -> (String, String) {
+    curl_answer(ns, &[&format!("{}?host={host}&scheme={scheme}", admin_url())])
+}
+
 /// The gateway's mapping of `DOMAIN` for `http`: (status, body).
 fn mapping(ns: &str) -> (String, String) {
-    curl_answer(ns, &[&format!("{}?host={DOMAIN}&scheme=http", admin_url())])
+    mapping_of(ns, "http", DOMAIN)
+}
+
+/// Stores a mapping in the gateway directly, as an earlier opennotrd did.
+fn plant(ns: &str, scheme: &str, host: &str, ip: &str) {
+    let m = serde_json::json!({"scheme": scheme, "host": host, "ip": ip, "port": SERVICE_PORT.to_string()});
+    let (code, body) = curl_answer(ns, &["-X", "POST", "-d", &m.to_string(), &admin_url()]);
+    assert_eq!(code, "200", "planting {m}: {body}");
+}
+
+/// Runs [`GRPC_CLIENT`] in `ns` against nginx's `port` (TLS when `ca` is
+/// given): it prints `grpc ok` or fails.
+fn grpc_client(ns: &str, port: u16, ca: Option<&Path>) {
+    let port = port.to_string();
+    let mut args = vec!["-c", GRPC_CLIENT, &port, DOMAIN];
+    if let Some(ca) = ca {
+        args.push(ca.to_str().unwrap());
+    }
+    let out = run_bounded(in_ns(ns, python_with_grpc(), &args), WAIT);
+    assert!(out.code == Some(0) && out.stdout.contains("grpc ok"), "gRPC through nginx:{port}: {}", out.show());
 }
 
 /// nginx in the foreground; on drop (a failed test) its master is asked to
@@ -262,6 +301,7 @@ print(rest.decode(errors="replace"), flush=True)
 // ------------------------------------------------------------------ opennotrd / opennotr
 
 fn server_yaml(listen: &str, admin: &str, vlan: bool) -> String {
+    let plugin = format!(r#"'{{"adminUrl": "{admin}", "reconcileInterval": 1}}'"#);
     let vlan = if vlan {
         format!("  tcplisten: \"127.0.0.1:{TPROXY_TCP}\"\n  udplisten: \"127.0.0.1:{TPROXY_UDP}\"\n")
     } else {
@@ -276,15 +316,22 @@ fn server_yaml(listen: &str, admin: &str, vlan: bool) -> String {
 dhcp:
   cidr: "{CIDR}"
 plugin:
-  http: '{{"adminUrl": "{admin}", "reconcileInterval": 1}}'
+  http: {plugin}
+  h2c: {plugin}
 "#
     )
 }
 
-fn client_yaml(server: &str) -> String {
-    format!(
+/// The client: an `http` forward to the service, and an `h2c` one to a
+/// gRPC service if it has a port.
+fn client_yaml(server: &str, grpc_port: Option<u16>) -> String {
+    let mut y = format!(
         "serverAddr: \"{server}\"\nkey: \"k\"\ndomain: \"{DOMAIN}\"\nforwards:\n  - protocol: http\n    ports:\n      0: {SERVICE_PORT}\n"
-    )
+    );
+    if let Some(p) = grpc_port {
+        y += &format!("  - protocol: h2c\n    ports:\n      0: {p}\n");
+    }
+    y
 }
 
 fn start_server(cmd: Command, dir: &TempDir) -> (Proc, String) {
@@ -308,12 +355,23 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
     let ns = lan.server.as_str();
 
     let nginx = start_nginx(ns, &prefix);
+    // An earlier opennotrd crashed and left these.
+    plant(ns, "http", STALE, FIRST_VIP);
+    plant(ns, "https", STALE_HTTPS, "100.64.242.40");
+    plant(ns, "http", FOREIGN, "100.64.243.9");
+
     let mut service = Proc::spawn_named(
         "service",
         in_ns(&lan.clients[0], python(), &["-u", "-c", SERVICE, &SERVICE_PORT.to_string()]),
         &dir.0,
     );
     service.expect(Src::Out, "`ready`", |l| l == "ready");
+    let mut grpc_service = Proc::spawn_named(
+        "grpc service",
+        in_ns(&lan.clients[0], python_with_grpc(), &["-u", "-c", GRPC_ECHO_SERVER, "forever"]),
+        &dir.0,
+    );
+    let grpc_port: u16 = grpc_service.next_stdout().trim().parse().expect("the gRPC service's port");
 
     let conf =
         dir.write("opennotrd.yaml", server_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0)), &admin_url(), true));
@@ -324,15 +382,26 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
         "opennotrd did not turn the virtual LAN on:\n{}",
         server.transcript()
     );
-    let cconf = dir.write("opennotr.yaml", client_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0))));
+    // 0. The stale mappings into the VIP pool go as the server starts; the
+    // one outside the pool stays.
+    assert!(
+        poll(WAIT, || mapping_of(ns, "http", STALE).0 == "404" && mapping_of(ns, "https", STALE_HTTPS).0 == "404"),
+        "the stale mappings into the VIP pool are still there"
+    );
+    assert_eq!(mapping_of(ns, "http", FOREIGN).0, "200", "the mapping outside the pool was removed");
+
+    let cconf =
+        dir.write("opennotr.yaml", client_yaml(&format!("{}:{CONTROL_PORT}", lan.server_ip(0)), Some(grpc_port)));
     let mut client = Proc::spawn_named(
         "opennotr",
         in_ns(&lan.clients[0], CLIENT, &["-c", cconf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
         &dir.0,
     );
-    let reg = read_registration(&mut client, 1);
+    let reg = read_registration(&mut client, 2);
     assert_eq!(reg.domain, DOMAIN);
+    assert_eq!(reg.vip.to_string(), FIRST_VIP, "the VIP the stale mapping named");
     assert_eq!(reg.forwards[0], format!("http://{DOMAIN} => 127.0.0.1:{SERVICE_PORT}"));
+    assert_eq!(reg.forwards[1], format!("h2c://{DOMAIN} => 127.0.0.1:{grpc_port}"));
 
     // 1. The registration is in the gateway (awaited before the client was told).
     let (code, body) = mapping(ns);
@@ -342,6 +411,7 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
     assert_eq!(m["port"], SERVICE_PORT.to_string(), "{m}");
     assert_eq!(m["scheme"], "http");
     assert_eq!(m["host"], DOMAIN);
+    assert_eq!(mapping_of(ns, "h2c", DOMAIN).0, "200");
 
     // 2. A request through nginx reaches the client's service.
     let resolve = format!("{DOMAIN}:{GW_HTTP}:127.0.0.1");
@@ -359,12 +429,23 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
     );
     assert_eq!(code, "404");
     assert!(body.contains("nobody.gw.notr.test"), "{body}");
+    // The stale domain no longer reaches the VIP it named, now this client's.
+    let (code, _) =
+        curl_answer(ns, &["--resolve", &format!("{STALE}:{GW_HTTP}:127.0.0.1"), &format!("http://{STALE}:{GW_HTTP}/")]);
+    assert_eq!(code, "404");
 
     // 3. A WebSocket upgrade passes through, then bytes both ways.
     let ws = check(in_ns(ns, python(), &["-c", WS_PROBE, DOMAIN, &GW_HTTP.to_string()]));
     let mut lines = ws.lines();
     assert_eq!(lines.next(), Some("HTTP/1.1 101 Switching Protocols"), "{ws}");
     assert_eq!(lines.next(), Some("ping-through-the-gateway"), "{ws}");
+
+    // 3b. gRPC, unary and streaming, to the h2c forward: cleartext HTTP/2 on
+    // nginx's h2c port, and over TLS on its https port.
+    grpc_client(ns, GW_H2C, None);
+    grpc_client(ns, GW_HTTPS, Some(&prefix.join("cert/upstream.crt")));
+    // Reconciliation passes (every second) went by meanwhile.
+    assert_eq!(mapping_of(ns, "http", FOREIGN).0, "200", "the mapping outside the pool stays");
 
     // 4. nginx restarted (its shared dict is gone): reconciliation pushes
     // the mapping again within the interval (1 s here).
@@ -379,9 +460,12 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
     let (code, body) = curl_answer(ns, &["--resolve", &resolve, &url]);
     assert_eq!((code.as_str(), body.as_str()), ("200", "hello through the gateway\n"));
 
-    // 5. The client leaves: the mapping is deleted, requests fail.
+    // 5. The client leaves: the mappings are deleted, requests fail.
     drop(client);
-    assert!(poll(WAIT, || mapping(ns).0 == "404"), "the mapping outlived the client");
+    assert!(
+        poll(WAIT, || mapping(ns).0 == "404" && mapping_of(ns, "h2c", DOMAIN).0 == "404"),
+        "the mappings outlived the client"
+    );
     let (code, _) = curl_answer(ns, &["--resolve", &resolve, &url]);
     assert_eq!(code, "404");
 
@@ -389,7 +473,7 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
     server.signal("TERM");
     assert_eq!(server.wait_exit(WAIT).code(), Some(0), "{}", server.transcript());
     stop_nginx(nginx);
-    drop(service);
+    drop((service, grpc_service));
     eprintln!("test took {:?}", t.elapsed());
 }
 
@@ -404,7 +488,7 @@ fn a_failed_registration_refuses_the_forward_with_the_reason() {
     let mut server_cmd = Command::new(SERVER);
     server_cmd.args(["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]);
     let (mut server, addr) = start_server(server_cmd, &dir);
-    let cconf = dir.write("opennotr.yaml", client_yaml(&addr));
+    let cconf = dir.write("opennotr.yaml", client_yaml(&addr, None));
     let mut client_cmd = Command::new(CLIENT);
     client_cmd.args(["-c", cconf.to_str().unwrap(), "--log-level", "info", "--log-json"]);
     let mut client = Proc::spawn_named("opennotr", client_cmd, &dir.0);

@@ -10,6 +10,8 @@
 //!   or half-drop the connections going through it.
 //! - [`within`], [`wait_until`], [`run_test`]: bounded waits, so a hang fails
 //!   a test instead of stalling it.
+//! - gRPC: [`grpc_echo_server`] and the Python programs of [`GRPC_CLIENT`]
+//!   (shared with `bins/tests/support/grpc.rs`).
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -775,58 +777,10 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, ctl: Arc<ConnCtl>, releas
     }
 }
 
-/// A Python interpreter that has `grpc` (Debian's `python3-grpcio`, which CI
-/// installs). The first `python3` on PATH may be another interpreter (a
-/// pyenv shim) without it, so `/usr/bin/python3` is tried too. Panics with
-/// what to install when none has it: a gRPC test must not pass by skipping.
-pub fn python_with_grpc() -> &'static str {
-    static FOUND: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            ["/usr/bin/python3", "python3"].into_iter().find(|py| {
-                std::process::Command::new(py)
-                    .args(["-c", "import grpc"])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-        })
-        .expect("no python3 with the grpc module: install Debian's python3-grpcio")
-}
-
-/// A Python gRPC echo service (`test.Echo`: `Unary` echoes with an `echo:`
-/// prefix, `Stream` sends N large messages, `Fail` answers NOT_FOUND with
-/// details in the trailers), on 127.0.0.1 and a free port.
-const GRPC_ECHO_SERVER: &str = r#"
-import sys
-from concurrent import futures
-import grpc
-
-def unary(req, ctx):
-    return b"echo:" + req
-
-def stream(req, ctx):
-    for i in range(int(req.decode())):
-        yield (b"%d:" % i) + b"s" * 100000
-
-def fail(req, ctx):
-    ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req.decode())
-
-opts = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
-handlers = grpc.method_handlers_generic_handler("test.Echo", {
-    "Unary": grpc.unary_unary_rpc_method_handler(unary),
-    "Stream": grpc.unary_stream_rpc_method_handler(stream),
-    "Fail": grpc.unary_unary_rpc_method_handler(fail),
-})
-server = grpc.server(futures.ThreadPoolExecutor(4), options=opts)
-server.add_generic_rpc_handlers((handlers,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-print(port, flush=True)
-sys.stdin.read()
-server.stop(0)
-"#;
+// The gRPC programs are shared with the binaries' tests (gRPC through nginx).
+#[path = "../../bins/tests/support/grpc.rs"]
+mod grpc;
+pub use grpc::{python_with_grpc, GRPC_CLIENT, GRPC_ECHO_SERVER};
 
 /// Starts [`GRPC_ECHO_SERVER`]; returns the child (killed on drop; it also
 /// stops when its stdin closes) and its port.

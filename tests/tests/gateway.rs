@@ -514,29 +514,6 @@ async fn websocket_round_trip() {
 
 // ---------------------------------------------------------------- gRPC
 
-const GRPC_CLIENT: &str = r#"
-import sys
-import grpc
-port, authority = sys.argv[1], sys.argv[2]
-opts = [("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0),
-        ("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
-ch = grpc.insecure_channel("127.0.0.1:" + port, options=opts)
-unary = ch.unary_unary("/test.Echo/Unary")
-assert unary(b"hi", timeout=10) == b"echo:hi"
-big = b"y" * (3 << 20)
-assert unary(big, timeout=20) == b"echo:" + big
-items = list(ch.unary_stream("/test.Echo/Stream")(b"20", timeout=20))
-assert len(items) == 20, len(items)
-assert all(x.startswith(b"%d:" % i) and len(x) > 100000 for i, x in enumerate(items))
-try:
-    ch.unary_unary("/test.Echo/Fail")(b"abc", timeout=10)
-    raise SystemExit("Fail did not fail")
-except grpc.RpcError as e:
-    assert e.code() == grpc.StatusCode.NOT_FOUND, e.code()
-    assert e.details() == "no such thing: abc", e.details()
-print("grpc ok")
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_streaming_over_h2c() {
     let python = python_with_grpc();
@@ -550,10 +527,7 @@ async fn grpc_unary_and_streaming_over_h2c() {
         let out = within(
             Duration::from_secs(40),
             "the gRPC client",
-            Command::new(python)
-                .args(["-c", GRPC_CLIENT, &port.to_string(), &format!("{d}:{port}")])
-                .kill_on_drop(true)
-                .output(),
+            Command::new(python).args(["-c", GRPC_CLIENT, &port.to_string(), &d]).kill_on_drop(true).output(),
         )
         .await
         .unwrap();
@@ -595,6 +569,198 @@ async fn upstream_connections_are_pooled() {
         }
         let n = accepted.load(Ordering::SeqCst);
         assert!((1..=4).contains(&n), "15 requests took {n} connections to the service");
+        server.stop().await;
+    })
+    .await;
+}
+
+// ------------------------------------------------------------ timeouts
+
+/// Bound of a wait for the gateway to close a visitor connection: a hang
+/// guard, far above the 1 s timeouts the tests configure, not a measure.
+const CLOSE_GUARD: Duration = Duration::from_secs(20);
+
+/// A server whose `http` gateway has these timeouts (seconds). The one a
+/// test is not about is set far beyond [`CLOSE_GUARD`], so that only the
+/// other can close a connection within it.
+async fn timeouts_server(header_timeout: u64, idle_timeout: u64) -> TestServer {
+    let http =
+        format!(r#"{{"listen": "127.0.0.1:0", "headerTimeout": {header_timeout}, "idleTimeout": {idle_timeout}}}"#);
+    TestServer::start(&ServerSpec::default().plugin("http", &http)).await
+}
+
+/// Reads until the gateway closes the connection (EOF, or a reset), under
+/// [`CLOSE_GUARD`]; returns what it sent meanwhile.
+async fn read_until_closed<R: AsyncReadExt + Unpin>(r: &mut R) -> Vec<u8> {
+    within(CLOSE_GUARD, "the gateway to close the connection", async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+}
+
+/// Reads until what was read contains `needle`, failing if the connection
+/// closes first.
+async fn read_until<R: AsyncReadExt + Unpin>(r: &mut R, got: &mut Vec<u8>, needle: &str) {
+    within(WAIT, needle, async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(got).contains(needle) {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    panic!("the connection closed before {needle:?}; read: {:?}", String::from_utf8_lossy(got))
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+}
+
+/// One complete request on `s`; returns the response's status line and body
+/// (the service answers with a Content-Length).
+async fn request_once(s: &mut BufReader<TcpStream>, host: &str, path: &str) -> (String, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    s.get_mut().write_all(req.as_bytes()).await.unwrap();
+    let head = within(WAIT, "the response head", read_head(s)).await;
+    let len: usize = head
+        .iter()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    let mut body = vec![0u8; len];
+    within(WAIT, "the response body", s.read_exact(&mut body)).await.unwrap();
+    (head[0].clone(), String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A visitor that starts a request head and never finishes it (still
+/// sending a byte now and then, as a slowloris does) is cut off after
+/// `headerTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_request_head_is_cut_after_the_header_timeout() {
+    run_test(async {
+        let server = timeouts_server(1, 600).await;
+        let svc = http_service("A").await;
+        let d = dom("slowhead");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+
+        let s = TcpStream::connect(local(port)).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        w.write_all(format!("GET / HTTP/1.1\r\nHost: {d}\r\nX-Slow: ").as_bytes()).await.unwrap();
+        // Pacing only: the bytes keep the connection busy, so the idle
+        // timer has no part in what closes it. Stops when writes fail.
+        let trickle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                if w.write_all(b"x").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let got = read_until_closed(&mut r).await;
+        trickle.abort();
+        assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+            "expected the connection closed (or a 408), got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A keep-alive visitor that went silent after a complete request is
+/// closed after `idleTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    run_test(async {
+        // hyper's header timeout also runs while it waits for the next
+        // request's head: set beyond the guard, only the idle timer is left.
+        let server = timeouts_server(600, 1).await;
+        let svc = http_service("A").await;
+        let d = dom("idle");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+
+        let mut s = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
+        let (status, body) = request_once(&mut s, &d, "/one").await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(body.starts_with("service=A\n"), "{body}");
+        let rest = read_until_closed(&mut s).await;
+        assert!(rest.is_empty(), "nothing more was asked for: {:?}", String::from_utf8_lossy(&rest));
+        server.stop().await;
+    })
+    .await;
+}
+
+type BodySender = http_body_util::channel::Sender<Bytes, Infallible>;
+
+/// An HTTP/1.1 service: `/slow` streams (chunked) what the test sends
+/// through the sender it hands out, one per request; other paths answer
+/// like [`http_service`].
+async fn streaming_service() -> (Service, tokio::sync::mpsc::UnboundedReceiver<BodySender>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let svc = tcp_service(move |s| {
+        let tx = tx.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    if req.uri().path() != "/slow" {
+                        return respond("S", req).await;
+                    }
+                    let (sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+                    let _ = tx.send(sender);
+                    Ok(Response::new(body.boxed()))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+        }
+    })
+    .await;
+    (svc, rx)
+}
+
+/// A response still streaming keeps its visitor connection open, however
+/// long the stream pauses: the idle timer counts only connections with no
+/// request in flight. Without a clock: a second visitor connection, quiet
+/// after the first one's last byte, is closed by the idle timer first.
+/// The first one then still serves a request pipelined behind the stream
+/// (a gateway closing it, even gracefully, would not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_response_is_not_cut_by_the_idle_timeout() {
+    run_test(async {
+        let server = timeouts_server(600, 1).await;
+        let (svc, mut senders) = streaming_service().await;
+        let d = dom("stream");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+
+        let mut a = TcpStream::connect(local(port)).await.unwrap();
+        a.write_all(format!("GET /slow HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut sender = within(WAIT, "the service to get /slow", senders.recv()).await.unwrap();
+        sender.send_data(Bytes::from_static(b"first-chunk\n")).await.unwrap();
+        let mut got = Vec::new();
+        read_until(&mut a, &mut got, "first-chunk").await;
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got));
+
+        // B's last byte comes after A's: once B is closed as idle, A has
+        // been without traffic for longer than idleTimeout.
+        let mut b = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
+        let (status, _) = request_once(&mut b, &d, "/b").await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(read_until_closed(&mut b).await.is_empty());
+
+        a.write_all(format!("GET /after HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
+        sender.send_data(Bytes::from_static(b"last-chunk\n")).await.unwrap();
+        drop(sender);
+        read_until(&mut a, &mut got, "path=/after\n").await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("last-chunk\n") && text.contains("0\r\n\r\n"), "{text}");
         server.stop().await;
     })
     .await;

@@ -63,7 +63,12 @@ fn free_port() -> u16 {
 /// pebble and its DNS (pebble-challtestsrv), killed when dropped.
 struct Pebble {
     _dns: Child,
-    _pebble: Child,
+    pebble: Child,
+    /// pebble's config file and the DNS server it asks.
+    config: String,
+    dns_port: u16,
+    /// pebble's management API (its roots).
+    mgmt_port: u16,
     /// The ACME directory URL.
     directory: String,
     /// The CA of pebble's own TLS certificate (for `acme.caRoots`).
@@ -126,22 +131,29 @@ impl Pebble {
             .kill_on_drop(true)
             .spawn()
             .expect("run pebble-challtestsrv (Debian package pebble)");
-        let pebble = Command::new("pebble")
-            .args(["-config", &dir.path("pebble.json"), "-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("run pebble (Debian package pebble)");
+        let config = dir.path("pebble.json");
         let tls_ca = dir.path("pebble-tls-ca.pem");
-        // Ready when the management API gives its root (bounded polling).
-        let roots = format!("https://127.0.0.1:{mgmt_port}/roots/0");
+        let mut pebble = Pebble {
+            _dns: dns,
+            pebble: spawn_pebble(&config, dns_port),
+            config,
+            dns_port,
+            mgmt_port,
+            directory: format!("https://127.0.0.1:{acme_port}/dir"),
+            tls_ca,
+            root: dir.path("pebble-root.pem"),
+        };
+        pebble.fetch_root().await;
+        pebble
+    }
+
+    /// Waits until the management API gives pebble's (current) root and
+    /// stores it in `root` (bounded polling).
+    async fn fetch_root(&mut self) {
+        let roots = format!("https://127.0.0.1:{}/roots/0", self.mgmt_port);
         let root_pem = within(Duration::from_secs(20), "pebble to start", async {
             loop {
-                let (code, out, _) = curl_get(&["--cacert", &tls_ca, &roots]).await;
+                let (code, out, _) = curl_get(&["--cacert", &self.tls_ca, &roots]).await;
                 if code == 0 && out.contains("BEGIN CERTIFICATE") {
                     return out;
                 }
@@ -149,15 +161,30 @@ impl Pebble {
             }
         })
         .await;
-        std::fs::write(dir.0.join("pebble-root.pem"), root_pem).unwrap();
-        Pebble {
-            _dns: dns,
-            _pebble: pebble,
-            directory: format!("https://127.0.0.1:{acme_port}/dir"),
-            tls_ca,
-            root: dir.path("pebble-root.pem"),
-        }
+        std::fs::write(&self.root, root_pem).unwrap();
     }
+
+    /// Stops pebble and starts it again on the same ports (the directory
+    /// URL is in the gateway's config): it keeps no state, so it forgets
+    /// every account and has a new root.
+    async fn restart(&mut self) {
+        self.pebble.kill().await.expect("kill pebble");
+        self.pebble = spawn_pebble(&self.config, self.dns_port);
+        self.fetch_root().await;
+    }
+}
+
+fn spawn_pebble(config: &str, dns_port: u16) -> Child {
+    Command::new("pebble")
+        .args(["-config", config, "-dnsserver", &format!("127.0.0.1:{dns_port}")])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .env("PEBBLE_AUTHZREUSE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run pebble (Debian package pebble)")
 }
 
 /// An HTTP/1.1 service answering its name.
@@ -334,6 +361,47 @@ async fn tls_alpn01_certificates_for_custom_domains() {
         assert_eq!(until_trusted(&pebble.root, CUSTOM, https_port).await, "service=C");
         assert!(dir.0.join(format!("acme/certs/{CUSTOM}.pem")).is_file());
         c.stop().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// pebble restarted while the server runs: the CA no longer knows the
+/// stored account. The next order registers a new account, stores it and
+/// gets its certificate, trusted via the new pebble's root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_the_ca_forgot_is_registered_again() {
+    run_test(async {
+        let dir = Scratch::new("forgotten");
+        let http_port = free_port();
+        let mut pebble = Pebble::start(&dir, http_port, free_port()).await;
+        let server = acme_server(&pebble, &dir, http_port, "127.0.0.1:0", "http-01", 7).await;
+        let svc = http_service("A").await;
+        let first = format!("first.{ZONE}");
+        let mut a = TestClient::start(&ClientSpec::new(server.addr).domain(&first).forward(https_fwd(svc.addr.port())));
+        let port = public_port(&a.connected().await, 0);
+        assert_eq!(until_trusted(&pebble.root, &first, port).await, "service=A");
+        let account = || {
+            let files: Vec<_> = std::fs::read_dir(dir.0.join("acme"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("account-"))
+                .collect();
+            assert_eq!(files.len(), 1, "one stored account");
+            std::fs::read_to_string(files[0].path()).unwrap()
+        };
+        let before = account();
+
+        pebble.restart().await;
+        let second = format!("second.{ZONE}");
+        let other = http_service("B").await;
+        let mut b =
+            TestClient::start(&ClientSpec::new(server.addr).domain(&second).forward(https_fwd(other.addr.port())));
+        assert_eq!(public_port(&b.connected().await, 0), port);
+        assert_eq!(until_trusted(&pebble.root, &second, port).await, "service=B");
+        assert_ne!(account(), before, "the new account is stored in place of the forgotten one");
+        a.stop().await;
+        b.stop().await;
         server.stop().await;
     })
     .await;

@@ -1,11 +1,17 @@
 //! Helpers shared by the integration tests (`cli.rs`, `vlan.rs`,
 //! `openresty.rs`): a temp dir guard, a child-process guard that reads its
-//! output line by line, readers of what the binaries print and log, and (in
-//! [`netns`]) the network-namespace helpers of the root-only tests.
+//! output line by line, readers of what the binaries print and log, (in
+//! [`netns`]) the network-namespace helpers of the root-only tests, and (in
+//! [`grpc`]) the Python gRPC programs, shared with the `opennotr-tests`
+//! crate.
 
 // Each test crate compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
 
+// `pub` inside: the `opennotr-tests` crate compiles the same file and
+// exports them.
+#[allow(unreachable_pub)]
+pub(crate) mod grpc;
 pub(crate) mod netns;
 
 use std::io::{BufRead, BufReader, Read};

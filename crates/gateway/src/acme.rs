@@ -16,8 +16,9 @@
 //! certificate is served on the https port to `acme-tls/1` handshakes).
 //! The account key and the certificates are kept in `storage`
 //! (`account-<host>.json`, `certs/<domain>.pem` + `.key`) and loaded at
-//! start. Failures are logged with the domain and the reason and retried
-//! with a backoff while the domain is still routed; nothing waits on them.
+//! start; an account the CA no longer knows is replaced by a new one.
+//! Failures are logged with the domain and the reason and retried with a
+//! backoff while the domain is still routed; nothing waits on them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,10 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How often the certificates are checked for renewal.
 const RENEW_CHECK: Duration = Duration::from_secs(3600);
+/// An account created this recently is not replaced when the CA answers
+/// `unauthorized` (which may be about something else than the account):
+/// a CA that keeps refusing must not get a new account per retry.
+const FRESH_ACCOUNT: Duration = Duration::from_secs(3600);
 
 /// Which challenge proves control of a domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +207,8 @@ pub(crate) struct Acme {
     /// Domains with an issuance task (running or waiting to retry).
     busy: Mutex<std::collections::HashSet<String>>,
     account: tokio::sync::Mutex<Option<Account>>,
+    /// The id of the account this process created last, and when.
+    created: Mutex<Option<(String, std::time::Instant)>>,
     renewal_started: std::sync::Once,
     shutdown: CancellationToken,
 }
@@ -295,6 +302,7 @@ impl Acme {
             alpn: RwLock::new(HashMap::new()),
             busy: Mutex::new(Default::default()),
             account: tokio::sync::Mutex::new(None),
+            created: Mutex::new(None),
             renewal_started: std::sync::Once::new(),
             shutdown: CancellationToken::new(),
         }))
@@ -441,6 +449,7 @@ impl Acme {
         .map_err(|e| format!("ACME HTTP client: {e}"))
     }
 
+    /// The account: the one in use, else the stored one, else a new one.
     async fn account(&self) -> Result<Account, String> {
         let mut slot = self.account.lock().await;
         if let Some(a) = &*slot {
@@ -453,25 +462,63 @@ impl Acme {
                     .map_err(|e| format!("{}: not ACME account credentials: {e}", file.display()))?;
                 self.builder()?.from_credentials(creds).await.map_err(|e| format!("ACME account: {e}"))?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let contact = self.cfg.email.as_ref().map(|m| format!("mailto:{m}"));
-                let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-                let (account, creds) = self
-                    .builder()?
-                    .create(
-                        &NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false },
-                        self.cfg.directory.clone(),
-                        None,
-                    )
-                    .await
-                    .map_err(|e| format!("creating the ACME account at {}: {e}", self.cfg.directory))?;
-                let json = serde_json::to_vec_pretty(&creds).map_err(|e| e.to_string())?;
-                write_private(&file, &json).map_err(|e| format!("{}: {e}", file.display()))?;
-                info!(directory = %self.cfg.directory, "ACME account created");
-                account
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.create_account().await?,
             Err(e) => return Err(format!("{}: {e}", file.display())),
         };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Registers a new account with the CA and stores its credentials,
+    /// replacing any stored ones.
+    async fn create_account(&self) -> Result<Account, String> {
+        let file = self.account_file();
+        let contact = self.cfg.email.as_ref().map(|m| format!("mailto:{m}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let (account, creds) = self
+            .builder()?
+            .create(
+                &NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false },
+                self.cfg.directory.clone(),
+                None,
+            )
+            .await
+            .map_err(|e| format!("creating the ACME account at {}: {e}", self.cfg.directory))?;
+        let json = serde_json::to_vec_pretty(&creds).map_err(|e| e.to_string())?;
+        write_private(&file, &json).map_err(|e| format!("{}: {e}", file.display()))?;
+        info!(directory = %self.cfg.directory, "ACME account created");
+        *self.created.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((account.id().to_string(), std::time::Instant::now()));
+        Ok(account)
+    }
+
+    /// The CA rejected `rejected` (it forgot it: a reset test CA, a lost
+    /// database, a deactivated account): a new account takes its place, in
+    /// memory and in storage, unless another order replaced it already.
+    async fn reregister(&self, rejected: &Account, why: &instant_acme::Problem) -> Result<Account, String> {
+        let mut slot = self.account.lock().await;
+        if let Some(current) = &*slot {
+            if current.id() != rejected.id() {
+                return Ok(current.clone());
+            }
+        }
+        let fresh = self
+            .created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|(id, at)| id == rejected.id() && at.elapsed() < FRESH_ACCOUNT);
+        if fresh && why.r#type.as_deref() != Some(ACCOUNT_DOES_NOT_EXIST) {
+            return Err(format!("new order: the CA refuses the account created within the hour: {why}"));
+        }
+        // The problem names the account's URL at most; the key is never logged.
+        warn!(
+            directory = %self.cfg.directory,
+            problem = why.r#type.as_deref().unwrap_or(""),
+            detail = why.detail.as_deref().unwrap_or(""),
+            "the ACME CA does not accept the stored account; registering a new one"
+        );
+        let account = self.create_account().await?;
         *slot = Some(account.clone());
         Ok(account)
     }
@@ -484,7 +531,16 @@ impl Acme {
         }
         let account = self.account().await?;
         let ids = [Identifier::Dns(domain.to_string())];
-        let mut order = account.new_order(&NewOrder::new(&ids)).await.map_err(|e| format!("new order: {e}"))?;
+        // The first request the account signs: where a CA that lost the
+        // account says so. Retried once, with a new account.
+        let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+            Ok(order) => order,
+            Err(instant_acme::Error::Api(problem)) if account_rejected(&problem) => {
+                let account = self.reregister(&account, &problem).await?;
+                account.new_order(&NewOrder::new(&ids)).await.map_err(|e| format!("new order: {e}"))?
+            }
+            Err(e) => return Err(format!("new order: {e}")),
+        };
         // What to withdraw when this order is over.
         let mut tokens = Vec::new();
         let result = async {
@@ -548,6 +604,14 @@ impl Acme {
     }
 }
 
+/// Whether a problem answering the account's first signed request means
+/// the CA does not accept the account itself (rather than the order).
+fn account_rejected(problem: &instant_acme::Problem) -> bool {
+    matches!(problem.r#type.as_deref(), Some(ACCOUNT_DOES_NOT_EXIST | "urn:ietf:params:acme:error:unauthorized"))
+}
+
+const ACCOUNT_DOES_NOT_EXIST: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
+
 /// The self-signed TLS-ALPN-01 certificate for `domain` (RFC 8737).
 fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
     let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
@@ -604,6 +668,17 @@ mod tests {
         let d = AcmeConfig::parse(&json!({"directory": "https://a/d", "storage": "/s", "zone": "z.test"})).unwrap();
         assert_eq!(d.challenge, Challenge::Http01);
         assert_eq!(d.renew_before, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn an_unknown_or_rejected_account_is_told_apart() {
+        let problem = |t: &str| -> instant_acme::Problem {
+            serde_json::from_value(json!({"type": t, "detail": "x", "status": 400})).unwrap()
+        };
+        assert!(account_rejected(&problem("urn:ietf:params:acme:error:accountDoesNotExist")));
+        assert!(account_rejected(&problem("urn:ietf:params:acme:error:unauthorized")));
+        assert!(!account_rejected(&problem("urn:ietf:params:acme:error:rateLimited")));
+        assert!(!account_rejected(&problem("urn:ietf:params:acme:error:rejectedIdentifier")));
     }
 
     #[test]

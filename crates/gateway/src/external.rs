@@ -9,9 +9,16 @@
 //!   string, like the original) when a forward starts; it is awaited, and a
 //!   failure refuses the forward with the reason (the client prints it).
 //! - `DELETE adminUrl?host=<domain>&scheme=<scheme>` when it stops.
-//! - Every `reconcileInterval` (default 10 s) every live mapping is POSTed
-//!   again (a restarted gateway has lost its in-memory table) and failed
-//!   DELETEs are retried, so a mapping never outlives its client for long.
+//! - When the server starts, and then every `reconcileInterval` (default
+//!   10 s): the gateway's mappings are listed (`GET adminUrl`) and those
+//!   whose upstream lies in this server's VIP pool but that no live forward
+//!   here holds are DELETEd — an opennotrd that crashed left them, and a
+//!   VIP they name may be another client's now; every live mapping is
+//!   POSTed again (a restarted gateway has lost its in-memory table); and
+//!   failed DELETEs are retried, so a mapping never outlives its client for
+//!   long. Mappings outside the pool belong to someone else and are never
+//!   touched; a gateway that cannot list (404/405/501) only gets the
+//!   re-pushes.
 //!
 //! Operations on one domain are serialised (a reconnect's POST cannot be
 //! overtaken by the old session's DELETE); no lock is held across a request
@@ -20,16 +27,16 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use hyper::{header, Method, Request, Uri};
+use hyper::{header, Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use opennotr_plugin::{CancellationToken, Endpoint, ForwardContext, ForwardMeta, PluginError};
+use opennotr_plugin::{CancellationToken, Endpoint, ForwardContext, ForwardMeta, Ipv4Net, PluginError};
 use tracing::{debug, info, warn};
 
 /// Bound of one admin request, connecting included.
@@ -37,6 +44,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound of an admin answer's body (only logged).
 const MAX_BODY: usize = 64 << 10;
+/// Bound of the list of mappings (`GET adminUrl`): a full 10 MiB
+/// `lua_shared_dict` of the shipped config lists in less.
+const MAX_LIST: usize = 16 << 20;
 /// Default of `reconcileInterval`, seconds.
 const DEFAULT_RECONCILE: u64 = 10;
 /// How long after the first registration the virtual LAN is probed.
@@ -44,6 +54,21 @@ const PROBE_DELAY: Duration = Duration::from_secs(2);
 
 /// The JSON key this module reads besides `adminUrl`.
 pub(crate) const RECONCILE_KEY: &str = "reconcileInterval";
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("bad URL {0}")]
+    Url(String),
+    #[error("{0}")]
+    Transport(String),
+    #[error("no answer within {REQUEST_TIMEOUT:?}")]
+    Timeout,
+    #[error("{method} answered {status}: {body}")]
+    Status { method: Method, status: StatusCode, body: String },
+    #[error("the list of mappings is not a JSON array: {0}")]
+    BadList(String),
+}
 
 /// A small HTTP/1.1 client of the admin API.
 struct Admin {
@@ -64,45 +89,94 @@ impl Admin {
         Admin { client, url }
     }
 
-    /// Sends one request; Ok(body) on a 2xx answer, else the reason.
-    async fn call(&self, method: Method, uri: &str, body: Option<String>) -> Result<String, String> {
-        let parsed: Uri = uri.parse().map_err(|e| format!("bad URL {uri}: {e}"))?;
+    /// Sends one request; the body of a 2xx answer (at most `limit` bytes),
+    /// else why not.
+    async fn call(&self, method: Method, uri: &str, body: Option<String>, limit: usize) -> Result<Bytes, AdminError> {
+        let parsed: Uri = uri.parse().map_err(|e| AdminError::Url(format!("{uri}: {e}")))?;
         let mut req = Request::builder().method(method.clone()).uri(parsed);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| AdminError::Url(format!("{uri}: {e}")))?;
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| chain(&e))?;
+            let resp = self.client.request(req).await.map_err(|e| AdminError::Transport(chain(&e)))?;
             let status = resp.status();
-            let body =
-                Limited::new(resp.into_body(), MAX_BODY).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            Ok::<_, String>((status, String::from_utf8_lossy(&body).trim().to_string()))
+            let body = Limited::new(resp.into_body(), limit).collect().await.map(|b| b.to_bytes());
+            Ok::<_, AdminError>((status, body))
         };
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))??;
+        let (status, body) =
+            tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| AdminError::Timeout)??;
         if status.is_success() {
-            Ok(body)
+            // Only a listing's body matters; the others' are "OK".
+            body.or_else(|e| match method {
+                Method::GET => Err(AdminError::Transport(format!("reading the answer: {e}"))),
+                _ => Ok(Bytes::new()),
+            })
         } else {
-            let shown: String = body.chars().take(200).collect();
-            Err(format!("{method} answered {status}: {shown}"))
+            let body = body.unwrap_or_default();
+            let shown: String = String::from_utf8_lossy(&body).trim().chars().take(200).collect();
+            Err(AdminError::Status { method, status, body: shown })
         }
     }
 
-    async fn post(&self, m: &Mapping) -> Result<(), String> {
+    async fn post(&self, m: &Mapping) -> Result<(), AdminError> {
         let body = serde_json::json!({
             "scheme": m.scheme,
             "host": m.host,
             "ip": m.ip.to_string(),
             "port": m.port.to_string(),
         });
-        self.call(Method::POST, &self.url, Some(body.to_string())).await.map(|_| ())
+        self.call(Method::POST, &self.url, Some(body.to_string()), MAX_BODY).await.map(|_| ())
     }
 
-    async fn delete(&self, scheme: &str, host: &str) -> Result<(), String> {
-        self.call(Method::DELETE, &query_url(&self.url, host, scheme), None).await.map(|_| ())
+    async fn delete(&self, scheme: &str, host: &str) -> Result<(), AdminError> {
+        self.call(Method::DELETE, &query_url(&self.url, host, scheme), None, MAX_BODY).await.map(|_| ())
     }
+
+    /// Every mapping the gateway holds (`GET adminUrl`).
+    async fn list(&self) -> Result<Vec<Listed>, AdminError> {
+        let body = self.call(Method::GET, &self.url, None, MAX_LIST).await?;
+        parse_listing(&body).map_err(AdminError::BadList)
+    }
+}
+
+/// One mapping as the gateway lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    scheme: String,
+    host: String,
+    /// `None` when it is not an IPv4 address (so in no VIP pool).
+    ip: Option<Ipv4Addr>,
+}
+
+/// Parses the answer to `GET adminUrl`: a JSON array of `{"scheme",
+/// "host", "ip", "port"}`. Entries without a string scheme and host are
+/// skipped: the gateway may hold entries this module never wrote.
+fn parse_listing(body: &[u8]) -> Result<Vec<Listed>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let serde_json::Value::Array(items) = v else {
+        let shown: String = String::from_utf8_lossy(body).chars().take(100).collect();
+        return Err(shown);
+    };
+    Ok(items
+        .iter()
+        .filter_map(|m| {
+            let scheme = m.get("scheme")?.as_str()?;
+            let host = norm_host(m.get("host")?.as_str()?);
+            if scheme.is_empty() || host.is_empty() {
+                return None;
+            }
+            let ip = m.get("ip").and_then(|ip| ip.as_str()).and_then(|ip| ip.parse().ok());
+            Some(Listed { scheme: scheme.to_string(), host, ip })
+        })
+        .collect())
+}
+
+/// A domain as the gateway keys it: lowercase, no trailing dot.
+fn norm_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// `url?host=…&scheme=…` (or `&host=…` if `url` has a query already).
@@ -167,6 +241,36 @@ struct Inner {
     scheme: &'static str,
     admin: Admin,
     table: Mutex<Table>,
+    /// The server's VIP pool, known once the server starts.
+    pool: OnceLock<Ipv4Net>,
+    /// The external plugins of the same server.
+    peers: Arc<Peers>,
+    /// The gateway answered the listing with 404/405/501: it only has the
+    /// original's POST and DELETE, so passes only re-push.
+    cannot_list: AtomicBool,
+    /// The last listing failed (warned once until it works again).
+    list_failing: AtomicBool,
+}
+
+/// The external plugins of one server, so that each knows which schemes
+/// another one registers at the same admin URL (those it must leave to
+/// it), and which mappings a plugin it replaced on a reload still holds
+/// until its sessions end.
+#[derive(Default)]
+pub(crate) struct Peers(Mutex<Vec<Weak<Inner>>>);
+
+impl Peers {
+    fn add(&self, inner: &Arc<Inner>) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(inner));
+    }
+
+    /// The live plugins registering at `url`, oldest first.
+    fn at(&self, url: &str) -> Vec<Arc<Inner>> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().filter_map(Weak::upgrade).filter(|i| i.admin.url == url).collect()
+    }
 }
 
 impl Inner {
@@ -187,8 +291,12 @@ impl Inner {
         }
     }
 
-    /// One reconciliation pass: re-POST live mappings, retry DELETEs.
+    /// One reconciliation pass: remove stale mappings into the VIP pool,
+    /// re-POST live mappings, retry DELETEs.
     async fn reconcile(&self) {
+        if let Some(pool) = self.pool.get() {
+            self.prune(*pool).await;
+        }
         let (live, stale): (Vec<Mapping>, Vec<String>) = {
             let t = self.table();
             (t.live.values().cloned().collect(), t.stale.iter().cloned().collect())
@@ -235,6 +343,100 @@ impl Inner {
             self.release_lock(&host, lock);
         }
     }
+
+    /// Lists the gateway's mappings and DELETEs those whose upstream is in
+    /// `pool` and that no live forward of this server holds: an opennotrd
+    /// that crashed left them, and their VIP may be another client's now.
+    /// This plugin's scheme is checked against its table under the domain's
+    /// lock (a registration cannot be undone), and against the tables of the
+    /// instances a reload replaced it for, whose sessions are ending (they
+    /// register nothing any more, and do not prune); schemes no external
+    /// plugin of this server registers at this URL are removed by the first
+    /// one. Mappings outside the pool, or of another plugin, are left alone.
+    async fn prune(&self, pool: Ipv4Net) {
+        if self.cannot_list.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(peers) = self.pruning_peers() else { return };
+        let listed = match self.admin.list().await {
+            Ok(l) => {
+                if self.list_failing.swap(false, Ordering::SeqCst) {
+                    info!(plugin = self.scheme, admin = %self.admin.url, "the external gateway lists its mappings again");
+                }
+                l
+            }
+            Err(AdminError::Status { status, .. })
+                if matches!(
+                    status,
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+                ) =>
+            {
+                self.cannot_list.store(true, Ordering::SeqCst);
+                info!(plugin = self.scheme, admin = %self.admin.url, %status, "the external gateway does not list its mappings (GET); live mappings are re-pushed, but stale ones left by an earlier opennotrd are not removed");
+                return;
+            }
+            Err(e) => {
+                if self.list_failing.swap(true, Ordering::SeqCst) {
+                    debug!(plugin = self.scheme, error = %e, "cannot list the external gateway's mappings");
+                } else {
+                    warn!(plugin = self.scheme, admin = %self.admin.url, error = %e, "cannot list the external gateway's mappings; stale ones are removed once it answers");
+                }
+                return;
+            }
+        };
+        let first = peers.iter().map(|p| p.scheme).min().is_none_or(|s| s == self.scheme);
+        for m in listed {
+            if !m.ip.is_some_and(|ip| pool.contains(&ip)) {
+                continue;
+            }
+            if m.scheme == self.scheme {
+                let lock = self.domain_lock(&m.host);
+                let replaced = {
+                    let _g = lock.lock().await;
+                    // Again: a reload may have replaced this plugin meanwhile.
+                    match self.pruning_peers() {
+                        None => true,
+                        Some(now) => {
+                            let mut holders = now.iter().filter(|p| p.scheme == self.scheme);
+                            if !holders.any(|p| p.table().live.contains_key(&m.host)) {
+                                self.remove_stale(&m).await;
+                            }
+                            false
+                        }
+                    }
+                };
+                self.release_lock(&m.host, lock);
+                if replaced {
+                    return;
+                }
+            } else if first && !peers.iter().any(|p| p.scheme == m.scheme) {
+                self.remove_stale(&m).await;
+            }
+        }
+    }
+
+    /// The live plugins at this URL, or `None` when a reload replaced this
+    /// one: only the newest of a scheme prunes, the old one winds down.
+    fn pruning_peers(&self) -> Option<Vec<Arc<Inner>>> {
+        let peers = self.peers.at(&self.admin.url);
+        let newest = peers.iter().rev().find(|p| p.scheme == self.scheme).is_none_or(|p| std::ptr::eq(&**p, self));
+        newest.then_some(peers)
+    }
+
+    async fn remove_stale(&self, m: &Listed) {
+        let upstream = m.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        match self.admin.delete(&m.scheme, &m.host).await {
+            Ok(()) => {
+                info!(plugin = self.scheme, scheme = %m.scheme, host = %m.host, %upstream, "stale mapping removed from the external gateway: its upstream is in this server's VIP pool and no live forward has it");
+                if m.scheme == self.scheme {
+                    self.table().stale.remove(&m.host);
+                }
+            }
+            Err(e) => {
+                warn!(plugin = self.scheme, scheme = %m.scheme, host = %m.host, %upstream, error = %e, "cannot remove a stale mapping from the external gateway; retrying later")
+            }
+        }
+    }
 }
 
 /// The external mode of one gateway plugin.
@@ -248,12 +450,13 @@ pub(crate) struct External {
 
 impl External {
     /// Checks the config (`adminUrl` as parsed, `reconcileInterval` from
-    /// the raw JSON) of plugin `scheme`.
+    /// the raw JSON) of plugin `scheme`, one of the server's `peers`.
     pub(crate) fn new(
         scheme: &'static str,
         admin_url: &str,
         raw: &serde_json::Value,
         shutdown: CancellationToken,
+        peers: &Arc<Peers>,
     ) -> Result<External, PluginError> {
         let err = |key: &str, message: String| PluginError::Config { key: format!("plugin.{scheme}.{key}"), message };
         if !admin_url.starts_with("http://") {
@@ -271,18 +474,28 @@ impl External {
             },
             Some(other) => return Err(err(RECONCILE_KEY, format!("expected a number of seconds, got {other}"))),
         };
-        Ok(External {
-            inner: Arc::new(Inner { scheme, admin: Admin::new(admin_url.to_string()), table: Mutex::default() }),
-            interval,
-            started: AtomicBool::new(false),
-            probed: AtomicBool::new(false),
-            shutdown,
-        })
+        let inner = Arc::new(Inner {
+            scheme,
+            admin: Admin::new(admin_url.to_string()),
+            table: Mutex::default(),
+            pool: OnceLock::new(),
+            peers: peers.clone(),
+            cannot_list: AtomicBool::new(false),
+            list_failing: AtomicBool::new(false),
+        });
+        peers.add(&inner);
+        Ok(External { inner, interval, started: AtomicBool::new(false), probed: AtomicBool::new(false), shutdown })
     }
 
-    /// Starts the reconciliation loop (once, inside the runtime).
-    fn start(&self) {
-        if self.started.swap(true, Ordering::SeqCst) {
+    /// Starts the reconciliation loop (once, inside the runtime): a pass at
+    /// once, then one every interval. With the server's VIP `pool` (given
+    /// when the server starts), passes also remove stale mappings into it:
+    /// a restart after a crash is exactly when they exist.
+    pub(crate) fn start(&self, pool: Option<Ipv4Net>) {
+        if let Some(pool) = pool {
+            let _ = self.inner.pool.set(pool);
+        }
+        if tokio::runtime::Handle::try_current().is_err() || self.started.swap(true, Ordering::SeqCst) {
             return;
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -291,7 +504,6 @@ impl External {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -332,9 +544,9 @@ impl External {
 
     /// Registers a forward; the mapping is POSTed before this returns.
     pub(crate) async fn register(&self, meta: &ForwardMeta, ctx: &ForwardContext) -> Result<Endpoint, PluginError> {
-        self.start();
+        self.start(None);
         let inner = &self.inner;
-        let host = meta.domain.trim_end_matches('.').to_ascii_lowercase();
+        let host = norm_host(&meta.domain);
         let m = Mapping {
             scheme: inner.scheme,
             host: host.clone(),
@@ -396,7 +608,7 @@ impl External {
     /// has taken the domain since.
     pub(crate) async fn unregister(&self, meta: &ForwardMeta) {
         let inner = &self.inner;
-        let host = meta.domain.trim_end_matches('.').to_ascii_lowercase();
+        let host = norm_host(&meta.domain);
         let lock = inner.domain_lock(&host);
         {
             let _g = lock.lock().await;
@@ -439,12 +651,51 @@ mod tests {
     #[test]
     fn config_is_checked() {
         let c = CancellationToken::new();
+        let p = Arc::new(Peers::default());
         let j = serde_json::json!({});
-        assert!(External::new("http", "http://127.0.0.1:81/upstreams", &j, c.clone()).is_ok());
-        assert!(External::new("http", "https://127.0.0.1:81/upstreams", &j, c.clone()).is_err());
+        assert!(External::new("http", "http://127.0.0.1:81/upstreams", &j, c.clone(), &p).is_ok());
+        assert!(External::new("http", "https://127.0.0.1:81/upstreams", &j, c.clone(), &p).is_err());
         let j = serde_json::json!({"reconcileInterval": 0});
-        assert!(External::new("http", "http://127.0.0.1:81/upstreams", &j, c.clone()).is_err());
+        assert!(External::new("http", "http://127.0.0.1:81/upstreams", &j, c.clone(), &p).is_err());
         let j = serde_json::json!({"reconcileInterval": 2.5});
-        assert_eq!(External::new("h2c", "http://x/u", &j, c).unwrap().interval, Duration::from_millis(2500));
+        assert_eq!(External::new("h2c", "http://x/u", &j, c, &p).unwrap().interval, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn peers_are_the_live_plugins_at_a_url() {
+        let c = CancellationToken::new();
+        let p = Arc::new(Peers::default());
+        let j = serde_json::json!({});
+        let schemes = |url| p.at(url).iter().map(|i| i.scheme).collect::<Vec<_>>();
+        let http = External::new("http", "http://a/u", &j, c.clone(), &p).unwrap();
+        let h2c = External::new("h2c", "http://a/u", &j, c.clone(), &p).unwrap();
+        let other = External::new("https", "http://b/u", &j, c.clone(), &p).unwrap();
+        // A reload sets `http` up anew while the old one winds down.
+        let newer = External::new("http", "http://a/u", &j, c, &p).unwrap();
+        assert_eq!(schemes("http://a/u"), ["http", "h2c", "http"]);
+        assert!(Arc::ptr_eq(&p.at("http://a/u")[2], &newer.inner));
+        drop((http, h2c));
+        assert_eq!(schemes("http://a/u"), ["http"]);
+        assert_eq!(schemes("http://b/u"), ["https"]);
+        drop((newer, other));
+    }
+
+    #[test]
+    fn listings_are_parsed_leniently() {
+        let body = br#"[{"scheme": "http", "host": "App.Example.", "ip": "100.64.242.2", "port": "80"},
+                        {"scheme": "h2c", "host": "b.example", "ip": "gateway.local"},
+                        {"scheme": "http", "ip": "100.64.242.3"},
+                        {"scheme": 7, "host": "c.example"},
+                        "junk"]"#;
+        assert_eq!(
+            parse_listing(body).unwrap(),
+            vec![
+                Listed { scheme: "http".into(), host: "app.example".into(), ip: Some(Ipv4Addr::new(100, 64, 242, 2)) },
+                Listed { scheme: "h2c".into(), host: "b.example".into(), ip: None },
+            ]
+        );
+        assert_eq!(parse_listing(b"[]").unwrap(), vec![]);
+        assert!(parse_listing(b"{}").is_err());
+        assert!(parse_listing(b"<html>").is_err());
     }
 }

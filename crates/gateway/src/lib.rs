@@ -16,7 +16,8 @@
 //!   `wildcard`, timeouts).
 //! - `external`: the external gateway mode (`adminUrl`): registrations with
 //!   an OpenResty gateway (`deploy/openresty/`), awaited, removed when the
-//!   session ends, re-pushed periodically.
+//!   session ends, re-pushed periodically; stale mappings into the VIP pool
+//!   (left by a crashed opennotrd) removed from the server's start on.
 //! - `serve`: hyper 1 connections on the shared listeners, per-request
 //!   routing, header rewriting, upgrades, error pages.
 //! - `acme`: automatic certificates for the `https` plugin (HTTP-01 on the
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use opennotr_plugin::{
     async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
-    Registry, Tunnel,
+    Registry, ServerInfo, Tunnel,
 };
 use tracing::info;
 
@@ -148,6 +149,8 @@ pub struct Gateway {
     http_plugin: Mutex<std::sync::Weak<GatewayPlugin>>,
     /// Requests answered, by scheme and status, for the metrics.
     requests: Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
+    /// The plugins in external mode (`adminUrl`).
+    external_peers: Arc<external::Peers>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -317,9 +320,13 @@ impl PluginFactory for GatewayFactory {
         }
         let shutdown = CancellationToken::new();
         let external = match &cfg.mode {
-            Mode::External { admin_url } => {
-                Some(external::External::new(self.scheme.name(), admin_url, config, shutdown.clone())?)
-            }
+            Mode::External { admin_url } => Some(external::External::new(
+                self.scheme.name(),
+                admin_url,
+                config,
+                shutdown.clone(),
+                &self.gateway.external_peers,
+            )?),
             _ => None,
         };
         let plugin = Arc::new(GatewayPlugin {
@@ -381,6 +388,12 @@ impl GatewayPlugin {
 
 #[async_trait]
 impl Plugin for GatewayPlugin {
+    fn start(&self, server: &ServerInfo) {
+        if let Some(ext) = &self.external {
+            ext.start(Some(server.vip_pool));
+        }
+    }
+
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
         let addr = match &self.cfg.mode {
             Mode::Embedded { listen } => *listen,

@@ -16,6 +16,12 @@
 //!    release everything the forward holds (listeners, flows, tasks) before
 //!    it returns, so a reconnecting client can take its port back at once.
 //!
+//! Between 1 and 2, once the server has bound everything and before it
+//! admits a client (or when a reload set the plugin up anew),
+//! [`Plugin::start`] tells each plugin about the server ([`ServerInfo`]);
+//! background work belongs there rather than in setup, which also runs for
+//! a server that then fails to bind.
+//!
 //! `docs/plugins.md` walks through writing one.
 
 use std::collections::BTreeMap;
@@ -24,6 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 pub use async_trait::async_trait;
+pub use ipnet::Ipv4Net;
 pub use opennotr_proto::message::StreamProtocol;
 pub use opennotr_transport::TunnelStream;
 pub use tokio_util::sync::CancellationToken;
@@ -141,9 +148,32 @@ pub enum PluginError {
     Refused(String),
 }
 
+/// What a plugin may know about the server that runs it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerInfo {
+    /// The pool client VIPs are taken from (`dhcp.cidr`). Every
+    /// [`ForwardMeta::vip`] lies in it.
+    pub vip_pool: Ipv4Net,
+}
+
+impl ServerInfo {
+    /// The server whose VIPs come from `vip_pool`.
+    pub fn new(vip_pool: Ipv4Net) -> ServerInfo {
+        ServerInfo { vip_pool: vip_pool.trunc() }
+    }
+}
+
 /// A protocol plugin, as set up from its config.
 #[async_trait]
 pub trait Plugin: Send + Sync + 'static {
+    /// Called once per plugin instance when it starts serving (the server
+    /// starts, or a reload set it up anew), before any
+    /// [`run_proxy`](Plugin::run_proxy) on it. It must not block: work it
+    /// starts runs in the background (a task ended by the plugin's drop).
+    /// The default does nothing.
+    fn start(&self, _server: &ServerInfo) {}
+
     /// Starts forwarding for one forward of a session.
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError>;
     /// Stops the forward and frees all it holds before returning.

@@ -177,6 +177,7 @@ impl ServerHandle {
             {
                 let mut plugins = self.shared.plugins.write().unwrap_or_else(|e| e.into_inner());
                 for (name, p) in fresh {
+                    p.start(&self.shared.server_info());
                     plugins.insert(name, p);
                 }
             }

@@ -117,6 +117,11 @@ impl Shared {
         self.plugins.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// What plugins are told when they start ([`Plugin::start`]).
+    pub(crate) fn server_info(&self) -> opennotr_plugin::ServerInfo {
+        opennotr_plugin::ServerInfo::new(self.cfg.dhcp.cidr)
+    }
+
     /// The limits in force now.
     pub(crate) fn limits(&self) -> opennotr_config::Limits {
         self.limits.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -450,6 +455,9 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let shared = self.shared;
         info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening for clients");
+        for p in shared.plugins().values() {
+            p.start(&shared.server_info());
+        }
         let accept_stop = CancellationToken::new();
         let accept = tokio::spawn(conn::accept_loop(self.listener, shared.clone(), accept_stop.clone()));
         if let Some(v) = self.vlan {
