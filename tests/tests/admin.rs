@@ -186,7 +186,14 @@ async fn admin_api_sees_closes_and_revokes() {
         let refusals = api(admin, "GET", "/api/v1/refusals", Some(TOKEN), None).await;
         assert!(refusals.body.contains("bad_key"), "{}", refusals.body);
 
+        // The client goes: its session leaves the list.
         a.stop().await;
+        within(WAIT, "the session leaves the API's list", async {
+            while json(&api(admin, "GET", "/api/v1/sessions", Some(TOKEN), None).await) != serde_json::json!([]) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
         server.stop().await;
     })
     .await;
