@@ -22,6 +22,9 @@ dhcp:
 plugin:
   tcp: '{"PortMin": 20000, "PortMax": 29999, "bind": "127.0.0.1"}'
   udp: '{"PortMin": 30000, "PortMax": 39999, "bind": "127.0.0.1"}'
+admin:
+  listen: "127.0.0.1:0"
+  token: "TOKEN"
 "#;
 
 /// A tiny HTTP service standing in for something behind NAT.
@@ -59,11 +62,14 @@ async fn sample_udp_echo(sock: UdpSocket) {
 
 pub(crate) async fn run(shutdown: CancellationToken) -> Result<(), ServerError> {
     let key = hex::encode(rand::random::<[u8; 16]>());
-    let cfg = opennotr_config::parse_server(&SERVER_YAML.replace("KEY", &key))
+    // The demo's own throwaway token, printed for its user (never logged).
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    let cfg = opennotr_config::parse_server(&SERVER_YAML.replace("KEY", &key).replace("TOKEN", &token))
         .map_err(|e| ServerError::Config { key: "demo".into(), message: e.to_string() })?;
     let server = Server::bind(cfg, &builtin_plugins()).await?;
     let server_addr = server.local_addr();
     let dns_port = server.dns_addr().map(|a| a.port()).unwrap_or_default();
+    let admin = server.admin_addr();
 
     let bind_err = |addr: std::net::SocketAddr| move |source| ServerError::Bind { addr, source };
     let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -94,6 +100,10 @@ pub(crate) async fn run(shutdown: CancellationToken) -> Result<(), ServerError> 
                     }
                 }
                 println!("try:  dig @127.0.0.1 -p {dns_port} {} +short", reg.domain);
+                if let Some(a) = admin {
+                    println!("open: http://{a}/#token={token}  (dashboard)");
+                    println!("try:  curl -H 'Authorization: Bearer {token}' http://{a}/api/v1/sessions");
+                }
                 println!("Ctrl-C stops the demo.");
             }
         }),
