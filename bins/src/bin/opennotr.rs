@@ -1,12 +1,6 @@
 //! `opennotr`: the client. Reads its config, keeps the tunnel up, prints
 //! what the server gave it.
 
-// Measured on the gateway benchmark: about 10 % less CPU per request than
-// glibc's malloc, most of it in the many small per-request allocations of
-// HTTP parsing (docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 

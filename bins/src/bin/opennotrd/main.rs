@@ -2,12 +2,6 @@
 //! anything binds), serves until SIGINT/SIGTERM, drains, exits 0. SIGHUP
 //! re-reads the file (a broken one is refused and the old config stays).
 
-// Measured on the gateway benchmark: about 10 % less CPU per request than
-// glibc's malloc, most of it in the many small per-request allocations of
-// HTTP parsing (docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
