@@ -84,6 +84,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for SecureStream<T> {
                 let n = this.plain.len().min(buf.remaining());
                 buf.put_slice(&this.plain[..n]);
                 this.plain.advance(n);
+                if this.plain.is_empty() {
+                    // `plain` shares `rbuf`'s allocation; letting go of it
+                    // lets `rbuf` reuse that allocation instead of making a
+                    // new one for every record.
+                    this.plain = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.read_eof {
