@@ -557,14 +557,37 @@ def gateway_suite(release, bins, args, tmp):
     procs = Procs()
     results = []
 
+    # Every path is measured `rounds` times, the paths interleaved (a
+    # burst of background load then hits all of them alike), and each
+    # figure of a row is the median of its rounds.
+    plan = []
+
     def run(name, kind, fn):
-        r = {"name": name, "kind": kind}
-        try:
-            r.update(fn())
-        except Exception as e:  # a failed path is reported, not fatal
-            r["error"] = str(e)
-        print(json.dumps(r), flush=True)
-        results.append(r)
+        plan.append((name, kind, fn))
+
+    def execute():
+        samples = {}
+        for i in range(args.gateway_rounds):
+            for name, kind, fn in plan:
+                try:
+                    r = fn()
+                except Exception as e:  # a failed path is reported, not fatal
+                    r = {"error": str(e)}
+                print(json.dumps({"round": i + 1, "name": name, "kind": kind, **r}), flush=True)
+                samples.setdefault((name, kind), []).append(r)
+        for name, kind, _ in plan:
+            got = samples[(name, kind)]
+            ok = [r for r in got if "error" not in r]
+            row = {"name": name, "kind": kind}
+            if not ok:
+                row["error"] = got[-1].get("error", "no result")
+            else:
+                for k in ("rps", "p50", "p99"):
+                    vals = sorted(r[k] for r in ok if k in r)
+                    if vals:
+                        row[k] = vals[len(vals) // 2]
+                row["rounds"] = [r.get("rps") for r in ok]
+            results.append(row)
 
     try:
         # The local service: nginx, one worker, a 1 KiB static file, HTTP/1.1
@@ -702,6 +725,7 @@ forwards:
         run("direct", "h2c", lambda: h2load(svc_h2c, secs, c2, m2, tmp))
         run("opennotr gateway", "h2c", lambda: h2load(gws["enc"][2], secs, c2, m2, tmp))
         run("opennotr gateway, plaintext tunnel", "h2c", lambda: h2load(gws["plain"][2], secs, c2, m2, tmp))
+        execute()
     finally:
         procs.stop()
     return results
@@ -720,7 +744,9 @@ def gateway_report(results, meta):
              "`--log-file`.",
              "The service is nginx (one worker) serving a 1 KiB static file; the nginx in front of rathole",
              "runs `worker_processes auto` with upstream keep-alive. Ratios are requests/s against the",
-             "`rathole tcp` and the `rathole tls` row of the same kind (h2c: against direct).", "",
+             "`rathole tcp` and the `rathole tls` row of the same kind (h2c: against direct).",
+             f"Each path ran {meta.get('rounds', 1)} times, the paths interleaved; every figure is the median "
+             "of its rounds (the requests/s of each round are in the run's JSON under bench/results/).", "",
              "| kind | path | requests/s | p50 | p99 | vs rathole tcp | vs rathole tls |",
              "|---|---|---|---|---|---|---|"]
     tcp, tls = {}, {}
@@ -769,6 +795,8 @@ def main():
     ap.add_argument("--gateway", action="store_true",
                     help="only the HTTP gateway benchmark; replaces the Gateway section of docs/benchmarks.md")
     ap.add_argument("--gateway-time", type=int, default=10, help="seconds per wrk/h2load run")
+    ap.add_argument("--gateway-rounds", type=int, default=3,
+                    help="interleaved rounds per gateway path; the report gives medians")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections")
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--h2-connections", type=int, default=16)
@@ -822,7 +850,8 @@ def main():
             gw_meta = {"cmd": cmd.strip(), "date": str(datetime.date.today()), "cores": os.cpu_count(),
                        "load": "%.2f" % os.getloadavg()[0], "secs": args.gateway_time,
                        "connections": args.connections, "wrk_threads": args.wrk_threads,
-                       "h2_connections": args.h2_connections, "h2_streams": args.h2_streams}
+                       "h2_connections": args.h2_connections, "h2_streams": args.h2_streams,
+                       "rounds": args.gateway_rounds}
             gw_results = gateway_suite(release, bins, args, tmp)
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
