@@ -288,11 +288,13 @@ async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
         a.connected().await;
         let mut b = TestClient::start(&ClientSpec::new(server.addr).credential("bob", BOB_KEY));
         b.connected().await;
+        let mut shared = TestClient::start(&ClientSpec::new(server.addr));
+        shared.connected().await;
 
         std::fs::write(&path, "server: [broken").expect("write");
         let r = api(admin, "POST", "/api/v1/reload", Some(TOKEN), None).await;
         assert_eq!(r.status, 400, "{}", r.body);
-        assert_eq!(server.handle.sessions().len(), 2);
+        assert_eq!(server.handle.sessions().len(), 3);
 
         // Bob's key changes: his session closes, alice's stays. A lower
         // forward limit applies to the next registration.
@@ -303,8 +305,9 @@ async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
         assert_eq!(json(&r)["sessions_closed"], 1, "{}", r.body);
         bad_key(&mut b).await;
         let h = server.handle.clone();
-        wait_until("only alice left", || h.sessions().len() == 1).await;
+        wait_until("alice and the shared-key client left", || h.sessions().len() == 2).await;
         assert!(a.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })));
+        assert!(shared.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })));
         let report = json(&r);
         assert!(report["changed"].to_string().contains("limits"), "{report}");
         let echo = tcp_echo().await;
@@ -340,8 +343,18 @@ async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
         assert!(a.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })));
         t.stop().await;
 
+        // A new shared key: its clients go (a rotation), alice stays.
+        let yaml = std::fs::read_to_string(&path).expect("read").replace(KEY, "a rotated shared key");
+        std::fs::write(&path, yaml).expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(TOKEN), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(json(&r)["changed"].to_string().contains("server.authKey"), "{}", r.body);
+        bad_key(&mut shared).await;
+        assert!(a.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })));
+
         a.stop().await;
         b.stop().await;
+        shared.stop().await;
         server.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     })

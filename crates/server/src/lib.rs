@@ -174,17 +174,23 @@ impl Shared {
     }
 
     /// Replaces the credentials and closes the sessions of every client
-    /// whose entry changed or went. Returns how many sessions were closed.
+    /// whose entry changed or went (and of the shared key's clients if the
+    /// shared key changed). Returns how many sessions were closed.
     pub(crate) fn set_creds(&self, next: creds::Creds) -> usize {
         let mut slot = self.creds.write().unwrap_or_else(|e| e.into_inner());
         let changed = slot.changed_names(&next);
+        // A new shared key is a rotation: clients of the old one go too.
+        let shared_changed = slot.shared_key != next.shared_key;
         *slot = Arc::new(next);
         drop(slot);
         let doomed: Vec<_> = self
             .state()
             .sessions
             .values()
-            .filter(|s| s.client.as_ref().is_some_and(|c| changed.contains(c)))
+            .filter(|s| match &s.client {
+                Some(c) => changed.contains(c),
+                None => shared_changed,
+            })
             .cloned()
             .collect();
         for s in &doomed {
