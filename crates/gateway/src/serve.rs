@@ -312,47 +312,53 @@ pub(crate) fn route_name(host: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Removes hop-by-hop headers (and those `Connection` names). With
 /// `upgrade`, `Connection: upgrade` and `Upgrade` stay. `TE: trailers`
 /// stays (gRPC needs it end to end).
 fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    // Header names are constants, not parsed per request: this runs twice
+    // for every proxied request.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     let te_trailers = h
         .get_all(header::TE)
         .iter()
         .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
-    let upgrade_value = h.get(header::UPGRADE).cloned();
+    let upgrade_value = if upgrade { h.get(header::UPGRADE).cloned() } else { None };
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
+    for n in &HOP_BY_HOP {
+        h.remove(n);
     }
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if upgrade {
-        if let Some(v) = upgrade_value {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, v);
-        }
+    if let Some(v) = upgrade_value {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, v);
     }
 }
 
@@ -368,17 +374,26 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 
 fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, host: &str, proto: &'static str) {
     let ip = peer.ip().to_canonical().to_string();
-    let previous: Vec<&str> = h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-    let xff = if previous.is_empty() { ip.clone() } else { format!("{}, {ip}", previous.join(", ")) };
-    let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
+    let xff = {
+        let mut previous = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
+        if previous.peek().is_none() {
+            ip.clone()
+        } else {
+            let mut all = previous.collect::<Vec<_>>().join(", ");
+            all.push_str(", ");
+            all.push_str(&ip);
+            all
+        }
+    };
+    let set = |h: &mut HeaderMap, name: HeaderName, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(name, v);
         }
     };
-    set(h, "x-forwarded-for", &xff);
-    set(h, "x-forwarded-proto", proto);
-    set(h, "x-forwarded-host", host);
-    set(h, "x-real-ip", &ip);
+    set(h, X_FORWARDED_FOR, &xff);
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    set(h, X_FORWARDED_HOST, host);
+    set(h, X_REAL_IP, &ip);
 }
 
 /// How the gateway speaks to a client's service.
