@@ -782,6 +782,23 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, ctl: Arc<ConnCtl>, releas
 mod grpc;
 pub use grpc::{python_with_grpc, GRPC_CLIENT, GRPC_ECHO_SERVER};
 
+/// Runs [`GRPC_CLIENT`] against `127.0.0.1:port` for `domain` (TLS
+/// trusting `ca` when given) and fails the test unless every call passed.
+pub async fn run_grpc_client(port: u16, domain: &str, ca: Option<&str>) {
+    let port = port.to_string();
+    let mut args = vec!["-c", GRPC_CLIENT, &port, domain];
+    args.extend(ca);
+    let out = within(
+        Duration::from_secs(40),
+        "the gRPC client",
+        tokio::process::Command::new(python_with_grpc()).args(&args).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("run the python gRPC client");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("grpc ok"), "gRPC client failed:\n{stdout}\n{stderr}");
+}
+
 /// Starts [`GRPC_ECHO_SERVER`]; returns the child (killed on drop; it also
 /// stops when its stdin closes) and its port.
 pub async fn grpc_echo_server() -> (tokio::process::Child, u16) {

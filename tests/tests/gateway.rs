@@ -516,7 +516,7 @@ async fn websocket_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_streaming_over_h2c() {
-    let python = python_with_grpc();
+    python_with_grpc();
     run_test(async {
         let (server, _gw) = gateway_server(&[]).await;
         let (mut grpc_server, local_port) = grpc_echo_server().await;
@@ -524,15 +524,7 @@ async fn grpc_unary_and_streaming_over_h2c() {
         let d = dom("rpc");
         let mut c = TestClient::start(&ClientSpec::new(server.addr).domain(&d).forward(h2c_fwd(local_port)));
         let port = public_port(&c.connected().await, 0);
-        let out = within(
-            Duration::from_secs(40),
-            "the gRPC client",
-            Command::new(python).args(["-c", GRPC_CLIENT, &port.to_string(), &d]).kill_on_drop(true).output(),
-        )
-        .await
-        .unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && stdout.contains("grpc ok"), "gRPC client failed:\n{stdout}\n{stderr}");
+        run_grpc_client(port, &d, None).await;
         drop(grpc_server.stdin.take());
         let _ = grpc_server.kill().await;
         server.stop().await;

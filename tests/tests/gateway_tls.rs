@@ -415,7 +415,7 @@ async fn sni_passthrough_to_the_clients_own_tls_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_tls_to_an_h2c_forward() {
-    let python = python_with_grpc();
+    python_with_grpc();
     run_test(async {
         let (pki, _ca) = gateway_pki("grpc");
         let server = tls_server(&pki).await;
@@ -433,18 +433,7 @@ async fn grpc_over_tls_to_an_h2c_forward() {
         );
         let reg = c.connected().await;
         let tls_port = public_port(&reg, 1);
-        let out = within(
-            Duration::from_secs(40),
-            "the gRPC client",
-            Command::new(python)
-                .args(["-c", GRPC_CLIENT, &tls_port.to_string(), &d, &pki.path("ca.pem")])
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && stdout.contains("grpc ok"), "gRPC client failed:\n{stdout}\n{stderr}");
+        run_grpc_client(tls_port, &d, Some(&pki.path("ca.pem"))).await;
 
         // Non-gRPC requests for the same domain go to the https forward.
         let r = curl(&pki.path("ca.pem"), &d, tls_port, "/", &["--http2"]).await;

@@ -82,18 +82,33 @@ pub struct DnsServer {
 /// Queries answered, by transport and response code, for the metrics.
 #[derive(Debug, Default)]
 pub struct DnsStats {
-    counts: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), u64>>,
+    counts: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
 }
 
 impl DnsStats {
-    pub(crate) fn count(&self, proto: &'static str, rcode: String) {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((proto, rcode)).or_default() += 1;
+    pub(crate) fn count(&self, proto: &'static str, rcode: hickory_proto::op::ResponseCode) {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((proto, rcode.into())).or_default() += 1;
     }
 
-    /// `((transport, rcode), queries)` pairs, e.g. `(("udp", "NoError"), 3)`.
+    /// `((transport, rcode mnemonic), queries)`, e.g. `(("udp", "NOERROR"), 3)`.
     pub fn snapshot(&self) -> Vec<((&'static str, String), u64)> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(&(proto, code), &n)| ((proto, mnemonic(code)), n)).collect()
     }
+}
+
+/// The RFC 1035/2136 mnemonic (`NOERROR`, `NXDOMAIN`, ...), as dig prints it.
+fn mnemonic(code: u16) -> String {
+    let name = match code {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        other => return other.to_string(),
+    };
+    name.into()
 }
 
 impl DnsServer {

@@ -60,7 +60,7 @@ impl Current {
     }
 
     fn log(&self, proto: &'static str, peer: SocketAddr, reply: &Reply) {
-        self.stats.count(proto, mnemonic(reply.rcode));
+        self.stats.count(proto, reply.rcode);
         log(proto, peer, reply);
     }
 
@@ -80,20 +80,6 @@ impl Current {
     fn answer(&self, query: &[u8], limit: Limit) -> Option<Reply> {
         let (names, index) = self.get();
         respond(query, &names, &self.cfg, &index, limit)
-    }
-}
-
-/// The RFC 1035/2136 mnemonic (`NOERROR`, `NXDOMAIN`, ...), as dig prints it.
-fn mnemonic(rcode: hickory_proto::op::ResponseCode) -> String {
-    use hickory_proto::op::ResponseCode as R;
-    match rcode {
-        R::NoError => "NOERROR".into(),
-        R::FormErr => "FORMERR".into(),
-        R::ServFail => "SERVFAIL".into(),
-        R::NXDomain => "NXDOMAIN".into(),
-        R::NotImp => "NOTIMP".into(),
-        R::Refused => "REFUSED".into(),
-        other => u16::from(other).to_string(),
     }
 }
 

@@ -369,26 +369,36 @@ fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
 /// The standard process metrics, from /proc (Linux only; elsewhere none).
 fn process_metrics(out: &mut String) {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
-    // Fields after the command name, which may hold spaces, in parentheses.
+    // Fields after the command name, which may hold spaces, in parentheses;
+    // `rest` starts at field 3 (state): utime is field 14, stime 15,
+    // starttime 22.
     let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // `rest` starts at field 3 (state); utime is field 14, stime 15,
-    // starttime 22, vsize 23, rss 24.
+    // /proc counts clock ticks in USER_HZ, which Linux fixes at 100 for
+    // user space on every architecture.
     let ticks = 100.0;
-    let page = 4096.0;
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok())))
         .unwrap_or(0.0);
+    // Sizes from /proc/self/status, in kB, so no page size is assumed.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+    };
     family(out, "process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.");
     let _ = writeln!(out, "process_cpu_seconds_total {}", (num(11) + num(12)) / ticks);
     family(out, "process_start_time_seconds", "gauge", "Start time of the process since the epoch, in seconds.");
     let _ = writeln!(out, "process_start_time_seconds {}", boot + num(19) / ticks);
-    family(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
-    let _ = writeln!(out, "process_virtual_memory_bytes {}", num(20));
-    family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
-    let _ = writeln!(out, "process_resident_memory_bytes {}", num(21) * page);
+    if let Some(v) = kb("VmSize:") {
+        family(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+        let _ = writeln!(out, "process_virtual_memory_bytes {}", v * 1024.0);
+    }
+    if let Some(v) = kb("VmRSS:") {
+        family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+        let _ = writeln!(out, "process_resident_memory_bytes {}", v * 1024.0);
+    }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         family(out, "process_open_fds", "gauge", "Open file descriptors.");
         let _ = writeln!(out, "process_open_fds {}", fds.count());

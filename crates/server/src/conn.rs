@@ -159,14 +159,16 @@ async fn control(
         return refuse(&shared, &mut tcp, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
     }
     let name = name.filter(|n| !n.is_empty() && n.len() <= 63);
-    if name.is_none() && shared.creds().shared_key.is_none() {
+    let creds = shared.creds();
+    if name.is_none() && creds.shared_key.is_none() {
         result("bad_key");
         let msg = "this server has no shared key: set `name` and `key` from the server's clients list";
         return refuse(&shared, &mut tcp, peer, RefuseCode::BadKey, msg.into()).await;
     }
     // An unknown name runs the exchange with a random key, so it fails at
     // key confirmation exactly like a wrong key: names cannot be probed.
-    let key = shared.creds().key_for(name.as_deref()).map(|k| k.expose().as_bytes().to_vec());
+    let key = creds.key_for(name.as_deref()).map(|k| k.expose().as_bytes().to_vec());
+    drop(creds);
     let key = key.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
     let (hs, spake_b, mac) = match ServerHandshake::respond(&key, name.as_deref(), &spake, plaintext) {
         Ok(x) => x,
