@@ -757,3 +757,230 @@ async fn a_streaming_response_is_not_cut_by_the_idle_timeout() {
     })
     .await;
 }
+
+// ------------------------------------------------- the direct HTTP/1.1 path
+
+/// What a scripted service saw of one request: its head's lines and body.
+type Seen = Arc<std::sync::Mutex<Vec<(Vec<String>, Vec<u8>)>>>;
+
+/// An HTTP/1.1 service that answers from a script, byte for byte, so that
+/// the tests choose the framing and headers the gateway gets: `/len`
+/// (Content-Length, hop-by-hop headers), `/chunked` (chunks and a trailer),
+/// `/head` (HEAD: a length and no body), `/close` (HTTP/1.0, the body ends
+/// with the connection), `/once` (a length, then the connection closes
+/// without saying so: the keep-alive race).
+async fn scripted_service() -> (Service, Seen, Arc<std::sync::atomic::AtomicUsize>) {
+    let seen: Seen = Default::default();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (log, count) = (seen.clone(), accepted.clone());
+    let svc = tcp_service(move |s| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = log.clone();
+        async move {
+            let mut s = BufReader::new(s);
+            loop {
+                let head = read_head(&mut s).await;
+                let Some(line) = head.first().cloned() else { return };
+                let len = head
+                    .iter()
+                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                    .map_or(0, |(_, v)| v.trim().parse::<usize>().unwrap());
+                let mut body = vec![0u8; len];
+                s.read_exact(&mut body).await.unwrap();
+                log.lock().unwrap().push((head, body));
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                let answer: &[u8] = match path.as_str() {
+                    "/len" => {
+                        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n\
+                                Keep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nhello"
+                    }
+                    "/chunked" => {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+                                    3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Sum: 7\r\n\r\n"
+                    }
+                    "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+                    "/close" => b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+                    "/once" => b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce",
+                    _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                };
+                s.get_mut().write_all(answer).await.unwrap();
+                if path == "/close" || path == "/once" {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (svc, seen, accepted)
+}
+
+/// One response from `r`: head lines and body (by Content-Length, chunked
+/// with the trailer kept, or to the connection's end).
+async fn read_response<R: AsyncBufReadExt + Unpin>(r: &mut R, head_request: bool) -> (Vec<String>, Vec<u8>) {
+    within(WAIT, "a response", async {
+        let head = read_head(r).await;
+        assert!(!head.is_empty(), "the connection closed before a response");
+        let field = |name: &str| {
+            head.iter().find_map(|l| {
+                l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+            })
+        };
+        let mut body = Vec::new();
+        if head_request {
+        } else if field("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            // Chunk-size lines and data lines alternate (the scripts' data
+            // has no line breaks); after the last chunk, trailers up to an
+            // empty line.
+            let mut size_line = true;
+            let mut last = false;
+            loop {
+                let mut l = String::new();
+                assert!(r.read_line(&mut l).await.unwrap() > 0, "the chunked body ended early");
+                body.extend_from_slice(l.as_bytes());
+                if last && l == "\r\n" {
+                    break;
+                }
+                if size_line && l.split(';').next().is_some_and(|n| n.trim() == "0") {
+                    last = true;
+                }
+                size_line = !size_line || last;
+            }
+        } else if let Some(len) = field("content-length") {
+            body.resize(len.parse().unwrap(), 0);
+            r.read_exact(&mut body).await.unwrap();
+        } else {
+            r.read_to_end(&mut body).await.unwrap();
+        }
+        (head, body)
+    })
+    .await
+}
+
+/// Pipelined requests of every framing on one keep-alive connection: each
+/// response arrives whole and in order, hop-by-hop headers go both ways,
+/// forwarding headers are added, and a body-less end waits for the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_framing_and_headers_on_one_connection() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let (svc, seen, _) = scripted_service().await;
+        let d = dom("framing");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+
+        let mut s = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
+        let requests = format!(
+            "GET /len HTTP/1.1\r\nHost: {d}\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: keep-alive, X-Hop\r\n\
+             X-Hop: secret\r\nProxy-Authorization: Basic eA==\r\nX-Real-IP: 6.6.6.6\r\nTE: trailers, gzip\r\n\r\n\
+             POST /len HTTP/1.1\r\nHost: {d}\r\nContent-Length: 3\r\n\r\nabc\
+             HEAD /head HTTP/1.1\r\nHost: {d}\r\n\r\n\
+             GET /chunked HTTP/1.1\r\nHost: {d}\r\n\r\n"
+        );
+        s.get_mut().write_all(requests.as_bytes()).await.unwrap();
+
+        let (head, body) = read_response(&mut s, false).await;
+        assert_eq!(head[0], "HTTP/1.1 200 OK");
+        assert_eq!(body, b"hello");
+        let lower: Vec<String> = head.iter().map(|l| l.to_ascii_lowercase()).collect();
+        for gone in ["connection:", "x-private:", "keep-alive:"] {
+            assert!(!lower.iter().any(|l| l.starts_with(gone)), "{gone} reached the visitor: {head:?}");
+        }
+        let (head, body) = read_response(&mut s, false).await;
+        assert_eq!((head[0].as_str(), &body[..]), ("HTTP/1.1 200 OK", &b"hello"[..]));
+        let (head, _) = read_response(&mut s, true).await;
+        assert_eq!(head[0], "HTTP/1.1 200 OK");
+        assert!(head.iter().any(|l| l == "Content-Length: 100"), "{head:?}");
+        let (head, body) = read_response(&mut s, false).await;
+        assert!(head.iter().any(|l| l == "Transfer-Encoding: chunked"), "{head:?}");
+        assert_eq!(body, b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Sum: 7\r\n\r\n");
+
+        // A body that ends with the service's connection: the visitor's
+        // connection ends after it too (it has no other end).
+        s.get_mut().write_all(format!("GET /close HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut s, false).await;
+        assert_eq!(head[0], "HTTP/1.1 200 OK");
+        assert!(head.iter().any(|l| l.eq_ignore_ascii_case("connection: close")), "{head:?}");
+        assert_eq!(body, b"until the end");
+
+        let seen = seen.lock().unwrap().clone();
+        let paths: Vec<&str> = seen.iter().map(|(h, _)| h[0].as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "GET /len HTTP/1.1",
+                "POST /len HTTP/1.1",
+                "HEAD /head HTTP/1.1",
+                "GET /chunked HTTP/1.1",
+                "GET /close HTTP/1.1"
+            ]
+        );
+        let first: Vec<String> = seen[0].0.iter().map(|l| l.to_ascii_lowercase()).collect();
+        let has = |l: &str| first.iter().any(|x| x == l);
+        assert!(has("x-forwarded-for: 203.0.113.9, 127.0.0.1"), "{first:?}");
+        assert!(has("x-real-ip: 127.0.0.1") && has("x-forwarded-proto: http"), "{first:?}");
+        assert!(has(&format!("x-forwarded-host: {d}")) && has("te: trailers"), "{first:?}");
+        for gone in ["x-hop:", "connection:", "proxy-authorization:", "x-real-ip: 6.6.6.6"] {
+            assert!(!first.iter().any(|l| l.starts_with(gone)), "{gone} reached the service: {first:?}");
+        }
+        assert_eq!(seen[1].1, b"abc");
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A service that closes its connection after every response without
+/// saying so: the gateway notices the pooled connection is gone (or, in
+/// the race, sends a GET again on a fresh one) so no visitor sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_service_closed_is_not_reused() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let (svc, _, accepted) = scripted_service().await;
+        let d = dom("once");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+        let mut s = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
+        for i in 0..20 {
+            s.get_mut().write_all(format!("GET /once HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
+            let (head, body) = read_response(&mut s, false).await;
+            assert_eq!((head[0].as_str(), &body[..]), ("HTTP/1.1 200 OK", &b"once"[..]), "request {i}");
+        }
+        assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 20);
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A request the direct path leaves to hyper (a body over its limit) is
+/// served, and so are the requests after it on the same connection; a
+/// refused service is a 502 that keeps the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_hands_the_connection_over_and_errors_keep_it() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let svc = http_service("A").await;
+        let d = dom("handover");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+        let bad = dom("refused");
+        let (_c2, _) = connect_http(&server, &bad, closed_port().await).await;
+
+        let mut s = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
+        s.get_mut().write_all(format!("GET /x HTTP/1.1\r\nHost: {bad}\r\n\r\n").as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut s, false).await;
+        assert!(head[0].starts_with("HTTP/1.1 502"), "{head:?}");
+        assert!(String::from_utf8_lossy(&body).contains("bad gateway"));
+
+        let data = pattern(3, 200 * 1024);
+        let req = format!("POST /upload HTTP/1.1\r\nHost: {d}\r\nContent-Length: {}\r\n\r\n", data.len());
+        s.get_mut().write_all(req.as_bytes()).await.unwrap();
+        s.get_mut().write_all(&data).await.unwrap();
+        let (head, body) = read_response(&mut s, false).await;
+        assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
+        assert_eq!(String::from_utf8_lossy(&body), format!("{} {}", data.len(), sha256(&data)));
+
+        s.get_mut().write_all(format!("GET /after HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut s, false).await;
+        assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
+        assert!(String::from_utf8_lossy(&body).contains("path=/after"));
+        server.stop().await;
+    })
+    .await;
+}

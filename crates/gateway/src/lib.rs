@@ -39,6 +39,7 @@ use tracing::info;
 mod acme;
 mod config;
 mod external;
+mod h1;
 mod serve;
 mod tls;
 

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tracing::{debug, info_span, Instrument};
 
+use crate::h1::Replay;
 use crate::{Gateway, GatewayConfig, Lookup, Scheme, Upstream};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,7 +62,7 @@ pub(crate) async fn accept_loop(
     while let Some((visitor, peer)) = acceptor.next(&shutdown).await {
         let span = info_span!("visitor", scheme = settings.scheme.name(), %peer);
         tokio::spawn(
-            serve_connection(visitor, peer, gateway.clone(), settings.clone(), shutdown.clone()).instrument(span),
+            serve_connection(visitor, peer, gateway.clone(), settings.clone(), shutdown.clone(), true).instrument(span),
         );
     }
 }
@@ -167,16 +168,26 @@ struct Conn {
 }
 
 /// Serves one visitor connection (plain, or already TLS-terminated for
-/// `https`) with the scheme's HTTP versions.
+/// `https`) with the scheme's HTTP versions. `http1` (not HTTP/2 by ALPN):
+/// the direct HTTP/1.1 path takes the requests it can, hyper the rest.
 pub(crate) async fn serve_connection<S>(
     visitor: S,
     peer: SocketAddr,
     gateway: Arc<Gateway>,
     settings: Arc<Settings>,
     shutdown: CancellationToken,
+    http1: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let visitor = if http1 && matches!(settings.scheme, Scheme::Http | Scheme::Https) {
+        match crate::h1::serve(visitor, peer, &gateway, &settings, &shutdown).await {
+            Some(rest) => rest,
+            None => return,
+        }
+    } else {
+        Replay::new(bytes::BytesMut::new(), visitor)
+    };
     let activity = Arc::new(Activity::new());
     activity.touch();
     let io = TokioIo::new(Tracked { inner: visitor, activity: activity.clone() });
@@ -259,19 +270,59 @@ async fn drive<C, E>(
 
 // ------------------------------------------------------------- requests
 
-fn html(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
-    let page = format!(
+fn page_html(status: StatusCode, title: &str, detail: &str) -> String {
+    format!(
         "<!DOCTYPE html>\n<html><head><title>{status_code} {title}</title></head>\n\
          <body><h1>{status_code} {title}</h1><p>{detail}</p><hr><p>opennotr</p></body></html>\n",
         status_code = status.as_u16(),
         title = escape(title),
         detail = escape(detail),
-    );
-    let mut r = Response::new(full(page));
+    )
+}
+
+fn html(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
+    let mut r = Response::new(full(page_html(status, title, detail)));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// An answer of the gateway's own: the service could not be reached.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
+    title: &'static str,
+    detail: String,
+}
+
+impl Page {
+    pub(crate) fn bad_gateway(reason: impl std::fmt::Display) -> Page {
+        Page { status: StatusCode::BAD_GATEWAY, title: "Bad Gateway", detail: format!("bad gateway: {reason}") }
+    }
+
+    pub(crate) fn unavailable(detail: impl Into<String>) -> Page {
+        Page { status: StatusCode::SERVICE_UNAVAILABLE, title: "Service Unavailable", detail: detail.into() }
+    }
+
+    fn response(&self) -> Response<Body> {
+        html(self.status, self.title, &self.detail)
+    }
+
+    /// The page as a whole HTTP/1.1 response, the same as [`Page::response`].
+    pub(crate) fn write_http1(&self, out: &mut Vec<u8>, keep: bool) {
+        use std::io::Write as _;
+        let body = page_html(self.status, self.title, &self.detail);
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-store\r\n\
+             content-length: {}\r\n{}\r\n{body}",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(self.title),
+            body.len(),
+            if keep { "" } else { "connection: close\r\n" },
+        );
+    }
 }
 
 fn full(s: String) -> Body {
@@ -520,11 +571,10 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
 
 fn bad_gateway(e: hyper::Error) -> Response<Body> {
     debug!(error = %e, "the client's service failed");
-    let reason = match std::error::Error::source(&e) {
-        Some(s) => format!("{e}: {s}"),
-        None => e.to_string(),
-    };
-    html(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("bad gateway: {reason}"))
+    match std::error::Error::source(&e) {
+        Some(s) => Page::bad_gateway(format_args!("{e}: {s}")).response(),
+        None => Page::bad_gateway(e).response(),
+    }
 }
 
 /// Drives the connection to the client's service until it is done or the
@@ -576,16 +626,28 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Which connections a request may reuse: those to the same forward of the
 /// same session (the tunnel), spoken the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PoolKey {
+pub(crate) struct PoolKey {
     tunnel: usize,
     forward: u64,
     target: SocketAddr,
     proto: UpstreamProto,
+    /// Plain streams of the direct HTTP/1.1 path (`h1.rs`), not hyper's.
+    direct: bool,
 }
 
 impl PoolKey {
     fn new(up: &Upstream, proto: UpstreamProto) -> PoolKey {
-        PoolKey { tunnel: Arc::as_ptr(&up.tunnel) as *const () as usize, forward: up.forward, target: up.target, proto }
+        PoolKey {
+            tunnel: Arc::as_ptr(&up.tunnel) as *const () as usize,
+            forward: up.forward,
+            target: up.target,
+            proto,
+            direct: false,
+        }
+    }
+
+    pub(crate) fn direct(up: &Upstream) -> PoolKey {
+        PoolKey { direct: true, ..PoolKey::new(up, UpstreamProto::H1) }
     }
 }
 
@@ -594,9 +656,16 @@ struct IdleH1 {
     since: Instant,
 }
 
+struct IdleStream {
+    stream: TunnelStream,
+    since: Instant,
+}
+
 enum PoolEntry {
     /// Idle HTTP/1.1 connections, the most recently used last.
     H1(Vec<IdleH1>),
+    /// Idle streams of the direct HTTP/1.1 path, the most recently used last.
+    Direct(Vec<IdleStream>),
     /// One shared HTTP/2 connection (it multiplexes).
     H2(hyper::client::conn::http2::SendRequest<Incoming>),
 }
@@ -666,6 +735,37 @@ impl Pool {
         self.start_sweeper(&mut routes);
     }
 
+    /// An idle stream of the route that still looks open.
+    pub(crate) fn take_direct(&self, key: &PoolKey, kill: &CancellationToken) -> Option<TunnelStream> {
+        if kill.is_cancelled() {
+            return None;
+        }
+        loop {
+            let mut idle = {
+                let mut routes = self.lock();
+                let Some((PoolEntry::Direct(idle), _)) = routes.entries.get_mut(key) else { return None };
+                idle.pop()?
+            };
+            if idle.since.elapsed() < POOL_IDLE_TIMEOUT && crate::h1::still_open(&mut idle.stream) {
+                return Some(idle.stream);
+            }
+        }
+    }
+
+    pub(crate) fn put_direct(self: &Arc<Self>, key: PoolKey, kill: &CancellationToken, stream: TunnelStream) {
+        if kill.is_cancelled() {
+            return;
+        }
+        let mut routes = self.lock();
+        let (entry, _) = routes.entries.entry(key).or_insert_with(|| (PoolEntry::Direct(Vec::new()), kill.clone()));
+        if let PoolEntry::Direct(idle) = entry {
+            if idle.len() < POOL_MAX_IDLE {
+                idle.push(IdleStream { stream, since: Instant::now() });
+            }
+        }
+        self.start_sweeper(&mut routes);
+    }
+
     /// The route's shared HTTP/2 connection, if it is still usable.
     fn h2(&self, key: &PoolKey) -> Option<hyper::client::conn::http2::SendRequest<Incoming>> {
         let mut routes = self.lock();
@@ -721,6 +821,10 @@ impl Pool {
                     idle.retain(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && !c.sender.is_closed());
                     !idle.is_empty()
                 }
+                PoolEntry::Direct(idle) => {
+                    idle.retain_mut(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && crate::h1::still_open(&mut c.stream));
+                    !idle.is_empty()
+                }
                 PoolEntry::H2(s) => !s.is_closed(),
             }
         });
@@ -729,22 +833,18 @@ impl Pool {
 
 /// Opens a stream through the client's tunnel to the forward's target, or
 /// the error page for the visitor.
-async fn open_upstream(conn: &Conn, up: &Upstream, name: &str) -> Result<TokioIo<TunnelStream>, Response<Body>> {
+pub(crate) async fn open_upstream(up: &Upstream, peer: SocketAddr, name: &str) -> Result<TunnelStream, Page> {
     let opened = tokio::select! {
-        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(conn.peer)) => r,
+        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(peer)) => r,
         _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
     };
     match opened {
-        Ok(s) => Ok(TokioIo::new(s)),
-        Err(OpenError::Refused(reason)) => {
-            Err(html(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("bad gateway: {reason}")))
-        }
-        Err(OpenError::TooManyStreams) => {
-            Err(html(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "too many streams for this client"))
-        }
+        Ok(s) => Ok(s),
+        Err(OpenError::Refused(reason)) => Err(Page::bad_gateway(reason)),
+        Err(OpenError::TooManyStreams) => Err(Page::unavailable("too many streams for this client")),
         Err(e) => {
             debug!(error = %e, "cannot open a stream to the client");
-            Err(html(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", &format!("client not connected: {name}")))
+            Err(Page::unavailable(format!("client not connected: {name}")))
         }
     }
 }
@@ -755,7 +855,7 @@ async fn connect_h1(
     up: &Upstream,
     name: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, Response<Body>> {
-    let io = open_upstream(conn, up, name).await?;
+    let io = TokioIo::new(open_upstream(up, conn.peer, name).await.map_err(|p| p.response())?);
     let (sender, c) = hyper::client::conn::http1::handshake(io).await.map_err(bad_gateway)?;
     spawn_upstream(c.with_upgrades(), up.kill.clone());
     Ok(sender)
@@ -890,7 +990,7 @@ async fn send_h2(
             },
         }
     }
-    let io = open_upstream(conn, up, name).await?;
+    let io = TokioIo::new(open_upstream(up, conn.peer, name).await.map_err(|p| p.response())?);
     let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     b.adaptive_window(true);
     let (mut sender, c) = b.handshake(io).await.map_err(bad_gateway)?;

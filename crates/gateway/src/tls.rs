@@ -16,9 +16,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use opennotr_plugin::{
@@ -30,12 +28,13 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::acme::{Acme, Challenge, ACME_TLS_ALPN};
 use crate::config::CertFiles;
+use crate::h1::Replay;
 use crate::serve::{serve_connection, Settings};
 use crate::{bind, Gateway, GatewayConfig, Lookup, Scheme, Upstream};
 
@@ -397,7 +396,7 @@ async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, 
         }
     }
     let Some(term) = term else { return };
-    let io = Replay { prefix, pos: 0, inner: visitor };
+    let io = Replay::new(&prefix[..], visitor);
     let tls = match tokio::time::timeout(term.settings.header_timeout, term.acceptor.accept(io)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -413,7 +412,8 @@ async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, 
         debug!("TLS-ALPN-01 validation handshake done; closing");
         return;
     }
-    serve_connection(tls, peer, state.gateway.clone(), term.settings.clone(), shutdown).await;
+    let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+    serve_connection(tls, peer, state.gateway.clone(), term.settings.clone(), shutdown, http1).await;
 }
 
 /// The visitor's TLS stream, from its first byte, to the client's service.
@@ -439,56 +439,6 @@ async fn relay(mut visitor: TcpStream, prefix: Vec<u8>, peer: SocketAddr, up: Up
             Err(e) => debug!(sni = %name, error = %e, "passthrough ended with an error"),
         },
         _ = up.kill.cancelled() => debug!(sni = %name, "session closed; dropping the passthrough"),
-    }
-}
-
-/// A stream that first yields `prefix` (the bytes already read from it).
-struct Replay<S> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.pos);
-            let pos = self.pos;
-            buf.put_slice(&self.prefix[pos..pos + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -612,7 +562,7 @@ mod tests {
             let (a, mut b) = tokio::io::duplex(64);
             b.write_all(b" world").await.unwrap();
             drop(b);
-            let mut r = Replay { prefix: b"hello".to_vec(), pos: 0, inner: a };
+            let mut r = Replay::new(&b"hello"[..], a);
             let mut out = String::new();
             r.read_to_string(&mut out).await.unwrap();
             assert_eq!(out, "hello world");
