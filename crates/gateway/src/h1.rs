@@ -27,8 +27,10 @@ use tracing::debug;
 use crate::serve::{open_upstream, route_name, Page, PoolKey, Settings};
 use crate::{Gateway, Lookup, Scheme, Upstream};
 
-/// Most headers a request or response may have here (more: hyper's turn).
+/// Most headers a request may have here (more: hyper's turn, up to its 100).
 const MAX_HEADERS: usize = 64;
+/// Most headers accepted in a response (hyper's client limit).
+const MAX_RESPONSE_HEADERS: usize = 100;
 /// Longest request head read here; a longer one goes to hyper, which
 /// accepts up to its own limit.
 const MAX_REQUEST_HEAD: usize = 32 * 1024;
@@ -479,7 +481,7 @@ where
 }
 
 fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -528,7 +530,7 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>
 /// The head for the visitor: the service's status and headers, less the
 /// hop-by-hop ones, as HTTP/1.1.
 fn response_head(raw: &[u8], out: &mut Vec<u8>, framing: Framing, keep: bool) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     // Parsed once already: this cannot fail.
     let _ = resp.parse(raw);
@@ -548,9 +550,11 @@ fn response_head(raw: &[u8], out: &mut Vec<u8>, framing: Framing, keep: bool) {
     }
     for h in resp.headers.iter() {
         let n = h.name;
-        // Transfer-Encoding stays with a chunked body, which is copied as is.
+        // Transfer-Encoding stays with a chunked body, which is copied as
+        // is; a Content-Length beside it is wrong and goes (RFC 9112 §6.3).
         if hop_by_hop(n)
             || (eq(n, "transfer-encoding") && framing != Framing::Chunked)
+            || (eq(n, "content-length") && framing == Framing::Chunked)
             || named[..n_named].iter().any(|t| eq(n, t))
         {
             continue;
@@ -784,7 +788,12 @@ mod tests {
         response_head(raw, &mut out, Framing::Length(2), true);
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\n");
         out.clear();
-        response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &mut out, Framing::Chunked, false);
+        response_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            &mut out,
+            Framing::Chunked,
+            false,
+        );
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
     }
 }
