@@ -612,6 +612,10 @@ def gateway_suite(release, bins, args, tmp):
         # with one forward of each to the service; one pair with the default
         # encrypted tunnel and one with a plaintext tunnel.
         env = dict(os.environ, RUST_LOG="warn")
+        if args.workers:
+            # opennotr and rathole are tokio programs: this sets their
+            # worker threads; the front nginx gets as many processes.
+            env["TOKIO_WORKER_THREADS"] = str(args.workers)
         gws = {}
         for plain in (False, True):
             ctrl, gh, gs, g2 = free_port(), free_port(), free_port(), free_port()
@@ -678,7 +682,7 @@ forwards:
             wait_port(rctrl)
             procs.start([os.path.join(bins, "rathole"), "--client", rc], env=env)
             fh, fs = free_port(), free_port()
-            nginx_start(procs, tmp, f"front-{transport}", ("auto", f"""
+            nginx_start(procs, tmp, f"front-{transport}", (str(args.workers or "auto"), f"""
   keepalive_requests 1000000;
   upstream rathole {{ server 127.0.0.1:{rpub}; keepalive 64; keepalive_requests 1000000; }}
   server {{
@@ -734,7 +738,9 @@ forwards:
 def gateway_report(results, meta):
     if not results:
         return ""
-    lines = ["", "## Gateway", "",
+    workers = meta.get("workers", 0)
+    front = f"`worker_processes {workers}`" if workers else "`worker_processes auto`"
+    lines = ["", gateway_heading(workers), "",
              f"Produced by `{meta.get('cmd', 'python3 bench/run.py --gateway')}` on {meta.get('date', '?')}"
              f" ({meta.get('cores', '?')} cores, loopback, load average {meta.get('load', '?')} before the run).",
              f"HTTP/1.1 and HTTPS: `wrk -t{meta.get('wrk_threads', 2)} -c{meta.get('connections', 64)} "
@@ -743,7 +749,10 @@ def gateway_report(results, meta):
              f"-D{meta.get('secs', 10)} --warm-up-time 1` (prior knowledge), latency percentiles from its "
              "`--log-file`.",
              "The service is nginx (one worker) serving a 1 KiB static file; the nginx in front of rathole",
-             "runs `worker_processes auto` with upstream keep-alive. Ratios are requests/s against the",
+             f"runs {front} with upstream keep-alive"
+             + (f"; opennotrd, opennotr and rathole run {workers} tokio worker thread(s)"
+                f" (`TOKIO_WORKER_THREADS={workers}`)" if workers else "")
+             + ". Ratios are requests/s against the",
              "`rathole tcp` and the `rathole tls` row of the same kind (h2c: against direct).",
              f"Each path ran {meta.get('rounds', 1)} times, the paths interleaved; every figure is the median "
              "of its rounds (the requests/s of each round are in the run's JSON under bench/results/).", "",
@@ -773,11 +782,18 @@ def gateway_report(results, meta):
     return "\n".join(lines) + "\n"
 
 
-def replace_gateway_section(text, section):
-    """Puts section in place of the document's `## Gateway` section (up to
-    the next `## ` heading), or at its end."""
+def gateway_heading(workers):
+    if not workers:
+        return "## Gateway"
+    return "## Gateway, one worker each" if workers == 1 else f"## Gateway, {workers} workers each"
+
+
+def replace_gateway_section(text, section, workers=0):
+    """Puts section in place of the document's gateway section of that
+    worker count (up to the next `## ` heading), or at its end."""
     lines = text.split("\n")
-    start = next((i for i, l in enumerate(lines) if l.strip() == "## Gateway"), None)
+    heading = gateway_heading(workers)
+    start = next((i for i, l in enumerate(lines) if l.strip() == heading), None)
     if start is None:
         return text.rstrip("\n") + "\n" + section
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
@@ -801,6 +817,9 @@ def main():
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--h2-connections", type=int, default=16)
     ap.add_argument("--h2-streams", type=int, default=16, help="h2load -m")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="gateway benchmark: worker threads of opennotr and rathole and processes of the front "
+                         "nginx (default: each program's own, one per core); its own section of the report")
     ap.add_argument("--bin-dir", help="opennotr/opennotrd from here instead of a release build")
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--report-from", metavar="JSON", help="rewrite docs/benchmarks.md from a saved results file")
@@ -817,7 +836,7 @@ def main():
             with open(doc) as f:
                 text = f.read()
             with open(doc, "w") as f:
-                f.write(replace_gateway_section(text, gw))
+                f.write(replace_gateway_section(text, gw, saved.get("gateway_meta", {}).get("workers", 0)))
             return
         cmd = "python3 bench/run.py --time " + str(args.time)
         with open(doc, "w") as f:
@@ -851,7 +870,7 @@ def main():
                        "load": "%.2f" % os.getloadavg()[0], "secs": args.gateway_time,
                        "connections": args.connections, "wrk_threads": args.wrk_threads,
                        "h2_connections": args.h2_connections, "h2_streams": args.h2_streams,
-                       "rounds": args.gateway_rounds}
+                       "rounds": args.gateway_rounds, "workers": args.workers}
             gw_results = gateway_suite(release, bins, args, tmp)
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -868,7 +887,7 @@ def main():
             with open(doc) as f:
                 text = f.read()
             with open(doc, "w") as f:
-                f.write(replace_gateway_section(text, gw))
+                f.write(replace_gateway_section(text, gw, args.workers))
         return
     report = write_report(results, args, cmd) + vip_report(vip_results) + gw
     print(report)

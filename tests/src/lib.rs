@@ -333,6 +333,8 @@ pub struct ClientSpec {
     pub domain: Option<String>,
     /// `plaintext`.
     pub plaintext: bool,
+    /// `multiplex`.
+    pub multiplex: bool,
     /// `forwards`, one entry per forward.
     pub forwards: Vec<Fwd>,
     /// `keepaliveInterval` / `keepaliveTimeout`, seconds.
@@ -352,6 +354,7 @@ impl ClientSpec {
             name: None,
             domain: None,
             plaintext: false,
+            multiplex: true,
             forwards: Vec::new(),
             keepalive: None,
             handshake_timeout: None,
@@ -389,7 +392,7 @@ impl ClientSpec {
         if let Some(d) = &self.domain {
             y += &format!("domain: \"{d}\"\n");
         }
-        y += &format!("plaintext: {}\n", self.plaintext);
+        y += &format!("plaintext: {}\nmultiplex: {}\n", self.plaintext, self.multiplex);
         y += &format!("reconnectMaxDelay: {}\n", self.reconnect_max_delay);
         if let Some((interval, timeout)) = self.keepalive {
             y += &format!("keepaliveInterval: {interval}\nkeepaliveTimeout: {timeout}\n");

@@ -984,3 +984,33 @@ async fn a_large_upload_hands_the_connection_over_and_errors_keep_it() {
     })
     .await;
 }
+
+/// A client that does not multiplex (`multiplex: false`, or an older
+/// opennotr) gets a data channel per upstream connection, pooled the same
+/// way, with the same results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_multiplexing_is_served_the_same() {
+    run_test(async {
+        let (server, _gw) = gateway_server(&[]).await;
+        let (svc, seen, accepted) = scripted_service().await;
+        let d = dom("plainstreams");
+        let mut spec = ClientSpec::new(server.addr).domain(&d).forward(http_fwd(svc.addr.port()));
+        spec.multiplex = false;
+        let mut c = TestClient::start(&spec);
+        let port = public_port(&c.connected().await, 0);
+
+        let mut s = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
+        for path in ["/len", "/chunked", "/len"] {
+            s.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
+            let (head, _) = read_response(&mut s, false).await;
+            assert_eq!(head[0], "HTTP/1.1 200 OK", "{path}");
+        }
+        s.get_mut().write_all(format!("GET /once HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
+        let (_, body) = read_response(&mut s, false).await;
+        assert_eq!(body, b"once");
+        assert_eq!(seen.lock().unwrap().len(), 4);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one pooled connection for the first three");
+        server.stop().await;
+    })
+    .await;
+}

@@ -123,6 +123,7 @@ pub(crate) async fn connect_and_serve(
         domain: cfg.domain.clone(),
         forwards: requests(cfg),
         vip_ports: vip_ports(cfg),
+        mux: cfg.multiplex,
     };
     timed(limit, "sending register", writer.send(&register.to_bytes())).await?;
     let reply = timed(limit, "waiting for registration", reader.next()).await?;

@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use opennotr_proto::datagram;
 use opennotr_proto::frame::preface;
 use opennotr_proto::message::{ClientMessage, StreamProtocol};
+use opennotr_transport::mux::{Mux, MuxStream};
 use opennotr_transport::relay::relay;
 use opennotr_transport::{timed, tune_tcp, Channel, SecureStream, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +17,10 @@ use tracing::{debug, warn};
 
 use crate::session::Link;
 use crate::Allowed;
+
+/// Relay buffer per direction of a multiplexed stream: they carry HTTP
+/// exchanges (and up to 1024 of them are open per connection), not bulk.
+const MUXED_BUFFER: usize = 16 * 1024;
 
 /// Datagrams from the local service waiting for the tunnel; beyond this
 /// they are dropped rather than blocking the socket.
@@ -46,6 +51,7 @@ pub(crate) async fn serve(
         return refuse(format!("{target} is not a target declared in the client's config")).await;
     }
     let local = match protocol {
+        StreamProtocol::Mux => return serve_mux(&link, stream, target, kill).await,
         StreamProtocol::Tcp => {
             match timed(link.timeout, "connecting to the local service", async {
                 Ok(TcpStream::connect(target).await?)
@@ -90,6 +96,51 @@ pub(crate) async fn serve(
                 Local::Udp(sock) => pump_udp(sock, chan).await,
             }
         } => if let Err(e) = r { debug!(error = %e, "stream ended with an error") },
+    }
+}
+
+/// A multiplexed connection to `target` (the gateway's HTTP traffic): a
+/// data channel carrying streams the server opens, each dialed here.
+async fn serve_mux(link: &Link, stream: u64, target: std::net::SocketAddr, kill: CancellationToken) {
+    let chan = match open_data_channel(link, stream).await {
+        Ok(c) => c,
+        Err(e) => return debug!(error = %e, "cannot open a data channel to the server"),
+    };
+    let (mux, mut incoming) = Mux::acceptor(chan);
+    let timeout = link.timeout;
+    loop {
+        let s = tokio::select! {
+            _ = kill.cancelled() => break,
+            s = incoming.recv() => s,
+        };
+        let Some(s) = s else { break };
+        tokio::spawn(serve_muxed(s, target, timeout, kill.clone()));
+    }
+    mux.close();
+}
+
+/// One stream of a multiplexed connection: dial the target, relay.
+async fn serve_muxed(
+    mut s: MuxStream,
+    target: std::net::SocketAddr,
+    timeout: std::time::Duration,
+    kill: CancellationToken,
+) {
+    let connected = timed(timeout, "connecting to the local service", async { Ok(TcpStream::connect(target).await?) });
+    let mut local = match connected.await {
+        Ok(t) => t,
+        Err(e) => {
+            debug!(error = %e, "local service unreachable");
+            return s.reset(&format!("cannot connect to {target}: {e}"));
+        }
+    };
+    tune_tcp(&local);
+    tokio::select! {
+        _ = kill.cancelled() => {}
+        r = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut s, MUXED_BUFFER, MUXED_BUFFER) => match r {
+            Ok((up, down)) => debug!(up, down, "multiplexed stream closed"),
+            Err(e) => debug!(error = %e, "multiplexed stream ended with an error"),
+        },
     }
 }
 

@@ -232,6 +232,9 @@ pub struct ClientConfig {
     pub forwards: Vec<ForwardConfig>,
     /// `plaintext` (default false): ask for an unencrypted tunnel.
     pub plaintext: bool,
+    /// `multiplex` (default true): take the gateway's HTTP/1.1 traffic as
+    /// many streams in one tunnel stream per route.
+    pub multiplex: bool,
     /// `keepaliveInterval` / `keepaliveTimeout` seconds (defaults 5 / 15).
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,

@@ -20,11 +20,12 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use hyper::StatusCode;
 use opennotr_plugin::{CancellationToken, TunnelStream};
+use opennotr_transport::mux::MuxStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::serve::{open_upstream, route_name, Page, PoolKey, Settings};
+use crate::serve::{route_name, Page, PoolKey, Settings};
 use crate::{Gateway, Lookup, Scheme, Upstream};
 
 /// Most headers a request may have here (more: hyper's turn, up to its 100).
@@ -393,7 +394,7 @@ async fn exchange<S: AsyncWrite + Unpin>(
     let (mut stream, head) = loop {
         let (mut stream, pooled) = match pool.take_direct(&key, &up.kill) {
             Some(s) => (s, true),
-            None => (open_upstream(up, peer, &req.name).await?, false),
+            None => (pool.upstream(&key, up, peer, &req.name).await?, false),
         };
         ubuf.clear();
         let sent = async { stream.write_all(out).await.and(stream.flush().await) }.await;
@@ -713,13 +714,59 @@ impl Chunked {
     }
 }
 
-/// Whether a pooled stream still looks open: no end, no unexpected bytes
-/// (a read would wait). Checked before a request is sent on it.
-pub(crate) fn still_open(s: &mut TunnelStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut b = [0u8; 1];
-    let mut rb = ReadBuf::new(&mut b);
-    matches!(Pin::new(s).poll_read(&mut cx, &mut rb), Poll::Pending)
+/// A stream to a client's service: on the route's multiplexed connection,
+/// or a tunnel stream of its own (a client that cannot multiplex).
+pub(crate) enum UpStream {
+    Plain(TunnelStream),
+    Muxed(MuxStream),
+}
+
+impl UpStream {
+    /// Fit for another exchange: open, and nothing unexpected to read.
+    pub(crate) fn is_reusable(&mut self) -> bool {
+        match self {
+            UpStream::Plain(s) => {
+                // No end, no bytes: a read would wait.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut b = [0u8; 1];
+                let mut rb = ReadBuf::new(&mut b);
+                matches!(Pin::new(s).poll_read(&mut cx, &mut rb), Poll::Pending)
+            }
+            UpStream::Muxed(s) => s.is_reusable(),
+        }
+    }
+}
+
+impl AsyncRead for UpStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpStream::Muxed(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpStream::Muxed(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpStream::Muxed(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpStream::Muxed(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tracing::{debug, info_span, Instrument};
 
-use crate::h1::Replay;
+use crate::h1::{Replay, UpStream};
 use crate::{Gateway, GatewayConfig, Lookup, Scheme, Upstream};
+use opennotr_transport::mux::Mux;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -657,7 +658,7 @@ struct IdleH1 {
 }
 
 struct IdleStream {
-    stream: TunnelStream,
+    stream: UpStream,
     since: Instant,
 }
 
@@ -682,6 +683,23 @@ struct Routes {
 /// after [`POOL_IDLE_TIMEOUT`] unused.
 pub(crate) struct Pool {
     routes: std::sync::Mutex<Routes>,
+    /// Each route's multiplexed connection, for the direct path.
+    muxes: std::sync::Mutex<std::collections::HashMap<PoolKey, Muxed>>,
+    /// Held while a multiplexed connection is being opened, so that
+    /// concurrent first requests make one, not one each.
+    opening: tokio::sync::Mutex<()>,
+}
+
+enum Muxing {
+    Stream(UpStream),
+    Full,
+    None,
+}
+
+struct Muxed {
+    mux: Mux,
+    kill: CancellationToken,
+    last_used: Instant,
 }
 
 impl std::fmt::Debug for Pool {
@@ -692,7 +710,11 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub(crate) fn new() -> Pool {
-        Pool { routes: std::sync::Mutex::new(Routes { entries: Default::default(), sweeper: false }) }
+        Pool {
+            routes: std::sync::Mutex::new(Routes { entries: Default::default(), sweeper: false }),
+            muxes: Default::default(),
+            opening: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Routes> {
@@ -736,7 +758,7 @@ impl Pool {
     }
 
     /// An idle stream of the route that still looks open.
-    pub(crate) fn take_direct(&self, key: &PoolKey, kill: &CancellationToken) -> Option<TunnelStream> {
+    pub(crate) fn take_direct(&self, key: &PoolKey, kill: &CancellationToken) -> Option<UpStream> {
         if kill.is_cancelled() {
             return None;
         }
@@ -746,13 +768,13 @@ impl Pool {
                 let Some((PoolEntry::Direct(idle), _)) = routes.entries.get_mut(key) else { return None };
                 idle.pop()?
             };
-            if idle.since.elapsed() < POOL_IDLE_TIMEOUT && crate::h1::still_open(&mut idle.stream) {
+            if idle.since.elapsed() < POOL_IDLE_TIMEOUT && idle.stream.is_reusable() {
                 return Some(idle.stream);
             }
         }
     }
 
-    pub(crate) fn put_direct(self: &Arc<Self>, key: PoolKey, kill: &CancellationToken, stream: TunnelStream) {
+    pub(crate) fn put_direct(self: &Arc<Self>, key: PoolKey, kill: &CancellationToken, stream: UpStream) {
         if kill.is_cancelled() {
             return;
         }
@@ -764,6 +786,60 @@ impl Pool {
             }
         }
         self.start_sweeper(&mut routes);
+    }
+
+    /// A new stream to the route's service for the direct path: on the
+    /// route's multiplexed connection (made on first use) if the client
+    /// takes them, else a tunnel stream of its own.
+    pub(crate) async fn upstream(
+        self: &Arc<Self>,
+        key: &PoolKey,
+        up: &Upstream,
+        peer: SocketAddr,
+        name: &str,
+    ) -> Result<UpStream, Page> {
+        if !up.tunnel.multiplexes() {
+            return open_upstream(up, StreamProtocol::Tcp, peer, name).await.map(UpStream::Plain);
+        }
+        let plain = || open_upstream(up, StreamProtocol::Tcp, peer, name);
+        match self.open_muxed(key) {
+            Muxing::Stream(s) => return Ok(s),
+            // Beyond the multiplexed connection's streams, the rest get
+            // data channels of their own.
+            Muxing::Full => return plain().await.map(UpStream::Plain),
+            Muxing::None => {}
+        }
+        let _opening = self.opening.lock().await;
+        match self.open_muxed(key) {
+            Muxing::Stream(s) => return Ok(s),
+            Muxing::Full => return plain().await.map(UpStream::Plain),
+            Muxing::None => {}
+        }
+        let mut carrier = open_upstream(up, StreamProtocol::Mux, peer, name).await?;
+        let counters = carrier.take_counters();
+        let mux = Mux::opener(carrier, counters);
+        let stream = mux.open().map_err(|e| Page::unavailable(format!("client not connected: {name}: {e}")))?;
+        let mut muxes = self.muxes.lock().unwrap_or_else(|e| e.into_inner());
+        muxes.insert(key.clone(), Muxed { mux, kill: up.kill.clone(), last_used: Instant::now() });
+        drop(muxes);
+        self.start_sweeper(&mut self.lock());
+        Ok(UpStream::Muxed(stream))
+    }
+
+    /// A stream on the route's live multiplexed connection, if it has one
+    /// (`Full` when it carries as many streams as it may).
+    fn open_muxed(&self, key: &PoolKey) -> Muxing {
+        let mut muxes = self.muxes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = muxes.get_mut(key) else { return Muxing::None };
+        if m.mux.is_closed() || m.kill.is_cancelled() {
+            muxes.remove(key);
+            return Muxing::None;
+        }
+        m.last_used = Instant::now();
+        match m.mux.open() {
+            Ok(s) => Muxing::Stream(UpStream::Muxed(s)),
+            Err(_) => Muxing::Full,
+        }
     }
 
     /// The route's shared HTTP/2 connection, if it is still usable.
@@ -811,6 +887,18 @@ impl Pool {
     }
 
     fn sweep(&self) {
+        // A multiplexed connection nobody used for the idle timeout (its
+        // route went, or it has no traffic) is closed; the next request
+        // opens a new one.
+        self.muxes.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, m| {
+            let keep = !m.mux.is_closed()
+                && !m.kill.is_cancelled()
+                && (m.last_used.elapsed() < POOL_IDLE_TIMEOUT || m.mux.streams() > 0);
+            if !keep {
+                m.mux.close();
+            }
+            keep
+        });
         let mut routes = self.lock();
         routes.entries.retain(|_, (entry, kill)| {
             if kill.is_cancelled() {
@@ -822,7 +910,7 @@ impl Pool {
                     !idle.is_empty()
                 }
                 PoolEntry::Direct(idle) => {
-                    idle.retain_mut(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && crate::h1::still_open(&mut c.stream));
+                    idle.retain_mut(|c| c.since.elapsed() < POOL_IDLE_TIMEOUT && c.stream.is_reusable());
                     !idle.is_empty()
                 }
                 PoolEntry::H2(s) => !s.is_closed(),
@@ -833,9 +921,14 @@ impl Pool {
 
 /// Opens a stream through the client's tunnel to the forward's target, or
 /// the error page for the visitor.
-pub(crate) async fn open_upstream(up: &Upstream, peer: SocketAddr, name: &str) -> Result<TunnelStream, Page> {
+pub(crate) async fn open_upstream(
+    up: &Upstream,
+    protocol: StreamProtocol,
+    peer: SocketAddr,
+    name: &str,
+) -> Result<TunnelStream, Page> {
     let opened = tokio::select! {
-        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(peer)) => r,
+        r = up.tunnel.open_stream(protocol, up.target, Some(peer)) => r,
         _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
     };
     match opened {
@@ -855,7 +948,7 @@ async fn connect_h1(
     up: &Upstream,
     name: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, Response<Body>> {
-    let io = TokioIo::new(open_upstream(up, conn.peer, name).await.map_err(|p| p.response())?);
+    let io = TokioIo::new(open_upstream(up, StreamProtocol::Tcp, conn.peer, name).await.map_err(|p| p.response())?);
     let (sender, c) = hyper::client::conn::http1::handshake(io).await.map_err(bad_gateway)?;
     spawn_upstream(c.with_upgrades(), up.kill.clone());
     Ok(sender)
@@ -990,7 +1083,7 @@ async fn send_h2(
             },
         }
     }
-    let io = TokioIo::new(open_upstream(up, conn.peer, name).await.map_err(|p| p.response())?);
+    let io = TokioIo::new(open_upstream(up, StreamProtocol::Tcp, conn.peer, name).await.map_err(|p| p.response())?);
     let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     b.adaptive_window(true);
     let (mut sender, c) = b.handshake(io).await.map_err(bad_gateway)?;

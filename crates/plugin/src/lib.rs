@@ -105,6 +105,12 @@ pub trait Tunnel: Send + Sync + fmt::Debug {
         target: SocketAddr,
         peer: Option<SocketAddr>,
     ) -> Result<TunnelStream, OpenError>;
+
+    /// Whether the client takes [`StreamProtocol::Mux`] streams (many
+    /// connections to one target inside one stream).
+    fn multiplexes(&self) -> bool {
+        false
+    }
 }
 
 /// Limits the server imposes on a forward.

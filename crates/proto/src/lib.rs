@@ -9,6 +9,7 @@
 //!   key; derives the session keys. The key never crosses the wire.
 //! - [`record`]: AEAD records that encrypt a channel after the handshake.
 //! - [`datagram`]: how UDP datagrams keep their boundaries on a stream.
+//! - [`mux`]: many streams in one (the gateway's HTTP traffic).
 //!
 //! `docs/protocol.md` describes the same thing for people.
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@ pub mod datagram;
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod mux;
 pub mod record;
 
 pub use frame::{FrameError, MAX_FRAME_LEN, PREFACE_MAGIC, PROTOCOL_VERSION};

@@ -53,6 +53,9 @@ pub enum ClientMessage {
         /// besides the local ports of the forwards.
         #[serde(default)]
         vip_ports: Vec<VipPort>,
+        /// The client accepts [`StreamProtocol::Mux`] streams.
+        #[serde(default)]
+        mux: bool,
     },
     /// First message of a data connection: claims stream `stream` of a session.
     DataHello {
@@ -219,6 +222,10 @@ pub enum StreamProtocol {
     Tcp,
     /// Datagrams, framed with [`crate::datagram`].
     Udp,
+    /// Many byte streams to the target in one ([`crate::mux`] frames),
+    /// each a connection the client makes. Only to clients that said
+    /// `mux` in `register`.
+    Mux,
 }
 
 /// One requested forward: a public port of a protocol to a local target.
@@ -330,18 +337,23 @@ mod tests {
                     ClientMessage::Hello { version, spake, plaintext, software, name }
                 }),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|mac| ClientMessage::Confirm { mac }),
-            (".{0,20}", proptest::option::of("[a-z.]{1,20}"), proptest::collection::vec(arb_forward(), 0..4)).prop_map(
-                |(client_id, domain, forwards)| ClientMessage::Register {
+            (
+                ".{0,20}",
+                proptest::option::of("[a-z.]{1,20}"),
+                proptest::collection::vec(arb_forward(), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(client_id, domain, forwards, mux)| ClientMessage::Register {
                     client_id,
                     domain,
                     forwards,
+                    mux,
                     vip_ports: vec![VipPort {
                         protocol: StreamProtocol::Udp,
                         port: 53,
                         local_ip: [127, 0, 0, 1].into()
                     }],
-                }
-            ),
+                }),
             (
                 proptest::collection::vec(any::<u8>(), 16),
                 any::<u64>(),

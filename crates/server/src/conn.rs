@@ -225,8 +225,8 @@ async fn control(
     let mut writer = FrameWriter::new(wr);
     let register =
         match timed(limit, "waiting for register", reader.next()).await.map(|f| ClientMessage::from_bytes(&f)) {
-            Ok(Ok(ClientMessage::Register { client_id, domain, forwards, vip_ports })) => {
-                (client_id, domain, forwards, vip_ports)
+            Ok(Ok(ClientMessage::Register { client_id, domain, forwards, vip_ports, mux })) => {
+                (client_id, domain, forwards, vip_ports, mux)
             }
             Ok(_) => {
                 let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "expected register".into() };
@@ -235,7 +235,7 @@ async fn control(
             }
             Err(e) => return debug!(error = %e, "no register"),
         };
-    let (client_id, domain, forwards, vip_ports) = register;
+    let (client_id, domain, forwards, vip_ports, mux) = register;
     let exports = session::exports(&forwards, &vip_ports);
     if client_id.is_empty() || client_id.len() > 128 {
         let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "bad client id".into() };
@@ -297,6 +297,7 @@ async fn control(
                     a.vip,
                     peer,
                     plaintext,
+                    mux,
                     keys.take().unwrap_or_else(|| unreachable!("admitted once")),
                     out.clone(),
                     exports.clone(),

@@ -38,6 +38,8 @@ pub(crate) struct Session {
     pub(crate) vip: Ipv4Addr,
     pub(crate) remote: SocketAddr,
     pub(crate) plaintext: bool,
+    /// The client accepts multiplexed streams.
+    pub(crate) multiplex: bool,
     pub(crate) connected_at: SystemTime,
     pub(crate) keys: SessionKeys,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -88,6 +90,7 @@ impl Session {
         vip: Ipv4Addr,
         remote: SocketAddr,
         plaintext: bool,
+        multiplex: bool,
         keys: SessionKeys,
         out: mpsc::Sender<ServerMessage>,
         exports: HashMap<(StreamProtocol, u16), SocketAddr>,
@@ -102,6 +105,7 @@ impl Session {
             vip,
             remote,
             plaintext,
+            multiplex,
             connected_at: SystemTime::now(),
             keys,
             pending: Mutex::new(HashMap::new()),
@@ -182,6 +186,10 @@ pub(crate) struct SessionTunnel(pub(crate) Arc<Session>, pub(crate) Arc<Counters
 
 #[async_trait]
 impl Tunnel for SessionTunnel {
+    fn multiplexes(&self) -> bool {
+        self.0.multiplex
+    }
+
     async fn open_stream(
         &self,
         protocol: StreamProtocol,
@@ -191,6 +199,9 @@ impl Tunnel for SessionTunnel {
         let s = &self.0;
         if s.kill.is_cancelled() {
             return Err(OpenError::SessionClosed);
+        }
+        if protocol == StreamProtocol::Mux && !s.multiplex {
+            return Err(OpenError::Refused("the client cannot multiplex streams (an older opennotr)".into()));
         }
         let permit = s.streams.clone().try_acquire_owned().map_err(|_| OpenError::TooManyStreams)?;
         let stream = s.next_stream.fetch_add(1, Ordering::Relaxed);

@@ -66,7 +66,7 @@ pub(crate) fn setup(cfg: &ServerConfig) -> Result<Option<Setup>, String> {
 
 pub(crate) fn proto(p: StreamProtocol) -> Proto {
     match p {
-        StreamProtocol::Tcp => Proto::Tcp,
+        StreamProtocol::Tcp | StreamProtocol::Mux => Proto::Tcp,
         StreamProtocol::Udp => Proto::Udp,
     }
 }

@@ -112,6 +112,14 @@ impl TunnelStream {
         self
     }
 
+    /// Stops counting this stream and hands its counters over (to the
+    /// multiplexed streams it carries, which count themselves).
+    pub fn take_counters(&mut self) -> Option<Arc<Counters>> {
+        let c = self.counters.take()?;
+        c.open.fetch_sub(1, Ordering::Relaxed);
+        Some(c)
+    }
+
     /// The channel underneath.
     pub fn channel(&self) -> &Channel {
         &self.chan

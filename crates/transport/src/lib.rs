@@ -12,6 +12,7 @@
 pub mod accept;
 pub mod channel;
 pub mod framed;
+pub mod mux;
 pub mod relay;
 pub mod secure;
 
