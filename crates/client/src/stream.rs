@@ -106,6 +106,7 @@ async fn serve_mux(link: &Link, stream: u64, target: std::net::SocketAddr, kill:
         Ok(c) => c,
         Err(e) => return debug!(error = %e, "cannot open a data channel to the server"),
     };
+    opennotr_transport::limit_unsent(chan.tcp(), opennotr_transport::mux::CARRIER_UNSENT);
     let (mux, mut incoming) = Mux::acceptor(chan);
     let timeout = link.timeout;
     loop {

@@ -816,6 +816,7 @@ impl Pool {
             Muxing::None => {}
         }
         let mut carrier = open_upstream(up, StreamProtocol::Mux, peer, name).await?;
+        opennotr_transport::limit_unsent(carrier.channel().tcp(), opennotr_transport::mux::CARRIER_UNSENT);
         let counters = carrier.take_counters();
         let mux = Mux::opener(carrier, counters);
         let stream = mux.open().map_err(|e| Page::unavailable(format!("client not connected: {name}: {e}")))?;

@@ -27,3 +27,25 @@ pub fn tune_tcp(s: &tokio::net::TcpStream) {
     // bulk transfers write 64 KiB at a time, so they lose nothing.
     let _ = s.set_nodelay(true);
 }
+
+/// Keeps at most `bytes` not yet sent in the kernel's queue of `s`
+/// (`TCP_NOTSENT_LOWAT`; bytes in flight are not counted): a multiplexed
+/// connection's writer then keeps the rest in its own queues, where the
+/// streams take turns, instead of behind one another in the kernel's.
+pub fn limit_unsent(s: &tokio::net::TcpStream, bytes: u32) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+    let _ = socket2::SockRef::from(s).set_tcp_notsent_lowat(bytes);
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+    let _ = (s, bytes);
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[tokio::test]
+    async fn unsent_bytes_are_limited() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        super::limit_unsent(&s, 128 * 1024);
+        assert_eq!(socket2::SockRef::from(&s).tcp_notsent_lowat().unwrap(), 128 * 1024);
+    }
+}

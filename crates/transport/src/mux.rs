@@ -25,6 +25,11 @@ use crate::Counters;
 
 /// Streams one multiplexed connection carries at once, at most.
 pub const MAX_STREAMS: usize = 1024;
+/// Unsent bytes a carrier's socket may hold ([`crate::limit_unsent`]):
+/// enough to keep a fast link busy between two writes, little enough that
+/// a small exchange is not queued behind a large one for long.
+pub const CARRIER_UNSENT: u32 = 128 * 1024;
+
 /// Bytes of one stream per turn in a write.
 pub const QUANTUM: usize = 16 * 1024;
 /// A write stops taking turns at this size.
