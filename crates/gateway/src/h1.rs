@@ -620,8 +620,9 @@ where
         if done {
             return true;
         }
-        if ubuf.capacity() - ubuf.len() < 4096 {
-            ubuf.reserve(16 * 1024);
+        // Large bodies move in reads (and visitor writes) of up to 64 KiB.
+        if ubuf.capacity() - ubuf.len() < 16 * 1024 {
+            ubuf.reserve(64 * 1024);
         }
         match stream.read_buf(ubuf).await {
             Ok(0) => return framing == Framing::Close,
