@@ -511,6 +511,19 @@ def wrk(url, secs, conns, threads):
     return r
 
 
+DOWNLOAD_SIZE = 512 << 20
+
+
+def download(url):
+    """One large response through a path: curl's average speed, MB/s."""
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}",
+                          "-H", f"Host: {GW_DOMAIN}", url], capture_output=True, text=True, timeout=300)
+    speed, size = out.stdout.split()
+    if int(float(size)) != DOWNLOAD_SIZE:
+        raise RuntimeError(f"downloaded {size} bytes of {DOWNLOAD_SIZE}: {out.stderr.strip()}")
+    return {"mbps": float(speed) / 1e6}
+
+
 def h2load(port, secs, conns, streams, tmp):
     log = os.path.join(tmp, f"h2load-{port}.log")
     out = subprocess.run(["h2load", "-t", "2", "-c", str(conns), "-m", str(streams), "-D", str(secs),
@@ -554,6 +567,8 @@ def gateway_suite(release, bins, args, tmp):
     os.makedirs(www, exist_ok=True)
     with open(os.path.join(www, "index.html"), "wb") as f:
         f.write(b"x" * (BODY_SIZE - 1) + b"\n")
+    with open(os.path.join(www, "big.bin"), "wb") as f:
+        f.truncate(DOWNLOAD_SIZE)
     procs = Procs()
     results = []
 
@@ -582,11 +597,11 @@ def gateway_suite(release, bins, args, tmp):
             if not ok:
                 row["error"] = got[-1].get("error", "no result")
             else:
-                for k in ("rps", "p50", "p99"):
+                for k in ("rps", "p50", "p99", "mbps"):
                     vals = sorted(r[k] for r in ok if k in r)
                     if vals:
                         row[k] = vals[len(vals) // 2]
-                row["rounds"] = [r.get("rps") for r in ok]
+                row["rounds"] = [r.get("rps", r.get("mbps")) for r in ok]
             results.append(row)
 
     try:
@@ -725,6 +740,13 @@ forwards:
             lambda: wrk(f"https://127.0.0.1:{fronts['tcp'][1]}/", secs, conns, t))
         run("nginx TLS + rathole tls", "https",
             lambda: wrk(f"https://127.0.0.1:{fronts['tls'][1]}/", secs, conns, t))
+        big = "big.bin"
+        run("direct", "download", lambda: download(f"http://127.0.0.1:{svc}/{big}"))
+        run("opennotr gateway", "download", lambda: download(f"http://127.0.0.1:{gws['enc'][0]}/{big}"))
+        run("opennotr gateway, plaintext tunnel", "download",
+            lambda: download(f"http://127.0.0.1:{gws['plain'][0]}/{big}"))
+        run("nginx + rathole tcp", "download", lambda: download(f"http://127.0.0.1:{fronts['tcp'][0]}/{big}"))
+        run("nginx + rathole tls", "download", lambda: download(f"http://127.0.0.1:{fronts['tls'][0]}/{big}"))
         c2, m2 = args.h2_connections, args.h2_streams
         run("direct", "h2c", lambda: h2load(svc_h2c, secs, c2, m2, tmp))
         run("opennotr gateway", "h2c", lambda: h2load(gws["enc"][2], secs, c2, m2, tmp))
@@ -770,6 +792,8 @@ def gateway_report(results, meta):
     def ratio(r, b):
         return f"{r['rps'] / b['rps']:.2f}×" if b and b is not r else "—"
 
+    downloads = [r for r in results if r["kind"] == "download"]
+    results = [r for r in results if r["kind"] != "download"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['kind']} | {r['name']} | error: {r['error']} | | | | |")
@@ -779,6 +803,22 @@ def gateway_report(results, meta):
             bad = f" ({r.get('non2xx', 0)} non-2xx, {r.get('failed', 0)} failed)"
         lines.append(f"| {r['kind']} | {r['name']} | {r['rps']:.0f}{bad} | {r.get('p50', 0):.2f} ms | "
                      f"{r.get('p99', 0):.2f} ms | {ratio(r, tcp.get(r['kind']))} | {ratio(r, tls.get(r['kind']))} |")
+    if downloads:
+        lines += ["", f"One {DOWNLOAD_SIZE >> 20} MiB response (nginx serving a file) through each path, "
+                  "`curl -o /dev/null`, average speed; medians of the rounds.", "",
+                  "| path | MB/s | vs rathole tcp | vs rathole tls |", "|---|---|---|---|"]
+        base = {k: next((r for r in downloads if k in r["name"] and "error" not in r), None)
+                for k in ("rathole tcp", "rathole tls")}
+
+        def dl_ratio(r, b):
+            return f"{r['mbps'] / b['mbps']:.2f}×" if b and b is not r else "—"
+
+        for r in downloads:
+            if "error" in r:
+                lines.append(f"| {r['name']} | error: {r['error']} | | |")
+                continue
+            lines.append(f"| {r['name']} | {r['mbps']:.0f} | {dl_ratio(r, base['rathole tcp'])} | "
+                         f"{dl_ratio(r, base['rathole tls'])} |")
     return "\n".join(lines) + "\n"
 
 
