@@ -169,11 +169,12 @@ where
         out.extend_from_slice(&buf[..planned.body_len]);
         buf.advance(planned.body_len);
 
-        let up = planned.upstream.clone();
         let mut answered = false;
         let result = tokio::select! {
             r = exchange(&mut visitor, peer, &planned, &mut out, &mut ubuf, settings, shutdown, &mut answered) => r,
-            _ = up.kill.cancelled() => Err(Page::unavailable(format!("client not connected: {}", planned.name))),
+            _ = planned.upstream.kill.cancelled() => {
+                Err(Page::unavailable(format!("client not connected: {}", planned.name)))
+            }
         };
         let (status, keep) = match result {
             Ok(done) => done,

@@ -685,9 +685,10 @@ pub(crate) struct Pool {
     routes: std::sync::Mutex<Routes>,
     /// Each route's multiplexed connection, for the direct path.
     muxes: std::sync::Mutex<std::collections::HashMap<PoolKey, Muxed>>,
-    /// Held while a multiplexed connection is being opened, so that
-    /// concurrent first requests make one, not one each.
-    opening: tokio::sync::Mutex<()>,
+    /// Per route, held while its multiplexed connection is being opened,
+    /// so that concurrent first requests make one, not one each (and a
+    /// slow client delays only its own routes). Gone once it is open.
+    opening: std::sync::Mutex<std::collections::HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 enum Muxing {
@@ -713,7 +714,7 @@ impl Pool {
         Pool {
             routes: std::sync::Mutex::new(Routes { entries: Default::default(), sweeper: false }),
             muxes: Default::default(),
-            opening: tokio::sync::Mutex::new(()),
+            opening: Default::default(),
         }
     }
 
@@ -809,12 +810,28 @@ impl Pool {
             Muxing::Full => return plain().await.map(UpStream::Plain),
             Muxing::None => {}
         }
-        let _opening = self.opening.lock().await;
+        let gate = self.opening.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        let _opening = gate.lock().await;
         match self.open_muxed(key) {
             Muxing::Stream(s) => return Ok(s),
             Muxing::Full => return plain().await.map(UpStream::Plain),
             Muxing::None => {}
         }
+        let opened = self.open_mux(key, up, peer, name).await;
+        // Whoever waits already holds the gate and then finds the new
+        // connection; after a failure the next request tries again.
+        self.opening.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        opened
+    }
+
+    /// Opens the route's multiplexed connection and a first stream on it.
+    async fn open_mux(
+        self: &Arc<Self>,
+        key: &PoolKey,
+        up: &Upstream,
+        peer: SocketAddr,
+        name: &str,
+    ) -> Result<UpStream, Page> {
         let mut carrier = open_upstream(up, StreamProtocol::Mux, peer, name).await?;
         opennotr_transport::limit_unsent(carrier.channel().tcp(), opennotr_transport::mux::CARRIER_UNSENT);
         let counters = carrier.take_counters();
@@ -888,6 +905,8 @@ impl Pool {
     }
 
     fn sweep(&self) {
+        // Gates left by a request dropped while it opened a connection.
+        self.opening.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, g| Arc::strong_count(g) > 1);
         // A multiplexed connection nobody used for the idle timeout (its
         // route went, or it has no traffic) is closed; the next request
         // opens a new one.

@@ -456,9 +456,8 @@ impl AsyncRead for MuxStream {
         let mut notify = false;
         let r = {
             let mut guard = self.shared.lock();
-            let st = &mut *guard;
-            let closed = st.closed.clone();
-            let Some(s) = st.streams.get_mut(&self.id) else {
+            let State { ctrl, ready, streams, closed, .. } = &mut *guard;
+            let Some(s) = streams.get_mut(&self.id) else {
                 return Poll::Ready(Err(reset_error("stream gone")));
             };
             if !s.inbuf.is_empty() {
@@ -472,8 +471,8 @@ impl AsyncRead for MuxStream {
                 if s.unacked >= wire::INITIAL_WINDOW / 2 && !s.fin_in {
                     let inc = std::mem::take(&mut s.unacked);
                     s.recv_window += inc;
-                    notify = st.idle();
-                    wire::encode_window(&mut st.ctrl, self.id, inc);
+                    notify = ctrl.is_empty() && ready.is_empty();
+                    wire::encode_window(ctrl, self.id, inc);
                 }
                 Poll::Ready(Ok(()))
             } else if let Some(why) = &s.reset {
@@ -481,7 +480,7 @@ impl AsyncRead for MuxStream {
             } else if s.fin_in {
                 Poll::Ready(Ok(()))
             } else if let Some(why) = closed {
-                Poll::Ready(Err(reset_error(&why)))
+                Poll::Ready(Err(reset_error(why)))
             } else {
                 s.read_waker = Some(cx.waker().clone());
                 Poll::Pending
