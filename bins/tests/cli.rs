@@ -486,6 +486,26 @@ fn client_without_server_retries_and_stops_on_sigterm() {
     assert_eq!(st.code(), Some(0), "client after SIGTERM: {st:?}");
 }
 
+/// The `workers` keys of the commented examples, uncommented, set how many
+/// threads each program runs (as the runtime itself counts them).
+#[test]
+fn workers_keys_set_the_runtime_threads() {
+    let workers = |p: &Proc| {
+        let line = p.lines(Src::Err).into_iter().find_map(|l| json_fields(&l, "runtime started"));
+        line.unwrap_or_else(|| panic!("no `runtime started` line:\n{}", p.transcript()))["workers"].as_u64()
+    };
+    let dir = TempDir::new("workers");
+    let yaml = replace_once(&example_server_yaml(), "# workers: 2", "workers: 3");
+    let (server, addr) = start_server(&dir, &dir.write("opennotrd.yaml", yaml));
+    assert_eq!(workers(&server), Some(3));
+
+    let c = replace_once(&read_etc("opennotr.yaml"), "127.0.0.1:10100", &addr.to_string());
+    let mut client = start_client(&dir, &dir.write("opennotr.yaml", replace_once(&c, "# workers: 1", "workers: 1")));
+    read_registration(&mut client, 2);
+    assert_eq!(workers(&client), Some(1));
+    shut_down(server, client);
+}
+
 /// One byte through an open connection to the tcp echo.
 fn round_trip(s: &mut TcpStream, b: u8) {
     s.write_all(&[b]).unwrap();

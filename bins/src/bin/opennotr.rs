@@ -42,7 +42,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     opennotr_cli::init_tracing(args.log_level.as_deref(), args.log_json);
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match opennotr_cli::runtime(cfg.workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("opennotr: cannot start the runtime: {e}");

@@ -37,6 +37,19 @@ pub fn init_tracing(level: Option<&str>, json: bool) {
     }
 }
 
+/// The async runtime both programs run on: `workers` threads (the config
+/// file's `workers` key), else tokio's default, which reads
+/// `TOKIO_WORKER_THREADS` and falls back to one thread per core.
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let rt = builder.enable_all().build()?;
+    info!(workers = rt.metrics().num_workers(), "runtime started");
+    Ok(rt)
+}
+
 /// A token cancelled on the first SIGINT or SIGTERM; a second one exits at
 /// once with status 130.
 pub fn shutdown_on_signals() -> CancellationToken {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::server::check_keepalive;
-use crate::util::{dns_name, duration, host_port, is_plugin_name, PortMap, Seconds};
+use crate::util::{dns_name, duration, host_port, is_plugin_name, workers, PortMap, Seconds};
 use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret, VipPortConfig};
 
 #[derive(Deserialize, Default)]
@@ -25,6 +25,7 @@ struct RawFile {
     handshake_timeout: Option<Seconds>,
     reconnect_max_delay: Option<Seconds>,
     vip_ports: Option<Vec<RawVipPort>>,
+    workers: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +120,7 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
         keepalive_timeout,
         handshake_timeout: duration("handshakeTimeout", raw.handshake_timeout, Duration::from_secs(10))?,
         reconnect_max_delay: duration("reconnectMaxDelay", raw.reconnect_max_delay, Duration::from_secs(30))?,
+        workers: workers("workers", raw.workers)?,
     })
 }
 

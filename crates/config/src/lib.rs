@@ -180,6 +180,9 @@ pub struct ServerSection {
     pub connect_timeout: Duration,
     /// `server.shutdownGrace` seconds (default 10).
     pub shutdown_grace: Duration,
+    /// `server.workers`: threads of the async runtime; `None` = tokio's
+    /// default (`TOKIO_WORKER_THREADS`, else one per core).
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +248,8 @@ pub struct ClientConfig {
     /// `vipPorts`: ports reachable only at the client's virtual IP, on the
     /// server host, besides the local ports of its forwards.
     pub vip_ports: Vec<VipPortConfig>,
+    /// `workers`: threads of the async runtime; `None` = tokio's default.
+    pub workers: Option<usize>,
 }
 
 /// One entry of `vipPorts`.

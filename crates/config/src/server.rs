@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::util::{dns_name, duration, is_plugin_name, positive, Seconds};
+use crate::util::{dns_name, duration, is_plugin_name, positive, workers, Seconds};
 use crate::{yaml, ConfigError, DhcpSection, DnsSection, Limits, Secret, ServerConfig, ServerSection};
 
 // Raw shapes of the file. Every field is optional so that a missing required
@@ -74,6 +74,7 @@ struct RawServer {
     keepalive_timeout: Option<Seconds>,
     connect_timeout: Option<Seconds>,
     shutdown_grace: Option<Seconds>,
+    workers: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -211,6 +212,7 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         keepalive_timeout,
         connect_timeout: duration("server.connectTimeout", s.connect_timeout, Duration::from_secs(10))?,
         shutdown_grace: duration("server.shutdownGrace", s.shutdown_grace, Duration::from_secs(10))?,
+        workers: workers("server.workers", s.workers)?,
     };
 
     let dhcp = dhcp(raw.dhcp.unwrap_or_default())?;

@@ -62,6 +62,20 @@ pub(crate) fn positive(key: &str, value: Option<u64>, default: usize) -> Result<
     }
 }
 
+/// Most runtime threads a `workers` key takes: far beyond any core count,
+/// low enough that a typo (`workers: 40000`) is caught before start-up.
+const MAX_WORKERS: u64 = 1024;
+
+/// An optional `workers` key: threads of the async runtime, `None` = tokio's
+/// default (`TOKIO_WORKER_THREADS`, else one per core).
+pub(crate) fn workers(key: &str, value: Option<u64>) -> Result<Option<usize>, ConfigError> {
+    match value {
+        Some(n) if n > MAX_WORKERS => Err(ConfigError::invalid(key, format!("{n} threads; at most {MAX_WORKERS}"))),
+        Some(n) => positive(key, Some(n), 0).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Checks and lowercases a DNS name. One trailing dot (absolute form) is
 /// dropped so `example.com.` and `example.com` mean the same zone.
 pub(crate) fn dns_name(s: &str) -> Result<String, String> {

@@ -191,6 +191,13 @@ fn server_values() {
 
     let cfg = parse_server(&SERVER.replace("authKey", "allowPlaintext: true\n  authKey")).expect("flag");
     assert!(cfg.server.allow_plaintext);
+    assert_eq!(cfg.server.workers, None);
+    let cfg = parse_server(&SERVER.replace("authKey", "workers: 2\n  authKey")).expect("workers");
+    assert_eq!(cfg.server.workers, Some(2));
+    for bad in ["0", "1025", "-1", "1.5", "two"] {
+        let file = SERVER.replace("authKey", &format!("workers: {bad}\n  authKey"));
+        assert_eq!(err_key(parse_server(&file)), "server.workers", "{bad}");
+    }
 
     assert_eq!(err_key(server_with("plugin:\n  tcp: 5\n")), "plugin.tcp");
     assert_eq!(err_key(server_with("plugin:\n  tcp: '[1]'\n")), "plugin.tcp");
@@ -270,6 +277,11 @@ fn client_values() {
     assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: {1: 1.5}\n")), "forwards[0].ports");
     assert_eq!(err_key(client_with("forwards:\n  - protocol: tcp\n    ports: {1: \" 2\"}\n")), "forwards[0].ports");
     assert_eq!(err_key(client_with("domain: \"a..b\"\n")), "domain");
+
+    assert_eq!(client_with("").expect("default").workers, None);
+    assert_eq!(client_with("workers: 1\n").expect("workers").workers, Some(1));
+    assert_eq!(err_key(client_with("workers: 0\n")), "workers");
+    assert_eq!(err_key(client_with("workers: 100000\n")), "workers");
 }
 
 #[test]

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         }
     };
     opennotr_cli::init_tracing(args.log_level.as_deref(), args.log_json);
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match opennotr_cli::runtime(cfg.as_ref().and_then(|c| c.server.workers)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("opennotrd: cannot start the runtime: {e}");
