@@ -19,7 +19,8 @@
 //!
 //! Each side may send [`INITIAL_WINDOW`] bytes of a stream before it gets
 //! `WINDOW` frames for it, so a visitor that reads slowly stalls its own
-//! stream and never the others.
+//! stream and never the others. A receiver may grant more than it consumed:
+//! that is how a stream's window grows.
 
 use thiserror::Error;
 
@@ -29,11 +30,11 @@ pub const HEADER_LEN: usize = 9;
 pub const MAX_DATA: usize = 64 * 1024;
 /// Largest `RESET` reason.
 pub const MAX_REASON: usize = 1024;
-/// Bytes of a stream either side may send before any `WINDOW` frame. A
-/// stream moves at most a window per round trip of `WINDOW` frames, and
-/// 256 KiB held downloads through the gateway to two thirds of a data
-/// channel's speed on loopback.
-pub const INITIAL_WINDOW: u32 = 2 * 1024 * 1024;
+/// Bytes of a stream either side may send before any `WINDOW` frame, as
+/// in HTTP/2. It bounds what a stream whose reader stalls holds at the
+/// receiver; receivers grow the window of streams that need more (a
+/// stream moves at most a window per round trip of `WINDOW` frames).
+pub const INITIAL_WINDOW: u32 = 64 * 1024;
 
 /// Frame kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

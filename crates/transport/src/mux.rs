@@ -7,6 +7,13 @@
 //! [`QUANTUM`] of each in turn, so a large transfer shares the connection
 //! with small exchanges instead of queueing them behind it. Each stream
 //! has a window both ways, so a stream whose reader stalls stalls alone.
+//!
+//! What one connection can make this side hold is bounded: a stream's
+//! window starts at [`wire::INITIAL_WINDOW`] and grows, up to
+//! [`MAX_WINDOW`], only while its reader keeps up and the window is what
+//! holds the sender back, and only within [`GROWTH_BUDGET`] for all the
+//! connection's streams; what a stream may queue for sending is capped at
+//! [`MAX_WINDOW`] whatever window the peer grants.
 
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +41,14 @@ pub const CARRIER_UNSENT: u32 = 128 * 1024;
 pub const QUANTUM: usize = 16 * 1024;
 /// A write stops taking turns at this size.
 const BATCH: usize = 256 * 1024;
+/// Largest receive window a stream grows to, and most bytes one stream
+/// queues for sending.
+pub const MAX_WINDOW: u32 = 4 * 1024 * 1024;
+/// How far the windows of one connection's streams may grow beyond
+/// [`wire::INITIAL_WINDOW`], together: with [`MAX_STREAMS`] streams whose
+/// readers all stall, this side holds at most 64 MiB of their initial
+/// windows plus this.
+pub const GROWTH_BUDGET: usize = 64 * 1024 * 1024;
 
 #[derive(Debug)]
 struct Slot {
@@ -50,6 +65,11 @@ struct Slot {
     send_window: u32,
     /// Bytes the peer may still send.
     recv_window: u32,
+    /// The receive window this side keeps granting: unread plus unsent
+    /// bytes of the peer's, at most.
+    window: u32,
+    /// The peer came near the end of its window since the last WINDOW.
+    starved: bool,
     /// Bytes read here and not yet announced with WINDOW.
     unacked: u32,
     /// Bytes written here, waiting for the writer task.
@@ -74,12 +94,37 @@ impl Slot {
             write_waker: None,
             send_window: wire::INITIAL_WINDOW,
             recv_window: wire::INITIAL_WINDOW,
+            window: wire::INITIAL_WINDOW,
+            starved: false,
             unacked: 0,
             outq: BytesMut::new(),
             fin_queued: false,
             queued: false,
             detached: false,
         }
+    }
+
+    /// After a read: the increment to announce with WINDOW, once half the
+    /// window has been read. `grown` is the connection's growth so far.
+    fn grant(&mut self, grown: &mut usize) -> Option<u32> {
+        if self.unacked < self.window / 2 || self.fin_in {
+            return None;
+        }
+        let mut inc = std::mem::take(&mut self.unacked);
+        // The peer nearly ran out of window while this reader kept up: the
+        // window holds the stream back, not the reader, so it doubles. A
+        // reader that falls behind has bytes waiting here and gets no more.
+        if self.starved && self.inbuf.len() <= self.window as usize / 4 && self.window < MAX_WINDOW {
+            let more = self.window.min(MAX_WINDOW - self.window);
+            if *grown + more as usize <= GROWTH_BUDGET {
+                *grown += more as usize;
+                self.window += more;
+                inc += more;
+            }
+        }
+        self.starved = false;
+        self.recv_window += inc;
+        Some(inc)
     }
 
     fn wake(&mut self, wakers: &mut Vec<Waker>) {
@@ -98,6 +143,8 @@ struct State {
     /// Why the connection is gone, once it is.
     closed: Option<String>,
     next_id: u32,
+    /// Sum of the streams' windows beyond the initial one.
+    grown: usize,
 }
 
 #[derive(Debug)]
@@ -124,9 +171,17 @@ impl State {
         idle
     }
 
+    /// Forgets a stream, and what its window took of the growth budget.
+    fn remove(&mut self, id: u32) {
+        if let Some(s) = self.streams.remove(&id) {
+            self.grown -= (s.window - wire::INITIAL_WINDOW) as usize;
+        }
+    }
+
     /// Takes the next write: control frames, then turns of the streams'
-    /// bytes. False when there is nothing.
-    fn take_batch(&mut self, batch: &mut Vec<u8>) -> bool {
+    /// bytes. False when there is nothing. Writers waiting for room in
+    /// their queue go to `wakers`.
+    fn take_batch(&mut self, batch: &mut Vec<u8>, wakers: &mut Vec<Waker>) -> bool {
         batch.append(&mut self.ctrl);
         while batch.len() < BATCH {
             let Some(id) = self.ready.pop_front() else { break };
@@ -139,6 +194,9 @@ impl State {
                 let n = s.outq.len().min(QUANTUM);
                 wire::encode(batch, id, Kind::Data, &s.outq[..n]);
                 s.outq.advance(n);
+                if s.outq.len() <= MAX_WINDOW as usize / 2 {
+                    wakers.extend(s.write_waker.take());
+                }
             }
             if !s.outq.is_empty() {
                 self.ready.push_back(id);
@@ -150,7 +208,7 @@ impl State {
                 wire::encode(batch, id, Kind::Fin, &[]);
             }
             if s.detached {
-                self.streams.remove(&id);
+                self.remove(id);
             }
         }
         !batch.is_empty()
@@ -337,6 +395,7 @@ fn on_frame(
                 return Err(format!("stream {}: data beyond its window or end", h.id));
             }
             s.recv_window -= len;
+            s.starved |= s.recv_window <= s.window / 4;
             if s.reset.is_none() {
                 s.inbuf.extend_from_slice(payload);
                 wakers.extend(s.read_waker.take());
@@ -369,6 +428,7 @@ fn on_frame(
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(64 * 1024);
+    let mut wakers = Vec::new();
     let mut more = false;
     loop {
         if !more {
@@ -382,12 +442,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, shared: Arc<Shared>) {
             if st.closed.is_some() {
                 break;
             }
-            if !st.take_batch(&mut batch) {
+            if !st.take_batch(&mut batch, &mut wakers) {
                 more = false;
                 continue;
             }
             more = !st.idle();
         }
+        wakers.drain(..).for_each(Waker::wake);
         if let Err(e) = async { wr.write_all(&batch).await.and(wr.flush().await) }.await {
             shared.close(format!("the tunnel stream failed: {e}"));
             break;
@@ -456,7 +517,7 @@ impl AsyncRead for MuxStream {
         let mut notify = false;
         let r = {
             let mut guard = self.shared.lock();
-            let State { ctrl, ready, streams, closed, .. } = &mut *guard;
+            let State { ctrl, ready, streams, closed, grown, .. } = &mut *guard;
             let Some(s) = streams.get_mut(&self.id) else {
                 return Poll::Ready(Err(reset_error("stream gone")));
             };
@@ -468,9 +529,7 @@ impl AsyncRead for MuxStream {
                     c.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 s.unacked += n as u32;
-                if s.unacked >= wire::INITIAL_WINDOW / 2 && !s.fin_in {
-                    let inc = std::mem::take(&mut s.unacked);
-                    s.recv_window += inc;
+                if let Some(inc) = s.grant(grown) {
                     notify = ctrl.is_empty() && ready.is_empty();
                     wire::encode_window(ctrl, self.id, inc);
                 }
@@ -514,8 +573,10 @@ impl AsyncWrite for MuxStream {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
             // The window bounds what a stream queues here too: its bytes
-            // wait in this queue or in the peer's buffer, never more.
-            let room = s.send_window as usize;
+            // wait in this queue or in the peer's buffer, never more; and
+            // a peer that grants windows without reading the connection
+            // still gets no more than MAX_WINDOW queued.
+            let room = (s.send_window as usize).min((MAX_WINDOW as usize).saturating_sub(s.outq.len()));
             if room == 0 {
                 s.write_waker = Some(cx.waker().clone());
                 return Poll::Pending;
@@ -567,18 +628,18 @@ impl Drop for MuxStream {
             let closed = st.closed.is_some();
             let Some(s) = st.streams.get_mut(&self.id) else { return };
             if s.reset.is_some() || closed {
-                st.streams.remove(&self.id);
+                st.remove(self.id);
                 false
             } else if s.fin_in && s.fin_out {
                 // A clean close: what is still queued goes out first.
                 if s.queued {
                     s.detached = true;
                 } else {
-                    st.streams.remove(&self.id);
+                    st.remove(self.id);
                 }
                 false
             } else {
-                st.streams.remove(&self.id);
+                st.remove(self.id);
                 self.shared.queue(&mut st, self.id, Kind::Reset, b"")
             }
         };
@@ -692,6 +753,107 @@ mod tests {
         writer.await.unwrap();
     }
 
+    /// A transfer whose reader keeps up grows its window (fewer round trips
+    /// of WINDOW frames); the connection gets the growth back when the
+    /// stream goes.
+    #[tokio::test]
+    async fn a_fast_reader_grows_its_window_and_gives_it_back() {
+        let (opener, acceptor, mut incoming) = pair();
+        let mut a = opener.open().unwrap();
+        let data = vec![5u8; 16 * 1024 * 1024];
+        let writer = tokio::spawn(async move {
+            a.write_all(&data).await.unwrap();
+            a.shutdown().await.unwrap();
+            a
+        });
+        let mut r = incoming.recv().await.unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 16 * 1024 * 1024);
+        let (window, grown) = {
+            let st = acceptor.shared.lock();
+            (st.streams[&r.id].window, st.grown)
+        };
+        assert!(window > wire::INITIAL_WINDOW && window <= MAX_WINDOW, "window {window}");
+        assert_eq!(grown, (window - wire::INITIAL_WINDOW) as usize);
+        drop(r);
+        drop(writer.await.unwrap());
+        assert_eq!(acceptor.shared.lock().grown, 0);
+    }
+
+    /// When a window grows: only once half of it was read, only if the
+    /// peer nearly used it up while little waits unread, by doubling, up
+    /// to MAX_WINDOW and within the connection's budget.
+    #[test]
+    fn windows_grow_only_for_readers_that_keep_up() {
+        let slot = |starved: bool, unread: usize| {
+            let mut s = Slot::new();
+            s.recv_window = 0;
+            s.unacked = wire::INITIAL_WINDOW - unread as u32;
+            s.inbuf.extend_from_slice(&vec![0u8; unread]);
+            s.starved = starved;
+            s
+        };
+        let w = wire::INITIAL_WINDOW;
+        let mut grown = 0;
+        // Kept up with a sender the window held back: doubles.
+        let mut s = slot(true, 0);
+        assert_eq!(s.grant(&mut grown), Some(2 * w));
+        assert_eq!((s.window, s.recv_window, grown, s.starved), (2 * w, 2 * w, w as usize, false));
+        // Behind: half the window still unread.
+        let mut grown = 0;
+        let mut s = slot(true, w as usize / 2);
+        assert_eq!(s.grant(&mut grown), Some(w / 2));
+        assert_eq!((s.window, grown), (w, 0));
+        // The sender had window to spare: it is not the limit.
+        assert_eq!(slot(false, 0).grant(&mut grown), Some(w));
+        // Not half read yet: nothing to announce.
+        let mut s = slot(true, 0);
+        s.unacked = w / 2 - 1;
+        assert_eq!(s.grant(&mut grown), None);
+        // The budget is spent.
+        let mut grown = GROWTH_BUDGET;
+        let mut s = slot(true, 0);
+        assert_eq!(s.grant(&mut grown), Some(w));
+        assert_eq!(s.window, w);
+        // At the cap.
+        let mut grown = 0;
+        let mut s = slot(true, 0);
+        s.window = MAX_WINDOW;
+        s.unacked = MAX_WINDOW;
+        assert_eq!(s.grant(&mut grown), Some(MAX_WINDOW));
+        assert_eq!((s.window, grown), (MAX_WINDOW, 0));
+    }
+
+    /// A peer that grants a huge window and stops reading the connection
+    /// gets no more than MAX_WINDOW of a stream queued here (plus what the
+    /// writer task already took).
+    #[tokio::test]
+    async fn a_peer_granting_without_reading_cannot_grow_the_queue() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let opener = Mux::opener(a, None);
+        let mut s = opener.open().unwrap();
+        let mut open = [0u8; wire::HEADER_LEN];
+        b.read_exact(&mut open).await.unwrap();
+        let mut grant = Vec::new();
+        wire::encode_window(&mut grant, s.id, 1 << 30);
+        b.write_all(&grant).await.unwrap();
+        while opener.shared.lock().streams[&s.id].send_window <= wire::INITIAL_WINDOW {
+            tokio::task::yield_now().await;
+        }
+        let big = vec![1u8; 2 * MAX_WINDOW as usize];
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sent = 0;
+        for _ in 0..8 {
+            while let Poll::Ready(n) = Pin::new(&mut s).poll_write(&mut cx, &big[sent..]) {
+                sent += n.unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(sent >= MAX_WINDOW as usize && sent <= MAX_WINDOW as usize + BATCH, "queued {sent}");
+        assert!(opener.shared.lock().streams[&s.id].outq.len() <= MAX_WINDOW as usize);
+    }
+
     /// A write takes turns: a small exchange queued behind a large
     /// transfer goes out in the first write, not after the transfer.
     #[test]
@@ -706,7 +868,7 @@ mod tests {
         st.streams.get_mut(&2).unwrap().fin_queued = true;
         st.enqueue(2);
         let mut batch = Vec::new();
-        assert!(st.take_batch(&mut batch));
+        assert!(st.take_batch(&mut batch, &mut Vec::new()));
         let mut frames = Vec::new();
         let mut rest = &batch[..];
         while let Some(h) = wire::decode(rest).unwrap() {
@@ -718,7 +880,7 @@ mod tests {
         // Everything else of stream 1 follows, in turns of QUANTUM.
         let mut total: usize = frames.iter().filter(|f| f.0 == 1).map(|f| f.2).sum();
         batch.clear();
-        while st.take_batch(&mut batch) {
+        while st.take_batch(&mut batch, &mut Vec::new()) {
             let mut rest = &batch[..];
             while let Some(h) = wire::decode(rest).unwrap() {
                 assert_eq!((h.id, h.kind), (1, Kind::Data));
@@ -741,7 +903,8 @@ mod tests {
         let mut r = incoming.recv().await.unwrap();
         let mut nothing = Vec::new();
         r.read_to_end(&mut nothing).await.unwrap();
-        let data: Vec<u8> = (0..200 * 1024).map(|i| (i % 253) as u8).collect();
+        // All of it fits the window: it is queued when `r` goes.
+        let data: Vec<u8> = (0..wire::INITIAL_WINDOW as usize - 7).map(|i| (i % 253) as u8).collect();
         r.write_all(&data).await.unwrap();
         r.shutdown().await.unwrap();
         drop(r);
