@@ -361,6 +361,70 @@ async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
     .await;
 }
 
+/// `server.authKeyDomains` limits what clients of the shared key may claim
+/// (named clients keep their own lists); a reload that narrows it closes
+/// the shared-key sessions it no longer allows, never one whose domain the
+/// server picked.
+#[tokio::test]
+async fn auth_key_domains_limit_what_the_shared_key_claims() {
+    run_test(async {
+        let dir = std::env::temp_dir().join(format!("opennotr-keydomains-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("notrd.yaml");
+        let spec = spec();
+        let with = |list: &str| spec.yaml().replacen("  domain: ", &format!("  authKeyDomains: {list}\n  domain: "), 1);
+        std::fs::write(&path, with(&format!("[\"*.apps.{ZONE}\", \"www.example.com\"]"))).expect("write config");
+        let cfg = opennotr_config::load_server(&path).expect("config");
+        let server = TestServer::start_with(cfg, &builtin_plugins()).await;
+        server.handle.set_config_path(path.clone());
+        let admin = server.admin.expect("admin");
+
+        let mut app = TestClient::start(&ClientSpec::new(server.addr).domain(&format!("one.apps.{ZONE}")));
+        let mut www = TestClient::start(&ClientSpec::new(server.addr).domain("WWW.example.com"));
+        let mut picked = TestClient::start(&ClientSpec::new(server.addr));
+        let mut bob =
+            TestClient::start(&ClientSpec::new(server.addr).credential("bob", BOB_KEY).domain("x.bob.example"));
+        for c in [&mut app, &mut www, &mut picked, &mut bob] {
+            c.connected().await;
+        }
+        // `*.apps.<zone>` covers names below it, not the name itself.
+        let mut other = TestClient::start(&ClientSpec::new(server.addr).domain(&format!("apps.{ZONE}")));
+        let (code, message) = refused(&mut other).await;
+        assert_eq!(code, RefuseCode::DomainNotAllowed, "{message}");
+        assert!(message.contains(&format!("may not claim apps.{ZONE}")), "{message}");
+        assert!(message.contains(&format!("*.apps.{ZONE}, www.example.com")), "{message}");
+        other.stop().await;
+        assert_eq!(server.handle.sessions().len(), 4);
+
+        // Narrowed to nothing: clients of the shared key may no longer
+        // choose their domain. The two that chose go; the one the server
+        // named and the named client stay.
+        std::fs::write(&path, with("[]")).expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(TOKEN), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let report = json(&r);
+        assert!(report["changed"].to_string().contains("server.authKeyDomains"), "{report}");
+        assert!(!report["restart_required"].to_string().contains("server"), "{report}");
+        assert_eq!(report["sessions_closed"], 2, "{report}");
+        for c in [&mut app, &mut www] {
+            let reason = c.disconnected().await;
+            assert!(reason.contains("credential changed"), "{reason}");
+            let (code, message) = refused(c).await;
+            assert_eq!(code, RefuseCode::DomainNotAllowed, "{message}");
+            assert!(message.contains("may not choose their domain"), "{message}");
+        }
+        assert!(picked.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })));
+        assert!(bob.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })));
+
+        for c in [app, www, picked, bob] {
+            c.stop().await;
+        }
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
 /// The dashboard of a real server, with a real client connected, renders
 /// that client's session in Debian's headless Chromium.
 #[tokio::test]

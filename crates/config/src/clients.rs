@@ -86,15 +86,7 @@ pub fn credential(at: &str, c: CredentialText, zone: &str) -> Result<Credential,
     if c.key.is_empty() {
         return Err(ConfigError::invalid(format!("{at}.key"), "must not be empty"));
     }
-    let mut domains = Vec::with_capacity(c.domains.len());
-    for (j, d) in c.domains.iter().enumerate() {
-        let key = format!("{at}.domains[{j}]");
-        let pattern = match d.strip_prefix("*.") {
-            Some(rest) => format!("*.{}", dns_name(rest).map_err(|m| ConfigError::invalid(&key, m))?),
-            None => dns_name(d).map_err(|m| ConfigError::invalid(&key, m))?,
-        };
-        domains.push(pattern);
-    }
+    let mut domains = domain_patterns(&format!("{at}.domains"), &c.domains)?;
     if domains.is_empty() {
         let label = name.replace(['_', '.'], "-");
         domains.push(format!("{label}.{zone}"));
@@ -157,20 +149,41 @@ impl std::fmt::Display for PortRange {
     }
 }
 
-impl Credential {
-    /// Whether this client may hold `domain` (already lowercase, no
-    /// trailing dot). `*.example.com` covers names below example.com, not
-    /// example.com itself.
-    pub fn allows_domain(&self, domain: &str) -> bool {
-        self.domains.iter().any(|p| match p.strip_prefix("*.") {
-            Some(suffix) => {
-                domain.len() > suffix.len() + 1 && domain.ends_with(suffix) && {
-                    let cut = domain.len() - suffix.len();
-                    domain.as_bytes()[cut - 1] == b'.'
-                }
+/// Checks a list of domains a client may claim (`key` is the list's, e.g.
+/// `clients[0].domains`): DNS names, or `*.<name>` for any name below one.
+/// Lowercased, trailing dots dropped.
+pub(crate) fn domain_patterns(key: &str, list: &[String]) -> Result<Vec<String>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(j, d)| {
+            let bad = |m| ConfigError::invalid(format!("{key}[{j}]"), m);
+            match d.strip_prefix("*.") {
+                Some(rest) => Ok(format!("*.{}", dns_name(rest).map_err(bad)?)),
+                None => dns_name(d).map_err(bad),
             }
-            None => p == domain,
         })
+        .collect()
+}
+
+/// Whether `domain` (already lowercase, no trailing dot) matches one of
+/// `patterns`. `*.example.com` covers names below example.com, not
+/// example.com itself.
+pub fn domain_allowed(patterns: &[String], domain: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_prefix("*.") {
+        Some(suffix) => {
+            domain.len() > suffix.len() + 1 && domain.ends_with(suffix) && {
+                let cut = domain.len() - suffix.len();
+                domain.as_bytes()[cut - 1] == b'.'
+            }
+        }
+        None => p == domain,
+    })
+}
+
+impl Credential {
+    /// Whether this client may hold `domain` (see [`domain_allowed`]).
+    pub fn allows_domain(&self, domain: &str) -> bool {
+        domain_allowed(&self.domains, domain)
     }
 
     /// Whether this client may ask for public port `port` (0, "any", is

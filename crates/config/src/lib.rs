@@ -120,7 +120,7 @@ pub struct PortRange {
     pub last: u16,
 }
 
-pub use clients::{credential, CredentialText};
+pub use clients::{credential, domain_allowed, CredentialText};
 
 /// The `admin` section.
 #[derive(Debug, Clone)]
@@ -180,6 +180,10 @@ pub struct ServerSection {
     pub connect_timeout: Duration,
     /// `server.shutdownGrace` seconds (default 10).
     pub shutdown_grace: Duration,
+    /// `server.authKeyDomains`: the domains clients of the shared key may
+    /// ask for (names, or `*.<name>`); `None` = any. A client that asks
+    /// for none gets `<random>.<domain>` either way.
+    pub auth_key_domains: Option<Vec<String>>,
     /// `server.workers`: threads of the async runtime; `None` = tokio's
     /// default (`TOKIO_WORKER_THREADS`, else one per core).
     pub workers: Option<usize>,

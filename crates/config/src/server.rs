@@ -59,6 +59,7 @@ enum OneOrMany {
 struct RawServer {
     listen: Option<String>,
     auth_key: Option<String>,
+    auth_key_domains: Option<Vec<String>>,
     domain: Option<String>,
     // The original spells these in lower case.
     #[serde(rename = "tcplisten")]
@@ -201,6 +202,16 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
     let server = ServerSection {
         public_ips,
         listen,
+        auth_key_domains: match s.auth_key_domains {
+            Some(_) if auth_key.is_none() => {
+                return Err(ConfigError::invalid(
+                    "server.authKeyDomains",
+                    "limits what clients of the shared key may claim, but server.authKey is not set",
+                ))
+            }
+            Some(list) => Some(crate::clients::domain_patterns("server.authKeyDomains", &list)?),
+            None => None,
+        },
         auth_key: auth_key.map(Secret::new),
         domain,
         tcp_listen,

@@ -192,6 +192,21 @@ fn server_values() {
     let cfg = parse_server(&SERVER.replace("authKey", "allowPlaintext: true\n  authKey")).expect("flag");
     assert!(cfg.server.allow_plaintext);
     assert_eq!(cfg.server.workers, None);
+    assert_eq!(cfg.server.auth_key_domains, None);
+    let cfg = parse_server(&SERVER.replace("authKey", "authKeyDomains: [\"*.Apps.example.\", x.example]\n  authKey"))
+        .expect("authKeyDomains");
+    assert_eq!(
+        cfg.server.auth_key_domains.as_deref(),
+        Some(&["*.apps.example".to_owned(), "x.example".to_owned()][..])
+    );
+    let cfg = parse_server(&SERVER.replace("authKey", "authKeyDomains: []\n  authKey")).expect("empty list");
+    assert_eq!(cfg.server.auth_key_domains.as_deref(), Some(&[][..]));
+    let file = SERVER.replace("authKey", "authKeyDomains: [\"a..b\"]\n  authKey");
+    assert_eq!(err_key(parse_server(&file)), "server.authKeyDomains[0]");
+    // Without the shared key it would mean nothing: an error, not ignored.
+    let file = SERVER.replace("  authKey: \"server-secret-do-not-print\"", "  authKeyDomains: [x.example]");
+    let file = format!("{file}clients:\n  - name: a\n    key: k\n");
+    assert_eq!(err_key(parse_server(&file)), "server.authKeyDomains");
     let cfg = parse_server(&SERVER.replace("authKey", "workers: 2\n  authKey")).expect("workers");
     assert_eq!(cfg.server.workers, Some(2));
     for bad in ["0", "1025", "-1", "1.5", "two"] {

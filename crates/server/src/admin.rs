@@ -145,6 +145,9 @@ impl ServerHandle {
         if creds.shared_key != current.shared_key {
             report.changed.push("server.authKey".into());
         }
+        if creds.shared_domains != current.shared_domains {
+            report.changed.push("server.authKeyDomains".into());
+        }
         let names = current.changed_names(&creds);
         let added = creds.clients.keys().filter(|n| !current.clients.contains_key(*n)).count();
         if !names.is_empty() || added > 0 {
@@ -159,6 +162,7 @@ impl ServerHandle {
         }
         let mut old_server = old.server.clone();
         old_server.auth_key = next.server.auth_key.clone();
+        old_server.auth_key_domains = next.server.auth_key_domains.clone();
         let checks: [(&str, bool); 5] = [
             ("server", same(&old_server, &next.server)),
             ("dhcp", same(&old.dhcp, &next.dhcp)),

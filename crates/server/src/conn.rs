@@ -256,6 +256,24 @@ async fn control(
             }
         },
     };
+    if cred.is_none() {
+        if let Some(Ok(d)) = domain.as_deref().map(crate::state::normalize_domain) {
+            let creds = shared.creds();
+            if !creds.shared_allows(&d, true) {
+                let allowed = creds.shared_domains.as_deref().unwrap_or_default();
+                let message = if allowed.is_empty() {
+                    format!("clients of the shared key may not choose their domain (asked for {d})")
+                } else {
+                    format!("clients of the shared key may not claim {d} (allowed: {})", allowed.join(", "))
+                };
+                info!(%message, "refusing client");
+                shared.refused(peer, None, RefuseCode::DomainNotAllowed, &message);
+                let m = ServerMessage::Refused { code: RefuseCode::DomainNotAllowed, message };
+                let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
+                return;
+            }
+        }
+    }
     if let Some(c) = &cred {
         match domain.as_deref().map(crate::state::normalize_domain) {
             Some(Ok(d)) if !c.allows_domain(&d) => {
@@ -294,6 +312,7 @@ async fn control(
                     name.clone(),
                     client_id.clone(),
                     a.domain,
+                    domain.is_some(),
                     a.vip,
                     peer,
                     plaintext,

@@ -27,13 +27,16 @@ impl Source {
 #[derive(Debug, Clone)]
 pub(crate) struct Creds {
     pub(crate) shared_key: Option<Secret>,
+    /// `server.authKeyDomains`: what clients of the shared key may claim;
+    /// `None` = any domain.
+    pub(crate) shared_domains: Option<Vec<String>>,
     pub(crate) clients: BTreeMap<String, (Credential, Source)>,
 }
 
 impl Creds {
     pub(crate) fn from_config(cfg: &ServerConfig) -> Creds {
         let clients = cfg.clients.iter().map(|c| (c.name.clone(), (c.clone(), Source::Config))).collect();
-        Creds { shared_key: cfg.server.auth_key.clone(), clients }
+        Creds { shared_key: cfg.server.auth_key.clone(), shared_domains: cfg.server.auth_key_domains.clone(), clients }
     }
 
     /// The credentials after a reload: the new config's, plus those added
@@ -55,6 +58,12 @@ impl Creds {
             Some(n) => self.clients.get(n).map(|(c, _)| &c.key),
             None => self.shared_key.as_ref(),
         }
+    }
+
+    /// Whether a client of the shared key may hold `domain`; one the
+    /// server picked for it always.
+    pub(crate) fn shared_allows(&self, domain: &str, requested: bool) -> bool {
+        !requested || self.shared_domains.as_deref().is_none_or(|a| opennotr_config::domain_allowed(a, domain))
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Credential> {

@@ -181,7 +181,8 @@ impl Shared {
         let changed = slot.changed_names(&next);
         // A new shared key is a rotation: clients of the old one go too.
         let shared_changed = slot.shared_key != next.shared_key;
-        *slot = Arc::new(next);
+        let next = Arc::new(next);
+        *slot = next.clone();
         drop(slot);
         let doomed: Vec<_> = self
             .state()
@@ -189,7 +190,7 @@ impl Shared {
             .values()
             .filter(|s| match &s.client {
                 Some(c) => changed.contains(c),
-                None => shared_changed,
+                None => shared_changed || !next.shared_allows(&s.domain, s.domain_requested),
             })
             .cloned()
             .collect();
