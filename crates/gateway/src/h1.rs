@@ -845,4 +845,69 @@ mod tests {
         );
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
     }
+
+    // What a client's service sends is input from the network: the parsers
+    // must give an answer for any bytes, however they arrive.
+    proptest::proptest! {
+        #[test]
+        fn chunked_scan_does_not_depend_on_how_bytes_arrive(
+            // Mostly the bytes chunked framing is made of, so that many
+            // inputs get past the first byte.
+            bytes in proptest::collection::vec(proptest::sample::select(b"0123456789abcdefABCDEF\r\n\r\n; \tx=".to_vec()), 0..512),
+            cuts in proptest::collection::vec(0usize..512, 0..8),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                pieces.push(&bytes[at..c]);
+                at = c;
+            }
+            pieces.push(&bytes[at..]);
+            proptest::prop_assert_eq!(scan_all(&pieces), scan_all(&[&bytes]));
+        }
+
+        #[test]
+        fn any_chunked_body_ends_where_it_ends(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..300), 0..6),
+            trailer in proptest::prelude::any::<bool>(),
+            next in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut body = Vec::new();
+            for c in &chunks {
+                body.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                body.extend_from_slice(c);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(if trailer { b"0\r\nX-T: 1\r\n\r\n" as &[u8] } else { b"0\r\n\r\n" });
+            let end = body.len();
+            body.extend_from_slice(&next);
+            proptest::prop_assert_eq!(scan_all(&[&body]), Ok(Some(end)));
+            let bytewise: Vec<&[u8]> = body.chunks(1).collect();
+            proptest::prop_assert_eq!(scan_all(&bytewise), Ok(Some(end)));
+        }
+
+        #[test]
+        fn response_heads_never_panic(
+            status in proptest::sample::select(vec!["HTTP/1.1 200 OK", "HTTP/1.0 204 No", "HTTP/1.1 304 X", "HTTP/2 200", "HTTP/1.1 99", "junk"]),
+            headers in proptest::collection::vec(proptest::sample::select(vec![
+                "Content-Length: 5", "Content-Length: x", "Content-Length: 99999999999999999999999",
+                "Content-Length: 5, 5", "Transfer-Encoding: chunked", "Transfer-Encoding: gzip",
+                "Connection: close", "Connection: keep-alive, X-A", "Keep-Alive: 1", "X-A: b", ": empty", "Bad Header",
+            ]), 0..6),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32),
+            head_request in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = format!("{status}\r\n{}\r\n\r\n", headers.join("\r\n")).into_bytes();
+            bytes.truncate(cut.index(bytes.len() + 1));
+            bytes.extend_from_slice(&noise);
+            if let Ok(Some(h)) = parse_response(&bytes, head_request) {
+                let mut out = Vec::new();
+                response_head(&bytes, &mut out, h.framing, h.reusable);
+                proptest::prop_assert!(out.ends_with(b"\r\n\r\n"));
+            }
+        }
+    }
 }
