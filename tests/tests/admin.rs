@@ -269,20 +269,28 @@ print(want["in"], want["out"], want["streams"], want["sessions"], want["ok"], wa
     .await;
 }
 
+/// A server started from `yaml` written to a file of a new temporary
+/// directory, which reloads re-read: the server, its admin address, the
+/// directory (for the test to remove) and the file.
+async fn file_server(tag: &str, yaml: &str) -> (TestServer, SocketAddr, std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("opennotr-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("notrd.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let cfg = opennotr_config::load_server(&path).expect("config");
+    let server = TestServer::start_with(cfg, &builtin_plugins()).await;
+    server.handle.set_config_path(path.clone());
+    let admin = server.admin.expect("admin");
+    (server, admin, dir, path)
+}
+
 /// A reload applies new credentials without touching other sessions; a
 /// broken file changes nothing.
 #[tokio::test]
 async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
     run_test(async {
-        let dir = std::env::temp_dir().join(format!("opennotr-reload-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("notrd.yaml");
         let spec = spec();
-        std::fs::write(&path, spec.yaml()).expect("write config");
-        let cfg = opennotr_config::load_server(&path).expect("config");
-        let server = TestServer::start_with(cfg, &builtin_plugins()).await;
-        server.handle.set_config_path(path.clone());
-        let admin = server.admin.expect("admin");
+        let (server, admin, dir, path) = file_server("reload", &spec.yaml()).await;
 
         let mut a = TestClient::start(&ClientSpec::new(server.addr).credential("alice", ALICE_KEY));
         a.connected().await;
@@ -368,16 +376,10 @@ async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
 #[tokio::test]
 async fn auth_key_domains_limit_what_the_shared_key_claims() {
     run_test(async {
-        let dir = std::env::temp_dir().join(format!("opennotr-keydomains-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("notrd.yaml");
         let spec = spec();
         let with = |list: &str| spec.yaml().replacen("  domain: ", &format!("  authKeyDomains: {list}\n  domain: "), 1);
-        std::fs::write(&path, with(&format!("[\"*.apps.{ZONE}\", \"www.example.com\"]"))).expect("write config");
-        let cfg = opennotr_config::load_server(&path).expect("config");
-        let server = TestServer::start_with(cfg, &builtin_plugins()).await;
-        server.handle.set_config_path(path.clone());
-        let admin = server.admin.expect("admin");
+        let first = with(&format!("[\"*.apps.{ZONE}\", \"www.example.com\"]"));
+        let (server, admin, dir, path) = file_server("keydomains", &first).await;
 
         let mut app = TestClient::start(&ClientSpec::new(server.addr).domain(&format!("one.apps.{ZONE}")));
         let mut www = TestClient::start(&ClientSpec::new(server.addr).domain("WWW.example.com"));
