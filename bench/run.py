@@ -828,18 +828,31 @@ def gateway_heading(workers):
     return "## Gateway, one worker each" if workers == 1 else f"## Gateway, {workers} workers each"
 
 
-def replace_gateway_section(text, section, workers=0):
-    """Puts section in place of the document's gateway section of that
-    worker count (up to the next `## ` heading), or at its end."""
+def replace_section(text, section):
+    """Puts a generated section in place of the document's section with the
+    same heading (its first non-empty line), up to the next `## ` heading,
+    or at the end if there is none. The sections written by hand (notes,
+    how to reproduce) stay as they are."""
+    if not section.strip():
+        return text
+    heading = section.strip().split("\n", 1)[0].strip()
     lines = text.split("\n")
-    heading = gateway_heading(workers)
     start = next((i for i, l in enumerate(lines) if l.strip() == heading), None)
     if start is None:
         return text.rstrip("\n") + "\n" + section
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    head = "\n".join(lines[:start]).rstrip("\n") + "\n"
+    head = "\n".join(lines[:start]).rstrip("\n")
     tail = "\n".join(lines[end:])
-    return head + section + ("\n" + tail if tail.strip() else "")
+    return (head + "\n" if head else "") + section.lstrip("\n" if not head else "") + ("\n" + tail if tail.strip() else "")
+
+
+def update_doc(doc, *sections):
+    """Rewrites the generated sections of docs/benchmarks.md in place."""
+    text = open(doc).read() if os.path.exists(doc) else ""
+    for section in sections:
+        text = replace_section(text, section)
+    with open(doc, "w") as f:
+        f.write(text)
 
 
 def main():
@@ -871,16 +884,9 @@ def main():
         if isinstance(saved, list):
             saved = {"tunnels": saved, "vip": []}
         gw = gateway_report(saved.get("gateway", []), saved.get("gateway_meta", {}))
-        if not saved.get("tunnels") and gw:
-            # A --gateway run: only its section changes.
-            with open(doc) as f:
-                text = f.read()
-            with open(doc, "w") as f:
-                f.write(replace_gateway_section(text, gw, saved.get("gateway_meta", {}).get("workers", 0)))
-            return
-        cmd = "python3 bench/run.py --time " + str(args.time)
-        with open(doc, "w") as f:
-            f.write(write_report(saved["tunnels"], args, cmd) + vip_report(saved.get("vip", [])) + gw)
+        tunnels = write_report(saved["tunnels"], args, "python3 bench/run.py --time " + str(args.time)) \
+            if saved.get("tunnels") else ""
+        update_doc(doc, tunnels, vip_report(saved.get("vip", [])), gw)
         return
     bins = ensure_tools()
     release = args.bin_dir or build_opennotr()
@@ -917,23 +923,14 @@ def main():
     with open(os.path.join(RESULTS, f"{stamp}.json"), "w") as f:
         json.dump({"tunnels": results, "vip": vip_results, "gateway": gw_results, "gateway_meta": gw_meta}, f,
                   indent=1)
-    if args.vip:
-        print(vip_report(vip_results))
-        return
+    # Each part of the run replaces its own section; a partial run (--only)
+    # only prints its table.
+    tunnels = write_report(results, args, cmd) if results and not only else ""
+    vip = vip_report(vip_results)
     gw = gateway_report(gw_results, gw_meta)
-    if args.gateway:
-        print(gw)
-        if not args.no_report:
-            with open(doc) as f:
-                text = f.read()
-            with open(doc, "w") as f:
-                f.write(replace_gateway_section(text, gw, args.workers))
-        return
-    report = write_report(results, args, cmd) + vip_report(vip_results) + gw
-    print(report)
-    if not args.no_report and not only:
-        with open(doc, "w") as f:
-            f.write(report)
+    print((write_report(results, args, cmd) if results else "") + vip + gw)
+    if not args.no_report:
+        update_doc(doc, tunnels, vip, gw)
 
 
 if __name__ == "__main__":
