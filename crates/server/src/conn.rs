@@ -168,6 +168,9 @@ async fn control(
     // An unknown name runs the exchange with a random key, so it fails at
     // key confirmation exactly like a wrong key: names cannot be probed.
     let key = creds.key_for(name.as_deref()).map(|k| k.expose().as_bytes().to_vec());
+    // What a shared-key session is checked against once it is in the
+    // table: a reload in between is missed by the reload's sweep.
+    let shared_key = if name.is_none() { creds.shared_key.clone() } else { None };
     drop(creds);
     let key = key.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
     let (hs, spake_b, mac) = match ServerHandshake::respond(&key, name.as_deref(), &spake, plaintext) {
@@ -350,11 +353,15 @@ async fn control(
     };
     drop(out);
     drop(permit);
-    if let Some(c) = &cred {
-        if shared.creds().get(&c.name) != Some(c) {
-            info!(client = %c.name, "credential changed while registering; closing the session");
-            session.kill.cancel();
-        }
+    let creds = shared.creds();
+    let changed = match &cred {
+        Some(c) => creds.get(&c.name) != Some(c),
+        None => creds.shared_key != shared_key || !creds.shared_allows(&session.domain, session.domain_requested),
+    };
+    drop(creds);
+    if changed {
+        info!(client = name.as_deref().unwrap_or(""), "credential changed while registering; closing the session");
+        session.kill.cancel();
     }
     let who = name.clone().unwrap_or_else(|| short(&client_id).to_string());
     let span = info_span!("session", client = %who, domain = %session.domain, vip = %session.vip);

@@ -35,7 +35,8 @@ pub(crate) struct Session {
     pub(crate) client: Option<String>,
     pub(crate) client_id: String,
     pub(crate) domain: String,
-    /// The client asked for its domain (else the server picked it).
+    /// The client asked for its domain, or its credential's list gave it
+    /// (else the server picked it).
     pub(crate) domain_requested: bool,
     pub(crate) vip: Ipv4Addr,
     pub(crate) remote: SocketAddr,

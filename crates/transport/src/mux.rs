@@ -13,7 +13,8 @@
 //! [`MAX_WINDOW`], only while its reader keeps up and the window is what
 //! holds the sender back, and only within [`GROWTH_BUDGET`] for all the
 //! connection's streams; what a stream may queue for sending is capped at
-//! [`MAX_WINDOW`] whatever window the peer grants.
+//! [`MAX_WINDOW`], and all streams' queues at [`QUEUE_BUDGET`], whatever
+//! windows the peer grants.
 
 use std::collections::HashMap;
 use std::io;
@@ -45,10 +46,14 @@ const BATCH: usize = 256 * 1024;
 /// queues for sending.
 pub const MAX_WINDOW: u32 = 4 * 1024 * 1024;
 /// How far the windows of one connection's streams may grow beyond
-/// [`wire::INITIAL_WINDOW`], together: with [`MAX_STREAMS`] streams whose
-/// readers all stall, this side holds at most 64 MiB of their initial
-/// windows plus this.
-pub const GROWTH_BUDGET: usize = 64 * 1024 * 1024;
+/// [`wire::INITIAL_WINDOW`], together (64 streams at [`MAX_WINDOW`]): with
+/// [`MAX_STREAMS`] streams whose readers all stall, this side holds at most
+/// 64 MiB of their initial windows plus this. A grown window stays while
+/// its stream lives, idle in a pool too, so the budget is generous.
+pub const GROWTH_BUDGET: usize = 256 * 1024 * 1024;
+/// Bytes all streams of one connection may queue for sending together,
+/// whatever windows the peer grants.
+pub const QUEUE_BUDGET: usize = 64 * 1024 * 1024;
 
 #[derive(Debug)]
 struct Slot {
@@ -145,6 +150,10 @@ struct State {
     next_id: u32,
     /// Sum of the streams' windows beyond the initial one.
     grown: usize,
+    /// Sum of the streams' `outq` lengths.
+    queued: usize,
+    /// Writers waiting for [`QUEUE_BUDGET`] room.
+    budget_wakers: Vec<Waker>,
 }
 
 #[derive(Debug)]
@@ -175,6 +184,16 @@ impl State {
     fn remove(&mut self, id: u32) {
         if let Some(s) = self.streams.remove(&id) {
             self.grown -= (s.window - wire::INITIAL_WINDOW) as usize;
+            self.queued -= s.outq.len();
+        }
+    }
+
+    /// Drops what a stream queued for sending (it was reset).
+    fn discard_queue(&mut self, id: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            self.queued -= s.outq.len();
+            s.outq.clear();
+            s.fin_queued = false;
         }
     }
 
@@ -188,12 +207,16 @@ impl State {
             let Some(s) = self.streams.get_mut(&id) else { continue };
             if s.reset.is_some() {
                 s.queued = false;
+                if s.detached {
+                    self.remove(id);
+                }
                 continue;
             }
             if !s.outq.is_empty() {
                 let n = s.outq.len().min(QUANTUM);
                 wire::encode(batch, id, Kind::Data, &s.outq[..n]);
                 s.outq.advance(n);
+                self.queued -= n;
                 if s.outq.len() <= MAX_WINDOW as usize / 2 {
                     wakers.extend(s.write_waker.take());
                 }
@@ -210,6 +233,9 @@ impl State {
             if s.detached {
                 self.remove(id);
             }
+        }
+        if self.queued <= QUEUE_BUDGET / 2 {
+            wakers.append(&mut self.budget_wakers);
         }
         !batch.is_empty()
     }
@@ -329,7 +355,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     accept: Option<mpsc::UnboundedSender<MuxStream>>,
 ) {
     let mut buf = BytesMut::with_capacity(128 * 1024);
-    let mut wakers = Vec::new();
+    let mut after = After::default();
     let why = loop {
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
@@ -339,7 +365,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Err(e) => break format!("the tunnel stream failed: {e}"),
             Ok(_) => {}
         }
-        let mut notify = false;
         let mut st = shared.lock();
         let failed = loop {
             let h = match wire::decode(&buf) {
@@ -349,13 +374,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             };
             buf.advance(wire::HEADER_LEN);
             let payload = buf.split_to(h.len);
-            if let Err(e) = on_frame(&shared, &mut st, h, &payload, accept.as_ref(), &mut wakers, &mut notify) {
+            if let Err(e) = on_frame(&shared, &mut st, h, &payload, accept.as_ref(), &mut after) {
                 break Some(e);
             }
         };
         drop(st);
-        wakers.drain(..).for_each(Waker::wake);
-        if notify {
+        after.wakers.drain(..).for_each(Waker::wake);
+        after.rejected.clear();
+        if std::mem::take(&mut after.notify) {
             shared.wake_writer.notify_one();
         }
         if let Some(e) = failed {
@@ -365,15 +391,26 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shared.close(why);
 }
 
+/// What the reader does once it has released the lock.
+#[derive(Default)]
+struct After {
+    wakers: Vec<Waker>,
+    /// Streams the peer opened that nobody takes: their drop (a RESET)
+    /// takes the lock.
+    rejected: Vec<MuxStream>,
+    /// The writer has frames to send.
+    notify: bool,
+}
+
 fn on_frame(
     shared: &Arc<Shared>,
     st: &mut State,
     h: wire::Header,
     payload: &[u8],
     accept: Option<&mpsc::UnboundedSender<MuxStream>>,
-    wakers: &mut Vec<Waker>,
-    notify: &mut bool,
+    after: &mut After,
 ) -> Result<(), String> {
+    let wakers = &mut after.wakers;
     match h.kind {
         Kind::Open => {
             let Some(tx) = accept else { return Err("OPEN from the accepting side".into()) };
@@ -381,11 +418,13 @@ fn on_frame(
                 return Err(format!("stream {} opened twice", h.id));
             }
             if st.streams.len() >= MAX_STREAMS {
-                *notify |= shared.queue(st, h.id, Kind::Reset, b"too many multiplexed streams");
+                after.notify |= shared.queue(st, h.id, Kind::Reset, b"too many multiplexed streams");
                 return Ok(());
             }
             st.streams.insert(h.id, Slot::new());
-            let _ = tx.send(MuxStream::new(h.id, shared.clone()));
+            if let Err(e) = tx.send(MuxStream::new(h.id, shared.clone())) {
+                after.rejected.push(e.0);
+            }
         }
         Kind::Data => {
             // Frames of a stream this side dropped are let go.
@@ -408,12 +447,17 @@ fn on_frame(
             }
         }
         Kind::Reset => {
-            if let Some(s) = st.streams.get_mut(&h.id) {
-                if s.reset.is_none() {
-                    let why = String::from_utf8_lossy(payload);
-                    s.reset = Some(if why.is_empty() { "stream reset by the peer".into() } else { why.into_owned() });
-                }
-                s.wake(wakers);
+            let Some(s) = st.streams.get_mut(&h.id) else { return Ok(()) };
+            if s.reset.is_none() {
+                let why = String::from_utf8_lossy(payload);
+                s.reset = Some(if why.is_empty() { "stream reset by the peer".into() } else { why.into_owned() });
+            }
+            s.wake(wakers);
+            // Nobody will read or send on a stream dropped here already.
+            if s.detached {
+                st.remove(h.id);
+            } else {
+                st.discard_queue(h.id);
             }
         }
         Kind::Window => {
@@ -497,8 +541,7 @@ impl MuxStream {
                 return;
             }
             s.reset = Some(why.to_string());
-            s.outq.clear();
-            s.fin_queued = false;
+            st.discard_queue(self.id);
             let why = &why.as_bytes()[..why.len().min(wire::MAX_REASON)];
             self.shared.queue(&mut st, self.id, Kind::Reset, why)
         };
@@ -563,6 +606,7 @@ impl AsyncWrite for MuxStream {
             if let Some(why) = &st.closed {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())));
             }
+            let budget = QUEUE_BUDGET.saturating_sub(st.queued);
             let Some(s) = st.streams.get_mut(&self.id) else {
                 return Poll::Ready(Err(reset_error("stream gone")));
             };
@@ -575,15 +619,20 @@ impl AsyncWrite for MuxStream {
             // The window bounds what a stream queues here too: its bytes
             // wait in this queue or in the peer's buffer, never more; and
             // a peer that grants windows without reading the connection
-            // still gets no more than MAX_WINDOW queued.
-            let room = (s.send_window as usize).min((MAX_WINDOW as usize).saturating_sub(s.outq.len()));
+            // still gets no more than MAX_WINDOW queued per stream and
+            // QUEUE_BUDGET in all.
+            let room = (s.send_window as usize).min((MAX_WINDOW as usize).saturating_sub(s.outq.len())).min(budget);
             if room == 0 {
                 s.write_waker = Some(cx.waker().clone());
+                if budget == 0 && !st.budget_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.budget_wakers.push(cx.waker().clone());
+                }
                 return Poll::Pending;
             }
             let n = data.len().min(room);
             s.send_window -= n as u32;
             s.outq.extend_from_slice(&data[..n]);
+            st.queued += n;
             if let Some(c) = &self.shared.counters {
                 c.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             }
@@ -837,6 +886,91 @@ mod tests {
         assert!(opener.shared.lock().streams[&s.id].outq.len() <= MAX_WINDOW as usize);
     }
 
+    /// A peer that grants huge windows on many streams and stops reading
+    /// the connection gets at most QUEUE_BUDGET queued here in all; once it
+    /// reads again, the writers that waited for room go on.
+    #[tokio::test]
+    async fn all_streams_together_queue_at_most_the_budget() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let opener = Mux::opener(a, None);
+        let n = QUEUE_BUDGET / MAX_WINDOW as usize + 4;
+        let mut streams: Vec<MuxStream> = (0..n).map(|_| opener.open().unwrap()).collect();
+        let mut grants = Vec::new();
+        for s in &streams {
+            wire::encode_window(&mut grants, s.id, 1 << 30);
+        }
+        b.write_all(&grants).await.unwrap();
+        let granted = |o: &Mux| o.shared.lock().streams.values().all(|s| s.send_window > wire::INITIAL_WINDOW);
+        while !granted(&opener) {
+            tokio::task::yield_now().await;
+        }
+        let big = vec![3u8; MAX_WINDOW as usize + 1];
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sent = vec![0usize; n];
+        for _ in 0..4 {
+            for (s, sent) in streams.iter_mut().zip(&mut sent) {
+                while *sent < big.len() {
+                    match Pin::new(&mut *s).poll_write(&mut cx, &big[*sent..]) {
+                        Poll::Ready(k) => *sent += k.unwrap(),
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        {
+            let st = opener.shared.lock();
+            assert_eq!(st.queued, st.streams.values().map(|s| s.outq.len()).sum::<usize>());
+            assert!(st.queued <= QUEUE_BUDGET, "queued {}", st.queued);
+        }
+        let total: usize = sent.iter().sum();
+        assert!((QUEUE_BUDGET..=QUEUE_BUDGET + BATCH + 64 * 1024).contains(&total), "took {total}");
+        // Some stream got less than it asked for: it waits for room.
+        let i = sent.iter().position(|&k| k < big.len()).expect("a stream held back");
+        let drain = tokio::spawn(async move { tokio::io::copy(&mut b, &mut tokio::io::sink()).await });
+        streams[i].write_all(&big[sent[i]..]).await.unwrap();
+        drop(streams);
+        opener.close();
+        let _ = drain.await;
+    }
+
+    /// A stream whose slot this side keeps only to send its last bytes
+    /// goes, with what it took of the budgets, when the peer resets it.
+    #[test]
+    fn a_reset_frees_a_stream_kept_for_its_last_bytes() {
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State::default()), wake_writer: Notify::new(), counters: None });
+        let mut st = State::default();
+        let mut slot = Slot::new();
+        slot.outq.extend_from_slice(&[1u8; 1000]);
+        slot.window = 2 * wire::INITIAL_WINDOW;
+        slot.detached = true;
+        st.streams.insert(5, slot);
+        st.enqueue(5);
+        st.queued = 1000;
+        st.grown = wire::INITIAL_WINDOW as usize;
+        let h = wire::Header { id: 5, kind: Kind::Reset, len: 0 };
+        on_frame(&shared, &mut st, h, &[], None, &mut After::default()).unwrap();
+        assert!(st.streams.is_empty());
+        assert_eq!((st.queued, st.grown), (0, 0));
+        assert!(!st.take_batch(&mut Vec::new(), &mut Vec::new()));
+    }
+
+    /// Streams the peer opens after this side stopped taking them are
+    /// reset (dropping one takes the lock the reader holds: it must not be
+    /// dropped under it).
+    #[tokio::test]
+    async fn streams_nobody_takes_are_reset() {
+        let (opener, _acc, incoming) = pair();
+        drop(incoming);
+        let mut a = opener.open().unwrap();
+        a.write_all(b"anyone?").await.unwrap();
+        let mut buf = [0u8; 8];
+        let e = a.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        assert!(opener.open().is_ok());
+    }
+
     /// A write takes turns: a small exchange queued behind a large
     /// transfer goes out in the first write, not after the transfer.
     #[test]
@@ -850,6 +984,7 @@ mod tests {
         st.streams.get_mut(&2).unwrap().outq.extend_from_slice(b"small");
         st.streams.get_mut(&2).unwrap().fin_queued = true;
         st.enqueue(2);
+        st.queued = 200 * 1024 + 5;
         let mut batch = Vec::new();
         assert!(st.take_batch(&mut batch, &mut Vec::new()));
         let mut frames = Vec::new();
@@ -874,6 +1009,7 @@ mod tests {
         }
         assert_eq!(total, 200 * 1024);
         assert!(st.idle());
+        assert_eq!(st.queued, 0);
     }
 
     /// A stream closed cleanly by both sides and dropped at once still
