@@ -814,6 +814,13 @@ async fn scripted_service() -> (Service, Seen, Arc<std::sync::atomic::AtomicUsiz
     (svc, seen, accepted)
 }
 
+/// Sends `GET path` for `host` on the kept-alive connection `s` and reads
+/// the response.
+async fn get(s: &mut BufReader<TcpStream>, host: &str, path: &str) -> (Vec<String>, Vec<u8>) {
+    s.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    read_response(s, false).await
+}
+
 /// One response from `r`: head lines and body (by Content-Length, chunked
 /// with the trailer kept, or to the connection's end).
 async fn read_response<R: AsyncBufReadExt + Unpin>(r: &mut R, head_request: bool) -> (Vec<String>, Vec<u8>) {
@@ -895,8 +902,7 @@ async fn http1_framing_and_headers_on_one_connection() {
 
         // A body that ends with the service's connection: the visitor's
         // connection ends after it too (it has no other end).
-        s.get_mut().write_all(format!("GET /close HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
-        let (head, body) = read_response(&mut s, false).await;
+        let (head, body) = get(&mut s, &d, "/close").await;
         assert_eq!(head[0], "HTTP/1.1 200 OK");
         assert!(head.iter().any(|l| l.eq_ignore_ascii_case("connection: close")), "{head:?}");
         assert_eq!(body, b"until the end");
@@ -939,8 +945,7 @@ async fn a_pooled_connection_the_service_closed_is_not_reused() {
         let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
         let mut s = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
         for i in 0..20 {
-            s.get_mut().write_all(format!("GET /once HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
-            let (head, body) = read_response(&mut s, false).await;
+            let (head, body) = get(&mut s, &d, "/once").await;
             assert_eq!((head[0].as_str(), &body[..]), ("HTTP/1.1 200 OK", &b"once"[..]), "request {i}");
         }
         assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 20);
@@ -963,8 +968,7 @@ async fn a_large_upload_hands_the_connection_over_and_errors_keep_it() {
         let (_c2, _) = connect_http(&server, &bad, closed_port().await).await;
 
         let mut s = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
-        s.get_mut().write_all(format!("GET /x HTTP/1.1\r\nHost: {bad}\r\n\r\n").as_bytes()).await.unwrap();
-        let (head, body) = read_response(&mut s, false).await;
+        let (head, body) = get(&mut s, &bad, "/x").await;
         assert!(head[0].starts_with("HTTP/1.1 502"), "{head:?}");
         assert!(String::from_utf8_lossy(&body).contains("bad gateway"));
 
@@ -976,8 +980,7 @@ async fn a_large_upload_hands_the_connection_over_and_errors_keep_it() {
         assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
         assert_eq!(String::from_utf8_lossy(&body), format!("{} {}", data.len(), sha256(&data)));
 
-        s.get_mut().write_all(format!("GET /after HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
-        let (head, body) = read_response(&mut s, false).await;
+        let (head, body) = get(&mut s, &d, "/after").await;
         assert!(head[0].starts_with("HTTP/1.1 200"), "{head:?}");
         assert!(String::from_utf8_lossy(&body).contains("path=/after"));
         server.stop().await;
@@ -1001,12 +1004,10 @@ async fn a_client_without_multiplexing_is_served_the_same() {
 
         let mut s = BufReader::new(TcpStream::connect(local(port)).await.unwrap());
         for path in ["/len", "/chunked", "/len"] {
-            s.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
-            let (head, _) = read_response(&mut s, false).await;
+            let (head, _) = get(&mut s, &d, path).await;
             assert_eq!(head[0], "HTTP/1.1 200 OK", "{path}");
         }
-        s.get_mut().write_all(format!("GET /once HTTP/1.1\r\nHost: {d}\r\n\r\n").as_bytes()).await.unwrap();
-        let (_, body) = read_response(&mut s, false).await;
+        let (_, body) = get(&mut s, &d, "/once").await;
         assert_eq!(body, b"once");
         assert_eq!(seen.lock().unwrap().len(), 4);
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one pooled connection for the first three");

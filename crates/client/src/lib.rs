@@ -137,8 +137,7 @@ impl Allowed {
     }
 
     pub(crate) fn permits(&self, proto: StreamProtocol, target: SocketAddr) -> bool {
-        let proto = if proto == StreamProtocol::Mux { StreamProtocol::Tcp } else { proto };
-        self.0.contains(&(proto, target))
+        self.0.contains(&(proto.dialed(), target))
     }
 }
 

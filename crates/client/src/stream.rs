@@ -18,11 +18,6 @@ use tracing::{debug, warn};
 use crate::session::Link;
 use crate::Allowed;
 
-/// Relay buffer per direction of a multiplexed stream. Mostly small HTTP
-/// exchanges, but a download's speed follows the size of its reads from
-/// the service (16 KiB: about two thirds of this).
-const MUXED_BUFFER: usize = 64 * 1024;
-
 /// Datagrams from the local service waiting for the tunnel; beyond this
 /// they are dropped rather than blocking the socket.
 const UDP_QUEUE: usize = 512;
@@ -139,7 +134,7 @@ async fn serve_muxed(
     tune_tcp(&local);
     tokio::select! {
         _ = kill.cancelled() => {}
-        r = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut s, MUXED_BUFFER, MUXED_BUFFER) => match r {
+        r = relay(&mut local, &mut s) => match r {
             Ok((up, down)) => debug!(up, down, "multiplexed stream closed"),
             Err(e) => debug!(error = %e, "multiplexed stream ended with an error"),
         },

@@ -838,8 +838,13 @@ impl Pool {
         let mux = Mux::opener(carrier, counters);
         let stream = mux.open().map_err(|e| Page::unavailable(format!("client not connected: {name}: {e}")))?;
         let mut muxes = self.muxes.lock().unwrap_or_else(|e| e.into_inner());
-        muxes.insert(key.clone(), Muxed { mux, kill: up.kill.clone(), last_used: Instant::now() });
+        let old = muxes.insert(key.clone(), Muxed { mux, kill: up.kill.clone(), last_used: Instant::now() });
         drop(muxes);
+        // A connection left out of the map would live, with its tasks,
+        // until the client closed it.
+        if let Some(old) = old {
+            old.mux.close();
+        }
         self.start_sweeper(&mut self.lock());
         Ok(UpStream::Muxed(stream))
     }
@@ -850,6 +855,7 @@ impl Pool {
         let mut muxes = self.muxes.lock().unwrap_or_else(|e| e.into_inner());
         let Some(m) = muxes.get_mut(key) else { return Muxing::None };
         if m.mux.is_closed() || m.kill.is_cancelled() {
+            m.mux.close();
             muxes.remove(key);
             return Muxing::None;
         }

@@ -228,6 +228,17 @@ pub enum StreamProtocol {
     Mux,
 }
 
+impl StreamProtocol {
+    /// What the client dials for a stream of this protocol: a multiplexed
+    /// stream's connections are TCP.
+    pub fn dialed(self) -> StreamProtocol {
+        match self {
+            StreamProtocol::Mux => StreamProtocol::Tcp,
+            p => p,
+        }
+    }
+}
+
 /// One requested forward: a public port of a protocol to a local target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardRequest {

@@ -259,38 +259,32 @@ async fn control(
             }
         },
     };
-    if cred.is_none() {
-        if let Some(Ok(d)) = domain.as_deref().map(crate::state::normalize_domain) {
+    // The domain asked for must be one the credential (or, for the shared
+    // key, `server.authKeyDomains`) allows.
+    let refusal = match (&cred, domain.as_deref().map(crate::state::normalize_domain)) {
+        (Some(c), Some(Ok(d))) if !c.allows_domain(&d) => {
+            Some(format!("client {} may not claim {d} (allowed: {})", c.name, c.domains.join(", ")))
+        }
+        (None, Some(Ok(d))) => {
             let creds = shared.creds();
-            if !creds.shared_allows(&d, true) {
-                let allowed = creds.shared_domains.as_deref().unwrap_or_default();
-                let message = if allowed.is_empty() {
-                    format!("clients of the shared key may not choose their domain (asked for {d})")
-                } else {
-                    format!("clients of the shared key may not claim {d} (allowed: {})", allowed.join(", "))
-                };
-                info!(%message, "refusing client");
-                shared.refused(peer, None, RefuseCode::DomainNotAllowed, &message);
-                let m = ServerMessage::Refused { code: RefuseCode::DomainNotAllowed, message };
-                let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
-                return;
-            }
+            let allowed = creds.shared_domains.as_deref().unwrap_or_default();
+            (!creds.shared_allows(&d, true)).then(|| match allowed {
+                [] => format!("clients of the shared key may not choose their domain (asked for {d})"),
+                _ => format!("clients of the shared key may not claim {d} (allowed: {})", allowed.join(", ")),
+            })
         }
+        _ => None,
+    };
+    if let Some(message) = refusal {
+        info!(%message, "refusing client");
+        shared.refused(peer, name.as_deref(), RefuseCode::DomainNotAllowed, &message);
+        let m = ServerMessage::Refused { code: RefuseCode::DomainNotAllowed, message };
+        let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
+        return;
     }
-    if let Some(c) = &cred {
-        match domain.as_deref().map(crate::state::normalize_domain) {
-            Some(Ok(d)) if !c.allows_domain(&d) => {
-                let message = format!("client {} may not claim {d} (allowed: {})", c.name, c.domains.join(", "));
-                info!(%message, "refusing client");
-                shared.refused(peer, Some(&c.name), RefuseCode::DomainNotAllowed, &message);
-                let m = ServerMessage::Refused { code: RefuseCode::DomainNotAllowed, message };
-                let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
-                return;
-            }
-            Some(_) => {}
-            // Without a request, a named client gets its first exact name.
-            None => domain = c.domains.iter().find(|d| !d.starts_with("*.")).cloned(),
-        }
+    // Without a request, a named client gets its first exact name.
+    if let (Some(c), None) = (&cred, &domain) {
+        domain = c.domains.iter().find(|d| !d.starts_with("*.")).cloned();
     }
     // Client ids are the client's choice: under a name, they only ever
     // match (and replace) sessions of the same name.
