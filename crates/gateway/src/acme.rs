@@ -35,7 +35,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, info, warn};
 
-use crate::{Gateway, Lookup, Scheme};
+use crate::gateway::Gateway;
+use crate::route::{Lookup, Scheme};
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
 pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";

@@ -35,6 +35,18 @@ pub struct GatewayConfig {
     /// How long a visitor connection may stay without traffic and without
     /// a request in flight.
     pub idle_timeout: Duration,
+    /// How long a visitor may take to send a request's body, in all.
+    pub body_timeout: Duration,
+    /// How long the service may take to start its response, and pause in
+    /// it (nginx's `proxy_read_timeout`).
+    pub response_timeout: Duration,
+    /// How long a visitor may leave a response unread (nginx's
+    /// `send_timeout`).
+    pub send_timeout: Duration,
+    /// Most visitor connections the listener holds at once.
+    pub max_connections: usize,
+    /// Most visitor connections from one address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
     /// `https` only: where the certificates are (`cert`, `key`, `certDir`).
     pub certs: Option<CertFiles>,
     /// `https` only: how often the certificate files are checked for
@@ -57,7 +69,19 @@ pub struct CertFiles {
     pub cert_dir: Option<PathBuf>,
 }
 
-const KEYS: &[&str] = &["listen", "adminUrl", "reconcileInterval", "wildcard", "headerTimeout", "idleTimeout"];
+const KEYS: &[&str] = &[
+    "listen",
+    "adminUrl",
+    "reconcileInterval",
+    "wildcard",
+    "headerTimeout",
+    "idleTimeout",
+    "bodyTimeout",
+    "responseTimeout",
+    "sendTimeout",
+    "maxConnections",
+    "maxConnectionsPerIp",
+];
 const HTTPS_KEYS: &[&str] = &[
     "listen",
     "adminUrl",
@@ -65,13 +89,25 @@ const HTTPS_KEYS: &[&str] = &[
     "wildcard",
     "headerTimeout",
     "idleTimeout",
+    "bodyTimeout",
+    "responseTimeout",
+    "sendTimeout",
+    "maxConnections",
+    "maxConnectionsPerIp",
     "cert",
     "key",
     "certDir",
     "reloadInterval",
     "acme",
 ];
-const TLS_KEYS: &[&str] = &["listen", "wildcard", "headerTimeout"];
+const TLS_KEYS: &[&str] = &["listen", "wildcard", "headerTimeout", "maxConnections", "maxConnectionsPerIp"];
+
+/// Default `maxConnections`: far above what one server's file limit
+/// usually allows, so it only matters once that is raised.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `maxConnectionsPerIp`: a browser opens 6 per host; a NAT of a
+/// few dozen busy users stays well below.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 
 impl GatewayConfig {
     /// Parses the config of plugin `name`; errors name `plugin.<name>.<key>`.
@@ -115,6 +151,16 @@ impl GatewayConfig {
                 Some(other) => Err(err(key, format!("expected a number of seconds, got {other}"))),
             }
         };
+        let count = |key: &str, default: usize| -> Result<usize, PluginError> {
+            match obj.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(serde_json::Value::Number(n)) => match n.as_u64() {
+                    Some(v) if (1..=10_000_000).contains(&v) => Ok(v as usize),
+                    _ => Err(err(key, format!("expected a whole number from 1 to 10000000, got {n}"))),
+                },
+                Some(other) => Err(err(key, format!("expected a whole number, got {other}"))),
+            }
+        };
         let listen = string("listen")?;
         let admin_url = string("adminUrl")?;
         let mode = match (listen, admin_url) {
@@ -124,11 +170,9 @@ impl GatewayConfig {
                     "give either listen (embedded gateway) or adminUrl (external), not both".into(),
                 ))
             }
-            (Some(l), None) => Mode::Embedded {
-                listen: l
-                    .parse()
-                    .map_err(|e| err("listen", format!("{l:?} is not an address such as 0.0.0.0:80: {e}")))?,
-            },
+            (Some(l), None) => {
+                Mode::Embedded { listen: opennotr_config::parse_listen(&l).map_err(|e| err("listen", e))? }
+            }
             (None, Some(u)) => {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
                     return Err(err("adminUrl", format!("{u:?} is not an http(s) URL")));
@@ -184,6 +228,11 @@ impl GatewayConfig {
             wildcard,
             header_timeout: seconds("headerTimeout", if name == "tls" { 10 } else { 30 })?,
             idle_timeout: seconds("idleTimeout", 120)?,
+            body_timeout: seconds("bodyTimeout", 300)?,
+            response_timeout: seconds("responseTimeout", 60)?,
+            send_timeout: seconds("sendTimeout", 60)?,
+            max_connections: count("maxConnections", DEFAULT_MAX_CONNECTIONS)?,
+            max_connections_per_ip: count("maxConnectionsPerIp", DEFAULT_MAX_CONNECTIONS_PER_IP)?,
             certs,
             reload_interval: seconds("reloadInterval", 5)?,
             acme,
@@ -214,12 +263,29 @@ pub(crate) mod tests {
         let c = GatewayConfig::parse("h2c", &json!({"adminUrl": "http://127.0.0.1:81/upstreams"})).unwrap();
         assert_eq!(c.mode, Mode::External { admin_url: "http://127.0.0.1:81/upstreams".into() });
         assert_eq!(GatewayConfig::parse("http", &json!({})).unwrap().mode, Mode::Off);
+        // Go-style addresses, as every other listen key takes them.
+        let c = GatewayConfig::parse("http", &json!({"listen": ":8080", "maxConnectionsPerIp": 8})).unwrap();
+        assert_eq!(c.mode, Mode::Embedded { listen: "0.0.0.0:8080".parse().unwrap() });
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (DEFAULT_MAX_CONNECTIONS, 8));
+        assert_eq!(c.response_timeout, Duration::from_secs(60));
+        let c = GatewayConfig::parse("tls", &json!({"listen": "localhost:443"})).unwrap();
+        assert_eq!(c.mode, Mode::Embedded { listen: "127.0.0.1:443".parse().unwrap() });
     }
 
     #[test]
     fn errors_name_the_key() {
         assert_eq!(key_of(GatewayConfig::parse("http", &json!({"lsiten": ":80"})).unwrap_err()), "plugin.http.lsiten");
-        assert_eq!(key_of(GatewayConfig::parse("h2c", &json!({"listen": ":980"})).unwrap_err()), "plugin.h2c.listen");
+        assert_eq!(key_of(GatewayConfig::parse("h2c", &json!({"listen": "980"})).unwrap_err()), "plugin.h2c.listen");
+        assert_eq!(
+            key_of(GatewayConfig::parse("h2c", &json!({"listen": "a.b:980"})).unwrap_err()),
+            "plugin.h2c.listen"
+        );
+        for (key, v) in [("maxConnections", json!(0)), ("maxConnectionsPerIp", json!(1.5)), ("sendTimeout", json!(-1))]
+        {
+            let mut o = json!({"listen": "0.0.0.0:80"});
+            o[key] = v;
+            assert_eq!(key_of(GatewayConfig::parse("http", &o).unwrap_err()), format!("plugin.http.{key}"));
+        }
         assert_eq!(
             key_of(GatewayConfig::parse("http", &json!({"listen": "0.0.0.0:80", "headerTimeout": 0})).unwrap_err()),
             "plugin.http.headerTimeout"

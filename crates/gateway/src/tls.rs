@@ -16,27 +16,29 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use opennotr_plugin::{
-    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, OpenError, Plugin, PluginError,
-    StreamProtocol,
+    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Lifecycle, OpenError, Plugin, PluginError,
+    ServerInfo, StreamProtocol,
 };
-use opennotr_transport::Acceptor;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use crate::acme::{Acme, Challenge, ACME_TLS_ALPN};
-use crate::config::CertFiles;
-use crate::h1::Replay;
-use crate::serve::{serve_connection, Settings};
-use crate::{bind, Gateway, GatewayConfig, Lookup, Scheme, Upstream};
+use crate::config::{CertFiles, GatewayConfig};
+use crate::ctx::{Ctx, Settings};
+use crate::gateway::Gateway;
+use crate::io::Replay;
+use crate::limits::ConnLimits;
+use crate::route::{Lookup, Scheme, Upstream};
+use crate::serve::{accept_loop, bind, serve_connection, Start};
 
 /// The most ClientHello bytes read before giving up on finding the SNI.
 const MAX_HELLO: usize = 64 * 1024;
@@ -274,6 +276,10 @@ struct PortState {
     gateway: Arc<Gateway>,
     term: RwLock<Option<Arc<Termination>>>,
     pass: RwLock<Option<Passthrough>>,
+    /// The connection caps each plugin asked for (`https`, `tls`); the
+    /// smaller ones apply.
+    caps: Mutex<[Option<(usize, usize)>; 2]>,
+    limits: Arc<ConnLimits>,
 }
 
 impl PortState {
@@ -284,7 +290,19 @@ impl PortState {
     fn pass(&self) -> Option<Passthrough> {
         *self.pass.read().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn set_caps(&self, scheme: Scheme, cfg: &GatewayConfig) {
+        let mut caps = self.caps.lock().unwrap_or_else(|e| e.into_inner());
+        caps[usize::from(scheme == Scheme::Tls)] = Some((cfg.max_connections, cfg.max_connections_per_ip));
+        let (total, per_ip) =
+            caps.iter().flatten().fold((usize::MAX, usize::MAX), |(t, p), (a, b)| (t.min(*a), p.min(*b)));
+        self.limits.set(total, per_ip);
+    }
 }
+
+/// The TLS ports of one server, by listen address, shared by its `https`
+/// and `tls` plugins.
+pub(crate) type TlsPorts = Mutex<HashMap<SocketAddr, std::sync::Weak<TlsPort>>>;
 
 /// One TLS listen address, held by the `https` and/or `tls` plugins on
 /// it; the listener stops when the last of them is dropped.
@@ -301,7 +319,7 @@ impl Drop for TlsPort {
 }
 
 impl TlsPort {
-    async fn listen(&self) -> Result<u16, PluginError> {
+    async fn listen(&self, life: Lifecycle) -> Result<u16, PluginError> {
         self.bound
             .get_or_try_init(|| async {
                 let addr = self.state.addr;
@@ -315,7 +333,18 @@ impl TlsPort {
                     }
                     tokio::spawn(reload_loop(term.store.clone(), term.reload, self.shutdown.clone()));
                 }
-                tokio::spawn(accept_loop(listener, self.state.clone(), self.shutdown.clone()));
+                self.state.gateway.add_listener(&self.state.limits);
+                let (state, conn_life) = (self.state.clone(), life.clone());
+                let serve = move |stream, peer| visit(stream, peer, state.clone(), conn_life.clone());
+                tokio::spawn(accept_loop(
+                    listener,
+                    self.state.limits.clone(),
+                    life,
+                    self.shutdown.clone(),
+                    "tls",
+                    false,
+                    serve,
+                ));
                 Ok(port)
             })
             .await
@@ -331,14 +360,6 @@ async fn reload_loop(store: Arc<CertStore>, every: Duration, shutdown: Cancellat
         }
         let s = store.clone();
         let _ = tokio::task::spawn_blocking(move || s.refresh()).await;
-    }
-}
-
-async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<PortState>, shutdown: CancellationToken) {
-    let mut acceptor = Acceptor::new(listener);
-    while let Some((visitor, peer)) = acceptor.next(&shutdown).await {
-        let span = info_span!("visitor", port = "tls", %peer);
-        tokio::spawn(visit(visitor, peer, state.clone(), shutdown.clone()).instrument(span));
     }
 }
 
@@ -373,7 +394,7 @@ async fn read_hello(s: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Op
     Some((buf, sni))
 }
 
-async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, shutdown: CancellationToken) {
+async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, life: Lifecycle) {
     let term = state.term();
     let mut prefix = Vec::new();
     if let Some(pass) = state.pass() {
@@ -412,8 +433,9 @@ async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, 
         debug!("TLS-ALPN-01 validation handshake done; closing");
         return;
     }
-    let http1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
-    serve_connection(tls, peer, state.gateway.clone(), term.settings.clone(), shutdown, http1).await;
+    let start = if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Start::Http2 } else { Start::Http1 };
+    let ctx = Ctx::new(state.gateway.clone(), term.settings.clone(), peer, life);
+    serve_connection(tls, ctx, start).await;
 }
 
 /// The visitor's TLS stream, from its first byte, to the client's service.
@@ -445,9 +467,11 @@ async fn relay(mut visitor: TcpStream, prefix: Vec<u8>, peer: SocketAddr, up: Up
 // ---------------------------------------------------------------- plugins
 
 /// Sets up the embedded `https` or `tls` plugin on the port of `listen`.
+/// It takes the port over only when it starts.
 pub(crate) fn setup(
     scheme: Scheme,
     gateway: &Arc<Gateway>,
+    ports: &TlsPorts,
     listen: SocketAddr,
     cfg: &GatewayConfig,
 ) -> Result<Arc<dyn Plugin>, PluginError> {
@@ -490,7 +514,7 @@ pub(crate) fn setup(
         _ => None,
     };
     let port = {
-        let mut ports = gateway.tls_ports.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ports = ports.lock().unwrap_or_else(|e| e.into_inner());
         ports.retain(|_, w| w.strong_count() > 0);
         match ports.get(&listen).and_then(|w| w.upgrade()) {
             Some(p) => p,
@@ -501,6 +525,8 @@ pub(crate) fn setup(
                         gateway: gateway.clone(),
                         term: RwLock::new(None),
                         pass: RwLock::new(None),
+                        caps: Mutex::new([None; 2]),
+                        limits: ConnLimits::new(listen, 0, 0),
                     }),
                     bound: tokio::sync::OnceCell::new(),
                     shutdown: CancellationToken::new(),
@@ -510,26 +536,62 @@ pub(crate) fn setup(
             }
         }
     };
-    match term {
-        Some(t) => *port.state.term.write().unwrap_or_else(|e| e.into_inner()) = Some(t),
-        None => {
-            *port.state.pass.write().unwrap_or_else(|e| e.into_inner()) =
-                Some(Passthrough { wildcard: cfg.wildcard, hello_timeout: cfg.header_timeout })
-        }
-    }
-    Ok(Arc::new(TlsPlugin { scheme, gateway: gateway.clone(), port }))
+    let pass = Passthrough { wildcard: cfg.wildcard, hello_timeout: cfg.header_timeout };
+    Ok(Arc::new(TlsPlugin {
+        scheme,
+        gateway: gateway.clone(),
+        port,
+        term,
+        pass,
+        cfg: cfg.clone(),
+        life: OnceLock::new(),
+    }))
 }
 
 struct TlsPlugin {
     scheme: Scheme,
     gateway: Arc<Gateway>,
     port: Arc<TlsPort>,
+    /// `https`: what it terminates with.
+    term: Option<Arc<Termination>>,
+    /// `tls`: what it passes through.
+    pass: Passthrough,
+    cfg: GatewayConfig,
+    life: OnceLock<Lifecycle>,
+}
+
+impl Drop for TlsPlugin {
+    fn drop(&mut self) {
+        if let Some(t) = &self.term {
+            t.settings.retire();
+        }
+    }
+}
+
+impl TlsPlugin {
+    /// Takes the port over: its termination or passthrough, and caps.
+    fn install(&self) {
+        let state = &self.port.state;
+        match &self.term {
+            Some(t) => *state.term.write().unwrap_or_else(|e| e.into_inner()) = Some(t.clone()),
+            None => *state.pass.write().unwrap_or_else(|e| e.into_inner()) = Some(self.pass),
+        }
+        state.set_caps(self.scheme, &self.cfg);
+    }
 }
 
 #[async_trait]
 impl Plugin for TlsPlugin {
+    fn start(&self, server: &ServerInfo) {
+        let _ = self.life.set(server.lifecycle.clone());
+        self.install();
+    }
+
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
-        let port = self.port.listen().await?;
+        if self.life.get().is_none() {
+            self.install();
+        }
+        let port = self.port.listen(self.life.get().cloned().unwrap_or_default()).await?;
         let domain = meta.domain.to_ascii_lowercase();
         let up = Upstream::of(meta, &ctx);
         self.gateway.insert(self.scheme, &domain, up).map_err(PluginError::Refused)?;
@@ -548,24 +610,5 @@ impl Plugin for TlsPlugin {
 
     async fn stop_proxy(&self, meta: &ForwardMeta) {
         self.gateway.remove(self.scheme, &meta.domain, meta.id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replay_yields_the_prefix_first() {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(async {
-            let (a, mut b) = tokio::io::duplex(64);
-            b.write_all(b" world").await.unwrap();
-            drop(b);
-            let mut r = Replay::new(&b"hello"[..], a);
-            let mut out = String::new();
-            r.read_to_string(&mut out).await.unwrap();
-            assert_eq!(out, "hello world");
-        });
     }
 }

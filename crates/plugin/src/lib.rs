@@ -161,13 +161,38 @@ pub struct ServerInfo {
     /// The pool client VIPs are taken from (`dhcp.cidr`). Every
     /// [`ForwardMeta::vip`] lies in it.
     pub vip_pool: Ipv4Net,
+    /// The server's shutdown, for connections a plugin serves that belong
+    /// to no one session (a port many sessions share).
+    pub lifecycle: Lifecycle,
 }
 
 impl ServerInfo {
-    /// The server whose VIPs come from `vip_pool`.
+    /// The server whose VIPs come from `vip_pool` (with a lifecycle of its
+    /// own that never ends; see [`ServerInfo::with_lifecycle`]).
     pub fn new(vip_pool: Ipv4Net) -> ServerInfo {
-        ServerInfo { vip_pool: vip_pool.trunc() }
+        ServerInfo { vip_pool: vip_pool.trunc(), lifecycle: Lifecycle::default() }
     }
+
+    /// The same, shutting down with `lifecycle`.
+    pub fn with_lifecycle(mut self, lifecycle: Lifecycle) -> ServerInfo {
+        self.lifecycle = lifecycle;
+        self
+    }
+}
+
+/// The server's shutdown tree, as a plugin's own connections see it: when
+/// the server stops, `draining` is cancelled (stop accepting, finish what
+/// is in flight, close idle connections), the server waits for the tasks
+/// on `tracker` for `server.shutdownGrace`, then cancels `kill` (end
+/// everything now).
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    /// Cancelled when the server starts shutting down.
+    pub draining: CancellationToken,
+    /// Cancelled when the grace period is over.
+    pub kill: CancellationToken,
+    /// Connection tasks go here, so shutdown waits for them.
+    pub tracker: TaskTracker,
 }
 
 /// A protocol plugin, as set up from its config.

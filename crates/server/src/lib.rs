@@ -119,7 +119,11 @@ impl Shared {
 
     /// What plugins are told when they start ([`Plugin::start`]).
     pub(crate) fn server_info(&self) -> opennotr_plugin::ServerInfo {
-        opennotr_plugin::ServerInfo::new(self.cfg.dhcp.cidr)
+        opennotr_plugin::ServerInfo::new(self.cfg.dhcp.cidr).with_lifecycle(opennotr_plugin::Lifecycle {
+            draining: self.draining.clone(),
+            kill: self.kill.clone(),
+            tracker: self.streams.clone(),
+        })
     }
 
     /// The limits in force now.
