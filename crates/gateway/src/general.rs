@@ -54,7 +54,7 @@ enum UpstreamProto {
 /// Answers one request.
 pub(crate) async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let in_flight = conn.activity.begin();
-    let mut upgrade = Upgrade { guard: conn.guard.clone(), upgraded: false };
+    let mut upgrade = Upgrade { guard: conn.guard.clone(), upgraded: false, on: None };
     let resp = match route(req, &conn, &mut upgrade).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -79,12 +79,25 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<
 struct Upgrade {
     guard: Option<Arc<GuardShared>>,
     upgraded: bool,
+    /// hyper hands the connection over to this once it ends, for any
+    /// request that carried an `Upgrade` field.
+    on: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl Drop for Upgrade {
     fn drop(&mut self) {
         if let Some(g) = &self.guard {
             g.resolve_upgrade(self.upgraded);
+        }
+        if let Some(on) = self.on.take() {
+            // Not upgraded: when the connection ends, hyper still hands it
+            // over here instead of shutting it down; the shutdown (which
+            // writes a rejection the guard holds) is done here then.
+            tokio::spawn(async move {
+                if let Ok(io) = on.await {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut TokioIo::new(io)).await;
+                }
+            });
         }
     }
 }
@@ -123,7 +136,9 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
         return Ok(r.map(full));
     }
     let mut req = req;
-    let visitor_upgrade = req.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
+    if req.headers().contains_key(header::UPGRADE) {
+        upgrade.on = Some(hyper::upgrade::on(&mut req));
+    }
     let (mut parts, body) = req.into_parts();
     let h2 = parts.version == Version::HTTP_2;
     let is_head = parts.method == hyper::Method::HEAD;
@@ -253,7 +268,7 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
             .map_err(|r| GatewayError::ServiceMalformed(r.reason))?;
 
     if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
-        let Some(visitor_upgrade) = visitor_upgrade.filter(|_| upgrade_requested) else {
+        let Some(visitor_upgrade) = upgrade.on.take_if(|_| upgrade_requested) else {
             return Err(GatewayError::ServiceMalformed("101 without an upgrade request"));
         };
         upgrade.upgraded = true;
@@ -332,6 +347,17 @@ impl hyper::body::Body for VisitorBody {
                 if self.inner.is_end_stream() {
                     self.sent.cancel();
                 }
+                let f = match f.into_trailers() {
+                    Ok(mut trailers) => {
+                        let managed: Vec<_> =
+                            trailers.keys().filter(|n| !rules::forwards_trailer(n.as_str())).cloned().collect();
+                        for n in managed {
+                            trailers.remove(n);
+                        }
+                        Frame::trailers(trailers)
+                    }
+                    Err(f) => f,
+                };
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -48,6 +48,11 @@ enum State {
     Rejected,
     /// A chunked body broke a rule: hyper's body ends early.
     BodyRejected,
+    /// The visitor sent its last byte (between requests): hyper gets the
+    /// end once it has answered the requests before it. (Given at once,
+    /// it would drop the response in flight: a visitor that half-closes
+    /// after its request is answered on the direct path too.)
+    Ended,
 }
 
 /// What follows a body.
@@ -353,8 +358,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guard<S> {
                     continue;
                 }
                 State::BodyRejected => return Poll::Ready(Ok(())),
-                State::Rejected if this.idle() => return Poll::Ready(Ok(())),
-                State::Rejected | State::Done => {
+                State::Rejected | State::Ended if this.idle() => return Poll::Ready(Ok(())),
+                State::Rejected | State::Ended | State::Done => {
                     this.read_waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
@@ -373,7 +378,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guard<S> {
             if rb.filled().is_empty() {
                 // The end: a head cut short is dropped, not passed on.
                 this.buf.clear();
-                return Poll::Ready(Ok(()));
+                this.state = State::Ended;
+                continue;
             }
             this.buf.extend_from_slice(rb.filled());
         }

@@ -47,6 +47,9 @@ mod rules;
 mod serve;
 mod tls;
 
+#[cfg(test)]
+mod path_tests;
+
 pub use acme::{AcmeConfig, Challenge};
 pub use config::{CertFiles, GatewayConfig, Mode, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use error::{GatewayError, Origin};

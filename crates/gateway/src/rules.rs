@@ -144,7 +144,14 @@ impl<'a> RequestInfo<'a> {
             || FRAMING.iter().any(|h| eq(name, h))
             || eq(name, "expect")
             || (self.absolute && eq(name, "host"))
-            || self.named().iter().any(|t| eq(name, t)))
+            || self.named().iter().any(|t| eq(name, t))
+            || aliases_a_managed_field(name))
+    }
+
+    /// Whether the visitor's own `X-Forwarded-For` values go on (before
+    /// its address): not when `Connection` named the field.
+    fn keeps_forwarded_for(&self) -> bool {
+        !self.named().iter().any(|t| eq(t, "x-forwarded-for"))
     }
 
     /// The name the request routes by: the host without port, lowercase,
@@ -164,8 +171,9 @@ impl<'a> RequestInfo<'a> {
     }
 }
 
-/// Fields that concern one hop only (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+/// Fields that concern one hop only (RFC 9110 §7.6.1; `HTTP2-Settings`
+/// belongs to the h2c upgrade, which is not passed on).
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -174,6 +182,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "te",
     "trailer",
     "upgrade",
+    "http2-settings",
 ];
 /// What the gateway says about the visitor, replacing what the visitor
 /// said about itself (`X-Forwarded-For` is appended to, not replaced).
@@ -181,6 +190,29 @@ const FORWARDING: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "x-forwar
 const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
 /// What `Connection` may never remove.
 const PROTECTED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+
+/// A field whose name, with `_` read as `-`, is one the gateway manages
+/// (framing, routing, hop-by-hop, forwarding): many services (CGI, WSGI,
+/// PHP) read `Content_Length` as `Content-Length`, so such a field would
+/// say to the service what the gateway never checked. Dropped, as nginx
+/// drops every field with an underscore by default.
+fn aliases_a_managed_field(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let same = |h: &&str| {
+        h.len() == name.len()
+            && h.bytes().zip(name.bytes()).all(|(a, b)| a == if b == b'_' { b'-' } else { b.to_ascii_lowercase() })
+    };
+    PROTECTED.iter().chain(&HOP_BY_HOP).chain(&FORWARDING).chain(&["expect"]).any(same)
+}
+
+/// Whether a trailer field a visitor sent goes on: not one the gateway
+/// manages (RFC 9110 §6.5.1: trailers never stand in for such fields).
+pub(crate) fn forwards_trailer(name: &str) -> bool {
+    !(PROTECTED.iter().chain(&HOP_BY_HOP).chain(&FORWARDING).chain(&["expect", "content-type"]).any(|h| eq(name, h))
+        || aliases_a_managed_field(name))
+}
 
 /// Maps an httparse error on a request head to its answer.
 pub(crate) fn request_parse_error(e: httparse::Error) -> Reject {
@@ -206,12 +238,29 @@ pub(crate) fn parse_request<'b, 'h>(
             Err(Reject { status: 431, reason: "request head too large" })
         }
         Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        // Still no end of the request line: the target is what is too long.
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD && !buf.contains(&b'\n') => {
+            Err(Reject { status: 414, reason: "request target too long" })
+        }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => {
             Err(Reject { status: 431, reason: "request head too large" })
         }
         Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::Version) if !names_a_version(buf) => Err(bad("malformed request line")),
         Err(e) => Err(request_parse_error(e)),
     }
+}
+
+/// Whether the request line is well formed but for its version being one
+/// not served (`HTTP/2.0`, `HTTP/1.2`): 505 then, else 400.
+fn names_a_version(buf: &[u8]) -> bool {
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(_), Some(_), Some(v), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    matches!(v, [b'H', b'T', b'T', b'P', b'/', a, b'.', b] if a.is_ascii_digit() && b.is_ascii_digit())
 }
 
 /// Applies the rules to a parsed HTTP/1 request head.
@@ -360,7 +409,11 @@ fn check<'a>(
     if http10 && keep_alive {
         info.close = false;
     }
-    if !http10 && upgrade_token {
+    // The h2c upgrade (RFC 7540 §3.2, gone from RFC 9113) would turn the
+    // connection into an HTTP/2 tunnel the gateway cannot see into: the
+    // request goes on as a plain one.
+    let h2c = upgrade_value.and_then(elements).is_some_and(|mut p| p.any(|p| eq(p, "h2c")));
+    if !http10 && upgrade_token && !h2c {
         info.upgrade = upgrade_value;
     }
     Ok(info)
@@ -380,10 +433,19 @@ fn parse_target<'a>(info: &mut RequestInfo<'a>, target: &'a str) -> Result<(), R
     if target.len() > MAX_TARGET {
         return Err(Reject { status: 414, reason: "request target too long" });
     }
-    // httparse allows visible ASCII only; a fragment is not part of a
-    // request target (RFC 9112 §3.2).
+    // A target is visible ASCII (httparse lets UTF-8 through); a fragment
+    // is not part of one (RFC 9112 §3.2).
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("a request target that is not visible ASCII"));
+    }
     if target.contains('#') {
         return Err(bad("a fragment in the request target"));
+    }
+    // Not a URI character, and read as `/` by some services (IIS, some
+    // frameworks) but not others: a path that means one thing to a rule
+    // in front and another behind it.
+    if target.contains('\\') {
+        return Err(bad("a backslash in the request target"));
     }
     if target.starts_with('/') {
         return Ok(());
@@ -518,7 +580,7 @@ pub(crate) fn write_request_head(
         out.extend_from_slice(b"TE: trailers\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for h in fields.iter().filter(|h| eq(h.name, "x-forwarded-for")) {
+    for h in fields.iter().filter(|h| info.keeps_forwarded_for() && eq(h.name, "x-forwarded-for")) {
         out.extend_from_slice(h.value);
         out.extend_from_slice(b", ");
     }
@@ -568,7 +630,8 @@ pub(crate) fn rewrite_parts(
     let (out, drop, upgrade, te_trailers, xff) = {
         let info = check_parts(method, target, http10, headers)?;
         let drop: Vec<HeaderName> = headers.keys().filter(|n| !info.forwards(n.as_str())).cloned().collect();
-        let xff = forwarded_for(headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()), visitor.ip);
+        let prior = headers.get_all("x-forwarded-for").iter().filter(|_| info.keeps_forwarded_for());
+        let xff = forwarded_for(prior.map(|v| v.as_bytes()), visitor.ip);
         let out = Rewritten {
             name: info.route_name(),
             path: info.absolute.then(|| info.path.to_string()),
@@ -769,8 +832,10 @@ fn check_response_fields<'a>(
 }
 
 /// The head for the visitor: the service's status and fields, less the hop
-/// by hop ones and its framing fields, with the framing of what is sent
-/// (the body is copied as it came) and `Connection: close` unless `keep`.
+/// by hop ones, with one `Content-Length` where the body has a length
+/// (none beside chunked) and `Connection: close` unless `keep`. The body
+/// is copied as it came, so `Transfer-Encoding` stays as the service sent
+/// it.
 pub(crate) fn write_response_head(raw: &[u8], out: &mut Vec<u8>, framing: Framing, keep: bool) {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -799,10 +864,9 @@ pub(crate) fn write_response_head(raw: &[u8], out: &mut Vec<u8>, framing: Framin
             length = Some(h.value);
             continue;
         }
-        if HOP_BY_HOP.iter().any(|x| eq(n, x))
-            || eq(n, "transfer-encoding")
-            || named[..n_named].iter().any(|t| eq(n, t))
-        {
+        // Transfer-Encoding stays as the service sent it: the body is
+        // copied as it came (chunked, or to the connection's end).
+        if HOP_BY_HOP.iter().any(|x| eq(n, x)) || named[..n_named].iter().any(|t| eq(n, t)) {
             continue;
         }
         for part in [n.as_bytes(), b": ", h.value, b"\r\n"] {
@@ -815,7 +879,7 @@ pub(crate) fn write_response_head(raw: &[u8], out: &mut Vec<u8>, framing: Framin
             out.extend_from_slice(itoa(n, &mut [0; 20]));
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Chunked | Framing::Close => {}
         // What a HEAD or 304 response's length would have been; a 204 and
         // 1xx have none.
         Framing::Empty => {
@@ -825,7 +889,6 @@ pub(crate) fn write_response_head(raw: &[u8], out: &mut Vec<u8>, framing: Framin
                 }
             }
         }
-        Framing::Close => {}
     }
     if !keep {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -836,7 +899,9 @@ pub(crate) fn write_response_head(raw: &[u8], out: &mut Vec<u8>, framing: Framin
 /// Removes the hop-by-hop fields of a response hyper's client parsed (and
 /// those its `Connection` names, except framing), as
 /// [`write_response_head`] does; `Content-Length` stays only where it
-/// describes the body hyper will send (or a HEAD's or 304's).
+/// describes the body hyper will send (or a HEAD's or 304's), and
+/// `Transfer-Encoding` as the service sent it (hyper's server frames the
+/// body by it again).
 pub(crate) fn strip_response(headers: &mut HeaderMap, framing: Framing) {
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
@@ -852,7 +917,6 @@ pub(crate) fn strip_response(headers: &mut HeaderMap, framing: Framing) {
     for n in HOP_BY_HOP {
         headers.remove(n);
     }
-    headers.remove(hyper::header::TRANSFER_ENCODING);
     if matches!(framing, Framing::Chunked | Framing::Close) {
         headers.remove(hyper::header::CONTENT_LENGTH);
     }

@@ -140,7 +140,7 @@ where
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// hyper's HTTP/1 server on the rest of a connection, through the guard.
-async fn serve_http1<S>(mut io: Replay<VisitorIo<S>>, ctx: &Ctx)
+pub(crate) async fn serve_http1<S>(mut io: Replay<VisitorIo<S>>, ctx: &Ctx)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -105,8 +105,17 @@ fn request_line_rules() {
     assert_eq!(status("GET a HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
     assert_eq!(status("GET / HTTP/1.2\r\nHost: a\r\n\r\n"), 505);
     assert_eq!(status("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
+    assert_eq!(status("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
+    assert_eq!(status("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    assert_eq!(status("GET / http/1.1\r\nHost: a\r\n\r\n"), 400);
+    assert_eq!(status("GET / HTTP/1\r\nHost: a\r\n\r\n"), 400);
+    let long_line = format!("GET /{}", "a".repeat(MAX_REQUEST_HEAD));
+    assert_eq!(parse(long_line.as_bytes()).unwrap_err().status, 414, "a request line too long to end");
     assert_eq!(status("GET  / HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
     assert_eq!(status("GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    assert_eq!(status("GET /café HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    assert_eq!(status("GET /a\\..\\b HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    assert_eq!(status("GET /a?q={\"x\":1}|y HTTP/1.1\r\nHost: a\r\n\r\n"), 200);
     let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(MAX_TARGET));
     assert_eq!(status(&long), 414);
     let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(MAX_REQUEST_HEAD));
@@ -174,6 +183,34 @@ fn forwarded_head() {
 }
 
 #[test]
+fn managed_fields_cannot_come_in_disguise() {
+    // Underscore aliases of framing, routing and forwarding fields go.
+    let (_, head) = parse(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 99\r\nTransfer_Encoding: chunked\r\nX_Forwarded_For: 1.2.3.4\r\n\
+          X-Custom_Field: kept\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(!head.contains("_Length") && !head.contains("_Encoding") && !head.contains("X_Forwarded"), "{head}");
+    assert!(head.contains("X-Custom_Field: kept"), "{head}");
+    // Connection naming X-Forwarded-For: the visitor's own values go.
+    let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Forwarded-For\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+    let (_, head) = parse(raw).unwrap().unwrap();
+    assert!(head.contains("X-Forwarded-For: 192.0.2.7\r\n") && !head.contains("6.6.6.6"), "{head}");
+    // The h2c upgrade is not passed on: a plain request.
+    let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+                HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut h);
+    parse_request(raw, &mut r).unwrap();
+    assert_eq!(check_request(&r).unwrap().upgrade, None);
+    let (_, head) = parse(raw).unwrap().unwrap();
+    assert!(!head.contains("Upgrade") && !head.contains("HTTP2-Settings") && !head.contains("Connection"), "{head}");
+    assert!(!forwards_trailer("Content-Length") && !forwards_trailer("host") && !forwards_trailer("Transfer_Encoding"));
+    assert!(forwards_trailer("X-Checksum"));
+}
+
+#[test]
 fn route_names() {
     assert_eq!(route_name("App.Example.com:8080"), "app.example.com");
     assert_eq!(route_name("app.example.com."), "app.example.com");
@@ -238,6 +275,10 @@ fn response_heads_lose_hop_by_hop_fields() {
         String::from_utf8(out.clone()).unwrap(),
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
+    // A coding before chunked stays named: the body is copied as it came.
+    let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+    write_response_head(raw, &mut out, Framing::Chunked, true);
+    assert_eq!(String::from_utf8(out.clone()).unwrap(), "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
     write_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &mut out, Framing::Empty, true);
     assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", "a HEAD's length");
 }
