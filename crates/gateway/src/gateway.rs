@@ -128,7 +128,13 @@ impl Gateway {
              # TYPE opennotr_gateway_connections gauge\n",
         );
         for l in &listeners {
-            let _ = writeln!(out, "opennotr_gateway_connections{{listen=\"{}\"}} {}", l.listen, l.open());
+            let _ = writeln!(
+                out,
+                "opennotr_gateway_connections{{port=\"{}\",listen=\"{}\"}} {}",
+                l.kind,
+                l.addr(),
+                l.open()
+            );
         }
         out.push_str(
             "# HELP opennotr_gateway_connections_refused_total Visitor connections closed at once, by listener and \
@@ -137,16 +143,14 @@ impl Gateway {
         );
         for l in &listeners {
             let (_, full, source) = l.counts();
-            let _ = writeln!(
-                out,
-                "opennotr_gateway_connections_refused_total{{listen=\"{}\",reason=\"listener\"}} {full}",
-                l.listen
-            );
-            let _ = writeln!(
-                out,
-                "opennotr_gateway_connections_refused_total{{listen=\"{}\",reason=\"source\"}} {source}",
-                l.listen
-            );
+            for (reason, n) in [("listener", full), ("source", source)] {
+                let _ = writeln!(
+                    out,
+                    "opennotr_gateway_connections_refused_total{{port=\"{}\",listen=\"{}\",reason=\"{reason}\"}} {n}",
+                    l.kind,
+                    l.addr()
+                );
+            }
         }
     }
 

@@ -37,8 +37,12 @@ pub(crate) enum Refused {
 /// The connections of one listener.
 #[derive(Debug)]
 pub(crate) struct ConnLimits {
-    /// The listen address, the label of its metrics.
+    /// The listen address as configured.
     pub(crate) listen: SocketAddr,
+    /// Which port it is (`http`, `h2c`, `tls`), for the metrics.
+    pub(crate) kind: &'static str,
+    /// The address bound (the metrics' label).
+    bound: std::sync::OnceLock<SocketAddr>,
     max_total: AtomicUsize,
     max_per_source: AtomicUsize,
     open: AtomicUsize,
@@ -70,9 +74,16 @@ impl Drop for Admitted {
 }
 
 impl ConnLimits {
-    pub(crate) fn new(listen: SocketAddr, max_total: usize, max_per_source: usize) -> Arc<ConnLimits> {
+    pub(crate) fn new(
+        kind: &'static str,
+        listen: SocketAddr,
+        max_total: usize,
+        max_per_source: usize,
+    ) -> Arc<ConnLimits> {
         Arc::new(ConnLimits {
             listen,
+            kind,
+            bound: std::sync::OnceLock::new(),
             max_total: AtomicUsize::new(max_total),
             max_per_source: AtomicUsize::new(max_per_source),
             open: AtomicUsize::new(0),
@@ -114,6 +125,15 @@ impl ConnLimits {
         Ok(Admitted { limits: self.clone(), source })
     }
 
+    pub(crate) fn set_bound(&self, addr: SocketAddr) {
+        let _ = self.bound.set(addr);
+    }
+
+    /// The address bound, else the one configured.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.bound.get().copied().unwrap_or(self.listen)
+    }
+
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
@@ -131,7 +151,7 @@ mod tests {
 
     #[test]
     fn caps_per_listener_and_per_source() {
-        let l = ConnLimits::new("127.0.0.1:80".parse().unwrap(), 3, 2);
+        let l = ConnLimits::new("http", "127.0.0.1:80".parse().unwrap(), 3, 2);
         let a = "192.0.2.1".parse().unwrap();
         let b = "192.0.2.2".parse().unwrap();
         let a1 = l.admit(a).unwrap();
@@ -154,13 +174,13 @@ mod tests {
 
     #[test]
     fn the_source_table_holds_only_open_connections() {
-        let l = ConnLimits::new("127.0.0.1:80".parse().unwrap(), 1000, 0);
+        let l = ConnLimits::new("http", "127.0.0.1:80".parse().unwrap(), 1000, 0);
         for i in 0..100u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(i));
             assert!(l.admit(ip).is_err());
         }
         assert!(l.lock().is_empty());
-        let l = ConnLimits::new("127.0.0.1:80".parse().unwrap(), 1000, 5);
+        let l = ConnLimits::new("http", "127.0.0.1:80".parse().unwrap(), 1000, 5);
         let held: Vec<_> = (0..100u32).map(|i| l.admit(IpAddr::from(std::net::Ipv4Addr::from(i))).unwrap()).collect();
         assert_eq!(l.lock().len(), 100);
         drop(held);

@@ -121,7 +121,7 @@ impl Shared {
             addr: listen,
             gateway: self.gateway.clone(),
             settings: Arc::new(RwLock::new(None)),
-            limits: ConnLimits::new(listen, 0, 0),
+            limits: ConnLimits::new(scheme.name(), listen, 0, 0),
             bound: tokio::sync::OnceCell::new(),
             shutdown: CancellationToken::new(),
         });
@@ -164,6 +164,9 @@ impl HttpPort {
                     .map_err(|e| PluginError::Refused(format!("the gateway cannot listen on {addr}: {e}")))?;
                 let port = listener.local_addr().map(|a| a.port()).unwrap_or(addr.port());
                 info!(plugin = self.scheme.name(), addr = %addr, port, "gateway listening");
+                if let Ok(a) = listener.local_addr() {
+                    self.limits.set_bound(a);
+                }
                 self.gateway.add_listener(&self.limits);
                 let (gateway, slot, conn_life) = (self.gateway.clone(), self.settings.clone(), life.clone());
                 let start = if self.scheme == Scheme::H2c { Start::Detect } else { Start::Http1 };

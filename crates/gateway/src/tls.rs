@@ -327,6 +327,9 @@ impl TlsPort {
                     .map_err(|e| PluginError::Refused(format!("the gateway cannot listen on {addr}: {e}")))?;
                 let port = listener.local_addr().map(|a| a.port()).unwrap_or(addr.port());
                 info!(addr = %addr, port, https = self.state.term().is_some(), tls = self.state.pass().is_some(), "TLS gateway listening");
+                if let Ok(a) = listener.local_addr() {
+                    self.state.limits.set_bound(a);
+                }
                 if let Some(term) = self.state.term() {
                     if let Some(acme) = &term.store.acme {
                         acme.start_renewal();
@@ -526,7 +529,7 @@ pub(crate) fn setup(
                         term: RwLock::new(None),
                         pass: RwLock::new(None),
                         caps: Mutex::new([None; 2]),
-                        limits: ConnLimits::new(listen, 0, 0),
+                        limits: ConnLimits::new("tls", listen, 0, 0),
                     }),
                     bound: tokio::sync::OnceCell::new(),
                     shutdown: CancellationToken::new(),
