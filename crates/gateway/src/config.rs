@@ -82,24 +82,8 @@ const KEYS: &[&str] = &[
     "maxConnections",
     "maxConnectionsPerIp",
 ];
-const HTTPS_KEYS: &[&str] = &[
-    "listen",
-    "adminUrl",
-    "reconcileInterval",
-    "wildcard",
-    "headerTimeout",
-    "idleTimeout",
-    "bodyTimeout",
-    "responseTimeout",
-    "sendTimeout",
-    "maxConnections",
-    "maxConnectionsPerIp",
-    "cert",
-    "key",
-    "certDir",
-    "reloadInterval",
-    "acme",
-];
+/// What `https` takes beyond [`KEYS`].
+const HTTPS_KEYS: &[&str] = &["cert", "key", "certDir", "reloadInterval", "acme"];
 const TLS_KEYS: &[&str] = &["listen", "wildcard", "headerTimeout", "maxConnections", "maxConnectionsPerIp"];
 
 /// Default `maxConnections`: far above what one server's file limit
@@ -124,10 +108,10 @@ impl GatewayConfig {
                 })
             }
         };
-        let keys = match name {
-            "https" => HTTPS_KEYS,
-            "tls" => TLS_KEYS,
-            _ => KEYS,
+        let keys: Vec<&str> = match name {
+            "https" => KEYS.iter().chain(HTTPS_KEYS).copied().collect(),
+            "tls" => TLS_KEYS.to_vec(),
+            _ => KEYS.to_vec(),
         };
         for k in obj.keys() {
             if !keys.contains(&k.as_str()) {

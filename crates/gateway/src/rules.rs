@@ -309,8 +309,7 @@ fn check<'a>(
     };
     parse_target(&mut info, target)?;
     let mut hosts = 0;
-    let mut length: Option<u64> = None;
-    let mut codings = Codings::default();
+    let mut framing = FramingFields::default();
     let mut upgrade_value = None;
     let mut upgrade_token = false;
     let mut keep_alive = false;
@@ -325,28 +324,7 @@ fn check<'a>(
             if !info.absolute {
                 info.host = host;
             }
-        } else if eq(name, "content-length") {
-            let n = content_length(value).ok_or(bad("malformed Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("differing Content-Length values"));
-            }
-            length = Some(n);
-        } else if eq(name, "transfer-encoding") {
-            if http10 {
-                return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
-            }
-            for coding in elements(value).ok_or(bad("malformed Transfer-Encoding"))? {
-                let token = coding.split(';').next().unwrap_or("").trim_matches([' ', '\t']);
-                if !is_token(token) {
-                    return Err(bad("malformed Transfer-Encoding"));
-                }
-                codings.chunked += usize::from(eq(coding, "chunked"));
-                codings.other |= !eq(coding, "chunked");
-                codings.last_chunked = eq(coding, "chunked");
-            }
-            if codings.chunked + usize::from(codings.other) == 0 {
-                return Err(bad("empty Transfer-Encoding"));
-            }
+        } else if framing.read(name, value, http10).map_err(bad)? {
         } else if eq(name, "connection") {
             for option in elements(value).ok_or(bad("malformed Connection"))? {
                 if !is_token(option) {
@@ -391,15 +369,13 @@ fn check<'a>(
     if hosts == 0 && !http10 {
         return Err(bad("no Host"));
     }
-    let te = codings.chunked > 0 || codings.other;
-    info.framing = match length {
+    let te = framing.transfer_coded();
+    info.framing = match framing.length {
         Some(_) if te => return Err(bad("both Content-Length and Transfer-Encoding")),
         // RFC 9112 §6.3: a request whose last coding is not chunked has no
         // reliable length.
-        _ if te && (!codings.last_chunked || codings.chunked > 1) => {
-            return Err(bad("Transfer-Encoding does not end in chunked, once"));
-        }
-        _ if te && codings.other => {
+        _ if te && !framing.last_chunked => return Err(bad("Transfer-Encoding does not end in chunked")),
+        _ if te && framing.other => {
             return Err(Reject { status: 501, reason: "a transfer coding other than chunked" });
         }
         _ if te => BodyFraming::Chunked,
@@ -419,12 +395,62 @@ fn check<'a>(
     Ok(info)
 }
 
-/// The transfer codings a request named.
+/// A message's framing fields (`Content-Length`, `Transfer-Encoding`),
+/// read the same way in requests and responses.
 #[derive(Default)]
-struct Codings {
+struct FramingFields {
+    length: Option<u64>,
+    /// How many times `chunked` was named.
     chunked: usize,
+    /// Another coding was named.
     other: bool,
     last_chunked: bool,
+}
+
+impl FramingFields {
+    /// Reads `name: value` if it is a framing field (then true); the
+    /// reason if its value breaks a rule: `Content-Length` is digits,
+    /// repeated only with the same value; `Transfer-Encoding` is a list of
+    /// codings (tokens, with parameters), not in HTTP/1.0, naming
+    /// `chunked` once at most.
+    fn read(&mut self, name: &str, value: &[u8], http10: bool) -> Result<bool, &'static str> {
+        if eq(name, "content-length") {
+            let n = content_length(value).ok_or("malformed Content-Length")?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err("differing Content-Length values");
+            }
+            self.length = Some(n);
+        } else if eq(name, "transfer-encoding") {
+            if http10 {
+                return Err("Transfer-Encoding in HTTP/1.0");
+            }
+            let mut any = false;
+            for coding in elements(value).ok_or("malformed Transfer-Encoding")? {
+                let token = coding.split(';').next().unwrap_or("").trim_matches([' ', '\t']);
+                if !is_token(token) {
+                    return Err("malformed Transfer-Encoding");
+                }
+                let chunked = eq(coding, "chunked");
+                any = true;
+                self.chunked += usize::from(chunked);
+                self.other |= !chunked;
+                self.last_chunked = chunked;
+            }
+            if !any {
+                return Err("empty Transfer-Encoding");
+            }
+            if self.chunked > 1 {
+                return Err("chunked applied more than once");
+            }
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn transfer_coded(&self) -> bool {
+        self.chunked > 0 || self.other
+    }
 }
 
 /// Validates the request target and sets the path (and, for an
@@ -776,31 +802,10 @@ fn check_response_fields<'a>(
     if status == 101 && !upgrade {
         return Err(bad_response("101 without an upgrade request"));
     }
-    let mut length: Option<u64> = None;
-    let mut codings = Codings::default();
+    let mut framing = FramingFields::default();
     let mut close = http10;
     for (name, value) in fields {
-        if eq(name, "content-length") {
-            let n = content_length(value).ok_or(bad_response("malformed Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad_response("differing Content-Length values"));
-            }
-            length = Some(n);
-        } else if eq(name, "transfer-encoding") {
-            if http10 {
-                return Err(bad_response("Transfer-Encoding in an HTTP/1.0 response"));
-            }
-            for coding in elements(value).ok_or(bad_response("malformed Transfer-Encoding"))? {
-                codings.chunked += usize::from(eq(coding, "chunked"));
-                codings.other |= !eq(coding, "chunked");
-                codings.last_chunked = eq(coding, "chunked");
-            }
-            if codings.chunked > 1 {
-                return Err(bad_response("chunked applied more than once"));
-            }
-            if codings.chunked + usize::from(codings.other) == 0 {
-                return Err(bad_response("empty Transfer-Encoding"));
-            }
+        if framing.read(name, value, http10).map_err(bad_response)? {
         } else if eq(name, "connection") {
             for option in elements(value).ok_or(bad_response("malformed Connection"))? {
                 if eq(option, "close") {
@@ -813,22 +818,22 @@ fn check_response_fields<'a>(
     }
     // Both: Transfer-Encoding wins, and the connection is not trusted
     // with another message (RFC 9112 §6.3).
-    let te = codings.chunked > 0 || codings.other;
-    let ambiguous = te && length.is_some();
-    let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+    let te = framing.transfer_coded();
+    let ambiguous = te && framing.length.is_some();
+    let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Empty
     } else {
-        match length {
+        match framing.length {
             // A coding after chunked: the body ends when the connection
             // does (RFC 9112 §6.3).
-            _ if te && codings.last_chunked => Framing::Chunked,
+            _ if te && framing.last_chunked => Framing::Chunked,
             _ if te => Framing::Close,
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
             None => Framing::Close,
         }
     };
-    Ok(ResponseInfo { status, framing, reusable: !close && !ambiguous && framing != Framing::Close })
+    Ok(ResponseInfo { status, framing: body, reusable: !close && !ambiguous && body != Framing::Close })
 }
 
 /// The head for the visitor: the service's status and fields, less the hop
