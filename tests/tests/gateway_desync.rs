@@ -87,9 +87,22 @@ struct Recorder {
     garbage: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Scripted answers: the target `/resp/<id>` gets these bytes (and the
-/// connection closes after them when `close`).
-type Script = &'static [(&'static str, &'static [u8], bool)];
+/// Scripted answers: the target `/resp/<id>` gets these bytes, then (in a
+/// write of their own, a moment later: a service that writes a body it
+/// should not, late) the `late` ones, and the connection closes after them
+/// when `close`.
+type Script = &'static [Scripted];
+
+struct Scripted {
+    id: &'static str,
+    bytes: &'static [u8],
+    late: &'static [u8],
+    close: bool,
+}
+
+const fn answer(id: &'static str, bytes: &'static [u8]) -> Scripted {
+    Scripted { id, bytes, late: b"", close: false }
+}
 
 /// A service that parses requests leniently — a `Content-Length` as Rust's
 /// integer parser reads it (a `+` passes), chunked when
@@ -154,9 +167,9 @@ async fn serve_lenient(mut s: TcpStream, rec: Arc<Recorder>, script: Script) {
             }
             p.body = buf.split_to(len).to_vec();
         }
-        let scripted = script.iter().find(|(id, _, _)| p.target == format!("/resp/{id}").as_bytes());
-        let (answer, close) = match scripted {
-            Some((_, bytes, close)) => (bytes.to_vec(), *close),
+        let scripted = script.iter().find(|a| p.target == format!("/resp/{}", a.id).as_bytes());
+        let (answer, late, close) = match scripted {
+            Some(a) => (a.bytes.to_vec(), a.late, a.close),
             None => {
                 let cookie = p.field("cookie").unwrap_or_default();
                 let mut body = p.target.clone();
@@ -166,11 +179,21 @@ async fn serve_lenient(mut s: TcpStream, rec: Arc<Recorder>, script: Script) {
                 if p.method != "HEAD" {
                     a.extend_from_slice(&body);
                 }
-                (a, false)
+                (a, &b""[..], false)
             }
         };
         rec.parsed.lock().unwrap().push(p);
-        if s.write_all(&answer).await.is_err() || close {
+        if s.write_all(&answer).await.is_err() {
+            return;
+        }
+        if !late.is_empty() {
+            // What the late bytes race: the next request on this connection.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if s.write_all(late).await.is_err() {
+                return;
+            }
+        }
+        if close {
             return;
         }
     }
@@ -320,10 +343,12 @@ async fn visit(gateway: SocketAddr, handoff: bool, bytes: &[u8], head_request: b
     Visit { responses: responses(&got, head_request), raw: got, written }
 }
 
-/// A victim's request on a new connection: it must get its own answer.
+/// A victim's request on a new connection, by the same path (on the hyper
+/// path, after the hand-over: so it takes hyper's pooled connections): it
+/// must get its own answer.
 async fn victim(rig: &Rig, id: &str) {
     let req = format!("GET /victim HTTP/1.1\r\nHost: {HOST}\r\nCookie: v={id}\r\nConnection: close\r\n\r\n");
-    let resp = visit(rig.gateway, false, req.as_bytes(), false).await.responses;
+    let resp = visit(rig.gateway, rig.path == Path::Hyper, req.as_bytes(), false).await.responses;
     let want = format!("/victim|v={id}");
     assert!(
         matches!(resp.last(), Some((200, body)) if body == want.as_bytes()),
@@ -341,7 +366,10 @@ fn parsed_since(rig: &Rig, from: usize, id: &str) -> Vec<Parsed> {
     assert_eq!(last.target, b"/victim", "{:?} {id}: the last request the service parsed is not the victim's", rig.path);
     assert_eq!(last.field("cookie"), Some(format!("v={id}").as_bytes()), "{:?} {id}: the victim's cookie", rig.path);
     if rig.path == Path::Hyper {
-        assert!(!all.is_empty() && all[0].target == b"/handoff", "{:?} {id}: {all:?}", rig.path);
+        // The case's hand-over request first, the victim's last.
+        let victims = all.pop();
+        assert!(victims.is_some_and(|p| p.target == b"/handoff"), "{:?} {id}: {all:?}", rig.path);
+        assert!(all.first().is_some_and(|p| p.target == b"/handoff"), "{:?} {id}: {all:?}", rig.path);
         all.remove(0);
     }
     all
@@ -426,35 +454,42 @@ fn the_corpus_is_large_and_unique() {
 
 /// Broken and ambiguous responses from a service, by case id.
 const RESPONSES_SCRIPT: Script = &[
-    ("cl-and-te", b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
-    ("cl-conflict", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 12\r\n\r\nokHTTP/1.1 2", false),
-    ("cl-invalid", b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", false),
-    ("cl-list", b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", false),
-    ("te-not-chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz", true),
-    ("close-delimited", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nok", true),
-    ("204-with-body", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", false),
-    ("304-with-cl", b"HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\nContent-Length: 1000\r\n\r\n", false),
-    (
+    answer("cl-and-te", b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+    answer("cl-conflict", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 12\r\n\r\nokHTTP/1.1 2"),
+    answer("cl-invalid", b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok"),
+    answer("cl-list", b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"),
+    Scripted { close: true, ..answer("te-not-chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzz") },
+    Scripted { close: true, ..answer("close-delimited", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nok") },
+    answer("204-with-body", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello"),
+    answer("304-with-cl", b"HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\nContent-Length: 1000\r\n\r\n"),
+    answer(
         "1xx-sequence",
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-        false,
     ),
-    ("101-unrequested", b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", false),
-    ("obs-fold", b"HTTP/1.1 200 OK\r\nX-Note: a\r\n b\r\nContent-Length: 2\r\n\r\nok", false),
-    ("ws-before-colon", b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", false),
-    (
+    answer("101-unrequested", b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+    answer("obs-fold", b"HTTP/1.1 200 OK\r\nX-Note: a\r\n b\r\nContent-Length: 2\r\n\r\nok"),
+    answer("ws-before-colon", b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok"),
+    answer(
         "extra-bytes",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 302 Found\r\nLocation: //evil.example.test/\r\nContent-Length: 0\r\n\r\n",
-        false,
     ),
-    ("bad-chunk-midstream", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0x10\r\n", false),
-    ("te-on-http10", b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
-    ("status-invalid", b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok", false),
-    ("chunked-to-http10", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
-    ("upgrade-refused", b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n", false),
-    ("early-redirect", b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n", false),
-    ("head-with-cl", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", false),
+    answer("bad-chunk-midstream", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0x10\r\n"),
+    answer("te-on-http10", b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+    answer("status-invalid", b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok"),
+    answer("chunked-to-http10", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+    answer("upgrade-refused", b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n"),
+    answer("early-redirect", b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n"),
+    answer("head-with-cl", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+    // A body the service should not send (to HEAD, with a 204 or 304),
+    // written late: if the connection were reused, the next visitor would
+    // read it as its response.
+    Scripted { late: POISON, ..answer("head-late-body", b"HTTP/1.1 200 OK\r\nContent-Length: 51\r\n\r\n") },
+    Scripted { late: POISON, ..answer("204-late-body", b"HTTP/1.1 204 No Content\r\nContent-Length: 51\r\n\r\n") },
+    Scripted { late: POISON, ..answer("304-late-body", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 51\r\n\r\n") },
 ];
+
+/// A complete response, for a late body to be taken for.
+const POISON: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPWNED!";
 
 /// A response case: the request, and the final status and body the
 /// visitor must get (`None`: a body cut short, never completed by the
@@ -510,6 +545,13 @@ fn response_cases() -> Vec<RespCase> {
             request: "HEAD /resp/head-with-cl HTTP/1.1\r\nHost: app.example.test\r\n\r\n",
             expect: Some((200, b"")),
         },
+        RespCase {
+            id: "head-late-body",
+            request: "HEAD /resp/head-late-body HTTP/1.1\r\nHost: app.example.test\r\n\r\n",
+            expect: Some((200, b"")),
+        },
+        get("204-late-body", Some((204, b""))),
+        get("304-late-body", Some((304, b""))),
     ]
 }
 

@@ -362,6 +362,113 @@ async fn wait_until_metric(server: &TestServer, prefix: &str, at_least: f64) {
     .await
 }
 
+/// A service that reads a request's head and then neither reads the body
+/// nor answers: the exchange ends after `responseTimeout` (the upload is
+/// not given forever), on the hyper path that streams large bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_stops_reading_the_request_is_given_up() {
+    run_test(async {
+        let server = server(r#""responseTimeout": 1, "bodyTimeout": 600"#, 1.0).await;
+        let svc = tcp_service(|mut s| async move {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).await.unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let d = dom("deaf");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+        let s = TcpStream::connect(local(port)).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let len = 64 << 20;
+        let head = format!("POST /up HTTP/1.1\r\nHost: {d}\r\nContent-Length: {len}\r\n\r\n");
+        let upload = tokio::spawn(async move {
+            w.write_all(head.as_bytes()).await?;
+            let chunk = vec![b'u'; 1 << 16];
+            for _ in 0..len / chunk.len() {
+                w.write_all(&chunk).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let got = within(GUARD, "the gateway to give the exchange up", async {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let status = final_status(&got);
+        assert!(status == 0 || status >= 500, "{}", String::from_utf8_lossy(&got));
+        assert!(upload.await.unwrap().is_err(), "the upload went through to a service that read none of it");
+        server.stop().await;
+    })
+    .await;
+}
+
+/// An upgraded connection (WebSocket) keeps its slot under the caps while
+/// it lives, and is closed once nothing moves on it for `idleTimeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_count_against_the_caps_and_idle_out() {
+    run_test(async {
+        let server = server(r#""maxConnectionsPerIp": 2, "idleTimeout": 1, "headerTimeout": 60"#, 1.0).await;
+        let svc = tcp_service(|mut s| async move {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).await.unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").await;
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        })
+        .await;
+        let d = dom("upgraded");
+        let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
+        let upgrade = format!("GET /ws HTTP/1.1\r\nHost: {d}\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n");
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = connect_from("127.0.0.1", port).await;
+            s.write_all(upgrade.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            within(WAIT, "the 101 and the echo", async {
+                let mut buf = [0u8; 1024];
+                s.write_all(b"ping").await.unwrap();
+                while !got.ends_with(b"ping") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+                    got.extend_from_slice(&buf[..n]);
+                }
+            })
+            .await;
+            assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
+            held.push(s);
+        }
+        // Both slots are taken by the upgraded connections.
+        let mut third = connect_from("127.0.0.1", port).await;
+        let got = read_until_closed(&mut third).await;
+        assert_eq!(status(&got), 503, "{}", String::from_utf8_lossy(&got));
+        // Silent for idleTimeout, they are closed, and give their slots back.
+        for mut s in held {
+            read_until_closed(&mut s).await;
+        }
+        // (Admitted again: the service answers a plain request with an
+        // unasked-for 101, which the gateway turns into a 502.)
+        let mut again = connect_from("127.0.0.1", port).await;
+        again.write_all(get(&d, "/").as_bytes()).await.unwrap();
+        let got = read_until_closed(&mut again).await;
+        assert_eq!(status(&got), 502, "{}", String::from_utf8_lossy(&got));
+        server.stop().await;
+    })
+    .await;
+}
+
 // --------------------------------------------------------------- lifecycle
 
 /// A service whose `/slow` sends its head and first chunk, then waits for
@@ -435,7 +542,7 @@ async fn shutdown_finishes_requests_in_flight_and_stops_accepting() {
 async fn shutdown_cuts_what_outlives_the_grace_period() {
     run_test(async {
         let server = server(r#""idleTimeout": 600"#, 1.0).await;
-        let (svc, _go) = gated_service().await;
+        let (svc, go) = gated_service().await;
         let d = dom("cut");
         let (_c, port) = connect_http(&server, &d, svc.addr.port()).await;
         let mut busy = TcpStream::connect(local(port)).await.unwrap();
@@ -444,6 +551,8 @@ async fn shutdown_cuts_what_outlives_the_grace_period() {
         let n = within(WAIT, "the first chunk", busy.read(&mut buf)).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).contains("first"));
         within(GUARD, "the server to stop", server.stop()).await;
+        // Had the exchange outlived the grace period, the rest would come now.
+        go.notify_one();
         let rest = read_until_closed(&mut busy).await;
         assert!(!String::from_utf8_lossy(&rest).contains("last"), "{}", String::from_utf8_lossy(&rest));
     })

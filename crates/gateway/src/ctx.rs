@@ -9,6 +9,7 @@ use opennotr_plugin::{CancellationToken, Lifecycle};
 
 use crate::config::GatewayConfig;
 use crate::gateway::Gateway;
+use crate::limits::Admitted;
 use crate::pool::Pool;
 use crate::route::Scheme;
 
@@ -62,11 +63,20 @@ pub(crate) struct Ctx {
     /// IPv4-mapped IPv6 address as IPv4).
     pub(crate) ip: String,
     pub(crate) life: Lifecycle,
+    /// The connection's slot under the listener's caps, held as long as
+    /// anything serves it (an upgraded connection outlives its task).
+    pub(crate) slot: Option<Arc<Admitted>>,
 }
 
 impl Ctx {
-    pub(crate) fn new(gateway: Arc<Gateway>, settings: Arc<Settings>, peer: SocketAddr, life: Lifecycle) -> Ctx {
-        Ctx { gateway, settings, peer, ip: peer.ip().to_canonical().to_string(), life }
+    pub(crate) fn new(
+        gateway: Arc<Gateway>,
+        settings: Arc<Settings>,
+        peer: SocketAddr,
+        life: Lifecycle,
+        slot: Option<Arc<Admitted>>,
+    ) -> Ctx {
+        Ctx { gateway, settings, peer, ip: peer.ip().to_canonical().to_string(), life, slot }
     }
 
     /// No new request should start on the connection: the server is

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::ctx::Ctx;
 use crate::error::GatewayError;
-use crate::io::{read_more, Replay, VisitorIo};
+use crate::io::{read_more, Replay, TimedIo};
 use crate::route::{Lookup, Scheme, Upstream};
 use crate::rules::{self, BodyFraming, Chunked, Framing, ResponseInfo, MAX_HEADERS, MAX_RESPONSE_HEAD};
 
@@ -56,7 +56,7 @@ enum Plan {
 /// Serves requests on `visitor` until it closes, times out or the gateway
 /// shuts down (`None`), or until a request this path does not take: then
 /// the connection, with the bytes read of it, is returned for hyper.
-pub(crate) async fn serve<S>(mut visitor: VisitorIo<S>, ctx: &Ctx) -> Option<Replay<VisitorIo<S>>>
+pub(crate) async fn serve<S>(mut visitor: TimedIo<S>, ctx: &Ctx) -> Option<Replay<TimedIo<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -71,8 +71,13 @@ where
     // timeout from it.
     let mut deadline = Some(Instant::now() + settings.header_timeout);
     loop {
-        if buf.is_empty() && !wait_for_request(&mut visitor, &mut buf, ctx, deadline).await {
-            return None;
+        if buf.is_empty() {
+            // An idle connection keeps small buffers, whatever the last
+            // exchange needed.
+            shrink(&mut buf, &mut out, &mut ubuf);
+            if !wait_for_request(&mut visitor, &mut buf, ctx, deadline).await {
+                return None;
+            }
         }
         let deadline_at = deadline.unwrap_or_else(|| Instant::now() + settings.header_timeout);
         deadline = None;
@@ -86,12 +91,20 @@ where
                 }
                 Plan::Partial => {}
             }
-            match tokio::time::timeout_at(deadline_at, read_more(&mut visitor, &mut buf, 4096)).await {
-                Ok(true) => {}
-                Ok(false) => return None,
-                Err(_) => {
-                    debug!("request head not complete within the header timeout; closing");
-                    return None;
+            // A head ends with a newline: bytes without one (a visitor
+            // dripping them) are not worth parsing the head again for.
+            loop {
+                let before = buf.len();
+                match tokio::time::timeout_at(deadline_at, read_more(&mut visitor, &mut buf, 4096)).await {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(_) => {
+                        debug!("request head not complete within the header timeout; closing");
+                        return None;
+                    }
+                }
+                if buf[before..].contains(&b'\n') || buf.len() >= rules::MAX_REQUEST_HEAD {
+                    break;
                 }
             }
         };
@@ -144,9 +157,22 @@ where
     }
 }
 
+/// Gives back what an exchange grew the buffers to, once it is over.
+fn shrink(buf: &mut BytesMut, out: &mut Vec<u8>, ubuf: &mut BytesMut) {
+    if buf.capacity() > 16 * 1024 {
+        *buf = BytesMut::with_capacity(8 * 1024);
+    }
+    if out.capacity() > 16 * 1024 {
+        *out = Vec::with_capacity(4 * 1024);
+    }
+    if ubuf.is_empty() && ubuf.capacity() > 32 * 1024 {
+        *ubuf = BytesMut::with_capacity(16 * 1024);
+    }
+}
+
 /// Answers a request the gateway refuses, and closes: what the visitor
 /// sent after it cannot be trusted to start where it seems to.
-async fn refuse<S: AsyncWrite + Unpin>(visitor: &mut VisitorIo<S>, ctx: &Ctx, e: &GatewayError) {
+async fn refuse<S: AsyncWrite + Unpin>(visitor: &mut TimedIo<S>, ctx: &Ctx, e: &GatewayError) {
     debug!(error = %e, "request refused");
     ctx.gateway.count_error(e);
     ctx.gateway.count_request(ctx.settings.scheme, e.status().as_u16());
@@ -228,7 +254,7 @@ fn plan(buf: &[u8], out: &mut Vec<u8>, ctx: &Ctx) -> Plan {
 /// visitor's connection stays open. `answered`: something went out to the
 /// visitor (an error can no longer be told).
 async fn exchange<S: AsyncWrite + Unpin>(
-    visitor: &mut VisitorIo<S>,
+    visitor: &mut TimedIo<S>,
     ctx: &Ctx,
     req: &Planned,
     out: &mut Vec<u8>,
@@ -244,9 +270,15 @@ async fn exchange<S: AsyncWrite + Unpin>(
             None => (pool.upstream(up, ctx.peer, &req.name).await?, false),
         };
         ubuf.clear();
-        let sent = async { stream.write_all(out).await.and(stream.flush().await) }.await;
+        // A service that stops reading the request fails it, as one that
+        // stops answering does.
+        let sent = tokio::time::timeout(settings.response_timeout, async {
+            stream.write_all(out).await.and(stream.flush().await)
+        })
+        .await;
         let head = match sent {
-            Ok(()) => {
+            Err(_) => return Err(GatewayError::ServiceTimeout),
+            Ok(Ok(())) => {
                 match tokio::time::timeout(
                     settings.response_timeout,
                     read_response_head(&mut stream, ubuf, visitor, req.head, answered),
@@ -257,7 +289,7 @@ async fn exchange<S: AsyncWrite + Unpin>(
                     Err(_) => return Err(GatewayError::ServiceTimeout),
                 }
             }
-            Err(e) => Err(HeadError::Io(e)),
+            Ok(Err(e)) => Err(HeadError::Io(e)),
         };
         match head {
             Ok(h) => break (stream, h),

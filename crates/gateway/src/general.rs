@@ -24,7 +24,7 @@ use tracing::{debug, Instrument};
 use crate::ctx::Ctx;
 use crate::error::GatewayError;
 use crate::guard::GuardShared;
-use crate::io::{Activity, InFlight};
+use crate::io::{Activity, InFlight, TimedIo};
 use crate::pool::{open_upstream, Body, BoxError};
 use crate::route::{Lookup, Scheme, Upstream};
 use crate::rules::{self, BodyFraming};
@@ -40,6 +40,9 @@ pub(crate) struct Conn {
     pub(crate) activity: Arc<Activity>,
     /// The guard in front of hyper's HTTP/1 server (none for HTTP/2).
     pub(crate) guard: Option<Arc<GuardShared>>,
+    /// Requests handled so far: on HTTP/1, hyper answers them in the order
+    /// the guard passed them on, so this numbers them as the guard does.
+    pub(crate) handled: std::sync::atomic::AtomicU64,
 }
 
 /// How the gateway speaks to a client's service.
@@ -54,7 +57,9 @@ enum UpstreamProto {
 /// Answers one request.
 pub(crate) async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<Body> {
     let in_flight = conn.activity.begin();
-    let mut upgrade = Upgrade { guard: conn.guard.clone(), upgraded: false, on: None };
+    let seq = conn.handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let mut upgrade = Upgrade { guard: conn.guard.clone(), seq, upgraded: false, on: None };
+    let http10 = req.version() == Version::HTTP_10;
     let resp = match route(req, &conn, &mut upgrade).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -64,6 +69,13 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<
         }
     };
     drop(upgrade);
+    if let Some(g) = &conn.guard {
+        // Read to the connection's end by an HTTP/1.0 visitor: nothing
+        // may be written after it.
+        if http10 && !resp.headers().contains_key(header::CONTENT_LENGTH) && resp.body().size_hint().exact().is_none() {
+            g.last_response_unbounded();
+        }
+    }
     conn.ctx.gateway.count_request(conn.ctx.settings.scheme, resp.status().as_u16());
     resp.map(|body| {
         body.map_frame(move |f| {
@@ -74,10 +86,11 @@ pub(crate) async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<
     })
 }
 
-/// Tells the guard how an upgrade request ended (not upgraded, unless
-/// set), whatever way the handler returns.
+/// Tells the guard how the request numbered `seq` ended (not upgraded,
+/// unless set), whatever way the handler returns.
 struct Upgrade {
     guard: Option<Arc<GuardShared>>,
+    seq: u64,
     upgraded: bool,
     /// hyper hands the connection over to this once it ends, for any
     /// request that carried an `Upgrade` field.
@@ -87,7 +100,7 @@ struct Upgrade {
 impl Drop for Upgrade {
     fn drop(&mut self) {
         if let Some(g) = &self.guard {
-            g.resolve_upgrade(self.upgraded);
+            g.resolve_upgrade(self.seq, self.upgraded);
         }
         if let Some(on) = self.on.take() {
             // Not upgraded: when the connection ends, hyper still hands it
@@ -132,12 +145,12 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
     let ctx = &conn.ctx;
     let settings = &ctx.settings;
     let scheme = settings.scheme;
-    if let Some(r) = crate::acme::http01_answer(&ctx.gateway, scheme, req.uri().path()) {
-        return Ok(r.map(full));
-    }
     let mut req = req;
     if req.headers().contains_key(header::UPGRADE) {
         upgrade.on = Some(hyper::upgrade::on(&mut req));
+    }
+    if let Some(r) = crate::acme::http01_answer(&ctx.gateway, scheme, req.uri().path()) {
+        return Ok(r.map(full));
     }
     let (mut parts, body) = req.into_parts();
     let h2 = parts.version == Version::HTTP_2;
@@ -145,8 +158,10 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
     // The rules, and the fields rewritten for the service.
     let (name, host, framing, wants_upgrade, path) = if h2 {
         let authority = parts.uri.authority().map(|a| a.as_str().to_string());
-        let (name, host) = rules::rewrite_h2(authority.as_deref(), &mut parts.headers, ctx.visitor())
-            .map_err(GatewayError::bad_request)?;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let (name, host) =
+            rules::rewrite_h2(parts.method.as_str(), &path, authority.as_deref(), &mut parts.headers, ctx.visitor())
+                .map_err(GatewayError::bad_request)?;
         (name, host, None, false, None)
     } else {
         let target = parts.uri.to_string();
@@ -213,7 +228,12 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
             let b = VisitorBody::new(body, settings.body_timeout, failed.clone(), conn.guard.clone(), sent.clone());
             prefetch(b, &failed).await?
         }
-        None => VisitorBody::new(body, Duration::MAX, failed.clone(), None, sent.clone()).boxed_unsync(),
+        // HTTP/2: gRPC streams may last as long as the call does; any
+        // other body has the body timeout.
+        None => {
+            let limit = if grpc { Duration::MAX } else { settings.body_timeout };
+            VisitorBody::new(body, limit, failed.clone(), None, sent.clone()).boxed_unsync()
+        }
     };
     let upgrade_requested = wants_upgrade && proto == UpstreamProto::H1;
     match proto {
@@ -274,9 +294,16 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
         upgrade.upgraded = true;
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         // The upgraded connection is in flight until it ends: shutdown
-        // waits for it for the grace period.
-        let kill = ctx.life.kill.clone();
-        ctx.life.tracker.spawn(splice(visitor_upgrade, upstream_upgrade, up.clone(), kill).in_current_span());
+        // waits for it for the grace period, and it keeps its slot under
+        // the listener's caps.
+        let ends = Ends {
+            up: up.clone(),
+            kill: ctx.life.kill.clone(),
+            activity: conn.activity.clone(),
+            idle: settings.idle_timeout,
+            _slot: ctx.slot.clone(),
+        };
+        ctx.life.tracker.spawn(splice(visitor_upgrade, upstream_upgrade, ends).in_current_span());
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, empty()));
     }
@@ -532,7 +559,10 @@ async fn connect_h1(
     up: &Upstream,
     name: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<Body>, GatewayError> {
-    let io = TokioIo::new(open_upstream(up, StreamProtocol::Tcp, ctx.peer, name).await?);
+    let stream = open_upstream(up, StreamProtocol::Tcp, ctx.peer, name).await?;
+    // A service that stops reading the request fails it, as one that
+    // stops answering does.
+    let io = TokioIo::new(TimedIo::new(stream, ctx.settings.response_timeout));
     let (sender, c) = hyper::client::conn::http1::handshake(io).await.map_err(hyper_failure)?;
     spawn_upstream(c.with_upgrades(), up.kill.clone());
     Ok(sender)
@@ -586,7 +616,8 @@ async fn send_h2(ctx: &Ctx, up: &Upstream, name: &str, req: Request<Body>) -> Re
             },
         }
     }
-    let io = TokioIo::new(open_upstream(up, StreamProtocol::Tcp, ctx.peer, name).await?);
+    let stream = open_upstream(up, StreamProtocol::Tcp, ctx.peer, name).await?;
+    let io = TokioIo::new(TimedIo::new(stream, ctx.settings.response_timeout));
     let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     b.adaptive_window(true);
     let (mut sender, c) = b.handshake(io).await.map_err(hyper_failure)?;
@@ -613,15 +644,24 @@ where
     );
 }
 
-/// Copies both ways between an upgraded visitor connection and the
-/// upgraded connection to the client's service, until both end, the
-/// session is gone or the server's grace period is over.
-async fn splice(
-    visitor: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+/// What ends an upgraded connection, and what it holds meanwhile.
+struct Ends {
+    /// Its session (gone: the connection goes).
     up: Upstream,
+    /// The server's end of the grace period.
     kill: CancellationToken,
-) {
+    /// The visitor's traffic, both ways (the upgraded connection's too).
+    activity: Arc<Activity>,
+    /// How long it may stay without traffic.
+    idle: Duration,
+    _slot: Option<Arc<crate::limits::Admitted>>,
+}
+
+/// Copies both ways between an upgraded visitor connection and the
+/// upgraded connection to the client's service, until both end, nothing
+/// moves for the idle timeout, the session is gone or the server's grace
+/// period is over.
+async fn splice(visitor: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, ends: Ends) {
     let (v, u) = match tokio::try_join!(visitor, upstream) {
         Ok(x) => x,
         Err(e) => {
@@ -630,12 +670,22 @@ async fn splice(
         }
     };
     let (mut v, mut u) = (TokioIo::new(v), TokioIo::new(u));
+    let idle = async {
+        loop {
+            let left = ends.idle.saturating_sub(ends.activity.idle_for());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
+    };
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut v, &mut u) => match r {
             Ok((up_bytes, down_bytes)) => debug!(up = up_bytes, down = down_bytes, "upgraded connection closed"),
             Err(e) => debug!(error = %e, "upgraded connection ended with an error"),
         },
-        _ = up.kill.cancelled() => debug!("session closed; dropping upgraded connection"),
-        _ = kill.cancelled() => debug!("server stopped; dropping upgraded connection"),
+        _ = idle => debug!("upgraded connection idle; closing it"),
+        _ = ends.up.kill.cancelled() => debug!("session closed; dropping upgraded connection"),
+        _ = ends.kill.cancelled() => debug!("server stopped; dropping upgraded connection"),
     }
 }

@@ -13,10 +13,11 @@
 //! body fails, and the request's handler answers with the rejection the
 //! guard recorded ([`GuardShared::take_body_rejection`]).
 //!
-//! After an upgrade request the guard passes nothing until the handler has
-//! the service's answer ([`GuardShared::resolve_upgrade`]): after a `101`
-//! the bytes are the upgraded protocol's, passed untouched; otherwise the
-//! next head is checked.
+//! After an upgrade request the guard passes nothing until that request's
+//! handler has the service's answer ([`GuardShared::resolve_upgrade`], by
+//! the request's number: hyper answers requests in the order the guard
+//! passed them): after a `101` the bytes are the upgraded protocol's,
+//! passed untouched; otherwise the next head is checked.
 
 use std::io;
 use std::pin::Pin;
@@ -63,20 +64,21 @@ enum After {
     Done,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Upgrade {
-    None,
-    Waiting,
-    Upgraded,
-    NotUpgraded,
-}
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Shared {
-    upgrade: Upgrade,
+    /// The upgrade request the guard waits on (its number), and its
+    /// answer once the handler has it (upgraded or not).
+    waiting: Option<u64>,
+    answer: Option<bool>,
+    /// The last answer of a request the guard had not reached yet (its
+    /// handler finished before hyper read all of it).
+    early: Option<(u64, bool)>,
     upgrade_waker: Option<Waker>,
     body_rejection: Option<Reject>,
     head_rejection: Option<Reject>,
+    /// The last response runs to the connection's end (HTTP/1.0 without a
+    /// length): nothing may follow it.
+    unbounded: bool,
 }
 
 /// What a connection's request handler and its guard tell each other.
@@ -85,28 +87,32 @@ pub(crate) struct GuardShared(Mutex<Shared>);
 
 impl GuardShared {
     fn new() -> Arc<GuardShared> {
-        Arc::new(GuardShared(Mutex::new(Shared {
-            upgrade: Upgrade::None,
-            upgrade_waker: None,
-            body_rejection: None,
-            head_rejection: None,
-        })))
+        Arc::new(GuardShared(Mutex::new(Shared::default())))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The service answered an upgrade request: with `101` (`upgraded`) or
-    /// not. Until then the guard passes nothing.
-    pub(crate) fn resolve_upgrade(&self, upgraded: bool) {
+    /// The request numbered `seq` (from 1, in the order hyper got them)
+    /// was answered: after a `101` (`upgraded`) or not. An upgrade request
+    /// holds the guard until its answer.
+    pub(crate) fn resolve_upgrade(&self, seq: u64, upgraded: bool) {
         let mut s = self.lock();
-        if s.upgrade == Upgrade::Waiting {
-            s.upgrade = if upgraded { Upgrade::Upgraded } else { Upgrade::NotUpgraded };
+        if s.waiting == Some(seq) {
+            s.answer = Some(upgraded);
             if let Some(w) = s.upgrade_waker.take() {
                 w.wake();
             }
+        } else {
+            s.early = Some((seq, upgraded));
         }
+    }
+
+    /// The last response runs to the connection's end: a rejection must
+    /// not be written after it (it would read as part of that body).
+    pub(crate) fn last_response_unbounded(&self) {
+        self.lock().unbounded = true;
     }
 
     /// Why the request body hyper is reading ended early, if the guard
@@ -128,6 +134,10 @@ pub(crate) struct Guard<S> {
     /// of them passed the rules.
     buf: BytesMut,
     ready: usize,
+    /// How much of the head being read was parsed already without an end:
+    /// a head ends with a newline, so bytes without one (a visitor
+    /// dripping them) are not parsed again.
+    head_checked: usize,
     state: State,
     shared: Arc<GuardShared>,
     /// Requests answered (their responses ended), against `released`.
@@ -148,6 +158,7 @@ impl<S> Guard<S> {
             inner,
             buf: BytesMut::new(),
             ready: 0,
+            head_checked: 0,
             state: State::Head,
             shared: shared.clone(),
             activity,
@@ -180,7 +191,11 @@ impl<S> Guard<S> {
             After::Head => State::Head,
             After::Done => State::Done,
             After::Upgrade => {
-                self.shared.lock().upgrade = Upgrade::Waiting;
+                // The request just passed on (`released`) is the upgrade.
+                let mut s = self.shared.lock();
+                let seq = self.released;
+                s.waiting = Some(seq);
+                s.answer = s.early.take().filter(|(early, _)| *early == seq).map(|(_, upgraded)| upgraded);
                 State::Upgrade
             }
         };
@@ -191,7 +206,8 @@ impl<S> Guard<S> {
         let pending = &self.buf[self.ready..];
         match &mut self.state {
             State::Head => {
-                if pending.is_empty() {
+                let fresh = pending.get(self.head_checked..).unwrap_or_default();
+                if pending.is_empty() || (!fresh.contains(&b'\n') && pending.len() < rules::MAX_REQUEST_HEAD) {
                     return false;
                 }
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -199,12 +215,16 @@ impl<S> Guard<S> {
                 let parsed = rules::parse_request(pending, &mut req)
                     .and_then(|n| n.map(|n| rules::check_request(&req).map(|info| (n, info))).transpose());
                 match parsed {
-                    Ok(None) => false,
+                    Ok(None) => {
+                        self.head_checked = pending.len();
+                        false
+                    }
                     Err(r) => {
                         self.reject(r);
                         true
                     }
                     Ok(Some((n, info))) => {
+                        self.head_checked = 0;
                         let then = if info.close {
                             After::Done
                         } else if info.upgrade.is_some() {
@@ -339,22 +359,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guard<S> {
                 }
                 State::Upgrade => {
                     let mut s = this.shared.lock();
-                    match s.upgrade {
-                        Upgrade::Upgraded => {
-                            s.upgrade = Upgrade::None;
-                            drop(s);
-                            this.state = State::Passthrough;
-                        }
-                        Upgrade::NotUpgraded | Upgrade::None => {
-                            s.upgrade = Upgrade::None;
-                            drop(s);
-                            this.state = State::Head;
-                        }
-                        Upgrade::Waiting => {
-                            s.upgrade_waker = Some(cx.waker().clone());
-                            return Poll::Pending;
-                        }
-                    }
+                    let Some(upgraded) = s.answer.take() else {
+                        s.upgrade_waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    };
+                    s.waiting = None;
+                    drop(s);
+                    this.state = if upgraded { State::Passthrough } else { State::Head };
                     continue;
                 }
                 State::BodyRejected => return Poll::Ready(Ok(())),
@@ -422,6 +433,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guard<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.shared.lock().unbounded {
+            this.page = None;
+        }
         if let Some((page, written)) = &mut this.page {
             while *written < page.len() {
                 let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, &page[*written..]))?;

@@ -1,6 +1,7 @@
-//! I/O wrappers: the visitor's socket with its send deadline and activity
-//! ([`VisitorIo`]), a stream that replays bytes already read ([`Replay`]),
-//! and a stream to a client's service ([`UpStream`]).
+//! I/O wrappers: a socket whose writes must make progress, with its
+//! activity ([`TimedIo`]: the visitor's, and the service's on the hyper
+//! path), a stream that replays bytes already read ([`Replay`]), and a
+//! stream to a client's service ([`UpStream`]).
 
 use std::future::Future;
 use std::io;
@@ -74,23 +75,24 @@ impl Drop for InFlight {
     }
 }
 
-// ------------------------------------------------------------- visitor
+// ----------------------------------------------------------- timed io
 
-/// The visitor's socket. A write (or flush, or shutdown) that makes no
-/// progress for the send timeout fails (nginx's `send_timeout`): a visitor
-/// that stops reading cannot hold a response, its stream and its buffers
-/// forever. Once hyper serves the connection, reads and writes also record
-/// their [`Activity`].
-pub(crate) struct VisitorIo<S> {
+/// A socket whose writes must make progress. A write (or flush, or
+/// shutdown) that makes none for the timeout fails: a visitor that stops
+/// reading cannot hold a response, its stream and its buffers forever
+/// (nginx's `send_timeout`), nor a service that stops reading a request
+/// (`proxy_send_timeout`). On a visitor's socket hyper serves, reads and
+/// writes also record their [`Activity`].
+pub(crate) struct TimedIo<S> {
     inner: S,
     send_timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     activity: Option<Arc<Activity>>,
 }
 
-impl<S> VisitorIo<S> {
-    pub(crate) fn new(inner: S, send_timeout: Duration) -> VisitorIo<S> {
-        VisitorIo { inner, send_timeout, stalled: None, activity: None }
+impl<S> TimedIo<S> {
+    pub(crate) fn new(inner: S, send_timeout: Duration) -> TimedIo<S> {
+        TimedIo { inner, send_timeout, stalled: None, activity: None }
     }
 
     pub(crate) fn track(&mut self, activity: Arc<Activity>) {
@@ -107,7 +109,7 @@ impl<S> VisitorIo<S> {
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "the visitor took nothing within the send timeout",
+                        "the peer took nothing within the send timeout",
                     ))),
                     Poll::Pending => Poll::Pending,
                 }
@@ -125,7 +127,7 @@ impl<S> VisitorIo<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for VisitorIo<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -138,7 +140,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for VisitorIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for VisitorIo<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         let progress = matches!(r, Poll::Ready(Ok(n)) if n > 0);
@@ -312,7 +314,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_visitor_that_stops_reading_fails_the_write() {
         let (a, _b) = tokio::io::duplex(16);
-        let mut v = VisitorIo::new(a, Duration::from_secs(5));
+        let mut v = TimedIo::new(a, Duration::from_secs(5));
         let err = v.write_all(&[0u8; 64]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
@@ -320,7 +322,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_that_keeps_reading_is_not_cut() {
         let (a, mut b) = tokio::io::duplex(16);
-        let mut v = VisitorIo::new(a, Duration::from_secs(5));
+        let mut v = TimedIo::new(a, Duration::from_secs(5));
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             let mut buf = [0u8; 8];

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::GatewayConfig;
 use crate::ctx::{Ctx, Settings};
 use crate::gateway::Gateway;
-use crate::io::{Replay, VisitorIo};
+use crate::io::{Replay, TimedIo};
 use crate::route::{Scheme, Upstream};
 use crate::serve::{serve_connection, serve_http1, Start};
 
@@ -73,6 +73,16 @@ async fn record(mut s: TcpStream, log: Arc<Mutex<Vec<Parsed>>>) {
             return;
         };
         let _ = buf.split_to(n);
+        if target == "/ws101" {
+            // An upgrade the service accepts: then it echoes.
+            log.lock().unwrap().push(Parsed::Request { method, target, fields, body: Vec::new() });
+            let _ =
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").await;
+            let _ = s.write_all(&buf).await;
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            return;
+        }
         let field =
             |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).to_string());
         let mut body = Vec::new();
@@ -154,7 +164,9 @@ struct Outcome {
 
 /// Sends `bytes` through `path` on one connection and reads answers until
 /// the gateway closes it.
-async fn run(bytes: &[u8], path: Path) -> Outcome {
+/// A gateway routing `app.example.test` to a new recording service: a
+/// visitor connection's context, and what the service parses.
+async fn rig() -> (Ctx, Arc<Mutex<Vec<Parsed>>>) {
     let (service, log) = recording_service().await;
     let gateway = Gateway::new();
     let up = Upstream {
@@ -171,13 +183,18 @@ async fn run(bytes: &[u8], path: Path) -> Outcome {
     )
     .unwrap();
     let settings = Arc::new(Settings::new(Scheme::Http, &cfg));
-    let ctx = Ctx::new(gateway, settings.clone(), "192.0.2.7:5555".parse().unwrap(), Lifecycle::default());
+    (Ctx::new(gateway, settings, "192.0.2.7:5555".parse().unwrap(), Lifecycle::default(), None), log)
+}
+
+async fn run(bytes: &[u8], path: Path) -> Outcome {
+    let (ctx, log) = rig().await;
+    let send_timeout = ctx.settings.send_timeout;
     let (mut client, server) = tokio::io::duplex(1 << 20);
     let served = tokio::spawn(async move {
         match path {
             Path::Direct => serve_connection(server, ctx, Start::Http1).await,
             Path::Hyper => {
-                let io = Replay::new(BytesMut::new(), VisitorIo::new(server, settings.send_timeout));
+                let io = Replay::new(BytesMut::new(), TimedIo::new(server, send_timeout));
                 serve_http1(io, &ctx).await
             }
         }
@@ -298,6 +315,96 @@ async fn an_upgrade_the_service_declines_goes_on_as_http() {
     assert_eq!(targets(&o), vec!["/ws", "/last"]);
 }
 
+/// An upgrade pipelined behind another request: the guard holds it for its
+/// own answer (not the request's before it), then passes the upgraded
+/// bytes through.
+#[tokio::test]
+async fn a_pipelined_upgrade_waits_for_its_own_answer() {
+    for path in [Path::Direct, Path::Hyper] {
+        let (ctx, log) = rig().await;
+        let send_timeout = ctx.settings.send_timeout;
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            match path {
+                Path::Direct => serve_connection(server, ctx, Start::Http1).await,
+                Path::Hyper => {
+                    serve_http1(Replay::new(BytesMut::new(), TimedIo::new(server, send_timeout)), &ctx).await
+                }
+            }
+        });
+        client
+            .write_all(
+                b"GET /a HTTP/1.1\r\nHost: app.example.test\r\n\r\n\
+                  GET /ws101 HTTP/1.1\r\nHost: app.example.test\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nping",
+            )
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"ping") {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "{path:?}: closed: {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(echoed.is_ok(), "{path:?}: no echo: {:?}", String::from_utf8_lossy(&got));
+        assert_eq!(statuses(&got)[..2], [200, 101], "{path:?}");
+        let parsed = log.lock().unwrap().clone();
+        assert_eq!(targets(&Outcome { statuses: vec![], parsed }), vec!["/a", "/ws101"], "{path:?}");
+    }
+}
+
+/// HTTP/2 requests get the same field rules on their way to an HTTP/1.1
+/// service: managed fields and their aliases replaced, targets and
+/// methods held to the same rules.
+#[tokio::test]
+async fn http2_requests_get_the_same_rules() {
+    let (ctx, log) = rig().await;
+    let (client, server) = tokio::io::duplex(1 << 20);
+    tokio::spawn(serve_connection(server, ctx, Start::Http2));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(client),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let send = |req: hyper::Request<http_body_util::Empty<bytes::Bytes>>| {
+        let mut sender = sender.clone();
+        async move { sender.send_request(req).await.unwrap().status().as_u16() }
+    };
+    let get = |path: &str| hyper::Request::get(format!("http://{HOST}{path}"));
+    let req = get("/a")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .header("content_length", "5")
+        .header("expect", "100-continue")
+        .header("proxy-authorization", "Basic eA==")
+        .header("http2-settings", "AAA")
+        .header("cookie", "c=1")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(send(req).await, 200);
+    let Parsed::Request { fields, .. } = log.lock().unwrap()[0].clone() else { panic!("not a request") };
+    let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+    for gone in ["x_forwarded_for", "forwarded", "content_length", "expect", "proxy-authorization", "http2-settings"] {
+        assert!(!names.contains(&gone), "{gone} reached the service: {names:?}");
+    }
+    let value = |n: &str| fields.iter().find(|(f, _)| f == n).map(|(_, v)| v.clone());
+    assert_eq!(value("x-real-ip"), Some(b"192.0.2.7".to_vec()));
+    assert_eq!(value("x-forwarded-for"), Some(b"192.0.2.7".to_vec()));
+    assert_eq!(value("cookie"), Some(b"c=1".to_vec()));
+    assert_eq!(send(get("/a\\b").body(http_body_util::Empty::new()).unwrap()).await, 400);
+    let connect = hyper::Request::connect(format!("{HOST}:443")).body(http_body_util::Empty::new()).unwrap();
+    assert_eq!(send(connect).await, 405);
+    let other_host = get("/").header("host", "other.example.test").body(http_body_util::Empty::new()).unwrap();
+    assert_eq!(send(other_host).await, 400);
+    assert_eq!(log.lock().unwrap().len(), 1, "only the first request reached the service");
+}
+
 // Request heads built from the pieces that break parsers, in any order:
 // whatever the direct path does with one, the hyper path does too. Most
 // are well-formed apart from one or two pieces, so that both refusals and
@@ -307,7 +414,7 @@ fn pick(common: &'static [&'static str], rare: &'static [&'static str]) -> Boxed
 }
 
 prop_compose! {
-    fn request()(
+    pub(crate) fn request()(
         method in pick(&["GET", "POST", "PUT"], &["HEAD", "OPTIONS", "get", "CONNECT", "DELETE"]),
         target in pick(&["/", "/a?b=1"], &["*", "http://app.example.test/x", "http://other.example.test/", "/a#f", "/%0d%0a"]),
         version in pick(&["HTTP/1.1"], &["HTTP/1.0", "HTTP/1.2"]),

@@ -170,9 +170,9 @@ impl HttpPort {
                 self.gateway.add_listener(&self.limits);
                 let (gateway, slot, conn_life) = (self.gateway.clone(), self.settings.clone(), life.clone());
                 let start = if self.scheme == Scheme::H2c { Start::Detect } else { Start::Http1 };
-                let serve = move |stream, peer| {
+                let serve = move |stream, peer, admitted| {
                     let settings = slot.read().unwrap_or_else(|e| e.into_inner()).clone();
-                    let ctx = settings.map(|s| Ctx::new(gateway.clone(), s, peer, conn_life.clone()));
+                    let ctx = settings.map(|s| Ctx::new(gateway.clone(), s, peer, conn_life.clone(), Some(admitted)));
                     async move {
                         if let Some(ctx) = ctx {
                             serve_connection(stream, ctx, start).await;

@@ -61,6 +61,9 @@ struct Muxed {
 /// Everything kept for one route.
 struct RouteEntry {
     kill: CancellationToken,
+    /// Cancelled when the entry goes (its task waiting for the session's
+    /// end goes with it).
+    gone: CancellationToken,
     /// Idle HTTP/1.1 connections of the hyper path, most recently used last.
     h1: Vec<Idle<http1::SendRequest<Body>>>,
     /// Idle streams of the direct path, most recently used last.
@@ -73,6 +76,7 @@ struct RouteEntry {
 
 impl RouteEntry {
     fn close(&mut self) {
+        self.gone.cancel();
         if let Some(m) = self.mux.take() {
             m.mux.close();
         }
@@ -142,11 +146,14 @@ impl Pool {
         let key = RouteKey::of(up);
         let mut routes = self.lock();
         let entry = routes.entry(key).or_insert_with(|| {
-            let (weak, kill, closed) = (Arc::downgrade(self), up.kill.clone(), self.closed.clone());
+            let gone = CancellationToken::new();
+            let (weak, kill, closed, ended) =
+                (Arc::downgrade(self), up.kill.clone(), self.closed.clone(), gone.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = kill.cancelled() => {}
                     _ = closed.cancelled() => return,
+                    _ = ended.cancelled() => return,
                 }
                 if let Some(pool) = weak.upgrade() {
                     if let Some(mut e) = pool.lock().remove(&key) {
@@ -154,7 +161,7 @@ impl Pool {
                     }
                 }
             });
-            RouteEntry { kill: up.kill.clone(), h1: Vec::new(), direct: Vec::new(), h2: None, mux: None }
+            RouteEntry { kill: up.kill.clone(), gone, h1: Vec::new(), direct: Vec::new(), h2: None, mux: None }
         });
         let out = f(entry);
         drop(routes);
@@ -333,12 +340,18 @@ impl Pool {
             }
             // A multiplexed connection nobody used for the idle timeout
             // is closed; the next request opens a new one.
-            if let Some(m) = &e.mux {
-                if m.mux.is_closed() || (m.last_used.elapsed() >= POOL_IDLE_TIMEOUT && m.mux.streams() == 0) {
-                    e.close();
+            if e.mux.as_ref().is_some_and(|m| {
+                m.mux.is_closed() || (m.last_used.elapsed() >= POOL_IDLE_TIMEOUT && m.mux.streams() == 0)
+            }) {
+                if let Some(m) = e.mux.take() {
+                    m.mux.close();
                 }
             }
-            !e.is_empty()
+            if e.is_empty() {
+                e.close();
+                return false;
+            }
+            true
         });
     }
 
@@ -375,9 +388,8 @@ mod tests {
     use super::*;
     use opennotr_plugin::async_trait;
 
-    /// A client that takes multiplexed streams: each stream is one end of
-    /// an in-memory pipe whose other end is dropped at once (so only the
-    /// multiplexed connection's life is looked at).
+    /// A client that says it takes multiplexed streams (the tests put the
+    /// connections in the pool themselves).
     #[derive(Debug, Default)]
     struct MuxTunnel;
 
@@ -425,6 +437,19 @@ mod tests {
         assert!(!pool.has_mux(&up));
         // Nothing is kept afterwards.
         assert!(pool.with_entry(&up, |_| ()).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_entry_swept_away_takes_its_task_with_it() {
+        let pool = Arc::new(Pool::new());
+        let kill = CancellationToken::new();
+        let up = route(&kill);
+        let gone = pool.with_entry(&up, |e| e.gone.clone()).unwrap();
+        assert!(!gone.is_cancelled());
+        // Empty: the sweep removes it, and its task ends.
+        pool.sweep();
+        assert!(pool.lock().is_empty());
+        assert!(gone.is_cancelled());
     }
 
     #[tokio::test]

@@ -139,13 +139,10 @@ impl<'a> RequestInfo<'a> {
     /// `Expect` (the gateway answers it) are not; nor is `Host` when an
     /// absolute-form target named the host.
     pub(crate) fn forwards(&self, name: &str) -> bool {
-        !(HOP_BY_HOP.iter().any(|h| eq(name, h))
-            || FORWARDING.iter().any(|h| eq(name, h))
+        !(managed(name)
             || FRAMING.iter().any(|h| eq(name, h))
-            || eq(name, "expect")
             || (self.absolute && eq(name, "host"))
-            || self.named().iter().any(|t| eq(name, t))
-            || aliases_a_managed_field(name))
+            || self.named().iter().any(|t| eq(name, t)))
     }
 
     /// Whether the visitor's own `X-Forwarded-For` values go on (before
@@ -172,21 +169,24 @@ impl<'a> RequestInfo<'a> {
 }
 
 /// Fields that concern one hop only (RFC 9110 §7.6.1; `HTTP2-Settings`
-/// belongs to the h2c upgrade, which is not passed on).
-const HOP_BY_HOP: [&str; 9] = [
+/// belongs to the h2c upgrade, which is not passed on). `Trailer` is not
+/// one: it names the trailer fields end to end (and hyper sends only the
+/// trailers it names).
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "upgrade",
     "http2-settings",
 ];
 /// What the gateway says about the visitor, replacing what the visitor
-/// said about itself (`X-Forwarded-For` is appended to, not replaced).
-const FORWARDING: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"];
+/// said about itself (`X-Forwarded-For` is appended to, not replaced;
+/// RFC 7239's `Forwarded` is dropped, as services that trust it would
+/// take the visitor's word).
+const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"];
 const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
 /// What `Connection` may never remove.
 const PROTECTED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
@@ -205,6 +205,13 @@ fn aliases_a_managed_field(name: &str) -> bool {
             && h.bytes().zip(name.bytes()).all(|(a, b)| a == if b == b'_' { b'-' } else { b.to_ascii_lowercase() })
     };
     PROTECTED.iter().chain(&HOP_BY_HOP).chain(&FORWARDING).chain(&["expect"]).any(same)
+}
+
+/// A field the gateway manages on every path, HTTP/1.1 and HTTP/2 alike:
+/// hop-by-hop, forwarding, `Expect` (the gateway answers it), and their
+/// underscore aliases. Never sent on as the visitor wrote it.
+fn managed(name: &str) -> bool {
+    HOP_BY_HOP.iter().chain(&FORWARDING).chain(&["expect"]).any(|h| eq(name, h)) || aliases_a_managed_field(name)
 }
 
 /// Whether a trailer field a visitor sent goes on: not one the gateway
@@ -389,7 +396,12 @@ fn check<'a>(
     // connection into an HTTP/2 tunnel the gateway cannot see into: the
     // request goes on as a plain one.
     let h2c = upgrade_value.and_then(elements).is_some_and(|mut p| p.any(|p| eq(p, "h2c")));
-    if !http10 && upgrade_token && !h2c {
+    // An upgrade is a request without a body on a connection that stays
+    // open (a WebSocket handshake is): with a body, the new protocol's
+    // bytes would begin where the body's framing says, which the service
+    // may answer before; with `close`, there is no connection to upgrade.
+    let bodiless = matches!(info.framing, BodyFraming::None | BodyFraming::Length(0));
+    if !http10 && upgrade_token && !h2c && bodiless && !info.close {
         info.upgrade = upgrade_value;
     }
     Ok(info)
@@ -459,20 +471,7 @@ fn parse_target<'a>(info: &mut RequestInfo<'a>, target: &'a str) -> Result<(), R
     if target.len() > MAX_TARGET {
         return Err(Reject { status: 414, reason: "request target too long" });
     }
-    // A target is visible ASCII (httparse lets UTF-8 through); a fragment
-    // is not part of one (RFC 9112 §3.2).
-    if !target.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad("a request target that is not visible ASCII"));
-    }
-    if target.contains('#') {
-        return Err(bad("a fragment in the request target"));
-    }
-    // Not a URI character, and read as `/` by some services (IIS, some
-    // frameworks) but not others: a path that means one thing to a rule
-    // in front and another behind it.
-    if target.contains('\\') {
-        return Err(bad("a backslash in the request target"));
-    }
+    check_target_bytes(target)?;
     if target.starts_with('/') {
         return Ok(());
     }
@@ -496,6 +495,24 @@ fn parse_target<'a>(info: &mut RequestInfo<'a>, target: &'a str) -> Result<(), R
         // resource as "/?q" (RFC 9112 §3.2.1).
         _ => return Err(bad("absolute-form target with a query but no path")),
     };
+    Ok(())
+}
+
+/// What a target may hold: visible ASCII (httparse lets UTF-8 through),
+/// no fragment (not part of a request target, RFC 9112 §3.2), and no
+/// backslash: not a URI character, and read as `/` by some services (IIS,
+/// some frameworks) but not others, so a path that means one thing to a
+/// rule in front and another behind it.
+fn check_target_bytes(target: &str) -> Result<(), Reject> {
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("a request target that is not visible ASCII"));
+    }
+    if target.contains('#') {
+        return Err(bad("a fragment in the request target"));
+    }
+    if target.contains('\\') {
+        return Err(bad("a backslash in the request target"));
+    }
     Ok(())
 }
 
@@ -710,13 +727,25 @@ fn add_visitor_fields(headers: &mut HeaderMap, visitor: Visitor<'_>, xff: Option
 }
 
 /// The rules for an HTTP/2 request (hyper's h2 server already refused
-/// connection-specific fields): one `Host` at most, naming the same host as
-/// `:authority`. Rewrites the fields for the service; the route name.
+/// connection-specific fields and checks `content-length` against the
+/// DATA): the method and target as for HTTP/1.1, one `Host` at most
+/// naming the same host as `:authority`, and the managed fields (and
+/// their aliases) replaced, as [`RequestInfo::forwards`] does. Rewrites
+/// the fields for the service; the route name and the authority.
 pub(crate) fn rewrite_h2(
+    method: &str,
+    path: &str,
     authority: Option<&str>,
     headers: &mut HeaderMap,
     visitor: Visitor<'_>,
 ) -> Result<(String, String), Reject> {
+    if method == "CONNECT" {
+        return Err(Reject { status: 405, reason: "CONNECT is not served (this is not a forward proxy)" });
+    }
+    if path != "*" && !path.starts_with('/') {
+        return Err(bad("malformed :path"));
+    }
+    check_target_bytes(path)?;
     let mut hosts = headers.get_all(hyper::header::HOST).iter();
     let host = hosts.next().map(|h| h.to_str().map_err(|_| bad("malformed Host"))).transpose()?;
     if hosts.next().is_some() {
@@ -731,8 +760,16 @@ pub(crate) fn rewrite_h2(
     valid_host(authority)?;
     let authority = authority.to_string();
     let xff = forwarded_for(headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()), visitor.ip);
-    for n in FORWARDING {
+    let te_trailers = headers
+        .get_all(hyper::header::TE)
+        .iter()
+        .any(|v| elements(v.as_bytes()).is_some_and(|mut t| t.any(|t| eq(t, "trailers"))));
+    let drop: Vec<HeaderName> = headers.keys().filter(|n| managed(n.as_str())).cloned().collect();
+    for n in drop {
         headers.remove(n);
+    }
+    if te_trailers {
+        headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
     }
     if let Ok(h) = HeaderValue::from_str(&authority) {
         headers.insert("x-forwarded-host", h);
@@ -833,7 +870,12 @@ fn check_response_fields<'a>(
             None => Framing::Close,
         }
     };
-    Ok(ResponseInfo { status, framing: body, reusable: !close && !ambiguous && body != Framing::Close })
+    // A response that has no body by the rules (to HEAD, a 204 or 304) yet
+    // declares one: a service that writes that body anyway, late, would
+    // have it read as the next visitor's response on this connection.
+    let declared = te || framing.length.is_some_and(|n| n > 0);
+    let unsure = body == Framing::Empty && declared && framing.length != Some(0);
+    Ok(ResponseInfo { status, framing: body, reusable: !close && !ambiguous && !unsure && body != Framing::Close })
 }
 
 /// The head for the visitor: the service's status and fields, less the hop

@@ -21,16 +21,17 @@ use crate::ctx::Ctx;
 use crate::error::GatewayError;
 use crate::general::{handle, Conn};
 use crate::guard::Guard;
-use crate::io::{Activity, Replay, VisitorIo};
-use crate::limits::{ConnLimits, Refused};
+use crate::io::{Activity, Replay, TimedIo};
+use crate::limits::{Admitted, ConnLimits, Refused};
 
 /// What a refused connection on a plain HTTP port is told.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// Accepts visitors on `listener` until `stop` or the server drains. Each
-/// connection `limits` admits is served by `serve` in a task on the
-/// server's tracker, dropped when the server's grace period is over; one it
-/// refuses is closed at once (on a plain HTTP port, after a `503`).
+/// connection `limits` admits is served by `serve` (with its slot, which
+/// whatever outlives the task keeps) in a task on the server's tracker,
+/// dropped when the server's grace period is over; one it refuses is
+/// closed at once (on a plain HTTP port, after a `503`).
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limits: Arc<ConnLimits>,
@@ -40,7 +41,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     plain_http: bool,
     mut serve: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, Arc<Admitted>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut acceptor = Acceptor::new(listener);
@@ -51,7 +52,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         let Some((visitor, peer)) = next else { break };
         let admitted = match limits.admit(peer.ip()) {
-            Ok(a) => a,
+            Ok(a) => Arc::new(a),
             Err(why) => {
                 let cap = match why {
                     Refused::Listener => "maxConnections",
@@ -65,7 +66,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         };
         let kill = life.kill.clone();
-        let served = serve(visitor, peer);
+        let served = serve(visitor, peer, admitted.clone());
         let span = info_span!("visitor", port = label, %peer);
         life.tracker.spawn(
             async move {
@@ -99,7 +100,7 @@ pub(crate) async fn serve_connection<S>(visitor: S, ctx: Ctx, start: Start)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = VisitorIo::new(visitor, ctx.settings.send_timeout);
+    let io = TimedIo::new(visitor, ctx.settings.send_timeout);
     match start {
         Start::Http1 => {
             if let Some(rest) = crate::direct::serve(io, &ctx).await {
@@ -140,7 +141,7 @@ where
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// hyper's HTTP/1 server on the rest of a connection, through the guard.
-pub(crate) async fn serve_http1<S>(mut io: Replay<VisitorIo<S>>, ctx: &Ctx)
+pub(crate) async fn serve_http1<S>(mut io: Replay<TimedIo<S>>, ctx: &Ctx)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -148,7 +149,8 @@ where
     activity.touch();
     io.inner_mut().track(activity.clone());
     let (guard, shared) = Guard::new(io, activity.clone());
-    let conn = Arc::new(Conn { ctx: ctx.clone(), activity: activity.clone(), guard: Some(shared.clone()) });
+    let conn =
+        Arc::new(Conn { ctx: ctx.clone(), activity: activity.clone(), guard: Some(shared.clone()), handled: 0.into() });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, conn).await) }
@@ -166,14 +168,14 @@ where
 }
 
 /// hyper's HTTP/2 server on a connection.
-async fn serve_http2<S>(mut io: Replay<VisitorIo<S>>, ctx: &Ctx)
+async fn serve_http2<S>(mut io: Replay<TimedIo<S>>, ctx: &Ctx)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
     activity.touch();
     io.inner_mut().track(activity.clone());
-    let conn = Arc::new(Conn { ctx: ctx.clone(), activity: activity.clone(), guard: None });
+    let conn = Arc::new(Conn { ctx: ctx.clone(), activity: activity.clone(), guard: None, handled: 0.into() });
     let service = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, conn).await) }

@@ -292,8 +292,14 @@ impl PortState {
     }
 
     fn set_caps(&self, scheme: Scheme, cfg: &GatewayConfig) {
+        self.update_caps(scheme, Some((cfg.max_connections, cfg.max_connections_per_ip)));
+    }
+
+    /// The caps `scheme`'s plugin asks for (`None`: it is gone); the
+    /// smaller of the two plugins' apply.
+    fn update_caps(&self, scheme: Scheme, to: Option<(usize, usize)>) {
         let mut caps = self.caps.lock().unwrap_or_else(|e| e.into_inner());
-        caps[usize::from(scheme == Scheme::Tls)] = Some((cfg.max_connections, cfg.max_connections_per_ip));
+        caps[usize::from(scheme == Scheme::Tls)] = to;
         let (total, per_ip) =
             caps.iter().flatten().fold((usize::MAX, usize::MAX), |(t, p), (a, b)| (t.min(*a), p.min(*b)));
         self.limits.set(total, per_ip);
@@ -338,7 +344,7 @@ impl TlsPort {
                 }
                 self.state.gateway.add_listener(&self.state.limits);
                 let (state, conn_life) = (self.state.clone(), life.clone());
-                let serve = move |stream, peer| visit(stream, peer, state.clone(), conn_life.clone());
+                let serve = move |stream, peer, admitted| visit(stream, peer, state.clone(), conn_life.clone(), admitted);
                 tokio::spawn(accept_loop(
                     listener,
                     self.state.limits.clone(),
@@ -397,7 +403,13 @@ async fn read_hello(s: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Op
     Some((buf, sni))
 }
 
-async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, life: Lifecycle) {
+async fn visit(
+    mut visitor: TcpStream,
+    peer: SocketAddr,
+    state: Arc<PortState>,
+    life: Lifecycle,
+    slot: Arc<crate::limits::Admitted>,
+) {
     let term = state.term();
     let mut prefix = Vec::new();
     if let Some(pass) = state.pass() {
@@ -437,7 +449,7 @@ async fn visit(mut visitor: TcpStream, peer: SocketAddr, state: Arc<PortState>, 
         return;
     }
     let start = if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Start::Http2 } else { Start::Http1 };
-    let ctx = Ctx::new(state.gateway.clone(), term.settings.clone(), peer, life);
+    let ctx = Ctx::new(state.gateway.clone(), term.settings.clone(), peer, life, Some(slot));
     serve_connection(tls, ctx, start).await;
 }
 
@@ -565,8 +577,15 @@ struct TlsPlugin {
 
 impl Drop for TlsPlugin {
     fn drop(&mut self) {
-        if let Some(t) = &self.term {
-            t.settings.retire();
+        let Some(t) = &self.term else { return };
+        t.settings.retire();
+        // Still this plugin's: no https plugin serves the port any more
+        // (a reload removed it), and its caps go with it.
+        let state = &self.port.state;
+        let mut term = state.term.write().unwrap_or_else(|e| e.into_inner());
+        if term.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, t)) {
+            *term = None;
+            state.update_caps(self.scheme, None);
         }
     }
 }
