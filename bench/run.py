@@ -23,8 +23,12 @@ p50/p99 latency with wrk (keep-alive, HTTP/1.1 and HTTPS) and h2load (h2c)
 to a local nginx serving a 1 KiB file: directly, through opennotr's embedded
 gateway (http/https/h2c plugins), and through nginx in front of rathole.
 
+With --before-bin-dir DIR (gateway only), a second opennotrd/opennotr pair
+from DIR (an earlier build) runs beside this build's, its rounds
+interleaved with the others, and the report compares the two.
+
 Usage: python3 bench/run.py [--time 8] [--udp-rate 200M] [--only NAME,...]
-       python3 bench/run.py --gateway [--gateway-time 10] [--connections 64]
+       python3 bench/run.py --gateway [--gateway-time 10] [--connections 64] [--before-bin-dir DIR]
 """
 
 import argparse
@@ -577,8 +581,11 @@ def gateway_suite(release, bins, args, tmp):
     # figure of a row is the median of its rounds.
     plan = []
 
+    kinds = [k for k in args.gateway_kinds.split(",") if k]
+
     def run(name, kind, fn):
-        plan.append((name, kind, fn))
+        if not kinds or kind in kinds:
+            plan.append((name, kind, fn))
 
     def execute():
         samples = {}
@@ -632,9 +639,11 @@ def gateway_suite(release, bins, args, tmp):
             # worker threads; the front nginx gets as many processes.
             env["TOKIO_WORKER_THREADS"] = str(args.workers)
         gws = {}
-        for plain in (False, True):
+        pairs = [("enc", False, release), ("plain", True, release)]
+        if args.before_bin_dir:
+            pairs.append(("before", False, args.before_bin_dir))
+        for tag, plain, bin_dir in pairs:
             ctrl, gh, gs, g2 = free_port(), free_port(), free_port(), free_port()
-            tag = "plain" if plain else "enc"
             sconf = os.path.join(tmp, f"gw-notrd-{tag}.yaml")
             with open(sconf, "w") as f:
                 f.write(f"""server:
@@ -643,7 +652,7 @@ def gateway_suite(release, bins, args, tmp):
   domain: "notr.test"
   allowPlaintext: {str(plain).lower()}
 dhcp:
-  cidr: "100.64.{243 + plain}.1/24"
+  cidr: "100.64.{243 + len(gws)}.1/24"
 plugin:
   http: '{{"listen": "127.0.0.1:{gh}"}}'
   https: '{{"listen": "127.0.0.1:{gs}", "cert": "{crt}", "key": "{key}"}}'
@@ -666,9 +675,9 @@ forwards:
     ports:
       0: {svc_h2c}
 """)
-            procs.start([os.path.join(release, "opennotrd"), "-c", sconf], env=env)
+            procs.start([os.path.join(bin_dir, "opennotrd"), "-c", sconf], env=env)
             wait_port(ctrl)
-            procs.start([os.path.join(release, "opennotr"), "-c", cconf], env=env)
+            procs.start([os.path.join(bin_dir, "opennotr"), "-c", cconf], env=env)
             gws[tag] = (gh, gs, g2)
 
         # rathole, tcp and tls transports, each forwarding a port to the
@@ -726,14 +735,19 @@ forwards:
             wait_http(fs, tls=True)
 
         t = args.wrk_threads
+        before = "before" in gws
         run("direct", "http", lambda: wrk(f"http://127.0.0.1:{svc}/", secs, conns, t))
         run("opennotr gateway", "http", lambda: wrk(f"http://127.0.0.1:{gws['enc'][0]}/", secs, conns, t))
+        if before:
+            run(BEFORE, "http", lambda: wrk(f"http://127.0.0.1:{gws['before'][0]}/", secs, conns, t))
         run("opennotr gateway, plaintext tunnel", "http",
             lambda: wrk(f"http://127.0.0.1:{gws['plain'][0]}/", secs, conns, t))
         run("nginx + rathole tcp", "http", lambda: wrk(f"http://127.0.0.1:{fronts['tcp'][0]}/", secs, conns, t))
         run("nginx + rathole tls", "http", lambda: wrk(f"http://127.0.0.1:{fronts['tls'][0]}/", secs, conns, t))
         run("direct (nginx TLS)", "https", lambda: wrk(f"https://127.0.0.1:{svc_tls}/", secs, conns, t))
         run("opennotr gateway", "https", lambda: wrk(f"https://127.0.0.1:{gws['enc'][1]}/", secs, conns, t))
+        if before:
+            run(BEFORE, "https", lambda: wrk(f"https://127.0.0.1:{gws['before'][1]}/", secs, conns, t))
         run("opennotr gateway, plaintext tunnel", "https",
             lambda: wrk(f"https://127.0.0.1:{gws['plain'][1]}/", secs, conns, t))
         run("nginx TLS + rathole tcp", "https",
@@ -743,6 +757,8 @@ forwards:
         big = "big.bin"
         run("direct", "download", lambda: download(f"http://127.0.0.1:{svc}/{big}"))
         run("opennotr gateway", "download", lambda: download(f"http://127.0.0.1:{gws['enc'][0]}/{big}"))
+        if before:
+            run(BEFORE, "download", lambda: download(f"http://127.0.0.1:{gws['before'][0]}/{big}"))
         run("opennotr gateway, plaintext tunnel", "download",
             lambda: download(f"http://127.0.0.1:{gws['plain'][0]}/{big}"))
         run("nginx + rathole tcp", "download", lambda: download(f"http://127.0.0.1:{fronts['tcp'][0]}/{big}"))
@@ -750,11 +766,33 @@ forwards:
         c2, m2 = args.h2_connections, args.h2_streams
         run("direct", "h2c", lambda: h2load(svc_h2c, secs, c2, m2, tmp))
         run("opennotr gateway", "h2c", lambda: h2load(gws["enc"][2], secs, c2, m2, tmp))
+        if before:
+            run(BEFORE, "h2c", lambda: h2load(gws["before"][2], secs, c2, m2, tmp))
         run("opennotr gateway, plaintext tunnel", "h2c", lambda: h2load(gws["plain"][2], secs, c2, m2, tmp))
         execute()
     finally:
         procs.stop()
     return results
+
+
+# The row of the earlier build (--before-bin-dir).
+BEFORE = "opennotr gateway, build before"
+
+
+def before_after(results, meta):
+    """Lines comparing this build's gateway rows with the earlier build's."""
+    rows = {(r["name"], r["kind"]): r for r in results if "error" not in r}
+    out = []
+    for kind, key, unit in (("http", "rps", "requests/s"), ("https", "rps", "requests/s"),
+                            ("h2c", "rps", "requests/s"), ("download", "mbps", "MB/s")):
+        now, was = rows.get(("opennotr gateway", kind)), rows.get((BEFORE, kind))
+        if now and was and was.get(key):
+            out.append(f"| {kind} | {was[key]:.0f} | {now[key]:.0f} | {unit} | {now[key] / was[key]:.3f}× |")
+    if not out:
+        return []
+    return ["", f"This build against the build before ({meta.get('before', 'see the command')}), both with the "
+            "default encrypted tunnel, in the same run, rounds interleaved (medians):", "",
+            "| kind | before | this build | unit | this / before |", "|---|---|---|---|---|"] + out
 
 
 def gateway_report(results, meta):
@@ -819,6 +857,7 @@ def gateway_report(results, meta):
                 continue
             lines.append(f"| {r['name']} | {r['mbps']:.0f} | {dl_ratio(r, base['rathole tcp'])} | "
                          f"{dl_ratio(r, base['rathole tls'])} |")
+    lines += before_after(downloads + results, meta)
     return "\n".join(lines) + "\n"
 
 
@@ -868,6 +907,10 @@ def main():
                     help="interleaved rounds per gateway path; the report gives medians")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections")
     ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--gateway-kinds", default="",
+                    help="gateway benchmark: only these kinds (http,https,download,h2c); default all")
+    ap.add_argument("--before-bin-dir",
+                    help="gateway benchmark: also run opennotr/opennotrd from here (an earlier build) and compare")
     ap.add_argument("--h2-connections", type=int, default=16)
     ap.add_argument("--h2-streams", type=int, default=16, help="h2load -m")
     ap.add_argument("--workers", type=int, default=0,
@@ -917,6 +960,9 @@ def main():
                        "connections": args.connections, "wrk_threads": args.wrk_threads,
                        "h2_connections": args.h2_connections, "h2_streams": args.h2_streams,
                        "rounds": args.gateway_rounds, "workers": args.workers}
+            if args.before_bin_dir:
+                commit = os.path.join(args.before_bin_dir, "COMMIT")
+                gw_meta["before"] = open(commit).read().strip() if os.path.exists(commit) else args.before_bin_dir
             gw_results = gateway_suite(release, bins, args, tmp)
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

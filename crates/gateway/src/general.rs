@@ -224,6 +224,11 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
             sent.cancel();
             empty()
         }
+        // An HTTP/2 request that ended with its headers (most do).
+        None if body.is_end_stream() => {
+            sent.cancel();
+            empty()
+        }
         Some(_) => {
             let b = VisitorBody::new(body, settings.body_timeout, failed.clone(), conn.guard.clone(), sent.clone());
             prefetch(b, &failed).await?
@@ -334,7 +339,10 @@ impl Failure {
 /// end.
 struct VisitorBody {
     inner: Incoming,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the body must have come whole, and the timer for it (made the
+    /// first time the body keeps the sender waiting).
+    deadline: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     failed: Arc<Failure>,
     guard: Option<Arc<GuardShared>>,
     sent: CancellationToken,
@@ -348,8 +356,8 @@ impl VisitorBody {
         guard: Option<Arc<GuardShared>>,
         sent: CancellationToken,
     ) -> VisitorBody {
-        let deadline = (timeout != Duration::MAX).then(|| Box::pin(tokio::time::sleep(timeout)));
-        VisitorBody { inner, deadline, failed, guard, sent }
+        let deadline = (timeout != Duration::MAX).then(|| tokio::time::Instant::now() + timeout);
+        VisitorBody { inner, deadline, timer: None, failed, guard, sent }
     }
 
     fn fail(&mut self, e: GatewayError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -394,10 +402,14 @@ impl hyper::body::Body for VisitorBody {
                     None => self.fail(GatewayError::VisitorIo(e.to_string())),
                 }
             }
-            Poll::Pending => match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => self.fail(GatewayError::VisitorTimeout("request body")),
-                _ => Poll::Pending,
-            },
+            Poll::Pending => {
+                let Some(deadline) = self.deadline else { return Poll::Pending };
+                let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => self.fail(GatewayError::VisitorTimeout("request body")),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -478,13 +490,16 @@ impl hyper::body::Body for Prefetched {
 struct ServiceBody {
     inner: Incoming,
     timeout: Duration,
-    stall: Pin<Box<tokio::time::Sleep>>,
+    /// The timer of a pause (made the first time the body keeps the
+    /// visitor waiting), and whether frames came since it was set.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
     give_back: Option<GiveBack>,
 }
 
 impl ServiceBody {
     fn new(inner: Incoming, timeout: Duration, give_back: Option<GiveBack>) -> ServiceBody {
-        ServiceBody { inner, timeout, stall: Box::pin(tokio::time::sleep(timeout)), give_back }
+        ServiceBody { inner, timeout, stall: None, moved: false, give_back }
     }
 
     fn finish(&mut self) {
@@ -501,14 +516,20 @@ impl hyper::body::Body for ServiceBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => {
-                if self.stall.as_mut().poll(cx).is_ready() {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                let moved = std::mem::take(&mut self.moved);
+                let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // The pause starts now: frames came since the timer was set.
+                if moved {
+                    stall.as_mut().reset(deadline);
+                }
+                if stall.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(GatewayError::ServiceTimeout.to_string().into())));
                 }
                 Poll::Pending
             }
             Poll::Ready(r) => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
-                self.stall.as_mut().reset(deadline);
+                self.moved = true;
                 match &r {
                     None => self.finish(),
                     Some(Ok(_)) if self.inner.is_end_stream() => self.finish(),
