@@ -26,7 +26,8 @@ pub(crate) struct Settings {
     /// Connections to clients' services, for reuse.
     pub(crate) pool: Arc<Pool>,
     /// Cancelled when the plugin that made these settings is replaced (a
-    /// reload): its connections finish the request in flight and close.
+    /// reload), or the server starts draining ([`Settings::follow`]): its
+    /// connections finish the request in flight and close.
     pub(crate) retired: CancellationToken,
 }
 
@@ -43,6 +44,18 @@ impl Settings {
             pool: Arc::new(Pool::new()),
             retired: CancellationToken::new(),
         }
+    }
+
+    /// Retires the settings' connections when the server starts draining
+    /// too (so a connection has one token to watch, not two).
+    pub(crate) fn follow(&self, draining: CancellationToken) {
+        let retired = self.retired.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = draining.cancelled() => retired.cancel(),
+                _ = retired.cancelled() => {}
+            }
+        });
     }
 
     /// Retires the settings' connections and drops the connections kept
@@ -82,15 +95,12 @@ impl Ctx {
     /// No new request should start on the connection: the server is
     /// shutting down, or the plugin was replaced.
     pub(crate) fn closing(&self) -> bool {
-        self.life.draining.is_cancelled() || self.settings.retired.is_cancelled()
+        self.settings.retired.is_cancelled()
     }
 
     /// Ready once [`Ctx::closing`] holds.
     pub(crate) async fn until_closing(&self) {
-        tokio::select! {
-            _ = self.life.draining.cancelled() => {}
-            _ = self.settings.retired.cancelled() => {}
-        }
+        self.settings.retired.cancelled().await
     }
 
     pub(crate) fn visitor(&self) -> crate::rules::Visitor<'_> {

@@ -272,25 +272,17 @@ async fn exchange<S: AsyncWrite + Unpin>(
         ubuf.clear();
         // A service that stops reading the request fails it, as one that
         // stops answering does.
-        let sent = tokio::time::timeout(settings.response_timeout, async {
-            stream.write_all(out).await.and(stream.flush().await)
+        // One deadline for the service to take the request and start its
+        // answer (a service that stops reading the request fails it, as one
+        // that stops answering does).
+        let exchanged = tokio::time::timeout(settings.response_timeout, async {
+            match stream.write_all(out).await.and(stream.flush().await) {
+                Ok(()) => read_response_head(&mut stream, ubuf, visitor, req.head, answered).await,
+                Err(e) => Err(HeadError::Io(e)),
+            }
         })
         .await;
-        let head = match sent {
-            Err(_) => return Err(GatewayError::ServiceTimeout),
-            Ok(Ok(())) => {
-                match tokio::time::timeout(
-                    settings.response_timeout,
-                    read_response_head(&mut stream, ubuf, visitor, req.head, answered),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => return Err(GatewayError::ServiceTimeout),
-                }
-            }
-            Ok(Err(e)) => Err(HeadError::Io(e)),
-        };
+        let Ok(head) = exchanged else { return Err(GatewayError::ServiceTimeout) };
         match head {
             Ok(h) => break (stream, h),
             // The keep-alive race: the service closed the pooled connection

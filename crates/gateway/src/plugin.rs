@@ -241,6 +241,7 @@ impl HttpListener for GatewayPlugin {
 impl Plugin for GatewayPlugin {
     fn start(&self, server: &ServerInfo) {
         let _ = self.life.set(server.lifecycle.clone());
+        self.settings.follow(server.lifecycle.draining.clone());
         if let Some(port) = &self.port {
             port.install(self.settings.clone(), &self.cfg);
             if self.scheme == Scheme::Http {

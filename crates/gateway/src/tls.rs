@@ -606,6 +606,9 @@ impl TlsPlugin {
 impl Plugin for TlsPlugin {
     fn start(&self, server: &ServerInfo) {
         let _ = self.life.set(server.lifecycle.clone());
+        if let Some(t) = &self.term {
+            t.settings.follow(server.lifecycle.draining.clone());
+        }
         self.install();
     }
 
