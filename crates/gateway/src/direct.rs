@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::ctx::Ctx;
 use crate::error::GatewayError;
-use crate::io::{read_more, Replay, TimedIo};
+use crate::io::{read_more, Replay, Stall, TimedIo};
 use crate::route::{Lookup, Scheme, Upstream};
 use crate::rules::{self, BodyFraming, Chunked, Framing, ResponseInfo, MAX_HEADERS, MAX_RESPONSE_HEAD};
 
@@ -394,6 +394,7 @@ where
     };
     let mut chunks = Chunked::default();
     let mut head = Some(out);
+    let mut stall = Stall::new(response_timeout);
     loop {
         let (take, done) = match framing {
             Framing::Empty => (0, true),
@@ -428,7 +429,7 @@ where
         if ubuf.capacity() - ubuf.len() < 16 * 1024 {
             ubuf.reserve(64 * 1024);
         }
-        match tokio::time::timeout(response_timeout, stream.read_buf(ubuf)).await {
+        match stall.step(stream.read_buf(ubuf)).await {
             Ok(Ok(0)) => return Ok(framing == Framing::Close),
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return Ok(false),

@@ -24,7 +24,7 @@ use tracing::{debug, Instrument};
 use crate::ctx::Ctx;
 use crate::error::GatewayError;
 use crate::guard::GuardShared;
-use crate::io::{Activity, InFlight, TimedIo};
+use crate::io::{Activity, InFlight, Stall, TimedIo};
 use crate::pool::{open_upstream, Body, BoxError};
 use crate::route::{Lookup, Scheme, Upstream};
 use crate::rules::{self, BodyFraming};
@@ -489,17 +489,13 @@ impl hyper::body::Body for Prefetched {
 /// on goes back to the pool.
 struct ServiceBody {
     inner: Incoming,
-    timeout: Duration,
-    /// The timer of a pause (made the first time the body keeps the
-    /// visitor waiting), and whether frames came since it was set.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    moved: bool,
+    stall: Stall,
     give_back: Option<GiveBack>,
 }
 
 impl ServiceBody {
     fn new(inner: Incoming, timeout: Duration, give_back: Option<GiveBack>) -> ServiceBody {
-        ServiceBody { inner, timeout, stall: None, moved: false, give_back }
+        ServiceBody { inner, stall: Stall::new(timeout), give_back }
     }
 
     fn finish(&mut self) {
@@ -516,20 +512,13 @@ impl hyper::body::Body for ServiceBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => {
-                let deadline = tokio::time::Instant::now() + self.timeout;
-                let moved = std::mem::take(&mut self.moved);
-                let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                // The pause starts now: frames came since the timer was set.
-                if moved {
-                    stall.as_mut().reset(deadline);
-                }
-                if stall.as_mut().poll(cx).is_ready() {
+                if self.stall.poll_waiting(cx).is_ready() {
                     return Poll::Ready(Some(Err(GatewayError::ServiceTimeout.to_string().into())));
                 }
                 Poll::Pending
             }
             Poll::Ready(r) => {
-                self.moved = true;
+                self.stall.moved();
                 match &r {
                     None => self.finish(),
                     Some(Ok(_)) if self.inner.is_end_stream() => self.finish(),

@@ -75,6 +75,57 @@ impl Drop for InFlight {
     }
 }
 
+// -------------------------------------------------------------- stall
+
+/// How long a run of steps (reads, writes, body frames) may wait for the
+/// next one. The timer is made the first time a step waits and set again
+/// only if steps were made since: a stream that keeps moving costs no timer
+/// work per step.
+pub(crate) struct Stall {
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
+}
+
+impl Stall {
+    pub(crate) fn new(timeout: Duration) -> Stall {
+        Stall { timeout, timer: None, moved: false }
+    }
+
+    /// A step was made.
+    pub(crate) fn moved(&mut self) {
+        self.moved = true;
+    }
+
+    /// A step waits: ready once the wait has lasted the timeout.
+    pub(crate) fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let moved = std::mem::take(&mut self.moved);
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if moved {
+                    t.as_mut().reset(tokio::time::Instant::now() + self.timeout);
+                }
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.timeout))),
+        };
+        timer.as_mut().poll(cx)
+    }
+
+    /// `step`, failing (`Err`) once it has waited for the timeout.
+    pub(crate) async fn step<F: Future>(&mut self, step: F) -> Result<F::Output, ()> {
+        tokio::pin!(step);
+        std::future::poll_fn(|cx| match step.as_mut().poll(cx) {
+            Poll::Ready(r) => {
+                self.moved();
+                Poll::Ready(Ok(r))
+            }
+            Poll::Pending => self.poll_waiting(cx).map(|()| Err(())),
+        })
+        .await
+    }
+}
+
 // ----------------------------------------------------------- timed io
 
 /// A socket whose writes must make progress. A write (or flush, or
@@ -85,14 +136,13 @@ impl Drop for InFlight {
 /// writes also record their [`Activity`].
 pub(crate) struct TimedIo<S> {
     inner: S,
-    send_timeout: Duration,
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Stall,
     activity: Option<Arc<Activity>>,
 }
 
 impl<S> TimedIo<S> {
     pub(crate) fn new(inner: S, send_timeout: Duration) -> TimedIo<S> {
-        TimedIo { inner, send_timeout, stalled: None, activity: None }
+        TimedIo { inner, stall: Stall::new(send_timeout), activity: None }
     }
 
     pub(crate) fn track(&mut self, activity: Arc<Activity>) {
@@ -103,20 +153,12 @@ impl<S> TimedIo<S> {
     /// have waited for the send timeout.
     fn deadline<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>, progress: bool) -> Poll<io::Result<T>> {
         match r {
-            Poll::Pending => {
-                let timeout = self.send_timeout;
-                let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the peer took nothing within the send timeout",
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+            Poll::Pending => self.stall.poll_waiting(cx).map(|()| {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the peer took nothing within the send timeout"))
+            }),
             Poll::Ready(r) => {
                 if progress {
-                    self.stalled = None;
+                    self.stall.moved();
                     if let Some(a) = &self.activity {
                         a.touch();
                     }
