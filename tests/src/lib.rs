@@ -70,6 +70,26 @@ pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output
     }
 }
 
+/// Bound of a wait for the server to act on a timeout the test set (1 s,
+/// typically): a hang guard, far above it, not a measure.
+pub const CLOSE_GUARD: Duration = Duration::from_secs(20);
+
+/// Reads until the peer closes the connection (EOF, or a reset), under
+/// [`CLOSE_GUARD`]; returns what it sent meanwhile.
+pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Vec<u8> {
+    within(CLOSE_GUARD, "the gateway to close the connection", async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+}
+
 /// Polls `cond` until it holds, failing the test after [`WAIT`].
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     within(WAIT, what, async {

@@ -568,10 +568,6 @@ async fn upstream_connections_are_pooled() {
 
 // ------------------------------------------------------------ timeouts
 
-/// Bound of a wait for the gateway to close a visitor connection: a hang
-/// guard, far above the 1 s timeouts the tests configure, not a measure.
-const CLOSE_GUARD: Duration = Duration::from_secs(20);
-
 /// A server whose `http` gateway has these timeouts (seconds). The one a
 /// test is not about is set far beyond [`CLOSE_GUARD`], so that only the
 /// other can close a connection within it.
@@ -579,22 +575,6 @@ async fn timeouts_server(header_timeout: u64, idle_timeout: u64) -> TestServer {
     let http =
         format!(r#"{{"listen": "127.0.0.1:0", "headerTimeout": {header_timeout}, "idleTimeout": {idle_timeout}}}"#);
     TestServer::start(&ServerSpec::default().plugin("http", &http)).await
-}
-
-/// Reads until the gateway closes the connection (EOF, or a reset), under
-/// [`CLOSE_GUARD`]; returns what it sent meanwhile.
-async fn read_until_closed<R: AsyncReadExt + Unpin>(r: &mut R) -> Vec<u8> {
-    within(CLOSE_GUARD, "the gateway to close the connection", async {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return got,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
 }
 
 /// Reads until what was read contains `needle`, failing if the connection

@@ -15,10 +15,6 @@ use tokio::sync::{mpsc, Notify};
 
 const TOKEN: &str = "admin-token-0123456789";
 
-/// Bound of a wait for the gateway to act on a 1 s timeout: a hang guard,
-/// not a measure.
-const GUARD: Duration = Duration::from_secs(20);
-
 fn dom(label: &str) -> String {
     format!("{label}.{ZONE}")
 }
@@ -57,22 +53,6 @@ async fn ok_service() -> Service {
             match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await
-}
-
-/// Reads until the gateway closes the connection (EOF or reset), under the
-/// guard; what it sent meanwhile.
-async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
-    within(GUARD, "the gateway to close the connection", async {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return got,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
             }
         }
     })
@@ -208,7 +188,7 @@ async fn a_visitor_that_does_not_read_is_dropped_after_the_send_timeout() {
             let mut s = TcpStream::connect(local(port)).await.unwrap();
             s.write_all(req.as_bytes()).await.unwrap();
             // Never read: the service's writes end when the gateway gives up.
-            let sent = within(GUARD, "the service's connection to end", done.recv()).await.unwrap();
+            let sent = within(CLOSE_GUARD, "the service's connection to end", done.recv()).await.unwrap();
             assert!(sent > 0, "{sent}");
             drop(s);
         }
@@ -392,7 +372,7 @@ async fn a_service_that_stops_reading_the_request_is_given_up() {
             }
             Ok::<_, std::io::Error>(())
         });
-        let got = within(GUARD, "the gateway to give the exchange up", async {
+        let got = within(CLOSE_GUARD, "the gateway to give the exchange up", async {
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
             loop {
@@ -532,7 +512,7 @@ async fn shutdown_finishes_requests_in_flight_and_stops_accepting() {
         got.extend(read_until_closed(&mut busy).await);
         let text = String::from_utf8_lossy(&got);
         assert!(text.contains("first") && text.contains("last") && text.ends_with("0\r\n\r\n"), "{text}");
-        within(GUARD, "the server to stop", stopping).await.unwrap();
+        within(CLOSE_GUARD, "the server to stop", stopping).await.unwrap();
     })
     .await;
 }
@@ -550,7 +530,7 @@ async fn shutdown_cuts_what_outlives_the_grace_period() {
         let mut buf = [0u8; 1024];
         let n = within(WAIT, "the first chunk", busy.read(&mut buf)).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).contains("first"));
-        within(GUARD, "the server to stop", server.stop()).await;
+        within(CLOSE_GUARD, "the server to stop", server.stop()).await;
         // Had the exchange outlived the grace period, the rest would come now.
         go.notify_one();
         let rest = read_until_closed(&mut busy).await;
