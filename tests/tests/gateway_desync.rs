@@ -575,13 +575,13 @@ async fn run_responses(path: Path) {
                 String::from_utf8_lossy(body),
                 resp.iter().map(|(c, b)| (c, String::from_utf8_lossy(b).to_string())).collect::<Vec<_>>()
             ),
-            // The visitor can tell the body was cut: it never ends.
-            None => assert!(
-                !got.raw.ends_with(b"0\r\n\r\n"),
-                "{path:?} {}: {:?}",
-                case.id,
-                String::from_utf8_lossy(&got.raw)
-            ),
+            // The broken chunk never reaches the visitor, and the body it
+            // sees never ends: it can tell it was cut.
+            None => {
+                let raw = String::from_utf8_lossy(&got.raw);
+                let cut = !raw.contains("0x10") && !raw.ends_with("0\r\n\r\n");
+                assert!(cut, "{path:?} {}: {raw:?}", case.id);
+            }
         }
         // Whatever the service did, the next visitor gets its own answer.
         victim(&rig, case.id).await;

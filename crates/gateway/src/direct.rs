@@ -140,7 +140,7 @@ where
                     ctx.gateway.count_request(settings.scheme, e.status().as_u16());
                     return None;
                 }
-                let keep = !planned.close && !ctx.closing();
+                let keep = !planned.close && !e.closes() && !ctx.closing();
                 out.clear();
                 e.page().write_http1(&mut out, keep);
                 if visitor.write_all(&out).await.is_err() || visitor.flush().await.is_err() {
@@ -270,8 +270,6 @@ async fn exchange<S: AsyncWrite + Unpin>(
             None => (pool.upstream(up, ctx.peer, &req.name).await?, false),
         };
         ubuf.clear();
-        // A service that stops reading the request fails it, as one that
-        // stops answering does.
         // One deadline for the service to take the request and start its
         // answer (a service that stops reading the request fails it, as one
         // that stops answering does).

@@ -217,25 +217,18 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
     // The body: from an HTTP/1 visitor, read ahead (up to PREFETCH) under
     // the body timeout; from an HTTP/2 visitor (gRPC streams both ways),
     // streamed as it comes.
-    let failed = Arc::new(Failure::default());
-    let sent = CancellationToken::new();
-    let body = match framing {
-        Some(BodyFraming::None) => {
-            sent.cancel();
-            empty()
-        }
-        // An HTTP/2 request that ended with its headers (most do).
-        None if body.is_end_stream() => {
-            sent.cancel();
-            empty()
-        }
-        Some(_) => {
+    // (No body, as most requests: nothing to watch, no token.)
+    let bodiless = framing == Some(BodyFraming::None) || (framing.is_none() && body.is_end_stream());
+    let watch = (!bodiless).then(|| (Arc::new(Failure::default()), CancellationToken::new()));
+    let body = match (&watch, framing) {
+        (None, _) => empty(),
+        (Some((failed, sent)), Some(_)) => {
             let b = VisitorBody::new(body, settings.body_timeout, failed.clone(), conn.guard.clone(), sent.clone());
-            prefetch(b, &failed).await?
+            prefetch(b, failed).await?
         }
         // HTTP/2: gRPC streams may last as long as the call does; any
         // other body has the body timeout.
-        None => {
+        (Some((failed, sent)), None) => {
             let limit = if grpc { Duration::MAX } else { settings.body_timeout };
             VisitorBody::new(body, limit, failed.clone(), None, sent.clone()).boxed_unsync()
         }
@@ -275,7 +268,9 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
     // The response timeout starts once the request is sent whole.
     tokio::pin!(exchange);
     let sent_at = async {
-        sent.cancelled().await;
+        if let Some((_, sent)) = &watch {
+            sent.cancelled().await;
+        }
         tokio::time::sleep(settings.response_timeout).await;
     };
     let result = tokio::select! {
@@ -286,7 +281,7 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
     let (mut resp, give_back) = match result {
         Ok(r) => r,
         // The visitor's body failed the exchange: say so, not "bad gateway".
-        Err(e) => return Err(failed.take().unwrap_or(e)),
+        Err(e) => return Err(watch.and_then(|(failed, _)| failed.take()).unwrap_or(e)),
     };
     let info =
         rules::check_response_map(resp.status().as_u16(), resp.version() == Version::HTTP_10, is_head, resp.headers())

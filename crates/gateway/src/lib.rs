@@ -12,22 +12,23 @@
 //! - `plugin`: the plugin factories and the `http`/`h2c` plugins, their
 //!   ports (which outlive a reload's plugin generations) and [`register`].
 //! - `tls`: the TLS ports of the `https` (termination, certificates by
-//!   SNI, reload) and `tls` (SNI passthrough) plugins; `acme`: automatic
-//!   certificates; `external`: the original's OpenResty mode (`adminUrl`);
-//!   `config`: the plugins' JSON.
-//! - `serve`: accepting visitors under the listener's caps (`limits`) in
-//!   the server's lifecycle, and serving a connection: the direct path
-//!   first, then hyper.
+//!   SNI, reload) and `tls` (SNI passthrough) plugins.
+//! - `serve`: accepting visitors under the listener's caps in the server's
+//!   lifecycle, and serving a connection: the direct path first, then
+//!   hyper.
 //! - `direct`: the direct HTTP/1.1 path (parse once, rewrite, copy by
 //!   framing); `general`: the hyper path (upgrades, streamed bodies,
 //!   HTTP/2, gRPC); `guard`: what holds hyper's HTTP/1 server to the rules.
+//! - `ctx`: a plugin's settings and a connection's context; `config`: the
+//!   plugins' JSON; `acme`: automatic certificates; `external`: the
+//!   original's OpenResty mode (`adminUrl`).
 //! - `pool`: connections to services kept per route (one entry per route:
 //!   idle streams, HTTP/1.1 and HTTP/2 connections, the multiplexed
-//!   connection); `ctx`: a plugin's settings and a connection's context.
+//!   connection); `gateway`: the shared [`Gateway`] (routes, counters).
+//! - `error`: [`GatewayError`], who failed; `limits`: connection caps per
+//!   listener and source; `io`: socket wrappers and pause timers.
 //! - `rules`: the HTTP/1.1 message rules (framing, strictness, head
-//!   rewriting) every path decides with; `io`: socket wrappers; `error`:
-//!   [`GatewayError`], who failed; `gateway`: the shared [`Gateway`]
-//!   (routes, counters); `route`: the routing table.
+//!   rewriting) every path decides with; `route`: the routing table.
 
 mod acme;
 mod config;

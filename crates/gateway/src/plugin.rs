@@ -25,7 +25,7 @@ use crate::ctx::{Ctx, Settings};
 use crate::gateway::{Gateway, HttpListener};
 use crate::limits::ConnLimits;
 use crate::route::{Scheme, Upstream};
-use crate::serve::{accept_loop, bind, serve_connection, Start};
+use crate::serve::{accept_loop, serve_connection, Start};
 
 /// What the gateway plugins of one server share.
 struct Shared {
@@ -91,7 +91,7 @@ impl PluginFactory for GatewayFactory {
             Mode::Embedded { listen } => Some(self.shared.http_port(self.scheme, listen)),
             _ => None,
         };
-        let plugin = Arc::new(GatewayPlugin {
+        Ok(Arc::new_cyclic(|me| GatewayPlugin {
             scheme: self.scheme,
             gateway: self.shared.gateway.clone(),
             settings: Arc::new(Settings::new(self.scheme, &cfg)),
@@ -100,10 +100,8 @@ impl PluginFactory for GatewayFactory {
             life: OnceLock::new(),
             external,
             shutdown,
-            me: OnceLock::new(),
-        });
-        let _ = plugin.me.set(Arc::downgrade(&plugin));
-        Ok(plugin)
+            me: me.clone(),
+        }))
     }
 }
 
@@ -160,7 +158,7 @@ impl HttpPort {
         self.bound
             .get_or_try_init(|| async {
                 let addr = self.addr;
-                let listener = bind(addr)
+                let listener = opennotr_transport::listen(addr)
                     .map_err(|e| PluginError::Refused(format!("the gateway cannot listen on {addr}: {e}")))?;
                 let port = listener.local_addr().map(|a| a.port()).unwrap_or(addr.port());
                 info!(plugin = self.scheme.name(), addr = %addr, port, "gateway listening");
@@ -211,7 +209,8 @@ struct GatewayPlugin {
     /// Cancelled when the plugin is dropped (the server is gone, or a
     /// reload replaced it).
     shutdown: CancellationToken,
-    me: OnceLock<Weak<GatewayPlugin>>,
+    /// Itself, for ACME's HTTP-01 answers (the router holds it weakly).
+    me: Weak<GatewayPlugin>,
 }
 
 impl Drop for GatewayPlugin {
@@ -245,10 +244,8 @@ impl Plugin for GatewayPlugin {
         if let Some(port) = &self.port {
             port.install(self.settings.clone(), &self.cfg);
             if self.scheme == Scheme::Http {
-                if let Some(me) = self.me.get() {
-                    let me: Weak<dyn HttpListener> = me.clone();
-                    self.gateway.set_http_listener(me);
-                }
+                let me: Weak<dyn HttpListener> = self.me.clone();
+                self.gateway.set_http_listener(me);
             }
         }
         if let Some(ext) = &self.external {

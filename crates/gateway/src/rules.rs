@@ -61,6 +61,9 @@ const fn bad(reason: &'static str) -> Reject {
     Reject { status: 400, reason }
 }
 
+/// The gateway is not a forward proxy: `CONNECT`, on any version.
+const CONNECT_REFUSED: Reject = Reject { status: 405, reason: "CONNECT is not served (this is not a forward proxy)" };
+
 impl std::fmt::Display for Reject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.reason)
@@ -215,14 +218,14 @@ fn managed(name: &str) -> bool {
 }
 
 /// Whether a trailer field a visitor sent goes on: not one the gateway
-/// manages (RFC 9110 §6.5.1: trailers never stand in for such fields).
+/// manages, nor framing, routing or `Content-Type` (RFC 9110 §6.5.1:
+/// trailers never stand in for such fields).
 pub(crate) fn forwards_trailer(name: &str) -> bool {
-    !(PROTECTED.iter().chain(&HOP_BY_HOP).chain(&FORWARDING).chain(&["expect", "content-type"]).any(|h| eq(name, h))
-        || aliases_a_managed_field(name))
+    !(managed(name) || PROTECTED.iter().chain(&["content-type"]).any(|h| eq(name, h)))
 }
 
 /// Maps an httparse error on a request head to its answer.
-pub(crate) fn request_parse_error(e: httparse::Error) -> Reject {
+fn request_parse_error(e: httparse::Error) -> Reject {
     match e {
         httparse::Error::TooManyHeaders => Reject { status: 431, reason: "too many header fields" },
         httparse::Error::Version => Reject { status: 505, reason: "only HTTP/1.0 and HTTP/1.1 are served" },
@@ -297,7 +300,7 @@ fn check<'a>(
     fields: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<RequestInfo<'a>, Reject> {
     if method == "CONNECT" {
-        return Err(Reject { status: 405, reason: "CONNECT is not served (this is not a forward proxy)" });
+        return Err(CONNECT_REFUSED);
     }
     let mut info = RequestInfo {
         method,
@@ -332,6 +335,7 @@ fn check<'a>(
                 info.host = host;
             }
         } else if framing.read(name, value, http10).map_err(bad)? {
+            // Content-Length or Transfer-Encoding, read.
         } else if eq(name, "connection") {
             for option in elements(value).ok_or(bad("malformed Connection"))? {
                 if !is_token(option) {
@@ -688,10 +692,9 @@ pub(crate) fn rewrite_parts(
         headers.remove(n);
     }
     if let Ok(h) = HeaderValue::from_str(&out.host) {
-        headers.insert(hyper::header::HOST, h.clone());
-        headers.insert("x-forwarded-host", h);
+        headers.insert(hyper::header::HOST, h);
     }
-    add_visitor_fields(headers, visitor, xff);
+    add_visitor_fields(headers, visitor, &out.host, xff);
     if let Some(u) = upgrade {
         headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(hyper::header::UPGRADE, u);
@@ -716,9 +719,14 @@ fn forwarded_for<'v>(prior: impl Iterator<Item = &'v [u8]>, ip: &str) -> Option<
     HeaderValue::from_bytes(&v).ok()
 }
 
-fn add_visitor_fields(headers: &mut HeaderMap, visitor: Visitor<'_>, xff: Option<HeaderValue>) {
+/// The forwarding fields: `X-Forwarded-For` (`xff`), `-Proto`, `-Host`
+/// (the authority the visitor asked for) and `X-Real-IP`.
+fn add_visitor_fields(headers: &mut HeaderMap, visitor: Visitor<'_>, host: &str, xff: Option<HeaderValue>) {
     if let Some(v) = xff {
         headers.insert("x-forwarded-for", v);
+    }
+    if let Ok(h) = HeaderValue::from_str(host) {
+        headers.insert("x-forwarded-host", h);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(visitor.proto));
     if let Ok(v) = HeaderValue::from_str(visitor.ip) {
@@ -740,7 +748,7 @@ pub(crate) fn rewrite_h2(
     visitor: Visitor<'_>,
 ) -> Result<(String, String), Reject> {
     if method == "CONNECT" {
-        return Err(Reject { status: 405, reason: "CONNECT is not served (this is not a forward proxy)" });
+        return Err(CONNECT_REFUSED);
     }
     if path != "*" && !path.starts_with('/') {
         return Err(bad("malformed :path"));
@@ -771,10 +779,7 @@ pub(crate) fn rewrite_h2(
     if te_trailers {
         headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
     }
-    if let Ok(h) = HeaderValue::from_str(&authority) {
-        headers.insert("x-forwarded-host", h);
-    }
-    add_visitor_fields(headers, visitor, xff);
+    add_visitor_fields(headers, visitor, &authority, xff);
     Ok((route_name(&authority), authority))
 }
 
@@ -843,6 +848,7 @@ fn check_response_fields<'a>(
     let mut close = http10;
     for (name, value) in fields {
         if framing.read(name, value, http10).map_err(bad_response)? {
+            // Content-Length or Transfer-Encoding, read.
         } else if eq(name, "connection") {
             for option in elements(value).ok_or(bad_response("malformed Connection"))? {
                 if eq(option, "close") {
@@ -873,8 +879,7 @@ fn check_response_fields<'a>(
     // A response that has no body by the rules (to HEAD, a 204 or 304) yet
     // declares one: a service that writes that body anyway, late, would
     // have it read as the next visitor's response on this connection.
-    let declared = te || framing.length.is_some_and(|n| n > 0);
-    let unsure = body == Framing::Empty && declared && framing.length != Some(0);
+    let unsure = body == Framing::Empty && (te || framing.length.is_some_and(|n| n > 0));
     Ok(ResponseInfo { status, framing: body, reusable: !close && !ambiguous && !unsure && body != Framing::Close })
 }
 

@@ -225,14 +225,3 @@ where
         }
     }
 }
-
-/// A gateway listener on `addr` (with `SO_REUSEADDR`, so a restarted
-/// server binds at once).
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    TcpListener::from_std(s.into())
-}

@@ -38,7 +38,7 @@ use crate::gateway::Gateway;
 use crate::io::Replay;
 use crate::limits::ConnLimits;
 use crate::route::{Lookup, Scheme, Upstream};
-use crate::serve::{accept_loop, bind, serve_connection, Start};
+use crate::serve::{accept_loop, serve_connection, Start};
 
 /// The most ClientHello bytes read before giving up on finding the SNI.
 const MAX_HELLO: usize = 64 * 1024;
@@ -329,7 +329,7 @@ impl TlsPort {
         self.bound
             .get_or_try_init(|| async {
                 let addr = self.state.addr;
-                let listener = bind(addr)
+                let listener = opennotr_transport::listen(addr)
                     .map_err(|e| PluginError::Refused(format!("the gateway cannot listen on {addr}: {e}")))?;
                 let port = listener.local_addr().map(|a| a.port()).unwrap_or(addr.port());
                 info!(addr = %addr, port, https = self.state.term().is_some(), tls = self.state.pass().is_some(), "TLS gateway listening");

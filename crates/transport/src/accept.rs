@@ -9,6 +9,19 @@ use tracing::warn;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 
+/// A public listener on `addr` (the tcp plugin's ports, the gateway's).
+/// `SO_REUSEADDR` only skips the TIME_WAIT of closed connections, so a
+/// restarted server binds at once; it does not let two listeners share a
+/// port on Linux.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
 /// Accepts connections until stopped. A failed accept (out of file
 /// descriptors, a connection reset before it was accepted) waits, doubling
 /// from 5 ms to 1 s, and tries again: a listener never dies of one error.

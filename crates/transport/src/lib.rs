@@ -16,7 +16,7 @@ pub mod mux;
 pub mod relay;
 pub mod secure;
 
-pub use accept::Acceptor;
+pub use accept::{listen, Acceptor};
 pub use channel::{Channel, Counters, TunnelStream};
 pub use framed::{read_frame_exact, read_preface, timed, write_frame, FrameReader, FrameWriter, TransportError};
 pub use secure::SecureStream;

@@ -44,7 +44,7 @@ struct TcpPlugin {
 #[async_trait]
 impl Plugin for TcpPlugin {
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
-        let listener = self.rules.bind_with(meta.public_port, |a| async move { bind(a) }).await?;
+        let listener = self.rules.bind_with(meta.public_port, |a| async move { opennotr_transport::listen(a) }).await?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(meta.public_port);
         Ok(self.running.start(meta, ctx.stop.clone(), port, "tcp", accept_loop(listener, meta.clone(), ctx)))
     }
@@ -52,17 +52,6 @@ impl Plugin for TcpPlugin {
     async fn stop_proxy(&self, meta: &ForwardMeta) {
         self.running.stop(meta).await;
     }
-}
-
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-    // SO_REUSEADDR only skips TIME_WAIT of closed connections; it does not
-    // let two listeners share a port on Linux.
-    s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    TcpListener::from_std(s.into())
 }
 
 async fn accept_loop(listener: TcpListener, meta: ForwardMeta, ctx: ForwardContext) {
