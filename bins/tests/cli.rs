@@ -471,6 +471,36 @@ fn signal_right_after_listening_exits_0() {
     }
 }
 
+/// The hard limit on open files of this process, which children inherit.
+fn hard_nofile() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(4)?.parse().ok()
+}
+
+#[test]
+fn the_server_raises_its_open_file_limit_and_says_so() {
+    // A relay holds descriptors per proxied connection: under the usual
+    // soft limit of 1024 it would run out at a few hundred visitors.
+    let Some(hard) = hard_nofile().filter(|&h| h > 256) else {
+        return eprintln!("skipped: the hard open-file limit is not above 256 here");
+    };
+    let dir = TempDir::new("nofile");
+    let conf = dir.write("opennotrd.yaml", example_server_yaml());
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\"", SERVER]);
+    cmd.args(["-conf", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]);
+    let mut server = Proc::spawn_named("opennotrd", cmd, &dir.0);
+    let line = server
+        .expect(Src::Err, "the open-file limit raised", |l| json_fields(l, "raised the open-file limit").is_some());
+    let fields = json_fields(&line, "raised the open-file limit").unwrap();
+    assert_eq!(fields["from"], 256);
+    assert_eq!(fields["to"], hard.min(1 << 20));
+    server.expect(Src::Err, "`listening for clients`", |l| json_fields(l, "listening for clients").is_some());
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(WAIT).code(), Some(0));
+}
+
 #[test]
 fn client_without_server_retries_and_stops_on_sigterm() {
     let dir = TempDir::new("noserver");

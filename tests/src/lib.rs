@@ -152,6 +152,8 @@ pub struct ServerSpec {
     pub plugins: Vec<(String, String)>,
     /// More top-level YAML (`clients:`, `admin:`), appended as is.
     pub extra_yaml: String,
+    /// More keys under `server:` (indented lines, e.g. `"  helloTimeout: 1\n"`).
+    pub server_yaml: String,
 }
 
 /// The `dns` section of a test server, on `127.0.0.1:0`.
@@ -186,6 +188,7 @@ impl Default for ServerSpec {
             dns: None,
             plugins: Vec::new(),
             extra_yaml: String::new(),
+            server_yaml: String::new(),
         }
     }
 }
@@ -209,6 +212,7 @@ impl ServerSpec {
         if let Some(dns) = &self.dns {
             y += &format!("  publicIP: {:?}\n", dns.public_ips);
         }
+        y += &self.server_yaml;
         y += "dhcp:\n  cidr: \"100.64.242.1/24\"\n  ip: \"100.64.242.1\"\n";
         let (lo, hi) = self.port_range;
         y += "plugin:\n";

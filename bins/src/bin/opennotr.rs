@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     opennotr_cli::init_tracing(args.log_level.as_deref(), args.log_json);
+    opennotr_cli::raise_fd_limit();
     let rt = match opennotr_cli::runtime(cfg.workers) {
         Ok(rt) => rt,
         Err(e) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use opennotr_transport::Acceptor;
+use opennotr_transport::{Acceptor, Priority};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -69,7 +69,7 @@ impl AdminServer {
     pub async fn run(self, shutdown: CancellationToken) {
         let AdminServer { listener, local_addr, shared } = self;
         info!(addr = %local_addr, "listening for admin requests");
-        let mut acceptor = Acceptor::new(listener);
+        let mut acceptor = Acceptor::with_priority(listener, Priority::Admin);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let graceful = GracefulShutdown::new();
         let mut conns = JoinSet::new();

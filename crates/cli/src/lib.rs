@@ -50,6 +50,17 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
     Ok(rt)
 }
 
+/// Raises the soft limit on open files to the hard one and logs both, as
+/// Go's runtime does for frp: every proxied connection holds descriptors,
+/// and the usual default of 1024 runs out at a few hundred visitors.
+pub fn raise_fd_limit() {
+    match opennotr_transport::fds::raise_limit() {
+        Ok((before, after)) if after > before => info!(from = before, to = after, "raised the open-file limit"),
+        Ok((_, after)) => info!(limit = after, "open-file limit"),
+        Err(e) => warn!(error = %e, limit = opennotr_transport::fds::limit(), "could not raise the open-file limit"),
+    }
+}
+
 /// A token cancelled on the first SIGINT or SIGTERM; a second one exits at
 /// once with status 130.
 pub fn shutdown_on_signals() -> CancellationToken {

@@ -171,6 +171,9 @@ pub struct ServerSection {
     pub vlan_allow_remote: bool,
     /// `server.handshakeTimeout` seconds (default 10).
     pub handshake_timeout: Duration,
+    /// `server.helloTimeout` seconds (default 5): a new connection must send
+    /// its first message this soon.
+    pub hello_timeout: Duration,
     /// `server.keepaliveInterval` seconds (default 5).
     pub keepalive_interval: Duration,
     /// `server.keepaliveTimeout` seconds (default 15): a peer silent this long is dead.
@@ -209,6 +212,23 @@ pub struct Limits {
     pub max_udp_flows_per_forward: usize,
     /// `limits.maxHandshakes` (default 256): connections in handshake at once.
     pub max_handshakes: usize,
+    /// `limits.maxHandshakesPerIp` (default 32): unauthenticated connections
+    /// from one source (an IPv4 address, an IPv6 /64) at once.
+    pub max_handshakes_per_ip: usize,
+    /// `limits.authFailures` (default 5, 0 = off): failed handshakes from
+    /// one source before its new handshakes are refused for a penalty.
+    pub auth_failures: u32,
+    /// `limits.authPenalty` seconds (default 30): the first penalty; each
+    /// next one doubles.
+    pub auth_penalty: Duration,
+    /// `limits.authPenaltyMax` seconds (default 600): the longest penalty.
+    pub auth_penalty_max: Duration,
+    /// `limits.penaltySources` (default 65536): sources the penalty table
+    /// remembers.
+    pub penalty_sources: usize,
+    /// `limits.fdReserve` (default 128): file descriptors public listeners
+    /// leave free for the control port and the admin API.
+    pub fd_reserve: usize,
 }
 
 impl Default for Limits {
@@ -219,6 +239,12 @@ impl Default for Limits {
             max_streams_per_client: 4096,
             max_udp_flows_per_forward: 1024,
             max_handshakes: 256,
+            max_handshakes_per_ip: 32,
+            auth_failures: 5,
+            auth_penalty: Duration::from_secs(30),
+            auth_penalty_max: Duration::from_secs(600),
+            penalty_sources: 65_536,
+            fd_reserve: 128,
         }
     }
 }

@@ -71,6 +71,7 @@ struct RawServer {
     #[serde(rename = "publicIP")]
     public_ip: Option<OneOrMany>,
     handshake_timeout: Option<Seconds>,
+    hello_timeout: Option<Seconds>,
     keepalive_interval: Option<Seconds>,
     keepalive_timeout: Option<Seconds>,
     connect_timeout: Option<Seconds>,
@@ -93,6 +94,12 @@ struct RawLimits {
     max_streams_per_client: Option<u64>,
     max_udp_flows_per_forward: Option<u64>,
     max_handshakes: Option<u64>,
+    max_handshakes_per_ip: Option<u64>,
+    auth_failures: Option<u64>,
+    auth_penalty: Option<Seconds>,
+    auth_penalty_max: Option<Seconds>,
+    penalty_sources: Option<u64>,
+    fd_reserve: Option<u64>,
 }
 
 // The timeouts of the original's last version are parsed so its files load,
@@ -219,6 +226,7 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         allow_plaintext: s.allow_plaintext.unwrap_or(false),
         vlan_allow_remote: s.vlan_allow_remote.unwrap_or(false),
         handshake_timeout: duration("server.handshakeTimeout", s.handshake_timeout, Duration::from_secs(10))?,
+        hello_timeout: duration("server.helloTimeout", s.hello_timeout, Duration::from_secs(5))?,
         keepalive_interval,
         keepalive_timeout,
         connect_timeout: duration("server.connectTimeout", s.connect_timeout, Duration::from_secs(10))?,
@@ -258,7 +266,24 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
             d.max_udp_flows_per_forward,
         )?,
         max_handshakes: positive("limits.maxHandshakes", l.max_handshakes, d.max_handshakes)?,
+        max_handshakes_per_ip: positive("limits.maxHandshakesPerIp", l.max_handshakes_per_ip, d.max_handshakes_per_ip)?,
+        auth_failures: match l.auth_failures {
+            None => d.auth_failures,
+            Some(n @ 0..=1000) => n as u32,
+            Some(n) => return Err(ConfigError::invalid("limits.authFailures", format!("{n} is more than 1000"))),
+        },
+        auth_penalty: duration("limits.authPenalty", l.auth_penalty, d.auth_penalty)?,
+        auth_penalty_max: duration("limits.authPenaltyMax", l.auth_penalty_max, d.auth_penalty_max)?,
+        penalty_sources: positive("limits.penaltySources", l.penalty_sources, d.penalty_sources)?,
+        fd_reserve: match l.fd_reserve {
+            None => d.fd_reserve,
+            Some(n @ 0..=65_536) => n as usize,
+            Some(n) => return Err(ConfigError::invalid("limits.fdReserve", format!("{n} is more than 65536"))),
+        },
     };
+    if limits.auth_penalty_max < limits.auth_penalty {
+        return Err(ConfigError::invalid("limits.authPenaltyMax", "must not be less than limits.authPenalty"));
+    }
 
     let resolver = raw.resolver.unwrap_or_default();
     let etcd_endpoints = resolver.etcd_endpoints.unwrap_or_default();

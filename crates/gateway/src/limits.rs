@@ -8,22 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Where a connection comes from, as the per-source cap counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Source {
-    V4(u32),
-    /// The /64 prefix.
-    V6(u64),
-}
-
-impl Source {
-    pub(crate) fn of(ip: IpAddr) -> Source {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => Source::V4(u32::from(v4)),
-            IpAddr::V6(v6) => Source::V6((u128::from(v6) >> 64) as u64),
-        }
-    }
-}
+use opennotr_transport::Source;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,14 +147,6 @@ mod tests {
         drop(a1);
         let _a3 = l.admit(a).unwrap();
         assert_eq!(l.counts(), (3, 1, 1));
-        // IPv4-mapped IPv6 is the IPv4 address; IPv6 counts by /64.
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(Source::of(mapped), Source::of(a));
-        let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let v6b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let v6c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(Source::of(v6a), Source::of(v6b));
-        assert_ne!(Source::of(v6a), Source::of(v6c));
     }
 
     #[test]

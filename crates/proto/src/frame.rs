@@ -15,6 +15,11 @@ pub const PREFACE_LEN: usize = 5;
 /// Hard cap of a frame body. Control messages are small; the cap bounds
 /// what an unauthenticated peer can make us buffer.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
+/// Cap of a frame read before the peer is authenticated (hello, data
+/// hello, challenge, confirm, a refusal): they are a few hundred bytes, and
+/// whoever connects may send one, so it is checked before anything is
+/// allocated.
+pub const MAX_HANDSHAKE_FRAME_LEN: usize = 4096;
 
 /// Why bytes could not be read as a frame or message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

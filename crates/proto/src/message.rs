@@ -187,6 +187,9 @@ pub enum RefuseCode {
     ShuttingDown,
     /// The client's credential does not allow the requested domain.
     DomainNotAllowed,
+    /// Too many failed handshakes came from the client's address: its
+    /// handshakes are refused for a while (the message says how long).
+    TooManyFailures,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,

@@ -291,6 +291,43 @@ fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
     for (result, n) in shared.handshakes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(out, "opennotr_handshakes_total{{result=\"{result}\"}} {n}");
     }
+    let st = &shared.sources.stats;
+    family(&mut out, "opennotr_auth_failures_total", "counter", "Failed handshakes (wrong key, garbage, silence).");
+    let _ = writeln!(out, "opennotr_auth_failures_total {}", st.failures.load(Ordering::Relaxed));
+    family(&mut out, "opennotr_auth_penalties_total", "counter", "Penalties started against a source.");
+    let _ = writeln!(out, "opennotr_auth_penalties_total {}", st.penalties.load(Ordering::Relaxed));
+    family(&mut out, "opennotr_penalized_sources", "gauge", "Sources whose handshakes are refused now.");
+    let _ = writeln!(out, "opennotr_penalized_sources {}", shared.sources.penalized_count());
+    family(
+        &mut out,
+        "opennotr_control_connections_refused_total",
+        "counter",
+        "Control-port connections closed before their hello, by reason.",
+    );
+    let refused = [("source", &st.refused_source), ("busy", &st.refused_busy)];
+    for (reason, n) in refused {
+        let _ = writeln!(
+            out,
+            "opennotr_control_connections_refused_total{{reason=\"{reason}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+    let fds = opennotr_transport::fds::stats();
+    family(&mut out, "process_max_fds", "gauge", "The soft limit on open file descriptors.");
+    let _ = writeln!(out, "process_max_fds {}", fds.limit);
+    if let Some(open) = fds.open {
+        family(&mut out, "process_open_fds", "gauge", "Open file descriptors.");
+        let _ = writeln!(out, "process_open_fds {open}");
+    }
+    family(
+        &mut out,
+        "opennotr_fd_reserve_refusals_total",
+        "counter",
+        "Connections closed at once to keep file descriptors for the control port and the admin API.",
+    );
+    for (listener, n) in [("public", fds.refused_public), ("control", fds.refused_control)] {
+        let _ = writeln!(out, "opennotr_fd_reserve_refusals_total{{listener=\"{listener}\"}} {n}");
+    }
     family(&mut out, "opennotr_refusals_total", "counter", "Refused clients and forwards by reason.");
     for (reason, n) in shared.refusals.counts() {
         let _ = writeln!(out, "opennotr_refusals_total{{reason=\"{}\"}} {n}", esc(&reason));

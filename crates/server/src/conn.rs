@@ -10,15 +10,17 @@ use opennotr_proto::frame::{parse_preface, PROTOCOL_VERSION};
 use opennotr_proto::handshake::ServerHandshake;
 use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage};
 use opennotr_transport::{
-    read_frame_exact, read_preface, timed, write_frame, Acceptor, Channel, FrameReader, FrameWriter, SecureStream,
-    TransportError,
+    read_frame_exact, read_preface, timed, write_frame, Acceptor, Channel, FrameReader, FrameWriter, Priority,
+    SecureStream, TransportError,
 };
+use std::sync::atomic::Ordering;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::session::{self, Session, OUTBOX};
+use crate::sources::Unauthenticated;
 use crate::state::AdmitError;
 use crate::Shared;
 
@@ -26,30 +28,23 @@ const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
 
 /// Accepts clients and data channels until `stop`.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let mut acceptor = Acceptor::new(listener);
+    let mut acceptor = Acceptor::with_priority(listener, Priority::Control);
     while let Some((tcp, peer)) = acceptor.next(&stop).await {
-        // Connections past the handshake limit wait for a slot (up to the
-        // handshake timeout) rather than being dropped: a burst of visitors
-        // makes a burst of data channels. Past four times the limit, even
-        // waiting is refused, so waiting costs stay bounded.
+        // Until its first message, a connection is a socket anyone can
+        // open: each source may hold only a few (a source with a live
+        // session, more), and all sources together four times
+        // `maxHandshakes`; past either it is closed at once.
+        let Some(unauthenticated) = shared.sources.unauthenticated(peer.ip()) else {
+            debug!(%peer, "too many unauthenticated connections from this source; closing one");
+            continue;
+        };
         let Ok(queued) = shared.queued.clone().try_acquire_owned() else {
-            debug!(%peer, "too many connections waiting for a handshake slot; dropping one");
+            shared.sources.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "too many connections waiting for a handshake; closing one");
             continue;
         };
         let span = info_span!("conn", %peer);
-        let shared2 = shared.clone();
-        shared.sessions.spawn(
-            async move {
-                let limit = shared2.cfg.server.handshake_timeout;
-                let slot = tokio::time::timeout(limit, shared2.handshake_slots.clone().acquire_owned()).await;
-                drop(queued);
-                match slot {
-                    Ok(Ok(permit)) => handle(shared2, tcp, peer, permit).await,
-                    _ => debug!("no handshake slot in time; dropping the connection"),
-                }
-            }
-            .instrument(span),
-        );
+        shared.sessions.spawn(handle(shared.clone(), tcp, peer, queued, unauthenticated).instrument(span));
     }
 }
 
@@ -60,15 +55,40 @@ async fn refuse(shared: &Shared, tcp: &mut TcpStream, peer: SocketAddr, code: Re
     let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(tcp, &m.to_bytes())).await;
 }
 
-async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
-    let limit = shared.cfg.server.handshake_timeout;
-    let preface = match timed(limit, "waiting for the preface", read_preface(&mut tcp)).await {
-        Ok(p) => p,
-        Err(e) => return debug!(error = %e, "no preface"),
-    };
-    match parse_preface(&preface) {
-        Err(e) => return debug!(error = %e, "not an opennotr client"),
-        Ok(v) if v != PROTOCOL_VERSION => {
+/// Counts a failed handshake against `peer`'s source, and logs once when
+/// that starts a penalty.
+fn failed(shared: &Shared, peer: SocketAddr) {
+    if let Some((source, penalty)) = shared.sources.failed(peer.ip()) {
+        warn!(
+            %source,
+            penalty_secs = penalty.as_secs(),
+            "repeated failed handshakes from this source; refusing its handshakes for a while"
+        );
+    }
+}
+
+/// The preface and the first message, under `server.helloTimeout`.
+async fn hello(tcp: &mut TcpStream, limit: Duration) -> Result<Result<u8, bytes::Bytes>, TransportError> {
+    timed(limit, "waiting for the hello", async {
+        let preface = read_preface(tcp).await?;
+        match parse_preface(&preface)? {
+            PROTOCOL_VERSION => Ok(Err(read_frame_exact(tcp).await?)),
+            other => Ok(Ok(other)),
+        }
+    })
+    .await
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    queued: OwnedSemaphorePermit,
+    unauthenticated: Unauthenticated,
+) {
+    let first = match hello(&mut tcp, shared.cfg.server.hello_timeout).await {
+        Ok(Err(first)) => first,
+        Ok(Ok(v)) => {
             let msg = format!(
                 "protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the client version {v}; \
                  run the same opennotr release on both sides"
@@ -76,10 +96,11 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, permi
             shared.handshake_result("version_mismatch");
             return refuse(&shared, &mut tcp, peer, RefuseCode::VersionMismatch, msg).await;
         }
-        Ok(_) => {}
-    }
-    let first = match timed(limit, "waiting for hello", read_frame_exact(&mut tcp)).await {
-        Ok(f) => f,
+        Err(e @ TransportError::Frame(_)) => {
+            shared.handshake_result("protocol_error");
+            failed(&shared, peer);
+            return debug!(error = %e, "not an opennotr client");
+        }
         Err(e) => return debug!(error = %e, "no hello"),
     };
     match ClientMessage::from_bytes(&first) {
@@ -90,26 +111,57 @@ async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, permi
                 return refuse(&shared, &mut tcp, peer, RefuseCode::VersionMismatch, msg).await;
             }
             debug!(%software, plaintext, name = name.as_deref().unwrap_or(""), "hello");
-            control(shared, tcp, peer, spake, plaintext, name, permit).await
+            // A penalized source is refused before any cryptography.
+            if let Some(left) = shared.sources.penalized(peer.ip()) {
+                shared.handshake_result("penalized");
+                let msg = format!(
+                    "too many failed handshakes from this address; retry in {} s (check the client's key and name)",
+                    left.as_secs() + 1
+                );
+                debug!(retry_secs = left.as_secs() + 1, "refusing a handshake from a penalized source");
+                let m = ServerMessage::Refused { code: RefuseCode::TooManyFailures, message: msg };
+                let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut tcp, &m.to_bytes())).await;
+                return;
+            }
+            let limit = shared.cfg.server.handshake_timeout;
+            let slot = tokio::time::timeout(limit, shared.handshake_slots.clone().acquire_owned()).await;
+            drop(queued);
+            let Ok(Ok(permit)) = slot else {
+                shared.handshake_result("busy");
+                return debug!("no handshake slot in time; dropping the connection");
+            };
+            let hello = Hello { spake, plaintext, name };
+            control(shared, tcp, peer, hello, permit, unauthenticated).await
         }
+        // A data channel is checked at once (one MAC): it never waits
+        // behind the handshakes of new clients.
         Ok(ClientMessage::DataHello { session, stream, nonce, mac }) => {
-            drop(permit);
-            data(&shared, tcp, &session, stream, &nonce, &mac)
+            drop((queued, unauthenticated));
+            data(&shared, tcp, peer, &session, stream, &nonce, &mac)
         }
-        Ok(other) => {
+        Ok(_) => {
             shared.handshake_result("protocol_error");
-            let msg = format!("expected hello, got {other:?}");
+            failed(&shared, peer);
+            let msg = "expected hello or data_hello as the first message".to_string();
             refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, msg).await
         }
         Err(e) => {
             shared.handshake_result("protocol_error");
+            failed(&shared, peer);
             refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, format!("malformed hello: {e}")).await
         }
     }
 }
 
+/// What a client's hello asks for.
+struct Hello {
+    spake: Vec<u8>,
+    plaintext: bool,
+    name: Option<String>,
+}
+
 /// A data channel claims the stream a visitor is waiting for.
-fn data(shared: &Shared, tcp: TcpStream, session: &[u8], stream: u64, nonce: &[u8], mac: &[u8]) {
+fn data(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], stream: u64, nonce: &[u8], mac: &[u8]) {
     let Ok(id) = <[u8; 16]>::try_from(session) else {
         return debug!("data hello with a malformed session id");
     };
@@ -120,7 +172,8 @@ fn data(shared: &Shared, tcp: TcpStream, session: &[u8], stream: u64, nonce: &[u
         return debug!("data hello for an unknown session");
     };
     if !s.keys.verify_data_hello(session, stream, nonce, mac) {
-        return warn!("data hello with a bad MAC; dropped");
+        failed(shared, peer);
+        return debug!("data hello with a bad MAC; dropped");
     }
     // Claiming removes the stream, so a replayed hello finds nothing.
     let Some(waiter) = s.claim(stream) else {
@@ -135,16 +188,15 @@ fn data(shared: &Shared, tcp: TcpStream, session: &[u8], stream: u64, nonce: &[u
     let _ = waiter.send(Ok(chan));
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn control(
     shared: Arc<Shared>,
     mut tcp: TcpStream,
     peer: SocketAddr,
-    spake: Vec<u8>,
-    plaintext: bool,
-    name: Option<String>,
+    hello: Hello,
     permit: OwnedSemaphorePermit,
+    unauthenticated: Unauthenticated,
 ) {
+    let Hello { spake, plaintext, name } = hello;
     let cfg = &shared.cfg.server;
     let limit = cfg.handshake_timeout;
     let result = |r: &'static str| shared.handshake_result(r);
@@ -177,6 +229,7 @@ async fn control(
         Ok(x) => x,
         Err(e) => {
             result("protocol_error");
+            failed(&shared, peer);
             return refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, e.to_string()).await;
         }
     };
@@ -185,18 +238,23 @@ async fn control(
         ServerMessage::Challenge { version: PROTOCOL_VERSION, spake: spake_b, mac, software: SOFTWARE.into() };
     if let Err(e) = timed(limit, "sending challenge", write_frame(&mut tcp, &challenge.to_bytes())).await {
         result("closed");
+        failed(&shared, peer);
         return debug!(error = %e, "handshake failed");
     }
+    // From here on, the client can tell from our MAC whether its key was
+    // right: whatever it does but confirm is one guess spent.
     let confirm = match timed(limit, "waiting for key confirmation", read_frame_exact(&mut tcp)).await {
         Ok(f) => ClientMessage::from_bytes(&f),
         Err(TransportError::Closed) => {
             result("bad_key");
+            failed(&shared, peer);
             let msg = "client closed during the handshake (its key probably differs from the server's)";
             shared.refused(peer, name.as_deref(), RefuseCode::BadKey, msg);
             return info!("{msg}");
         }
         Err(e) => {
             result("timeout");
+            failed(&shared, peer);
             return debug!(error = %e, "handshake failed");
         }
     };
@@ -205,6 +263,7 @@ async fn control(
             Ok(k) => k,
             Err(_) => {
                 result("bad_key");
+                failed(&shared, peer);
                 let msg = match &name {
                     None => "authentication failed: the client's key does not match the server's authKey",
                     Some(_) => "authentication failed: unknown client name or wrong key",
@@ -214,10 +273,16 @@ async fn control(
         },
         _ => {
             result("protocol_error");
+            failed(&shared, peer);
             return refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, "expected confirm".into()).await;
         }
     };
     result("ok");
+    shared.sources.succeeded(peer.ip());
+    drop(unauthenticated);
+    // Held while this session lives: its source's data channels may come
+    // in bursts past the per-source cap of strangers.
+    let _live = shared.sources.session(peer.ip());
     let chan = if plaintext {
         Channel::Plain(tcp)
     } else {

@@ -28,6 +28,7 @@ mod conn;
 mod creds;
 pub mod plugins;
 mod session;
+mod sources;
 mod state;
 pub mod vip;
 mod vlan;
@@ -147,6 +148,8 @@ impl Shared {
         resize(&self.handshake_slots, slot.max_handshakes, next.max_handshakes);
         resize(&self.queued, slot.max_handshakes.saturating_mul(4), next.max_handshakes.saturating_mul(4));
         self.state().set_max_clients(next.max_clients);
+        self.sources.set_limits(&next);
+        opennotr_transport::fds::set_reserve(next.fd_reserve);
         *slot = next;
     }
 
@@ -231,8 +234,11 @@ pub(crate) struct Shared {
     pub(crate) names: tokio::sync::watch::Sender<Arc<opennotr_dns::Names>>,
     /// The virtual LAN's rules, when it is on.
     pub(crate) vlan: std::sync::Mutex<Option<Arc<opennotr_tproxy::Rules>>>,
-    /// Connections accepted and waiting for a handshake slot.
+    /// Connections accepted and not yet past their hello, or waiting for
+    /// a handshake slot.
     pub(crate) queued: Arc<tokio::sync::Semaphore>,
+    /// Per source: unauthenticated connections, sessions, penalties.
+    pub(crate) sources: Arc<sources::Sources>,
     /// `limits`, replaceable by a reload; sessions keep the limits they
     /// started with, new sessions and forwards take the current ones.
     pub(crate) limits: std::sync::RwLock<opennotr_config::Limits>,
@@ -406,6 +412,7 @@ impl Server {
             })
         });
         let state = state::State::new(&cfg);
+        opennotr_transport::fds::set_reserve(cfg.limits.fd_reserve);
         let handshake_slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes));
         let shared = Arc::new(Shared {
             plugins: std::sync::RwLock::new(plugins),
@@ -421,6 +428,7 @@ impl Server {
             names: tokio::sync::watch::Sender::new(Arc::new(opennotr_dns::Names::new())),
             queued: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes.saturating_mul(4))),
             handshake_slots,
+            sources: sources::Sources::new(&cfg.limits),
             creds: std::sync::RwLock::new(Arc::new(creds::Creds::from_config(&cfg))),
             limits: std::sync::RwLock::new(cfg.limits.clone()),
             refusals: creds::Refusals::default(),

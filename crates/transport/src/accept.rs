@@ -7,6 +7,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::fds::{self, Priority};
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 
 /// A public listener on `addr` (the tcp plugin's ports, the gateway's).
@@ -25,16 +27,25 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Accepts connections until stopped. A failed accept (out of file
 /// descriptors, a connection reset before it was accepted) waits, doubling
 /// from 5 ms to 1 s, and tries again: a listener never dies of one error.
+///
+/// A connection that would eat into the file-descriptor reserve its
+/// listener's [`Priority`] must leave free is closed at once.
 #[derive(Debug)]
 pub struct Acceptor {
     listener: TcpListener,
     backoff: Duration,
+    priority: Priority,
 }
 
 impl Acceptor {
-    /// Accepts on `listener`.
+    /// Accepts visitors on `listener` ([`Priority::Public`]).
     pub fn new(listener: TcpListener) -> Self {
-        Acceptor { listener, backoff: FIRST_BACKOFF }
+        Self::with_priority(listener, Priority::Public)
+    }
+
+    /// Accepts on `listener`, keeping the reserve as `priority` must.
+    pub fn with_priority(listener: TcpListener, priority: Priority) -> Self {
+        Acceptor { listener, backoff: FIRST_BACKOFF, priority }
     }
 
     /// The next connection, or `None` once `stop` is cancelled.
@@ -47,6 +58,9 @@ impl Acceptor {
             match accepted {
                 Ok(conn) => {
                     self.backoff = FIRST_BACKOFF;
+                    if !fd_admits(&conn.0, self.priority) {
+                        continue;
+                    }
                     crate::tune_tcp(&conn.0);
                     return Some(conn);
                 }
@@ -61,4 +75,15 @@ impl Acceptor {
             }
         }
     }
+}
+
+#[cfg(unix)]
+fn fd_admits(s: &TcpStream, priority: Priority) -> bool {
+    use std::os::fd::AsRawFd;
+    fds::admit(s.as_raw_fd() as u64, priority)
+}
+
+#[cfg(not(unix))]
+fn fd_admits(_: &TcpStream, _: Priority) -> bool {
+    true
 }

@@ -50,13 +50,15 @@ fn eof_is_closed(e: io::Error) -> TransportError {
     }
 }
 
-/// Reads exactly one frame and not a byte more, so that whatever follows
-/// (the encrypted channel, or stream data) stays in the socket.
+/// Reads exactly one handshake frame and not a byte more, so that whatever
+/// follows (the encrypted channel, or stream data) stays in the socket.
+/// The peer is not authenticated yet: a length over
+/// [`frame::MAX_HANDSHAKE_FRAME_LEN`] fails before anything is allocated.
 pub async fn read_frame_exact<R: AsyncRead + Unpin>(r: &mut R) -> Result<bytes::Bytes, TransportError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await.map_err(eof_is_closed)?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > frame::MAX_FRAME_LEN {
+    if len > frame::MAX_HANDSHAKE_FRAME_LEN {
         return Err(FrameError::TooLarge(len).into());
     }
     let mut body = vec![0u8; len];
@@ -168,6 +170,22 @@ mod tests {
             io.read_buf(&mut left).await.unwrap();
         }
         assert_eq!(&left[..], b"raw tail");
+    }
+
+    #[tokio::test]
+    async fn a_handshake_frame_over_the_cap_fails_before_its_body_arrives() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let len = frame::MAX_HANDSHAKE_FRAME_LEN as u32 + 1;
+        a.write_all(&len.to_be_bytes()).await.unwrap();
+        let r = read_frame_exact(&mut b).await;
+        assert!(matches!(r, Err(TransportError::Frame(FrameError::TooLarge(n))) if n == len as usize));
+        let body = vec![1u8; frame::MAX_HANDSHAKE_FRAME_LEN];
+        let sender = tokio::spawn(async move {
+            a.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+            a.write_all(&body).await.unwrap();
+        });
+        assert_eq!(read_frame_exact(&mut b).await.unwrap().len(), frame::MAX_HANDSHAKE_FRAME_LEN);
+        sender.await.unwrap();
     }
 
     #[tokio::test]

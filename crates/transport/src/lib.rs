@@ -7,19 +7,25 @@
 //!   stream a plugin gets for one proxied connection.
 //! - [`framed`]: reading and writing control messages with timeouts.
 //! - [`relay`]: copying between a visitor and a tunnel stream, with half-close.
-//! - [`accept`]: an accept loop that backs off on errors instead of dying.
+//! - [`accept`]: an accept loop that backs off on errors instead of dying
+//!   and keeps [`fds`]' reserve of file descriptors.
+//! - [`source`]: where a connection comes from, for per-source caps.
 
 pub mod accept;
 pub mod channel;
+pub mod fds;
 pub mod framed;
 pub mod mux;
 pub mod relay;
 pub mod secure;
+pub mod source;
 
 pub use accept::{listen, Acceptor};
 pub use channel::{Channel, Counters, TunnelStream};
+pub use fds::Priority;
 pub use framed::{read_frame_exact, read_preface, timed, write_frame, FrameReader, FrameWriter, TransportError};
 pub use secure::SecureStream;
+pub use source::Source;
 
 /// Sets the socket options every tunnel TCP connection wants.
 pub fn tune_tcp(s: &tokio::net::TcpStream) {

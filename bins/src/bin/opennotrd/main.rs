@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         }
     };
     opennotr_cli::init_tracing(args.log_level.as_deref(), args.log_json);
+    opennotr_cli::raise_fd_limit();
     let rt = match opennotr_cli::runtime(cfg.as_ref().and_then(|c| c.server.workers)) {
         Ok(rt) => rt,
         Err(e) => {
