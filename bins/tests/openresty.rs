@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::grpc::{python_with_grpc, GRPC_CLIENT, GRPC_ECHO_SERVER};
-use support::netns::{check, cmd, in_ns, poll_every, python, run_bounded, Lan, Out};
+use support::netns::{check, cmd, in_ns, on_path, poll_every, python, root_with, run_bounded, Lan, Out};
 use support::{json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 /// The VIP pool of the server (`.1` is the server's own).
@@ -55,15 +55,6 @@ const FOREIGN: &str = "foreign.gw.notr.test";
 
 // ------------------------------------------------------------------ preflight
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
-}
-
-fn is_root() -> bool {
-    let uid = Command::new("id").arg("-u").output().expect("cannot run `id -u`");
-    String::from_utf8_lossy(&uid.stdout).trim() == "0"
-}
-
 /// The nginx binary (Debian's is in /usr/sbin, not always on PATH).
 fn nginx() -> String {
     if on_path("nginx") {
@@ -78,14 +69,10 @@ fn nginx() -> String {
 }
 
 fn preflight() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return false;
-    }
     let tools =
         [("nft", "nftables"), ("ip", "iproute2"), ("curl", "curl"), ("python3", "python3"), ("openssl", "openssl")];
-    for (tool, package) in tools {
-        assert!(on_path(tool), "`{tool}` not found in PATH: install {package} (e.g. `apt-get install {package}`)");
+    if !root_with(&tools) {
+        return false;
     }
     nginx();
     assert!(

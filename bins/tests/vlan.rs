@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::netns::{check, cmd, in_ns, poll_every, python, run_bounded, Lan, Out};
+use support::netns::{check, cmd, http_server, in_ns, on_path, poll_every, python, root_with, run_bounded, Lan, Out};
 use support::{json_fields, parse_forward, read_registration, Proc, Registration, Src, TempDir, CLIENT, SERVER, WAIT};
 
 /// The priority of opennotrd's `ip rule` and the number of its routing table.
@@ -41,23 +41,10 @@ const TPROXY_UDP: u16 = 4399;
 
 // ------------------------------------------------------------------ preflight
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
-}
-
 /// False (after printing why) when the test must be skipped; panics when a
 /// tool the test needs is missing on a root machine.
 fn preflight() -> bool {
-    let uid = Command::new("id").arg("-u").output().expect("cannot run `id -u`");
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: needs root");
-        return false;
-    }
-    let tools = [("nft", "nftables"), ("ip", "iproute2"), ("ss", "iproute2"), ("curl", "curl"), ("python3", "python3")];
-    for (tool, package) in tools {
-        assert!(on_path(tool), "`{tool}` not found in PATH: install {package} (e.g. `apt-get install {package}`)");
-    }
-    true
+    root_with(&[("nft", "nftables"), ("ip", "iproute2"), ("ss", "iproute2"), ("curl", "curl"), ("python3", "python3")])
 }
 
 macro_rules! root_only {
@@ -140,15 +127,6 @@ fn stop_server(mut server: Proc) {
 }
 
 // ------------------------------------------------------------------ services (client namespaces)
-
-/// `python3 -m http.server` on 127.0.0.1:`port` of `ns`, serving `dir`.
-fn http_server(ns: &str, dir: &Path, port: u16) -> Proc {
-    let port = port.to_string();
-    let args = ["-u", "-m", "http.server", &port, "--bind", "127.0.0.1", "--directory", dir.to_str().unwrap()];
-    let mut p = Proc::spawn_named("http.server", in_ns(ns, python(), &args), dir);
-    p.expect(Src::Out, "`Serving HTTP`", |l| l.starts_with("Serving HTTP"));
-    p
-}
 
 const UDP_ECHO: &str = r#"
 import socket, sys

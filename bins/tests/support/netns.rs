@@ -12,6 +12,30 @@ use std::time::{Duration, Instant};
 
 use super::WAIT;
 
+// ------------------------------------------------------------------ preflight
+
+pub(crate) fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
+}
+
+pub(crate) fn is_root() -> bool {
+    let uid = Command::new("id").arg("-u").output().expect("cannot run `id -u`");
+    String::from_utf8_lossy(&uid.stdout).trim() == "0"
+}
+
+/// False (after printing `skipped: needs root`) when not root; panics when
+/// root lacks one of `tools` (`(command, Debian package)`).
+pub(crate) fn root_with(tools: &[(&str, &str)]) -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    for (tool, package) in tools {
+        assert!(on_path(tool), "`{tool}` not found in PATH: install {package} (e.g. `apt-get install {package}`)");
+    }
+    true
+}
+
 // ------------------------------------------------------------------ commands
 
 /// What a bounded command run produced.
@@ -93,6 +117,15 @@ pub(crate) fn python() -> &'static str {
             exe
         }
     })
+}
+
+/// `python3 -m http.server` on 127.0.0.1:`port` of `ns`, serving `dir`.
+pub(crate) fn http_server(ns: &str, dir: &std::path::Path, port: u16) -> super::Proc {
+    let port = port.to_string();
+    let args = ["-u", "-m", "http.server", &port, "--bind", "127.0.0.1", "--directory", dir.to_str().unwrap()];
+    let mut p = super::Proc::spawn_named("http.server", in_ns(ns, python(), &args), dir);
+    p.expect(super::Src::Out, "`Serving HTTP`", |l| l.starts_with("Serving HTTP"));
+    p
 }
 
 /// Polls `cond` every `every` until it holds, for at most `timeout`.
