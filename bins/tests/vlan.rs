@@ -22,7 +22,6 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::netns::{check, cmd, http_server, in_ns, on_path, poll_every, python, root_with, run_bounded, Lan, Out};
