@@ -181,6 +181,13 @@ async fn admin_api_sees_closes_and_revokes() {
         let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(r#"{"name": "x y", "key": "k"}"#)).await;
         assert_eq!(bad.status, 400, "{}", bad.body);
         assert!(bad.body.contains("name"), "{}", bad.body);
+        // A credential that lists a name the server answers for itself.
+        let body = format!(r#"{{"name": "eve", "key": "eve's key", "domains": ["eve.example", "vip.{ZONE}"]}}"#);
+        let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(&body)).await;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        assert_eq!(json(&bad)["field"], "domains[1]", "{}", bad.body);
+        assert!(bad.body.contains("no client may claim it"), "{}", bad.body);
+        assert!(!json(&api(admin, "GET", "/api/v1/clients", Some(TOKEN), None).await).to_string().contains("eve"));
 
         // Refusals are listed with their reasons.
         let refusals = api(admin, "GET", "/api/v1/refusals", Some(TOKEN), None).await;

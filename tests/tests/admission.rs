@@ -235,3 +235,61 @@ async fn the_server_cannot_make_the_client_dial_undeclared_targets() {
     })
     .await
 }
+
+// ------------------------------------------- names the server answers for itself
+
+async fn refused(c: &mut TestClient) -> (RefuseCode, String) {
+    match c.wait_event("a refusal", |e| matches!(e, Event::Refused { .. })).await {
+        Event::Refused { code, message } => (code, message),
+        _ => unreachable!(),
+    }
+}
+
+/// The zone's apex, its name server and the VIP names are the server's own
+/// (its DNS server answers for them): no client gets one, whether it uses
+/// the shared key or a credential whose pattern covers them; and a
+/// credential cannot list one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_names_cannot_be_claimed() {
+    run_test(async {
+        let carol = "carol's key, long enough";
+        let spec = ServerSpec {
+            dns: Some(DnsSpec::default()),
+            extra_yaml: format!("clients:\n  - name: carol\n    key: {carol:?}\n    domains: [\"*.{ZONE}\"]\n"),
+            ..ServerSpec::default()
+        };
+        let server = TestServer::start(&spec).await;
+        let reserved = [ZONE.to_string(), format!("NS1.{ZONE}."), format!("vip.{ZONE}"), format!("x.vip.{ZONE}")];
+        for (i, domain) in reserved.iter().enumerate() {
+            let spec = ClientSpec::new(server.addr).domain(domain);
+            let spec = if i % 2 == 0 { spec } else { spec.credential("carol", carol) };
+            let mut c = TestClient::start(&spec);
+            let (code, message) = refused(&mut c).await;
+            assert_eq!(code, RefuseCode::DomainInvalid, "{domain}: {message}");
+            assert!(message.contains("no client may claim it"), "{domain}: {message}");
+            c.stop().await;
+        }
+        assert!(server.handle.sessions().is_empty());
+        // The same credential gets the names around them.
+        let mut c =
+            TestClient::start(&ClientSpec::new(server.addr).credential("carol", carol).domain(&format!("ns2.{ZONE}")));
+        assert_eq!(c.connected().await.domain, format!("ns2.{ZONE}"));
+        c.stop().await;
+        server.stop().await;
+
+        // A credential listing one does not load, naming the field.
+        for (domains, key) in [
+            (format!("[\"ok.{ZONE}\", \"ns1.{ZONE}\"]"), "clients[0].domains[1]"),
+            (format!("[\"*.vip.{ZONE}\"]"), "clients[0].domains[0]"),
+        ] {
+            let yaml = ServerSpec {
+                extra_yaml: format!("clients:\n  - name: dave\n    key: \"dave's key\"\n    domains: {domains}\n"),
+                ..ServerSpec::default()
+            }
+            .yaml();
+            let e = opennotr_config::parse_server(&yaml).expect_err("a reserved name in a credential");
+            assert_eq!(e.key(), Some(key), "{e}");
+        }
+    })
+    .await
+}

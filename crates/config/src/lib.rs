@@ -16,6 +16,7 @@ use std::time::Duration;
 mod client;
 mod clients;
 mod listen;
+mod reserved;
 mod server;
 mod util;
 mod yaml;
@@ -121,6 +122,7 @@ pub struct PortRange {
 }
 
 pub use clients::{credential, domain_allowed, CredentialText};
+pub use reserved::ReservedNames;
 
 /// The `admin` section.
 #[derive(Debug, Clone)]

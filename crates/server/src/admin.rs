@@ -224,7 +224,8 @@ impl Backend for ServerHandle {
     fn add_client(&self, c: NewClient) -> Result<ClientView, BackendError> {
         let text =
             CredentialText { name: c.name, key: c.key, domains: c.domains, ports: c.ports, protocols: c.protocols };
-        let cred = opennotr_config::credential("", text, &self.shared.cfg.server.domain).map_err(invalid)?;
+        let reserved = opennotr_config::ReservedNames::of(&self.shared.cfg);
+        let cred = opennotr_config::credential("", text, &reserved).map_err(invalid)?;
         let current = self.shared.creds();
         if current.clients.contains_key(&cred.name) {
             return Err(BackendError::Conflict(format!("client {:?} exists; remove it first", cred.name)));

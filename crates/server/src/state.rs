@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use opennotr_config::ServerConfig;
+use opennotr_config::{ReservedNames, ServerConfig};
 use opennotr_proto::message::RefuseCode;
 use rand::Rng;
 
@@ -42,7 +42,8 @@ pub(crate) struct State {
     leases: HashMap<String, Lease>,
     max_leases: usize,
     max_clients: usize,
-    zone: String,
+    /// The zone and the names in it the server answers for itself.
+    reserved: ReservedNames,
 }
 
 /// What admission decided.
@@ -96,7 +97,7 @@ impl State {
             leases: HashMap::new(),
             max_leases: cfg.limits.max_clients.saturating_mul(4).max(64),
             max_clients: cfg.limits.max_clients,
-            zone: cfg.server.domain.clone(),
+            reserved: ReservedNames::of(cfg),
         }
     }
 
@@ -119,12 +120,23 @@ impl State {
         }
         let lease = self.leases.get(client_id).cloned();
         let domain = match requested {
-            Some(d) => normalize_domain(d).map_err(|m| AdmitError::Refused(RefuseCode::DomainInvalid, m))?,
+            Some(d) => {
+                let d = normalize_domain(d).map_err(|m| AdmitError::Refused(RefuseCode::DomainInvalid, m))?;
+                if let Some(why) = self.reserved.why(&d) {
+                    return Err(AdmitError::Refused(
+                        RefuseCode::DomainInvalid,
+                        format!("{why}; no client may claim it"),
+                    ));
+                }
+                d
+            }
             None => match &lease {
                 Some(l) if !self.domains.contains_key(&l.domain) => l.domain.clone(),
+                // Only a custom `dns.nameserver` of 16 such characters could
+                // be drawn, but never is.
                 _ => loop {
-                    let d = format!("{}.{}", random_label(), self.zone);
-                    if !self.domains.contains_key(&d) {
+                    let d = format!("{}.{}", random_label(), self.reserved.zone());
+                    if !self.domains.contains_key(&d) && self.reserved.why(&d).is_none() {
                         break d;
                     }
                 },
@@ -195,6 +207,39 @@ mod tests {
         assert!(normalize_domain("-bad.example").is_err());
         assert!(normalize_domain("a..b").is_err());
         assert!(normalize_domain("sp ace.x").is_err());
+    }
+
+    fn state(extra: &str) -> State {
+        let yaml = format!(
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"Z.test\"\n\
+             dhcp:\n  cidr: \"100.64.242.1/24\"\n{extra}"
+        );
+        State::new(&opennotr_config::parse_server(&yaml).unwrap())
+    }
+
+    fn refusal(st: &mut State, domain: &str) -> Option<(RefuseCode, String)> {
+        match st.admit("id", Some(domain)) {
+            Ok(_) => None,
+            Err(AdmitError::Refused(code, message)) => Some((code, message)),
+            Err(AdmitError::Replace(_)) => unreachable!("no session"),
+        }
+    }
+
+    #[test]
+    fn the_servers_own_names_are_refused() {
+        let mut st = state("");
+        for d in ["z.test", "Z.Test.", "ns1.z.test", "vip.z.test", "abc.vip.z.test"] {
+            let (code, message) = refusal(&mut st, d).unwrap_or_else(|| panic!("{d} admitted"));
+            assert_eq!(code, RefuseCode::DomainInvalid, "{d}");
+            assert!(message.contains("no client may claim it"), "{d}: {message}");
+        }
+        for d in ["abc.z.test", "ns2.z.test", "vipx.z.test", "cloud.example.com"] {
+            assert!(refusal(&mut st, d).is_none(), "{d} refused");
+        }
+        // A name server of its own: that name, not ns1.<zone>.
+        let mut st = state("dns:\n  listen: \"127.0.0.1:0\"\n  nameserver: \"ns.example.net\"\n");
+        assert!(refusal(&mut st, "ns.example.net").unwrap().1.contains("dns.nameserver"));
+        assert!(refusal(&mut st, "ns1.z.test").is_none());
     }
 
     #[test]
