@@ -293,3 +293,48 @@ async fn the_servers_own_names_cannot_be_claimed() {
     })
     .await
 }
+
+/// A named client's session is kept under `<name>/<client id>`. A client
+/// of the shared key sending exactly that id is refused: it can take
+/// neither the named client's live session nor its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_key_client_cannot_use_a_named_clients_id() {
+    run_test(async {
+        let alice_key = "alice's key for the id test";
+        let spec = ServerSpec {
+            extra_yaml: format!("clients:\n  - name: alice\n    key: {alice_key:?}\n"),
+            ..Default::default()
+        };
+        let server = TestServer::start(&spec).await;
+        let mut alice = TestClient::start(&ClientSpec::new(server.addr).credential("alice", alice_key));
+        let reg = alice.connected().await;
+        let id = server.handle.sessions()[0].client_id.clone();
+        assert!(id.starts_with("alice/"), "{id}");
+
+        let mut other = TestClient::start_with_id(&ClientSpec::new(server.addr), &id);
+        let (code, message) = refused(&mut other).await;
+        assert_eq!(code, RefuseCode::ProtocolError, "{message}");
+        assert!(message.contains("may not use '/'"), "{message}");
+        other.stop().await;
+        assert!(alice.pending_events().is_empty(), "alice was disturbed: {:?}", alice.history);
+        let sessions = server.handle.sessions();
+        assert_eq!(sessions.len(), 1);
+        assert_eq!((sessions[0].client_id.as_str(), sessions[0].domain.as_str()), (id.as_str(), reg.domain.as_str()));
+
+        // Gone, she leaves a lease under that id; it is not for the taking.
+        alice.stop().await;
+        server.wait_no_sessions().await;
+        let mut other = TestClient::start_with_id(&ClientSpec::new(server.addr), &id);
+        assert_eq!(refused(&mut other).await.0, RefuseCode::ProtocolError);
+        other.stop().await;
+        assert!(server.handle.sessions().is_empty());
+
+        // An id without '/' is kept as sent.
+        let mut plain = TestClient::start_with_id(&ClientSpec::new(server.addr), "plain-id");
+        plain.connected().await;
+        assert_eq!(server.handle.sessions()[0].client_id, "plain-id");
+        plain.stop().await;
+        server.stop().await;
+    })
+    .await
+}

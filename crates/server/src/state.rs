@@ -86,6 +86,22 @@ pub(crate) fn normalize_domain(d: &str) -> Result<String, String> {
     Ok(d)
 }
 
+/// Checks the `client_id` a client registers with; `named` when it
+/// authenticated with a credential. A named client's id is kept as
+/// `"{name}/{client_id}"`, so it only ever matches (and replaces, or takes
+/// the lease of) sessions of its own name. A shared-key client's id is kept
+/// as sent: one with a '/' could spell a named client's id and take its
+/// session or lease, so it is refused (real clients send hex).
+pub(crate) fn check_client_id(client_id: &str, named: bool) -> Result<(), String> {
+    if client_id.is_empty() || client_id.len() > 128 {
+        return Err("bad client id: 1 to 128 bytes".into());
+    }
+    if !named && client_id.contains('/') {
+        return Err("bad client id: a client of the shared key may not use '/' in its id".into());
+    }
+    Ok(())
+}
+
 impl State {
     pub(crate) fn new(cfg: &ServerConfig) -> Self {
         State {
@@ -240,6 +256,20 @@ mod tests {
         let mut st = state("dns:\n  listen: \"127.0.0.1:0\"\n  nameserver: \"ns.example.net\"\n");
         assert!(refusal(&mut st, "ns.example.net").unwrap().1.contains("dns.nameserver"));
         assert!(refusal(&mut st, "ns1.z.test").is_none());
+    }
+
+    #[test]
+    fn a_shared_key_client_id_cannot_spell_a_named_one() {
+        assert!(check_client_id("5b0e9f", false).is_ok());
+        assert!(check_client_id("alice/5b0e9f", false).unwrap_err().contains("'/'"));
+        assert!(check_client_id("/x", false).is_err());
+        // Under a name anything goes: it is kept as "<name>/<id>".
+        assert!(check_client_id("x/y", true).is_ok());
+        for named in [false, true] {
+            assert!(check_client_id("", named).is_err());
+            assert!(check_client_id(&"a".repeat(129), named).is_err());
+            assert!(check_client_id(&"a".repeat(128), named).is_ok());
+        }
     }
 
     #[test]
