@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod client;
 mod clients;
+mod keys;
 mod listen;
 mod reserved;
 mod server;
@@ -122,6 +123,7 @@ pub struct PortRange {
 }
 
 pub use clients::{credential, domain_allowed, CredentialText};
+pub use keys::{key_weaknesses, weak_keys, WeakKey, MIN_KEY_CHARS};
 pub use reserved::ReservedNames;
 
 /// The `admin` section.

@@ -171,7 +171,18 @@ impl ServerHandle {
             ("admin", same(&old.admin.as_ref().map(|a| a.listen), &next.admin.as_ref().map(|a| a.listen))),
         ];
         report.restart_required = checks.iter().filter(|(_, same)| !same).map(|(k, _)| k.to_string()).collect();
+        // Weak keys this reload brings in; those already in force were
+        // warned about when they came.
+        let weak: Vec<_> = opennotr_config::weak_keys(&next)
+            .into_iter()
+            .filter(|w| match (&w.client, w.field) {
+                (Some(name), _) => names.contains(name) || !current.clients.contains_key(name),
+                (None, "server.authKey") => creds.shared_key != current.shared_key,
+                _ => false,
+            })
+            .collect();
         report.sessions_closed = self.shared.set_creds(creds);
+        crate::creds::warn_weak(&weak);
 
         // New plugin instances serve new forwards at once; sessions with a
         // forward on a replaced plugin are closed and come back on the new
@@ -222,6 +233,7 @@ impl Backend for ServerHandle {
     }
 
     fn add_client(&self, c: NewClient) -> Result<ClientView, BackendError> {
+        let weak = opennotr_config::key_weaknesses(&c.key);
         let text =
             CredentialText { name: c.name, key: c.key, domains: c.domains, ports: c.ports, protocols: c.protocols };
         let reserved = opennotr_config::ReservedNames::of(&self.shared.cfg);
@@ -234,6 +246,10 @@ impl Backend for ServerHandle {
         next.clients.insert(cred.name.clone(), (cred.clone(), Source::Api));
         self.shared.set_creds(next);
         info!(client = %cred.name, "credential added through the admin API");
+        if !weak.is_empty() {
+            let w = opennotr_config::WeakKey { field: "clients", client: Some(cred.name.clone()), reasons: weak };
+            crate::creds::warn_weak(&[w]);
+        }
         Ok(client_view(&self.shared, &cred, Source::Api))
     }
 

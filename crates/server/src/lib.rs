@@ -362,6 +362,7 @@ impl Server {
     /// Sets up the plugins (a config error comes back before anything is
     /// bound) and binds the control listener.
     pub async fn bind(cfg: ServerConfig, registry: &Registry) -> Result<Server, ServerError> {
+        creds::warn_weak(&opennotr_config::weak_keys(&cfg));
         let plugins = setup_plugins(&cfg, registry)?;
         // Without the capability (or nft, or Linux), the virtual LAN is off
         // and everything else works: one warning says so.
