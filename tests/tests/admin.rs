@@ -376,6 +376,45 @@ async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
     .await;
 }
 
+/// A reload that changes `admin.token` puts it in force at once: the old
+/// token gets 401, the new one 200, and nothing needs a restart; moving
+/// `admin.listen` still does.
+#[tokio::test]
+async fn reload_replaces_the_admin_token() {
+    run_test(async {
+        let spec = spec();
+        let (server, admin, dir, path) = file_server("token", &spec.yaml()).await;
+        let new_token = "a-rotated-admin-token-7f3e";
+        std::fs::write(&path, spec.yaml().replace(TOKEN, new_token)).expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(TOKEN), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let report = json(&r);
+        assert_eq!(report["changed"], serde_json::json!(["admin.token"]), "{report}");
+        assert_eq!(report["restart_required"], serde_json::json!([]), "{report}");
+        assert!(!r.body.contains(new_token) && !r.body.contains(TOKEN), "{}", r.body);
+        assert_eq!(api(admin, "GET", "/api/v1/sessions", Some(TOKEN), None).await.status, 401);
+        assert_eq!(api(admin, "GET", "/api/v1/sessions", Some(new_token), None).await.status, 200);
+
+        // The same file again: nothing changed.
+        let r = api(admin, "POST", "/api/v1/reload", Some(new_token), None).await;
+        assert_eq!(json(&r)["changed"], serde_json::json!([]), "{}", r.body);
+        // A new listen address is for a restart; the token in the same
+        // file still applies.
+        let moved = spec
+            .yaml()
+            .replace("admin:\n  listen: \"127.0.0.1:0\"", "admin:\n  listen: \"127.0.0.1:1\"")
+            .replace(TOKEN, "a-third-admin-token-0a9b");
+        std::fs::write(&path, moved).expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(new_token), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(json(&r)["restart_required"], serde_json::json!(["admin"]), "{}", r.body);
+        assert_eq!(api(admin, "GET", "/api/v1/sessions", Some("a-third-admin-token-0a9b"), None).await.status, 200);
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
 /// `server.authKeyDomains` limits what clients of the shared key may claim
 /// (named clients keep their own lists); a reload that narrows it closes
 /// the shared-key sessions it no longer allows, never one whose domain the

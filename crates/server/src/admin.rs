@@ -89,7 +89,8 @@ impl ServerHandle {
     }
 
     /// Re-reads the configuration file the server was started with and
-    /// applies what can change at run time (credentials); reports the rest
+    /// applies what can change at run time (credentials, limits, plugins,
+    /// `admin.token`); reports the rest
     /// as needing a restart. A file that does not validate changes nothing.
     pub fn reload(&self) -> Result<ReloadReport, BackendError> {
         let path = self.shared.config_path.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -171,6 +172,18 @@ impl ServerHandle {
             ("admin", same(&old.admin.as_ref().map(|a| a.listen), &next.admin.as_ref().map(|a| a.listen))),
         ];
         report.restart_required = checks.iter().filter(|(_, same)| !same).map(|(k, _)| k.to_string()).collect();
+        // A new admin.token is checked from the next request on, on
+        // connections already open too.
+        let token_changed = match (&next.admin, self.shared.admin_token.get()) {
+            (Some(a), Some(handle)) => handle.set(a.token.expose()).unwrap_or_else(|e| {
+                warn!(error = %e, "admin.token not replaced; the old one stays");
+                false
+            }),
+            _ => false,
+        };
+        if token_changed {
+            report.changed.push("admin.token".into());
+        }
         // Weak keys this reload brings in; those already in force were
         // warned about when they came.
         let weak: Vec<_> = opennotr_config::weak_keys(&next)
@@ -178,6 +191,7 @@ impl ServerHandle {
             .filter(|w| match (&w.client, w.field) {
                 (Some(name), _) => names.contains(name) || !current.clients.contains_key(name),
                 (None, "server.authKey") => creds.shared_key != current.shared_key,
+                (None, "admin.token") => token_changed,
                 _ => false,
             })
             .collect();
