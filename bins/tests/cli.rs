@@ -373,8 +373,9 @@ fn original_files_end_to_end() {
     assert!(!server.transcript().contains("client server exchange key"), "{}", server.transcript());
     // `http`, `https` and `h2c` are built in; the original file configures
     // them for the external OpenResty gateway (adminUrl
-    // http://127.0.0.1:81/upstreams), which is not running here: their
-    // forwards are refused below, with the registration's failure.
+    // http://127.0.0.1:81/upstreams) without the adminSecret the gateway
+    // now needs: the server starts, and their forwards are refused below
+    // naming the key.
 
     // Client: the original config.yaml, pointed at the server and at the
     // test's echo servers, public ports chosen by the server.
@@ -397,6 +398,7 @@ fn original_files_end_to_end() {
         let prefix = format!("{proto}://cloud.dahuizong.com:0 => 127.0.0.1:{local} refused: ");
         assert!(line.starts_with(&prefix), "expected {prefix:?}..., got {line:?}");
         assert!(line.contains("external gateway"), "refusal without the gateway's reason: {line:?}");
+        assert!(line.contains(&format!("plugin.{proto}.adminSecret")), "refusal without the key: {line:?}");
     }
 
     check_tcp_echo(tcp_pub, 200_000);
