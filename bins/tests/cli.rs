@@ -47,6 +47,12 @@ fn start_server(dir: &TempDir, conf: &Path) -> (Proc, SocketAddr) {
     (p, addr)
 }
 
+/// Whether `line` is a JSON log line at WARN level whose message holds `what`.
+fn warns(line: &str, what: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return false };
+    v["level"] == "WARN" && v["fields"]["message"].as_str().is_some_and(|m| m.contains(what))
+}
+
 fn start_client(dir: &TempDir, conf: &Path) -> Proc {
     Proc::spawn(CLIENT, &["-conf", conf.to_str().unwrap(), "--log-level", "info", "--log-json"], &dir.0)
 }
@@ -357,10 +363,19 @@ fn original_files_end_to_end() {
     s = replace_once(&s, r#""PortMax": 20000"#, r#""PortMax": 20000, "bind": "127.0.0.1""#);
     s = replace_once(&s, r#""PortMax": 30000"#, r#""PortMax": 30000, "bind": "127.0.0.1""#);
     let (server, addr) = start_server(&dir, &dir.write("notrd.yaml", &s));
+    // Its sample key still loads, with a warning that names the key's field
+    // and never shows the key.
+    assert!(
+        server.lines(Src::Err).iter().any(|l| warns(l, "server.authKey is weak (a sample key")),
+        "no warning about the sample authKey:\n{}",
+        server.transcript()
+    );
+    assert!(!server.transcript().contains("client server exchange key"), "{}", server.transcript());
     // `http`, `https` and `h2c` are built in; the original file configures
     // them for the external OpenResty gateway (adminUrl
-    // http://127.0.0.1:81/upstreams), which is not running here: their
-    // forwards are refused below, with the registration's failure.
+    // http://127.0.0.1:81/upstreams) without the adminSecret the gateway
+    // now needs: the server starts, and their forwards are refused below
+    // naming the key.
 
     // Client: the original config.yaml, pointed at the server and at the
     // test's echo servers, public ports chosen by the server.
@@ -383,6 +398,7 @@ fn original_files_end_to_end() {
         let prefix = format!("{proto}://cloud.dahuizong.com:0 => 127.0.0.1:{local} refused: ");
         assert!(line.starts_with(&prefix), "expected {prefix:?}..., got {line:?}");
         assert!(line.contains("external gateway"), "refusal without the gateway's reason: {line:?}");
+        assert!(line.contains(&format!("plugin.{proto}.adminSecret")), "refusal without the key: {line:?}");
     }
 
     check_tcp_echo(tcp_pub, 200_000);
@@ -642,6 +658,8 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
     };
     let conf = dir.write("notrd.yaml", with_key("first key"));
     let (mut server, addr) = start_server(&dir, &conf);
+    let short = |l: &str| warns(l, "the key of client \"alice\" is weak (shorter than 16 characters)");
+    assert!(server.lines(Src::Err).iter().any(|l| short(l)), "no warning about alice's key:\n{}", server.transcript());
     let client_conf = dir.write(
         "config.yaml",
         format!("serverAddr: \"{addr}\"\nname: alice\nkey: \"first key\"\nreconnectMaxDelay: 1\n"),
@@ -657,6 +675,9 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
 
     dir.write("notrd.yaml", with_key("second key"));
     server.signal("HUP");
+    // The new key is short too: the reload warns about it.
+    let warned = server.expect(Src::Err, "a warning about alice's new key", short);
+    assert!(!warned.contains("second key"), "{warned}");
     server.expect(Src::Err, "`configuration reloaded`", |l| l.contains("configuration reloaded"));
     client.expect(Src::Out, "`disconnected: server going away`", |l| l.starts_with("disconnected: server going away"));
     client.expect(Src::Out, "`authentication failed`", |l| l.contains("authentication failed"));

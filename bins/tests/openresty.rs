@@ -12,7 +12,9 @@
 //! `http` forward to a small Python service and an `h2c` forward to a
 //! Python gRPC service. The stale mappings into the VIP pool go at start,
 //! the others stay; the registration, a request, a WebSocket upgrade and
-//! gRPC calls (cleartext HTTP/2 and over TLS) go through nginx; nginx is
+//! gRPC calls (cleartext HTTP/2 and over TLS) go through nginx; the admin
+//! API answers only with its secret (nginx does not even start without
+//! one) and requests without it change nothing; nginx is
 //! restarted and gets the mappings back by reconciliation; the client
 //! leaves and the mappings go. A second test (no root needed) points
 //! adminUrl at a closed port: the client prints the forward refused with
@@ -52,6 +54,8 @@ const DOMAIN: &str = "app.gw.notr.test";
 const STALE: &str = "stale.gw.notr.test";
 const STALE_HTTPS: &str = "stale-tls.gw.notr.test";
 const FOREIGN: &str = "foreign.gw.notr.test";
+/// The admin API's secret: nginx's `admin.secret`, opennotrd's `adminSecret`.
+const SECRET: &str = "gateway-admin-secret-5c1f9e";
 
 // ------------------------------------------------------------------ preflight
 
@@ -109,6 +113,7 @@ fn nginx_prefix(dir: &TempDir) -> PathBuf {
     conf = replace_once(&conf, "listen 127.0.0.1:81;", &format!("listen 127.0.0.1:{GW_ADMIN};"));
     dir.write("ngx/nginx.conf", conf);
     dir.write("ngx/lua/opennotr.lua", std::fs::read(deploy_dir().join("lua/opennotr.lua")).unwrap());
+    dir.write("ngx/admin.secret", format!("{SECRET}\n"));
     dir.write("ngx/logs/.keep", "");
     dir.write("ngx/tmp/.keep", "");
     let prefix = dir.path("ngx");
@@ -156,9 +161,17 @@ fn admin_url() -> String {
     format!("http://127.0.0.1:{GW_ADMIN}/upstreams")
 }
 
+/// `curl_answer` to the admin API with the secret.
+fn admin_answer(ns: &str, args: &[&str]) -> (String, String) {
+    let auth = format!("Authorization: Bearer {SECRET}");
+    let mut a = vec!["-H", &auth];
+    a.extend_from_slice(args);
+    curl_answer(ns, &a)
+}
+
 /// The gateway's mapping of `scheme://host`: (status, body).
 fn mapping_of(ns: &str, scheme: &str, host: &str) -> (String, String) {
-    curl_answer(ns, &[&format!("{}?host={host}&scheme={scheme}", admin_url())])
+    admin_answer(ns, &[&format!("{}?host={host}&scheme={scheme}", admin_url())])
 }
 
 /// The gateway's mapping of `DOMAIN` for `http`: (status, body).
@@ -169,7 +182,7 @@ fn mapping(ns: &str) -> (String, String) {
 /// Stores a mapping in the gateway directly, as an earlier opennotrd did.
 fn plant(ns: &str, scheme: &str, host: &str, ip: &str) {
     let m = serde_json::json!({"scheme": scheme, "host": host, "ip": ip, "port": SERVICE_PORT.to_string()});
-    let (code, body) = curl_answer(ns, &["-X", "POST", "-d", &m.to_string(), &admin_url()]);
+    let (code, body) = admin_answer(ns, &["-X", "POST", "-d", &m.to_string(), &admin_url()]);
     assert_eq!(code, "200", "planting {m}: {body}");
 }
 
@@ -209,7 +222,7 @@ fn start_nginx(ns: &str, prefix: &Path) -> Nginx {
             let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
             panic!("nginx exited: {st:?}\n{}\n{log}", proc.transcript());
         }
-        curl(ns, &[&admin_url()]).stdout.ends_with("200")
+        curl(ns, &["-H", &format!("Authorization: Bearer {SECRET}"), &admin_url()]).stdout.ends_with("200")
     });
     assert!(up, "nginx's admin API did not answer within {WAIT:?}");
     Nginx(proc)
@@ -288,7 +301,7 @@ print(rest.decode(errors="replace"), flush=True)
 // ------------------------------------------------------------------ opennotrd / opennotr
 
 fn server_yaml(listen: &str, admin: &str, vlan: bool) -> String {
-    let plugin = format!(r#"'{{"adminUrl": "{admin}", "reconcileInterval": 1}}'"#);
+    let plugin = format!(r#"'{{"adminUrl": "{admin}", "adminSecret": "{SECRET}", "reconcileInterval": 1}}'"#);
     let vlan = if vlan {
         format!("  tcplisten: \"127.0.0.1:{TPROXY_TCP}\"\n  udplisten: \"127.0.0.1:{TPROXY_UDP}\"\n")
     } else {
@@ -340,6 +353,16 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
     let dir = TempDir::world_readable("openresty");
     let prefix = nginx_prefix(&dir);
     let ns = lan.server.as_str();
+
+    // Without its admin secret, nginx does not start; the error names the
+    // file, never a secret.
+    let secret_file = prefix.join("admin.secret");
+    std::fs::remove_file(&secret_file).unwrap();
+    let p = prefix.to_str().unwrap();
+    let out = run_bounded(in_ns(ns, &nginx(), &["-p", p, "-c", "nginx.conf", "-g", "daemon off;"]), WAIT);
+    assert_ne!(out.code, Some(0), "nginx started without its admin secret: {}", out.show());
+    assert!(out.stderr.contains("admin secret (secret_file)"), "{}", out.show());
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
 
     let nginx = start_nginx(ns, &prefix);
     // An earlier opennotrd crashed and left these.
@@ -399,6 +422,28 @@ fn nginx_gateway_routes_to_the_client_and_follows_its_lifecycle() {
     assert_eq!(m["scheme"], "http");
     assert_eq!(m["host"], DOMAIN);
     assert_eq!(mapping_of(ns, "h2c", DOMAIN).0, "200");
+
+    // 1b. The admin API wants the secret: without it 401, with another one
+    // 403, and neither a POST nor a DELETE changes anything.
+    let hijack = serde_json::json!({"scheme": "http", "host": DOMAIN, "ip": "100.64.242.9", "port": "80"}).to_string();
+    let one = format!("{}?host={DOMAIN}&scheme=http", admin_url());
+    for (auth, want) in [(None, "401"), (Some("Bearer not-the-gateway-secret-00"), "403"), (Some("Basic eDp5"), "401")]
+    {
+        let header = auth.map(|a| format!("Authorization: {a}")).unwrap_or_default();
+        let with = |args: &[&str]| {
+            let mut a: Vec<&str> = if auth.is_some() { vec!["-H", &header] } else { vec![] };
+            a.extend_from_slice(args);
+            curl_answer(ns, &a)
+        };
+        for args in [vec!["-X", "POST", "-d", &hijack, &admin_url()], vec!["-X", "DELETE", &one], vec![&one]] {
+            let (code, body) = with(&args);
+            assert_eq!(code, want, "{auth:?} {args:?}: {body}");
+            assert!(!body.contains(&reg.vip.to_string()), "{auth:?} {args:?} leaked a mapping: {body}");
+        }
+    }
+    let (code, body) = mapping(ns);
+    assert_eq!(code, "200");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["ip"], reg.vip.to_string(), "{body}");
 
     // 2. A request through nginx reaches the client's service.
     let resolve = format!("{DOMAIN}:{GW_HTTP}:127.0.0.1");

@@ -457,13 +457,22 @@ impl TestClient {
 
     /// Starts a client for `cfg` (a new client id).
     pub fn start_config(cfg: ClientConfig) -> TestClient {
+        TestClient::start_with(cfg, |c| c)
+    }
+
+    /// Starts a client for `spec` that registers with `client_id`.
+    pub fn start_with_id(spec: &ClientSpec, client_id: &str) -> TestClient {
+        TestClient::start_with(spec.config(), |c| c.with_client_id(client_id))
+    }
+
+    fn start_with(cfg: ClientConfig, adjust: impl FnOnce(Client) -> Client) -> TestClient {
         let (tx, events) = mpsc::unbounded_channel();
-        let client = Client::new(
+        let client = adjust(Client::new(
             cfg,
             Arc::new(move |e: &Event| {
                 let _ = tx.send(e.clone());
             }),
-        );
+        ));
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = Some(tokio::spawn(async move { client.run(token).await }));

@@ -181,6 +181,13 @@ async fn admin_api_sees_closes_and_revokes() {
         let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(r#"{"name": "x y", "key": "k"}"#)).await;
         assert_eq!(bad.status, 400, "{}", bad.body);
         assert!(bad.body.contains("name"), "{}", bad.body);
+        // A credential that lists a name the server answers for itself.
+        let body = format!(r#"{{"name": "eve", "key": "eve's key", "domains": ["eve.example", "vip.{ZONE}"]}}"#);
+        let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(&body)).await;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        assert_eq!(json(&bad)["field"], "domains[1]", "{}", bad.body);
+        assert!(bad.body.contains("no client may claim it"), "{}", bad.body);
+        assert!(!json(&api(admin, "GET", "/api/v1/clients", Some(TOKEN), None).await).to_string().contains("eve"));
 
         // Refusals are listed with their reasons.
         let refusals = api(admin, "GET", "/api/v1/refusals", Some(TOKEN), None).await;
@@ -363,6 +370,45 @@ async fn reload_applies_credentials_and_keeps_the_old_config_on_errors() {
         a.stop().await;
         b.stop().await;
         shared.stop().await;
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// A reload that changes `admin.token` puts it in force at once: the old
+/// token gets 401, the new one 200, and nothing needs a restart; moving
+/// `admin.listen` still does.
+#[tokio::test]
+async fn reload_replaces_the_admin_token() {
+    run_test(async {
+        let spec = spec();
+        let (server, admin, dir, path) = file_server("token", &spec.yaml()).await;
+        let new_token = "a-rotated-admin-token-7f3e";
+        std::fs::write(&path, spec.yaml().replace(TOKEN, new_token)).expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(TOKEN), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let report = json(&r);
+        assert_eq!(report["changed"], serde_json::json!(["admin.token"]), "{report}");
+        assert_eq!(report["restart_required"], serde_json::json!([]), "{report}");
+        assert!(!r.body.contains(new_token) && !r.body.contains(TOKEN), "{}", r.body);
+        assert_eq!(api(admin, "GET", "/api/v1/sessions", Some(TOKEN), None).await.status, 401);
+        assert_eq!(api(admin, "GET", "/api/v1/sessions", Some(new_token), None).await.status, 200);
+
+        // The same file again: nothing changed.
+        let r = api(admin, "POST", "/api/v1/reload", Some(new_token), None).await;
+        assert_eq!(json(&r)["changed"], serde_json::json!([]), "{}", r.body);
+        // A new listen address is for a restart; the token in the same
+        // file still applies.
+        let moved = spec
+            .yaml()
+            .replace("admin:\n  listen: \"127.0.0.1:0\"", "admin:\n  listen: \"127.0.0.1:1\"")
+            .replace(TOKEN, "a-third-admin-token-0a9b");
+        std::fs::write(&path, moved).expect("write");
+        let r = api(admin, "POST", "/api/v1/reload", Some(new_token), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(json(&r)["restart_required"], serde_json::json!(["admin"]), "{}", r.body);
+        assert_eq!(api(admin, "GET", "/api/v1/sessions", Some("a-third-admin-token-0a9b"), None).await.status, 200);
         server.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     })

@@ -235,3 +235,106 @@ async fn the_server_cannot_make_the_client_dial_undeclared_targets() {
     })
     .await
 }
+
+// ------------------------------------------- names the server answers for itself
+
+async fn refused(c: &mut TestClient) -> (RefuseCode, String) {
+    match c.wait_event("a refusal", |e| matches!(e, Event::Refused { .. })).await {
+        Event::Refused { code, message } => (code, message),
+        _ => unreachable!(),
+    }
+}
+
+/// The zone's apex, its name server and the VIP names are the server's own
+/// (its DNS server answers for them): no client gets one, whether it uses
+/// the shared key or a credential whose pattern covers them; and a
+/// credential cannot list one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_names_cannot_be_claimed() {
+    run_test(async {
+        let carol = "carol's key, long enough";
+        let spec = ServerSpec {
+            dns: Some(DnsSpec::default()),
+            extra_yaml: format!("clients:\n  - name: carol\n    key: {carol:?}\n    domains: [\"*.{ZONE}\"]\n"),
+            ..ServerSpec::default()
+        };
+        let server = TestServer::start(&spec).await;
+        let reserved = [ZONE.to_string(), format!("NS1.{ZONE}."), format!("vip.{ZONE}"), format!("x.vip.{ZONE}")];
+        for (i, domain) in reserved.iter().enumerate() {
+            let spec = ClientSpec::new(server.addr).domain(domain);
+            let spec = if i % 2 == 0 { spec } else { spec.credential("carol", carol) };
+            let mut c = TestClient::start(&spec);
+            let (code, message) = refused(&mut c).await;
+            assert_eq!(code, RefuseCode::DomainInvalid, "{domain}: {message}");
+            assert!(message.contains("no client may claim it"), "{domain}: {message}");
+            c.stop().await;
+        }
+        assert!(server.handle.sessions().is_empty());
+        // The same credential gets the names around them.
+        let mut c =
+            TestClient::start(&ClientSpec::new(server.addr).credential("carol", carol).domain(&format!("ns2.{ZONE}")));
+        assert_eq!(c.connected().await.domain, format!("ns2.{ZONE}"));
+        c.stop().await;
+        server.stop().await;
+
+        // A credential listing one does not load, naming the field.
+        for (domains, key) in [
+            (format!("[\"ok.{ZONE}\", \"ns1.{ZONE}\"]"), "clients[0].domains[1]"),
+            (format!("[\"*.vip.{ZONE}\"]"), "clients[0].domains[0]"),
+        ] {
+            let yaml = ServerSpec {
+                extra_yaml: format!("clients:\n  - name: dave\n    key: \"dave's key\"\n    domains: {domains}\n"),
+                ..ServerSpec::default()
+            }
+            .yaml();
+            let e = opennotr_config::parse_server(&yaml).expect_err("a reserved name in a credential");
+            assert_eq!(e.key(), Some(key), "{e}");
+        }
+    })
+    .await
+}
+
+/// A named client's session is kept under `<name>/<client id>`. A client
+/// of the shared key sending exactly that id is refused: it can take
+/// neither the named client's live session nor its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_key_client_cannot_use_a_named_clients_id() {
+    run_test(async {
+        let alice_key = "alice's key for the id test";
+        let spec = ServerSpec {
+            extra_yaml: format!("clients:\n  - name: alice\n    key: {alice_key:?}\n"),
+            ..Default::default()
+        };
+        let server = TestServer::start(&spec).await;
+        let mut alice = TestClient::start(&ClientSpec::new(server.addr).credential("alice", alice_key));
+        let reg = alice.connected().await;
+        let id = server.handle.sessions()[0].client_id.clone();
+        assert!(id.starts_with("alice/"), "{id}");
+
+        let mut other = TestClient::start_with_id(&ClientSpec::new(server.addr), &id);
+        let (code, message) = refused(&mut other).await;
+        assert_eq!(code, RefuseCode::ProtocolError, "{message}");
+        assert!(message.contains("may not use '/'"), "{message}");
+        other.stop().await;
+        assert!(alice.pending_events().is_empty(), "alice was disturbed: {:?}", alice.history);
+        let sessions = server.handle.sessions();
+        assert_eq!(sessions.len(), 1);
+        assert_eq!((sessions[0].client_id.as_str(), sessions[0].domain.as_str()), (id.as_str(), reg.domain.as_str()));
+
+        // Gone, she leaves a lease under that id; it is not for the taking.
+        alice.stop().await;
+        server.wait_no_sessions().await;
+        let mut other = TestClient::start_with_id(&ClientSpec::new(server.addr), &id);
+        assert_eq!(refused(&mut other).await.0, RefuseCode::ProtocolError);
+        other.stop().await;
+        assert!(server.handle.sessions().is_empty());
+
+        // An id without '/' is kept as sent.
+        let mut plain = TestClient::start_with_id(&ClientSpec::new(server.addr), "plain-id");
+        plain.connected().await;
+        assert_eq!(server.handle.sessions()[0].client_id, "plain-id");
+        plain.stop().await;
+        server.stop().await;
+    })
+    .await
+}

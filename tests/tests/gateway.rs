@@ -292,7 +292,8 @@ async fn wildcard_names_route_and_admin_url_is_refused() {
         // h2c in the original's external mode, its admin API not running:
         // the registration fails and the forward is refused with the reason.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let h2c = format!(r#"{{"adminUrl": "http://127.0.0.1:{closed}/upstreams"}}"#);
+        let h2c =
+            format!(r#"{{"adminUrl": "http://127.0.0.1:{closed}/upstreams", "adminSecret": "0123456789abcdef"}}"#);
         let spec =
             ServerSpec::default().plugin("http", r#"{"listen": "127.0.0.1:0", "wildcard": true}"#).plugin("h2c", &h2c);
         let server = TestServer::start(&spec).await;

@@ -1,7 +1,7 @@
 //! The external gateway mode (`adminUrl`) against an in-process stand-in
 //! for the admin API of `deploy/openresty/` (the real nginx runs in
 //! `bins/tests/openresty.rs`, as root): what reconciliation does with the
-//! mappings it finds there.
+//! mappings it finds there, and the admin secret sent with every request.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -17,6 +17,8 @@ use opennotr_tests::*;
 /// The test servers' VIP pool is 100.64.242.0/24 (`ServerSpec`); the first
 /// client gets .2.
 const FIRST_VIP: &str = "100.64.242.2";
+/// The fake admin API's secret, and the plugins' `adminSecret`.
+const SECRET: &str = "fake-gateway-admin-secret-01";
 
 fn dom(label: &str) -> String {
     format!("{label}.{ZONE}")
@@ -34,6 +36,9 @@ struct AdminState {
     /// What `GET` without a query answers instead of the list (an older
     /// gateway with only the original's POST and DELETE).
     list_status: Option<StatusCode>,
+    /// Requests refused for their `Authorization` (401 or 403), which
+    /// change nothing and are not in `calls`.
+    denied: Vec<StatusCode>,
 }
 
 impl AdminState {
@@ -52,7 +57,8 @@ impl AdminState {
     }
 }
 
-/// The admin API's behaviour (the Lua module's, without validation), on
+/// The admin API's behaviour (the Lua module's, without validation: the
+/// secret checked as `Bearer`, 401 without it, 403 with another), on
 /// 127.0.0.1 and a free port.
 struct FakeAdmin {
     url: String,
@@ -92,6 +98,7 @@ fn query_arg(query: &str, key: &str) -> Option<String> {
 async fn admin(state: Arc<Mutex<AdminState>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
+    let auth = req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let mut st = state.lock().unwrap();
     let answer = |status: StatusCode, body: String| {
@@ -99,6 +106,15 @@ async fn admin(state: Arc<Mutex<AdminState>>, req: Request<Incoming>) -> Result<
         *r.status_mut() = status;
         Ok(r)
     };
+    let denied = match auth.as_deref().and_then(|a| a.strip_prefix(b"Bearer ")) {
+        None => Some(StatusCode::UNAUTHORIZED),
+        Some(s) if s != SECRET.as_bytes() => Some(StatusCode::FORBIDDEN),
+        Some(_) => None,
+    };
+    if let Some(status) = denied {
+        st.denied.push(status);
+        return answer(status, "wrong admin secret".into());
+    }
     let key = (query_arg(&query, "scheme").unwrap_or_default(), query_arg(&query, "host").unwrap_or_default());
     match method {
         Method::POST => {
@@ -134,7 +150,12 @@ async fn admin(state: Arc<Mutex<AdminState>>, req: Request<Incoming>) -> Result<
 }
 
 fn external_spec(admin: &FakeAdmin, schemes: &[&str]) -> ServerSpec {
-    let json = format!(r#"{{"adminUrl": "{}", "reconcileInterval": 0.2}}"#, admin.url);
+    external_spec_with(admin, schemes, &format!(r#", "adminSecret": "{SECRET}""#))
+}
+
+/// `extra` goes into each plugin's JSON object, e.g. `, "adminSecret": ".."`.
+fn external_spec_with(admin: &FakeAdmin, schemes: &[&str], extra: &str) -> ServerSpec {
+    let json = format!(r#"{{"adminUrl": "{}", "reconcileInterval": 0.2{extra}}}"#, admin.url);
     schemes.iter().fold(ServerSpec::default(), |spec, s| spec.plugin(s, &json))
 }
 
@@ -269,6 +290,49 @@ async fn a_plugin_set_up_anew_by_a_reload_reconciles_at_once() {
         c.stop().await;
         server.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// opennotrd sends `adminSecret` with every request. With another secret
+/// than the gateway's, the gateway refuses (403) and changes nothing, and
+/// the forward is refused saying why. Without `adminSecret` (the original's
+/// files have none) the server still starts, nothing at all is sent, and
+/// the forward is refused naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_secret_is_sent_and_a_wrong_or_missing_one_refuses_the_forward() {
+    run_test(async {
+        let admin = FakeAdmin::start(None).await;
+        admin.plant("http", &dom("stale"), "100.64.242.77");
+
+        let wrong = external_spec_with(&admin, &["http"], r#", "adminSecret": "not-the-gateways-secret-99""#);
+        let server = TestServer::start(&wrong).await;
+        let live = dom("live");
+        let mut c = TestClient::start(&ClientSpec::new(server.addr).domain(&live).forward(fwd("http", 1)));
+        let err = c.connected().await.forwards[0].error.clone().expect("refused");
+        assert!(err.contains("403") && err.contains("adminSecret"), "{err}");
+        // The reconciliation's listing is refused too: nothing is pruned.
+        wait_until("a refused listing", || admin.state().denied.len() >= 2).await;
+        {
+            let st = admin.state();
+            assert!(st.denied.iter().all(|s| *s == StatusCode::FORBIDDEN), "{:?}", st.denied);
+            assert!(st.calls.is_empty(), "{:?}", st.calls);
+            assert!(st.has("http", &dom("stale")) && !st.has("http", &live));
+        }
+        c.stop().await;
+        server.stop().await;
+
+        let none = external_spec_with(&admin, &["http"], "");
+        let server = TestServer::start(&none).await;
+        let denied = admin.state().denied.len();
+        let mut c = TestClient::start(&ClientSpec::new(server.addr).domain(&live).forward(fwd("http", 1)));
+        let err = c.connected().await.forwards[0].error.clone().expect("refused");
+        assert!(err.contains("plugin.http.adminSecret is not set"), "{err}");
+        c.stop().await;
+        server.stop().await;
+        let st = admin.state();
+        assert_eq!((st.denied.len(), st.calls.len()), (denied, 0), "a request was sent: {:?}", st.calls);
+        assert!(st.has("http", &dom("stale")) && !st.has("http", &live));
     })
     .await;
 }

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::auth::Token;
+use crate::auth::TokenHandle;
 use crate::routes::{resolve, Op, Resolved};
 use crate::{Backend, BackendError, NewClient};
 
@@ -34,7 +34,7 @@ pub(crate) type ResponseBody = Full<Bytes>;
 
 /// What every connection of one admin server shares.
 pub(crate) struct Shared {
-    pub(crate) token: Token,
+    pub(crate) token: TokenHandle,
     pub(crate) backend: Arc<dyn Backend>,
 }
 

@@ -1,6 +1,7 @@
 //! The bearer token check.
 
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use ring::hmac;
@@ -32,7 +33,50 @@ impl Token {
     pub(crate) fn admits(&self, headers: &HeaderMap) -> bool {
         let Some(value) = headers.get(AUTHORIZATION) else { return false };
         let Some(presented) = bearer(value.as_bytes()) else { return false };
+        self.is(presented)
+    }
+
+    fn is(&self, presented: &[u8]) -> bool {
         hmac::verify(&self.key, presented, self.tag.as_ref()).is_ok()
+    }
+}
+
+/// The token of a running [`crate::AdminServer`], replaceable while it
+/// runs (a reload of the server's file): every request is checked against
+/// the token in force when it arrives.
+#[derive(Clone)]
+pub struct TokenHandle(Arc<RwLock<Token>>);
+
+impl TokenHandle {
+    pub(crate) fn new(token: Token) -> TokenHandle {
+        TokenHandle(Arc::new(RwLock::new(token)))
+    }
+
+    /// Puts `token` in force. `Ok(false)`: it is the one in force already,
+    /// nothing changed. Fails with `InvalidInput` if it is empty (or the
+    /// system has no randomness), and then the old token stays.
+    pub fn set(&self, token: &str) -> std::io::Result<bool> {
+        if self.0.read().unwrap_or_else(|e| e.into_inner()).is(token.as_bytes()) {
+            return Ok(false);
+        }
+        let next = Token::new(token).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the admin token is empty or no randomness is available",
+            )
+        })?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(true)
+    }
+
+    pub(crate) fn admits(&self, headers: &HeaderMap) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).admits(headers)
+    }
+}
+
+impl fmt::Debug for TokenHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHandle(<redacted>)")
     }
 }
 
@@ -76,6 +120,19 @@ mod tests {
         assert!(!t.admits(&with_auth("Basic s3cret-token")));
         assert!(!t.admits(&with_auth("Bearer")));
         assert!(!t.admits(&with_auth("s3cret-token")));
+    }
+
+    #[test]
+    fn a_handle_replaces_the_token() {
+        let h = TokenHandle::new(Token::new("first-token-0123").unwrap());
+        assert!(h.admits(&with_auth("Bearer first-token-0123")));
+        assert!(!h.set("first-token-0123").unwrap(), "the same token changes nothing");
+        assert!(h.set("second-token-456").unwrap());
+        assert!(!h.admits(&with_auth("Bearer first-token-0123")));
+        assert!(h.admits(&with_auth("Bearer second-token-456")));
+        assert!(h.set("").is_err());
+        assert!(h.admits(&with_auth("Bearer second-token-456")), "a refused token leaves the old one");
+        assert!(!format!("{h:?}").contains("token-456"));
     }
 
     #[test]

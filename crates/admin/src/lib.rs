@@ -23,7 +23,8 @@
 //!   read it ([`routes`]).
 //! - `api`: one request: token check, routing, body limit, backend call
 //!   on the blocking pool, JSON errors.
-//! - `auth`: the constant-time bearer token check.
+//! - `auth`: the constant-time bearer token check, and [`TokenHandle`],
+//!   which replaces the token of a running server.
 //! - `server`: [`AdminServer`]: accept loop, connection tasks, graceful
 //!   shutdown.
 //! - `openapi.json`: the OpenAPI 3.1 document ([`OPENAPI_JSON`]).
@@ -35,6 +36,7 @@ mod backend;
 mod routes;
 mod server;
 
+pub use auth::TokenHandle;
 pub use backend::{Backend, BackendError, ClientView, ForwardView, NewClient, RefusalView, ReloadReport, SessionView};
 pub use server::AdminServer;
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::api::{handle, Shared};
-use crate::auth::Token;
+use crate::auth::{Token, TokenHandle};
 use crate::Backend;
 
 /// Connections served at once; more wait in the listen backlog. An
@@ -56,7 +56,12 @@ impl AdminServer {
         })?;
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
-        Ok(AdminServer { listener, local_addr, shared: Arc::new(Shared { token, backend }) })
+        Ok(AdminServer { listener, local_addr, shared: Arc::new(Shared { token: TokenHandle::new(token), backend }) })
+    }
+
+    /// What replaces the token while the server runs.
+    pub fn token_handle(&self) -> TokenHandle {
+        self.shared.token.clone()
     }
 
     /// The bound address (the actual port when bound to port 0).

@@ -567,3 +567,33 @@ async fn bind_refuses_an_empty_token() {
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[tokio::test]
+async fn a_new_token_takes_over_at_once_on_open_connections_too() {
+    let server =
+        opennotr_admin::AdminServer::bind("127.0.0.1:0".parse().unwrap(), TOKEN.into(), two_sessions()).await.unwrap();
+    let addr = server.local_addr();
+    let handle = server.token_handle();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(server.run(stop.clone()));
+    assert_eq!(get(addr, "/api/v1/sessions").await.status, 200);
+
+    // A connection opened before the change is judged by the new token too.
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    assert!(handle.set("the-new-admin-token-9c2d").unwrap());
+    assert!(!handle.set("the-new-admin-token-9c2d").unwrap(), "the same token again changes nothing");
+    let req = Request::get("/api/v1/sessions").header(HOST, "x").header(AUTHORIZATION, BEARER);
+    let res = send.send_request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 401);
+
+    assert_eq!(get(addr, "/api/v1/sessions").await.status, 401);
+    let r = call(addr, "GET", "/api/v1/sessions", Some("Bearer the-new-admin-token-9c2d"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(handle.set("").unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    let r = call(addr, "GET", "/api/v1/sessions", Some("Bearer the-new-admin-token-9c2d"), None).await;
+    assert_eq!(r.status, 200, "a refused token leaves the one in force: {r:?}");
+    stop.cancel();
+    run.await.unwrap();
+}

@@ -163,6 +163,13 @@ impl Client {
         Client { cfg: Arc::new(cfg), client_id: hex::encode(rand::random::<[u8; 16]>()), events, allowed }
     }
 
+    /// The same client registering with `client_id` instead of a random
+    /// one (tests; the server refuses an unusable id with the reason).
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
     /// Connects, serves, and reconnects with exponential backoff and jitter
     /// until `shutdown` is cancelled.
     pub async fn run(&self, shutdown: CancellationToken) {

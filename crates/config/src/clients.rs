@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::util::{dns_name, is_plugin_name, PortText};
-use crate::{yaml, ConfigError, Credential, PortRange, Secret};
+use crate::{yaml, ConfigError, Credential, PortRange, ReservedNames, Secret};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,7 +19,11 @@ pub(crate) struct RawClient {
 }
 
 /// Validates the entries under `prefix` (`clients` or `clientsFile`).
-pub(crate) fn validate(prefix: &str, raw: Vec<RawClient>, zone: &str) -> Result<Vec<Credential>, ConfigError> {
+pub(crate) fn validate(
+    prefix: &str,
+    raw: Vec<RawClient>,
+    names: &ReservedNames,
+) -> Result<Vec<Credential>, ConfigError> {
     let mut out: Vec<Credential> = Vec::with_capacity(raw.len());
     for (i, c) in raw.into_iter().enumerate() {
         let at = format!("{prefix}[{i}]");
@@ -35,7 +39,7 @@ pub(crate) fn validate(prefix: &str, raw: Vec<RawClient>, zone: &str) -> Result<
                 ports,
                 protocols: c.protocols.unwrap_or_default(),
             },
-            zone,
+            names,
         )?;
         if out.iter().any(|o| o.name == cred.name) {
             return Err(ConfigError::invalid(format!("{at}.name"), format!("{:?} is listed twice", cred.name)));
@@ -70,9 +74,10 @@ impl std::fmt::Debug for CredentialText {
     }
 }
 
-/// Checks one credential; errors name `{at}.field`. `zone` is
-/// `server.domain`, for the default domain `<name>.<zone>`.
-pub fn credential(at: &str, c: CredentialText, zone: &str) -> Result<Credential, ConfigError> {
+/// Checks one credential; errors name `{at}.field`. `names` are the
+/// server's own names, which no credential may list; their zone
+/// (`server.domain`) makes the default domain `<name>.<zone>`.
+pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<Credential, ConfigError> {
     let name = c.name;
     if name.is_empty()
         || name.len() > 63
@@ -87,9 +92,17 @@ pub fn credential(at: &str, c: CredentialText, zone: &str) -> Result<Credential,
         return Err(ConfigError::invalid(format!("{at}.key"), "must not be empty"));
     }
     let mut domains = domain_patterns(&format!("{at}.domains"), &c.domains)?;
+    names.check(&format!("{at}.domains"), &domains)?;
     if domains.is_empty() {
         let label = name.replace(['_', '.'], "-");
-        domains.push(format!("{label}.{zone}"));
+        let default = format!("{label}.{}", names.zone());
+        if let Some(why) = names.why(&default) {
+            return Err(ConfigError::invalid(
+                format!("{at}.name"),
+                format!("without domains, {name:?} gets {default}, which no client may hold: {why}"),
+            ));
+        }
+        domains.push(default);
     }
     let mut ports = Vec::with_capacity(c.ports.len());
     for (j, p) in c.ports.iter().enumerate() {
@@ -105,7 +118,7 @@ pub fn credential(at: &str, c: CredentialText, zone: &str) -> Result<Credential,
 }
 
 /// Reads `clientsFile`: a YAML list of entries.
-pub(crate) fn load_file(path: &Path, zone: &str) -> Result<Vec<Credential>, ConfigError> {
+pub(crate) fn load_file(path: &Path, names: &ReservedNames) -> Result<Vec<Credential>, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
     let raw: Vec<RawClient> = yaml::from_str(&text)
@@ -117,7 +130,7 @@ pub(crate) fn load_file(path: &Path, zone: &str) -> Result<Vec<Credential>, Conf
             other => other,
         })?
         .unwrap_or_default();
-    validate("clientsFile", raw, zone)
+    validate("clientsFile", raw, names)
 }
 
 impl PortRange {
@@ -212,7 +225,7 @@ mod tests {
                 ports: ports.iter().map(|s| s.to_string()).collect(),
                 protocols: protocols.iter().map(|s| s.to_string()).collect(),
             },
-            "notr.test",
+            &ReservedNames::new("notr.test", None),
         )
     }
 
@@ -246,8 +259,39 @@ mod tests {
                 ports: vec![],
                 protocols: vec![],
             },
-            "z",
+            &ReservedNames::new("z", None),
         );
         assert_eq!(e.unwrap_err().key(), Some("clients[1].name"));
+    }
+
+    #[test]
+    fn the_servers_own_names_cannot_be_listed() {
+        for (domains, key) in [
+            (&["ok.notr.test", "Notr.Test."][..], "clients[0].domains[1]"),
+            (&["ns1.notr.test"], "clients[0].domains[0]"),
+            (&["a.vip.notr.test"], "clients[0].domains[0]"),
+            (&["*.vip.notr.test"], "clients[0].domains[0]"),
+        ] {
+            let e = cred(domains, &[], &[]).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{domains:?}: {e}");
+            assert!(e.to_string().contains("no client may claim it"), "{e}");
+        }
+        // A pattern that covers them among others is fine: admission
+        // refuses the reserved names themselves.
+        assert!(cred(&["*.notr.test"], &[], &[]).is_ok());
+        // A name whose default domain is one of them needs a list.
+        for name in ["ns1", "vip"] {
+            let text = CredentialText {
+                name: name.into(),
+                key: "k".into(),
+                domains: vec![],
+                ports: vec![],
+                protocols: vec![],
+            };
+            let e = credential("clients[2]", text.clone(), &ReservedNames::new("notr.test", None)).unwrap_err();
+            assert_eq!(e.key(), Some("clients[2].name"), "{e}");
+            let listed = CredentialText { domains: vec![format!("{name}-box.notr.test")], ..text };
+            assert!(credential("clients[2]", listed, &ReservedNames::new("notr.test", None)).is_ok());
+        }
     }
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 mod client;
 mod clients;
+mod keys;
 mod listen;
+mod reserved;
 mod server;
 mod util;
 mod yaml;
@@ -121,6 +123,8 @@ pub struct PortRange {
 }
 
 pub use clients::{credential, domain_allowed, CredentialText};
+pub use keys::{key_weaknesses, weak_keys, WeakKey, MIN_KEY_CHARS};
+pub use reserved::ReservedNames;
 
 /// The `admin` section.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::util::{dns_name, duration, is_plugin_name, positive, workers, Seconds};
-use crate::{yaml, ConfigError, DhcpSection, DnsSection, Limits, Secret, ServerConfig, ServerSection};
+use crate::{yaml, ConfigError, DhcpSection, DnsSection, Limits, ReservedNames, Secret, ServerConfig, ServerSection};
 
 // Raw shapes of the file. Every field is optional so that a missing required
 // key is reported by name (`server.listen: required`) by `validate`, rather
@@ -153,13 +153,33 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
     let domain = required("server.domain", s.domain)?;
     let domain = dns_name(&domain).map_err(|m| ConfigError::invalid("server.domain", m))?;
 
-    let mut clients = crate::clients::validate("clients", raw.clients.unwrap_or_default(), &domain)?;
+    // The DNS section first: its name server is one of the names no client
+    // may claim, which the credentials below are checked against.
+    let dns = match raw.dns {
+        None => None,
+        Some(d) => {
+            let dns_listen = self::listen("dns.listen", required("dns.listen", d.listen)?.as_str())?;
+            let ttl = match d.ttl {
+                None => 60,
+                Some(t @ 0..=86_400) => t as u32,
+                Some(t) => return Err(ConfigError::invalid("dns.ttl", format!("{t} is more than a day (86400)"))),
+            };
+            let nameserver = match d.nameserver {
+                None => format!("ns1.{domain}"),
+                Some(n) => dns_name(&n).map_err(|m| ConfigError::invalid("dns.nameserver", m))?,
+            };
+            Some(DnsSection { listen: dns_listen, ttl, wildcard: d.wildcard.unwrap_or(false), nameserver })
+        }
+    };
+    let reserved = ReservedNames::new(&domain, dns.as_ref().map(|d| d.nameserver.as_str()));
+
+    let mut clients = crate::clients::validate("clients", raw.clients.unwrap_or_default(), &reserved)?;
     let clients_file = raw.clients_file.filter(|f| !f.is_empty()).map(|f| match base {
         Some(dir) if std::path::Path::new(&f).is_relative() => dir.join(f),
         _ => std::path::PathBuf::from(f),
     });
     if let Some(path) = &clients_file {
-        for c in crate::clients::load_file(path, &domain)? {
+        for c in crate::clients::load_file(path, &reserved)? {
             if clients.iter().any(|o| o.name == c.name) {
                 return Err(ConfigError::invalid(
                     "clientsFile",
@@ -216,7 +236,11 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
                     "limits what clients of the shared key may claim, but server.authKey is not set",
                 ))
             }
-            Some(list) => Some(crate::clients::domain_patterns("server.authKeyDomains", &list)?),
+            Some(list) => {
+                let list = crate::clients::domain_patterns("server.authKeyDomains", &list)?;
+                reserved.check("server.authKeyDomains", &list)?;
+                Some(list)
+            }
             None => None,
         },
         auth_key: auth_key.map(Secret::new),
@@ -302,23 +326,6 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         Some(t @ 5..=3600) => t,
         Some(t) => {
             return Err(ConfigError::invalid("resolver.leaseTtl", format!("{t} is not between 5 and 3600 seconds")))
-        }
-    };
-
-    let dns = match raw.dns {
-        None => None,
-        Some(d) => {
-            let dns_listen = self::listen("dns.listen", required("dns.listen", d.listen)?.as_str())?;
-            let ttl = match d.ttl {
-                None => 60,
-                Some(t @ 0..=86_400) => t as u32,
-                Some(t) => return Err(ConfigError::invalid("dns.ttl", format!("{t} is more than a day (86400)"))),
-            };
-            let nameserver = match d.nameserver {
-                None => format!("ns1.{}", server.domain),
-                Some(n) => dns_name(&n).map_err(|m| ConfigError::invalid("dns.nameserver", m))?,
-            };
-            Some(DnsSection { listen: dns_listen, ttl, wildcard: d.wildcard.unwrap_or(false), nameserver })
         }
     };
 

@@ -329,5 +329,40 @@ fn clients_admin_and_clients_file() {
     std::fs::write(dir.join("more.yaml"), "- name: alice\n  key: \"x\"\n").unwrap();
     let err = opennotr_config::load_server(&path).expect_err("twice");
     assert_eq!(err.key(), Some("clientsFile"), "{err}");
+    // So is one of the server's own names, in the file as in the list.
+    std::fs::write(
+        dir.join("more.yaml"),
+        "- name: carol
+  key: \"c\"
+  domains: [\"*.vip.open.notr.test\"]
+",
+    )
+    .unwrap();
+    let err = opennotr_config::load_server(&path).expect_err("reserved");
+    assert_eq!(err.key(), Some("clientsFile[0].domains[0]"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The names the server answers for itself (the zone's apex, its name
+/// server, the VIP names) are refused in every list of claimable domains,
+/// naming the entry; the name server is `dns.nameserver` when set.
+#[test]
+fn lists_of_domains_cannot_name_the_servers_own() {
+    let with_keydomains = |list: &str, extra: &str| {
+        parse_server(&format!("{}{extra}", SERVER.replace("authKey", &format!("authKeyDomains: {list}\n  authKey"))))
+    };
+    assert_eq!(err_key(with_keydomains("[a.example, Open.Notr.Test.]", "")), "server.authKeyDomains[1]");
+    assert_eq!(err_key(with_keydomains("[ns1.open.notr.test]", "")), "server.authKeyDomains[0]");
+    assert_eq!(err_key(with_keydomains("[\"*.vip.open.notr.test\"]", "")), "server.authKeyDomains[0]");
+    assert!(with_keydomains("[\"*.open.notr.test\"]", "").is_ok());
+    let dns = "dns:\n  listen: \"127.0.0.1:0\"\n  nameserver: ns.example.net\n";
+    assert!(with_keydomains("[ns1.open.notr.test]", dns).is_ok());
+    assert_eq!(err_key(with_keydomains("[NS.example.net]", dns)), "server.authKeyDomains[0]");
+    let client = |domains: &str| format!("{dns}clients:\n  - name: a\n    key: k\n    domains: {domains}\n");
+    assert_eq!(err_key(server_with(&client("[ns.example.net]"))), "clients[0].domains[0]");
+    assert_eq!(err_key(server_with(&client("[x.vip.open.notr.test]"))), "clients[0].domains[0]");
+    // A client named like one gets it by default: it needs a list.
+    assert_eq!(err_key(server_with("clients:\n  - name: vip\n    key: k\n")), "clients[0].name");
+    let cfg = server_with("clients:\n  - name: vip\n    key: k\n    domains: [vip1.open.notr.test]\n");
+    assert_eq!(cfg.expect("listed").clients[0].domains, ["vip1.open.notr.test"]);
 }

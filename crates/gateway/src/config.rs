@@ -20,6 +20,10 @@ pub enum Mode {
     External {
         /// The admin API's URL.
         admin_url: String,
+        /// `adminSecret`: sent as `Authorization: Bearer <secret>`. `None`
+        /// only so the original's files (which have none) still load: the
+        /// plugin then refuses its forwards, naming the key.
+        secret: Option<opennotr_config::Secret>,
     },
 }
 
@@ -72,6 +76,7 @@ pub struct CertFiles {
 const KEYS: &[&str] = &[
     "listen",
     "adminUrl",
+    "adminSecret",
     "reconcileInterval",
     "wildcard",
     "headerTimeout",
@@ -161,10 +166,13 @@ impl GatewayConfig {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
                     return Err(err("adminUrl", format!("{u:?} is not an http(s) URL")));
                 }
-                Mode::External { admin_url: u }
+                Mode::External { admin_url: u, secret: admin_secret(obj).map_err(|m| err("adminSecret", m))? }
             }
             (None, None) => Mode::Off,
         };
+        if obj.get("adminSecret").is_some_and(|v| !v.is_null()) && !matches!(mode, Mode::External { .. }) {
+            return Err(err("adminSecret", "the external gateway's secret goes with adminUrl".into()));
+        }
         let wildcard = match obj.get("wildcard") {
             None | Some(serde_json::Value::Null) => false,
             Some(serde_json::Value::Bool(b)) => *b,
@@ -224,6 +232,26 @@ impl GatewayConfig {
     }
 }
 
+/// Fewest characters of `adminSecret` (the shipped gateway's own minimum).
+pub(crate) const MIN_ADMIN_SECRET: usize = 16;
+
+/// `adminSecret`: a header-safe string (visible ASCII, no spaces) of 16
+/// characters or more. Messages never repeat the value.
+fn admin_secret(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Option<opennotr_config::Secret>, String> {
+    let s = match obj.get("adminSecret") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => return Err("expected a string".into()),
+    };
+    if s.len() < MIN_ADMIN_SECRET || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "expected {MIN_ADMIN_SECRET} or more visible ASCII characters without spaces \
+             (the same as the gateway's admin.secret, e.g. from `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(Some(opennotr_config::Secret::new(s.clone())))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -244,8 +272,17 @@ pub(crate) mod tests {
         assert_eq!(c.mode, Mode::Embedded { listen: "0.0.0.0:80".parse().unwrap() });
         assert!(c.wildcard);
         assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        let secret = "0123456789abcdef0123";
+        let c =
+            GatewayConfig::parse("h2c", &json!({"adminUrl": "http://127.0.0.1:81/upstreams", "adminSecret": secret}))
+                .unwrap();
+        let want = Some(opennotr_config::Secret::new(secret));
+        assert_eq!(c.mode, Mode::External { admin_url: "http://127.0.0.1:81/upstreams".into(), secret: want });
+        assert!(!format!("{c:?}").contains(secret), "{c:?}");
+        // The original's files have no secret: they load, and the plugin
+        // refuses its forwards naming the key.
         let c = GatewayConfig::parse("h2c", &json!({"adminUrl": "http://127.0.0.1:81/upstreams"})).unwrap();
-        assert_eq!(c.mode, Mode::External { admin_url: "http://127.0.0.1:81/upstreams".into() });
+        assert_eq!(c.mode, Mode::External { admin_url: "http://127.0.0.1:81/upstreams".into(), secret: None });
         assert_eq!(GatewayConfig::parse("http", &json!({})).unwrap().mode, Mode::Off);
         // Go-style addresses, as every other listen key takes them.
         let c = GatewayConfig::parse("http", &json!({"listen": ":8080", "maxConnectionsPerIp": 8})).unwrap();
@@ -283,6 +320,25 @@ pub(crate) mod tests {
             key_of(GatewayConfig::parse("http", &json!({"listen": "0.0.0.0:80", "cert": "/x"})).unwrap_err()),
             "plugin.http.cert"
         );
+    }
+
+    #[test]
+    fn admin_secrets_are_checked_and_never_shown() {
+        let url = "http://127.0.0.1:81/upstreams";
+        for bad in [
+            json!("short-secret"),
+            json!("has a space in the middle"),
+            json!("bad\u{7f}characters-0123456"),
+            json!(12345678901234567_u64),
+        ] {
+            let e = GatewayConfig::parse("http", &json!({"adminUrl": url, "adminSecret": bad})).unwrap_err();
+            let shown = e.to_string();
+            assert_eq!(key_of(e), "plugin.http.adminSecret", "{bad}");
+            let value = bad.as_str().map(str::to_string).unwrap_or_else(|| bad.to_string());
+            assert!(!shown.contains(&value), "{shown}");
+        }
+        let e = GatewayConfig::parse("http", &json!({"listen": ":80", "adminSecret": "0123456789abcdef"})).unwrap_err();
+        assert_eq!(key_of(e), "plugin.http.adminSecret");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! the original's admin API, and the gateway proxies to `VIP:localPort`,
 //! which reaches the client through the virtual LAN (`server.tcplisten`).
 //!
+//! Every request carries `Authorization: Bearer <adminSecret>` (the
+//! shipped gateway answers nothing without it); a plugin without a secret
+//! sends nothing at all and its forwards are refused.
+//!
 //! - `POST adminUrl` with `{"scheme", "host", "ip", "port"}` (port as a
 //!   string, like the original) when a forward starts; it is awaited, and a
 //!   failure refuses the forward with the reason (the client prints it).
@@ -36,6 +40,7 @@ use hyper::{header, Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opennotr_config::Secret;
 use opennotr_plugin::{CancellationToken, Endpoint, ForwardContext, ForwardMeta, Ipv4Net, PluginError};
 use tracing::{debug, info, warn};
 
@@ -66,6 +71,8 @@ enum AdminError {
     Timeout,
     #[error("{method} answered {status}: {body}")]
     Status { method: Method, status: StatusCode, body: String },
+    #[error("{method} answered {status}: the gateway refused adminSecret (it must equal the gateway's admin secret)")]
+    Denied { method: Method, status: StatusCode },
     #[error("the list of mappings is not a JSON array: {0}")]
     BadList(String),
 }
@@ -74,10 +81,16 @@ enum AdminError {
 struct Admin {
     client: Client<HttpConnector, Full<Bytes>>,
     url: String,
+    /// `Bearer <adminSecret>`, marked sensitive (kept out of hyper's
+    /// `Debug` output).
+    auth: header::HeaderValue,
 }
 
 impl Admin {
-    fn new(url: String) -> Admin {
+    fn new(url: String, secret: &Secret) -> Result<Admin, String> {
+        let mut auth = header::HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
+            .map_err(|_| "not usable in an HTTP header".to_string())?;
+        auth.set_sensitive(true);
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
@@ -86,14 +99,14 @@ impl Admin {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
             .build(http);
-        Admin { client, url }
+        Ok(Admin { client, url, auth })
     }
 
     /// Sends one request; the body of a 2xx answer (at most `limit` bytes),
     /// else why not.
     async fn call(&self, method: Method, uri: &str, body: Option<String>, limit: usize) -> Result<Bytes, AdminError> {
         let parsed: Uri = uri.parse().map_err(|e| AdminError::Url(format!("{uri}: {e}")))?;
-        let mut req = Request::builder().method(method.clone()).uri(parsed);
+        let mut req = Request::builder().method(method.clone()).uri(parsed).header(header::AUTHORIZATION, &self.auth);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
@@ -108,6 +121,9 @@ impl Admin {
         };
         let (status, body) =
             tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| AdminError::Timeout)??;
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(AdminError::Denied { method, status });
+        }
         if status.is_success() {
             // Only a listing's body matters; the others' are "OK".
             body.or_else(|e| match method {
@@ -449,15 +465,19 @@ pub(crate) struct External {
 }
 
 impl External {
-    /// Checks the config (`adminUrl` as parsed, `reconcileInterval` from
-    /// the raw JSON) of plugin `scheme`, one of the server's `peers`.
+    /// Checks the config (`adminUrl` and `adminSecret` as parsed,
+    /// `reconcileInterval` from the raw JSON) of plugin `scheme`, one of
+    /// the server's `peers`. `None` without a secret: nothing can be
+    /// registered (the caller refuses the forwards, naming the key), and
+    /// nothing is sent to the gateway.
     pub(crate) fn new(
         scheme: &'static str,
         admin_url: &str,
+        secret: Option<&Secret>,
         raw: &serde_json::Value,
         shutdown: CancellationToken,
         peers: &Arc<Peers>,
-    ) -> Result<External, PluginError> {
+    ) -> Result<Option<External>, PluginError> {
         let err = |key: &str, message: String| PluginError::Config { key: format!("plugin.{scheme}.{key}"), message };
         if !admin_url.starts_with("http://") {
             return Err(err("adminUrl", format!("{admin_url:?}: only http:// admin URLs are supported")));
@@ -474,9 +494,14 @@ impl External {
             },
             Some(other) => return Err(err(RECONCILE_KEY, format!("expected a number of seconds, got {other}"))),
         };
+        let Some(secret) = secret else {
+            warn!(plugin = scheme, admin = %admin_url, "plugin.{scheme}.adminSecret is not set: the external gateway's admin API needs its secret, so this plugin's forwards are refused until it is");
+            return Ok(None);
+        };
+        let admin = Admin::new(admin_url.to_string(), secret).map_err(|m| err("adminSecret", m))?;
         let inner = Arc::new(Inner {
             scheme,
-            admin: Admin::new(admin_url.to_string()),
+            admin,
             table: Mutex::default(),
             pool: OnceLock::new(),
             peers: peers.clone(),
@@ -484,7 +509,13 @@ impl External {
             list_failing: AtomicBool::new(false),
         });
         peers.add(&inner);
-        Ok(External { inner, interval, started: AtomicBool::new(false), probed: AtomicBool::new(false), shutdown })
+        Ok(Some(External {
+            inner,
+            interval,
+            started: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
+            shutdown,
+        }))
     }
 
     /// Starts the reconciliation loop (once, inside the runtime): a pass at
@@ -648,30 +679,52 @@ mod tests {
         assert_eq!(query_url("http://h/u?k=1", "a b&c", "h2c"), "http://h/u?k=1&host=a%20b%26c&scheme=h2c");
     }
 
+    fn secret() -> Secret {
+        Secret::new("an-admin-secret-0123")
+    }
+
+    fn ext(scheme: &'static str, url: &str, j: &serde_json::Value, p: &Arc<Peers>) -> Result<External, PluginError> {
+        External::new(scheme, url, Some(&secret()), j, CancellationToken::new(), p).map(|e| e.expect("a secret"))
+    }
+
     #[test]
     fn config_is_checked() {
-        let c = CancellationToken::new();
         let p = Arc::new(Peers::default());
         let j = serde_json::json!({});
-        assert!(External::new("http", "http://127.0.0.1:81/upstreams", &j, c.clone(), &p).is_ok());
-        assert!(External::new("http", "https://127.0.0.1:81/upstreams", &j, c.clone(), &p).is_err());
+        assert!(ext("http", "http://127.0.0.1:81/upstreams", &j, &p).is_ok());
+        assert!(ext("http", "https://127.0.0.1:81/upstreams", &j, &p).is_err());
         let j = serde_json::json!({"reconcileInterval": 0});
-        assert!(External::new("http", "http://127.0.0.1:81/upstreams", &j, c.clone(), &p).is_err());
+        assert!(ext("http", "http://127.0.0.1:81/upstreams", &j, &p).is_err());
         let j = serde_json::json!({"reconcileInterval": 2.5});
-        assert_eq!(External::new("h2c", "http://x/u", &j, c, &p).unwrap().interval, Duration::from_millis(2500));
+        assert_eq!(ext("h2c", "http://x/u", &j, &p).unwrap().interval, Duration::from_millis(2500));
+        // Without a secret: checked all the same, then nothing to run.
+        let c = CancellationToken::new();
+        let j = serde_json::json!({});
+        assert!(External::new("http", "http://x/u", None, &j, c.clone(), &p).unwrap().is_none());
+        assert!(External::new("http", "https://x/u", None, &j, c, &p).is_err());
+        assert!(p.at("http://x/u").iter().all(|i| i.scheme == "h2c"), "a plugin without a secret is no peer");
+    }
+
+    #[test]
+    fn the_secret_is_sent_and_never_shown() {
+        let admin = Admin::new("http://x/u".into(), &secret()).unwrap();
+        assert_eq!(admin.auth.to_str().unwrap(), "Bearer an-admin-secret-0123");
+        assert!(admin.auth.is_sensitive());
+        assert!(!format!("{:?}", admin.auth).contains("0123"));
+        let denied = AdminError::Denied { method: Method::POST, status: StatusCode::FORBIDDEN };
+        assert!(denied.to_string().contains("adminSecret"), "{denied}");
     }
 
     #[test]
     fn peers_are_the_live_plugins_at_a_url() {
-        let c = CancellationToken::new();
         let p = Arc::new(Peers::default());
         let j = serde_json::json!({});
         let schemes = |url| p.at(url).iter().map(|i| i.scheme).collect::<Vec<_>>();
-        let http = External::new("http", "http://a/u", &j, c.clone(), &p).unwrap();
-        let h2c = External::new("h2c", "http://a/u", &j, c.clone(), &p).unwrap();
-        let other = External::new("https", "http://b/u", &j, c.clone(), &p).unwrap();
+        let http = ext("http", "http://a/u", &j, &p).unwrap();
+        let h2c = ext("h2c", "http://a/u", &j, &p).unwrap();
+        let other = ext("https", "http://b/u", &j, &p).unwrap();
         // A reload sets `http` up anew while the old one winds down.
-        let newer = External::new("http", "http://a/u", &j, c, &p).unwrap();
+        let newer = ext("http", "http://a/u", &j, &p).unwrap();
         assert_eq!(schemes("http://a/u"), ["http", "h2c", "http"]);
         assert!(Arc::ptr_eq(&p.at("http://a/u")[2], &newer.inner));
         drop((http, h2c));

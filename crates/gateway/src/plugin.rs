@@ -78,13 +78,14 @@ impl PluginFactory for GatewayFactory {
         }
         let shutdown = CancellationToken::new();
         let external = match &cfg.mode {
-            Mode::External { admin_url } => Some(crate::external::External::new(
+            Mode::External { admin_url, secret } => crate::external::External::new(
                 self.scheme.name(),
                 admin_url,
+                secret.as_ref(),
                 config,
                 shutdown.clone(),
                 &self.shared.external_peers,
-            )?),
+            )?,
             _ => None,
         };
         let port = match cfg.mode {
@@ -258,11 +259,14 @@ impl Plugin for GatewayPlugin {
             return ext.register(meta, &ctx).await;
         }
         let Some(port) = &self.port else {
-            return Err(PluginError::Refused(format!(
-                "the {} gateway is not configured on this server (plugin.{}.listen)",
-                self.scheme.name(),
-                self.scheme.name()
-            )));
+            let name = self.scheme.name();
+            return Err(PluginError::Refused(match &self.cfg.mode {
+                Mode::External { secret: None, .. } => format!(
+                    "the external gateway is not usable for {name}: plugin.{name}.adminSecret is not set on this \
+                     server (the gateway's admin API needs it); nothing was registered"
+                ),
+                _ => format!("the {name} gateway is not configured on this server (plugin.{name}.listen)"),
+            }));
         };
         if self.life.get().is_none() {
             // Not started: the server set it up but runs another one.

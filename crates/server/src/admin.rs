@@ -89,7 +89,8 @@ impl ServerHandle {
     }
 
     /// Re-reads the configuration file the server was started with and
-    /// applies what can change at run time (credentials); reports the rest
+    /// applies what can change at run time (credentials, limits, plugins,
+    /// `admin.token`); reports the rest
     /// as needing a restart. A file that does not validate changes nothing.
     pub fn reload(&self) -> Result<ReloadReport, BackendError> {
         let path = self.shared.config_path.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -171,7 +172,31 @@ impl ServerHandle {
             ("admin", same(&old.admin.as_ref().map(|a| a.listen), &next.admin.as_ref().map(|a| a.listen))),
         ];
         report.restart_required = checks.iter().filter(|(_, same)| !same).map(|(k, _)| k.to_string()).collect();
+        // A new admin.token is checked from the next request on, on
+        // connections already open too.
+        let token_changed = match (&next.admin, self.shared.admin_token.get()) {
+            (Some(a), Some(handle)) => handle.set(a.token.expose()).unwrap_or_else(|e| {
+                warn!(error = %e, "admin.token not replaced; the old one stays");
+                false
+            }),
+            _ => false,
+        };
+        if token_changed {
+            report.changed.push("admin.token".into());
+        }
+        // Weak keys this reload brings in; those already in force were
+        // warned about when they came.
+        let weak: Vec<_> = opennotr_config::weak_keys(&next)
+            .into_iter()
+            .filter(|w| match (&w.client, w.field) {
+                (Some(name), _) => names.contains(name) || !current.clients.contains_key(name),
+                (None, "server.authKey") => creds.shared_key != current.shared_key,
+                (None, "admin.token") => token_changed,
+                _ => false,
+            })
+            .collect();
         report.sessions_closed = self.shared.set_creds(creds);
+        crate::creds::warn_weak(&weak);
 
         // New plugin instances serve new forwards at once; sessions with a
         // forward on a replaced plugin are closed and come back on the new
@@ -222,9 +247,11 @@ impl Backend for ServerHandle {
     }
 
     fn add_client(&self, c: NewClient) -> Result<ClientView, BackendError> {
+        let weak = opennotr_config::key_weaknesses(&c.key);
         let text =
             CredentialText { name: c.name, key: c.key, domains: c.domains, ports: c.ports, protocols: c.protocols };
-        let cred = opennotr_config::credential("", text, &self.shared.cfg.server.domain).map_err(invalid)?;
+        let reserved = opennotr_config::ReservedNames::of(&self.shared.cfg);
+        let cred = opennotr_config::credential("", text, &reserved).map_err(invalid)?;
         let current = self.shared.creds();
         if current.clients.contains_key(&cred.name) {
             return Err(BackendError::Conflict(format!("client {:?} exists; remove it first", cred.name)));
@@ -233,6 +260,10 @@ impl Backend for ServerHandle {
         next.clients.insert(cred.name.clone(), (cred.clone(), Source::Api));
         self.shared.set_creds(next);
         info!(client = %cred.name, "credential added through the admin API");
+        if !weak.is_empty() {
+            let w = opennotr_config::WeakKey { field: "clients", client: Some(cred.name.clone()), reasons: weak };
+            crate::creds::warn_weak(&[w]);
+        }
         Ok(client_view(&self.shared, &cred, Source::Api))
     }
 

@@ -305,8 +305,8 @@ async fn control(
         };
     let (client_id, domain, forwards, vip_ports, mux) = register;
     let exports = session::exports(&forwards, &vip_ports);
-    if client_id.is_empty() || client_id.len() > 128 {
-        let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "bad client id".into() };
+    if let Err(message) = crate::state::check_client_id(&client_id, name.is_some()) {
+        let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message };
         let _ = writer.send(&m.to_bytes()).await;
         return;
     }

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use opennotr_config::{Credential, Secret, ServerConfig};
+use opennotr_config::{Credential, Secret, ServerConfig, WeakKey};
+use tracing::warn;
 
 /// Where a credential came from: the config (replaced on reload) or the
 /// admin API (kept across reloads, lost at restart).
@@ -78,6 +79,18 @@ impl Creds {
             .filter(|(name, (c, _))| next.clients.get(*name).is_none_or(|(n, _)| n != c))
             .map(|(name, _)| name.clone())
             .collect()
+    }
+}
+
+/// Warns about each weak key (short, or a sample from the docs), naming
+/// where it is and never showing it.
+pub(crate) fn warn_weak(keys: &[WeakKey]) {
+    for w in keys {
+        warn!(
+            field = w.field,
+            client = w.client.as_deref().unwrap_or(""),
+            "{w}: whoever guesses it gets in; set a long random one (e.g. `openssl rand -hex 24`)"
+        );
     }
 }
 

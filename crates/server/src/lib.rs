@@ -250,6 +250,8 @@ pub(crate) struct Shared {
     pub(crate) dns_stats: Option<Arc<opennotr_dns::DnsStats>>,
     /// The file to re-read on reload.
     pub(crate) config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
+    /// Replaces the admin API's token on reload, when the API is on.
+    pub(crate) admin_token: std::sync::OnceLock<opennotr_admin::TokenHandle>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -368,6 +370,7 @@ impl Server {
     /// Sets up the plugins (a config error comes back before anything is
     /// bound) and binds the control listener.
     pub async fn bind(cfg: ServerConfig, registry: &Registry) -> Result<Server, ServerError> {
+        creds::warn_weak(&opennotr_config::weak_keys(&cfg));
         let plugins = setup_plugins(&cfg, registry)?;
         // Without the capability (or nft, or Linux), the virtual LAN is off
         // and everything else works: one warning says so.
@@ -435,6 +438,7 @@ impl Server {
             handshakes: Default::default(),
             dns_stats: dns.as_ref().map(|d| d.stats()),
             config_path: Default::default(),
+            admin_token: Default::default(),
             cfg,
         });
         if let Some(v) = &vlan {
@@ -447,6 +451,7 @@ impl Server {
                 let server = opennotr_admin::AdminServer::bind(a.listen, a.token.expose().to_string(), backend)
                     .await
                     .map_err(|source| ServerError::Bind { addr: a.listen, source })?;
+                let _ = shared.admin_token.set(server.token_handle());
                 Some(server)
             }
         };

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use opennotr_config::ServerConfig;
+use opennotr_config::{ReservedNames, ServerConfig};
 use opennotr_proto::message::RefuseCode;
 use rand::Rng;
 
@@ -42,7 +42,8 @@ pub(crate) struct State {
     leases: HashMap<String, Lease>,
     max_leases: usize,
     max_clients: usize,
-    zone: String,
+    /// The zone and the names in it the server answers for itself.
+    reserved: ReservedNames,
 }
 
 /// What admission decided.
@@ -85,6 +86,22 @@ pub(crate) fn normalize_domain(d: &str) -> Result<String, String> {
     Ok(d)
 }
 
+/// Checks the `client_id` a client registers with; `named` when it
+/// authenticated with a credential. A named client's id is kept as
+/// `"{name}/{client_id}"`, so it only ever matches (and replaces, or takes
+/// the lease of) sessions of its own name. A shared-key client's id is kept
+/// as sent: one with a '/' could spell a named client's id and take its
+/// session or lease, so it is refused (real clients send hex).
+pub(crate) fn check_client_id(client_id: &str, named: bool) -> Result<(), String> {
+    if client_id.is_empty() || client_id.len() > 128 {
+        return Err("bad client id: 1 to 128 bytes".into());
+    }
+    if !named && client_id.contains('/') {
+        return Err("bad client id: a client of the shared key may not use '/' in its id".into());
+    }
+    Ok(())
+}
+
 impl State {
     pub(crate) fn new(cfg: &ServerConfig) -> Self {
         State {
@@ -96,7 +113,7 @@ impl State {
             leases: HashMap::new(),
             max_leases: cfg.limits.max_clients.saturating_mul(4).max(64),
             max_clients: cfg.limits.max_clients,
-            zone: cfg.server.domain.clone(),
+            reserved: ReservedNames::of(cfg),
         }
     }
 
@@ -119,12 +136,23 @@ impl State {
         }
         let lease = self.leases.get(client_id).cloned();
         let domain = match requested {
-            Some(d) => normalize_domain(d).map_err(|m| AdmitError::Refused(RefuseCode::DomainInvalid, m))?,
+            Some(d) => {
+                let d = normalize_domain(d).map_err(|m| AdmitError::Refused(RefuseCode::DomainInvalid, m))?;
+                if let Some(why) = self.reserved.why(&d) {
+                    return Err(AdmitError::Refused(
+                        RefuseCode::DomainInvalid,
+                        format!("{why}; no client may claim it"),
+                    ));
+                }
+                d
+            }
             None => match &lease {
                 Some(l) if !self.domains.contains_key(&l.domain) => l.domain.clone(),
+                // Only a custom `dns.nameserver` of 16 such characters could
+                // be drawn, but never is.
                 _ => loop {
-                    let d = format!("{}.{}", random_label(), self.zone);
-                    if !self.domains.contains_key(&d) {
+                    let d = format!("{}.{}", random_label(), self.reserved.zone());
+                    if !self.domains.contains_key(&d) && self.reserved.why(&d).is_none() {
                         break d;
                     }
                 },
@@ -195,6 +223,53 @@ mod tests {
         assert!(normalize_domain("-bad.example").is_err());
         assert!(normalize_domain("a..b").is_err());
         assert!(normalize_domain("sp ace.x").is_err());
+    }
+
+    fn state(extra: &str) -> State {
+        let yaml = format!(
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"Z.test\"\n\
+             dhcp:\n  cidr: \"100.64.242.1/24\"\n{extra}"
+        );
+        State::new(&opennotr_config::parse_server(&yaml).unwrap())
+    }
+
+    fn refusal(st: &mut State, domain: &str) -> Option<(RefuseCode, String)> {
+        match st.admit("id", Some(domain)) {
+            Ok(_) => None,
+            Err(AdmitError::Refused(code, message)) => Some((code, message)),
+            Err(AdmitError::Replace(_)) => unreachable!("no session"),
+        }
+    }
+
+    #[test]
+    fn the_servers_own_names_are_refused() {
+        let mut st = state("");
+        for d in ["z.test", "Z.Test.", "ns1.z.test", "vip.z.test", "abc.vip.z.test"] {
+            let (code, message) = refusal(&mut st, d).unwrap_or_else(|| panic!("{d} admitted"));
+            assert_eq!(code, RefuseCode::DomainInvalid, "{d}");
+            assert!(message.contains("no client may claim it"), "{d}: {message}");
+        }
+        for d in ["abc.z.test", "ns2.z.test", "vipx.z.test", "cloud.example.com"] {
+            assert!(refusal(&mut st, d).is_none(), "{d} refused");
+        }
+        // A name server of its own: that name, not ns1.<zone>.
+        let mut st = state("dns:\n  listen: \"127.0.0.1:0\"\n  nameserver: \"ns.example.net\"\n");
+        assert!(refusal(&mut st, "ns.example.net").unwrap().1.contains("dns.nameserver"));
+        assert!(refusal(&mut st, "ns1.z.test").is_none());
+    }
+
+    #[test]
+    fn a_shared_key_client_id_cannot_spell_a_named_one() {
+        assert!(check_client_id("5b0e9f", false).is_ok());
+        assert!(check_client_id("alice/5b0e9f", false).unwrap_err().contains("'/'"));
+        assert!(check_client_id("/x", false).is_err());
+        // Under a name anything goes: it is kept as "<name>/<id>".
+        assert!(check_client_id("x/y", true).is_ok());
+        for named in [false, true] {
+            assert!(check_client_id("", named).is_err());
+            assert!(check_client_id(&"a".repeat(129), named).is_err());
+            assert!(check_client_id(&"a".repeat(128), named).is_ok());
+        }
     }
 
     #[test]

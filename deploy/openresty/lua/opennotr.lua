@@ -1,7 +1,10 @@
 -- opennotr's external gateway: the admin API opennotrd registers with, and
 -- the routing of visitors by scheme://host to the client's VIP:port.
 --
--- Admin API (the original resty-upstream's, with validation):
+-- Admin API (the original resty-upstream's, with validation), only with
+-- `Authorization: Bearer <secret>` (401 without it, 403 with another one);
+-- the secret is read from a file at start (init's secret_file), and nginx
+-- does not start without it:
 --   POST   /upstreams  {"scheme": "http", "host": "a.example", "ip": "100.64.242.2", "port": "8080"}
 --   GET    /upstreams?host=a.example&scheme=http   -> the stored JSON, or 404
 --   GET    /upstreams                              -> every mapping, a JSON array
@@ -9,6 +12,7 @@
 -- Mappings live in the shared dict `upstreams` (lost on restart; opennotrd
 -- re-pushes them every reconcileInterval).
 
+local bit = require "bit"
 local cjson = require "cjson.safe"
 local balancer = require "ngx.balancer"
 
@@ -17,6 +21,13 @@ local _M = {}
 local SCHEMES = { http = true, https = true, h2c = true }
 -- Upstream ranges the admin API accepts (opennotrd's dhcp.cidr); set by init().
 local allowed = {}
+-- The admin secret, kept only as an HMAC under a key drawn at start: a
+-- presented secret is compared as a fixed-length tag, in a time that does
+-- not depend on where it differs. Set by init().
+local tag_key, secret_tag
+
+-- Fewest characters of the secret (opennotrd's adminSecret has the same).
+local MIN_SECRET = 16
 
 local function ipv4(s)
     if type(s) ~= "string" then return nil end
@@ -31,7 +42,35 @@ local function ipv4(s)
     return n
 end
 
--- init{ allow = {"100.64.0.0/10", ...} }, from init_by_lua.
+local function read_file(path, n)
+    local f, err = io.open(path, "rb")
+    if not f then return nil, err end
+    local data = f:read(n or "*a")
+    f:close()
+    return data
+end
+
+-- The admin secret from `path` (relative to nginx's prefix): one line of
+-- at least MIN_SECRET visible ASCII characters, no spaces.
+local function load_secret(path)
+    assert(type(path) == "string" and path ~= "",
+        "opennotr: init() needs secret_file, the file holding the admin API's secret")
+    if path:sub(1, 1) ~= "/" then
+        local prefix = ngx.config.prefix()
+        if prefix:sub(-1) ~= "/" then prefix = prefix .. "/" end
+        path = prefix .. path
+    end
+    local data, err = read_file(path)
+    assert(data, "opennotr: cannot read the admin secret (secret_file): " .. tostring(err))
+    local secret = data:gsub("^%s+", ""):gsub("%s+$", "")
+    assert(#secret >= MIN_SECRET and secret:match("^[!-~]+$"),
+        "opennotr: the admin secret in " .. path .. " must be one line of " .. MIN_SECRET
+        .. " or more visible characters without spaces (e.g. openssl rand -hex 32)")
+    return secret
+end
+
+-- init{ allow = {"100.64.0.0/10", ...}, secret_file = "admin.secret" },
+-- from init_by_lua: an error here stops nginx from starting.
 function _M.init(conf)
     allowed = {}
     for _, cidr in ipairs(conf.allow or {}) do
@@ -41,6 +80,20 @@ function _M.init(conf)
         local size = 2 ^ (32 - bits)
         table.insert(allowed, { base = math.floor(n / size), size = size })
     end
+    local secret = load_secret(conf.secret_file)
+    local key = read_file("/dev/urandom", 32)
+    assert(key and #key == 32, "opennotr: cannot read /dev/urandom")
+    tag_key, secret_tag = key, ngx.hmac_sha1(key, secret)
+end
+
+-- Whether two strings of the same length are equal, looking at every byte.
+local function same(a, b)
+    if #a ~= #b then return false end
+    local diff = 0
+    for i = 1, #a do
+        diff = bit.bor(diff, bit.bxor(a:byte(i), b:byte(i)))
+    end
+    return diff == 0
 end
 
 local function ip_allowed(s)
@@ -75,8 +128,29 @@ local function reply(status, body)
     return ngx.exit(status)
 end
 
+-- Whether the request carries the admin secret; if not, it has been
+-- answered: 401 without a Bearer credential, 403 with a wrong one.
+local function authorized()
+    if not secret_tag then
+        reply(503, "opennotr: no admin secret configured (init's secret_file)")
+        return false
+    end
+    local presented = (ngx.var.http_authorization or ""):match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([!-~]+) *$")
+    if not presented then
+        ngx.header["WWW-Authenticate"] = 'Bearer realm="opennotr-gateway"'
+        reply(401, "Authorization: Bearer <admin secret> required")
+        return false
+    end
+    if not same(ngx.hmac_sha1(tag_key, presented), secret_tag) then
+        reply(403, "wrong admin secret")
+        return false
+    end
+    return true
+end
+
 -- content_by_lua of the admin location.
 function _M.admin()
+    if not authorized() then return end
     local dict = ngx.shared.upstreams
     local method = ngx.req.get_method()
     local args = ngx.req.get_uri_args()
