@@ -67,13 +67,21 @@ fn failed(shared: &Shared, peer: SocketAddr) {
     }
 }
 
+/// What a connection sends first.
+enum First {
+    /// Our version's preface and the first frame.
+    Frame(bytes::Bytes),
+    /// The preface of another version: only a refusal can be understood.
+    Version(u8),
+}
+
 /// The preface and the first message, under `server.helloTimeout`.
-async fn hello(tcp: &mut TcpStream, limit: Duration) -> Result<Result<u8, bytes::Bytes>, TransportError> {
+async fn first(tcp: &mut TcpStream, limit: Duration) -> Result<First, TransportError> {
     timed(limit, "waiting for the hello", async {
         let preface = read_preface(tcp).await?;
         match parse_preface(&preface)? {
-            PROTOCOL_VERSION => Ok(Err(read_frame_exact(tcp).await?)),
-            other => Ok(Ok(other)),
+            PROTOCOL_VERSION => Ok(First::Frame(read_frame_exact(tcp).await?)),
+            other => Ok(First::Version(other)),
         }
     })
     .await
@@ -86,9 +94,9 @@ async fn handle(
     queued: OwnedSemaphorePermit,
     unauthenticated: Unauthenticated,
 ) {
-    let first = match hello(&mut tcp, shared.cfg.server.hello_timeout).await {
-        Ok(Err(first)) => first,
-        Ok(Ok(v)) => {
+    let first = match first(&mut tcp, shared.cfg.server.hello_timeout).await {
+        Ok(First::Frame(f)) => f,
+        Ok(First::Version(v)) => {
             let msg = format!(
                 "protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the client version {v}; \
                  run the same opennotr release on both sides"
