@@ -6,15 +6,18 @@ use crate::{pieces, split_ctl};
 
 /// Most bytes of a request head the gateway reads (`rules::MAX_REQUEST_HEAD`).
 const MAX_REQUEST_HEAD: usize = 32 * 1024;
+/// Most fields of a head it reads (`rules::MAX_HEADERS`).
+const MAX_HEADERS: usize = 100;
 
-/// How many framing fields (`Content-Length`, `Transfer-Encoding`) a head has.
-fn framing_fields(head: &[u8]) -> usize {
-    head.split(|b| *b == b'\n')
-        .filter(|line| {
-            let name = line.split(|b| *b == b':').next().unwrap_or_default();
-            name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
-        })
-        .count()
+/// How many `Content-Length` and `Transfer-Encoding` fields a head has.
+fn framing_fields(head: &[u8]) -> (usize, usize) {
+    let names = head.split(|b| *b == b'\n').map(|line| line.split(|b| *b == b':').next().unwrap_or_default());
+    names.fold((0, 0), |(cl, te), name| {
+        (
+            cl + usize::from(name.eq_ignore_ascii_case(b"content-length")),
+            te + usize::from(name.eq_ignore_ascii_case(b"transfer-encoding")),
+        )
+    })
 }
 
 /// Where a chunked body at the start of `buf` ends, if it does in `buf`.
@@ -38,11 +41,13 @@ pub fn http_request(data: &[u8]) {
         assert!(req.head_len > 0 && req.head_len <= rest.len() && req.head_len <= MAX_REQUEST_HEAD);
         assert_ne!(req.body, Body::Close);
         assert_eq!(req.route, req.route.to_ascii_lowercase());
-        assert!(!req.route.ends_with('.') && !req.route.is_empty(), "{:?}", req.route);
+        // (Empty for a `Host` of dots, which no domain is.)
+        assert!(!req.route.ends_with('.'), "{:?}", req.route);
         if let Some(hyper) = &req.hyper {
             assert_eq!(hyper, &Ok((req.body, req.route.clone(), req.upgrade)), "the hyper path decides otherwise");
         }
-        assert!(framing_fields(&req.rewritten) <= 1, "{}", String::from_utf8_lossy(&req.rewritten));
+        let (cl, te) = framing_fields(&req.rewritten);
+        assert!(cl + te <= 1, "{}", String::from_utf8_lossy(&req.rewritten));
         match gw::request(&req.rewritten) {
             Ok(Some(again)) => {
                 assert_eq!(again.head_len, req.rewritten.len());
@@ -75,8 +80,9 @@ pub fn http_request(data: &[u8]) {
 /// A service's connection, response after response, as the direct path
 /// reads it (control byte: bit 0, the request was HEAD; bit 1, it asked
 /// for an upgrade). For every response taken: the head the visitor gets
-/// frames the body the same way when read again, holds no
-/// `Content-Length` beside `Transfer-Encoding` when there is a body, and
+/// frames the body the same way when read again, holds one
+/// `Content-Length` at most and none beside `Transfer-Encoding` when
+/// there is a body, and
 /// says `Connection: close` unless the service's connection is reusable.
 pub fn http_response(data: &[u8]) {
     let (ctl, data) = split_ctl(data);
@@ -87,13 +93,22 @@ pub fn http_response(data: &[u8]) {
         let Ok(Some(resp)) = gw::response(rest, head_request, upgrade) else { return };
         assert!(resp.head_len > 0 && resp.head_len <= rest.len());
         assert!((100..=999).contains(&resp.status));
-        let again = gw::response(&resp.rewritten, head_request, upgrade)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&resp.rewritten)))
-            .expect("a whole head");
-        assert_eq!(again.head_len, resp.rewritten.len());
-        assert_eq!((again.status, again.body), (resp.status, resp.body));
+        // The gateway's `Content-Length` and `Connection: close` may take a
+        // head of a hundred fields past the hundred its parser reads.
+        let fields = resp.rewritten.windows(2).filter(|w| w == b"\r\n").count() - 2;
+        if fields <= MAX_HEADERS {
+            let again = gw::response(&resp.rewritten, head_request, upgrade)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&resp.rewritten)))
+                .expect("a whole head");
+            assert_eq!(again.head_len, resp.rewritten.len());
+            assert_eq!((again.status, again.body), (resp.status, resp.body));
+        }
+        // `Transfer-Encoding` goes on as the service sent it; the length
+        // is the gateway's own.
+        let (cl, te) = framing_fields(&resp.rewritten);
+        assert!(cl <= 1, "{}", String::from_utf8_lossy(&resp.rewritten));
         if resp.body != Body::None {
-            assert!(framing_fields(&resp.rewritten) <= 1, "{}", String::from_utf8_lossy(&resp.rewritten));
+            assert!(cl == 0 || te == 0, "{}", String::from_utf8_lossy(&resp.rewritten));
         }
         let says_close = resp.rewritten.windows(19).any(|w| w.eq_ignore_ascii_case(b"\r\nConnection: close"));
         assert_eq!(says_close, !resp.reusable);
