@@ -109,6 +109,7 @@ fn main() {
         ("datagram", datagrams),
         ("mux_frame", mux_frames),
         ("mux_session", mux_sessions),
+        ("mux_state", mux_states),
         ("http_request", http_requests),
         ("http_response", http_responses),
         ("chunked", chunked_bodies),
@@ -351,6 +352,34 @@ fn mux_sessions(s: &mut Seeds) {
         s.ctl("opener-answers", ctl, &answer);
     }
     s.ctl("bad-kind", 0, [0, 0, 0, 1, 7, 0, 0, 0, 0]);
+}
+
+/// Steps of `mux_state`: an operation, a stream id, two argument bytes.
+fn mux_states(s: &mut Seeds) {
+    // Peer frames (ops 1 and 2; the third byte picks the kind: 0 OPEN,
+    // 1 DATA, 2 FIN, 3 RESET, 4 WINDOW), this side's open (0, opener
+    // only), read (3), send (4), FIN (5), reset (6), drop (7).
+    let steps = |ops: &[[u8; 4]]| ops.concat();
+    // The acceptor: a stream opened, a window's worth of data read back
+    // in halves (so the window is granted and grows), then FIN and drop.
+    let mut grow = vec![[1, 3, 0, 0]];
+    for _ in 0..4 {
+        grow.push([1, 3, 1, 0xff]);
+    }
+    grow.extend([[3, 3, 0x80, 0], [3, 3, 0x80, 0], [1, 3, 2, 0], [7, 3, 0, 0]]);
+    s.ctl("acceptor-grow", 1, steps(&grow));
+    s.ctl("acceptor-open-twice", 1, steps(&[[1, 5, 0, 0], [1, 5, 0, 0]]));
+    s.ctl("acceptor-data-after-fin", 1, steps(&[[1, 5, 0, 0], [1, 5, 2, 0], [1, 5, 1, 4]]));
+    s.ctl("acceptor-reset-then-data", 1, steps(&[[1, 2, 0, 0], [1, 2, 3, 9], [1, 2, 1, 1], [3, 2, 0, 1]]));
+    s.ctl("acceptor-unknown-streams", 1, steps(&[[1, 9, 1, 1], [1, 9, 2, 0], [1, 9, 3, 0], [1, 9, 4, 7]]));
+    let opener = [[0, 0, 0, 0], [0, 0, 0, 0], [4, 0, 0xff, 0xff], [1, 0, 4, 0xff], [4, 0, 0xff, 0xff], [5, 0, 0, 0]];
+    s.ctl("opener-send-and-grants", 0, steps(&opener));
+    s.ctl("opener-open-from-acceptor", 0, steps(&[[1, 1, 0, 0]]));
+    s.ctl(
+        "opener-reset-drop-reopen",
+        0,
+        steps(&[[0, 0, 0, 0], [6, 0, 0, 0], [5, 0, 0, 0], [7, 0, 0, 0], [0, 0, 0, 0]]),
+    );
 }
 
 /// Request edge cases beyond the desync corpus.

@@ -34,7 +34,7 @@ pub use frame::{datagram, frame};
 pub use handshake::handshake;
 pub use http::{chunked, http_request, http_response};
 pub use message::message;
-pub use mux::{mux_frame, mux_session};
+pub use mux::{mux_frame, mux_session, mux_state};
 pub use record::record;
 pub use tls::tls_hello;
 
@@ -51,6 +51,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("datagram", datagram),
     ("mux_frame", mux_frame),
     ("mux_session", mux_session),
+    ("mux_state", mux_state),
     ("http_request", http_request),
     ("http_response", http_response),
     ("chunked", chunked),

@@ -5,7 +5,12 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
 
-use opennotr_proto::mux::{decode, encode, window_increment, Kind, MuxError, HEADER_LEN, MAX_DATA, MAX_REASON};
+use std::collections::HashMap;
+
+use opennotr_proto::mux::{
+    decode, encode, window_increment, Conn, Event, Header, Kind, MuxError, StateError, GROWTH_BUDGET, HEADER_LEN,
+    INITIAL_WINDOW, MAX_DATA, MAX_REASON, MAX_WINDOW,
+};
 use opennotr_transport::mux::{Mux, MAX_STREAMS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,6 +51,132 @@ pub fn mux_frame(data: &[u8]) {
             Err(MuxError::BadLength { len, .. }) => return assert_eq!(len as usize, len_field(rest)),
         }
     }
+}
+
+/// `proto::mux::Conn`, the streams' state and windows, driven by a run of
+/// operations read from the input: the peer's frames (any id, kind and
+/// length the codec allows) and this side's opens, reads, writes, FINs,
+/// resets and drops. After every step: at most `MAX_STREAMS` streams;
+/// every window between the initial one and `MAX_WINDOW`, their growth
+/// adding up to the connection's, within `GROWTH_BUDGET`; the bytes the
+/// peer may still send, plus those delivered and not read, plus those
+/// read and not granted back, make the window (so no window goes below
+/// zero or past its bound); data beyond the window or after FIN is
+/// refused, frames of unknown streams are let go, a stream is opened once.
+pub fn mux_state(data: &[u8]) {
+    let (ctl, mut ops) = split_ctl(data);
+    let accepting = ctl & 1 != 0;
+    let mut conn: Conn<()> = Conn::new(accepting);
+    // Bytes delivered to each stream's reader and not read yet.
+    let mut unread: HashMap<u32, usize> = HashMap::new();
+    let mut next = |n: usize| -> Option<&[u8]> {
+        let (a, b) = ops.split_at_checked(n)?;
+        ops = b;
+        Some(a)
+    };
+    while let Some(&[op, id, a, b]) = next(4) {
+        let id = u32::from(id % 16);
+        let arg = usize::from(u16::from_be_bytes([a, b]));
+        match op % 8 {
+            0 if !accepting => {
+                let before = conn.len();
+                match conn.open(()) {
+                    Some(id) => {
+                        assert_eq!(conn.len(), before + 1);
+                        unread.insert(id, 0);
+                    }
+                    None => assert!(before >= MAX_STREAMS),
+                }
+            }
+            0..=2 => {
+                let kind = [Kind::Open, Kind::Data, Kind::Fin, Kind::Reset, Kind::Window][usize::from(a) % 5];
+                let payload: Vec<u8> = match kind {
+                    Kind::Open | Kind::Fin => Vec::new(),
+                    Kind::Data => vec![0; 1 + (arg * 7 + usize::from(op)) % MAX_DATA],
+                    Kind::Reset => vec![b'x'; arg % (MAX_REASON + 1)],
+                    Kind::Window => (u32::from_be_bytes([a, b, op, id as u8]) >> (op % 32)).to_be_bytes().to_vec(),
+                };
+                let before = conn.get(id).map(|s| (s.recv_window(), s.fin_in(), s.is_reset()));
+                let got = conn.receive(Header { id, kind, len: payload.len() }, &payload, || ());
+                match (kind, before, got) {
+                    (Kind::Open, None, Ok(Event::Opened)) => {
+                        assert!(accepting);
+                        unread.insert(id, 0);
+                    }
+                    (Kind::Open, None, Ok(Event::Refused)) => assert!(conn.len() >= MAX_STREAMS),
+                    (Kind::Open, None, Err(StateError::OpenFromAcceptor)) => assert!(!accepting),
+                    (Kind::Open, Some(_), Err(e)) => {
+                        assert!(matches!(e, StateError::OpenedTwice(_) | StateError::OpenFromAcceptor));
+                        return;
+                    }
+                    (_, None, Ok(Event::Ignored)) if kind != Kind::Open => {}
+                    (Kind::Data, Some((recv, fin, reset)), Ok(Event::Data { deliver })) => {
+                        assert!(!fin && payload.len() <= recv as usize && deliver != reset);
+                        assert_eq!(conn.get(id).map(|s| s.recv_window()), Some(recv - payload.len() as u32));
+                        if deliver {
+                            *unread.entry(id).or_default() += payload.len();
+                        }
+                    }
+                    (Kind::Data, Some((recv, fin, _)), Err(StateError::BeyondWindow(_))) => {
+                        assert!(fin || payload.len() > recv as usize);
+                        return;
+                    }
+                    (Kind::Fin, Some(_), Ok(Event::Fin)) => assert!(conn.get(id).is_some_and(|s| s.fin_in())),
+                    (Kind::Reset, Some((_, _, was)), Ok(Event::Reset { first })) => assert_eq!(first, !was),
+                    (Kind::Window, Some(_), Ok(Event::Window)) => {}
+                    other => panic!("{kind:?} for stream {id}: {other:?}"),
+                }
+            }
+            3 => {
+                let have = unread.get(&id).copied().unwrap_or(0);
+                let n = arg % (have + 1);
+                if conn.get(id).is_some() && n > 0 {
+                    unread.insert(id, have - n);
+                    let _ = conn.read(id, n, have - n);
+                }
+            }
+            4 => {
+                if let Some(s) = conn.get_mut(id) {
+                    let n = (arg as u32).min(s.send_window());
+                    s.sent(n);
+                }
+            }
+            5 => {
+                if let Some(s) = conn.get_mut(id) {
+                    let (was_out, was_reset) = (s.fin_out(), s.is_reset());
+                    assert_eq!(s.finish(), !was_out && !was_reset);
+                }
+            }
+            6 => {
+                if let Some(s) = conn.get_mut(id) {
+                    let was = s.is_reset();
+                    assert_eq!(s.reset(), !was);
+                }
+            }
+            _ => {
+                let had = conn.get(id).is_some();
+                assert_eq!(conn.remove(id).is_some(), had);
+                unread.remove(&id);
+            }
+        }
+        check(&conn, &unread);
+    }
+}
+
+fn check(conn: &Conn<()>, unread: &HashMap<u32, usize>) {
+    assert!(conn.len() <= MAX_STREAMS);
+    let mut grown = 0;
+    for (id, s) in conn.iter() {
+        assert!((INITIAL_WINDOW..=MAX_WINDOW).contains(&s.window()), "window {}", s.window());
+        grown += (s.window() - INITIAL_WINDOW) as usize;
+        if !s.is_reset() {
+            let held =
+                u64::from(s.recv_window()) + unread.get(&id).copied().unwrap_or(0) as u64 + u64::from(s.unacked());
+            assert_eq!(held, u64::from(s.window()), "stream {id}: the window does not add up");
+        }
+    }
+    assert_eq!(grown, conn.grown());
+    assert!(grown <= GROWTH_BUDGET);
 }
 
 /// Whether the run of frames holds one `decode` refuses.
