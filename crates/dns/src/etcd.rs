@@ -36,6 +36,8 @@ use crate::Names;
 mod gateway;
 mod records;
 
+#[doc(hidden)]
+pub use gateway::fuzzing;
 use gateway::{Error, Gateway, Lease, Put};
 use records::{Expect, Layout};
 

@@ -69,6 +69,15 @@ pub fn answer(query: &[u8], names: &Names, cfg: &ZoneConfig, max_len: usize) -> 
     answer::respond(query, names, cfg, &index, answer::Limit::Fixed(max_len)).map(|r| r.bytes)
 }
 
+/// [`answer`] as the UDP server answers: within the query's own EDNS size
+/// (512 bytes without EDNS), never more than we advertise. For the fuzz
+/// targets (`crates/fuzz-targets`); the server calls the same code.
+#[doc(hidden)]
+pub fn answer_udp(query: &[u8], names: &Names, cfg: &ZoneConfig) -> Option<Vec<u8>> {
+    let index = answer::Index::new(names, cfg, server::serial_now());
+    answer::respond(query, names, cfg, &index, answer::Limit::Udp).map(|r| r.bytes)
+}
+
 /// The embedded DNS server, bound and ready to run.
 #[derive(Debug)]
 pub struct DnsServer {

@@ -190,9 +190,9 @@ impl AcmeConfig {
 }
 
 /// A certificate from the CA.
-struct Issued {
+pub(crate) struct Issued {
     key: Arc<CertifiedKey>,
-    not_after: SystemTime,
+    pub(crate) not_after: SystemTime,
 }
 
 /// The ACME state of one `https` plugin.
@@ -229,7 +229,7 @@ fn stem(domain: &str) -> String {
     domain.replace('*', "_")
 }
 
-fn parse_pair(chain_pem: &[u8], key_pem: &[u8]) -> Result<Issued, String> {
+pub(crate) fn parse_pair(chain_pem: &[u8], key_pem: &[u8]) -> Result<Issued, String> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(chain_pem).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     let leaf = chain.first().ok_or("no CERTIFICATE in the chain")?;
@@ -607,7 +607,7 @@ impl Acme {
 
 /// Whether a problem answering the account's first signed request means
 /// the CA does not accept the account itself (rather than the order).
-fn account_rejected(problem: &instant_acme::Problem) -> bool {
+pub(crate) fn account_rejected(problem: &instant_acme::Problem) -> bool {
     matches!(problem.r#type.as_deref(), Some(ACCOUNT_DOES_NOT_EXIST | "urn:ietf:params:acme:error:unauthorized"))
 }
 

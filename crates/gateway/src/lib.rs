@@ -29,6 +29,7 @@
 //!   listener and source; `io`: socket wrappers and pause timers.
 //! - `rules`: the HTTP/1.1 message rules (framing, strictness, head
 //!   rewriting) every path decides with; `route`: the routing table.
+//! - `fuzzing` (hidden): the decoders above, for the fuzz targets only.
 
 mod acme;
 mod config;
@@ -36,6 +37,8 @@ mod ctx;
 mod direct;
 mod error;
 mod external;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod general;
 mod guard;

@@ -372,12 +372,48 @@ async fn reload_loop(store: Arc<CertStore>, every: Duration, shutdown: Cancellat
     }
 }
 
+/// What a peek at a ClientHello makes of the bytes so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peek {
+    /// More bytes are needed.
+    More,
+    /// A whole ClientHello: its SNI, lowercase (`None` when it names none).
+    Hello(Option<String>),
+    /// Not TLS, or a hello larger than [`MAX_HELLO`].
+    NotTls,
+}
+
+/// Finds the SNI of a ClientHello in the bytes a visitor sends, however
+/// they are split; no I/O, so the passthrough's parsing is fuzzed alone.
+#[derive(Default)]
+pub struct HelloPeek {
+    acceptor: rustls::server::Acceptor,
+    read: usize,
+}
+
+impl HelloPeek {
+    /// Takes the next bytes read from the visitor.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Peek {
+        self.read += chunk.len();
+        while !chunk.is_empty() {
+            if self.acceptor.read_tls(&mut chunk).is_err() {
+                return Peek::NotTls;
+            }
+        }
+        match self.acceptor.accept() {
+            Ok(Some(accepted)) => Peek::Hello(accepted.client_hello().server_name().map(|n| n.to_ascii_lowercase())),
+            Ok(None) if self.read < MAX_HELLO => Peek::More,
+            _ => Peek::NotTls,
+        }
+    }
+}
+
 /// Reads the ClientHello, keeping every byte read: the bytes and the SNI
 /// (`None` inside when the hello names none). `None` when the visitor is
 /// not speaking TLS or is too slow.
 async fn read_hello(s: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Option<String>)> {
     let mut buf = Vec::with_capacity(2048);
-    let mut acceptor = rustls::server::Acceptor::default();
+    let mut peek = HelloPeek::default();
     let read = async {
         let mut chunk = [0u8; 4096];
         loop {
@@ -386,16 +422,10 @@ async fn read_hello(s: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Op
                 return None;
             }
             buf.extend_from_slice(&chunk[..n]);
-            let mut rd = &chunk[..n];
-            while !rd.is_empty() {
-                acceptor.read_tls(&mut rd).ok()?;
-            }
-            match acceptor.accept() {
-                Ok(Some(accepted)) => {
-                    return Some(accepted.client_hello().server_name().map(|n| n.to_ascii_lowercase()));
-                }
-                Ok(None) if buf.len() < MAX_HELLO => {}
-                _ => return None,
+            match peek.feed(&chunk[..n]) {
+                Peek::More => {}
+                Peek::Hello(sni) => return Some(sni),
+                Peek::NotTls => return None,
             }
         }
     };

@@ -9,7 +9,9 @@
 //!   key; derives the session keys. The key never crosses the wire.
 //! - [`record`]: AEAD records that encrypt a channel after the handshake.
 //! - [`datagram`]: how UDP datagrams keep their boundaries on a stream.
-//! - [`mux`]: many streams in one (the gateway's HTTP traffic).
+//! - [`mux`]: many streams in one (the gateway's HTTP traffic): the frames,
+//!   and the streams' state and windows as the frames move them
+//!   ([`mux::Conn`]).
 //!
 //! `docs/protocol.md` describes the same thing for people.
 #![warn(missing_docs)]

@@ -7,6 +7,9 @@
 //! [`QUANTUM`] of each in turn, so a large transfer shares the connection
 //! with small exchanges instead of queueing them behind it. Each stream
 //! has a window both ways, so a stream whose reader stalls stalls alone.
+//! The streams' state and windows, and what the peer's frames do to them,
+//! are [`opennotr_proto::mux::Conn`]'s rules, without I/O; this module
+//! keeps the buffers and wakers beside them and moves the bytes.
 //!
 //! What one connection can make this side hold is bounded: a stream's
 //! window starts at [`wire::INITIAL_WINDOW`] and grows, up to
@@ -16,7 +19,6 @@
 //! [`MAX_WINDOW`], and all streams' queues at [`QUEUE_BUDGET`], whatever
 //! windows the peer grants.
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -24,15 +26,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, BytesMut};
-use opennotr_proto::mux::{self as wire, Kind};
+use opennotr_proto::mux::{self as wire, Conn, Event, Kind};
+pub use opennotr_proto::mux::{GROWTH_BUDGET, MAX_STREAMS, MAX_WINDOW};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
 use crate::Counters;
 
-/// Streams one multiplexed connection carries at once, at most.
-pub const MAX_STREAMS: usize = 1024;
 /// Unsent bytes a carrier's socket may hold ([`crate::limit_unsent`]):
 /// enough to keep a fast link busy between two writes, little enough that
 /// a small exchange is not queued behind a large one for long.
@@ -42,41 +43,18 @@ pub const CARRIER_UNSENT: u32 = 128 * 1024;
 pub const QUANTUM: usize = 16 * 1024;
 /// A write stops taking turns at this size.
 const BATCH: usize = 256 * 1024;
-/// Largest receive window a stream grows to, and most bytes one stream
-/// queues for sending.
-pub const MAX_WINDOW: u32 = 4 * 1024 * 1024;
-/// How far the windows of one connection's streams may grow beyond
-/// [`wire::INITIAL_WINDOW`], together (64 streams at [`MAX_WINDOW`]): with
-/// [`MAX_STREAMS`] streams whose readers all stall, this side holds at most
-/// 64 MiB of their initial windows plus this. A grown window stays while
-/// its stream lives, idle in a pool too, so the budget is generous.
-pub const GROWTH_BUDGET: usize = 256 * 1024 * 1024;
 /// Bytes all streams of one connection may queue for sending together,
 /// whatever windows the peer grants.
 pub const QUEUE_BUDGET: usize = 64 * 1024 * 1024;
 
-#[derive(Debug)]
+/// What this side keeps for a stream beside its state ([`wire::Stream`]).
+#[derive(Debug, Default)]
 struct Slot {
     inbuf: BytesMut,
-    /// The peer sent FIN.
-    fin_in: bool,
-    /// This side sent FIN.
-    fin_out: bool,
-    /// The stream was aborted (by either side), and why.
-    reset: Option<String>,
+    /// Why the stream was aborted, once it is.
+    why: String,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
-    /// Bytes this side may still send.
-    send_window: u32,
-    /// Bytes the peer may still send.
-    recv_window: u32,
-    /// The receive window this side keeps granting: unread plus unsent
-    /// bytes of the peer's, at most.
-    window: u32,
-    /// The peer came near the end of its window since the last WINDOW.
-    starved: bool,
-    /// Bytes read here and not yet announced with WINDOW.
-    unacked: u32,
     /// Bytes written here, waiting for the writer task.
     outq: BytesMut,
     /// FIN goes out after `outq`.
@@ -89,67 +67,21 @@ struct Slot {
 }
 
 impl Slot {
-    fn new() -> Slot {
-        Slot {
-            inbuf: BytesMut::new(),
-            fin_in: false,
-            fin_out: false,
-            reset: None,
-            read_waker: None,
-            write_waker: None,
-            send_window: wire::INITIAL_WINDOW,
-            recv_window: wire::INITIAL_WINDOW,
-            window: wire::INITIAL_WINDOW,
-            starved: false,
-            unacked: 0,
-            outq: BytesMut::new(),
-            fin_queued: false,
-            queued: false,
-            detached: false,
-        }
-    }
-
-    /// After a read: the increment to announce with WINDOW, once half the
-    /// window has been read. `grown` is the connection's growth so far.
-    fn grant(&mut self, grown: &mut usize) -> Option<u32> {
-        if self.unacked < self.window / 2 || self.fin_in {
-            return None;
-        }
-        let mut inc = std::mem::take(&mut self.unacked);
-        // The peer nearly ran out of window while this reader kept up: the
-        // window holds the stream back, not the reader, so it doubles. A
-        // reader that falls behind has bytes waiting here and gets no more.
-        if self.starved && self.inbuf.len() <= self.window as usize / 4 && self.window < MAX_WINDOW {
-            let more = self.window.min(MAX_WINDOW - self.window);
-            if *grown + more as usize <= GROWTH_BUDGET {
-                *grown += more as usize;
-                self.window += more;
-                inc += more;
-            }
-        }
-        self.starved = false;
-        self.recv_window += inc;
-        Some(inc)
-    }
-
     fn wake(&mut self, wakers: &mut Vec<Waker>) {
         wakers.extend(self.read_waker.take());
         wakers.extend(self.write_waker.take());
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// OPEN, RESET and WINDOW frames: they go first in the next write.
     ctrl: Vec<u8>,
     /// Streams with bytes (or a FIN) queued, in turn order.
     ready: std::collections::VecDeque<u32>,
-    streams: HashMap<u32, Slot>,
+    streams: Conn<Slot>,
     /// Why the connection is gone, once it is.
     closed: Option<String>,
-    next_id: u32,
-    /// Sum of the streams' windows beyond the initial one.
-    grown: usize,
     /// Sum of the streams' `outq` lengths.
     queued: usize,
     /// Writers waiting for [`QUEUE_BUDGET`] room.
@@ -164,6 +96,17 @@ struct Shared {
 }
 
 impl State {
+    fn new(accepting: bool) -> State {
+        State {
+            ctrl: Vec::new(),
+            ready: Default::default(),
+            streams: Conn::new(accepting),
+            closed: None,
+            queued: 0,
+            budget_wakers: Vec::new(),
+        }
+    }
+
     fn idle(&self) -> bool {
         self.ctrl.is_empty() && self.ready.is_empty()
     }
@@ -171,29 +114,28 @@ impl State {
     /// Puts a stream in line for the writer; true if the writer was idle.
     fn enqueue(&mut self, id: u32) -> bool {
         let idle = self.idle();
-        if let Some(s) = self.streams.get_mut(&id) {
-            if !s.queued {
-                s.queued = true;
+        if let Some(s) = self.streams.get_mut(id) {
+            if !s.io.queued {
+                s.io.queued = true;
                 self.ready.push_back(id);
             }
         }
         idle
     }
 
-    /// Forgets a stream, and what its window took of the growth budget.
+    /// Forgets a stream, and what it took of the budgets.
     fn remove(&mut self, id: u32) {
-        if let Some(s) = self.streams.remove(&id) {
-            self.grown -= (s.window - wire::INITIAL_WINDOW) as usize;
-            self.queued -= s.outq.len();
+        if let Some(s) = self.streams.remove(id) {
+            self.queued -= s.io.outq.len();
         }
     }
 
     /// Drops what a stream queued for sending (it was reset).
     fn discard_queue(&mut self, id: u32) {
-        if let Some(s) = self.streams.get_mut(&id) {
-            self.queued -= s.outq.len();
-            s.outq.clear();
-            s.fin_queued = false;
+        if let Some(s) = self.streams.get_mut(id) {
+            self.queued -= s.io.outq.len();
+            s.io.outq.clear();
+            s.io.fin_queued = false;
         }
     }
 
@@ -204,8 +146,10 @@ impl State {
         batch.append(&mut self.ctrl);
         while batch.len() < BATCH {
             let Some(id) = self.ready.pop_front() else { break };
-            let Some(s) = self.streams.get_mut(&id) else { continue };
-            if s.reset.is_some() {
+            let Some(s) = self.streams.get_mut(id) else { continue };
+            let reset = s.is_reset();
+            let s = &mut s.io;
+            if reset {
                 s.queued = false;
                 if s.detached {
                     self.remove(id);
@@ -262,8 +206,8 @@ impl Shared {
                 debug!(reason = %why, "multiplexed connection closed");
                 st.closed = Some(why);
             }
-            for s in st.streams.values_mut() {
-                s.wake(&mut wakers);
+            for (_, s) in st.streams.iter_mut() {
+                s.io.wake(&mut wakers);
             }
         }
         wakers.into_iter().for_each(Waker::wake);
@@ -303,7 +247,8 @@ impl Mux {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake_writer: Notify::new(), counters });
+        let state = Mutex::new(State::new(accept.is_some()));
+        let shared = Arc::new(Shared { state, wake_writer: Notify::new(), counters });
         let (rd, wr) = tokio::io::split(io);
         tokio::spawn(read_loop(rd, shared.clone(), accept));
         tokio::spawn(write_loop(wr, shared.clone()));
@@ -328,12 +273,9 @@ impl Mux {
             if let Some(why) = &st.closed {
                 return Err(io::Error::new(io::ErrorKind::NotConnected, why.clone()));
             }
-            if st.streams.len() >= MAX_STREAMS {
+            let Some(id) = st.streams.open(Slot::default()) else {
                 return Err(io::Error::other("too many multiplexed streams"));
-            }
-            let id = st.next_id;
-            st.next_id = st.next_id.wrapping_add(1);
-            st.streams.insert(id, Slot::new());
+            };
             let notify = self.shared.queue(&mut st, id, Kind::Open, &[]);
             (id, notify)
         };
@@ -411,61 +353,42 @@ fn on_frame(
     after: &mut After,
 ) -> Result<(), String> {
     let wakers = &mut after.wakers;
-    match h.kind {
-        Kind::Open => {
-            let Some(tx) = accept else { return Err("OPEN from the accepting side".into()) };
-            if st.streams.contains_key(&h.id) {
-                return Err(format!("stream {} opened twice", h.id));
-            }
-            if st.streams.len() >= MAX_STREAMS {
-                after.notify |= shared.queue(st, h.id, Kind::Reset, b"too many multiplexed streams");
-                return Ok(());
-            }
-            st.streams.insert(h.id, Slot::new());
-            if let Err(e) = tx.send(MuxStream::new(h.id, shared.clone())) {
-                after.rejected.push(e.0);
+    let event = st.streams.receive(h, payload, Slot::default).map_err(|e| e.to_string())?;
+    let s = st.streams.get_mut(h.id);
+    match (event, s) {
+        (Event::Opened, _) => {
+            // The state opens streams only on the accepting side, which has `accept`.
+            if let Some(tx) = accept {
+                if let Err(e) = tx.send(MuxStream::new(h.id, shared.clone())) {
+                    after.rejected.push(e.0);
+                }
             }
         }
-        Kind::Data => {
-            // Frames of a stream this side dropped are let go.
-            let Some(s) = st.streams.get_mut(&h.id) else { return Ok(()) };
-            let len = payload.len() as u32;
-            if s.fin_in || len > s.recv_window {
-                return Err(format!("stream {}: data beyond its window or end", h.id));
-            }
-            s.recv_window -= len;
-            s.starved |= s.recv_window <= s.window / 4;
-            if s.reset.is_none() {
-                s.inbuf.extend_from_slice(payload);
-                wakers.extend(s.read_waker.take());
-            }
+        (Event::Refused, _) => {
+            after.notify |= shared.queue(st, h.id, Kind::Reset, b"too many multiplexed streams");
         }
-        Kind::Fin => {
-            if let Some(s) = st.streams.get_mut(&h.id) {
-                s.fin_in = true;
-                wakers.extend(s.read_waker.take());
-            }
+        // Bytes of a stream this side reset are let go (the catch-all).
+        (Event::Data { deliver: true }, Some(s)) => {
+            s.io.inbuf.extend_from_slice(payload);
+            wakers.extend(s.io.read_waker.take());
         }
-        Kind::Reset => {
-            let Some(s) = st.streams.get_mut(&h.id) else { return Ok(()) };
-            if s.reset.is_none() {
+        (Event::Fin, Some(s)) => wakers.extend(s.io.read_waker.take()),
+        (Event::Reset { first }, Some(s)) => {
+            if first {
                 let why = String::from_utf8_lossy(payload);
-                s.reset = Some(if why.is_empty() { "stream reset by the peer".into() } else { why.into_owned() });
+                s.io.why = if why.is_empty() { "stream reset by the peer".into() } else { why.into_owned() };
             }
-            s.wake(wakers);
+            s.io.wake(wakers);
             // Nobody will read or send on a stream dropped here already.
-            if s.detached {
+            if s.io.detached {
                 st.remove(h.id);
             } else {
                 st.discard_queue(h.id);
             }
         }
-        Kind::Window => {
-            if let Some(s) = st.streams.get_mut(&h.id) {
-                s.send_window = s.send_window.saturating_add(wire::window_increment(payload));
-                wakers.extend(s.write_waker.take());
-            }
-        }
+        (Event::Window, Some(s)) => wakers.extend(s.io.write_waker.take()),
+        // Frames of a stream this side dropped are let go.
+        _ => {}
     }
     Ok(())
 }
@@ -528,19 +451,19 @@ impl MuxStream {
         st.closed.is_none()
             && st
                 .streams
-                .get(&self.id)
-                .is_some_and(|s| !s.fin_in && !s.fin_out && s.reset.is_none() && s.inbuf.is_empty())
+                .get(self.id)
+                .is_some_and(|s| !s.fin_in() && !s.fin_out() && !s.is_reset() && s.io.inbuf.is_empty())
     }
 
     /// Aborts the stream, telling the peer why.
     pub fn reset(&self, why: &str) {
         let notify = {
             let mut st = self.shared.lock();
-            let Some(s) = st.streams.get_mut(&self.id) else { return };
-            if s.reset.is_some() {
+            let Some(s) = st.streams.get_mut(self.id) else { return };
+            if !s.reset() {
                 return;
             }
-            s.reset = Some(why.to_string());
+            s.io.why = why.to_string();
             st.discard_queue(self.id);
             let why = &why.as_bytes()[..why.len().min(wire::MAX_REASON)];
             self.shared.queue(&mut st, self.id, Kind::Reset, why)
@@ -560,31 +483,31 @@ impl AsyncRead for MuxStream {
         let mut notify = false;
         let r = {
             let mut guard = self.shared.lock();
-            let State { ctrl, ready, streams, closed, grown, .. } = &mut *guard;
-            let Some(s) = streams.get_mut(&self.id) else {
+            let State { ctrl, ready, streams, closed, .. } = &mut *guard;
+            let Some(s) = streams.get_mut(self.id) else {
                 return Poll::Ready(Err(reset_error("stream gone")));
             };
-            if !s.inbuf.is_empty() {
-                let n = buf.remaining().min(s.inbuf.len());
-                buf.put_slice(&s.inbuf[..n]);
-                s.inbuf.advance(n);
+            if !s.io.inbuf.is_empty() {
+                let n = buf.remaining().min(s.io.inbuf.len());
+                buf.put_slice(&s.io.inbuf[..n]);
+                s.io.inbuf.advance(n);
                 if let Some(c) = &self.shared.counters {
                     c.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                s.unacked += n as u32;
-                if let Some(inc) = s.grant(grown) {
+                let unread = s.io.inbuf.len();
+                if let Some(inc) = streams.read(self.id, n, unread) {
                     notify = ctrl.is_empty() && ready.is_empty();
                     wire::encode_window(ctrl, self.id, inc);
                 }
                 Poll::Ready(Ok(()))
-            } else if let Some(why) = &s.reset {
-                Poll::Ready(Err(reset_error(why)))
-            } else if s.fin_in {
+            } else if s.is_reset() {
+                Poll::Ready(Err(reset_error(&s.io.why)))
+            } else if s.fin_in() {
                 Poll::Ready(Ok(()))
             } else if let Some(why) = closed {
                 Poll::Ready(Err(reset_error(why)))
             } else {
-                s.read_waker = Some(cx.waker().clone());
+                s.io.read_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         };
@@ -607,13 +530,13 @@ impl AsyncWrite for MuxStream {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, why.clone())));
             }
             let budget = QUEUE_BUDGET.saturating_sub(st.queued);
-            let Some(s) = st.streams.get_mut(&self.id) else {
+            let Some(s) = st.streams.get_mut(self.id) else {
                 return Poll::Ready(Err(reset_error("stream gone")));
             };
-            if let Some(why) = &s.reset {
-                return Poll::Ready(Err(reset_error(why)));
+            if s.is_reset() {
+                return Poll::Ready(Err(reset_error(&s.io.why)));
             }
-            if s.fin_out {
+            if s.fin_out() {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
             // The window bounds what a stream queues here too: its bytes
@@ -621,17 +544,18 @@ impl AsyncWrite for MuxStream {
             // a peer that grants windows without reading the connection
             // still gets no more than MAX_WINDOW queued per stream and
             // QUEUE_BUDGET in all.
-            let room = (s.send_window as usize).min((MAX_WINDOW as usize).saturating_sub(s.outq.len())).min(budget);
+            let room =
+                (s.send_window() as usize).min((MAX_WINDOW as usize).saturating_sub(s.io.outq.len())).min(budget);
             if room == 0 {
-                s.write_waker = Some(cx.waker().clone());
+                s.io.write_waker = Some(cx.waker().clone());
                 if budget == 0 && !st.budget_wakers.iter().any(|w| w.will_wake(cx.waker())) {
                     st.budget_wakers.push(cx.waker().clone());
                 }
                 return Poll::Pending;
             }
             let n = data.len().min(room);
-            s.send_window -= n as u32;
-            s.outq.extend_from_slice(&data[..n]);
+            s.sent(n as u32);
+            s.io.outq.extend_from_slice(&data[..n]);
             st.queued += n;
             if let Some(c) = &self.shared.counters {
                 c.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -652,12 +576,11 @@ impl AsyncWrite for MuxStream {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let notify = {
             let mut st = self.shared.lock();
-            let Some(s) = st.streams.get_mut(&self.id) else { return Poll::Ready(Ok(())) };
-            if s.fin_out || s.reset.is_some() {
+            let Some(s) = st.streams.get_mut(self.id) else { return Poll::Ready(Ok(())) };
+            if !s.finish() {
                 return Poll::Ready(Ok(()));
             }
-            s.fin_out = true;
-            s.fin_queued = true;
+            s.io.fin_queued = true;
             st.enqueue(self.id)
         };
         if notify {
@@ -675,14 +598,14 @@ impl Drop for MuxStream {
         let notify = {
             let mut st = self.shared.lock();
             let closed = st.closed.is_some();
-            let Some(s) = st.streams.get_mut(&self.id) else { return };
-            if s.reset.is_some() || closed {
+            let Some(s) = st.streams.get_mut(self.id) else { return };
+            if s.is_reset() || closed {
                 st.remove(self.id);
                 false
-            } else if s.fin_in && s.fin_out {
+            } else if s.fin_in() && s.fin_out() {
                 // A clean close: what is still queued goes out first.
-                if s.queued {
-                    s.detached = true;
+                if s.io.queued {
+                    s.io.detached = true;
                 } else {
                     st.remove(self.id);
                 }
@@ -804,57 +727,13 @@ mod tests {
         assert!(got == expect, "the bytes differ");
         let (window, grown) = {
             let st = acceptor.shared.lock();
-            (st.streams[&r.id].window, st.grown)
+            (st.streams.get(r.id).expect("the stream").window(), st.streams.grown())
         };
         assert!(window > wire::INITIAL_WINDOW && window <= MAX_WINDOW, "window {window}");
         assert_eq!(grown, (window - wire::INITIAL_WINDOW) as usize);
         drop(r);
         drop(writer.await.unwrap());
-        assert_eq!(acceptor.shared.lock().grown, 0);
-    }
-
-    /// When a window grows: only once half of it was read, only if the
-    /// peer nearly used it up while little waits unread, by doubling, up
-    /// to MAX_WINDOW and within the connection's budget.
-    #[test]
-    fn windows_grow_only_for_readers_that_keep_up() {
-        let slot = |starved: bool, unread: usize| {
-            let mut s = Slot::new();
-            s.recv_window = 0;
-            s.unacked = wire::INITIAL_WINDOW - unread as u32;
-            s.inbuf.extend_from_slice(&vec![0u8; unread]);
-            s.starved = starved;
-            s
-        };
-        let w = wire::INITIAL_WINDOW;
-        let mut grown = 0;
-        // Kept up with a sender the window held back: doubles.
-        let mut s = slot(true, 0);
-        assert_eq!(s.grant(&mut grown), Some(2 * w));
-        assert_eq!((s.window, s.recv_window, grown, s.starved), (2 * w, 2 * w, w as usize, false));
-        // Behind: half the window still unread.
-        let mut grown = 0;
-        let mut s = slot(true, w as usize / 2);
-        assert_eq!(s.grant(&mut grown), Some(w / 2));
-        assert_eq!((s.window, grown), (w, 0));
-        // The sender had window to spare: it is not the limit.
-        assert_eq!(slot(false, 0).grant(&mut grown), Some(w));
-        // Not half read yet: nothing to announce.
-        let mut s = slot(true, 0);
-        s.unacked = w / 2 - 1;
-        assert_eq!(s.grant(&mut grown), None);
-        // The budget is spent.
-        let mut grown = GROWTH_BUDGET;
-        let mut s = slot(true, 0);
-        assert_eq!(s.grant(&mut grown), Some(w));
-        assert_eq!(s.window, w);
-        // At the cap.
-        let mut grown = 0;
-        let mut s = slot(true, 0);
-        s.window = MAX_WINDOW;
-        s.unacked = MAX_WINDOW;
-        assert_eq!(s.grant(&mut grown), Some(MAX_WINDOW));
-        assert_eq!((s.window, grown), (MAX_WINDOW, 0));
+        assert_eq!(acceptor.shared.lock().streams.grown(), 0);
     }
 
     /// A peer that grants a huge window and stops reading the connection
@@ -870,7 +749,7 @@ mod tests {
         let mut grant = Vec::new();
         wire::encode_window(&mut grant, s.id, 1 << 30);
         b.write_all(&grant).await.unwrap();
-        while opener.shared.lock().streams[&s.id].send_window <= wire::INITIAL_WINDOW {
+        while opener.shared.lock().streams.get(s.id).expect("the stream").send_window() <= wire::INITIAL_WINDOW {
             tokio::task::yield_now().await;
         }
         let big = vec![1u8; 2 * MAX_WINDOW as usize];
@@ -883,7 +762,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(sent >= MAX_WINDOW as usize && sent <= MAX_WINDOW as usize + BATCH, "queued {sent}");
-        assert!(opener.shared.lock().streams[&s.id].outq.len() <= MAX_WINDOW as usize);
+        assert!(opener.shared.lock().streams.get(s.id).expect("the stream").io.outq.len() <= MAX_WINDOW as usize);
     }
 
     /// A peer that grants huge windows on many streams and stops reading
@@ -900,7 +779,7 @@ mod tests {
             wire::encode_window(&mut grants, s.id, 1 << 30);
         }
         b.write_all(&grants).await.unwrap();
-        let granted = |o: &Mux| o.shared.lock().streams.values().all(|s| s.send_window > wire::INITIAL_WINDOW);
+        let granted = |o: &Mux| o.shared.lock().streams.iter().all(|(_, s)| s.send_window() > wire::INITIAL_WINDOW);
         while !granted(&opener) {
             tokio::task::yield_now().await;
         }
@@ -920,7 +799,7 @@ mod tests {
         }
         {
             let st = opener.shared.lock();
-            assert_eq!(st.queued, st.streams.values().map(|s| s.outq.len()).sum::<usize>());
+            assert_eq!(st.queued, st.streams.iter().map(|(_, s)| s.io.outq.len()).sum::<usize>());
             assert!(st.queued <= QUEUE_BUDGET, "queued {}", st.queued);
         }
         let total: usize = sent.iter().sum();
@@ -939,20 +818,18 @@ mod tests {
     #[test]
     fn a_reset_frees_a_stream_kept_for_its_last_bytes() {
         let shared =
-            Arc::new(Shared { state: Mutex::new(State::default()), wake_writer: Notify::new(), counters: None });
-        let mut st = State::default();
-        let mut slot = Slot::new();
+            Arc::new(Shared { state: Mutex::new(State::new(false)), wake_writer: Notify::new(), counters: None });
+        let mut st = State::new(false);
+        let id = st.streams.open(Slot::default()).unwrap();
+        let slot = &mut st.streams.get_mut(id).unwrap().io;
         slot.outq.extend_from_slice(&[1u8; 1000]);
-        slot.window = 2 * wire::INITIAL_WINDOW;
         slot.detached = true;
-        st.streams.insert(5, slot);
-        st.enqueue(5);
+        st.enqueue(id);
         st.queued = 1000;
-        st.grown = wire::INITIAL_WINDOW as usize;
-        let h = wire::Header { id: 5, kind: Kind::Reset, len: 0 };
+        let h = wire::Header { id, kind: Kind::Reset, len: 0 };
         on_frame(&shared, &mut st, h, &[], None, &mut After::default()).unwrap();
         assert!(st.streams.is_empty());
-        assert_eq!((st.queued, st.grown), (0, 0));
+        assert_eq!((st.queued, st.streams.grown()), (0, 0));
         assert!(!st.take_batch(&mut Vec::new(), &mut Vec::new()));
     }
 
@@ -975,15 +852,13 @@ mod tests {
     /// transfer goes out in the first write, not after the transfer.
     #[test]
     fn writes_take_turns_between_streams() {
-        let mut st = State::default();
-        for id in [1, 2] {
-            st.streams.insert(id, Slot::new());
-        }
-        st.streams.get_mut(&1).unwrap().outq.extend_from_slice(&vec![1u8; 200 * 1024]);
-        st.enqueue(1);
-        st.streams.get_mut(&2).unwrap().outq.extend_from_slice(b"small");
-        st.streams.get_mut(&2).unwrap().fin_queued = true;
-        st.enqueue(2);
+        let mut st = State::new(false);
+        let (big, small) = (st.streams.open(Slot::default()).unwrap(), st.streams.open(Slot::default()).unwrap());
+        st.streams.get_mut(big).unwrap().io.outq.extend_from_slice(&vec![1u8; 200 * 1024]);
+        st.enqueue(big);
+        st.streams.get_mut(small).unwrap().io.outq.extend_from_slice(b"small");
+        st.streams.get_mut(small).unwrap().io.fin_queued = true;
+        st.enqueue(small);
         st.queued = 200 * 1024 + 5;
         let mut batch = Vec::new();
         assert!(st.take_batch(&mut batch, &mut Vec::new()));
@@ -993,15 +868,15 @@ mod tests {
             frames.push((h.id, h.kind, h.len));
             rest = &rest[wire::HEADER_LEN + h.len..];
         }
-        assert_eq!(frames[..3], [(1, Kind::Data, QUANTUM), (2, Kind::Data, 5), (2, Kind::Fin, 0)]);
-        assert!(frames[3..].iter().all(|f| f.0 == 1));
-        // Everything else of stream 1 follows, in turns of QUANTUM.
-        let mut total: usize = frames.iter().filter(|f| f.0 == 1).map(|f| f.2).sum();
+        assert_eq!(frames[..3], [(big, Kind::Data, QUANTUM), (small, Kind::Data, 5), (small, Kind::Fin, 0)]);
+        assert!(frames[3..].iter().all(|f| f.0 == big));
+        // Everything else of the big stream follows, in turns of QUANTUM.
+        let mut total: usize = frames.iter().filter(|f| f.0 == big).map(|f| f.2).sum();
         batch.clear();
         while st.take_batch(&mut batch, &mut Vec::new()) {
             let mut rest = &batch[..];
             while let Some(h) = wire::decode(rest).unwrap() {
-                assert_eq!((h.id, h.kind), (1, Kind::Data));
+                assert_eq!((h.id, h.kind), (big, Kind::Data));
                 total += h.len;
                 rest = &rest[wire::HEADER_LEN + h.len..];
             }

@@ -415,6 +415,9 @@ fn snippet(body: &[u8]) -> String {
     }
 }
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod tests {
     use super::*;
