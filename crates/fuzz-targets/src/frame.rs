@@ -3,7 +3,9 @@
 
 use bytes::{Bytes, BytesMut};
 use opennotr_proto::datagram as dg;
-use opennotr_proto::frame::{decode_frame, encode_frame, parse_preface, FrameError, MAX_FRAME_LEN, PREFACE_LEN};
+use opennotr_proto::frame::{
+    decode_frame, encode_frame, parse_preface, FrameError, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, PREFACE_LEN,
+};
 use opennotr_transport::{read_frame_exact, FrameReader, TransportError};
 
 use crate::{pieces, ready, split_ctl, Reads};
@@ -73,14 +75,23 @@ pub fn frame(data: &[u8]) {
         other => panic!("FrameReader ended with {other:?}"),
     }
 
+    // read_frame_exact reads the frames before authentication: it refuses
+    // a length over the handshake cap on the length alone.
+    let first_len = data.first_chunk::<4>().map(|l| u32::from_be_bytes(*l) as usize);
     let mut socket = Reads::new(data, ctl);
-    match (ready(read_frame_exact(&mut socket)), frames.first()) {
-        (Ok(f), Some(first)) => {
-            assert_eq!(&f, first);
+    match (ready(read_frame_exact(&mut socket)), first_len) {
+        (Ok(f), Some(len)) => {
+            assert!(len <= MAX_HANDSHAKE_FRAME_LEN);
+            assert_eq!(Some(&f), frames.first());
             assert_eq!(socket.rest(), &data[4 + f.len()..], "read_frame_exact reads one frame, not a byte more");
         }
-        (Err(TransportError::Frame(e)), None) => assert_eq!(Some(e), err),
-        (Err(TransportError::Closed), None) => assert!(err.is_none()),
+        (Err(TransportError::Frame(FrameError::TooLarge(n))), Some(len)) => {
+            assert!(n == len && len > MAX_HANDSHAKE_FRAME_LEN);
+            assert_eq!(socket.rest(), &data[4..], "nothing of an oversized body is read");
+        }
+        (Err(TransportError::Closed), len) => {
+            assert!(len.is_none_or(|l| l <= MAX_HANDSHAKE_FRAME_LEN && data.len() < 4 + l));
+        }
         other => panic!("read_frame_exact: {other:?}"),
     }
 }
