@@ -561,10 +561,11 @@ forwards:
         with self.lock:
             return [c for c in self.slots.values() if c.live() and c.up]
 
-    def wait_clients(self, clients, since, bound, what):
+    def wait_clients(self, clients, since, bound, what, start=None):
         """Waits until each of `clients` has registered after `since` (or
-        exited); returns {slot: seconds from `since`} and reports those
-        beyond `bound`."""
+        exited); returns {slot: time of that registration} and reports
+        those more than `bound` after `start` (default `since`)."""
+        start = since if start is None else start
         deadline = time.monotonic() + bound + 30
         pending = list(clients)
         times = {}
@@ -573,7 +574,7 @@ forwards:
                 for c in list(pending):
                     after = [t for t in c.connects if t > since]
                     if after and c.up:
-                        times[c.slot] = after[0] - since
+                        times[c.slot] = after[0]
                         pending.remove(c)
                     elif c.exited is not None:
                         pending.remove(c)
@@ -582,7 +583,7 @@ forwards:
         if pending:
             self.violate(f"{what}: {len(pending)} client(s) never reconnected "
                          f"(e.g. c{pending[0].slot}g{pending[0].gen}; log {pending[0].log})")
-        late = {s: t for s, t in times.items() if t > bound}
+        late = {s: t - start for s, t in times.items() if t - start > bound}
         if late:
             worst = max(late, key=late.get)
             self.violate(f"{what}: {len(late)} client(s) took longer than {bound:.1f} s to reconnect "
@@ -1170,11 +1171,12 @@ forwards:
         t_ready = self.server_start()
         f["down_s"] = round(t_ready - t_kill, 2)
         bound = RECONNECT_MAX_DELAY + HANDSHAKE_TIMEOUT
-        times = self.wait_clients(stayers, t_ready, bound, f["name"])
+        # Clients may register before the readiness line is seen.
+        times = self.wait_clients(stayers, t_kill, bound, f["name"], start=t_ready)
         f["clients"] = len(stayers)
         f["reconnect_bound_s"] = bound
-        f.update(stats("reconnect_after_ready", times))
-        f.update(stats("reconnect_after_kill", {k: v + (t_ready - t_kill) for k, v in times.items()}))
+        f.update(stats("reconnect_after_ready", {k: max(0.0, t - t_ready) for k, t in times.items()}))
+        f.update(stats("reconnect_after_kill", {k: t - t_kill for k, t in times.items()}))
         for c in leavers:
             self.spawn(c.slot)
         self.all_up(bound + 30)
@@ -1214,13 +1216,13 @@ forwards:
         f["drop_bound_s"] = bound
         for m in bad:
             self.violate(f"{f['name']}: {bound:.0f} s into the cut: {m}")
+        t_up = now()  # before: the first links are up before the last
         self.set_links(True)
-        t_up = now()
         f["cut_s"] = round(t_up - t_cut, 2)
         rbound = RECONNECT_MAX_DELAY + HANDSHAKE_TIMEOUT
-        times = self.wait_clients(stayers, t_up, rbound, f["name"])
+        times = self.wait_clients(stayers, t_cut, rbound, f["name"], start=t_up)
         f["reconnect_bound_s"] = rbound
-        f.update(stats("reconnect_after_restore", times))
+        f.update(stats("reconnect_after_restore", {k: max(0.0, t - t_up) for k, t in times.items()}))
         for c in dead:
             c.proc.wait()
             self.spawn(c.slot)
