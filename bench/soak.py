@@ -30,8 +30,9 @@ The run (bounded by --duration, faults included):
               server's state must equal what the live clients hold, exactly:
               sessions and VIPs (admin API), public ports bound (ss),
               nftables `exported` elements, etcd keys (and their lease), and
-              the same file descriptors as the first steady point; memory
-              (VmRSS) at the end at most 1.2x + 8 MiB of that point's
+              the same file descriptors as the first steady point (those to
+              etcd aside); memory (VmRSS) at most 1.2x + 8 MiB of a warm
+              reference (docs/soak.md)
 
 Any violation (a leak, a stale element or key, a client that does not
 reconnect within reconnectMaxDelay + handshakeTimeout, an echo lost to a
@@ -299,7 +300,6 @@ class Soak:
         self.server_log = None
         self.etcd = None
         self.echoes = []
-        self.others = []
         self.violations = []
         self.samples = []
         self.steadies = []
@@ -928,7 +928,7 @@ forwards:
                 s = self.snapshot()
             bad = self.mismatches(s, want_fn(), fds, quiet)
             if not bad:
-                if first and now() - t0 > 5:
+                if quiet and first and now() - t0 > 5:
                     say(f"settled after {now() - t0:.1f} s; at first: {first}")
                 return s, [], now() - t0
             first = first or bad
@@ -1027,8 +1027,8 @@ forwards:
 
     def steady(self, label, new_baseline=False):
         """All slots registered, no traffic in flight: the server's state
-        must be exactly what the clients hold, and its fds those of the
-        baseline."""
+        must be exactly what the clients hold, and its fds (those to etcd
+        aside) those of the first steady point."""
         self.fill_slots()
         self.all_up(RECONNECT_MAX_DELAY + HANDSHAKE_TIMEOUT + 30)
         self.pause_traffic()
@@ -1059,12 +1059,13 @@ forwards:
                   "fd_classes": classes, "mismatches": bad})
         for m in bad:
             self.violate(f"{label}: {m}")
+        if self.first_baseline is not None:
+            self.check_stable_clients(label, stable)
         if new_baseline or self.baseline is None:
+            # The server process's memory is measured from here.
             self.baseline = b
             if self.first_baseline is None:
                 self.first_baseline = b
-        else:
-            self.check_stable_clients(label, stable)
         self.steadies.append(b)
         say(f"steady [{label}]: {b['sessions']} sessions, {b['vips']} VIPs, {b['ports']} ports, {b['nft']} nft "
             f"elements, {b['etcd']} etcd keys, {b['fds']} fds, RSS {b['rss_kb']} kB (HWM {b['hwm_kb']} kB)"
@@ -1380,10 +1381,17 @@ def report(result):
     """The generated part of docs/soak.md."""
     a = result["args"]
     m = result["machine"]
+    bins = a["bin_dir"]
+    if bins.startswith(ROOT + os.sep):
+        bins = os.path.relpath(bins, ROOT)
+
+    def words(k):
+        return k[:-2].replace("_", " ") + " (s)" if k.endswith("_s") else k.replace("_", " ")
+
     lines = ["## Results", "",
              f"Produced by `{result['cmd']}` on {result['date']} ({m['cores']} cores, {m['cpu']}, "
              f"{m['mem_mib']} MiB, kernel {m['kernel']}, load average {m['load_before']} at the start; "
-             f"binaries from `{a['bin_dir']}`). {a['clients']} clients, {a['duration']} s, "
+             f"binaries from `{bins}`). {a['clients']} clients, {a['duration']} s, "
              f"churn {a['churn_rate']:.2f} clients/s, traffic {a['traffic_rate']:.0f} echoes/s; "
              f"run time {result['elapsed_s']:.0f} s.", "",
              "Steady points (all slots registered, traffic paused); fds, RSS and HWM are opennotrd's:", "",
@@ -1398,11 +1406,19 @@ def report(result):
         if "rss_limit_kb" in s:
             lines.append(f"\nMemory at '{s['label']}': {s['rss_kb']} kB, limit {s['rss_limit_kb']} kB "
                          f"({RSS_FACTOR}x + {RSS_SLACK_KB // 1024} MiB of the warm reference).")
+    first, last = result["steady"][0] if result["steady"] else {}, result["steady"][-1] if result["steady"] else {}
+    kept = [n for n, v in last.get("stable_clients", {}).items()
+            if first.get("stable_clients", {}).get(n, {}).get("pid") == v["pid"]]
+    if kept:
+        fds = sorted({s["stable_clients"][n]["fds"] for s in result["steady"] for n in kept if n in s["stable_clients"]})
+        rss = [s["stable_clients"][n]["rss_kb"] for s in result["steady"] for n in kept if n in s["stable_clients"]]
+        lines.append(f"\nThe {len(kept)} never-churned clients (the same processes throughout, through every fault): "
+                     f"fds {'/'.join(map(str, fds))} at every steady point; RSS {min(rss)}–{max(rss)} kB.")
     lines += ["", "Faults:", "", "| fault | what was measured | bound |", "|---|---|---|"]
     for f in result["faults"]:
         keys = [k for k in f if k not in ("name", "t", "took_s") and not k.endswith("bound_s")]
-        what = ", ".join(f"{k} {f[k]}" for k in keys)
-        bounds = ", ".join(f"{k} {f[k]}" for k in f if k.endswith("bound_s"))
+        what = ", ".join(f"{words(k)} {f[k]}" for k in keys)
+        bounds = ", ".join(f"{words(k)} {f[k]}" for k in f if k.endswith("bound_s"))
         lines.append(f"| {f['name']} (at {f['t']:.0f} s, {f['took_s']} s) | {what} | {bounds} |")
     t = result["traffic"]
     lines += ["", "Traffic (echoes; *failed*: to a client connected before and after, no fault in progress; "
