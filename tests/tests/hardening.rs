@@ -279,3 +279,68 @@ async fn oversized_and_silent_hellos_are_cut_off() {
     })
     .await;
 }
+
+/// The value of `series`, 0 while it has not appeared.
+fn value_or_zero(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// A hello with the right key from `src`; returns the connection.
+async fn hello_from(src: &str, server: SocketAddr) -> TcpStream {
+    let mut tcp = connect_from(src, server).await;
+    let (_, spake) = ClientHandshake::start(KEY.as_bytes(), None, false);
+    let hello = ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        spake,
+        plaintext: false,
+        software: "test".into(),
+        name: None,
+    };
+    tcp.write_all(&preface()).await.unwrap();
+    send_frame(&mut tcp, &hello.to_bytes()).await;
+    tcp
+}
+
+#[tokio::test]
+async fn clients_that_give_up_before_their_challenge_are_not_penalized() {
+    run_test(async {
+        // A busy server, as in a reconnect storm: its two handshake slots
+        // are held by handshakes from another address, waiting for their
+        // confirmations.
+        let server = TestServer::start(&spec(vec![("maxHandshakes", 2), ("authFailures", 3)], "")).await;
+        let admin = server.admin.unwrap();
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let mut holder = hello_from("127.0.0.3", server.addr).await;
+            assert!(matches!(recv_frame(&mut holder).await, Some(ServerMessage::Challenge { .. })));
+            holders.push(holder);
+        }
+
+        // Six clients of ATTACKER's address send their hello and give up
+        // (their handshakeTimeout) before the server gets to it.
+        let mut gave_up = Vec::new();
+        for _ in 0..6 {
+            let mut tcp = hello_from(ATTACKER, server.addr).await;
+            tcp.shutdown().await.unwrap();
+            gave_up.push(tcp);
+        }
+        // The slots come free: the server takes their hellos, finds them
+        // gone and answers nothing, so nobody learns anything from them...
+        drop(holders);
+        for mut tcp in gave_up {
+            assert!(read_until_closed(&mut tcp).await.is_empty(), "a challenge went to a client that had left");
+        }
+        wait_until_metric(admin, "opennotr_handshakes_total{result=\"closed\"}", 6).await;
+        // ...and they are not failed guesses: only the holders' are.
+        let m = metrics(admin).await;
+        assert_eq!(value(&m, "opennotr_auth_failures_total"), 2, "{m}");
+        assert_eq!(value_or_zero(&m, "opennotr_auth_penalties_total"), 0, "{m}");
+        // The address's next client gets its challenge.
+        assert!(matches!(guess(server.addr, ATTACKER, "not the key").await, ServerMessage::Challenge { .. }));
+        server.stop().await;
+    })
+    .await;
+}

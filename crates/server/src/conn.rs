@@ -75,6 +75,20 @@ enum First {
     Version(u8),
 }
 
+/// Whether the client has already closed its side (or reset) while its
+/// hello waited: it gave up (its own handshake timeout, in a reconnect
+/// storm) before any challenge was sent, so it learnt nothing and its
+/// leaving is no guess. Only what has arrived counts: data, or nothing
+/// yet, means it is still there. (A client that half-closes to read the
+/// challenge anyway gets none.)
+fn left_before_challenge(tcp: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(tcp).peek(&mut probe) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted,
+    }
+}
+
 /// The preface and the first message, under `server.helloTimeout`.
 async fn first(tcp: &mut TcpStream, limit: Duration) -> Result<First, TransportError> {
     timed(limit, "waiting for the hello", async {
@@ -218,6 +232,12 @@ async fn control(
                    (set server.allowPlaintext: true on the server, or plaintext: false on the client)";
         return refuse(&shared, &mut tcp, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
     }
+    // Waiting for a slot may have outlasted the client's patience: no
+    // cryptography for a client that is gone.
+    if left_before_challenge(&tcp) {
+        result("closed");
+        return debug!("client left before its challenge");
+    }
     let name = name.filter(|n| !n.is_empty() && n.len() <= 63);
     let creds = shared.creds();
     if name.is_none() && creds.shared_key.is_none() {
@@ -242,6 +262,10 @@ async fn control(
         }
     };
     drop(key);
+    if left_before_challenge(&tcp) {
+        result("closed");
+        return debug!("client left before its challenge");
+    }
     let challenge =
         ServerMessage::Challenge { version: PROTOCOL_VERSION, spake: spake_b, mac, software: SOFTWARE.into() };
     if let Err(e) = timed(limit, "sending challenge", write_frame(&mut tcp, &challenge.to_bytes())).await {
