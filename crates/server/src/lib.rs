@@ -7,6 +7,8 @@
 //!   handshake (a new session) or a data channel (a stream of a session).
 //! - `session`: a live session: control loop, keepalive, opening streams,
 //!   clean-up.
+//! - `sources`: per source address, unauthenticated connections, live
+//!   sessions and the penalties of failed handshakes.
 //! - `state`: who holds which VIP, domain and session; leases that give a
 //!   reconnecting client its VIP, domain and ports back.
 //! - [`vip`]: the VIP pool.
