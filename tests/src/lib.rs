@@ -74,6 +74,18 @@ pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output
 /// typically): a hang guard, far above it, not a measure.
 pub const CLOSE_GUARD: Duration = Duration::from_secs(20);
 
+/// The admin API's `/metrics` at `admin`, fetched with `token` over a
+/// plain HTTP/1.1 request (no curl needed); it must answer 200.
+pub async fn admin_metrics(admin: SocketAddr, token: &str) -> String {
+    let mut tcp = within(WAIT, "connecting to the admin API", TcpStream::connect(admin)).await.unwrap();
+    let req =
+        format!("GET /metrics HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let reply = String::from_utf8(read_until_closed(&mut tcp).await).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply
+}
+
 /// Reads until the peer closes the connection (EOF, or a reset), under
 /// [`CLOSE_GUARD`]; returns what it sent meanwhile.
 pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Vec<u8> {

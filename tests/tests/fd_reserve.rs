@@ -14,13 +14,7 @@ use tokio::net::TcpStream;
 const TOKEN: &str = "fd-reserve-admin-token";
 
 async fn metrics(admin: SocketAddr) -> String {
-    let mut tcp = within(WAIT, "connecting to the admin API", TcpStream::connect(admin)).await.unwrap();
-    let req =
-        format!("GET /metrics HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let reply = String::from_utf8(read_until_closed(&mut tcp).await).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    reply
+    admin_metrics(admin, TOKEN).await
 }
 
 /// A visitor that got its echo back, or `None` if the server closed it.

@@ -60,15 +60,8 @@ async fn guess(server: SocketAddr, src: &str, key: &str) -> ServerMessage {
     reply
 }
 
-/// The admin API's `/metrics`, over a plain HTTP/1.1 request.
 async fn metrics(admin: SocketAddr) -> String {
-    let mut tcp = within(WAIT, "connecting to the admin API", TcpStream::connect(admin)).await.unwrap();
-    let req =
-        format!("GET /metrics HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let reply = String::from_utf8(read_until_closed(&mut tcp).await).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    reply
+    admin_metrics(admin, TOKEN).await
 }
 
 /// The value of the series `name` (with its labels) in a metrics text.
