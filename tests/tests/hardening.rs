@@ -337,3 +337,38 @@ async fn clients_that_give_up_before_their_challenge_are_not_penalized() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn strangers_filling_the_queue_from_many_addresses_leave_a_clients_data_channels() {
+    run_test(async {
+        // maxHandshakes 2: four times that, eight connections, may wait
+        // for their hello in all.
+        let server = TestServer::start(&spec(vec![("maxHandshakes", 2)], "  helloTimeout: 600\n")).await;
+        let admin = server.admin.unwrap();
+        let echo = tcp_echo().await;
+        let cspec =
+            ClientSpec { multiplex: false, ..ClientSpec::new(server.addr) }.forward(tcp_fwd(0, echo.addr.port()));
+        let mut client = TestClient::start(&cspec);
+        let public = local(public_port(&client.connected().await, 0));
+
+        // Sixteen idle strangers, each from an address of its own: eight
+        // fill the queue, the others are closed at once.
+        let mut idle = Vec::new();
+        for i in 2..18 {
+            idle.push(connect_from(&format!("127.0.0.{i}"), server.addr).await);
+        }
+        wait_until_metric(admin, "opennotr_control_connections_refused_total{reason=\"busy\"}", 8).await;
+
+        // The client's address has room of its own: twenty visitors at
+        // once get their twenty data channels.
+        let visitors: Vec<_> =
+            (0..20u8).map(|i| tokio::spawn(async move { assert_echo(public, &[i; 1000]).await })).collect();
+        for v in visitors {
+            v.await.unwrap();
+        }
+        drop(idle);
+        client.stop().await;
+        server.stop().await;
+    })
+    .await;
+}

@@ -38,10 +38,17 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
             debug!(%peer, "too many unauthenticated connections from this source; closing one");
             continue;
         };
-        let Ok(queued) = shared.queued.clone().try_acquire_owned() else {
-            shared.sources.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-            debug!(%peer, "too many connections waiting for a handshake; closing one");
-            continue;
+        // The address of a live client has room of its own, within its
+        // per-source cap: strangers filling the queue from many addresses
+        // do not cut a client off from its data channels.
+        let queued = match shared.queued.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if unauthenticated.trusted => None,
+            Err(_) => {
+                shared.sources.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, "too many connections waiting for a handshake; closing one");
+                continue;
+            }
         };
         let span = info_span!("conn", %peer);
         shared.sessions.spawn(handle(shared.clone(), tcp, peer, queued, unauthenticated).instrument(span));
@@ -105,7 +112,7 @@ async fn handle(
     shared: Arc<Shared>,
     mut tcp: TcpStream,
     peer: SocketAddr,
-    queued: OwnedSemaphorePermit,
+    queued: Option<OwnedSemaphorePermit>,
     unauthenticated: Unauthenticated,
 ) {
     let first = match first(&mut tcp, shared.cfg.server.hello_timeout).await {

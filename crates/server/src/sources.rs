@@ -75,6 +75,8 @@ pub(crate) struct Sources {
 pub(crate) struct Unauthenticated {
     sources: Arc<Sources>,
     source: Source,
+    /// Its source had a live session when it came.
+    pub(crate) trusted: bool,
 }
 
 impl Drop for Unauthenticated {
@@ -144,7 +146,7 @@ impl Sources {
             return None;
         }
         live.unauthenticated += 1;
-        Some(Unauthenticated { sources: self.clone(), source })
+        Some(Unauthenticated { sources: self.clone(), source, trusted: live.sessions > 0 })
     }
 
     /// Marks a session of `ip` live until the mark is dropped.
