@@ -86,6 +86,22 @@ pub async fn admin_metrics(admin: SocketAddr, token: &str) -> String {
     reply
 }
 
+/// The value of `series` (name and labels, as printed) in a metrics text.
+pub fn metric(metrics: &str, series: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())
+}
+
+/// A TCP echo service and a client of `server` that forwards a public
+/// port to it, a data channel per visitor (`multiplex: false`); returns
+/// them with the public address once the client is connected.
+pub async fn tcp_echo_client(server: SocketAddr) -> (Service, TestClient, SocketAddr) {
+    let echo = tcp_echo().await;
+    let spec = ClientSpec { multiplex: false, ..ClientSpec::new(server) }.forward(tcp_fwd(0, echo.addr.port()));
+    let mut client = TestClient::start(&spec);
+    let public = local(public_port(&client.connected().await, 0));
+    (echo, client, public)
+}
+
 /// Reads until the peer closes the connection (EOF, or a reset), under
 /// [`CLOSE_GUARD`]; returns what it sent meanwhile.
 pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Vec<u8> {

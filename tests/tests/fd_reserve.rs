@@ -45,11 +45,7 @@ async fn visitors_leave_the_reserve_to_clients_and_the_admin_api() {
         };
         let server = TestServer::start(&spec).await;
         let admin = server.admin.unwrap();
-        let echo = tcp_echo().await;
-        let cspec =
-            ClientSpec { multiplex: false, ..ClientSpec::new(server.addr) }.forward(tcp_fwd(0, echo.addr.port()));
-        let mut client = TestClient::start(&cspec);
-        let public = local(public_port(&client.connected().await, 0));
+        let (_echo, client, public) = tcp_echo_client(server.addr).await;
 
         // Visitors until the server starts closing them at once.
         let mut held = Vec::new();
@@ -68,12 +64,7 @@ async fn visitors_leave_the_reserve_to_clients_and_the_admin_api() {
         // descriptors: its socket and the server's).
         let m = metrics(admin).await;
         assert!(m.contains("process_max_fds "), "{m}");
-        let refused: u64 = m
-            .lines()
-            .find_map(|l| l.strip_prefix("opennotr_fd_reserve_refusals_total{listener=\"public\"} "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let refused = metric(&m, "opennotr_fd_reserve_refusals_total{listener=\"public\"}").unwrap();
         assert!(refused >= 2, "{refused}");
         let mut second = TestClient::start(&ClientSpec::new(server.addr));
         second.connected().await;

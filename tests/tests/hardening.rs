@@ -64,15 +64,9 @@ async fn metrics(admin: SocketAddr) -> String {
     admin_metrics(admin, TOKEN).await
 }
 
-/// The value of the series `name` (with its labels) in a metrics text.
+/// The value of `series`, which must be there.
 fn value(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-        .trim()
-        .parse()
-        .unwrap()
+    metric(metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 fn spec(limits: Vec<(&'static str, u64)>, server_yaml: &str) -> ServerSpec {
@@ -126,10 +120,8 @@ async fn key_guessing_earns_a_penalty_and_other_sources_are_untouched() {
         assert_eq!(value(&m, "opennotr_handshakes_total{result=\"penalized\"}"), refused);
 
         // A client on another source connects and serves as usual.
-        let echo = tcp_echo().await;
-        let mut client = TestClient::start(&ClientSpec::new(server.addr).forward(tcp_fwd(0, echo.addr.port())));
-        let reg = client.connected().await;
-        assert_echo(local(public_port(&reg, 0)), b"unaffected").await;
+        let (_echo, client, public) = tcp_echo_client(server.addr).await;
+        assert_echo(public, b"unaffected").await;
         client.stop().await;
         server.stop().await;
     })
@@ -140,12 +132,7 @@ async fn key_guessing_earns_a_penalty_and_other_sources_are_untouched() {
 async fn a_penalized_address_keeps_the_streams_of_its_live_session() {
     run_test(async {
         let server = TestServer::start(&spec(vec![("authFailures", 3), ("authPenalty", 600)], "")).await;
-        let echo = tcp_echo().await;
-        let spec =
-            ClientSpec { multiplex: false, ..ClientSpec::new(server.addr) }.forward(tcp_fwd(0, echo.addr.port()));
-        let mut client = TestClient::start(&spec);
-        let reg = client.connected().await;
-        let public = local(public_port(&reg, 0));
+        let (_echo, client, public) = tcp_echo_client(server.addr).await;
 
         // Someone on the client's own address guesses the key.
         for _ in 0..3 {
@@ -197,12 +184,7 @@ async fn idle_connections_from_one_host_do_not_starve_data_channels_or_clients()
         // A client from another address connects, and a burst of fifty
         // visitors gets fifty data channels at once (its address has a
         // live session, so the cap of strangers does not hold it).
-        let echo = tcp_echo().await;
-        let cspec =
-            ClientSpec { multiplex: false, ..ClientSpec::new(server.addr) }.forward(tcp_fwd(0, echo.addr.port()));
-        let mut client = TestClient::start(&cspec);
-        let reg = client.connected().await;
-        let public = local(public_port(&reg, 0));
+        let (_echo, client, public) = tcp_echo_client(server.addr).await;
         let visitors: Vec<_> =
             (0..50u8).map(|i| tokio::spawn(async move { assert_echo(public, &[i; 2000]).await })).collect();
         for v in visitors {
@@ -273,14 +255,6 @@ async fn oversized_and_silent_hellos_are_cut_off() {
     .await;
 }
 
-/// The value of `series`, 0 while it has not appeared.
-fn value_or_zero(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 /// A hello with the right key from `src`; returns the connection.
 async fn hello_from(src: &str, server: SocketAddr) -> TcpStream {
     let mut tcp = connect_from(src, server).await;
@@ -330,7 +304,7 @@ async fn clients_that_give_up_before_their_challenge_are_not_penalized() {
         // ...and they are not failed guesses: only the holders' are.
         let m = metrics(admin).await;
         assert_eq!(value(&m, "opennotr_auth_failures_total"), 2, "{m}");
-        assert_eq!(value_or_zero(&m, "opennotr_auth_penalties_total"), 0, "{m}");
+        assert_eq!(metric(&m, "opennotr_auth_penalties_total").unwrap_or(0), 0, "{m}");
         // The address's next client gets its challenge.
         assert!(matches!(guess(server.addr, ATTACKER, "not the key").await, ServerMessage::Challenge { .. }));
         server.stop().await;
@@ -345,11 +319,7 @@ async fn strangers_filling_the_queue_from_many_addresses_leave_a_clients_data_ch
         // for their hello in all.
         let server = TestServer::start(&spec(vec![("maxHandshakes", 2)], "  helloTimeout: 600\n")).await;
         let admin = server.admin.unwrap();
-        let echo = tcp_echo().await;
-        let cspec =
-            ClientSpec { multiplex: false, ..ClientSpec::new(server.addr) }.forward(tcp_fwd(0, echo.addr.port()));
-        let mut client = TestClient::start(&cspec);
-        let public = local(public_port(&client.connected().await, 0));
+        let (_echo, client, public) = tcp_echo_client(server.addr).await;
 
         // Sixteen idle strangers, each from an address of its own: eight
         // fill the queue, the others are closed at once.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::util::{dns_name, duration, is_plugin_name, positive, workers, Seconds};
+use crate::util::{at_most, dns_name, duration, is_plugin_name, positive, workers, Seconds};
 use crate::{yaml, ConfigError, DhcpSection, DnsSection, Limits, ReservedNames, Secret, ServerConfig, ServerSection};
 
 // Raw shapes of the file. Every field is optional so that a missing required
@@ -291,19 +291,11 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         )?,
         max_handshakes: positive("limits.maxHandshakes", l.max_handshakes, d.max_handshakes)?,
         max_handshakes_per_ip: positive("limits.maxHandshakesPerIp", l.max_handshakes_per_ip, d.max_handshakes_per_ip)?,
-        auth_failures: match l.auth_failures {
-            None => d.auth_failures,
-            Some(n @ 0..=1000) => n as u32,
-            Some(n) => return Err(ConfigError::invalid("limits.authFailures", format!("{n} is more than 1000"))),
-        },
+        auth_failures: at_most("limits.authFailures", l.auth_failures, d.auth_failures.into(), 1000)? as u32,
         auth_penalty: duration("limits.authPenalty", l.auth_penalty, d.auth_penalty)?,
         auth_penalty_max: duration("limits.authPenaltyMax", l.auth_penalty_max, d.auth_penalty_max)?,
         penalty_sources: positive("limits.penaltySources", l.penalty_sources, d.penalty_sources)?,
-        fd_reserve: match l.fd_reserve {
-            None => d.fd_reserve,
-            Some(n @ 0..=65_536) => n as usize,
-            Some(n) => return Err(ConfigError::invalid("limits.fdReserve", format!("{n} is more than 65536"))),
-        },
+        fd_reserve: at_most("limits.fdReserve", l.fd_reserve, d.fd_reserve as u64, 65_536)? as usize,
     };
     if limits.auth_penalty_max < limits.auth_penalty {
         return Err(ConfigError::invalid("limits.authPenaltyMax", "must not be less than limits.authPenalty"));

@@ -62,6 +62,15 @@ pub(crate) fn positive(key: &str, value: Option<u64>, default: usize) -> Result<
     }
 }
 
+/// An optional whole number from 0 to `max`, `default` when absent.
+pub(crate) fn at_most(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(n) if n <= max => Ok(n),
+        Some(n) => Err(ConfigError::invalid(key, format!("{n} is more than {max}"))),
+    }
+}
+
 /// Most runtime threads a `workers` key takes: far beyond any core count,
 /// low enough that a typo (`workers: 40000`) is caught before start-up.
 const MAX_WORKERS: u64 = 1024;

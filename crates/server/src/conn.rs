@@ -56,7 +56,14 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
 }
 
 async fn refuse(shared: &Shared, tcp: &mut TcpStream, peer: SocketAddr, code: RefuseCode, message: String) {
-    info!(%code, %message, "refusing client");
+    // Garbage costs whoever sends it nothing and is unbounded per source
+    // (penalties stop only hellos): it must not cost a log line each.
+    // Metrics and the admin API's refusals still count it.
+    if code == RefuseCode::ProtocolError {
+        debug!(%code, %message, "refusing a peer");
+    } else {
+        info!(%code, %message, "refusing client");
+    }
     shared.refused(peer, None, code, &message);
     let m = ServerMessage::Refused { code, message };
     let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(tcp, &m.to_bytes())).await;
