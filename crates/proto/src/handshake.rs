@@ -34,6 +34,7 @@ fn client_identity(name: Option<&str>) -> Vec<u8> {
 }
 const ID_SERVER: &[u8] = b"opennotr server";
 const TRANSCRIPT_LABEL: &[u8] = b"opennotr/1 handshake";
+const TLS_BINDING_LABEL: &[u8] = b"tls exporter";
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -74,7 +75,9 @@ pub struct SessionKeys {
     data_secret: Key,
 }
 
-fn transcript(client_msg: &[u8], server_msg: &[u8], plaintext: bool) -> [u8; 32] {
+/// The transcript, bound to the secure channel underneath when there is
+/// one (QUIC: the TLS exporter's output, `crate::quic::EXPORTER_LABEL`).
+fn transcript_bound(client_msg: &[u8], server_msg: &[u8], plaintext: bool, binding: Option<&[u8]>) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(TRANSCRIPT_LABEL);
     for m in [client_msg, server_msg] {
@@ -82,6 +85,11 @@ fn transcript(client_msg: &[u8], server_msg: &[u8], plaintext: bool) -> [u8; 32]
         ctx.update(m);
     }
     ctx.update(&[plaintext as u8]);
+    if let Some(b) = binding {
+        ctx.update(TLS_BINDING_LABEL);
+        ctx.update(&(b.len() as u32).to_be_bytes());
+        ctx.update(b);
+    }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
@@ -147,8 +155,21 @@ impl ClientHandshake {
     /// Processes the server's `challenge`; on success returns the session
     /// keys and the MAC to send in `confirm`.
     pub fn finish(self, server_spake: &[u8], server_mac: &[u8]) -> Result<(SessionKeys, Vec<u8>), HandshakeError> {
+        self.finish_bound(server_spake, server_mac, None)
+    }
+
+    /// [`finish`](Self::finish) for a handshake run inside a secure channel
+    /// (QUIC's TLS): `binding` is what both ends export from it, so a man
+    /// in the middle who terminates that channel with its own certificate
+    /// holds a different binding on each side and fails confirmation.
+    pub fn finish_bound(
+        self,
+        server_spake: &[u8],
+        server_mac: &[u8],
+        binding: Option<&[u8]>,
+    ) -> Result<(SessionKeys, Vec<u8>), HandshakeError> {
         let shared = self.spake.finish(server_spake).map_err(|_| HandshakeError::BadMessage)?;
-        let d = derive(&shared, transcript(&self.msg, server_spake, self.plaintext));
+        let d = derive(&shared, transcript_bound(&self.msg, server_spake, self.plaintext, binding));
         hmac::verify(&d.server_confirm, &d.transcript, server_mac).map_err(|_| HandshakeError::BadKey)?;
         let mac = hmac::sign(&d.client_confirm, &d.transcript).as_ref().to_vec();
         Ok((d.session, mac))
@@ -175,13 +196,25 @@ impl ServerHandshake {
         client_spake: &[u8],
         plaintext: bool,
     ) -> Result<(Self, Vec<u8>, Vec<u8>), HandshakeError> {
+        Self::respond_bound(key, name, client_spake, plaintext, None)
+    }
+
+    /// [`respond`](Self::respond) inside a secure channel whose exported
+    /// `binding` enters the transcript (see [`ClientHandshake::finish_bound`]).
+    pub fn respond_bound(
+        key: &[u8],
+        name: Option<&str>,
+        client_spake: &[u8],
+        plaintext: bool,
+        binding: Option<&[u8]>,
+    ) -> Result<(Self, Vec<u8>, Vec<u8>), HandshakeError> {
         let (spake, msg) = Spake2::<Ed25519Group>::start_b(
             &Password::new(key),
             &Identity::new(&client_identity(name)),
             &Identity::new(ID_SERVER),
         );
         let shared = spake.finish(client_spake).map_err(|_| HandshakeError::BadMessage)?;
-        let derived = derive(&shared, transcript(client_spake, &msg, plaintext));
+        let derived = derive(&shared, transcript_bound(client_spake, &msg, plaintext, binding));
         let mac = hmac::sign(&derived.server_confirm, &derived.transcript).as_ref().to_vec();
         Ok((ServerHandshake { derived }, msg, mac))
     }
@@ -294,6 +327,21 @@ mod tests {
         let (c, hello) = ClientHandshake::start(b"k", None, false);
         let (_s, spake_b, mac_s) = ServerHandshake::respond(b"k", None, &hello, true).unwrap();
         assert_eq!(c.finish(&spake_b, &mac_s).unwrap_err(), HandshakeError::BadKey);
+    }
+
+    #[test]
+    fn the_binding_is_part_of_the_transcript() {
+        // A relay that terminates TLS on both sides holds two bindings.
+        let attempt = |client: Option<&[u8]>, server: Option<&[u8]>| {
+            let (c, hello) = ClientHandshake::start(b"k", None, false);
+            let (s, spake_b, mac_s) = ServerHandshake::respond_bound(b"k", None, &hello, false, server).unwrap();
+            c.finish_bound(&spake_b, &mac_s, client).and_then(|(_, mac)| s.verify(&mac).map(|_| ()))
+        };
+        assert!(attempt(Some(&[1; 32]), Some(&[1; 32])).is_ok());
+        assert_eq!(attempt(Some(&[1; 32]), Some(&[2; 32])), Err(HandshakeError::BadKey));
+        assert_eq!(attempt(None, Some(&[1; 32])), Err(HandshakeError::BadKey));
+        assert_eq!(attempt(Some(&[1; 32]), None), Err(HandshakeError::BadKey));
+        assert!(attempt(None, None).is_ok());
     }
 
     #[test]

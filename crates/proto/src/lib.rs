@@ -12,6 +12,8 @@
 //! - [`mux`]: many streams in one (the gateway's HTTP traffic): the frames,
 //!   and the streams' state and windows as the frames move them
 //!   ([`mux::Conn`]).
+//! - [`quic`]: the QUIC transport's stream header, status byte and
+//!   datagram framing.
 //!
 //! `docs/protocol.md` describes the same thing for people.
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod mux;
+pub mod quic;
 pub mod record;
 
 pub use frame::{FrameError, MAX_FRAME_LEN, PREFACE_MAGIC, PROTOCOL_VERSION};
