@@ -19,6 +19,7 @@ struct RawFile {
     domain: Option<String>,
     forwards: Option<Vec<RawForward>>,
     plaintext: Option<bool>,
+    transport: Option<String>,
     multiplex: Option<bool>,
     keepalive_interval: Option<Seconds>,
     keepalive_timeout: Option<Seconds>,
@@ -107,7 +108,22 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
         vip_ports.push(VipPortConfig { port, udp: protocol == "udp", local_ip });
     }
 
+    let transport = match raw.transport.as_deref() {
+        None | Some("tcp") => crate::Transport::Tcp,
+        Some("quic") => crate::Transport::Quic,
+        Some(other) => return Err(ConfigError::invalid("transport", format!("`{other}` is neither tcp nor quic"))),
+    };
+    // QUIC encrypts the tunnel itself; a plaintext QUIC session does not
+    // exist, and saying so would only mislead.
+    if transport == crate::Transport::Quic && raw.plaintext == Some(true) {
+        return Err(ConfigError::invalid(
+            "plaintext",
+            "not with transport: quic (QUIC is always encrypted, and nothing is encrypted twice)",
+        ));
+    }
+
     Ok(ClientConfig {
+        transport,
         vip_ports,
         server_addr,
         key: Secret::new(key),

@@ -194,6 +194,41 @@ pub struct ServerSection {
     /// `server.workers`: threads of the async runtime; `None` = tokio's
     /// default (`TOKIO_WORKER_THREADS`, else one per core).
     pub workers: Option<usize>,
+    /// `server.quic` / `server.quicListen` / `server.quicCert` /
+    /// `server.quicKey`: the QUIC endpoint beside the TCP control
+    /// listener; `None` = off.
+    pub quic: Option<QuicSection>,
+}
+
+/// The server's QUIC endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicSection {
+    /// `server.quicListen`: its UDP address; `None` = the address and
+    /// port the TCP control listener is bound to.
+    pub listen: Option<SocketAddr>,
+    /// `server.quicCert` and `server.quicKey`: a PEM certificate chain and
+    /// its key; `None` = a self-signed certificate made at start (clients
+    /// do not check it: the handshake is bound to the TLS connection).
+    pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// How the client reaches the server (`transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// TCP: a control connection, and a data channel per stream.
+    #[default]
+    Tcp,
+    /// QUIC: one connection; a stream per visitor stream, UDP as datagrams.
+    Quic,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +304,8 @@ pub struct ClientConfig {
     pub forwards: Vec<ForwardConfig>,
     /// `plaintext` (default false): ask for an unencrypted tunnel.
     pub plaintext: bool,
+    /// `transport` (default tcp): TCP or QUIC to the server.
+    pub transport: Transport,
     /// `multiplex` (default true): take the gateway's HTTP/1.1 traffic as
     /// many streams in one tunnel stream per route.
     pub multiplex: bool,

@@ -77,6 +77,10 @@ struct RawServer {
     connect_timeout: Option<Seconds>,
     shutdown_grace: Option<Seconds>,
     workers: Option<u64>,
+    quic: Option<bool>,
+    quic_listen: Option<String>,
+    quic_cert: Option<String>,
+    quic_key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,6 +145,7 @@ pub(crate) fn parse(text: &str, base: Option<&std::path::Path>) -> Result<Server
 
 fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig, ConfigError> {
     let s = raw.server.unwrap_or_default();
+    let quic = quic(&s, base)?;
     let listen = listen("server.listen", required("server.listen", s.listen)?.as_str())?;
 
     let auth_key = s.auth_key;
@@ -227,6 +232,7 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
     .collect::<Result<Vec<_>, _>>()?;
 
     let server = ServerSection {
+        quic,
         public_ips,
         listen,
         auth_key_domains: match s.auth_key_domains {
@@ -334,6 +340,39 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         clients_file,
         admin,
     })
+}
+
+/// `server.quic` and the keys that go with it. `quicListen` alone turns
+/// QUIC on; with `quic: false` it (like `quicCert`/`quicKey`) is an error
+/// rather than silently unused.
+fn quic(s: &RawServer, base: Option<&std::path::Path>) -> Result<Option<crate::QuicSection>, ConfigError> {
+    let listen = match s.quic_listen.as_deref().filter(|l| !l.is_empty()) {
+        Some(l) => Some(listen("server.quicListen", l)?),
+        None => None,
+    };
+    let on = s.quic.unwrap_or(listen.is_some());
+    let path = |p: &str| match base {
+        Some(dir) if std::path::Path::new(p).is_relative() => dir.join(p),
+        _ => std::path::PathBuf::from(p),
+    };
+    let cert = match (s.quic_cert.as_deref().filter(|c| !c.is_empty()), s.quic_key.as_deref().filter(|k| !k.is_empty()))
+    {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((path(c), path(k))),
+        (Some(_), None) => return Err(ConfigError::invalid("server.quicKey", "required with server.quicCert")),
+        (None, Some(_)) => return Err(ConfigError::invalid("server.quicCert", "required with server.quicKey")),
+    };
+    if !on {
+        let stray = [("server.quicListen", listen.is_some()), ("server.quicCert", cert.is_some())];
+        if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::invalid(
+                *key,
+                "set, but server.quic is false; set server.quic: true or remove it",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(crate::QuicSection { listen, cert }))
 }
 
 fn required(key: &str, value: Option<String>) -> Result<String, ConfigError> {

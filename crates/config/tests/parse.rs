@@ -366,3 +366,34 @@ fn lists_of_domains_cannot_name_the_servers_own() {
     let cfg = server_with("clients:\n  - name: vip\n    key: k\n    domains: [vip1.open.notr.test]\n");
     assert_eq!(cfg.expect("listed").clients[0].domains, ["vip1.open.notr.test"]);
 }
+
+#[test]
+fn quic_keys() {
+    let cfg = server_with("").unwrap();
+    assert_eq!(cfg.server.quic, None);
+    let on = |extra: &str| parse_server(&SERVER.replace("authKey", &format!("{extra}\n  authKey")));
+    let q = on("quic: true").unwrap().server.quic.expect("quic on");
+    assert_eq!((q.listen, q.cert), (None, None));
+    // quicListen alone turns it on.
+    let q = on("quicListen: \":4433\"").unwrap().server.quic.expect("quic on");
+    assert_eq!(q.listen, Some("0.0.0.0:4433".parse().unwrap()));
+    let q = on("quic: true\n  quicCert: c.pem\n  quicKey: c.key").unwrap().server.quic.unwrap();
+    assert_eq!(q.cert, Some(("c.pem".into(), "c.key".into())));
+    assert_eq!(err_key(on("quic: false\n  quicListen: \":4433\"")), "server.quicListen");
+    assert_eq!(err_key(on("quicCert: c.pem\n  quicKey: c.key")), "server.quicCert");
+    assert_eq!(err_key(on("quic: true\n  quicCert: c.pem")), "server.quicKey");
+    assert_eq!(err_key(on("quic: true\n  quicKey: c.key")), "server.quicCert");
+    assert_eq!(err_key(on("quicListen: \"nowhere\"")), "server.quicListen");
+    assert_eq!(err_key(on("quic: yes please")), "server.quic");
+}
+
+#[test]
+fn client_transport() {
+    use opennotr_config::Transport;
+    assert_eq!(client_with("").unwrap().transport, Transport::Tcp);
+    assert_eq!(client_with("transport: quic\n").unwrap().transport, Transport::Quic);
+    assert_eq!(client_with("transport: tcp\n").unwrap().transport, Transport::Tcp);
+    assert_eq!(err_key(client_with("transport: sctp\n")), "transport");
+    assert_eq!(err_key(client_with("transport: quic\nplaintext: true\n")), "plaintext");
+    assert!(client_with("transport: quic\nplaintext: false\n").is_ok());
+}
