@@ -20,14 +20,17 @@ pub enum Channel {
     Plain(TcpStream),
     /// AEAD records.
     Sealed(Box<SecureStream<TcpStream>>),
+    /// A stream (or UDP flow) of a QUIC connection, which TLS encrypts.
+    Quic(Box<crate::quic::QuicChannel>),
 }
 
 impl Channel {
-    /// The TCP connection underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP connection underneath, if it is one.
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Channel::Plain(s) => s,
-            Channel::Sealed(s) => s.get_ref(),
+            Channel::Plain(s) => Some(s),
+            Channel::Sealed(s) => Some(s.get_ref()),
+            Channel::Quic(_) => None,
         }
     }
 }
@@ -40,6 +43,10 @@ macro_rules! delegate {
                 $e
             }
             Channel::Sealed($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+            Channel::Quic($s) => {
                 let $s = Pin::new(&mut **$s);
                 $e
             }

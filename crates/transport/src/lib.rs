@@ -5,6 +5,8 @@
 //!   made of [`opennotr_proto::record`] records.
 //! - [`channel`]: [`Channel`] (plain or sealed TCP) and [`TunnelStream`], the
 //!   stream a plugin gets for one proxied connection.
+//! - [`quic`]: QUIC endpoint configurations, a QUIC stream as a byte
+//!   stream, and UDP flows as QUIC datagrams.
 //! - [`framed`]: reading and writing control messages with timeouts.
 //! - [`relay`]: copying between a visitor and a tunnel stream, with half-close.
 //! - [`accept`]: an accept loop that backs off on errors instead of dying
@@ -16,6 +18,7 @@ pub mod channel;
 pub mod fds;
 pub mod framed;
 pub mod mux;
+pub mod quic;
 pub mod relay;
 pub mod secure;
 pub mod source;
@@ -38,7 +41,8 @@ pub fn tune_tcp(s: &tokio::net::TcpStream) {
 /// (`TCP_NOTSENT_LOWAT`; bytes in flight are not counted): a multiplexed
 /// connection's writer then keeps the rest in its own queues, where the
 /// streams take turns, instead of behind one another in the kernel's.
-pub fn limit_unsent(s: &tokio::net::TcpStream, bytes: u32) {
+pub fn limit_unsent(s: Option<&tokio::net::TcpStream>, bytes: u32) {
+    let Some(s) = s else { return };
     #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
     let _ = socket2::SockRef::from(s).set_tcp_notsent_lowat(bytes);
     #[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
@@ -51,7 +55,7 @@ mod tests {
     async fn unsent_bytes_are_limited() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let s = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        super::limit_unsent(&s, 128 * 1024);
+        super::limit_unsent(Some(&s), 128 * 1024);
         assert_eq!(socket2::SockRef::from(&s).tcp_notsent_lowat().unwrap(), 128 * 1024);
     }
 }

@@ -1,0 +1,526 @@
+//! The QUIC transport underneath a session: endpoint configurations (TLS
+//! 1.3 on rustls and ring, like the gateway), a stream as a byte stream,
+//! and a UDP flow carried as QUIC datagrams.
+//!
+//! Over QUIC, TLS encrypts every stream, so nothing is sealed again; what
+//! makes it safe for the client to accept any certificate is that the
+//! SPAKE2 handshake on the first stream is bound to this TLS connection
+//! ([`binding`]): a man in the middle who terminates TLS with a
+//! certificate of its own holds a different binding on each side and
+//! fails key confirmation (see docs/protocol.md, "QUIC").
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use opennotr_proto::datagram;
+use opennotr_proto::quic::{encode_datagram, flow_id_len, parse_datagram, ALPN, BINDING_LEN, EXPORTER_LABEL};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+pub use quinn;
+
+/// Why a QUIC endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuicError {
+    /// TLS could not be configured (a certificate or key it refuses).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The certificate or key file could not be read.
+    #[error("{0}")]
+    Pem(String),
+    /// The TLS exporter failed (the handshake is not complete).
+    #[error("cannot export keying material from the QUIC connection")]
+    Export,
+}
+
+/// Bytes of a stream the peer may send before we read them: enough for a
+/// fast stream across a long round trip, and what a stalled one holds.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// Bytes of all streams of a session the peer may send before we read
+/// them, and that we queue to send: what one session can make a side hold.
+pub const SESSION_WINDOW: u32 = 32 << 20;
+/// The connection window before the client is authenticated: the
+/// handshake's frames are at most 4 KiB, so a stranger gets no more.
+const PRE_AUTH_WINDOW: u32 = 64 << 10;
+/// Streams the server may open to a client at once; the server's own
+/// `limits.maxStreamsPerClient` (4096 by default) is below it.
+const CLIENT_MAX_STREAMS: u32 = 8192;
+/// Datagrams received and not yet read; more are dropped, oldest first.
+const DATAGRAM_BUFFER: usize = 1 << 20;
+/// Datagrams a flow's reader has not taken yet; more are dropped.
+const FLOW_QUEUE: usize = 512;
+/// Stream-fallback bytes a flow queues when its stream is full; datagrams
+/// beyond are dropped, as UDP would.
+const FLOW_PENDING: usize = 256 << 10;
+
+/// Timing of a QUIC connection: the keepalive and when silence ends it.
+#[derive(Debug, Clone, Copy)]
+pub struct QuicTiming {
+    /// How often a keep-alive packet goes out when nothing else does.
+    pub keepalive_interval: Duration,
+    /// Silence after which the connection is dead.
+    pub idle_timeout: Duration,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport(timing: QuicTiming) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(SESSION_WINDOW))
+        .send_window(SESSION_WINDOW.into())
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(timing.keepalive_interval))
+        .max_idle_timeout(IdleTimeout::try_from(timing.idle_timeout).ok())
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_BUFFER);
+    t
+}
+
+/// A self-signed certificate for an endpoint that has none configured:
+/// clients do not check it (the handshake is bound to the connection).
+pub fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), QuicError> {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["opennotr".to_string()]).map_err(|e| QuicError::Tls(e.to_string()))?;
+    let key = PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+    Ok((vec![ck.cert.der().clone()], key.into()))
+}
+
+/// Reads a PEM certificate chain and its private key.
+pub fn load_pem(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), QuicError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| QuicError::Pem(format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(QuicError::Pem(format!("{}: no certificate in the file", cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| QuicError::Pem(format!("{}: {e}", key.display())))?;
+    Ok((chain, key))
+}
+
+/// The server's endpoint configuration. Before a client authenticates it
+/// may open one stream (the control stream) and send
+/// [`PRE_AUTH_WINDOW`] bytes; [`authenticated`] raises the window.
+/// `max_incoming` bounds connections in their QUIC handshake.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    timing: QuicTiming,
+    max_incoming: usize,
+) -> Result<quinn::ServerConfig, QuicError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| QuicError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| QuicError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
+    let mut t = transport(timing);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1)).receive_window(VarInt::from_u32(PRE_AUTH_WINDOW));
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(t)).migration(true).max_incoming(max_incoming.max(1));
+    Ok(cfg)
+}
+
+/// The window of an authenticated session (see [`server_config`]).
+pub fn authenticated(conn: &Connection) {
+    conn.set_receive_window(VarInt::from_u32(SESSION_WINDOW));
+}
+
+/// The client's endpoint configuration: it accepts whatever certificate
+/// the server shows (the handshake, bound to this connection, is what
+/// authenticates the server) and lets the server open its streams.
+pub fn client_config(timing: QuicTiming) -> Result<quinn::ClientConfig, QuicError> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| QuicError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
+    let mut t = transport(timing);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(CLIENT_MAX_STREAMS));
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(t));
+    Ok(cfg)
+}
+
+/// Accepts any certificate, but still checks that the server signed the
+/// handshake with the key of the certificate it showed (so the TLS
+/// exporter really is this connection's).
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What both ends of one TLS connection export and nobody else can: the
+/// handshake's transcript includes it.
+pub fn binding(conn: &Connection) -> Result<[u8; BINDING_LEN], QuicError> {
+    let mut out = [0u8; BINDING_LEN];
+    conn.export_keying_material(&mut out, EXPORTER_LABEL, b"").map_err(|_| QuicError::Export)?;
+    Ok(out)
+}
+
+/// A connection error as an I/O error; a close by the peer (or by us) is
+/// `ConnectionAborted`.
+pub fn io_error(e: quinn::ConnectionError) -> io::Error {
+    use quinn::ConnectionError as E;
+    match e {
+        E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::LocallyClosed | E::Reset => {
+            io::Error::new(io::ErrorKind::ConnectionAborted, e)
+        }
+        E::TimedOut => io::Error::new(io::ErrorKind::TimedOut, e),
+        other => io::Error::other(other),
+    }
+}
+
+/// One bidirectional QUIC stream as a byte stream. Shutting down the write
+/// side finishes the stream (a half-close); dropping it finishes what was
+/// written and stops reading.
+#[derive(Debug)]
+pub struct QuicStream {
+    send: SendStream,
+    recv: RecvStream,
+}
+
+impl QuicStream {
+    /// Joins the two halves of a bidirectional stream.
+    pub fn new(send: SendStream, recv: RecvStream) -> Self {
+        QuicStream { send, recv }
+    }
+
+    /// Aborts both directions with an application error `code`.
+    pub fn reset(&mut self, code: u32) {
+        let _ = self.send.reset(VarInt::from_u32(code));
+        let _ = self.recv.stop(VarInt::from_u32(code));
+    }
+
+    /// The halves, e.g. to read a header before relaying.
+    pub fn parts(&mut self) -> (&mut SendStream, &mut RecvStream) {
+        (&mut self.send, &mut self.recv)
+    }
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.get_mut().send), cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().send), cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.get_mut().send), cx)
+    }
+}
+
+/// How a session's UDP datagrams travelled, for the metrics and tests.
+#[derive(Debug, Default)]
+pub struct DatagramStats {
+    /// Sent as QUIC datagrams.
+    pub sent: AtomicU64,
+    /// Sent on their flow's stream: larger than the path takes, or the
+    /// peer takes no datagrams.
+    pub fallback: AtomicU64,
+    /// Received as QUIC datagrams for a live flow.
+    pub received: AtomicU64,
+    /// Received and dropped: malformed, for no live flow, or its queue full.
+    pub dropped: AtomicU64,
+}
+
+type Flows = Mutex<HashMap<u64, mpsc::Sender<Bytes>>>;
+
+/// One connection's UDP flows: QUIC datagrams in, each to its flow by id.
+#[derive(Debug)]
+pub struct QuicLink {
+    conn: Connection,
+    flows: Arc<Flows>,
+    stats: Arc<DatagramStats>,
+}
+
+impl QuicLink {
+    /// Starts reading `conn`'s datagrams (until the connection ends) into
+    /// the flows registered with [`QuicLink::flow`]. `stats` may be shared
+    /// by many connections.
+    pub fn new(conn: Connection, stats: Arc<DatagramStats>) -> Arc<Self> {
+        let flows: Arc<Flows> = Arc::default();
+        let (c, f, s) = (conn.clone(), flows.clone(), stats.clone());
+        tokio::spawn(async move {
+            while let Ok(d) = c.read_datagram().await {
+                let delivered = parse_datagram(d).ok().is_some_and(|(id, payload)| {
+                    let tx = f.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+                    tx.is_some_and(|tx| tx.try_send(payload).is_ok())
+                });
+                let counter = if delivered { &s.received } else { &s.dropped };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Arc::new(QuicLink { conn, flows, stats })
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The datagram counters.
+    pub fn stats(&self) -> &Arc<DatagramStats> {
+        &self.stats
+    }
+
+    /// UDP flow `id` on `stream`: from now on, datagrams tagged `id` go to
+    /// it. Register it before the peer can send any (the server before
+    /// the header, the client before its status byte).
+    pub fn flow(self: &Arc<Self>, id: u64, stream: QuicStream) -> QuicFlow {
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        self.flows.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        QuicFlow {
+            link: self.clone(),
+            id,
+            stream,
+            rx,
+            wbuf: BytesMut::new(),
+            pending: BytesMut::new(),
+            rbuf: BytesMut::new(),
+            out: BytesMut::new(),
+            eof: false,
+        }
+    }
+}
+
+/// A UDP flow that looks like the usual framed stream (u16 length, then
+/// the datagram; `opennotr_proto::datagram`) to whoever reads and writes
+/// it, so the udp plugin and the client's pump do not change: each
+/// datagram written goes out as a QUIC datagram tagged with the flow id
+/// when it fits `max_datagram_size`, else on the flow's stream in the same
+/// framing; both kinds come out of reads, whole. The stream's end is the
+/// flow's end.
+#[derive(Debug)]
+pub struct QuicFlow {
+    link: Arc<QuicLink>,
+    id: u64,
+    stream: QuicStream,
+    rx: mpsc::Receiver<Bytes>,
+    /// Written bytes not yet a whole frame.
+    wbuf: BytesMut,
+    /// Frames for the stream that it has not taken yet.
+    pending: BytesMut,
+    /// Bytes read from the stream, not yet a whole frame.
+    rbuf: BytesMut,
+    /// Whole frames for the reader.
+    out: BytesMut,
+    eof: bool,
+}
+
+impl Drop for QuicFlow {
+    fn drop(&mut self) {
+        self.link.flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
+impl QuicFlow {
+    /// The flow's stream, e.g. to write a header before the first datagram.
+    pub fn stream_mut(&mut self) -> &mut QuicStream {
+        &mut self.stream
+    }
+
+    fn send(&mut self, d: Bytes) {
+        let stats = &self.link.stats;
+        let fits = self.link.conn.max_datagram_size().is_some_and(|max| flow_id_len(self.id) + d.len() <= max);
+        if fits {
+            if let Some(tagged) = encode_datagram(self.id, &d) {
+                match self.link.conn.send_datagram(tagged) {
+                    Ok(()) => {
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    // The connection is gone: the stream says so next.
+                    Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+                    // The path shrank meanwhile: the stream takes it.
+                    Err(_) => {}
+                }
+            }
+        }
+        if self.pending.len() < FLOW_PENDING {
+            let _ = datagram::encode(&d, &mut self.pending);
+            stats.fallback.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = std::task::ready!(AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for QuicFlow {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out[..n]);
+                this.out.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut progress = false;
+            while let Poll::Ready(Some(d)) = this.rx.poll_recv(cx) {
+                let _ = datagram::encode(&d, &mut this.out);
+                progress = true;
+                if this.out.len() >= 64 << 10 {
+                    break;
+                }
+            }
+            if this.out.len() < 64 << 10 {
+                this.rbuf.reserve(16 << 10);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut this.stream), cx, &mut this.rbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        // The flow is over; what is whole is still delivered.
+                        this.eof = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+                while let Some(d) = datagram::decode(&mut this.rbuf) {
+                    let _ = datagram::encode(&d, &mut this.out);
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl AsyncWrite for QuicFlow {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // What the stream has not taken yet goes first, so a writer that
+        // outpaces a full stream waits here instead of queueing more.
+        std::task::ready!(this.poll_drain(cx))?;
+        this.wbuf.extend_from_slice(data);
+        while let Some(d) = datagram::decode(&mut this.wbuf) {
+            this.send(d);
+        }
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        AsyncWrite::poll_flush(Pin::new(&mut this.stream), cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        AsyncWrite::poll_shutdown(Pin::new(&mut this.stream), cx)
+    }
+}
+
+/// A QUIC stream of a session, as [`crate::Channel::Quic`] carries it.
+#[derive(Debug)]
+pub enum QuicChannel {
+    /// A byte stream (the control stream, a TCP stream).
+    Stream(QuicStream),
+    /// A UDP flow.
+    Flow(QuicFlow),
+}
+
+impl AsyncRead for QuicChannel {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            QuicChannel::Stream(s) => Pin::new(s).poll_read(cx, buf),
+            QuicChannel::Flow(f) => Pin::new(f).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for QuicChannel {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            QuicChannel::Stream(s) => Pin::new(s).poll_write(cx, data),
+            QuicChannel::Flow(f) => Pin::new(f).poll_write(cx, data),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            QuicChannel::Stream(s) => Pin::new(s).poll_flush(cx),
+            QuicChannel::Flow(f) => Pin::new(f).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            QuicChannel::Stream(s) => Pin::new(s).poll_shutdown(cx),
+            QuicChannel::Flow(f) => Pin::new(f).poll_shutdown(cx),
+        }
+    }
+}
