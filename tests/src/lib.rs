@@ -292,6 +292,8 @@ pub struct TestServer {
     pub dns: Option<SocketAddr>,
     /// The admin API's address, when it is on.
     pub admin: Option<SocketAddr>,
+    /// The QUIC endpoint's address, when `server.quic` is on.
+    pub quic: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), opennotr_server::ServerError>>>,
 }
@@ -308,10 +310,11 @@ impl TestServer {
         let addr = server.local_addr();
         let dns = server.dns_addr();
         let admin = server.admin_addr();
+        let quic = server.quic_addr();
         let handle = server.handle();
         let shutdown = CancellationToken::new();
         let task = Some(tokio::spawn(server.run(shutdown.clone())));
-        TestServer { addr, handle, dns, admin, shutdown, task }
+        TestServer { addr, handle, dns, admin, quic, shutdown, task }
     }
 
     /// Shuts the server down and waits until `run` has returned.
@@ -395,6 +398,8 @@ pub struct ClientSpec {
     pub handshake_timeout: Option<f64>,
     /// `reconnectMaxDelay`, seconds.
     pub reconnect_max_delay: f64,
+    /// `transport`: `"tcp"` or `"quic"`; the default (tcp) when `None`.
+    pub transport: Option<&'static str>,
 }
 
 impl ClientSpec {
@@ -411,6 +416,7 @@ impl ClientSpec {
             keepalive: None,
             handshake_timeout: None,
             reconnect_max_delay: 0.5,
+            transport: None,
         }
     }
 
@@ -452,6 +458,9 @@ impl ClientSpec {
         if let Some(t) = self.handshake_timeout {
             y += &format!("handshakeTimeout: {t}\n");
         }
+        if let Some(t) = self.transport {
+            y += &format!("transport: {t}\n");
+        }
         if !self.forwards.is_empty() {
             y += "forwards:\n";
             for f in &self.forwards {
@@ -470,6 +479,9 @@ impl ClientSpec {
 
 /// A running client and the events it reports.
 pub struct TestClient {
+    /// The client's QUIC endpoint while it is on QUIC (to move it to a new
+    /// socket: connection migration).
+    pub quic: opennotr_client::QuicEndpoint,
     events: mpsc::UnboundedReceiver<Event>,
     /// Every event received so far, in order.
     pub history: Vec<Event>,
@@ -503,8 +515,9 @@ impl TestClient {
         ));
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        let quic = client.quic_endpoint();
         let task = Some(tokio::spawn(async move { client.run(token).await }));
-        TestClient { events, history: Vec::new(), shutdown, task }
+        TestClient { quic, events, history: Vec::new(), shutdown, task }
     }
 
     /// The next event.

@@ -10,20 +10,25 @@
 //! - [`Client`]: the reconnect loop and the events it reports.
 //! - `session`: one connection: handshake, registration, control loop.
 //! - `stream`: one stream: local dial, data channel, relay (TCP) or pump (UDP).
+//! - `quic`: the same over QUIC (`transport: quic`): the handshake bound
+//!   to the connection's TLS, the streams the server opens, UDP datagrams.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opennotr_config::ClientConfig;
+use opennotr_config::{ClientConfig, Transport};
 use opennotr_proto::message::{ForwardResult, RefuseCode, StreamProtocol};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod quic;
 mod session;
 mod stream;
+
+pub use quic::QuicEndpoint;
 
 /// What happened, for the user and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +152,7 @@ pub struct Client {
     client_id: String,
     events: EventSink,
     allowed: Arc<Allowed>,
+    quic: QuicEndpoint,
 }
 
 impl std::fmt::Debug for Client {
@@ -160,7 +166,13 @@ impl Client {
     /// process keeps its VIP, domain and ports across reconnects.
     pub fn new(cfg: ClientConfig, events: EventSink) -> Self {
         let allowed = Arc::new(Allowed::from_config(&cfg));
-        Client { cfg: Arc::new(cfg), client_id: hex::encode(rand::random::<[u8; 16]>()), events, allowed }
+        Client {
+            cfg: Arc::new(cfg),
+            client_id: hex::encode(rand::random::<[u8; 16]>()),
+            events,
+            allowed,
+            quic: QuicEndpoint::default(),
+        }
     }
 
     /// The same client registering with `client_id` instead of a random
@@ -170,16 +182,30 @@ impl Client {
         self
     }
 
+    /// The QUIC endpoint of the session, when `transport: quic`: a handle
+    /// that can move it to a new socket (connection migration).
+    pub fn quic_endpoint(&self) -> QuicEndpoint {
+        self.quic.clone()
+    }
+
     /// Connects, serves, and reconnects with exponential backoff and jitter
     /// until `shutdown` is cancelled.
     pub async fn run(&self, shutdown: CancellationToken) {
         let cap = self.cfg.reconnect_max_delay;
         let base = Duration::from_millis(500).min(cap);
         let mut attempt = 0u32;
+        info!(server = %self.cfg.server_addr, transport = %self.cfg.transport, "connecting to the server");
         while !shutdown.is_cancelled() {
             let started = tokio::time::Instant::now();
+            let (cfg, id, allowed, events) = (&self.cfg, &self.client_id, &self.allowed, &self.events);
+            let attempt_once = async {
+                match cfg.transport {
+                    Transport::Tcp => session::connect_and_serve(cfg, id, allowed, events, &shutdown).await,
+                    Transport::Quic => quic::connect_and_serve(cfg, id, allowed, events, &shutdown, &self.quic).await,
+                }
+            };
             let r = tokio::select! {
-                r = session::connect_and_serve(&self.cfg, &self.client_id, &self.allowed, &self.events, &shutdown) => r,
+                r = attempt_once => r,
                 _ = shutdown.cancelled() => break,
             };
             if shutdown.is_cancelled() {

@@ -115,6 +115,22 @@ pub(crate) async fn connect_and_serve(
     } else {
         Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new())))
     };
+    serve_session(cfg, client_id, allowed, events, shutdown, (chan, server, keys), None).await
+}
+
+/// Registration on the control channel, then the control loop until the
+/// session ends, over either transport; `quic` takes the streams the
+/// server opens on a QUIC connection.
+pub(crate) async fn serve_session(
+    cfg: &ClientConfig,
+    client_id: &str,
+    allowed: &Arc<Allowed>,
+    events: &EventSink,
+    shutdown: &CancellationToken,
+    (chan, server, keys): (Channel, SocketAddr, SessionKeys),
+    quic: Option<crate::quic::Streams>,
+) -> Result<(), ClientError> {
+    let limit = cfg.handshake_timeout;
     let (rd, wr) = tokio::io::split(chan);
     let mut reader = FrameReader::new(rd);
     let mut writer = FrameWriter::new(wr);
@@ -133,7 +149,7 @@ pub(crate) async fn connect_and_serve(
         }
         other => return Err(refused(other)),
     };
-    info!(vip = %reg.vip, domain = %reg.domain, "connected");
+    info!(vip = %reg.vip, domain = %reg.domain, transport = %cfg.transport, "connected");
     for f in &reg.forwards {
         if let Some(e) = &f.error {
             warn!(protocol = %f.request.protocol, public_port = f.request.public_port, error = %e, "forward refused by the server");
@@ -144,6 +160,9 @@ pub(crate) async fn connect_and_serve(
     let link = Arc::new(Link { server, session, keys, plaintext: cfg.plaintext, timeout: limit });
     let kill = shutdown.child_token();
     let (out, mut outbox) = mpsc::channel::<ClientMessage>(1024);
+    if let Some(q) = quic {
+        q.spawn(allowed.clone(), out.clone(), kill.clone());
+    }
     let keepalive = cfg.keepalive_timeout;
     let write_kill = kill.clone();
     let writer_task = tokio::spawn(async move {

@@ -144,7 +144,7 @@ async fn serve_muxed(
 /// A UDP socket with large buffers (capped by the kernel's `rmem_max`), so
 /// a burst from the local service is not dropped while the flow's task waits
 /// to be scheduled.
-fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+pub(crate) fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
@@ -175,7 +175,7 @@ async fn open_data_channel(link: &Link, stream: u64) -> Result<Channel, Transpor
 }
 
 /// Datagrams both ways between a connected UDP socket and the stream.
-async fn pump_udp(sock: UdpSocket, chan: Channel) -> std::io::Result<()> {
+pub(crate) async fn pump_udp(sock: UdpSocket, chan: Channel) -> std::io::Result<()> {
     let (mut rd, mut wr) = tokio::io::split(chan);
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(UDP_QUEUE);
     let sock = &sock;

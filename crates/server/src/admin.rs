@@ -322,6 +322,20 @@ fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
     for (result, n) in shared.handshakes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(out, "opennotr_handshakes_total{{result=\"{result}\"}} {n}");
     }
+    if shared.cfg.server.quic.is_some() {
+        let q = &shared.quic_stats;
+        family(
+            &mut out,
+            "opennotr_quic_datagrams_total",
+            "counter",
+            "UDP datagrams of QUIC sessions, by how they went.",
+        );
+        for (result, n) in
+            [("sent", &q.sent), ("fallback", &q.fallback), ("received", &q.received), ("dropped", &q.dropped)]
+        {
+            let _ = writeln!(out, "opennotr_quic_datagrams_total{{result=\"{result}\"}} {}", n.load(Ordering::Relaxed));
+        }
+    }
     let st = &shared.sources.stats;
     family(&mut out, "opennotr_auth_failures_total", "counter", "Failed handshakes (wrong key, garbage, silence).");
     let _ = writeln!(out, "opennotr_auth_failures_total {}", st.failures.load(Ordering::Relaxed));

@@ -24,7 +24,7 @@ use crate::sources::Unauthenticated;
 use crate::state::AdmitError;
 use crate::Shared;
 
-const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
+pub(crate) const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
 
 /// Accepts clients and data channels until `stop`.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
@@ -71,7 +71,7 @@ async fn refuse(shared: &Shared, tcp: &mut TcpStream, peer: SocketAddr, code: Re
 
 /// Counts a failed handshake against `peer`'s source, and logs once when
 /// that starts a penalty.
-fn failed(shared: &Shared, peer: SocketAddr) {
+pub(crate) fn failed(shared: &Shared, peer: SocketAddr) {
     if let Some((source, penalty)) = shared.sources.failed(peer.ip()) {
         warn!(
             %source,
@@ -334,6 +334,27 @@ async fn control(
     } else {
         Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.s2c, &keys.control.c2s, BytesMut::new())))
     };
+    let auth = Authenticated { peer, name, plaintext, keys, shared_key, quic: None };
+    serve(shared, chan, auth, permit).await
+}
+
+/// A client that passed key confirmation, on either transport.
+pub(crate) struct Authenticated {
+    pub(crate) peer: SocketAddr,
+    pub(crate) name: Option<String>,
+    pub(crate) plaintext: bool,
+    pub(crate) keys: opennotr_proto::handshake::SessionKeys,
+    /// The shared key it authenticated with (`None` under a name).
+    pub(crate) shared_key: Option<opennotr_config::Secret>,
+    /// Its QUIC connection, when it came over QUIC.
+    pub(crate) quic: Option<crate::quic::QuicSession>,
+}
+
+/// Registration on the control channel `chan`, then the session until it
+/// ends.
+pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticated, permit: OwnedSemaphorePermit) {
+    let Authenticated { peer, name, plaintext, keys, shared_key, quic } = auth;
+    let limit = shared.cfg.server.handshake_timeout;
     let (rd, wr) = tokio::io::split(chan);
     let mut reader = FrameReader::new(rd);
     let mut writer = FrameWriter::new(wr);
@@ -350,6 +371,8 @@ async fn control(
             Err(e) => return debug!(error = %e, "no register"),
         };
     let (client_id, domain, forwards, vip_ports, mux) = register;
+    // QUIC streams are cheap: each gateway connection takes one of its own.
+    let mux = mux && quic.is_none();
     let exports = session::exports(&forwards, &vip_ports);
     if let Err(message) = crate::state::check_client_id(&client_id, name.is_some()) {
         let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message };
@@ -458,6 +481,10 @@ async fn control(
     };
     drop(out);
     drop(permit);
+    // Before any forward starts, so every stream of the session takes it.
+    if let Some(q) = quic {
+        let _ = session.quic.set(q);
+    }
     let creds = shared.creds();
     let changed = match &cred {
         Some(c) => creds.get(&c.name) != Some(c),
@@ -471,7 +498,8 @@ async fn control(
     let who = name.clone().unwrap_or_else(|| short(&client_id).to_string());
     let span = info_span!("session", client = %who, domain = %session.domain, vip = %session.vip);
     async move {
-        info!(%peer, plaintext, "client connected");
+        let transport = if session.quic.get().is_some() { "quic" } else { "tcp" };
+        info!(%peer, plaintext, transport, "client connected");
         let results = session::start_forwards(&shared, &session, cred.as_ref(), &forwards, &leased_ports).await;
         crate::vlan::export(&shared, &session, true).await;
         shared.publish_names();

@@ -5,6 +5,9 @@
 //! - [`Server`]: binds, accepts, shuts down with a grace period.
 //! - `conn`: one accepted connection: preface, then either a control
 //!   handshake (a new session) or a data channel (a stream of a session).
+//! - `quic`: the QUIC endpoint (`server.quic`): the same handshake on a
+//!   connection's first stream, bound to its TLS; a stream per visitor
+//!   stream, UDP flows as datagrams.
 //! - `session`: a live session: control loop, keepalive, opening streams,
 //!   clean-up.
 //! - `sources`: per source address, unauthenticated connections, live
@@ -29,6 +32,7 @@ mod admin;
 mod conn;
 mod creds;
 pub mod plugins;
+mod quic;
 mod session;
 mod sources;
 mod state;
@@ -254,11 +258,14 @@ pub(crate) struct Shared {
     pub(crate) config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
     /// Replaces the admin API's token on reload, when the API is on.
     pub(crate) admin_token: std::sync::OnceLock<opennotr_admin::TokenHandle>,
+    /// How the UDP datagrams of QUIC sessions travelled.
+    pub(crate) quic_stats: Arc<opennotr_transport::quic::DatagramStats>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: TcpListener,
+    quic: Option<opennotr_transport::quic::quinn::Endpoint>,
     shared: Arc<Shared>,
     vlan: Option<vlan::Setup>,
     dns: Option<opennotr_dns::DnsServer>,
@@ -383,6 +390,10 @@ impl Server {
         let public = public_addresses(&cfg)?;
         let addr = cfg.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let quic = match &cfg.server.quic {
+            None => None,
+            Some(q) => Some(quic::bind(&cfg, q, listener.local_addr().unwrap_or(addr))?),
+        };
         let dns = match &cfg.dns {
             None => None,
             Some(d) => {
@@ -441,6 +452,7 @@ impl Server {
             dns_stats: dns.as_ref().map(|d| d.stats()),
             config_path: Default::default(),
             admin_token: Default::default(),
+            quic_stats: Arc::default(),
             cfg,
         });
         if let Some(v) = &vlan {
@@ -457,7 +469,7 @@ impl Server {
                 Some(server)
             }
         };
-        Ok(Server { listener, shared, vlan, dns, etcd, admin })
+        Ok(Server { listener, quic, shared, vlan, dns, etcd, admin })
     }
 
     /// The admin API's address, when it is on.
@@ -468,6 +480,11 @@ impl Server {
     /// The control listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.shared.cfg.server.listen)
+    }
+
+    /// The QUIC endpoint's address, when `server.quic` is on.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().and_then(|e| e.local_addr().ok())
     }
 
     /// A handle for looking at the server while it runs.
@@ -486,6 +503,10 @@ impl Server {
         }
         let accept_stop = CancellationToken::new();
         let accept = tokio::spawn(conn::accept_loop(self.listener, shared.clone(), accept_stop.clone()));
+        let quic_accept = self.quic.map(|endpoint| {
+            info!(addr = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening for clients over QUIC");
+            tokio::spawn(quic::accept_loop(endpoint, shared.clone(), accept_stop.clone()))
+        });
         if let Some(v) = self.vlan {
             vlan::spawn(v, shared.clone(), shared.kill.clone());
         }
@@ -514,6 +535,9 @@ impl Server {
         shared.kill.cancel();
         accept_stop.cancel();
         let _ = accept.await;
+        if let Some(q) = quic_accept {
+            let _ = q.await;
+        }
         shared.sessions.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.sessions.wait()).await;
         names_stop.cancel();

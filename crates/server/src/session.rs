@@ -62,6 +62,9 @@ pub(crate) struct Session {
     pub(crate) exports: HashMap<(StreamProtocol, u16), SocketAddr>,
     /// Traffic to its VIP through the virtual LAN.
     pub(crate) vip_counters: Arc<Counters>,
+    /// Its QUIC connection, when it came over QUIC: streams are opened on
+    /// it instead of asking for data channels.
+    pub(crate) quic: std::sync::OnceLock<crate::quic::QuicSession>,
 }
 
 pub(crate) struct RunningForward {
@@ -125,6 +128,7 @@ impl Session {
             forwards: Mutex::new(Vec::new()),
             exports,
             vip_counters: Arc::default(),
+            quic: std::sync::OnceLock::new(),
         }
     }
 
@@ -210,6 +214,14 @@ impl Tunnel for SessionTunnel {
         }
         let permit = s.streams.clone().try_acquire_owned().map_err(|_| OpenError::TooManyStreams)?;
         let stream = s.next_stream.fetch_add(1, Ordering::Relaxed);
+        if let Some(q) = s.quic.get() {
+            let open = tokio::time::timeout(s.connect_timeout, q.open(stream, protocol, target, peer));
+            let chan = tokio::select! {
+                r = open => r.unwrap_or(Err(OpenError::Timeout)),
+                _ = s.kill.cancelled() => Err(OpenError::SessionClosed),
+            }?;
+            return Ok(TunnelStream::new(chan, Some(Box::new(permit))).counted(self.1.clone()));
+        }
         let (tx, rx) = oneshot::channel();
         s.pending.lock().map_err(|_| OpenError::SessionClosed)?.insert(stream, tx);
         let ask = async {

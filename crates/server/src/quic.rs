@@ -1,0 +1,384 @@
+//! The QUIC endpoint beside the TCP control listener (`server.quic`).
+//!
+//! A client opens one connection and, on its first bidirectional stream,
+//! runs the same preface, hello, challenge, confirm and register as over
+//! TCP, under the same pre-authentication limits (per-source caps and
+//! penalties, `helloTimeout`, handshake slots, 4 KiB frames); the SPAKE2
+//! transcript is bound to the TLS connection, so a relay that terminates
+//! TLS with its own certificate fails key confirmation. Once registered,
+//! the server opens one stream per visitor stream ([`QuicSession::open`]);
+//! UDP flows go as QUIC datagrams (`opennotr_transport::quic::QuicFlow`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opennotr_config::{QuicSection, ServerConfig};
+use opennotr_plugin::{OpenError, StreamProtocol};
+use opennotr_proto::frame::{parse_preface, PROTOCOL_VERSION};
+use opennotr_proto::handshake::ServerHandshake;
+use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage};
+use opennotr_proto::quic::{code, StreamHeader, MAX_REASON_LEN, STATUS_CONNECTED, STATUS_REFUSED};
+use opennotr_transport::quic::{quinn, QuicChannel, QuicLink, QuicStream, QuicTiming};
+use opennotr_transport::{read_frame_exact, read_preface, timed, write_frame, Channel, TransportError};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::conn::{failed, Authenticated, SOFTWARE};
+use crate::sources::Unauthenticated;
+use crate::{ServerError, Shared};
+
+/// A session's QUIC connection: where its streams are opened.
+#[derive(Debug)]
+pub(crate) struct QuicSession {
+    link: Arc<QuicLink>,
+}
+
+fn closed(_: impl std::fmt::Debug) -> OpenError {
+    OpenError::SessionClosed
+}
+
+impl QuicSession {
+    /// Opens the stream for `stream`: a header, then the client's status
+    /// byte; a UDP flow's datagrams are routed to it before the header
+    /// goes out, since the client may answer with some at once.
+    pub(crate) async fn open(
+        &self,
+        stream: u64,
+        protocol: StreamProtocol,
+        target: SocketAddr,
+        peer: Option<SocketAddr>,
+    ) -> Result<Channel, OpenError> {
+        if protocol == StreamProtocol::Mux {
+            return Err(OpenError::Refused("multiplexed streams are not carried over QUIC".into()));
+        }
+        let (send, recv) = self.link.connection().open_bi().await.map_err(closed)?;
+        let s = QuicStream::new(send, recv);
+        let mut chan = match protocol {
+            StreamProtocol::Udp => QuicChannel::Flow(self.link.flow(stream, s)),
+            _ => QuicChannel::Stream(s),
+        };
+        let s = match &mut chan {
+            QuicChannel::Stream(s) => s,
+            QuicChannel::Flow(f) => f.stream_mut(),
+        };
+        let (send, recv) = s.parts();
+        let header = StreamHeader { stream, protocol, target, peer }.encode();
+        send.write_all(&header).await.map_err(closed)?;
+        let mut status = [0u8; 1];
+        if recv.read_exact(&mut status).await.is_err() {
+            return Err(match self.link.connection().close_reason() {
+                Some(_) => OpenError::SessionClosed,
+                None => OpenError::Refused("the client reset the stream".into()),
+            });
+        }
+        match status[0] {
+            STATUS_CONNECTED => Ok(Channel::Quic(Box::new(chan))),
+            STATUS_REFUSED => {
+                let reason = recv.read_to_end(MAX_REASON_LEN).await.unwrap_or_default();
+                Err(OpenError::Refused(String::from_utf8_lossy(&reason).into_owned()))
+            }
+            other => {
+                s.reset(code::PROTOCOL);
+                Err(OpenError::Refused(format!("the client answered an unknown status {other}")))
+            }
+        }
+    }
+}
+
+/// The QUIC endpoint of `cfg`, on `quic.listen` or else the address the
+/// TCP control listener is bound to (`tcp`), with its certificate or a
+/// self-signed one.
+pub(crate) fn bind(cfg: &ServerConfig, quic: &QuicSection, tcp: SocketAddr) -> Result<quinn::Endpoint, ServerError> {
+    use opennotr_transport::quic as q;
+    let (chain, key) = match &quic.cert {
+        Some((cert, key)) => q::load_pem(cert, key)
+            .map_err(|e| ServerError::Config { key: "server.quicCert".into(), message: e.to_string() })?,
+        None => {
+            q::self_signed().map_err(|e| ServerError::Config { key: "server.quic".into(), message: e.to_string() })?
+        }
+    };
+    let timing =
+        QuicTiming { keepalive_interval: cfg.server.keepalive_interval, idle_timeout: cfg.server.keepalive_timeout };
+    let max_incoming = cfg.limits.max_handshakes.saturating_mul(4);
+    let config = q::server_config(chain, key, timing, max_incoming)
+        .map_err(|e| ServerError::Config { key: "server.quicCert".into(), message: e.to_string() })?;
+    let addr = quic.listen.unwrap_or(tcp);
+    quinn::Endpoint::server(config, addr).map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Accepts QUIC connections until `stop`, under the same per-source and
+/// overall caps as the TCP control port.
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = stop.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let peer = incoming.remote_address();
+        let Some(unauthenticated) = shared.sources.unauthenticated(peer.ip()) else {
+            debug!(%peer, "too many unauthenticated connections from this source; refusing a QUIC connection");
+            incoming.refuse();
+            continue;
+        };
+        // Under load, a new address first proves that it receives at that
+        // address (a stateless retry: one round trip, nothing kept here),
+        // so spoofed sources cannot fill the queue with handshakes.
+        let capacity = shared.limits().max_handshakes.saturating_mul(4);
+        let busy = shared.queued.available_permits() < capacity / 2;
+        if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
+        let queued = match shared.queued.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if unauthenticated.trusted => None,
+            Err(_) => {
+                shared.sources.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, "too many connections waiting for a handshake; refusing a QUIC connection");
+                incoming.refuse();
+                continue;
+            }
+        };
+        let span = info_span!("conn", %peer, transport = "quic");
+        shared.sessions.spawn(handle(shared.clone(), incoming, peer, queued, unauthenticated).instrument(span));
+    }
+    endpoint.close(quinn::VarInt::from_u32(code::SESSION_ENDED), b"server shutting down");
+}
+
+/// What a connection sends first.
+enum First {
+    Frame(bytes::Bytes),
+    Version(u8),
+}
+
+fn io(e: impl Into<quinn::ConnectionError>) -> TransportError {
+    TransportError::Io(opennotr_transport::quic::io_error(e.into()))
+}
+
+/// Writes a refusal on the control stream and waits (briefly) until the
+/// client has it: closing the connection at once would discard it.
+async fn refuse(shared: &Shared, s: &mut QuicStream, peer: SocketAddr, code: RefuseCode, message: String) {
+    if code == RefuseCode::ProtocolError {
+        debug!(%code, %message, "refusing a peer");
+    } else {
+        info!(%code, %message, "refusing client");
+    }
+    shared.refused(peer, None, code, &message);
+    let m = ServerMessage::Refused { code, message };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        write_frame(s, &m.to_bytes()).await?;
+        let (send, _) = s.parts();
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        Ok::<_, TransportError>(())
+    })
+    .await;
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    peer: SocketAddr,
+    queued: Option<OwnedSemaphorePermit>,
+    unauthenticated: Unauthenticated,
+) {
+    // The QUIC handshake, the control stream, the preface and the first
+    // message all count against `helloTimeout`.
+    let first = timed(shared.cfg.server.hello_timeout, "waiting for the hello", async {
+        let conn = incoming.accept().map_err(io)?.await.map_err(io)?;
+        let (send, recv) = conn.accept_bi().await.map_err(io)?;
+        let mut s = QuicStream::new(send, recv);
+        let preface = read_preface(&mut s).await?;
+        let first = match parse_preface(&preface)? {
+            PROTOCOL_VERSION => First::Frame(read_frame_exact(&mut s).await?),
+            other => First::Version(other),
+        };
+        Ok((conn, s, first))
+    })
+    .await;
+    let (conn, mut s, first) = match first {
+        Ok(x) => x,
+        Err(e @ TransportError::Frame(_)) => {
+            shared.handshake_result("protocol_error");
+            failed(&shared, peer);
+            return debug!(error = %e, "not an opennotr client");
+        }
+        Err(e) => return debug!(error = %e, "no hello"),
+    };
+    let first = match first {
+        First::Frame(f) => f,
+        First::Version(v) => {
+            let msg = format!(
+                "protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the client version {v}; \
+                 run the same opennotr release on both sides"
+            );
+            shared.handshake_result("version_mismatch");
+            return refuse(&shared, &mut s, peer, RefuseCode::VersionMismatch, msg).await;
+        }
+    };
+    match ClientMessage::from_bytes(&first) {
+        Ok(ClientMessage::Hello { version, spake, plaintext, software, name }) => {
+            if version != PROTOCOL_VERSION {
+                let msg = format!("protocol version mismatch: server {PROTOCOL_VERSION}, client {version}");
+                shared.handshake_result("version_mismatch");
+                return refuse(&shared, &mut s, peer, RefuseCode::VersionMismatch, msg).await;
+            }
+            debug!(%software, name = name.as_deref().unwrap_or(""), "hello");
+            if let Some(left) = shared.sources.penalized(peer.ip()) {
+                shared.handshake_result("penalized");
+                let msg = format!(
+                    "too many failed handshakes from this address; retry in {} s (check the client's key and name)",
+                    left.as_secs() + 1
+                );
+                debug!(retry_secs = left.as_secs() + 1, "refusing a handshake from a penalized source");
+                let m = ServerMessage::Refused { code: RefuseCode::TooManyFailures, message: msg };
+                let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut s, &m.to_bytes())).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                return;
+            }
+            // Nothing is sealed again inside QUIC: a plaintext session does
+            // not exist there, and one asked for is a confused client.
+            if plaintext {
+                shared.handshake_result("plaintext_not_allowed");
+                let msg = "plaintext is not offered over QUIC, which is always encrypted (set plaintext: false)";
+                return refuse(&shared, &mut s, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
+            }
+            let limit = shared.cfg.server.handshake_timeout;
+            let slot = tokio::time::timeout(limit, shared.handshake_slots.clone().acquire_owned()).await;
+            drop(queued);
+            let Ok(Ok(permit)) = slot else {
+                shared.handshake_result("busy");
+                return debug!("no handshake slot in time; dropping the connection");
+            };
+            control(shared, conn, s, peer, spake, name, permit, unauthenticated).await
+        }
+        Ok(_) => {
+            shared.handshake_result("protocol_error");
+            failed(&shared, peer);
+            let msg = "expected hello as the first message (data channels do not exist over QUIC)".to_string();
+            refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, msg).await
+        }
+        Err(e) => {
+            shared.handshake_result("protocol_error");
+            failed(&shared, peer);
+            refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, format!("malformed hello: {e}")).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn control(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut s: QuicStream,
+    peer: SocketAddr,
+    spake: Vec<u8>,
+    name: Option<String>,
+    permit: OwnedSemaphorePermit,
+    unauthenticated: Unauthenticated,
+) {
+    let limit = shared.cfg.server.handshake_timeout;
+    let result = |r: &'static str| shared.handshake_result(r);
+    if shared.draining.is_cancelled() {
+        result("shutting_down");
+        return refuse(&shared, &mut s, peer, RefuseCode::ShuttingDown, "the server is shutting down".into()).await;
+    }
+    // Waiting for a slot may have outlasted the client's patience.
+    if conn.close_reason().is_some() {
+        result("closed");
+        return debug!("client left before its challenge");
+    }
+    let name = name.filter(|n| !n.is_empty() && n.len() <= 63);
+    let creds = shared.creds();
+    if name.is_none() && creds.shared_key.is_none() {
+        result("bad_key");
+        let msg = "this server has no shared key: set `name` and `key` from the server's clients list";
+        return refuse(&shared, &mut s, peer, RefuseCode::BadKey, msg.into()).await;
+    }
+    // An unknown name runs the exchange with a random key (see conn.rs).
+    let key = creds.key_for(name.as_deref()).map(|k| k.expose().as_bytes().to_vec());
+    let shared_key = if name.is_none() { creds.shared_key.clone() } else { None };
+    drop(creds);
+    let key = key.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
+    let Ok(binding) = opennotr_transport::quic::binding(&conn) else {
+        result("closed");
+        return debug!("no TLS exporter on this connection");
+    };
+    let (hs, spake_b, mac) = match ServerHandshake::respond_bound(&key, name.as_deref(), &spake, false, Some(&binding))
+    {
+        Ok(x) => x,
+        Err(e) => {
+            result("protocol_error");
+            failed(&shared, peer);
+            return refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, e.to_string()).await;
+        }
+    };
+    drop(key);
+    if conn.close_reason().is_some() {
+        result("closed");
+        return debug!("client left before its challenge");
+    }
+    let challenge =
+        ServerMessage::Challenge { version: PROTOCOL_VERSION, spake: spake_b, mac, software: SOFTWARE.into() };
+    if let Err(e) = timed(limit, "sending challenge", write_frame(&mut s, &challenge.to_bytes())).await {
+        result("closed");
+        failed(&shared, peer);
+        return debug!(error = %e, "handshake failed");
+    }
+    // From here on the client can tell from our MAC whether its key was
+    // right (or, behind a relay, that the binding differs): anything but
+    // a good confirm is one guess spent.
+    let confirm = match timed(limit, "waiting for key confirmation", read_frame_exact(&mut s)).await {
+        Ok(f) => ClientMessage::from_bytes(&f),
+        Err(TransportError::Timeout(_)) => {
+            result("timeout");
+            failed(&shared, peer);
+            return debug!("no key confirmation in time");
+        }
+        Err(_) => {
+            result("bad_key");
+            failed(&shared, peer);
+            let msg = "client closed during the handshake (its key probably differs from the server's)";
+            shared.refused(peer, name.as_deref(), RefuseCode::BadKey, msg);
+            return info!("{msg}");
+        }
+    };
+    let keys = match confirm {
+        Ok(ClientMessage::Confirm { mac }) => match hs.verify(&mac) {
+            Ok(k) => k,
+            Err(_) => {
+                result("bad_key");
+                failed(&shared, peer);
+                let msg = match &name {
+                    None => "authentication failed: the client's key does not match the server's authKey",
+                    Some(_) => "authentication failed: unknown client name or wrong key",
+                };
+                return refuse(&shared, &mut s, peer, RefuseCode::BadKey, msg.into()).await;
+            }
+        },
+        _ => {
+            result("protocol_error");
+            failed(&shared, peer);
+            return refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, "expected confirm".into()).await;
+        }
+    };
+    result("ok");
+    shared.sources.succeeded(peer.ip());
+    drop(unauthenticated);
+    let _live = shared.sources.session(peer.ip());
+    opennotr_transport::quic::authenticated(&conn);
+    let link = QuicLink::new(conn.clone(), shared.quic_stats.clone());
+    let chan = Channel::Quic(Box::new(QuicChannel::Stream(s)));
+    let auth = Authenticated { peer, name, plaintext: false, keys, shared_key, quic: Some(QuicSession { link }) };
+    crate::conn::serve(shared, chan, auth, permit).await;
+    // A parting `going_away` is on its way: the client closes once it has
+    // it; one that does not is cut shortly.
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+    conn.close(quinn::VarInt::from_u32(code::SESSION_ENDED), b"session ended");
+}
