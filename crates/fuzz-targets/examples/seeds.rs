@@ -117,6 +117,7 @@ fn main() {
         ("dns_query", dns_queries),
         ("etcd_reply", etcd_replies),
         ("acme_reply", acme_replies),
+        ("quic_framing", quic_framings),
     ] {
         let mut s = Seeds::new(name);
         make(&mut s);
@@ -300,6 +301,38 @@ fn datagrams(s: &mut Seeds) {
     s.ctl("truncated", 0, &wire[..wire.len() - 1]);
     s.ctl("max-length-header", 0, [0xff, 0xff, 1, 2, 3]);
     s.ctl("one-byte", 0, [7]);
+}
+
+fn quic_framings(s: &mut Seeds) {
+    use opennotr_proto::message::StreamProtocol;
+    use opennotr_proto::quic::{encode_datagram, StreamHeader};
+    let v4 = StreamHeader {
+        stream: 1,
+        protocol: StreamProtocol::Tcp,
+        target: "127.0.0.1:8080".parse().expect("an address"),
+        peer: Some("203.0.113.7:51000".parse().expect("an address")),
+    };
+    let v6 = StreamHeader {
+        stream: u64::MAX,
+        protocol: StreamProtocol::Udp,
+        target: "[::1]:53".parse().expect("an address"),
+        peer: None,
+    };
+    s.ctl("header-v4", 0, v4.encode());
+    s.ctl("header-v6-no-peer", 2, v6.encode());
+    s.ctl("header-mux", 4, StreamHeader { protocol: StreamProtocol::Mux, ..v4 }.encode());
+    let mut trailing = v4.encode().to_vec();
+    trailing[0] += 1;
+    trailing.push(0);
+    s.ctl("header-trailing", 0, trailing);
+    s.ctl("header-zero-length", 0, [0]);
+    s.ctl("header-too-long", 0, [255, 1, 2]);
+    for (name, flow) in [("1", 0), ("2", 300), ("4", 70_000), ("8", 1 << 40)] {
+        s.ctl(&format!("datagram-id{name}"), 1, encode_datagram(flow, b"query").expect("a 62-bit id"));
+    }
+    s.ctl("datagram-long-id", 1, [0x40, 0x05, 9]);
+    s.ctl("datagram-truncated-id", 3, [0xc0, 1, 2]);
+    s.ctl("datagram-empty-payload", 5, [7]);
 }
 
 fn mux_frame_bytes(frames: &[(u32, Kind, &[u8])]) -> Vec<u8> {

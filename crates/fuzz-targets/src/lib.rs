@@ -24,6 +24,7 @@ mod handshake;
 mod http;
 mod message;
 mod mux;
+mod quic;
 mod record;
 mod tls;
 
@@ -35,6 +36,7 @@ pub use handshake::handshake;
 pub use http::{chunked, http_request, http_response};
 pub use message::message;
 pub use mux::{mux_frame, mux_session, mux_state};
+pub use quic::quic_framing;
 pub use record::record;
 pub use tls::tls_hello;
 
@@ -59,6 +61,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dns_query", dns_query),
     ("etcd_reply", etcd_reply),
     ("acme_reply", acme_reply),
+    ("quic_framing", quic_framing),
 ];
 
 /// The first byte (the control byte) and the rest.
