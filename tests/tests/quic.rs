@@ -343,3 +343,143 @@ async fn many_concurrent_streams_each_echo_their_own() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_shutdown_reaches_the_client_as_going_away() {
+    run_test(async {
+        let server = TestServer::start(&quic_server()).await;
+        let mut client = TestClient::start(&quic_client(&server));
+        client.connected().await;
+        server.stop().await;
+        let reason = client.disconnected().await;
+        assert!(reason.contains("server going away"), "{reason}");
+    })
+    .await
+}
+
+/// An HTTP/1.1 service answering every request on a connection with its
+/// path, until the connection closes.
+async fn http_paths() -> Service {
+    tcp_service(|s| async move {
+        let mut s = tokio::io::BufReader::new(s);
+        loop {
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                match tokio::io::AsyncBufReadExt::read_line(&mut s, &mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => head.push(line),
+                }
+            }
+            let path = head.first().and_then(|l| l.split(' ').nth(1)).unwrap_or("?").to_string();
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+            if s.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// The gateway's requests to a QUIC client take a stream each (the client
+/// is not asked to multiplex, whatever its `multiplex` says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reaches_a_quic_client() {
+    run_test(async {
+        let service = http_paths().await;
+        let spec = quic_server().plugin("http", r#"{"listen": "127.0.0.1:0"}"#);
+        let server = TestServer::start(&spec).await;
+        let domain = format!("web.{ZONE}");
+        let client_spec = ClientSpec { multiplex: true, ..quic_client(&server) }
+            .domain(&domain)
+            .forward(http_fwd(service.addr.port()));
+        let mut client = TestClient::start(&client_spec);
+        let port = public_port(&client.connected().await, 0);
+        let mut visitor = TcpStream::connect(local(port)).await.unwrap();
+        for path in ["/one", "/two"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {domain}\r\n\r\n");
+            visitor.write_all(req.as_bytes()).await.unwrap();
+            let want = format!("\r\n\r\n{path}");
+            let mut got = Vec::new();
+            within(WAIT, "the gateway's answer", async {
+                let mut buf = [0u8; 1024];
+                while !String::from_utf8_lossy(&got).ends_with(&want) {
+                    let n = visitor.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                    got.extend_from_slice(&buf[..n]);
+                }
+            })
+            .await;
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        }
+    })
+    .await
+}
+
+/// A QUIC connection to `server` that is not an opennotr client (yet).
+async fn stranger(server: SocketAddr) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
+    let timing = QuicTiming {
+        keepalive_interval: std::time::Duration::from_secs(5),
+        idle_timeout: std::time::Duration::from_secs(15),
+    };
+    let mut ep = quinn::Endpoint::client(local(0)).unwrap();
+    ep.set_default_client_config(q::client_config(timing).unwrap());
+    let conn = ep.connect(server, "opennotr").unwrap().await?;
+    Ok((ep, conn))
+}
+
+/// The control port's pre-authentication bounds hold on QUIC: the
+/// per-source cap refuses a connection attempt outright, a silent
+/// connection is closed after helloTimeout, garbage and an oversized
+/// handshake frame are closed and counted as failed handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_bounded_before_authentication() {
+    run_test(async {
+        let spec = ServerSpec {
+            server_yaml: "  quic: true\n  helloTimeout: 1\n".into(),
+            limits: vec![("maxHandshakesPerIp", 2)],
+            ..quic_server()
+        };
+        let server = TestServer::start(&spec).await;
+        let addr = server.quic.unwrap();
+        let a = stranger(addr).await.expect("a first stranger gets a QUIC connection");
+        let b = stranger(addr).await.expect("and a second");
+        let c = stranger(addr).await;
+        assert!(matches!(c, Err(quinn::ConnectionError::ConnectionClosed(_))), "a third is refused: {c:?}");
+        within(CLOSE_GUARD, "silent strangers to be closed after helloTimeout", async {
+            a.1.closed().await;
+            b.1.closed().await;
+        })
+        .await;
+
+        let not_a_client = stranger(addr).await.expect("room again");
+        let (mut send, _recv) = not_a_client.1.open_bi().await.unwrap();
+        send.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        within(CLOSE_GUARD, "garbage to be closed", not_a_client.1.closed()).await;
+
+        let oversized = stranger(addr).await.expect("room again");
+        let (mut send, _recv) = oversized.1.open_bi().await.unwrap();
+        let mut first = b"NOTR\x01".to_vec();
+        first.extend_from_slice(&5000u32.to_be_bytes());
+        send.write_all(&first).await.unwrap();
+        within(CLOSE_GUARD, "an oversized hello to be closed", oversized.1.closed()).await;
+
+        let admin = server.admin.unwrap();
+        within(WAIT, "the server to count both failures", async {
+            loop {
+                let m = admin_metrics(admin, TOKEN).await;
+                if metric(&m, "opennotr_handshakes_total{result=\"protocol_error\"}") == Some(2) {
+                    assert_eq!(metric(&m, "opennotr_auth_failures_total"), Some(2), "{m}");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        // A real client still gets in.
+        let mut client = TestClient::start(&quic_client(&server));
+        client.connected().await;
+    })
+    .await
+}

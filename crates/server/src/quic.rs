@@ -148,7 +148,10 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, 
         let span = info_span!("conn", %peer, transport = "quic");
         shared.sessions.spawn(handle(shared.clone(), incoming, peer, queued, unauthenticated).instrument(span));
     }
-    endpoint.close(quinn::VarInt::from_u32(code::SESSION_ENDED), b"server shutting down");
+    // No new connections; the sessions' own connections close as each
+    // session ends (after its parting `going_away`), and the endpoint with
+    // the last of them.
+    endpoint.set_server_config(None);
 }
 
 /// What a connection sends first.

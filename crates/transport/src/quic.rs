@@ -58,6 +58,9 @@ const PRE_AUTH_WINDOW: u32 = 64 << 10;
 const CLIENT_MAX_STREAMS: u32 = 8192;
 /// Datagrams received and not yet read; more are dropped, oldest first.
 const DATAGRAM_BUFFER: usize = 1 << 20;
+/// The same on the server, where a client that completed TLS but not yet
+/// the handshake (nothing reads its datagrams) can fill it: smaller.
+const SERVER_DATAGRAM_BUFFER: usize = 256 << 10;
 /// Datagrams a flow's reader has not taken yet; more are dropped.
 const FLOW_QUEUE: usize = 512;
 /// Stream-fallback bytes a flow queues when its stream is full; datagrams
@@ -132,9 +135,18 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut t = transport(timing);
-    t.max_concurrent_bidi_streams(VarInt::from_u32(1)).receive_window(VarInt::from_u32(PRE_AUTH_WINDOW));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .receive_window(VarInt::from_u32(PRE_AUTH_WINDOW))
+        .datagram_receive_buffer_size(Some(SERVER_DATAGRAM_BUFFER));
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(Arc::new(t)).migration(true).max_incoming(max_incoming.max(1));
+    // Packets of a connection attempt not yet accepted: no 0-RTT is
+    // taken, so a handshake's worth is all they need.
+    let per_incoming = u64::from(PRE_AUTH_WINDOW);
+    cfg.transport_config(Arc::new(t))
+        .migration(true)
+        .max_incoming(max_incoming.max(1))
+        .incoming_buffer_size(per_incoming)
+        .incoming_buffer_size_total(per_incoming.saturating_mul(max_incoming.max(1) as u64).min(64 << 20));
     Ok(cfg)
 }
 
