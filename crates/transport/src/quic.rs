@@ -536,3 +536,138 @@ impl AsyncWrite for QuicChannel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TIMING: QuicTiming =
+        QuicTiming { keepalive_interval: Duration::from_secs(5), idle_timeout: Duration::from_secs(15) };
+
+    /// A connected pair; the client takes no QUIC datagrams when
+    /// `client_datagrams` is false.
+    async fn pair(client_datagrams: bool) -> (quinn::Endpoint, Connection, quinn::Endpoint, Connection) {
+        let (chain, key) = self_signed().unwrap();
+        let server =
+            quinn::Endpoint::server(server_config(chain, key, TIMING, 4).unwrap(), ([127, 0, 0, 1], 0).into()).unwrap();
+        let mut client = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        let mut cfg = client_config(TIMING).unwrap();
+        if !client_datagrams {
+            let mut t = transport(TIMING);
+            t.datagram_receive_buffer_size(None);
+            cfg.transport_config(Arc::new(t));
+        }
+        client.set_default_client_config(cfg);
+        let addr = server.local_addr().unwrap();
+        let (c, s) = tokio::join!(async { client.connect(addr, "opennotr").unwrap().await.unwrap() }, async {
+            server.accept().await.unwrap().await.unwrap()
+        });
+        (server, s, client, c)
+    }
+
+    fn framed(datagrams: &[&[u8]]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for d in datagrams {
+            datagram::encode(d, &mut out).unwrap();
+        }
+        out.to_vec()
+    }
+
+    async fn read_framed(r: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<Bytes> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        while out.len() < n {
+            assert!(r.read_buf(&mut buf).await.unwrap() > 0, "the flow ended early");
+            while let Some(d) = datagram::decode(&mut buf) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// Sends three datagrams each way on a flow (one above any path MTU)
+    /// and returns how many went as QUIC datagrams and how many on the
+    /// stream, client's then server's; the reader gets each whole, however
+    /// the writer split its bytes, and in order on the stream.
+    async fn exchange(client_datagrams: bool) -> ((u64, u64), (u64, u64)) {
+        let (_se, server, _ce, client) = pair(client_datagrams).await;
+        let (cs, ss) = (Arc::new(DatagramStats::default()), Arc::new(DatagramStats::default()));
+        let (cl, sl) = (QuicLink::new(client.clone(), cs.clone()), QuicLink::new(server.clone(), ss.clone()));
+        // The client opens the stream (servers allow one), as the control
+        // stream would be; a flow's stream is any stream.
+        let (send, recv) = client.open_bi().await.unwrap();
+        let mut cf = cl.flow(9, QuicStream::new(send, recv));
+        cf.stream_mut().write_all(b"!").await.unwrap();
+        let (send, mut recv) = server.accept_bi().await.unwrap();
+        let mut one = [0u8; 1];
+        recv.read_exact(&mut one).await.unwrap();
+        let mut sf = sl.flow(9, QuicStream::new(send, recv));
+
+        let big = vec![7u8; 3000];
+        let wire = framed(&[b"small", &big, b""]);
+        for piece in wire.chunks(7) {
+            cf.write_all(piece).await.unwrap();
+        }
+        cf.flush().await.unwrap();
+        let mut got: Vec<Vec<u8>> = read_framed(&mut sf, 3).await.into_iter().map(|b| b.to_vec()).collect();
+        got.sort();
+        let mut want = vec![b"".to_vec(), b"small".to_vec(), big.clone()];
+        want.sort();
+        assert!(got == want, "got datagrams of {:?} bytes", got.iter().map(Vec::len).collect::<Vec<_>>());
+
+        sf.write_all(&framed(&[b"a", b"bb", &big])).await.unwrap();
+        sf.flush().await.unwrap();
+        let mut got: Vec<Vec<u8>> = read_framed(&mut cf, 3).await.into_iter().map(|b| b.to_vec()).collect();
+        got.sort();
+        let mut want = vec![b"a".to_vec(), b"bb".to_vec(), big.clone()];
+        want.sort();
+        assert!(got == want, "got datagrams of {:?} bytes", got.iter().map(Vec::len).collect::<Vec<_>>());
+
+        // The stream's end is the flow's end.
+        sf.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        cf.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let count = |s: &DatagramStats| (s.sent.load(Ordering::Relaxed), s.fallback.load(Ordering::Relaxed));
+        (count(&cs), count(&ss))
+    }
+
+    #[tokio::test]
+    async fn small_datagrams_go_as_datagrams_and_large_ones_on_the_stream() {
+        assert_eq!(exchange(true).await, ((2, 1), (2, 1)));
+    }
+
+    /// A peer that takes no QUIC datagrams gets them all on the stream,
+    /// and (quinn's rule) it sends none either.
+    #[tokio::test]
+    async fn without_datagrams_everything_takes_the_stream() {
+        assert_eq!(exchange(false).await, ((0, 3), (0, 3)));
+    }
+
+    /// Datagrams for a flow that is gone, or malformed, are dropped.
+    #[tokio::test]
+    async fn stray_datagrams_are_dropped() {
+        let (_se, server, _ce, client) = pair(true).await;
+        let ss = Arc::new(DatagramStats::default());
+        let _sl = QuicLink::new(server.clone(), ss.clone());
+        client.send_datagram(encode_datagram(9, b"for nobody").unwrap()).unwrap();
+        client.send_datagram(Bytes::from_static(&[0x80])).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ss.dropped.load(Ordering::Relaxed) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("both dropped");
+        assert_eq!(ss.received.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn both_ends_export_the_same_binding() {
+        let (_se, server, _ce, client) = pair(true).await;
+        assert_eq!(binding(&server).unwrap(), binding(&client).unwrap());
+        let (_se2, other, _ce2, _) = pair(true).await;
+        assert_ne!(binding(&server).unwrap(), binding(&other).unwrap());
+    }
+}
