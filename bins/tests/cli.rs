@@ -430,10 +430,15 @@ struct ExamplePair {
 }
 
 fn example_pair(dir: &TempDir, server_yaml: &str) -> ExamplePair {
+    example_pair_with(dir, server_yaml, |c| c)
+}
+
+/// [`example_pair`] with the client file changed by `edit` first.
+fn example_pair_with(dir: &TempDir, server_yaml: &str, edit: impl FnOnce(String) -> String) -> ExamplePair {
     let (server, addr) = start_server(dir, &dir.write("opennotrd.yaml", server_yaml));
 
     let (tcp_local, udp_local) = (tcp_echo(), udp_echo());
-    let mut c = replace_once(&read_etc("opennotr.yaml"), "127.0.0.1:10100", &addr.to_string());
+    let mut c = replace_once(&edit(read_etc("opennotr.yaml")), "127.0.0.1:10100", &addr.to_string());
     c = replace_once(&c, "0: 8080", &format!("0: {tcp_local}"));
     c = replace_once(&c, "0: 5353", &format!("0: {udp_local}"));
     let mut client = start_client(dir, &dir.write("opennotr.yaml", &c));
@@ -464,6 +469,22 @@ fn commented_examples_end_to_end() {
     check_tcp_echo(pair.tcp_pub, 100_000);
     check_udp_echo(pair.udp_pub);
     check_tcp_echo(pair.tcp_pub, 1);
+    shut_down(pair.server, pair.client);
+}
+
+/// The same examples with QUIC turned on at both ends: the client reaches
+/// the server's control port on UDP, and says which transport it uses.
+#[test]
+fn commented_examples_over_quic() {
+    let dir = TempDir::new("examples-quic");
+    let server_yaml = replace_once(&example_server_yaml(), "quic: false", "quic: true");
+    let mut pair = example_pair_with(&dir, &server_yaml, |c| replace_once(&c, "transport: tcp", "transport: quic"));
+    // Logged before the registration, on the other pipe: already read, or next.
+    if !pair.client.transcript().contains("quic") {
+        pair.client.expect(Src::Err, "naming the client's transport", |l| l.contains("quic"));
+    }
+    check_tcp_echo(pair.tcp_pub, 100_000);
+    check_udp_echo(pair.udp_pub);
     shut_down(pair.server, pair.client);
 }
 

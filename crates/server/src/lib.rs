@@ -504,7 +504,7 @@ impl Server {
         let accept_stop = CancellationToken::new();
         let accept = tokio::spawn(conn::accept_loop(self.listener, shared.clone(), accept_stop.clone()));
         let quic_accept = self.quic.map(|endpoint| {
-            info!(addr = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening for clients over QUIC");
+            info!(addr = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening for QUIC clients");
             tokio::spawn(quic::accept_loop(endpoint, shared.clone(), accept_stop.clone()))
         });
         if let Some(v) = self.vlan {
