@@ -395,6 +395,8 @@ pub struct ClientSpec {
     pub handshake_timeout: Option<f64>,
     /// `reconnectMaxDelay`, seconds.
     pub reconnect_max_delay: f64,
+    /// `spareChannels`; `None` = the default.
+    pub spare_channels: Option<u32>,
 }
 
 impl ClientSpec {
@@ -411,6 +413,7 @@ impl ClientSpec {
             keepalive: None,
             handshake_timeout: None,
             reconnect_max_delay: 0.5,
+            spare_channels: None,
         }
     }
 
@@ -451,6 +454,9 @@ impl ClientSpec {
         }
         if let Some(t) = self.handshake_timeout {
             y += &format!("handshakeTimeout: {t}\n");
+        }
+        if let Some(n) = self.spare_channels {
+            y += &format!("spareChannels: {n}\n");
         }
         if !self.forwards.is_empty() {
             y += "forwards:\n";

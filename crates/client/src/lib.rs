@@ -10,6 +10,8 @@
 //! - [`Client`]: the reconnect loop and the events it reports.
 //! - `session`: one connection: handshake, registration, control loop.
 //! - `stream`: one stream: local dial, data channel, relay (TCP) or pump (UDP).
+//! - `spare`: data channels opened ahead of need, so a stream waits for no
+//!   round trip to the server.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod session;
+mod spare;
 mod stream;
 
 /// What happened, for the user and for tests.
