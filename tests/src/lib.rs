@@ -398,6 +398,8 @@ pub struct ClientSpec {
     pub handshake_timeout: Option<f64>,
     /// `reconnectMaxDelay`, seconds.
     pub reconnect_max_delay: f64,
+    /// `spareChannels`; `None` = the default.
+    pub spare_channels: Option<u32>,
     /// `transport`: `"tcp"` or `"quic"`; the default (tcp) when `None`.
     pub transport: Option<&'static str>,
 }
@@ -416,6 +418,7 @@ impl ClientSpec {
             keepalive: None,
             handshake_timeout: None,
             reconnect_max_delay: 0.5,
+            spare_channels: None,
             transport: None,
         }
     }
@@ -457,6 +460,9 @@ impl ClientSpec {
         }
         if let Some(t) = self.handshake_timeout {
             y += &format!("handshakeTimeout: {t}\n");
+        }
+        if let Some(n) = self.spare_channels {
+            y += &format!("spareChannels: {n}\n");
         }
         if let Some(t) = self.transport {
             y += &format!("transport: {t}\n");

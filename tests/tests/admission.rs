@@ -213,25 +213,43 @@ impl Plugin for Probe {
 async fn the_server_cannot_make_the_client_dial_undeclared_targets() {
     run_test(async {
         let echo = tcp_echo().await;
-        let (tx, mut results) = mpsc::unbounded_channel();
-        let mut registry = builtin_plugins();
-        registry.register(ProbeFactory(tx));
-        let server = TestServer::start_with(ServerSpec::default().config(), &registry).await;
-        let spec =
-            ClientSpec::new(server.addr).forward(Fwd { protocol: "probe".into(), public: 0, local: echo.addr.port() });
-        let mut client = TestClient::start(&spec);
-        let reg = client.connected().await;
-        assert_eq!(reg.forwards[0].error, None);
-        let mut got = Vec::new();
-        for _ in 0..4 {
-            got.push(within(WAIT, "a probe result", results.recv()).await.expect("probe results"));
+        // Dialed streams learn the client's reason; a stream on a spare
+        // channel sees only its close (the server counts the refusal).
+        for spares in [Some(0), None] {
+            let (tx, mut results) = mpsc::unbounded_channel();
+            let mut registry = builtin_plugins();
+            registry.register(ProbeFactory(tx));
+            let server = TestServer::start_with(ServerSpec::default().config(), &registry).await;
+            let spec = ClientSpec { spare_channels: spares, ..ClientSpec::new(server.addr) }.forward(Fwd {
+                protocol: "probe".into(),
+                public: 0,
+                local: echo.addr.port(),
+            });
+            let mut client = TestClient::start(&spec);
+            let reg = client.connected().await;
+            assert_eq!(reg.forwards[0].error, None);
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.push(within(WAIT, "a probe result", results.recv()).await.expect("probe results"));
+            }
+            assert_eq!(got[0], ("declared tcp".to_string(), Ok(())), "{got:?}");
+            for (name, r) in &got[1..] {
+                let e = r.as_ref().expect_err(&format!("{name}: the client dialed an undeclared target"));
+                if spares == Some(0) {
+                    assert!(e.starts_with("refused: ") && e.contains("not a target declared"), "{name}: {e}");
+                } else {
+                    assert_eq!(e, "opened, but no echo", "{name}");
+                }
+            }
+            let refused = || {
+                let m = opennotr_admin::Backend::metrics(&server.handle);
+                metric(&m, "opennotr_streams_refused_total").unwrap()
+            };
+            wait_until("the client's three refusals", || refused() == 3).await;
+            assert!(client.pending_events().is_empty(), "the session survives: {:?}", client.history);
+            client.stop().await;
+            server.stop().await;
         }
-        assert_eq!(got[0], ("declared tcp".to_string(), Ok(())), "{got:?}");
-        for (name, r) in &got[1..] {
-            let e = r.as_ref().expect_err(&format!("{name}: the client dialed an undeclared target"));
-            assert!(e.starts_with("refused: ") && e.contains("not a target declared"), "{name}: {e}");
-        }
-        assert!(client.pending_events().is_empty(), "the session survives: {:?}", client.history);
     })
     .await
 }

@@ -52,6 +52,10 @@ async fn a_tcp_forward_echoes_and_half_closes() {
         assert!(!sessions[0].plaintext, "a QUIC session is not reported as plaintext");
         let m = metrics(&server).await;
         assert_eq!(metric(&m, "opennotr_handshakes_total{result=\"ok\"}"), Some(1), "{m}");
+        // No data channels over QUIC, spare or dialed: QUIC streams only.
+        assert_eq!(metric(&m, "opennotr_spare_channels"), Some(0), "{m}");
+        assert_eq!(metric(&m, "opennotr_stream_channels_total{via=\"spare\"}"), Some(0), "{m}");
+        assert_eq!(metric(&m, "opennotr_stream_channels_total{via=\"dialed\"}"), Some(0), "{m}");
     })
     .await
 }

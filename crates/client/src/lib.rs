@@ -10,6 +10,8 @@
 //! - [`Client`]: the reconnect loop and the events it reports.
 //! - `session`: one connection: handshake, registration, control loop.
 //! - `stream`: one stream: local dial, data channel, relay (TCP) or pump (UDP).
+//! - `spare`: data channels opened ahead of need, so a stream waits for no
+//!   round trip to the server.
 //! - `quic`: the same over QUIC (`transport: quic`): the handshake bound
 //!   to the connection's TLS, the streams the server opens, UDP datagrams.
 
@@ -26,6 +28,7 @@ use tracing::{info, warn};
 
 mod quic;
 mod session;
+mod spare;
 mod stream;
 
 pub use quic::QuicEndpoint;

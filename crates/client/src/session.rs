@@ -1,7 +1,8 @@
 //! One connection to the server: handshake, registration, control loop.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use opennotr_config::ClientConfig;
@@ -13,11 +14,12 @@ use opennotr_transport::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::spare::Assignment;
 use crate::{Allowed, ClientError, Event, EventSink, Registration};
 
 const SOFTWARE: &str = concat!("opennotr/", env!("CARGO_PKG_VERSION"));
@@ -29,6 +31,8 @@ pub(crate) struct Link {
     pub(crate) keys: SessionKeys,
     pub(crate) plaintext: bool,
     pub(crate) timeout: std::time::Duration,
+    /// Spare channels open or being opened, waiting for a stream, by id.
+    pub(crate) spares: Mutex<HashMap<u64, oneshot::Sender<Assignment>>>,
 }
 
 fn requests(cfg: &ClientConfig) -> Vec<ForwardRequest> {
@@ -143,9 +147,9 @@ pub(crate) async fn serve_session(
     };
     timed(limit, "sending register", writer.send(&register.to_bytes())).await?;
     let reply = timed(limit, "waiting for registration", reader.next()).await?;
-    let (session, reg) = match ServerMessage::from_bytes(&reply).map_err(TransportError::from)? {
-        ServerMessage::Registered { session, vip, domain, forwards } => {
-            (session, Registration { vip, domain, forwards })
+    let (session, reg, granted) = match ServerMessage::from_bytes(&reply).map_err(TransportError::from)? {
+        ServerMessage::Registered { session, vip, domain, forwards, spares } => {
+            (session, Registration { vip, domain, forwards }, spares)
         }
         other => return Err(refused(other)),
     };
@@ -157,9 +161,18 @@ pub(crate) async fn serve_session(
     }
     (events)(&Event::Connected(reg));
 
-    let link = Arc::new(Link { server, session, keys, plaintext: cfg.plaintext, timeout: limit });
+    let link = Arc::new(Link {
+        server,
+        session,
+        keys,
+        plaintext: cfg.plaintext,
+        timeout: limit,
+        spares: Mutex::new(HashMap::new()),
+    });
     let kill = shutdown.child_token();
     let (out, mut outbox) = mpsc::channel::<ClientMessage>(1024);
+    // Over QUIC the server opens the streams; there are no data channels.
+    let granted = if quic.is_some() { 0 } else { granted };
     if let Some(q) = quic {
         q.spawn(allowed.clone(), out.clone(), kill.clone());
     }
@@ -183,6 +196,12 @@ pub(crate) async fn serve_session(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.shutdown()).await;
     });
 
+    let spares = cfg.spare_channels.min(granted.into());
+    if spares > 0 {
+        debug!(spares, "keeping spare data channels");
+        tokio::spawn(crate::spare::keep(link.clone(), allowed.clone(), out.clone(), kill.clone(), spares));
+    }
+
     let mut ping = tokio::time::interval(cfg.keepalive_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = tokio::time::sleep(keepalive);
@@ -197,12 +216,21 @@ pub(crate) async fn serve_session(
                 };
                 deadline.as_mut().reset(Instant::now() + keepalive);
                 match ServerMessage::from_bytes(&frame) {
-                    Ok(ServerMessage::Connect { stream, protocol, target, peer }) => {
+                    Ok(ServerMessage::Connect { stream, protocol, target, peer, channel: None }) => {
                         let span = info_span!("stream", id = stream, %target, peer = ?peer);
                         tokio::spawn(
-                            crate::stream::serve(link.clone(), allowed.clone(), out.clone(), kill.clone(), stream, protocol, target)
+                            crate::stream::serve(link.clone(), allowed.clone(), out.clone(), kill.clone(), stream, protocol, target, None)
                                 .instrument(span),
                         );
+                    }
+                    Ok(ServerMessage::Connect { stream, protocol, target, peer, channel: Some(id) }) => {
+                        let waiting = link.spares.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                        let assignment = crate::spare::Assignment { stream, protocol, target, peer };
+                        if waiting.map(|tx| tx.send(assignment)).is_none_or(|sent| sent.is_err()) {
+                            debug!(stream, spare = id, "the server named a spare channel this client no longer has");
+                            let reason = format!("spare channel {id} is gone");
+                            let _ = out.try_send(ClientMessage::StreamRefused { stream, reason });
+                        }
                     }
                     Ok(ServerMessage::Ping { seq }) => { let _ = out.try_send(ClientMessage::Pong { seq }); }
                     Ok(ServerMessage::Pong { .. }) => {}

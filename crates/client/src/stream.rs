@@ -7,7 +7,7 @@ use opennotr_proto::datagram;
 use opennotr_proto::frame::preface;
 use opennotr_proto::message::{ClientMessage, StreamProtocol};
 use opennotr_transport::mux::{Mux, MuxStream};
-use opennotr_transport::relay::relay;
+use opennotr_transport::relay::{relay, relay_channel};
 use opennotr_transport::{timed, tune_tcp, Channel, SecureStream, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -27,6 +27,10 @@ enum Local {
     Udp(UdpSocket),
 }
 
+/// Serves `stream`: on `spare` when the server put it on a spare channel,
+/// else on a data channel dialed for it once the target answers. A refusal
+/// also closes the spare, which is what the visitor then sees.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     link: Arc<Link>,
     allowed: Arc<Allowed>,
@@ -35,6 +39,7 @@ pub(crate) async fn serve(
     stream: u64,
     protocol: StreamProtocol,
     target: std::net::SocketAddr,
+    spare: Option<Channel>,
 ) {
     let refuse = |reason: String| {
         let out = out.clone();
@@ -47,7 +52,7 @@ pub(crate) async fn serve(
         return refuse(format!("{target} is not a target declared in the client's config")).await;
     }
     let local = match protocol {
-        StreamProtocol::Mux => return serve_mux(&link, stream, target, kill).await,
+        StreamProtocol::Mux => return serve_mux(&link, stream, target, kill, spare).await,
         StreamProtocol::Tcp => {
             match timed(link.timeout, "connecting to the local service", async {
                 Ok(TcpStream::connect(target).await?)
@@ -77,9 +82,12 @@ pub(crate) async fn serve(
             Local::Udp(sock)
         }
     };
-    let chan = match open_data_channel(&link, stream).await {
-        Ok(c) => c,
-        Err(e) => return debug!(error = %e, "cannot open a data channel to the server"),
+    let chan = match spare {
+        Some(c) => c,
+        None => match open_channel(&link, Hello::Stream(stream)).await {
+            Ok(c) => c,
+            Err(e) => return debug!(error = %e, "cannot open a data channel to the server"),
+        },
     };
     tokio::select! {
         _ = kill.cancelled() => debug!("session closed; stream dropped"),
@@ -87,7 +95,7 @@ pub(crate) async fn serve(
             match local {
                 Local::Tcp(mut s) => {
                     let mut chan = chan;
-                    relay(&mut s, &mut chan).await.map(|(up, down)| debug!(up, down, "stream closed"))
+                    relay_channel(&mut s, &mut chan).await.map(|(up, down)| debug!(up, down, "stream closed"))
                 }
                 Local::Udp(sock) => pump_udp(sock, chan).await,
             }
@@ -97,10 +105,19 @@ pub(crate) async fn serve(
 
 /// A multiplexed connection to `target` (the gateway's HTTP traffic): a
 /// data channel carrying streams the server opens, each dialed here.
-async fn serve_mux(link: &Link, stream: u64, target: std::net::SocketAddr, kill: CancellationToken) {
-    let chan = match open_data_channel(link, stream).await {
-        Ok(c) => c,
-        Err(e) => return debug!(error = %e, "cannot open a data channel to the server"),
+async fn serve_mux(
+    link: &Link,
+    stream: u64,
+    target: std::net::SocketAddr,
+    kill: CancellationToken,
+    spare: Option<Channel>,
+) {
+    let chan = match spare {
+        Some(c) => c,
+        None => match open_channel(link, Hello::Stream(stream)).await {
+            Ok(c) => c,
+            Err(e) => return debug!(error = %e, "cannot open a data channel to the server"),
+        },
     };
     opennotr_transport::limit_unsent(chan.tcp(), opennotr_transport::mux::CARRIER_UNSENT);
     let (mux, mut incoming) = Mux::acceptor(chan);
@@ -153,13 +170,35 @@ pub(crate) fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket>
     UdpSocket::from_std(s.into())
 }
 
-async fn open_data_channel(link: &Link, stream: u64) -> Result<Channel, TransportError> {
+/// What a new channel to the server is for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hello {
+    /// The stream the server asked for.
+    Stream(u64),
+    /// A spare channel, by this client's id for it.
+    Spare(u64),
+}
+
+/// Dials the server and authenticates a data channel (preface and hello);
+/// what the channel carries next is sealed with its own keys unless the
+/// session is plaintext.
+pub(crate) async fn open_channel(link: &Link, what: Hello) -> Result<Channel, TransportError> {
     timed(link.timeout, "opening a data channel", async {
         let mut tcp = TcpStream::connect(link.server).await?;
         tune_tcp(&tcp);
         let nonce: [u8; 16] = rand::random();
-        let mac = link.keys.data_hello_mac(&link.session, stream, &nonce);
-        let hello = ClientMessage::DataHello { session: link.session.clone(), stream, nonce: nonce.to_vec(), mac };
+        let (session, keys) = (link.session.clone(), &link.keys);
+        let hello = match what {
+            Hello::Stream(stream) => {
+                let mac = keys.data_hello_mac(&session, stream, &nonce);
+                ClientMessage::DataHello { session, stream, nonce: nonce.to_vec(), mac }
+            }
+            Hello::Spare(channel) => {
+                opennotr_transport::keep_alive(&tcp, opennotr_transport::SPARE_KEEPALIVE);
+                let mac = keys.spare_hello_mac(&session, channel, &nonce);
+                ClientMessage::SpareHello { session, channel, nonce: nonce.to_vec(), mac }
+            }
+        };
         // Preface and hello in one write: one segment, one wake-up on the server.
         let mut first = BytesMut::from(&preface()[..]);
         opennotr_proto::frame::encode_frame(&hello.to_bytes(), &mut first)?;
@@ -167,7 +206,10 @@ async fn open_data_channel(link: &Link, stream: u64) -> Result<Channel, Transpor
         Ok(if link.plaintext {
             Channel::Plain(tcp)
         } else {
-            let k = link.keys.data_channel_keys(stream, &nonce);
+            let k = match what {
+                Hello::Stream(stream) => link.keys.data_channel_keys(stream, &nonce),
+                Hello::Spare(channel) => link.keys.spare_channel_keys(channel, &nonce),
+            };
             Channel::Sealed(Box::new(SecureStream::new(tcp, &k.c2s, &k.s2c, BytesMut::new())))
         })
     })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::server::check_keepalive;
-use crate::util::{dns_name, duration, host_port, is_plugin_name, workers, PortMap, Seconds};
+use crate::util::{at_most, dns_name, duration, host_port, is_plugin_name, workers, PortMap, Seconds, MAX_SPARES};
 use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret, VipPortConfig};
 
 #[derive(Deserialize, Default)]
@@ -21,6 +21,7 @@ struct RawFile {
     plaintext: Option<bool>,
     transport: Option<String>,
     multiplex: Option<bool>,
+    spare_channels: Option<u64>,
     keepalive_interval: Option<Seconds>,
     keepalive_timeout: Option<Seconds>,
     handshake_timeout: Option<Seconds>,
@@ -132,6 +133,7 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
         forwards,
         plaintext: raw.plaintext.unwrap_or(false),
         multiplex: raw.multiplex.unwrap_or(true),
+        spare_channels: at_most("spareChannels", raw.spare_channels, 4, MAX_SPARES)? as usize,
         keepalive_interval,
         keepalive_timeout,
         handshake_timeout: duration("handshakeTimeout", raw.handshake_timeout, Duration::from_secs(10))?,

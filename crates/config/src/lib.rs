@@ -268,6 +268,10 @@ pub struct Limits {
     /// `limits.fdReserve` (default 128): file descriptors public listeners
     /// leave free for the control port and the admin API.
     pub fd_reserve: usize,
+    /// `limits.spareChannels` (default 4, at most 64, 0 = none): idle,
+    /// authenticated data channels a client may keep open to the server,
+    /// so a visitor's stream starts without a round trip to the client.
+    pub spare_channels: usize,
 }
 
 impl Default for Limits {
@@ -284,6 +288,7 @@ impl Default for Limits {
             auth_penalty_max: Duration::from_secs(600),
             penalty_sources: 65_536,
             fd_reserve: 128,
+            spare_channels: 4,
         }
     }
 }
@@ -309,6 +314,10 @@ pub struct ClientConfig {
     /// `multiplex` (default true): take the gateway's HTTP/1.1 traffic as
     /// many streams in one tunnel stream per route.
     pub multiplex: bool,
+    /// `spareChannels` (default 4, at most 64, 0 = none): data channels kept
+    /// open and authenticated ahead of need, so a visitor's stream costs no
+    /// round trip from here to the server; the server may grant fewer.
+    pub spare_channels: usize,
     /// `keepaliveInterval` / `keepaliveTimeout` seconds (defaults 5 / 15).
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,

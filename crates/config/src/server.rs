@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::util::{at_most, dns_name, duration, is_plugin_name, positive, workers, Seconds};
+use crate::util::{at_most, dns_name, duration, is_plugin_name, positive, workers, Seconds, MAX_SPARES};
 use crate::{yaml, ConfigError, DhcpSection, DnsSection, Limits, ReservedNames, Secret, ServerConfig, ServerSection};
 
 // Raw shapes of the file. Every field is optional so that a missing required
@@ -104,6 +104,7 @@ struct RawLimits {
     auth_penalty_max: Option<Seconds>,
     penalty_sources: Option<u64>,
     fd_reserve: Option<u64>,
+    spare_channels: Option<u64>,
 }
 
 // The timeouts of the original's last version are parsed so its files load,
@@ -302,6 +303,8 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         auth_penalty_max: duration("limits.authPenaltyMax", l.auth_penalty_max, d.auth_penalty_max)?,
         penalty_sources: positive("limits.penaltySources", l.penalty_sources, d.penalty_sources)?,
         fd_reserve: at_most("limits.fdReserve", l.fd_reserve, d.fd_reserve as u64, 65_536)? as usize,
+        spare_channels: at_most("limits.spareChannels", l.spare_channels, d.spare_channels as u64, MAX_SPARES)?
+            as usize,
     };
     if limits.auth_penalty_max < limits.auth_penalty {
         return Err(ConfigError::invalid("limits.authPenaltyMax", "must not be less than limits.authPenalty"));

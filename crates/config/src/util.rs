@@ -71,6 +71,12 @@ pub(crate) fn at_most(key: &str, value: Option<u64>, default: u64, max: u64) -> 
     }
 }
 
+/// Most spare data channels per client (`spareChannels`,
+/// `limits.spareChannels`): each is a descriptor on the server for as long as
+/// the client lives, and a few cover a burst of visitors while more are
+/// opened behind them.
+pub(crate) const MAX_SPARES: u64 = 64;
+
 /// Most runtime threads a `workers` key takes: far beyond any core count,
 /// low enough that a typo (`workers: 40000`) is caught before start-up.
 const MAX_WORKERS: u64 = 1024;

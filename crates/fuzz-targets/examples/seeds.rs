@@ -162,6 +162,10 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
             "data-hello",
             ClientMessage::DataHello { session: vec![1; 16], stream: 7, nonce: vec![2; 16], mac: vec![3; 32] },
         ),
+        (
+            "spare-hello",
+            ClientMessage::SpareHello { session: vec![1; 16], channel: 2, nonce: vec![2; 16], mac: vec![3; 32] },
+        ),
         ("stream-refused", ClientMessage::StreamRefused { stream: 7, reason: "connection refused".into() }),
         ("ping", ClientMessage::Ping { seq: u64::MAX }),
         ("pong", ClientMessage::Pong { seq: 0 }),
@@ -193,6 +197,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                     url: Some("http://abc.open.notr.test".into()),
                     error: None,
                 }],
+                spares: 4,
             },
         ),
         (
@@ -202,6 +207,17 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                 protocol: StreamProtocol::Mux,
                 target: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 peer: Some("[2001:db8::1]:4000".parse().expect("an address")),
+                channel: None,
+            },
+        ),
+        (
+            "connect-spare",
+            ServerMessage::Connect {
+                stream: 4,
+                protocol: StreamProtocol::Tcp,
+                target: SocketAddr::from(([127, 0, 0, 1], 22)),
+                peer: None,
+                channel: Some(2),
             },
         ),
         ("ping", ServerMessage::Ping { seq: 1 }),

@@ -252,6 +252,30 @@ impl SessionKeys {
         hmac::verify(&self.data_auth_key(), &Self::data_hello_input(session, stream, nonce), mac).is_ok()
     }
 
+    fn spare_auth_key(&self) -> hmac::Key {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"opennotr/1 data").extract(&self.data_secret.0);
+        hmac::Key::new(hmac::HMAC_SHA256, &expand(&prk, &[b"spare hello"]).0)
+    }
+
+    /// MAC a client puts in `spare_hello` for its spare channel `channel`.
+    /// A key of its own: a spare hello is never a valid `data_hello`.
+    pub fn spare_hello_mac(&self, session: &[u8], channel: u64, nonce: &[u8]) -> Vec<u8> {
+        hmac::sign(&self.spare_auth_key(), &Self::data_hello_input(session, channel, nonce)).as_ref().to_vec()
+    }
+
+    /// Checks a `spare_hello` MAC in constant time.
+    pub fn verify_spare_hello(&self, session: &[u8], channel: u64, nonce: &[u8], mac: &[u8]) -> bool {
+        hmac::verify(&self.spare_auth_key(), &Self::data_hello_input(session, channel, nonce), mac).is_ok()
+    }
+
+    /// Keys of spare channel `channel`: labelled apart from the streams'
+    /// channels, and the nonce is fresh, so no two channels share keys.
+    pub fn spare_channel_keys(&self, channel: u64, nonce: &[u8]) -> ChannelKeys {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, nonce).extract(&self.data_secret.0);
+        let id = channel.to_be_bytes();
+        ChannelKeys { c2s: expand(&prk, &[b"spare c2s", &id]), s2c: expand(&prk, &[b"spare s2c", &id]) }
+    }
+
     /// Keys of the data channel carrying `stream`. Each stream id is used
     /// once per session and the client's nonce is fresh, so no two channels
     /// share keys.
@@ -297,6 +321,12 @@ mod tests {
         assert!(!s.verify_data_hello(b"sess", 8, b"nonce", &mac));
         assert_eq!(c.data_channel_keys(7, b"n"), s.data_channel_keys(7, b"n"));
         assert_ne!(c.data_channel_keys(7, b"n"), s.data_channel_keys(8, b"n"));
+        let spare = c.spare_hello_mac(b"sess", 7, b"nonce");
+        assert!(s.verify_spare_hello(b"sess", 7, b"nonce", &spare));
+        assert!(!s.verify_data_hello(b"sess", 7, b"nonce", &spare), "a spare hello is no data hello");
+        assert!(!s.verify_spare_hello(b"sess", 7, b"nonce", &mac), "and the other way round");
+        assert_eq!(c.spare_channel_keys(7, b"n"), s.spare_channel_keys(7, b"n"));
+        assert_ne!(c.spare_channel_keys(7, b"n"), s.data_channel_keys(7, b"n"));
     }
 
     #[test]

@@ -71,6 +71,22 @@ pub enum ClientMessage {
         #[serde(with = "hex_bytes")]
         mac: Vec<u8>,
     },
+    /// First message of a spare data channel: an idle channel of a session,
+    /// opened ahead of need, that the server hands a stream later by naming
+    /// `channel` in [`ServerMessage::Connect`].
+    SpareHello {
+        /// Session id from [`ServerMessage::Registered`].
+        #[serde(with = "hex_bytes")]
+        session: Vec<u8>,
+        /// The client's id for this channel, unique within the session.
+        channel: u64,
+        /// Fresh random bytes; keys of this channel depend on them.
+        #[serde(with = "hex_bytes")]
+        nonce: Vec<u8>,
+        /// HMAC proving the sender holds the session's keys.
+        #[serde(with = "hex_bytes")]
+        mac: Vec<u8>,
+    },
     /// The client could not (or would not) open the stream.
     StreamRefused {
         /// Stream id from [`ServerMessage::Connect`].
@@ -128,10 +144,16 @@ pub enum ServerMessage {
         domain: String,
         /// One result per requested forward, in request order.
         forwards: Vec<ForwardResult>,
+        /// How many spare data channels the server keeps for the client
+        /// (`spare_hello`); 0 (and servers that predate them) = none.
+        #[serde(default)]
+        spares: u16,
     },
-    /// Open stream `stream` to `target` by dialing it and then the server.
+    /// Open stream `stream` to `target` by dialing it and then the server,
+    /// or, when `channel` is set, on that spare channel, where the stream's
+    /// first bytes may already be waiting.
     Connect {
-        /// Stream id to quote in `data_hello`.
+        /// Stream id to quote in `data_hello` (and `stream_refused`).
         stream: u64,
         /// Transport of the target.
         protocol: StreamProtocol,
@@ -140,6 +162,10 @@ pub enum ServerMessage {
         /// The visitor's address, for logs.
         #[serde(default)]
         peer: Option<SocketAddr>,
+        /// The spare channel (its `spare_hello` id) that carries the stream;
+        /// absent = dial a data channel for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<u64>,
     },
     /// Keepalive probe; answered with [`ClientMessage::Pong`].
     Ping {
@@ -380,6 +406,18 @@ mod tests {
                     nonce,
                     mac
                 }),
+            (
+                proptest::collection::vec(any::<u8>(), 16),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 16),
+                proptest::collection::vec(any::<u8>(), 32)
+            )
+                .prop_map(|(session, channel, nonce, mac)| ClientMessage::SpareHello {
+                    session,
+                    channel,
+                    nonce,
+                    mac
+                }),
             (any::<u64>(), ".{0,30}").prop_map(|(stream, reason)| ClientMessage::StreamRefused { stream, reason }),
             any::<u64>().prop_map(|seq| ClientMessage::Ping { seq }),
             any::<u64>().prop_map(|seq| ClientMessage::Pong { seq }),
@@ -397,8 +435,8 @@ mod tests {
                     software: String::new()
                 }),
             (".{0,30}").prop_map(|message| ServerMessage::Refused { code: RefuseCode::DomainTaken, message }),
-            (any::<[u8; 4]>(), "[a-z.]{1,20}", proptest::collection::vec(arb_forward(), 0..3)).prop_map(
-                |(vip, domain, reqs)| {
+            (any::<[u8; 4]>(), "[a-z.]{1,20}", proptest::collection::vec(arb_forward(), 0..3), any::<u16>()).prop_map(
+                |(vip, domain, reqs, spares)| {
                     ServerMessage::Registered {
                         session: vec![7; 16],
                         vip: Ipv4Addr::from(vip),
@@ -412,19 +450,20 @@ mod tests {
                                 error: Some("x".into()),
                             })
                             .collect(),
+                        spares,
                     }
                 }
             ),
-            (any::<u64>(), any::<bool>(), addr.clone(), proptest::option::of(addr)).prop_map(
-                |(stream, udp, target, peer)| {
+            (any::<u64>(), any::<bool>(), addr.clone(), proptest::option::of(addr), proptest::option::of(any::<u64>()))
+                .prop_map(|(stream, udp, target, peer, channel)| {
                     ServerMessage::Connect {
                         stream,
                         protocol: if udp { StreamProtocol::Udp } else { StreamProtocol::Tcp },
                         target,
                         peer,
+                        channel,
                     }
-                }
-            ),
+                }),
             any::<u64>().prop_map(|seq| ServerMessage::Ping { seq }),
             ".{0,20}".prop_map(|reason| ServerMessage::GoingAway { reason }),
         ]
@@ -461,6 +500,28 @@ mod tests {
         assert_eq!(
             String::from_utf8(m.to_bytes()).unwrap(),
             r#"{"type":"refused","code":"version_mismatch","message":"upgrade"}"#
+        );
+    }
+
+    #[test]
+    fn spare_fields_are_compatible_with_older_peers() {
+        // An older server's `registered` has no `spares`: none granted.
+        let m = ServerMessage::from_bytes(
+            br#"{"type":"registered","session":"00","vip":"100.64.0.2","domain":"a.b","forwards":[]}"#,
+        )
+        .unwrap();
+        assert!(matches!(m, ServerMessage::Registered { spares: 0, .. }));
+        // A connect without a spare channel keeps the shape older clients parse.
+        let c = ServerMessage::Connect {
+            stream: 3,
+            protocol: StreamProtocol::Tcp,
+            target: ([127, 0, 0, 1], 22).into(),
+            peer: None,
+            channel: None,
+        };
+        assert_eq!(
+            String::from_utf8(c.to_bytes()).unwrap(),
+            r#"{"type":"connect","stream":3,"protocol":"tcp","target":"127.0.0.1:22","peer":null}"#
         );
     }
 }

@@ -373,6 +373,30 @@ fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
     for (listener, n) in [("public", fds.refused_public), ("control", fds.refused_control)] {
         let _ = writeln!(out, "opennotr_fd_reserve_refusals_total{{listener=\"{listener}\"}} {n}");
     }
+    family(
+        &mut out,
+        "opennotr_spare_channels",
+        "gauge",
+        "Idle data channels clients keep open for their next streams.",
+    );
+    let _ = writeln!(out, "opennotr_spare_channels {}", sessions.iter().map(|s| s.spares.len()).sum::<usize>());
+    family(
+        &mut out,
+        "opennotr_stream_channels_total",
+        "counter",
+        "Streams by how they got a data channel: a spare opened ahead, or one dialed on demand.",
+    );
+    let cs = &shared.channel_stats;
+    for (via, n) in [("spare", &cs.spare), ("dialed", &cs.dialed)] {
+        let _ = writeln!(out, "opennotr_stream_channels_total{{via=\"{via}\"}} {}", n.load(Ordering::Relaxed));
+    }
+    family(
+        &mut out,
+        "opennotr_streams_refused_total",
+        "counter",
+        "Streams the client refused: a target it does not declare, or a service it cannot reach.",
+    );
+    let _ = writeln!(out, "opennotr_streams_refused_total {}", cs.refused.load(Ordering::Relaxed));
     family(&mut out, "opennotr_refusals_total", "counter", "Refused clients and forwards by reason.");
     for (reason, n) in shared.refusals.counts() {
         let _ = writeln!(out, "opennotr_refusals_total{{reason=\"{}\"}} {n}", esc(&reason));

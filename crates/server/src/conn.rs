@@ -96,11 +96,7 @@ enum First {
 /// yet, means it is still there. (A client that half-closes to read the
 /// challenge anyway gets none.)
 fn left_before_challenge(tcp: &TcpStream) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(tcp).peek(&mut probe) {
-        Ok(n) => n == 0,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted,
-    }
+    opennotr_transport::peer_closed(tcp)
 }
 
 /// The preface and the first message, under `server.helloTimeout`.
@@ -175,10 +171,14 @@ async fn handle(
             drop((queued, unauthenticated));
             data(&shared, tcp, peer, &session, stream, &nonce, &mac)
         }
+        Ok(ClientMessage::SpareHello { session, channel, nonce, mac }) => {
+            drop((queued, unauthenticated));
+            spare(&shared, tcp, peer, &session, channel, &nonce, &mac)
+        }
         Ok(_) => {
             shared.handshake_result("protocol_error");
             failed(&shared, peer);
-            let msg = "expected hello or data_hello as the first message".to_string();
+            let msg = "expected hello, data_hello or spare_hello as the first message".to_string();
             refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, msg).await
         }
         Err(e) => {
@@ -222,6 +222,35 @@ fn data(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], strea
         Channel::Sealed(Box::new(SecureStream::new(tcp, &k.s2c, &k.c2s, BytesMut::new())))
     };
     let _ = waiter.send(Ok(chan));
+}
+
+/// A spare channel joins its session's pool, to carry a stream later.
+fn spare(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], channel: u64, nonce: &[u8], mac: &[u8]) {
+    let Ok(id) = <[u8; 16]>::try_from(session) else {
+        return debug!("spare hello with a malformed session id");
+    };
+    if nonce.len() != 16 {
+        return debug!("spare hello with a malformed nonce");
+    }
+    let Some(s) = shared.state().sessions.get(&id).cloned() else {
+        return debug!("spare hello for an unknown session");
+    };
+    if !s.keys.verify_spare_hello(session, channel, nonce, mac) {
+        failed(shared, peer);
+        return debug!("spare hello with a bad MAC; dropped");
+    }
+    // Idle until a visitor comes, maybe for hours: probes keep NAT
+    // mappings on the way and tell a vanished client apart.
+    opennotr_transport::keep_alive(&tcp, opennotr_transport::SPARE_KEEPALIVE);
+    let chan = if s.plaintext {
+        Channel::Plain(tcp)
+    } else {
+        let k = s.keys.spare_channel_keys(channel, nonce);
+        Channel::Sealed(Box::new(SecureStream::new(tcp, &k.s2c, &k.c2s, BytesMut::new())))
+    };
+    if !s.spares.add(channel, chan) {
+        debug!(channel, "spare channel not kept (session ended, already full, or a repeated id)");
+    }
 }
 
 async fn control(
@@ -482,8 +511,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
     drop(out);
     drop(permit);
     // Before any forward starts, so every stream of the session takes it.
+    // A QUIC session has no data channels: no spares either.
     if let Some(q) = quic {
         let _ = session.quic.set(q);
+        session.spares.close();
     }
     let creds = shared.creds();
     let changed = match &cred {
@@ -508,6 +539,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
             vip: session.vip,
             domain: session.domain.clone(),
             forwards: results,
+            spares: if session.quic.get().is_some() { 0 } else { session.spares.limit.min(u16::MAX as usize) as u16 },
         };
         if let Err(e) = timed(limit, "sending registered", writer.send(&registered.to_bytes())).await {
             debug!(error = %e, "client gone before registration finished");

@@ -253,6 +253,8 @@ pub(crate) struct Shared {
     pub(crate) refusals: creds::Refusals,
     /// Control handshakes by result.
     pub(crate) handshakes: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+    /// How streams got their data channel.
+    pub(crate) channel_stats: Arc<session::ChannelStats>,
     pub(crate) dns_stats: Option<Arc<opennotr_dns::DnsStats>>,
     /// The file to re-read on reload.
     pub(crate) config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
@@ -449,6 +451,7 @@ impl Server {
             limits: std::sync::RwLock::new(cfg.limits.clone()),
             refusals: creds::Refusals::default(),
             handshakes: Default::default(),
+            channel_stats: Default::default(),
             dns_stats: dns.as_ref().map(|d| d.stats()),
             config_path: Default::default(),
             admin_token: Default::default(),

@@ -1,6 +1,6 @@
 //! A live session: its forwards, its control loop and its clean-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,8 @@ pub(crate) struct Session {
     pub(crate) connected_at: SystemTime,
     pub(crate) keys: SessionKeys,
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Idle, authenticated data channels the client opened ahead of need.
+    pub(crate) spares: SparePool,
     next_stream: AtomicU64,
     out: mpsc::Sender<ServerMessage>,
     /// Cancelled when the session ends: every stream stops.
@@ -103,7 +105,8 @@ impl Session {
         exports: HashMap<(StreamProtocol, u16), SocketAddr>,
     ) -> Self {
         let kill = shared.kill.child_token();
-        let max_streams = shared.limits().max_streams_per_client;
+        let limits = shared.limits();
+        let (max_streams, spare_limit) = (limits.max_streams_per_client, limits.spare_channels);
         Session {
             id,
             client,
@@ -117,6 +120,7 @@ impl Session {
             connected_at: SystemTime::now(),
             keys,
             pending: Mutex::new(HashMap::new()),
+            spares: SparePool::new(spare_limit),
             next_stream: AtomicU64::new(1),
             out,
             stop: shared.draining.child_token(),
@@ -170,6 +174,60 @@ impl Session {
     }
 }
 
+/// A session's spare channels (`spare_hello`): idle, authenticated data
+/// channels by the client's id, oldest first, that streams take so as not
+/// to wait for the client to dial one.
+#[derive(Debug)]
+pub(crate) struct SparePool {
+    /// How many it may hold (`limits.spareChannels` when the session began).
+    pub(crate) limit: usize,
+    /// `None` once the session has let them go.
+    idle: Mutex<Option<VecDeque<(u64, Channel)>>>,
+}
+
+impl SparePool {
+    pub(crate) fn new(limit: usize) -> Self {
+        SparePool { limit, idle: Mutex::new(Some(VecDeque::new())) }
+    }
+
+    /// Keeps `chan` for a later stream. Refused (and so closed) once the
+    /// pool is closed, or when it holds `limit` channels the client has not
+    /// closed, or one with the same id: a client that follows the protocol
+    /// never sends more than it was granted.
+    pub(crate) fn add(&self, id: u64, chan: Channel) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(idle) = idle.as_mut() else { return false };
+        idle.retain(|(_, c)| !c.tcp().is_some_and(opennotr_transport::peer_closed));
+        if idle.len() >= self.limit || idle.iter().any(|(i, _)| *i == id) {
+            return false;
+        }
+        idle.push_back((id, chan));
+        true
+    }
+
+    /// The oldest spare the client has not closed.
+    pub(crate) fn take(&self) -> Option<(u64, Channel)> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = idle.as_mut()?;
+        while let Some((id, chan)) = idle.pop_front() {
+            if !chan.tcp().is_some_and(opennotr_transport::peer_closed) {
+                return Some((id, chan));
+            }
+        }
+        None
+    }
+
+    /// Spares held now.
+    pub(crate) fn len(&self) -> usize {
+        self.idle.lock().map(|i| i.as_ref().map_or(0, VecDeque::len)).unwrap_or(0)
+    }
+
+    /// Closes every spare, and every one that arrives later.
+    pub(crate) fn close(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
 /// What a client exports at its VIP: the local port of each forward (its
 /// transport is the forward's: `udp` for udp, TCP for every other plugin),
 /// and its `vip_ports`. The first entry for a (transport, port) wins.
@@ -189,9 +247,21 @@ pub(crate) fn exports(
 }
 
 /// The [`Tunnel`] plugins get: opens streams on this session, counted in
-/// the forward's (or the VIP's) counters.
+/// the forward's (or the VIP's) counters and in how streams got a channel.
 #[derive(Debug)]
-pub(crate) struct SessionTunnel(pub(crate) Arc<Session>, pub(crate) Arc<Counters>);
+pub(crate) struct SessionTunnel(pub(crate) Arc<Session>, pub(crate) Arc<Counters>, pub(crate) Arc<ChannelStats>);
+
+/// How streams got their data channel, for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelStats {
+    /// A spare the client had opened ahead.
+    pub(crate) spare: AtomicU64,
+    /// Asked for over the control connection and dialed by the client.
+    pub(crate) dialed: AtomicU64,
+    /// Refused by the client (`stream_refused`): a target it does not
+    /// declare, or a service it cannot reach.
+    pub(crate) refused: AtomicU64,
+}
 
 #[async_trait]
 impl Tunnel for SessionTunnel {
@@ -214,6 +284,8 @@ impl Tunnel for SessionTunnel {
         }
         let permit = s.streams.clone().try_acquire_owned().map_err(|_| OpenError::TooManyStreams)?;
         let stream = s.next_stream.fetch_add(1, Ordering::Relaxed);
+        // QUIC: a stream of the session's connection; it has no data
+        // channels, spare or dialed.
         if let Some(q) = s.quic.get() {
             let open = tokio::time::timeout(s.connect_timeout, q.open(stream, protocol, target, peer));
             let chan = tokio::select! {
@@ -222,11 +294,29 @@ impl Tunnel for SessionTunnel {
             }?;
             return Ok(TunnelStream::new(chan, Some(Box::new(permit))).counted(self.1.clone()));
         }
+        // A spare channel: the stream starts now. The `connect` naming it
+        // crosses to the client beside the stream's first bytes, so a visitor
+        // waits for no round trip to the client. Should the client refuse
+        // (undeclared target, service down), it closes the channel, and the
+        // visitor sees the close it would have seen anyway.
+        if let Some((channel, chan)) = s.spares.take() {
+            let connect = ServerMessage::Connect { stream, protocol, target, peer, channel: Some(channel) };
+            let sent = tokio::select! {
+                r = tokio::time::timeout(s.connect_timeout, s.out.send(connect)) => matches!(r, Ok(Ok(()))),
+                _ = s.kill.cancelled() => false,
+            };
+            if !sent {
+                return Err(OpenError::SessionClosed);
+            }
+            self.2.spare.fetch_add(1, Ordering::Relaxed);
+            return Ok(TunnelStream::new(chan, Some(Box::new(permit))).counted(self.1.clone()));
+        }
+        self.2.dialed.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         s.pending.lock().map_err(|_| OpenError::SessionClosed)?.insert(stream, tx);
         let ask = async {
             s.out
-                .send(ServerMessage::Connect { stream, protocol, target, peer })
+                .send(ServerMessage::Connect { stream, protocol, target, peer, channel: None })
                 .await
                 .map_err(|_| OpenError::SessionClosed)?;
             rx.await.map_err(|_| OpenError::SessionClosed)?
@@ -285,7 +375,8 @@ pub(crate) async fn start_forwards(
             }
         }
         let counters = Arc::new(Counters::default());
-        let tunnel: Arc<dyn Tunnel> = Arc::new(SessionTunnel(session.clone(), counters.clone()));
+        let tunnel: Arc<dyn Tunnel> =
+            Arc::new(SessionTunnel(session.clone(), counters.clone(), shared.channel_stats.clone()));
         let Some(plugin) = shared.plugin(&req.protocol) else {
             let all = shared.plugins();
             let have: Vec<_> = all.keys().map(String::as_str).collect();
@@ -405,6 +496,7 @@ pub(crate) async fn run(
                     Ok(ClientMessage::Pong { .. }) => {}
                     Ok(ClientMessage::StreamRefused { stream, reason }) => {
                         debug!(stream, %reason, "client refused stream");
+                        shared.channel_stats.refused.fetch_add(1, Ordering::Relaxed);
                         session.refuse_pending(stream, reason);
                     }
                     Ok(other) => break End::Error(format!("unexpected message {other:?}")),
@@ -493,6 +585,7 @@ pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
     if let Ok(mut p) = session.pending.lock() {
         p.clear();
     }
+    session.spares.close();
     // Before the VIP is released: a client that gets it next must not
     // inherit this one's exported ports.
     crate::vlan::export(shared, session, false).await;
@@ -500,4 +593,54 @@ pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
     shared.publish_names();
     session.finished.cancel();
     debug!("session resources released");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: the pool's end as a channel, and the client's end.
+    async fn pair() -> (Channel, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (Channel::Plain(l.accept().await.unwrap().0), client)
+    }
+
+    #[tokio::test]
+    async fn holds_at_most_its_limit_of_live_spares() {
+        let pool = SparePool::new(2);
+        let (a, _ca) = pair().await;
+        assert!(pool.add(1, a));
+        assert!(!pool.add(1, pair().await.0), "a repeated id");
+        let (b, _cb) = pair().await;
+        assert!(pool.add(2, b));
+        assert!(!pool.add(3, pair().await.0), "over the limit");
+        assert_eq!(pool.len(), 2);
+        pool.take();
+        // A spare the client closed makes room, and is never handed out.
+        let (dead, cd) = pair().await;
+        drop(cd);
+        dead.tcp().expect("a TCP channel").readable().await.unwrap();
+        assert!(pool.add(4, dead));
+        let (e, _ce) = pair().await;
+        assert!(pool.add(5, e), "the closed one made room");
+        assert_eq!(pool.take().map(|(id, _)| id), Some(2));
+        assert_eq!(pool.take().map(|(id, _)| id), Some(5));
+        assert!(pool.take().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_keeps_nothing() {
+        let pool = SparePool::new(4);
+        let (a, mut ca) = pair().await;
+        assert!(pool.add(1, a));
+        pool.close();
+        assert_eq!(pool.len(), 0);
+        // The client sees its spare closed.
+        let mut buf = [0u8; 1];
+        assert_eq!(tokio::io::AsyncReadExt::read(&mut ca, &mut buf).await.unwrap(), 0);
+        assert!(!pool.add(2, pair().await.0));
+        assert!(pool.take().is_none());
+    }
 }

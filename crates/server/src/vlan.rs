@@ -16,7 +16,6 @@ use std::time::Duration;
 use opennotr_config::ServerConfig;
 use opennotr_plugin::{StreamProtocol, Tunnel};
 use opennotr_tproxy::{Proto, RuleSpec, Rules, TransparentUdp};
-use opennotr_transport::relay::relay;
 use opennotr_transport::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -117,7 +116,7 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
         return reset(&sock);
     };
     let kill = session.kill.clone();
-    let tunnel = SessionTunnel(session.clone(), session.vip_counters.clone());
+    let tunnel = SessionTunnel(session.clone(), session.vip_counters.clone(), shared.channel_stats.clone());
     let opened = tokio::select! {
         s = tunnel.open_stream(StreamProtocol::Tcp, target, Some(peer)) => s,
         _ = kill.cancelled() => return reset(&sock),
@@ -130,7 +129,7 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
         }
     };
     tokio::select! {
-        r = relay(&mut sock, &mut stream) => match r {
+        r = stream.relay_with(&mut sock) => match r {
             Ok((up, down)) => debug!(%dst, up, down, "VIP connection closed"),
             Err(e) => debug!(%dst, error = %e, "VIP connection ended with an error"),
         },
@@ -167,7 +166,7 @@ async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationT
                         Ok(r) => Arc::new(r),
                         Err(e) => { warn!(%dst, error = %e, "cannot open a reply socket at the VIP"); continue; }
                     };
-                    let ends = FlowEnds { reply, peer, tunnel: Arc::new(SessionTunnel(session.clone(), session.vip_counters.clone())), target };
+                    let ends = FlowEnds { reply, peer, tunnel: Arc::new(SessionTunnel(session.clone(), session.vip_counters.clone(), shared.channel_stats.clone())), target };
                     flows.start(key, ends, UDP_IDLE, session.kill.child_token(), &shared.streams);
                 }
                 // A full queue: the flow is slower than its sender; drop.

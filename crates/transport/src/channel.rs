@@ -131,6 +131,26 @@ impl TunnelStream {
     pub fn channel(&self) -> &Channel {
         &self.chan
     }
+
+    /// Relays `peer` (a visitor) and this stream until both directions are
+    /// done, counting as reads and writes do: inside the kernel when the
+    /// channel is plaintext (Linux), else by copying. Returns the bytes
+    /// `peer → stream` and `stream → peer`.
+    pub async fn relay_with(&mut self, peer: &mut TcpStream) -> io::Result<(u64, u64)> {
+        #[cfg(target_os = "linux")]
+        if let Channel::Plain(t) = &self.chan {
+            let c = self.counters.as_deref();
+            let count = |field: fn(&Counters) -> &AtomicU64| {
+                move |n| {
+                    if let Some(c) = c {
+                        field(c).fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            };
+            return crate::splice::relay(peer, t, count(|c| &c.bytes_in), count(|c| &c.bytes_out)).await;
+        }
+        crate::relay::relay(peer, self).await
+    }
 }
 
 impl Drop for TunnelStream {

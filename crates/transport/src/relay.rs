@@ -17,3 +17,13 @@ where
 {
     tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await
 }
+
+/// Relays a TCP connection and a channel: inside the kernel when the
+/// channel is plaintext (Linux: [`crate::splice`]), else by copying.
+pub async fn relay_channel(a: &mut tokio::net::TcpStream, b: &mut crate::Channel) -> std::io::Result<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    if let crate::Channel::Plain(t) = b {
+        return crate::splice::relay(a, t, |_| {}, |_| {}).await;
+    }
+    relay(a, b).await
+}

@@ -7,7 +7,6 @@ use std::time::Duration;
 use opennotr_plugin::{
     async_trait, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory, StreamProtocol,
 };
-use opennotr_transport::relay::relay;
 use opennotr_transport::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, Instrument};
@@ -77,7 +76,7 @@ async fn visit(mut visitor: TcpStream, peer: std::net::SocketAddr, meta: Forward
         }
     };
     tokio::select! {
-        r = relay(&mut visitor, &mut stream) => match r {
+        r = stream.relay_with(&mut visitor) => match r {
             Ok((up, down)) => debug!(up, down, "visitor connection closed"),
             Err(e) => debug!(error = %e, "visitor connection ended with an error"),
         },
