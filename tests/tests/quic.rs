@@ -80,10 +80,13 @@ async fn udp_goes_as_datagrams_and_large_ones_on_the_stream() {
         }
         let m = metrics(&server).await;
         let count = |r: &str| metric(&m, &format!("opennotr_quic_datagrams_total{{result=\"{r}\"}}")).unwrap_or(0);
-        // Three small ones each way as datagrams; the large one both ways
-        // on the stream (the server counts what it sends and receives).
-        assert!(count("sent") >= 3 && count("received") >= 3, "{m}");
-        assert_eq!(count("fallback"), 1, "{m}");
+        // The small ones each way as datagrams, but the server's first one,
+        // sent before the client has answered the flow's header, which takes
+        // the stream behind it (a datagram could outrun the header and find
+        // no flow); the large one both ways on the stream (the server counts
+        // what it sends and receives).
+        assert!(count("sent") >= 2 && count("received") >= 3, "{m}");
+        assert!((1..=2).contains(&count("fallback")), "{m}");
         assert_eq!(count("dropped"), 0, "{m}");
     })
     .await
@@ -112,13 +115,16 @@ impl Plugin for Probe {
         tokio::spawn(async move {
             for (name, target) in [("declared", declared), ("undeclared", undeclared), ("declared again", declared)] {
                 let r = match ctx.tunnel.open_stream(StreamProtocol::Tcp, target, None).await {
+                    // The stream is open at once; the client's answer comes
+                    // ahead of its first bytes.
                     Ok(mut s) => {
                         let mut buf = [0u8; 4];
-                        let ok = s.write_all(b"ping").await.is_ok() && s.read_exact(&mut buf).await.is_ok();
-                        if ok && &buf == b"ping" {
-                            Ok(())
-                        } else {
-                            Err("opened, but no echo".to_string())
+                        let _ = s.write_all(b"ping").await;
+                        match s.read_exact(&mut buf).await {
+                            Ok(_) if &buf == b"ping" => Ok(()),
+                            Ok(_) => Err("opened, but no echo".to_string()),
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(format!("refused: {e}")),
+                            Err(e) => Err(format!("read error: {e}")),
                         }
                     }
                     Err(OpenError::Refused(reason)) => Err(format!("refused: {reason}")),
@@ -134,7 +140,7 @@ impl Plugin for Probe {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undeclared_target_is_refused_with_the_reason() {
+async fn an_undeclared_target_is_refused() {
     run_test(async {
         let echo = tcp_echo().await;
         let (tx, mut results) = mpsc::unbounded_channel();
@@ -150,8 +156,14 @@ async fn an_undeclared_target_is_refused_with_the_reason() {
         }
         assert_eq!(got[0], ("declared", Ok(())), "{got:?}");
         let e = got[1].1.as_ref().expect_err("the client dialed an undeclared target");
-        assert!(e.starts_with("refused: ") && e.contains("not a target declared"), "{e}");
+        assert_eq!(e, "refused: the client refused the stream");
         assert_eq!(got[2], ("declared again", Ok(())), "the session survives a refusal: {got:?}");
+        // Its reason came on the control stream, where the server counts it.
+        let refused = || {
+            let m = opennotr_admin::Backend::metrics(&server.handle);
+            metric(&m, "opennotr_streams_refused_total").unwrap()
+        };
+        wait_until("the client's refusal", || refused() == 1).await;
         assert!(client.pending_events().is_empty(), "{:?}", client.history);
     })
     .await

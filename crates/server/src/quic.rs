@@ -19,7 +19,7 @@ use opennotr_plugin::{OpenError, StreamProtocol};
 use opennotr_proto::frame::{parse_preface, PROTOCOL_VERSION};
 use opennotr_proto::handshake::ServerHandshake;
 use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage};
-use opennotr_proto::quic::{code, StreamHeader, MAX_REASON_LEN, STATUS_CONNECTED, STATUS_REFUSED};
+use opennotr_proto::quic::{code, StreamHeader};
 use opennotr_transport::quic::{quinn, QuicChannel, QuicLink, QuicStream, QuicTiming};
 use opennotr_transport::{read_frame_exact, read_preface, timed, write_frame, Channel, TransportError};
 use tokio::sync::OwnedSemaphorePermit;
@@ -41,8 +41,12 @@ fn closed(_: impl std::fmt::Debug) -> OpenError {
 }
 
 impl QuicSession {
-    /// Opens the stream for `stream`: a header, then the client's status
-    /// byte; a UDP flow's datagrams are routed to it before the header
+    /// Opens the stream for `stream`: a header, and the stream is ready at
+    /// once. The visitor's first bytes follow the header without waiting
+    /// for the client's status byte, which is read ahead of the client's
+    /// bytes: a refusal reaches the visitor as a closed stream (its reason
+    /// comes as `stream_refused`), and a stream costs no round trip to the
+    /// client. A UDP flow's datagrams are routed to it before the header
     /// goes out, since the client may answer with some at once.
     pub(crate) async fn open(
         &self,
@@ -55,7 +59,7 @@ impl QuicSession {
             return Err(OpenError::Refused("multiplexed streams are not carried over QUIC".into()));
         }
         let (send, recv) = self.link.connection().open_bi().await.map_err(closed)?;
-        let s = QuicStream::new(send, recv);
+        let s = QuicStream::new(send, recv).with_status_due();
         let mut chan = match protocol {
             StreamProtocol::Udp => QuicChannel::Flow(self.link.flow(stream, s)),
             _ => QuicChannel::Stream(s),
@@ -64,27 +68,9 @@ impl QuicSession {
             QuicChannel::Stream(s) => s,
             QuicChannel::Flow(f) => f.stream_mut(),
         };
-        let (send, recv) = s.parts();
         let header = StreamHeader { stream, protocol, target, peer }.encode();
-        send.write_all(&header).await.map_err(closed)?;
-        let mut status = [0u8; 1];
-        if recv.read_exact(&mut status).await.is_err() {
-            return Err(match self.link.connection().close_reason() {
-                Some(_) => OpenError::SessionClosed,
-                None => OpenError::Refused("the client reset the stream".into()),
-            });
-        }
-        match status[0] {
-            STATUS_CONNECTED => Ok(Channel::Quic(Box::new(chan))),
-            STATUS_REFUSED => {
-                let reason = recv.read_to_end(MAX_REASON_LEN).await.unwrap_or_default();
-                Err(OpenError::Refused(String::from_utf8_lossy(&reason).into_owned()))
-            }
-            other => {
-                s.reset(code::PROTOCOL);
-                Err(OpenError::Refused(format!("the client answered an unknown status {other}")))
-            }
-        }
+        s.parts().0.write_all(&header).await.map_err(closed)?;
+        Ok(Channel::Quic(Box::new(chan)))
     }
 }
 

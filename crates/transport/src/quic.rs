@@ -244,12 +244,23 @@ pub fn io_error(e: quinn::ConnectionError) -> io::Error {
 pub struct QuicStream {
     send: SendStream,
     recv: RecvStream,
+    /// The peer's status byte is still to come, ahead of its bytes.
+    status_due: bool,
 }
 
 impl QuicStream {
     /// Joins the two halves of a bidirectional stream.
     pub fn new(send: SendStream, recv: RecvStream) -> Self {
-        QuicStream { send, recv }
+        QuicStream { send, recv, status_due: false }
+    }
+
+    /// Reads the peer's status byte ahead of its first bytes, instead of
+    /// waiting for it before writing: `connected` is passed over, a
+    /// refusal reads as `ConnectionRefused` (the reason comes on the
+    /// control stream), anything else as `InvalidData`.
+    pub fn with_status_due(mut self) -> Self {
+        self.status_due = true;
+        self
     }
 
     /// Aborts both directions with an application error `code`.
@@ -266,7 +277,31 @@ impl QuicStream {
 
 impl AsyncRead for QuicStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.status_due {
+            let mut status = [0u8; 1];
+            let mut one = ReadBuf::new(&mut status);
+            std::task::ready!(Pin::new(&mut this.recv).poll_read(cx, &mut one))?;
+            if one.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match status[0] {
+                opennotr_proto::quic::STATUS_CONNECTED => this.status_due = false,
+                opennotr_proto::quic::STATUS_REFUSED => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "the client refused the stream",
+                    )))
+                }
+                other => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the client answered an unknown status {other}"),
+                    )))
+                }
+            }
+        }
+        Pin::new(&mut this.recv).poll_read(cx, buf)
     }
 }
 
@@ -394,7 +429,11 @@ impl QuicFlow {
 
     fn send(&mut self, d: Bytes) {
         let stats = &self.link.stats;
-        let fits = self.link.conn.max_datagram_size().is_some_and(|max| flow_id_len(self.id) + d.len() <= max);
+        // Until the peer's status byte has come, it may not know the flow
+        // yet and would drop a datagram; on the stream, behind the header,
+        // it cannot arrive too early.
+        let fits = !self.stream.status_due
+            && self.link.conn.max_datagram_size().is_some_and(|max| flow_id_len(self.id) + d.len() <= max);
         if fits {
             if let Some(tagged) = encode_datagram(self.id, &d) {
                 match self.link.conn.send_datagram(tagged) {
