@@ -67,8 +67,8 @@ pub fn open(ep: &Endpoint) -> Result<Tun, Error> {
         let (reader, writer) = dev.split();
         Ok(Tun { reader, writer })
     })?;
-    // The TUN default (500) is shorter than a veth's, and a TCP burst at
-    // 1 Gbit/s overflows it while the reader thread waits for a core.
+    // The TUN default (500) overflows at 1 Gbit/s while the reader thread
+    // waits for a core, and those drops would add loss nobody asked for.
     ip(&["-n", &ep.netns, "link", "set", "dev", &ep.dev, "txqueuelen", &ep.txqueuelen.to_string()])?;
     for route in &ep.routes {
         ip(&["-n", &ep.netns, "route", "add", route, "dev", &ep.dev])?;
