@@ -971,7 +971,7 @@ def wan_report(results, meta):
              "loss of the row (each direction, seed 1); the visitor link is a plain veth.",
              f"TTFB: {meta.get('ttfb_samples', '?')} sequential fresh TCP connections from the visitor, a small "
              "request, time until the first byte of the answer (ms). TCP: iperf3, one stream, "
-             f"{meta.get('secs', '?')} s (Mbit/s). UDP: iperf3 `-u -b {meta.get('udp_rate', '?')} -l 1400` "
+             f"{meta.get('secs', '?')} s (Mbit/s, congestion control {meta.get('cc', '?')}). UDP: iperf3 `-u -b {meta.get('udp_rate', '?')} -l 1400` "
              f"(loss), and {meta.get('probe_count', '?')} echo probes {meta.get('probe_interval', '?')} ms apart "
              "through the UDP forward (round trip ms; lost = no echo within 2 s).",
              f"Emulator capacity (direct iperf3 through notr-wan at 0 ms, 0 % loss, MTU 1500): "
@@ -1568,7 +1568,9 @@ def main():
             net_meta = dict(meta, secs=args.time, udp_rate=args.udp_rate)
             net_results = netns_suite(release, bins, args, tmp)
         if args.wan:
-            wan_meta = dict(meta, load="%.2f" % os.getloadavg()[0], delay=args.wan_delay, secs=args.wan_time,
+            with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+                cc = f.read().strip()  # new namespaces start with the host's
+            wan_meta = dict(meta, load="%.2f" % os.getloadavg()[0], delay=args.wan_delay, secs=args.wan_time, cc=cc,
                             udp_rate=args.wan_udp_rate, ttfb_samples=args.ttfb_samples,
                             probe_count=args.probe_count, probe_interval=args.probe_interval)
             wan_results = wan_suite(release, bins, wan_bin, args, tmp)

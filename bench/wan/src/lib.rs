@@ -2,6 +2,9 @@
 //! here has no netem): it carries IPv4 between two network namespaces
 //! through a TUN device in each, with one-way delay, jitter, random loss and
 //! a rate limit with a tail-drop queue, set per direction. See README.md.
+//!
+//! Errors carry their cause as `source`, not in their message: print them
+//! with `{:#}` (anyhow) to get the whole chain on one line.
 
 pub mod link;
 pub mod netns;
@@ -23,28 +26,26 @@ pub enum Error {
         "network namespace {0:?} already exists; drop --create to attach to it, or remove it with `ip netns del {0}`"
     )]
     NamespaceExists(String),
-    #[error("cannot enter network namespace {name:?} (notr-wan needs root): {source}")]
+    #[error("cannot enter network namespace {name:?} (notr-wan needs root)")]
     Setns {
         name: String,
         #[source]
         source: nix::Error,
     },
-    #[error(
-        "cannot create TUN device {dev:?} in namespace {netns:?} (root, /dev/net/tun and a free name needed): {source}"
-    )]
+    #[error("cannot create TUN device {dev:?} in namespace {netns:?} (root, /dev/net/tun and a free name needed)")]
     Tun {
         dev: String,
         netns: String,
         #[source]
         source: tun::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Sysctl {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot run {program} (iproute2 needed): {source}")]
+    #[error("cannot run {program} (iproute2 needed)")]
     Spawn {
         program: &'static str,
         #[source]
@@ -52,13 +53,13 @@ pub enum Error {
     },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start a thread: {0}")]
+    #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
     #[error("a namespace thread panicked")]
     Panicked,

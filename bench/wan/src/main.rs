@@ -1,4 +1,5 @@
 use std::net::Ipv4Addr;
+use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -112,8 +113,20 @@ enum Event {
     Failed(opennotr_wan::Error),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // One line with the causes, no backtrace: these are operator errors
+    // (missing namespace, not root), not bugs.
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("notr-wan: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     if args.ns_a == args.ns_b {
         bail!("--ns-a and --ns-b must differ (both are {:?})", args.ns_a);
     }
