@@ -971,7 +971,8 @@ def wan_report(results, meta):
              "loss of the row (each direction, seed 1); the visitor link is a plain veth.",
              f"TTFB: {meta.get('ttfb_samples', '?')} sequential fresh TCP connections from the visitor, a small "
              "request, time until the first byte of the answer (ms). TCP: iperf3, one stream, "
-             f"{meta.get('secs', '?')} s (Mbit/s, congestion control {meta.get('cc', '?')}). UDP: iperf3 `-u -b {meta.get('udp_rate', '?')} -l 1400` "
+             f"{meta.get('secs', '?')} s (Mbit/s" + (f", congestion control {meta['cc']}" if meta.get("cc") else "")
+             + f"). UDP: iperf3 `-u -b {meta.get('udp_rate', '?')} -l 1400` "
              f"(loss), and {meta.get('probe_count', '?')} echo probes {meta.get('probe_interval', '?')} ms apart "
              "through the UDP forward (round trip ms; lost = no echo within 2 s).",
              f"Emulator capacity (direct iperf3 through notr-wan at 0 ms, 0 % loss, MTU 1500): "

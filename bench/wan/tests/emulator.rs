@@ -25,8 +25,14 @@ fn root() -> bool {
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
     if !root {
         println!("skipped: not root");
+        return false;
     }
-    root
+    // A container without the TUN device cannot run the emulator at all.
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        println!("skipped: no /dev/net/tun");
+        return false;
+    }
+    true
 }
 
 /// A namespace of this test, removed when dropped (also when the test fails).
