@@ -714,6 +714,12 @@ def net_paths(release, bins, wan):
     ]
 
 
+def only_names(only):
+    """--only's row names. A comma followed by a space belongs to a name
+    ("opennotr, no spare channels"), so only a bare comma separates."""
+    return [n.strip() for n in re.split(r",(?! )", only) if n.strip()]
+
+
 def wait_port_at(host, port, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -741,14 +747,16 @@ def ttfb_samples(host, port, n):
 
 
 def udp_probe(host, port, count, interval):
-    """Sends `count` numbered datagrams `interval` s apart to an echo and
-    returns the round trips (ms) of those that came back within 2 s of the
-    last send, and how many did not."""
+    """Sends `count` numbered datagrams `interval` s apart to an echo from a
+    fresh socket (a new flow for the tunnel) and returns the round trips
+    (ms) of those that came back within 2 s of the last send, in order of
+    their numbers, the first datagram's (None if lost), and how many were
+    lost."""
     import select
     import struct
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.connect((host, port))
-    sent, rtts = {}, []
+    sent, rtts = {}, {}
     start = time.perf_counter()
     seq = 0
     end = None
@@ -769,9 +777,9 @@ def udp_probe(host, port, count, interval):
             d = u.recv(2048)
             n = struct.unpack("!I", d[:4])[0]
             if n in sent:
-                rtts.append((time.perf_counter() - sent.pop(n)) * 1000)
+                rtts[n] = (time.perf_counter() - sent.pop(n)) * 1000
     u.close()
-    return rtts, len(sent)
+    return [rtts[n] for n in sorted(rtts)], rtts.get(0), len(sent)
 
 
 def udp_warm_up(host, port, attempts=40):
@@ -810,6 +818,7 @@ def net_path_run(name, start, topo, tmp, measure):
     procs = Procs()
     ports = Ports()
     row = {"name": name}
+    errlog = None
     try:
         procs.start(topo.exec("client", ["iperf3", "-s", "-p", str(ports.iperf)]))
         svc = procs.start(topo.exec("client", [sys.executable, "-c", SERVICE, str(ports.ttfb), str(ports.echo)]),
@@ -854,6 +863,8 @@ def net_path_run(name, start, topo, tmp, measure):
         row["error"] = str(e)
     finally:
         procs.stop()
+        if errlog:
+            errlog.close()
     print(json.dumps(row), flush=True)
     return row
 
@@ -868,7 +879,7 @@ def netns_suite(release, bins, args, tmp):
     results = []
     with Topology() as topo:
         for name, start in net_paths(release, bins, wan=False):
-            if args.only and name not in args.only.split(","):
+            if args.only and name not in only_names(args.only):
                 continue
             results.append(net_path_run(name, start, topo, tmp, measure))
     return results
@@ -906,9 +917,10 @@ def wan_suite(release, bins, wan_bin, args, tmp):
                          "n": len(samples), "samples": samples}
             # The echo probes go before the iperf3 runs, so they do not
             # queue behind what a tunnel still buffers from a flood.
-            rtts, lost = ns_call(v, udp_probe, host, p["echo"], args.probe_count, args.probe_interval / 1000)
+            rtts, first, lost = ns_call(v, udp_probe, host, p["echo"], args.probe_count,
+                                        args.probe_interval / 1000)
             r["echo"] = {"p50": pct(rtts, 50), "p90": pct(rtts, 90), "p99": pct(rtts, 99), "lost": lost,
-                         "n": args.probe_count}
+                         "n": args.probe_count, "first": first}
             r["tcp1"] = iperf(p["iperf"], [], args.wan_time, host=host, netns=v)
             r["udp"] = iperf(p["iperf"], ["-u", "-b", args.wan_udp_rate, "-l", "1400"], args.wan_time,
                              host=host, netns=v)
@@ -918,7 +930,7 @@ def wan_suite(release, bins, wan_bin, args, tmp):
             topo.start_wan(["--delay", str(args.wan_delay), "--loss", loss, "--seed", "1"])
             rows = []
             for name, start in net_paths(release, bins, wan=True):
-                if args.only and name not in args.only.split(","):
+                if args.only and name not in only_names(args.only):
                     continue
                 rows.append(net_path_run(name, start, topo, tmp, measure))
             counters = topo.stop_wan()
@@ -974,21 +986,23 @@ def wan_report(results, meta):
              f"{meta.get('secs', '?')} s (Mbit/s" + (f", congestion control {meta['cc']}" if meta.get("cc") else "")
              + f"). UDP: iperf3 `-u -b {meta.get('udp_rate', '?')} -l 1400` "
              f"(loss), and {meta.get('probe_count', '?')} echo probes {meta.get('probe_interval', '?')} ms apart "
-             "through the UDP forward (round trip ms; lost = no echo within 2 s).",
+             "through the UDP forward from a new source port (round trip ms, all probes; first = the flow's "
+             "first datagram; lost = no echo within 2 s).",
              f"Emulator capacity (direct iperf3 through notr-wan at 0 ms, 0 % loss, MTU 1500): "
              f"{mbps(cap.get('tcp1'))} Mbit/s one stream, {mbps(cap.get('tcp8'))} Mbit/s 8 streams.", "",
-             "| loss | path | TTFB p50 | p90 | p99 | TCP | UDP loss | echo p50 | p90 | p99 | echo lost |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| loss | path | TTFB p50 | p90 | p99 | TCP | UDP loss | echo first | p50 | p90 | p99 | echo lost |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         for r in run["rows"]:
             head = f"| {run['loss']} % | {r['name']} |"
             if "error" in r or "skipped" in r:
                 what = "error" if "error" in r else "skipped"
-                lines.append(f"{head} {what}: {r.get('error', r.get('skipped'))} | | | | | | | | |")
+                lines.append(f"{head} {what}: {r.get('error', r.get('skipped'))} | | | | | | | | | |")
                 continue
             t, e, u = r.get("ttfb", {}), r.get("echo", {}), r.get("udp", {})
             lines.append(f"{head} {ms(t.get('p50'))} | {ms(t.get('p90'))} | {ms(t.get('p99'))} | "
-                         f"{mbps(r.get('tcp1'))} | {u.get('loss_pct', float('nan')):.2f} % | {ms(e.get('p50'))} | "
+                         f"{mbps(r.get('tcp1'))} | {u.get('loss_pct', float('nan')):.2f} % | {ms(e.get('first'))} | "
+                         f"{ms(e.get('p50'))} | "
                          f"{ms(e.get('p90'))} | {ms(e.get('p99'))} | {e.get('lost', 'n/a')}/{e.get('n', '?')} |")
     counters = []
     for run in results["runs"]:
