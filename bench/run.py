@@ -948,7 +948,7 @@ def netns_report(results, meta):
              f"({meta.get('cores', '?')} cores, load average {meta.get('load', '?')} before the run, "
              f"{meta.get('secs', '?')} s per iperf3 run, UDP offered at `-b {meta.get('udp_rate', '?')} -l 1400`).",
              "iperf3 runs in the visitor namespace, its server in the client namespace; the tunnel server in",
-             "the server namespace, the tunnel client in the client namespace (topology in the notes below).",
+             "the server namespace, the tunnel client in the client namespace (topology in the section above).",
              "Throughput in Mbit/s. Ratios as in the loopback table: opennotr rows against the matching",
              "rathole row, the others against direct.", "",
              "| path | TCP 1 stream | TCP 8 streams | UDP | peak RSS server / client |",
