@@ -686,8 +686,9 @@ def direct_path(topo, procs, ports, tmp, opts):
 def net_paths(release, bins, wan):
     """The paths of the network suites: name -> start(topo, procs, ports,
     tmp) -> (host the visitor dials, server proc, client proc, client
-    stderr file or None). A new transport is one more line, e.g.
-    ("opennotr quic", notr({"client": {"transport": "quic"}, "server": {...}})),"""
+    stderr file or None). A new transport is one more line; with main's
+    QUIC keys (server `quic: true`, client `transport: quic`):
+    ("opennotr quic", notr({"server": {"quic": True}, "client": {"transport": "quic"}})),"""
     def notr(opts):
         return lambda *a: notr_path(release, *a, opts)
 
