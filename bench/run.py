@@ -27,14 +27,39 @@ With --before-bin-dir DIR (gateway only), a second opennotrd/opennotr pair
 from DIR (an earlier build) runs beside this build's, its rounds
 interleaved with the others, and the report compares the two.
 
+Network suites (root; each only on its own flag, never part of the default
+run): three network namespaces of the run's own (pid-suffixed names, removed
+on exit), addresses from 198.18.0.0/15:
+
+  visitor                   server                              client
+  198.18.1.1 ---veth--- 198.18.1.2 | 198.18.2.1 ---link--- 198.18.2.2
+  iperf3 -c, probes     opennotrd / rathole server          opennotr / rathole client,
+                        (routes between its two links)      iperf3 -s, TTFB service, UDP echo
+
+  --netns  the link is a veth (1500 MTU): iperf3 TCP 1 and 8 streams, UDP at
+           --udp-rate, peak RSS, on direct (routed), opennotr plain and
+           encrypted, rathole plain and tls.
+  --wan    the link is notr-wan (bench/wan, a user-space delay line: TUN
+           devices in server and client, --wan-delay ms each way, each loss of
+           --wan-loss): first the emulator's capacity (direct iperf3 at 0 ms),
+           then per loss: time to first byte of fresh connections, iperf3 TCP
+           1 stream, iperf3 UDP loss at --wan-udp-rate, UDP echo round trips;
+           on direct, opennotr, opennotr with spareChannels: 0 (skipped when
+           the client does not know the key), rathole tls and plain.
+The paths are data (net_paths): a new transport is one more line there.
+
 Usage: python3 bench/run.py [--time 8] [--udp-rate 200M] [--only NAME,...]
        python3 bench/run.py --gateway [--gateway-time 10] [--connections 64] [--before-bin-dir DIR]
+       python3 bench/run.py --netns [--time 8] [--udp-rate 200M]
+       python3 bench/run.py --wan [--wan-delay 25] [--wan-loss 0,0.1,1] [--wan-time 10] [--ttfb-samples 40]
+       (--only "direct,opennotr" picks rows of --netns/--wan too, and then writes nothing)
 """
 
 import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -88,8 +113,9 @@ def ensure_tools():
     return bins
 
 
-def build_opennotr():
-    subprocess.run(["cargo", "build", "--release", "-p", "opennotr"], cwd=ROOT, check=True)
+def build_opennotr(wan=False):
+    extra = ["-p", "opennotr-wan"] if wan else []
+    subprocess.run(["cargo", "build", "--release", "-p", "opennotr"] + extra, cwd=ROOT, check=True)
     return os.path.join(ROOT, "target", "release")
 
 
@@ -126,9 +152,11 @@ class Procs:
         self.procs = []
 
 
-def iperf(port, args, secs, host="127.0.0.1", ns=False):
-    """One iperf3 run (in the benchmark's namespace if `ns`): Mbit/s received, and loss for UDP."""
+def iperf(port, args, secs, host="127.0.0.1", ns=False, netns=None):
+    """One iperf3 run (in the benchmark's namespace if `ns`, or in `netns`): Mbit/s received, and loss for UDP."""
     cmd = ["iperf3", "-c", host, "-p", str(port), "-t", str(secs), "-J"] + args
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + cmd
     out = subprocess.run(in_ns(cmd) if ns else cmd, capture_output=True, text=True, timeout=secs + 60)
     data = json.loads(out.stdout)
     if "error" in data:
@@ -411,6 +439,585 @@ def write_report(results, args, cmd):
         if r.get("rss_server_kb"):
             rss = f"{r['rss_server_kb'] / 1024:.1f} MB / {r['rss_client_kb'] / 1024:.1f} MB"
         lines.append(f"| {r['name']} | {fmt(r, 'tcp1', base)} | {fmt(r, 'tcp8', base)} | {fmt(r, 'udp', None)} | {rss} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------- namespaces and WAN
+
+# Addresses from 198.18.0.0/15 (reserved for benchmarks), only ever inside
+# the run's own namespaces.
+VISITOR_ADDR = "198.18.1.1"
+SERVER_PUBLIC = "198.18.1.2"   # the server's side of the visitor link
+SERVER_WAN = "198.18.2.1"      # the server's side of the server-client link
+CLIENT_ADDR = "198.18.2.2"
+
+# The service in the client namespace: a TCP server that answers the first
+# bytes of a request at once (time to first byte) and a UDP echo.
+SERVICE = r"""
+import socket, sys, threading
+def tcp(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(512)
+    def serve(c):
+        try:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if c.recv(4096):
+                c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except OSError:
+            pass
+        finally:
+            c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+def echo(port):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+    while True:
+        d, a = u.recvfrom(65536)
+        u.sendto(d, a)
+threading.Thread(target=echo, args=(int(sys.argv[2]),), daemon=True).start()
+t = threading.Thread(target=tcp, args=(int(sys.argv[1]),), daemon=True); t.start()
+print("ready", flush=True)
+t.join()
+"""
+
+_libc = None
+
+
+def ns_call(ns, fn, *args):
+    """Runs fn(*args) on a thread that entered network namespace `ns`
+    (Python 3.11 has no os.setns; setns moves only the calling thread).
+    Sockets made there stay in `ns`."""
+    global _libc
+    import ctypes
+    import threading
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    out = {}
+
+    def run():
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), f"setns {ns}")
+            out["v"] = fn(*args)
+        except BaseException as e:
+            out["e"] = e
+        finally:
+            os.close(fd)
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "e" in out:
+        raise out["e"]
+    return out["v"]
+
+
+def sh(*args):
+    subprocess.run(list(args), check=True, capture_output=True)
+
+
+class Topology:
+    """visitor --veth-- server --(veth, or notr-wan)-- client, each a network
+    namespace of this run (pid-suffixed names, removed on exit). The server
+    routes between its two links; the client's default route leads to it."""
+
+    def __init__(self, wan_bin=None):
+        self.ns = {r: f"onb-{r}-{os.getpid()}" for r in ("visitor", "server", "client")}
+        self.wan_bin = wan_bin
+        self.wan = None
+        self.wan_out = None
+
+    def __enter__(self):
+        try:
+            self._create()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _create(self):
+        v, s, c = self.ns["visitor"], self.ns["server"], self.ns["client"]
+        for ns in (v, s, c):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", "up0", "netns", v, "type", "veth", "peer", "name", "vis0", "netns", s)
+        sh("ip", "-n", v, "addr", "add", f"{VISITOR_ADDR}/24", "dev", "up0")
+        sh("ip", "-n", s, "addr", "add", f"{SERVER_PUBLIC}/24", "dev", "vis0")
+        for ns, dev in ((v, "up0"), (s, "vis0")):
+            sh("ip", "-n", ns, "link", "set", dev, "mtu", "1500", "up")
+        sh("ip", "-n", v, "route", "add", "default", "via", SERVER_PUBLIC)
+        sh("ip", "netns", "exec", s, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if not self.wan_bin:
+            sh("ip", "link", "add", "cli0", "netns", s, "type", "veth", "peer", "name", "up0", "netns", c)
+            sh("ip", "-n", s, "addr", "add", f"{SERVER_WAN}/24", "dev", "cli0")
+            sh("ip", "-n", c, "addr", "add", f"{CLIENT_ADDR}/24", "dev", "up0")
+            for ns, dev in ((s, "cli0"), (c, "up0")):
+                sh("ip", "-n", ns, "link", "set", dev, "mtu", "1500", "up")
+            sh("ip", "-n", c, "route", "add", "default", "via", SERVER_WAN)
+
+    def start_wan(self, opts):
+        """(Re)starts notr-wan between server and client with `opts` and
+        waits for its ready line; the client's default route goes into it."""
+        self.stop_wan()
+        self.wan = subprocess.Popen(
+            [self.wan_bin, "--ns-a", self.ns["server"], "--ns-b", self.ns["client"], "--addr-a", SERVER_WAN,
+             "--addr-b", CLIENT_ADDR, "--route-b", "default"] + opts,
+            stdout=subprocess.PIPE, text=True)
+        line = self.wan.stdout.readline()
+        if '"ready"' not in line:
+            raise RuntimeError(f"notr-wan did not start: {line!r}, exit {self.wan.poll()}")
+
+    def stop_wan(self):
+        """Stops notr-wan; returns its final counters."""
+        if not self.wan:
+            return None
+        self.wan.send_signal(signal.SIGTERM)
+        out, _ = self.wan.communicate(timeout=10)
+        self.wan = None
+        for line in out.splitlines():
+            if '"exit"' in line:
+                return json.loads(line)
+        return None
+
+    def exec(self, role, args):
+        return ["ip", "netns", "exec", self.ns[role]] + args
+
+    def __exit__(self, *exc):
+        try:
+            self.stop_wan()
+        finally:
+            for ns in self.ns.values():
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+class Ports:
+    """The service's ports in the client namespace and the public ports the
+    visitor uses for them. Any port is free in a fresh namespace; free_port
+    only keeps them distinct and unpredictable."""
+
+    def __init__(self):
+        self.iperf, self.ttfb, self.echo = free_port(), free_port(), free_port()
+        self.pub_iperf, self.pub_ttfb, self.pub_echo = free_port(), free_port(), free_port()
+        self.ctrl = free_port()
+
+
+def notr_path(release, topo, procs, ports, tmp, opts):
+    """opennotrd in the server namespace, opennotr in the client's. `opts`:
+    plaintext (bool), client / server (extra top-level client keys and
+    keys under `server:`, e.g. {"transport": "quic"})."""
+    plain = opts.get("plaintext", False)
+    key = "bench-key"
+    sextra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in opts.get("server", {}).items())
+    cextra = "".join(f"{k}: {json.dumps(v)}\n" for k, v in opts.get("client", {}).items())
+    sconf = os.path.join(tmp, "net-notrd.yaml")
+    with open(sconf, "w") as f:
+        f.write(f"""server:
+  listen: "{SERVER_WAN}:{ports.ctrl}"
+  authKey: "{key}"
+  domain: "bench.notr.test"
+  allowPlaintext: {str(plain).lower()}
+{sextra}dhcp:
+  cidr: "100.64.242.1/24"
+plugin:
+  tcp: '{{"bind": "{SERVER_PUBLIC}"}}'
+  udp: '{{"bind": "{SERVER_PUBLIC}"}}'
+""")
+    cconf = os.path.join(tmp, "net-client.yaml")
+    with open(cconf, "w") as f:
+        f.write(f"""serverAddr: "{SERVER_WAN}:{ports.ctrl}"
+key: "{key}"
+plaintext: {str(plain).lower()}
+{cextra}forwards:
+  - protocol: tcp
+    ports:
+      {ports.pub_iperf}: {ports.iperf}
+      {ports.pub_ttfb}: {ports.ttfb}
+  - protocol: udp
+    ports:
+      {ports.pub_iperf}: {ports.iperf}
+      {ports.pub_echo}: {ports.echo}
+""")
+    env = dict(os.environ, RUST_LOG="warn")
+    s = procs.start(topo.exec("server", [os.path.join(release, "opennotrd"), "-c", sconf]), env=env)
+    ns_call(topo.ns["server"], wait_port_at, SERVER_WAN, ports.ctrl)
+    errlog = open(os.path.join(tmp, "net-client.err"), "w+")
+    c = procs.start(topo.exec("client", [os.path.join(release, "opennotr"), "-c", cconf]), env=env, stderr=errlog)
+    return SERVER_PUBLIC, s, c, errlog
+
+
+def rathole_path(bins, topo, procs, ports, tmp, opts):
+    tls = opts.get("tls", False)
+    transport_s = transport_c = ""
+    if tls:
+        key, crt, pfx = (os.path.join(tmp, n) for n in ("net-key.pem", "net-crt.pem", "net-id.pfx"))
+        if not os.path.exists(pfx):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                            "-out", crt, "-days", "2", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+            subprocess.run(["openssl", "pkcs12", "-export", "-out", pfx, "-inkey", key, "-in", crt,
+                            "-passout", "pass:1234"], check=True, capture_output=True)
+        transport_s = f'[server.transport]\ntype = "tls"\n[server.transport.tls]\npkcs12 = "{pfx}"\npkcs12_password = "1234"\n'
+        transport_c = f'[client.transport]\ntype = "tls"\n[client.transport.tls]\ntrusted_root = "{crt}"\nhostname = "localhost"\n'
+    services = (("t", "tcp", ports.pub_iperf, ports.iperf), ("f", "tcp", ports.pub_ttfb, ports.ttfb),
+                ("u", "udp", ports.pub_iperf, ports.iperf), ("e", "udp", ports.pub_echo, ports.echo))
+    sconf = os.path.join(tmp, "net-rathole-server.toml")
+    with open(sconf, "w") as f:
+        f.write(f'[server]\nbind_addr = "{SERVER_WAN}:{ports.ctrl}"\n{transport_s}')
+        for name, kind, pub, _ in services:
+            f.write(f'[server.services.{name}]\ntype = "{kind}"\ntoken = "k"\nbind_addr = "{SERVER_PUBLIC}:{pub}"\n')
+    cconf = os.path.join(tmp, "net-rathole-client.toml")
+    with open(cconf, "w") as f:
+        f.write(f'[client]\nremote_addr = "{SERVER_WAN}:{ports.ctrl}"\n{transport_c}')
+        for name, kind, _, local in services:
+            f.write(f'[client.services.{name}]\ntype = "{kind}"\ntoken = "k"\nlocal_addr = "127.0.0.1:{local}"\n')
+    env = dict(os.environ, RUST_LOG="warn")
+    s = procs.start(topo.exec("server", [os.path.join(bins, "rathole"), "--server", sconf]), env=env)
+    ns_call(topo.ns["server"], wait_port_at, SERVER_WAN, ports.ctrl)
+    c = procs.start(topo.exec("client", [os.path.join(bins, "rathole"), "--client", cconf]), env=env)
+    return SERVER_PUBLIC, s, c, None
+
+
+def direct_path(topo, procs, ports, tmp, opts):
+    return CLIENT_ADDR, None, None, None
+
+
+def net_paths(release, bins, wan):
+    """The paths of the network suites: name -> start(topo, procs, ports,
+    tmp) -> (host the visitor dials, server proc, client proc, client
+    stderr file or None). A new transport is one more line; with main's
+    QUIC keys (server `quic: true`, client `transport: quic`):
+    ("opennotr quic", notr({"server": {"quic": True}, "client": {"transport": "quic"}})),"""
+    def notr(opts):
+        return lambda *a: notr_path(release, *a, opts)
+
+    def rathole(opts):
+        return lambda *a: rathole_path(bins, *a, opts)
+
+    direct = lambda *a: direct_path(*a, {})  # noqa: E731
+    if wan:
+        return [
+            ("direct", direct),
+            ("opennotr", notr({})),
+            # spareChannels: pre-opened data channels (client config, main
+            # branch); a client that does not know the key refuses it.
+            ("opennotr, no spare channels", notr({"client": {"spareChannels": 0}})),
+            ("rathole tls", rathole({"tls": True})),
+            ("rathole plain", rathole({"tls": False})),
+        ]
+    return [
+        ("direct", direct),
+        ("opennotr plain", notr({"plaintext": True})),
+        ("opennotr encrypted", notr({})),
+        ("rathole plain", rathole({"tls": False})),
+        ("rathole tls", rathole({"tls": True})),
+    ]
+
+
+def only_names(only):
+    """--only's row names. A comma followed by a space belongs to a name
+    ("opennotr, no spare channels"), so only a bare comma separates."""
+    return [n.strip() for n in re.split(r",(?! )", only) if n.strip()]
+
+
+def wait_port_at(host, port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def ttfb(host, port, timeout=10.0):
+    """ms from connect() to the first byte of the answer to a small request."""
+    t0 = time.perf_counter()
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        if not s.recv(1):
+            raise RuntimeError("closed before the first byte")
+        return (time.perf_counter() - t0) * 1000
+
+
+def ttfb_samples(host, port, n):
+    return [ttfb(host, port) for _ in range(n)]
+
+
+def udp_probe(host, port, count, interval):
+    """Sends `count` numbered datagrams `interval` s apart to an echo from a
+    fresh socket (a new flow for the tunnel) and returns the round trips
+    (ms) of those that came back within 2 s of the last send, in order of
+    their numbers, the first datagram's (None if lost), and how many were
+    lost."""
+    import select
+    import struct
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect((host, port))
+    sent, rtts = {}, {}
+    start = time.perf_counter()
+    seq = 0
+    end = None
+    while True:
+        now = time.perf_counter()
+        if seq < count and now >= start + seq * interval:
+            sent[seq] = now
+            u.send(struct.pack("!I", seq) + b"x" * 60)
+            seq += 1
+            if seq == count:
+                end = now + 2.0
+            continue
+        if end and now >= end:
+            break
+        wake = start + seq * interval if seq < count else end
+        r, _, _ = select.select([u], [], [], max(0.0, wake - now))
+        if r:
+            d = u.recv(2048)
+            n = struct.unpack("!I", d[:4])[0]
+            if n in sent:
+                rtts[n] = (time.perf_counter() - sent.pop(n)) * 1000
+    u.close()
+    return [rtts[n] for n in sorted(rtts)], rtts.get(0), len(sent)
+
+
+def udp_warm_up(host, port, attempts=40):
+    for _ in range(attempts):
+        if _one_echo(host, port):
+            return
+    raise RuntimeError(f"no UDP echo through {host}:{port}")
+
+
+def _one_echo(host, port):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(0.5)
+    try:
+        u.sendto(b"warm-up", (host, port))
+        u.recv(2048)
+        return True
+    except OSError:
+        return False
+    finally:
+        u.close()
+
+
+def pct(values, p):
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, int(-(-p * len(v) // 100)) - 1))]
+
+
+def net_path_run(name, start, topo, tmp, measure):
+    """Starts the client namespace's services and path `name`, waits until
+    a request gets an answer through it, and returns measure(host, ports,
+    procs) merged into the row. A client that exits 64 (strict config: a
+    key it does not know) makes the row skipped, not failed."""
+    procs = Procs()
+    ports = Ports()
+    row = {"name": name}
+    errlog = None
+    try:
+        procs.start(topo.exec("client", ["iperf3", "-s", "-p", str(ports.iperf)]))
+        svc = procs.start(topo.exec("client", [sys.executable, "-c", SERVICE, str(ports.ttfb), str(ports.echo)]),
+                          stdout=subprocess.PIPE, text=True)
+        if svc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the service did not start")
+        ns_call(topo.ns["client"], wait_port_at, "127.0.0.1", ports.iperf)
+        host, s, c, errlog = start(topo, procs, ports, tmp)
+        direct = s is None
+        p_ttfb = ports.ttfb if direct else ports.pub_ttfb
+        last = None
+        for _ in range(120):
+            if c is not None and c.poll() is not None:
+                err = ""
+                if errlog:
+                    errlog.seek(0)
+                    err = errlog.read().strip().splitlines()[-1:] or [""]
+                    err = err[0]
+                if c.returncode == 64:
+                    key = re.search(r"unknown key `([^`]+)`", err)
+                    row["skipped"] = (f"this client does not know `{key.group(1)}` (strict config, exit 64)" if key
+                                      else f"the client refused its config (exit 64): {err[:160]}")
+                    print(f"{name}: skipped: {row['skipped']}", flush=True)
+                    return row
+                raise RuntimeError(f"the client exited {c.returncode}: {err}")
+            try:
+                ns_call(topo.ns["visitor"], ttfb, host, p_ttfb, 2.0)
+                break
+            except Exception as e:  # not up yet
+                last = e
+                time.sleep(0.25)
+        else:
+            raise RuntimeError(f"no answer through the path: {last}")
+        ports_seen = {"iperf": ports.iperf if direct else ports.pub_iperf, "ttfb": p_ttfb,
+                      "echo": ports.echo if direct else ports.pub_echo}
+        ns_call(topo.ns["visitor"], udp_warm_up, host, ports_seen["echo"])
+        row.update(measure(topo, host, ports_seen))
+        if s is not None:
+            row["rss_server_kb"] = peak_rss_kb(s.pid)
+            row["rss_client_kb"] = peak_rss_kb(c.pid)
+    except Exception as e:  # a failed path is reported, not fatal
+        row["error"] = str(e)
+    finally:
+        procs.stop()
+        if errlog:
+            errlog.close()
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def netns_suite(release, bins, args, tmp):
+    """Three namespaces joined by veth (no delay): iperf3 from the visitor."""
+    def measure(topo, host, p):
+        v = topo.ns["visitor"]
+        return {"tcp1": iperf(p["iperf"], [], args.time, host=host, netns=v),
+                "tcp8": iperf(p["iperf"], ["-P", "8"], args.time, host=host, netns=v),
+                "udp": iperf(p["iperf"], ["-u", "-b", args.udp_rate, "-l", "1400"], args.time, host=host, netns=v)}
+    results = []
+    with Topology() as topo:
+        for name, start in net_paths(release, bins, wan=False):
+            if args.only and name not in only_names(args.only):
+                continue
+            results.append(net_path_run(name, start, topo, tmp, measure))
+    return results
+
+
+def wan_suite(release, bins, wan_bin, args, tmp):
+    """The server-client link through notr-wan: per loss setting, TTFB,
+    TCP, UDP loss at a fixed rate and UDP echo latency on every path. First
+    the emulator's own capacity: direct iperf3 through it at 0 ms, 0 %."""
+    losses = [x.strip() for x in args.wan_loss.split(",") if x.strip()]
+    results = {"capacity": {}, "runs": []}
+    with Topology(wan_bin=wan_bin) as topo:
+        v = topo.ns["visitor"]
+        topo.start_wan(["--delay", "0"])
+        procs = Procs()
+        try:
+            port = free_port()
+            procs.start(topo.exec("client", ["iperf3", "-s", "-p", str(port)]))
+            ns_call(topo.ns["client"], wait_port_at, "127.0.0.1", port)
+            cap = results["capacity"]
+            for key, extra in (("tcp1", []), ("tcp8", ["-P", "8"])):
+                try:
+                    cap[key] = iperf(port, extra, args.time, host=CLIENT_ADDR, netns=v)
+                except Exception as e:
+                    cap[key] = {"error": str(e)}
+            cap["wan"] = topo.stop_wan()
+            print(json.dumps({"capacity": cap}), flush=True)
+        finally:
+            procs.stop()
+
+        def measure(topo, host, p):
+            r = {}
+            samples = ns_call(v, ttfb_samples, host, p["ttfb"], args.ttfb_samples)
+            r["ttfb"] = {"p50": pct(samples, 50), "p90": pct(samples, 90), "p99": pct(samples, 99),
+                         "n": len(samples), "samples": samples}
+            # The echo probes go before the iperf3 runs, so they do not
+            # queue behind what a tunnel still buffers from a flood.
+            rtts, first, lost = ns_call(v, udp_probe, host, p["echo"], args.probe_count,
+                                        args.probe_interval / 1000)
+            r["echo"] = {"p50": pct(rtts, 50), "p90": pct(rtts, 90), "p99": pct(rtts, 99), "lost": lost,
+                         "n": args.probe_count, "first": first}
+            r["tcp1"] = iperf(p["iperf"], [], args.wan_time, host=host, netns=v)
+            r["udp"] = iperf(p["iperf"], ["-u", "-b", args.wan_udp_rate, "-l", "1400"], args.wan_time,
+                             host=host, netns=v)
+            return r
+
+        for loss in losses:
+            topo.start_wan(["--delay", str(args.wan_delay), "--loss", loss, "--seed", "1"])
+            rows = []
+            for name, start in net_paths(release, bins, wan=True):
+                if args.only and name not in only_names(args.only):
+                    continue
+                rows.append(net_path_run(name, start, topo, tmp, measure))
+            counters = topo.stop_wan()
+            results["runs"].append({"loss": loss, "rows": rows, "wan": counters})
+    return results
+
+
+def netns_report(results, meta):
+    if not results:
+        return ""
+    by = {r["name"]: r for r in results}
+    pairs = {"opennotr plain": "rathole plain", "opennotr encrypted": "rathole tls"}
+    lines = ["", "## Three namespaces (veth)", "",
+             f"Produced by `{meta.get('cmd', 'python3 bench/run.py --netns')}` on {meta.get('date', '?')} "
+             f"({meta.get('cores', '?')} cores, load average {meta.get('load', '?')} before the run, "
+             f"{meta.get('secs', '?')} s per iperf3 run, UDP offered at `-b {meta.get('udp_rate', '?')} -l 1400`).",
+             "iperf3 runs in the visitor namespace, its server in the client namespace; the tunnel server in",
+             "the server namespace, the tunnel client in the client namespace (topology in the section above).",
+             "Throughput in Mbit/s. Ratios as in the loopback table: opennotr rows against the matching",
+             "rathole row, the others against direct.", "",
+             "| path | TCP 1 stream | TCP 8 streams | UDP | peak RSS server / client |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {r['name']} | {'error' if 'error' in r else 'skipped'}: {r.get('error', r.get('skipped'))} | | | |")
+            continue
+        base = by.get(pairs.get(r["name"], "direct")) if r["name"] != "direct" else None
+        rss = "—"
+        if r.get("rss_server_kb"):
+            rss = f"{r['rss_server_kb'] / 1024:.1f} MB / {r['rss_client_kb'] / 1024:.1f} MB"
+        lines.append(f"| {r['name']} | {fmt(r, 'tcp1', base)} | {fmt(r, 'tcp8', base)} | {fmt(r, 'udp', None)} | {rss} |")
+    return "\n".join(lines) + "\n"
+
+
+def wan_report(results, meta):
+    if not results or not results.get("runs"):
+        return ""
+    cap = results.get("capacity", {})
+
+    def mbps(x):
+        return f"{x['mbps']:.0f}" if x and "mbps" in x else (x or {}).get("error", "n/a")
+
+    def ms(x):
+        return "n/a" if x is None else f"{x:.1f}"
+
+    lines = ["", f"## WAN ({2 * float(meta.get('delay', 25)):g} ms RTT, user-space delay line)", "",
+             f"Produced by `{meta.get('cmd', 'python3 bench/run.py --wan')}` on {meta.get('date', '?')} "
+             f"({meta.get('cores', '?')} cores, load average {meta.get('load', '?')} before the run).",
+             f"The server-client link is notr-wan with {meta.get('delay', '?')} ms one-way delay each way and the "
+             "loss of the row (each direction, seed 1); the visitor link is a plain veth.",
+             f"TTFB: {meta.get('ttfb_samples', '?')} sequential fresh TCP connections from the visitor, a small "
+             "request, time until the first byte of the answer (ms). TCP: iperf3, one stream, "
+             f"{meta.get('secs', '?')} s (Mbit/s" + (f", congestion control {meta['cc']}" if meta.get("cc") else "")
+             + f"). UDP: iperf3 `-u -b {meta.get('udp_rate', '?')} -l 1400` "
+             f"(loss), and {meta.get('probe_count', '?')} echo probes {meta.get('probe_interval', '?')} ms apart "
+             "through the UDP forward from a new source port (round trip ms, all probes; first = the flow's "
+             "first datagram; lost = no echo within 2 s).",
+             f"Emulator capacity (direct iperf3 through notr-wan at 0 ms, 0 % loss, MTU 1500): "
+             f"{mbps(cap.get('tcp1'))} Mbit/s one stream, {mbps(cap.get('tcp8'))} Mbit/s 8 streams.", "",
+             "| loss | path | TTFB p50 | p90 | p99 | TCP | UDP loss | echo first | p50 | p90 | p99 | echo lost |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        for r in run["rows"]:
+            head = f"| {run['loss']} % | {r['name']} |"
+            if "error" in r or "skipped" in r:
+                what = "error" if "error" in r else "skipped"
+                lines.append(f"{head} {what}: {r.get('error', r.get('skipped'))} | | | | | | | | | |")
+                continue
+            t, e, u = r.get("ttfb", {}), r.get("echo", {}), r.get("udp", {})
+            lines.append(f"{head} {ms(t.get('p50'))} | {ms(t.get('p90'))} | {ms(t.get('p99'))} | "
+                         f"{mbps(r.get('tcp1'))} | {u.get('loss_pct', float('nan')):.2f} % | {ms(e.get('first'))} | "
+                         f"{ms(e.get('p50'))} | "
+                         f"{ms(e.get('p90'))} | {ms(e.get('p99'))} | {e.get('lost', 'n/a')}/{e.get('n', '?')} |")
+    counters = []
+    for run in results["runs"]:
+        w = run.get("wan") or {}
+        parts = []
+        for d in ("a_to_b", "b_to_a"):
+            c = w.get(d)
+            if c and c.get("received"):
+                parts.append(f"{'server→client' if d == 'a_to_b' else 'client→server'} {c['lost']} of "
+                             f"{c['received']} ({100 * c['lost'] / c['received']:.2f} %)")
+        if parts:
+            counters.append(f"{run['loss']} %: " + ", ".join(parts))
+    if counters:
+        lines += ["", "Packets the emulator dropped at random, per setting: " + "; ".join(counters) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -916,6 +1523,18 @@ def main():
     ap.add_argument("--workers", type=int, default=0,
                     help="gateway benchmark: worker threads of opennotr and rathole and processes of the front "
                          "nginx (default: each program's own, one per core); its own section of the report")
+    ap.add_argument("--netns", action="store_true",
+                    help="only the three-namespace suite (root): visitor, server and client joined by veth")
+    ap.add_argument("--wan", action="store_true",
+                    help="only the WAN suite (root): the server-client link through notr-wan")
+    ap.add_argument("--wan-delay", type=float, default=25, help="WAN suite: one-way delay in ms, each way")
+    ap.add_argument("--wan-loss", default="0,0.1,1", help="WAN suite: loss settings in percent, comma-separated")
+    ap.add_argument("--wan-time", type=int, default=10, help="WAN suite: seconds per iperf3 run")
+    ap.add_argument("--wan-udp-rate", default="50M", help="WAN suite: iperf3 -u -b")
+    ap.add_argument("--ttfb-samples", type=int, default=40, help="WAN suite: sequential connections per path")
+    ap.add_argument("--probe-count", type=int, default=200, help="WAN suite: UDP echo probes per path")
+    ap.add_argument("--probe-interval", type=float, default=20, help="WAN suite: ms between UDP echo probes")
+    ap.add_argument("--wan-bin", help="notr-wan binary (default: from --bin-dir or the release build)")
     ap.add_argument("--bin-dir", help="opennotr/opennotrd from here instead of a release build")
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--report-from", metavar="JSON", help="rewrite docs/benchmarks.md from a saved results file")
@@ -929,10 +1548,20 @@ def main():
         gw = gateway_report(saved.get("gateway", []), saved.get("gateway_meta", {}))
         tunnels = write_report(saved["tunnels"], args, "python3 bench/run.py --time " + str(args.time)) \
             if saved.get("tunnels") else ""
-        update_doc(doc, tunnels, vip_report(saved.get("vip", [])), gw)
+        update_doc(doc, tunnels, vip_report(saved.get("vip", [])), gw,
+                   netns_report(saved.get("netns", []), saved.get("netns_meta", {})),
+                   wan_report(saved.get("wan", {}), saved.get("wan_meta", {})))
         return
+    network = args.netns or args.wan
+    if network and os.geteuid() != 0:
+        sys.exit("--netns and --wan need root (network namespaces, TUN devices)")
+    # SIGTERM unwinds like Ctrl-C, so the namespaces and processes go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bins = ensure_tools()
-    release = args.bin_dir or build_opennotr()
+    release = args.bin_dir or build_opennotr(wan=args.wan)
+    wan_bin = args.wan_bin or os.path.join(release, "notr-wan")
+    if not os.path.exists(wan_bin):
+        wan_bin = os.path.join(ROOT, "target", "release", "notr-wan")
     suites = [
         ("direct", setup_direct),
         ("opennotr plain", opennotr_setup(release, True)),
@@ -947,14 +1576,27 @@ def main():
     vip_results = []
     gw_results = []
     gw_meta = {}
+    net_results, net_meta, wan_results, wan_meta = [], {}, {}, {}
+    meta = {"cmd": cmd.strip(), "date": str(datetime.date.today()), "cores": os.cpu_count(),
+            "load": "%.2f" % os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.netns:
+            net_meta = dict(meta, secs=args.time, udp_rate=args.udp_rate)
+            net_results = netns_suite(release, bins, args, tmp)
+        if args.wan:
+            with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+                cc = f.read().strip()  # new namespaces start with the host's
+            wan_meta = dict(meta, load="%.2f" % os.getloadavg()[0], delay=args.wan_delay, secs=args.wan_time, cc=cc,
+                            udp_rate=args.wan_udp_rate, ttfb_samples=args.ttfb_samples,
+                            probe_count=args.probe_count, probe_interval=args.probe_interval)
+            wan_results = wan_suite(release, bins, wan_bin, args, tmp)
         for name, setup in suites:
-            if args.vip or args.gateway or (only and name not in only):
+            if network or args.vip or args.gateway or (only and name not in only):
                 continue
             results.append(run_suite(name, setup, args.time, args.udp_rate, tmp))
-        if not only and not args.gateway:
+        if not only and not args.gateway and not network:
             vip_results = vip_suite(release, args.time, args.udp_rate, tmp)
-        if (not only and not args.vip) or args.gateway:
+        if (not only and not args.vip and not network) or args.gateway:
             gw_meta = {"cmd": cmd.strip(), "date": str(datetime.date.today()), "cores": os.cpu_count(),
                        "load": "%.2f" % os.getloadavg()[0], "secs": args.gateway_time,
                        "connections": args.connections, "wrk_threads": args.wrk_threads,
@@ -967,16 +1609,21 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(RESULTS, f"{stamp}.json"), "w") as f:
-        json.dump({"tunnels": results, "vip": vip_results, "gateway": gw_results, "gateway_meta": gw_meta}, f,
+        json.dump({"tunnels": results, "vip": vip_results, "gateway": gw_results, "gateway_meta": gw_meta,
+                   "netns": net_results, "netns_meta": net_meta, "wan": wan_results, "wan_meta": wan_meta}, f,
                   indent=1)
     # Each part of the run replaces its own section; a partial run (--only)
     # only prints its table.
     tunnels = write_report(results, args, cmd) if results and not only else ""
     vip = vip_report(vip_results)
     gw = gateway_report(gw_results, gw_meta)
-    print((write_report(results, args, cmd) if results else "") + vip + gw)
+    net = netns_report(net_results, net_meta)
+    wan = wan_report(wan_results, wan_meta)
+    print((write_report(results, args, cmd) if results else "") + vip + gw + net + wan)
+    if only and network:
+        net = wan = ""  # a partial table would replace the whole one
     if not args.no_report:
-        update_doc(doc, tunnels, vip, gw)
+        update_doc(doc, tunnels, vip, gw, net, wan)
 
 
 if __name__ == "__main__":
