@@ -37,15 +37,16 @@ on exit), addresses from 198.18.0.0/15:
                         (routes between its two links)      iperf3 -s, TTFB service, UDP echo
 
   --netns  the link is a veth (1500 MTU): iperf3 TCP 1 and 8 streams, UDP at
-           --udp-rate, peak RSS, on direct (routed), opennotr plain and
-           encrypted, rathole plain and tls.
+           --udp-rate, peak RSS, on direct (routed), opennotr plain,
+           encrypted and over QUIC, rathole plain and tls.
   --wan    the link is notr-wan (bench/wan, a user-space delay line: TUN
            devices in server and client, --wan-delay ms each way, each loss of
            --wan-loss): first the emulator's capacity (direct iperf3 at 0 ms),
            then per loss: time to first byte of fresh connections, iperf3 TCP
            1 stream, iperf3 UDP loss at --wan-udp-rate, UDP echo round trips;
            on direct, opennotr, opennotr with spareChannels: 0 (skipped when
-           the client does not know the key), rathole tls and plain.
+           the client does not know the key), opennotr over QUIC, rathole tls
+           and plain.
 The paths are data (net_paths): a new transport is one more line there.
 
 Usage: python3 bench/run.py [--time 8] [--udp-rate 200M] [--only NAME,...]
@@ -686,9 +687,8 @@ def direct_path(topo, procs, ports, tmp, opts):
 def net_paths(release, bins, wan):
     """The paths of the network suites: name -> start(topo, procs, ports,
     tmp) -> (host the visitor dials, server proc, client proc, client
-    stderr file or None). A new transport is one more line; with main's
-    QUIC keys (server `quic: true`, client `transport: quic`):
-    ("opennotr quic", notr({"server": {"quic": True}, "client": {"transport": "quic"}})),"""
+    stderr file or None). A new transport is one more line."""
+    quic = {"server": {"quic": True}, "client": {"transport": "quic"}}
     def notr(opts):
         return lambda *a: notr_path(release, *a, opts)
 
@@ -700,9 +700,10 @@ def net_paths(release, bins, wan):
         return [
             ("direct", direct),
             ("opennotr", notr({})),
-            # spareChannels: pre-opened data channels (client config, main
-            # branch); a client that does not know the key refuses it.
+            # spareChannels: pre-opened data channels; a client that does
+            # not know the key refuses it.
             ("opennotr, no spare channels", notr({"client": {"spareChannels": 0}})),
+            ("opennotr quic", notr(quic)),
             ("rathole tls", rathole({"tls": True})),
             ("rathole plain", rathole({"tls": False})),
         ]
@@ -710,6 +711,7 @@ def net_paths(release, bins, wan):
         ("direct", direct),
         ("opennotr plain", notr({"plaintext": True})),
         ("opennotr encrypted", notr({})),
+        ("opennotr quic", notr(quic)),
         ("rathole plain", rathole({"tls": False})),
         ("rathole tls", rathole({"tls": True})),
     ]
@@ -943,7 +945,7 @@ def netns_report(results, meta):
     if not results:
         return ""
     by = {r["name"]: r for r in results}
-    pairs = {"opennotr plain": "rathole plain", "opennotr encrypted": "rathole tls"}
+    pairs = {"opennotr plain": "rathole plain", "opennotr encrypted": "rathole tls", "opennotr quic": "rathole tls"}
     lines = ["", "## Three namespaces (veth)", "",
              f"Produced by `{meta.get('cmd', 'python3 bench/run.py --netns')}` on {meta.get('date', '?')} "
              f"({meta.get('cores', '?')} cores, load average {meta.get('load', '?')} before the run, "
