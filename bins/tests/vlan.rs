@@ -414,10 +414,11 @@ fn unexported_ports_and_unused_vips_are_refused_at_once() {
     udp_not_answered(&lan.server, vip, 5353);
 
     // A connection made to the transparent listener itself (not to a VIP)
-    // is reset at once, not served or left hanging.
+    // is reset at once, not served or left hanging. (55: the reset came
+    // so fast that curl's getpeername() after connecting already failed.)
     let out = curl(&lan.server, &format!("http://127.0.0.1:{TPROXY_TCP}/"), None, 5);
     assert!(
-        matches!(out.code, Some(7 | 52 | 56)),
+        matches!(out.code, Some(7 | 52 | 55 | 56)),
         "curl to the transparent listener directly should be reset: {}",
         out.show()
     );

@@ -196,21 +196,41 @@ struct Hello {
     name: Option<String>,
 }
 
-/// A data channel claims the stream a visitor is waiting for.
-fn data(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], stream: u64, nonce: &[u8], mac: &[u8]) {
+/// The live session a data or spare hello names, if its MAC (checked by
+/// `verify`) proves the sender holds that session's keys; a bad MAC is a
+/// failed guess of its source.
+fn hello_session(
+    shared: &Shared,
+    peer: SocketAddr,
+    what: &str,
+    session: &[u8],
+    nonce: &[u8],
+    verify: impl FnOnce(&Session) -> bool,
+) -> Option<Arc<Session>> {
     let Ok(id) = <[u8; 16]>::try_from(session) else {
-        return debug!("data hello with a malformed session id");
+        debug!("{what} with a malformed session id");
+        return None;
     };
     if nonce.len() != 16 {
-        return debug!("data hello with a malformed nonce");
+        debug!("{what} with a malformed nonce");
+        return None;
     }
     let Some(s) = shared.state().sessions.get(&id).cloned() else {
-        return debug!("data hello for an unknown session");
+        debug!("{what} for an unknown session");
+        return None;
     };
-    if !s.keys.verify_data_hello(session, stream, nonce, mac) {
+    if !verify(&s) {
         failed(shared, peer);
-        return debug!("data hello with a bad MAC; dropped");
+        debug!("{what} with a bad MAC; dropped");
+        return None;
     }
+    Some(s)
+}
+
+/// A data channel claims the stream a visitor is waiting for.
+fn data(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], stream: u64, nonce: &[u8], mac: &[u8]) {
+    let verify = |s: &Session| s.keys.verify_data_hello(session, stream, nonce, mac);
+    let Some(s) = hello_session(shared, peer, "data hello", session, nonce, verify) else { return };
     // Claiming removes the stream, so a replayed hello finds nothing.
     let Some(waiter) = s.claim(stream) else {
         return debug!(stream, "data hello for a stream nobody waits for (expired or replayed)");
@@ -226,19 +246,8 @@ fn data(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], strea
 
 /// A spare channel joins its session's pool, to carry a stream later.
 fn spare(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], channel: u64, nonce: &[u8], mac: &[u8]) {
-    let Ok(id) = <[u8; 16]>::try_from(session) else {
-        return debug!("spare hello with a malformed session id");
-    };
-    if nonce.len() != 16 {
-        return debug!("spare hello with a malformed nonce");
-    }
-    let Some(s) = shared.state().sessions.get(&id).cloned() else {
-        return debug!("spare hello for an unknown session");
-    };
-    if !s.keys.verify_spare_hello(session, channel, nonce, mac) {
-        failed(shared, peer);
-        return debug!("spare hello with a bad MAC; dropped");
-    }
+    let verify = |s: &Session| s.keys.verify_spare_hello(session, channel, nonce, mac);
+    let Some(s) = hello_session(shared, peer, "spare hello", session, nonce, verify) else { return };
     // Idle until a visitor comes, maybe for hours: probes keep NAT
     // mappings on the way and tell a vanished client apart.
     opennotr_transport::keep_alive(&tcp, opennotr_transport::SPARE_KEEPALIVE);
