@@ -14,6 +14,7 @@ use opennotr_transport::{
     SecureStream, TransportError,
 };
 use std::sync::atomic::Ordering;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,7 @@ use crate::sources::Unauthenticated;
 use crate::state::AdmitError;
 use crate::Shared;
 
-pub(crate) const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
+const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
 
 /// Accepts clients and data channels until `stop`.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
@@ -99,6 +100,38 @@ fn left_before_challenge(tcp: &TcpStream) -> bool {
     opennotr_transport::peer_closed(tcp)
 }
 
+/// The refusal a penalized source's hello gets, before any cryptography
+/// (and without a log line each: it is logged when the penalty starts);
+/// `None` when the source is not penalized.
+pub(crate) fn penalty_refusal(shared: &Shared, peer: SocketAddr) -> Option<ServerMessage> {
+    let left = shared.sources.penalized(peer.ip())?;
+    shared.handshake_result("penalized");
+    let message = format!(
+        "too many failed handshakes from this address; retry in {} s (check the client's key and name)",
+        left.as_secs() + 1
+    );
+    debug!(retry_secs = left.as_secs() + 1, "refusing a handshake from a penalized source");
+    Some(ServerMessage::Refused { code: RefuseCode::TooManyFailures, message })
+}
+
+/// One of the `limits.maxHandshakes` slots for a hello's cryptography,
+/// within `server.handshakeTimeout`; the connection leaves the shared
+/// pre-authentication queue (`queued`) for it either way.
+pub(crate) async fn handshake_slot(
+    shared: &Shared,
+    queued: Option<OwnedSemaphorePermit>,
+) -> Option<OwnedSemaphorePermit> {
+    let limit = shared.cfg.server.handshake_timeout;
+    let slot = tokio::time::timeout(limit, shared.handshake_slots.clone().acquire_owned()).await;
+    drop(queued);
+    let Ok(Ok(permit)) = slot else {
+        shared.handshake_result("busy");
+        debug!("no handshake slot in time; dropping the connection");
+        return None;
+    };
+    Some(permit)
+}
+
 /// The preface and the first message, under `server.helloTimeout`.
 async fn first(tcp: &mut TcpStream, limit: Duration) -> Result<First, TransportError> {
     timed(limit, "waiting for the hello", async {
@@ -143,25 +176,11 @@ async fn handle(
                 return refuse(&shared, &mut tcp, peer, RefuseCode::VersionMismatch, msg).await;
             }
             debug!(%software, plaintext, name = name.as_deref().unwrap_or(""), "hello");
-            // A penalized source is refused before any cryptography.
-            if let Some(left) = shared.sources.penalized(peer.ip()) {
-                shared.handshake_result("penalized");
-                let msg = format!(
-                    "too many failed handshakes from this address; retry in {} s (check the client's key and name)",
-                    left.as_secs() + 1
-                );
-                debug!(retry_secs = left.as_secs() + 1, "refusing a handshake from a penalized source");
-                let m = ServerMessage::Refused { code: RefuseCode::TooManyFailures, message: msg };
+            if let Some(m) = penalty_refusal(&shared, peer) {
                 let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut tcp, &m.to_bytes())).await;
                 return;
             }
-            let limit = shared.cfg.server.handshake_timeout;
-            let slot = tokio::time::timeout(limit, shared.handshake_slots.clone().acquire_owned()).await;
-            drop(queued);
-            let Ok(Ok(permit)) = slot else {
-                shared.handshake_result("busy");
-                return debug!("no handshake slot in time; dropping the connection");
-            };
+            let Some(permit) = handshake_slot(&shared, queued).await else { return };
             let hello = Hello { spake, plaintext, name };
             control(shared, tcp, peer, hello, permit, unauthenticated).await
         }
@@ -190,10 +209,10 @@ async fn handle(
 }
 
 /// What a client's hello asks for.
-struct Hello {
-    spake: Vec<u8>,
-    plaintext: bool,
-    name: Option<String>,
+pub(crate) struct Hello {
+    pub(crate) spake: Vec<u8>,
+    pub(crate) plaintext: bool,
+    pub(crate) name: Option<String>,
 }
 
 /// The live session a data or spare hello names, if its MAC (checked by
@@ -262,40 +281,88 @@ fn spare(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], chan
     }
 }
 
-async fn control(
-    shared: Arc<Shared>,
-    mut tcp: TcpStream,
+/// The connection a client's hello came on, as the handshake sees it.
+pub(crate) trait HelloConn: Send {
+    /// What the handshake's frames travel on.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send;
+    fn io(&mut self) -> &mut Self::Io;
+    /// The client has gone (it gave up while its hello waited for a slot):
+    /// no cryptography, and no guess counted, for a client that left.
+    fn gone(&self) -> bool;
+    /// Tells the client why it is refused, so that it gets the message.
+    fn refuse(
+        &mut self,
+        shared: &Shared,
+        peer: SocketAddr,
+        code: RefuseCode,
+        message: String,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl HelloConn for TcpStream {
+    type Io = TcpStream;
+    fn io(&mut self) -> &mut TcpStream {
+        self
+    }
+    fn gone(&self) -> bool {
+        left_before_challenge(self)
+    }
+    async fn refuse(&mut self, shared: &Shared, peer: SocketAddr, code: RefuseCode, message: String) {
+        refuse(shared, self, peer, code, message).await
+    }
+}
+
+/// What key confirmation established.
+pub(crate) struct Confirmed {
+    pub(crate) keys: opennotr_proto::handshake::SessionKeys,
+    pub(crate) name: Option<String>,
+    /// The shared key it authenticated with (`None` under a name).
+    pub(crate) shared_key: Option<opennotr_config::Secret>,
+}
+
+/// The server's side of the handshake after a hello, on either transport:
+/// challenge, key confirmation, and every refusal and failed guess on the
+/// way. `binding` ties the transcript to the secure channel underneath
+/// (QUIC's TLS exporter); `None` over TCP. `None` back: the client was
+/// refused or left, and that is logged and counted.
+pub(crate) async fn authenticate<C: HelloConn>(
+    shared: &Shared,
+    conn: &mut C,
     peer: SocketAddr,
     hello: Hello,
-    permit: OwnedSemaphorePermit,
-    unauthenticated: Unauthenticated,
-) {
+    binding: Option<&[u8]>,
+) -> Option<Confirmed> {
     let Hello { spake, plaintext, name } = hello;
     let cfg = &shared.cfg.server;
     let limit = cfg.handshake_timeout;
     let result = |r: &'static str| shared.handshake_result(r);
     if shared.draining.is_cancelled() {
         result("shutting_down");
-        return refuse(&shared, &mut tcp, peer, RefuseCode::ShuttingDown, "the server is shutting down".into()).await;
+        conn.refuse(shared, peer, RefuseCode::ShuttingDown, "the server is shutting down".into()).await;
+        return None;
     }
     if plaintext && !cfg.allow_plaintext {
         result("plaintext_not_allowed");
         let msg = "the client asks for an unencrypted tunnel and this server does not allow it \
                    (set server.allowPlaintext: true on the server, or plaintext: false on the client)";
-        return refuse(&shared, &mut tcp, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
+        conn.refuse(shared, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
+        return None;
     }
     // Waiting for a slot may have outlasted the client's patience: no
     // cryptography for a client that is gone.
-    if left_before_challenge(&tcp) {
+    if conn.gone() {
         result("closed");
-        return debug!("client left before its challenge");
+        debug!("client left before its challenge");
+        return None;
     }
     let name = name.filter(|n| !n.is_empty() && n.len() <= 63);
     let creds = shared.creds();
     if name.is_none() && creds.shared_key.is_none() {
         result("bad_key");
         let msg = "this server has no shared key: set `name` and `key` from the server's clients list";
-        return refuse(&shared, &mut tcp, peer, RefuseCode::BadKey, msg.into()).await;
+        drop(creds);
+        conn.refuse(shared, peer, RefuseCode::BadKey, msg.into()).await;
+        return None;
     }
     // An unknown name runs the exchange with a random key, so it fails at
     // key confirmation exactly like a wrong key: names cannot be probed.
@@ -305,41 +372,48 @@ async fn control(
     let shared_key = if name.is_none() { creds.shared_key.clone() } else { None };
     drop(creds);
     let key = key.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
-    let (hs, spake_b, mac) = match ServerHandshake::respond(&key, name.as_deref(), &spake, plaintext) {
+    let responded = ServerHandshake::respond_bound(&key, name.as_deref(), &spake, plaintext, binding);
+    drop(key);
+    let (hs, spake_b, mac) = match responded {
         Ok(x) => x,
         Err(e) => {
             result("protocol_error");
-            failed(&shared, peer);
-            return refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, e.to_string()).await;
+            failed(shared, peer);
+            conn.refuse(shared, peer, RefuseCode::ProtocolError, e.to_string()).await;
+            return None;
         }
     };
-    drop(key);
-    if left_before_challenge(&tcp) {
+    if conn.gone() {
         result("closed");
-        return debug!("client left before its challenge");
+        debug!("client left before its challenge");
+        return None;
     }
     let challenge =
         ServerMessage::Challenge { version: PROTOCOL_VERSION, spake: spake_b, mac, software: SOFTWARE.into() };
-    if let Err(e) = timed(limit, "sending challenge", write_frame(&mut tcp, &challenge.to_bytes())).await {
+    if let Err(e) = timed(limit, "sending challenge", write_frame(conn.io(), &challenge.to_bytes())).await {
         result("closed");
-        failed(&shared, peer);
-        return debug!(error = %e, "handshake failed");
+        failed(shared, peer);
+        debug!(error = %e, "handshake failed");
+        return None;
     }
     // From here on, the client can tell from our MAC whether its key was
-    // right: whatever it does but confirm is one guess spent.
-    let confirm = match timed(limit, "waiting for key confirmation", read_frame_exact(&mut tcp)).await {
+    // right (or, behind a relay, that the binding differs): whatever it
+    // does but confirm is one guess spent.
+    let confirm = match timed(limit, "waiting for key confirmation", read_frame_exact(conn.io())).await {
         Ok(f) => ClientMessage::from_bytes(&f),
-        Err(TransportError::Closed) => {
+        Err(e @ TransportError::Timeout(_)) => {
+            result("timeout");
+            failed(shared, peer);
+            debug!(error = %e, "handshake failed");
+            return None;
+        }
+        Err(_) => {
             result("bad_key");
-            failed(&shared, peer);
+            failed(shared, peer);
             let msg = "client closed during the handshake (its key probably differs from the server's)";
             shared.refused(peer, name.as_deref(), RefuseCode::BadKey, msg);
-            return info!("{msg}");
-        }
-        Err(e) => {
-            result("timeout");
-            failed(&shared, peer);
-            return debug!(error = %e, "handshake failed");
+            info!("{msg}");
+            return None;
         }
     };
     let keys = match confirm {
@@ -347,22 +421,39 @@ async fn control(
             Ok(k) => k,
             Err(_) => {
                 result("bad_key");
-                failed(&shared, peer);
+                failed(shared, peer);
                 let msg = match &name {
                     None => "authentication failed: the client's key does not match the server's authKey",
                     Some(_) => "authentication failed: unknown client name or wrong key",
                 };
-                return refuse(&shared, &mut tcp, peer, RefuseCode::BadKey, msg.into()).await;
+                conn.refuse(shared, peer, RefuseCode::BadKey, msg.into()).await;
+                return None;
             }
         },
         _ => {
             result("protocol_error");
-            failed(&shared, peer);
-            return refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, "expected confirm".into()).await;
+            failed(shared, peer);
+            conn.refuse(shared, peer, RefuseCode::ProtocolError, "expected confirm".into()).await;
+            return None;
         }
     };
     result("ok");
     shared.sources.succeeded(peer.ip());
+    Some(Confirmed { keys, name, shared_key })
+}
+
+async fn control(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    hello: Hello,
+    permit: OwnedSemaphorePermit,
+    unauthenticated: Unauthenticated,
+) {
+    let plaintext = hello.plaintext;
+    let Some(Confirmed { keys, name, shared_key }) = authenticate(&shared, &mut tcp, peer, hello, None).await else {
+        return;
+    };
     drop(unauthenticated);
     // Held while this session lives: its source's data channels may come
     // in bursts past the per-source cap of strangers.

@@ -17,7 +17,6 @@ use std::time::Duration;
 use opennotr_config::{QuicSection, ServerConfig};
 use opennotr_plugin::{OpenError, StreamProtocol};
 use opennotr_proto::frame::{parse_preface, PROTOCOL_VERSION};
-use opennotr_proto::handshake::ServerHandshake;
 use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage};
 use opennotr_proto::quic::{code, StreamHeader};
 use opennotr_transport::quic::{quinn, QuicChannel, QuicLink, QuicStream, QuicTiming};
@@ -26,7 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::conn::{failed, Authenticated, SOFTWARE};
+use crate::conn::{failed, handshake_slot, penalty_refusal, Authenticated, Confirmed, Hello, HelloConn};
 use crate::sources::Unauthenticated;
 use crate::{ServerError, Shared};
 
@@ -219,14 +218,7 @@ async fn handle(
                 return refuse(&shared, &mut s, peer, RefuseCode::VersionMismatch, msg).await;
             }
             debug!(%software, name = name.as_deref().unwrap_or(""), "hello");
-            if let Some(left) = shared.sources.penalized(peer.ip()) {
-                shared.handshake_result("penalized");
-                let msg = format!(
-                    "too many failed handshakes from this address; retry in {} s (check the client's key and name)",
-                    left.as_secs() + 1
-                );
-                debug!(retry_secs = left.as_secs() + 1, "refusing a handshake from a penalized source");
-                let m = ServerMessage::Refused { code: RefuseCode::TooManyFailures, message: msg };
+            if let Some(m) = penalty_refusal(&shared, peer) {
                 let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut s, &m.to_bytes())).await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                 return;
@@ -238,13 +230,7 @@ async fn handle(
                 let msg = "plaintext is not offered over QUIC, which is always encrypted (set plaintext: false)";
                 return refuse(&shared, &mut s, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
             }
-            let limit = shared.cfg.server.handshake_timeout;
-            let slot = tokio::time::timeout(limit, shared.handshake_slots.clone().acquire_owned()).await;
-            drop(queued);
-            let Ok(Ok(permit)) = slot else {
-                shared.handshake_result("busy");
-                return debug!("no handshake slot in time; dropping the connection");
-            };
+            let Some(permit) = handshake_slot(&shared, queued).await else { return };
             control(shared, conn, s, peer, spake, name, permit, unauthenticated).await
         }
         Ok(_) => {
@@ -261,104 +247,48 @@ async fn handle(
     }
 }
 
+/// A QUIC connection and its control stream, in the handshake.
+struct Control {
+    conn: quinn::Connection,
+    s: QuicStream,
+}
+
+impl HelloConn for Control {
+    type Io = QuicStream;
+    fn io(&mut self) -> &mut QuicStream {
+        &mut self.s
+    }
+    fn gone(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+    async fn refuse(&mut self, shared: &Shared, peer: SocketAddr, code: RefuseCode, message: String) {
+        refuse(shared, &mut self.s, peer, code, message).await
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn control(
     shared: Arc<Shared>,
     conn: quinn::Connection,
-    mut s: QuicStream,
+    s: QuicStream,
     peer: SocketAddr,
     spake: Vec<u8>,
     name: Option<String>,
     permit: OwnedSemaphorePermit,
     unauthenticated: Unauthenticated,
 ) {
-    let limit = shared.cfg.server.handshake_timeout;
-    let result = |r: &'static str| shared.handshake_result(r);
-    if shared.draining.is_cancelled() {
-        result("shutting_down");
-        return refuse(&shared, &mut s, peer, RefuseCode::ShuttingDown, "the server is shutting down".into()).await;
-    }
-    // Waiting for a slot may have outlasted the client's patience.
-    if conn.close_reason().is_some() {
-        result("closed");
-        return debug!("client left before its challenge");
-    }
-    let name = name.filter(|n| !n.is_empty() && n.len() <= 63);
-    let creds = shared.creds();
-    if name.is_none() && creds.shared_key.is_none() {
-        result("bad_key");
-        let msg = "this server has no shared key: set `name` and `key` from the server's clients list";
-        return refuse(&shared, &mut s, peer, RefuseCode::BadKey, msg.into()).await;
-    }
-    // An unknown name runs the exchange with a random key (see conn.rs).
-    let key = creds.key_for(name.as_deref()).map(|k| k.expose().as_bytes().to_vec());
-    let shared_key = if name.is_none() { creds.shared_key.clone() } else { None };
-    drop(creds);
-    let key = key.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
     let Ok(binding) = opennotr_transport::quic::binding(&conn) else {
-        result("closed");
+        shared.handshake_result("closed");
         return debug!("no TLS exporter on this connection");
     };
-    let (hs, spake_b, mac) = match ServerHandshake::respond_bound(&key, name.as_deref(), &spake, false, Some(&binding))
-    {
-        Ok(x) => x,
-        Err(e) => {
-            result("protocol_error");
-            failed(&shared, peer);
-            return refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, e.to_string()).await;
-        }
+    let mut control = Control { conn, s };
+    let hello = Hello { spake, plaintext: false, name };
+    let Some(Confirmed { keys, name, shared_key }) =
+        crate::conn::authenticate(&shared, &mut control, peer, hello, Some(&binding)).await
+    else {
+        return;
     };
-    drop(key);
-    if conn.close_reason().is_some() {
-        result("closed");
-        return debug!("client left before its challenge");
-    }
-    let challenge =
-        ServerMessage::Challenge { version: PROTOCOL_VERSION, spake: spake_b, mac, software: SOFTWARE.into() };
-    if let Err(e) = timed(limit, "sending challenge", write_frame(&mut s, &challenge.to_bytes())).await {
-        result("closed");
-        failed(&shared, peer);
-        return debug!(error = %e, "handshake failed");
-    }
-    // From here on the client can tell from our MAC whether its key was
-    // right (or, behind a relay, that the binding differs): anything but
-    // a good confirm is one guess spent.
-    let confirm = match timed(limit, "waiting for key confirmation", read_frame_exact(&mut s)).await {
-        Ok(f) => ClientMessage::from_bytes(&f),
-        Err(TransportError::Timeout(_)) => {
-            result("timeout");
-            failed(&shared, peer);
-            return debug!("no key confirmation in time");
-        }
-        Err(_) => {
-            result("bad_key");
-            failed(&shared, peer);
-            let msg = "client closed during the handshake (its key probably differs from the server's)";
-            shared.refused(peer, name.as_deref(), RefuseCode::BadKey, msg);
-            return info!("{msg}");
-        }
-    };
-    let keys = match confirm {
-        Ok(ClientMessage::Confirm { mac }) => match hs.verify(&mac) {
-            Ok(k) => k,
-            Err(_) => {
-                result("bad_key");
-                failed(&shared, peer);
-                let msg = match &name {
-                    None => "authentication failed: the client's key does not match the server's authKey",
-                    Some(_) => "authentication failed: unknown client name or wrong key",
-                };
-                return refuse(&shared, &mut s, peer, RefuseCode::BadKey, msg.into()).await;
-            }
-        },
-        _ => {
-            result("protocol_error");
-            failed(&shared, peer);
-            return refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, "expected confirm".into()).await;
-        }
-    };
-    result("ok");
-    shared.sources.succeeded(peer.ip());
+    let Control { conn, s } = control;
     drop(unauthenticated);
     let _live = shared.sources.session(peer.ip());
     opennotr_transport::quic::authenticated(&conn);
