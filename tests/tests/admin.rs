@@ -89,6 +89,7 @@ async fn credentials_decide_who_connects_and_what_it_may_claim() {
         assert!(port_err.contains("may not use public port 26000"), "{port_err}");
         let sessions = server.handle.sessions();
         assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].transport, "tcp");
 
         // Bob may only claim names under bob.example.
         let mut b = TestClient::start(&ClientSpec::new(server.addr).credential("bob", BOB_KEY).domain("alice.e2e.x"));

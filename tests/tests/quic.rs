@@ -309,6 +309,9 @@ async fn a_stream_goes_on_when_the_client_moves_to_a_new_address() {
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].connected_at, before[0].connected_at, "the same session");
         assert_eq!(after[0].vip, before[0].vip);
+        // The operator sees where the client is now, and how it connects.
+        assert_eq!((before[0].remote.port(), after[0].remote.port()), (old.port(), new.port()));
+        assert_eq!(after[0].transport, "quic");
         assert!(client.pending_events().is_empty(), "no reconnect: {:?}", client.history);
     })
     .await

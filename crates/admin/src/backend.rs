@@ -48,8 +48,11 @@ pub struct SessionView {
     pub domain: String,
     /// The virtual IP the session was given.
     pub vip: Ipv4Addr,
-    /// The client's address, as the server saw it.
+    /// The client's address, as the server sees it (over QUIC: where it is
+    /// now, after any migration).
     pub remote: SocketAddr,
+    /// How the client reaches the server: `tcp` or `quic`.
+    pub transport: String,
     /// When the session was registered, in unix seconds.
     pub connected_since: u64,
     /// Whether the session runs without encryption.

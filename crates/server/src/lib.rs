@@ -76,8 +76,10 @@ pub struct SessionInfo {
     pub domain: String,
     /// The client's virtual IP.
     pub vip: Ipv4Addr,
-    /// The client's address.
+    /// The client's address (over QUIC: where it is now).
     pub remote: SocketAddr,
+    /// How the client reaches the server: `tcp` or `quic`.
+    pub transport: &'static str,
     /// When the session started.
     pub connected_at: SystemTime,
     /// Whether the tunnel is unencrypted.

@@ -40,6 +40,11 @@ fn closed(_: impl std::fmt::Debug) -> OpenError {
 }
 
 impl QuicSession {
+    /// Where the client's connection is now.
+    pub(crate) fn remote(&self) -> SocketAddr {
+        self.link.connection().remote_address()
+    }
+
     /// Opens the stream for `stream`: a header, and the stream is ready at
     /// once. The visitor's first bytes follow the header without waiting
     /// for the client's status byte, which is read ahead of the client's

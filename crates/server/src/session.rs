@@ -147,11 +147,27 @@ impl Session {
             client_id: self.client_id.clone(),
             domain: self.domain.clone(),
             vip: self.vip,
-            remote: self.remote,
+            remote: self.remote(),
+            transport: self.transport(),
             connected_at: self.connected_at,
             plaintext: self.plaintext,
             forwards: self.forwards.lock().map(|f| f.iter().map(|r| r.info.clone()).collect()).unwrap_or_default(),
             open_streams: self.max_streams.saturating_sub(self.streams.available_permits()),
+        }
+    }
+
+    /// Where the client is: over QUIC where its connection is now (it may
+    /// have moved since it connected), else where it connected from.
+    pub(crate) fn remote(&self) -> SocketAddr {
+        self.quic.get().map_or(self.remote, |q| q.remote())
+    }
+
+    /// How the client reaches the server.
+    pub(crate) fn transport(&self) -> &'static str {
+        if self.quic.get().is_some() {
+            "quic"
+        } else {
+            "tcp"
         }
     }
 

@@ -153,6 +153,7 @@
     const td = el('td', 'nowrap',
       s.client !== null ? el('strong', null, s.client) : el('span', 'muted', 'shared key'));
     if (s.plaintext) td.append(titled(el('span', 'badge warn', 'plaintext'), 'this session is not encrypted'));
+    if (s.transport === 'quic') td.append(titled(el('span', 'badge', 'quic'), 'this client reaches the server over QUIC'));
     td.title = 'client id ' + s.client_id;
     return td;
   }

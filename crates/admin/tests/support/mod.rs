@@ -45,6 +45,7 @@ pub(crate) fn session(id: &str, client: Option<&str>, domain: &str, vip: [u8; 4]
         domain: domain.into(),
         vip: vip.into(),
         remote: SocketAddr::from(([203, 0, 113, vip[3]], 40000 + port)),
+        transport: "tcp".into(),
         connected_since: 1_700_000_000,
         plaintext: false,
         forwards: vec![
