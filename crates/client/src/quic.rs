@@ -9,15 +9,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use opennotr_config::ClientConfig;
-use opennotr_proto::frame::{preface, PROTOCOL_VERSION};
-use opennotr_proto::handshake::{ClientHandshake, HandshakeError};
-use opennotr_proto::message::{ClientMessage, ServerMessage, StreamProtocol};
+use opennotr_proto::message::{ClientMessage, StreamProtocol};
 use opennotr_proto::quic::{code, StreamHeader, MAX_HEADER_LEN, MAX_REASON_LEN, STATUS_CONNECTED, STATUS_REFUSED};
 use opennotr_transport::quic::{quinn, QuicChannel, QuicLink, QuicStream, QuicTiming};
 use opennotr_transport::relay::relay;
-use opennotr_transport::{read_frame_exact, timed, tune_tcp, Channel, TransportError};
+use opennotr_transport::{timed, tune_tcp, Channel, TransportError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -25,8 +22,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::{Allowed, ClientError, EventSink};
-
-const SOFTWARE: &str = concat!("opennotr/", env!("CARGO_PKG_VERSION"));
 
 /// The client's QUIC endpoint while it has one, so that it can be moved to
 /// a new socket ([`QuicEndpoint::rebind`]) as a host that changed networks
@@ -116,47 +111,7 @@ async fn session(
     let mut s = QuicStream::new(send, recv);
     let binding = opennotr_transport::quic::binding(&conn).map_err(other)?;
 
-    let (hs, spake) = ClientHandshake::start(cfg.key.expose().as_bytes(), cfg.name.as_deref(), false);
-    let hello = ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        spake,
-        plaintext: false,
-        software: SOFTWARE.into(),
-        name: cfg.name.clone(),
-    };
-    timed(limit, "sending hello", async {
-        let mut first = BytesMut::from(&preface()[..]);
-        opennotr_proto::frame::encode_frame(&hello.to_bytes(), &mut first)?;
-        s.write_all(&first).await?;
-        Ok(())
-    })
-    .await?;
-    let reply = timed(limit, "waiting for the server's challenge", read_frame_exact(&mut s)).await?;
-    let (keys, mac) = match ServerMessage::from_bytes(&reply).map_err(TransportError::from)? {
-        ServerMessage::Challenge { version, spake, mac, software } => {
-            if version != PROTOCOL_VERSION {
-                return Err(ClientError::Protocol(format!(
-                    "server speaks protocol {version}, we speak {PROTOCOL_VERSION}"
-                )));
-            }
-            debug!(%software, "server");
-            // A relay that terminated TLS holds another binding than the
-            // server's: its MAC fails here, exactly like a wrong key.
-            match hs.finish_bound(&spake, &mac, Some(&binding)) {
-                Ok(x) => x,
-                Err(HandshakeError::BadKey) => return Err(ClientError::BadKey),
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
-            }
-        }
-        ServerMessage::Refused { code, message } => return Err(ClientError::Refused { code, message }),
-        other => return Err(ClientError::Protocol(format!("unexpected message {other:?}"))),
-    };
-    timed(
-        limit,
-        "sending confirm",
-        opennotr_transport::write_frame(&mut s, &ClientMessage::Confirm { mac }.to_bytes()),
-    )
-    .await?;
+    let keys = crate::session::handshake(cfg, &mut s, false, Some(&binding)).await?;
     let link = QuicLink::new(conn.clone(), Arc::default());
     let streams = Streams { link, timeout: limit };
     let chan = Channel::Quic(Box::new(QuicChannel::Stream(s)));

@@ -12,7 +12,7 @@ use opennotr_proto::message::{ClientMessage, ForwardRequest, ServerMessage, Stre
 use opennotr_transport::{
     read_frame_exact, timed, tune_tcp, write_frame, Channel, FrameReader, FrameWriter, SecureStream, TransportError,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -82,20 +82,44 @@ pub(crate) async fn connect_and_serve(
     tune_tcp(&tcp);
     let server = tcp.peer_addr().map_err(TransportError::from)?;
 
-    let (hs, spake) = ClientHandshake::start(cfg.key.expose().as_bytes(), cfg.name.as_deref(), cfg.plaintext);
+    let keys = handshake(cfg, &mut tcp, cfg.plaintext, None).await?;
+
+    let chan = if cfg.plaintext {
+        Channel::Plain(tcp)
+    } else {
+        Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new())))
+    };
+    serve_session(cfg, client_id, allowed, events, shutdown, (chan, server, keys), None).await
+}
+
+/// The client's side of the handshake on either transport: hello (with
+/// the preface, in one write), the server's challenge, key confirmation.
+/// `binding` ties the transcript to the secure channel underneath (QUIC's
+/// TLS exporter): a relay that terminated TLS holds another binding than
+/// the server's, so its MAC fails here exactly like a wrong key.
+pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    cfg: &ClientConfig,
+    s: &mut S,
+    plaintext: bool,
+    binding: Option<&[u8]>,
+) -> Result<SessionKeys, ClientError> {
+    let limit = cfg.handshake_timeout;
+    let (hs, spake) = ClientHandshake::start(cfg.key.expose().as_bytes(), cfg.name.as_deref(), plaintext);
     let hello = ClientMessage::Hello {
         version: PROTOCOL_VERSION,
         spake,
-        plaintext: cfg.plaintext,
+        plaintext,
         software: SOFTWARE.into(),
         name: cfg.name.clone(),
     };
     timed(limit, "sending hello", async {
-        tcp.write_all(&preface()).await?;
-        write_frame(&mut tcp, &hello.to_bytes()).await
+        let mut first = BytesMut::from(&preface()[..]);
+        opennotr_proto::frame::encode_frame(&hello.to_bytes(), &mut first)?;
+        s.write_all(&first).await?;
+        Ok(())
     })
     .await?;
-    let reply = timed(limit, "waiting for the server's challenge", read_frame_exact(&mut tcp)).await?;
+    let reply = timed(limit, "waiting for the server's challenge", read_frame_exact(&mut *s)).await?;
     let (keys, mac) = match ServerMessage::from_bytes(&reply).map_err(TransportError::from)? {
         ServerMessage::Challenge { version, spake, mac, software } => {
             if version != PROTOCOL_VERSION {
@@ -104,7 +128,7 @@ pub(crate) async fn connect_and_serve(
                 )));
             }
             debug!(%software, "server");
-            match hs.finish(&spake, &mac) {
+            match hs.finish_bound(&spake, &mac, binding) {
                 Ok(x) => x,
                 Err(HandshakeError::BadKey) => return Err(ClientError::BadKey),
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
@@ -112,14 +136,8 @@ pub(crate) async fn connect_and_serve(
         }
         other => return Err(refused(other)),
     };
-    timed(limit, "sending confirm", write_frame(&mut tcp, &ClientMessage::Confirm { mac }.to_bytes())).await?;
-
-    let chan = if cfg.plaintext {
-        Channel::Plain(tcp)
-    } else {
-        Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new())))
-    };
-    serve_session(cfg, client_id, allowed, events, shutdown, (chan, server, keys), None).await
+    timed(limit, "sending confirm", write_frame(&mut *s, &ClientMessage::Confirm { mac }.to_bytes())).await?;
+    Ok(keys)
 }
 
 /// Registration on the control channel, then the control loop until the
