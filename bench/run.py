@@ -749,12 +749,12 @@ def ttfb_samples(host, port, n):
     return [ttfb(host, port) for _ in range(n)]
 
 
-def udp_probe(host, port, count, interval):
-    """Sends `count` numbered datagrams `interval` s apart to an echo from a
-    fresh socket (a new flow for the tunnel) and returns the round trips
-    (ms) of those that came back within 2 s of the last send, in order of
-    their numbers, the first datagram's (None if lost), and how many were
-    lost."""
+def udp_probe(host, port, count, interval, size=64):
+    """Sends `count` numbered datagrams of `size` bytes `interval` s apart
+    to an echo from a fresh socket (a new flow for the tunnel) and returns
+    the round trips (ms) of those that came back within 2 s of the last
+    send, in order of their numbers, the first datagram's (None if lost),
+    and how many were lost."""
     import select
     import struct
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -767,7 +767,7 @@ def udp_probe(host, port, count, interval):
         now = time.perf_counter()
         if seq < count and now >= start + seq * interval:
             sent[seq] = now
-            u.send(struct.pack("!I", seq) + b"x" * 60)
+            u.send(struct.pack("!I", seq) + b"x" * (size - 4))
             seq += 1
             if seq == count:
                 end = now + 2.0
@@ -927,6 +927,17 @@ def wan_suite(release, bins, wan_bin, args, tmp):
             r["tcp1"] = iperf(p["iperf"], [], args.wan_time, host=host, netns=v)
             r["udp"] = iperf(p["iperf"], ["-u", "-b", args.wan_udp_rate, "-l", "1400"], args.wan_time,
                              host=host, netns=v)
+            if args.echo_during_flood:
+                # The flow itself is the flood: 1400-byte datagrams at
+                # --wan-udp-rate to the echo for --wan-time, each one's round
+                # trip measured. How late a datagram is when its flow offers
+                # more than the tunnel carries.
+                rate = float(args.wan_udp_rate.rstrip("Mm")) * 1e6
+                interval = 1400 * 8 / rate
+                count = int(args.wan_time / interval)
+                rtts, _, lost = ns_call(v, udp_probe, host, p["echo"], count, interval, 1400)
+                r["echo_flood"] = {"p50": pct(rtts, 50), "p90": pct(rtts, 90), "p99": pct(rtts, 99),
+                                   "lost": lost, "n": count}
             return r
 
         for loss in losses:
@@ -1535,6 +1546,8 @@ def main():
     ap.add_argument("--wan-udp-rate", default="50M", help="WAN suite: iperf3 -u -b")
     ap.add_argument("--ttfb-samples", type=int, default=40, help="WAN suite: sequential connections per path")
     ap.add_argument("--probe-count", type=int, default=200, help="WAN suite: UDP echo probes per path")
+    ap.add_argument("--echo-during-flood", action="store_true",
+                    help="WAN suite: also time every datagram of a flow that floods the UDP echo at --wan-udp-rate (JSON only: echo_flood)")
     ap.add_argument("--probe-interval", type=float, default=20, help="WAN suite: ms between UDP echo probes")
     ap.add_argument("--wan-bin", help="notr-wan binary (default: from --bin-dir or the release build)")
     ap.add_argument("--bin-dir", help="opennotr/opennotrd from here instead of a release build")
