@@ -110,14 +110,14 @@ async fn one(
         // Spares are TCP; a channel without a socket is never closed here.
         _ = async {
             match chan.tcp() {
-                Some(t) => closed_by_server(t).await,
+                Some(t) => closed_by_server(t, link.timeout).await,
                 None => std::future::pending().await,
             }
         } => None,
         _ = kill.cancelled() => return,
     };
     let Some(a) = assigned else {
-        debug!(spare = id, "the server closed a spare channel unused");
+        debug!(spare = id, "the server closed a spare channel unused, or never named it");
         return lost();
     };
     let _ = ended.try_send(End::Used);
@@ -127,10 +127,11 @@ async fn one(
 
 /// Resolves when the server closes `tcp` (or it fails). Bytes arriving
 /// first are a stream's, ahead of the `connect` that names this channel:
-/// then only the assignment can end the wait.
-async fn closed_by_server(tcp: &TcpStream) {
+/// that has `patience` to come, or the spare is given up (a server that
+/// never names it holds no channel of ours for good).
+async fn closed_by_server(tcp: &TcpStream, patience: Duration) {
     let mut probe = [0u8; 1];
     if let Ok(1..) = tcp.peek(&mut probe).await {
-        std::future::pending::<()>().await;
+        tokio::time::sleep(patience).await;
     }
 }

@@ -139,15 +139,17 @@ impl TunnelStream {
     pub async fn relay_with(&mut self, peer: &mut TcpStream) -> io::Result<(u64, u64)> {
         #[cfg(target_os = "linux")]
         if let Channel::Plain(t) = &self.chan {
-            let c = self.counters.as_deref();
-            let count = |field: fn(&Counters) -> &AtomicU64| {
-                move |n| {
-                    if let Some(c) = c {
-                        field(c).fetch_add(n, Ordering::Relaxed);
+            if let Some(pipes) = crate::splice::pipes_or_copy() {
+                let c = self.counters.as_deref();
+                let count = |field: fn(&Counters) -> &AtomicU64| {
+                    move |n| {
+                        if let Some(c) = c {
+                            field(c).fetch_add(n, Ordering::Relaxed);
+                        }
                     }
-                }
-            };
-            return crate::splice::relay(peer, t, count(|c| &c.bytes_in), count(|c| &c.bytes_out)).await;
+                };
+                return crate::splice::relay(peer, t, pipes, count(|c| &c.bytes_in), count(|c| &c.bytes_out)).await;
+            }
         }
         crate::relay::relay(peer, self).await
     }

@@ -22,8 +22,10 @@ where
 /// channel is plaintext (Linux: [`crate::splice`]), else by copying.
 pub async fn relay_channel(a: &mut tokio::net::TcpStream, b: &mut crate::Channel) -> std::io::Result<(u64, u64)> {
     #[cfg(target_os = "linux")]
-    if let crate::Channel::Plain(t) = b {
-        return crate::splice::relay(a, t, |_| {}, |_| {}).await;
+    if let crate::Channel::Plain(t) = &*b {
+        if let Some(pipes) = crate::splice::pipes_or_copy() {
+            return crate::splice::relay(a, t, pipes, |_| {}, |_| {}).await;
+        }
     }
     relay(a, b).await
 }

@@ -14,12 +14,37 @@ use tokio::net::TcpStream;
 /// per call than the default 64 KiB. The kernel may give less.
 const PIPE_SIZE: i32 = 256 * 1024;
 
+/// A relay's two pipes, one per direction: four descriptors while it runs.
+/// Made before the relay starts, so that a process out of descriptors can
+/// copy instead (which needs none) rather than drop the stream.
+#[derive(Debug)]
+pub struct Pipes([(OwnedFd, OwnedFd); 2]);
+
+impl Pipes {
+    pub fn new() -> io::Result<Self> {
+        Ok(Pipes([pipe()?, pipe()?]))
+    }
+}
+
+/// The pipes for a relay, or `None` (logged) when they cannot be made,
+/// most likely for want of descriptors: the caller copies instead.
+pub fn pipes_or_copy() -> Option<Pipes> {
+    Pipes::new().map_err(|e| tracing::debug!(error = %e, "no pipes for splice; copying instead")).ok()
+}
+
 /// Copies both ways between `a` and `b` until both directions are done,
 /// with the semantics of [`crate::relay::relay`]: an EOF on one side
 /// becomes a half-close of the other. `ab`/`ba` are told each chunk moved
 /// `a → b` and `b → a`. Returns the totals.
-pub async fn relay(a: &TcpStream, b: &TcpStream, ab: impl Fn(u64), ba: impl Fn(u64)) -> io::Result<(u64, u64)> {
-    let (up, down) = tokio::try_join!(one_way(a, b, ab), one_way(b, a, ba))?;
+pub async fn relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    pipes: Pipes,
+    ab: impl Fn(u64),
+    ba: impl Fn(u64),
+) -> io::Result<(u64, u64)> {
+    let [pab, pba] = pipes.0;
+    let (up, down) = tokio::try_join!(one_way(a, b, pab, ab), one_way(b, a, pba, ba))?;
     Ok((up, down))
 }
 
@@ -30,8 +55,12 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-async fn one_way(src: &TcpStream, dst: &TcpStream, moved: impl Fn(u64)) -> io::Result<u64> {
-    let (pipe_r, pipe_w) = pipe()?;
+async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    (pipe_r, pipe_w): (OwnedFd, OwnedFd),
+    moved: impl Fn(u64),
+) -> io::Result<u64> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut total = 0u64;
     loop {
@@ -84,8 +113,13 @@ mod tests {
         let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let expect = data.clone();
-        let relayed =
-            relay(&x, &y, |n| _ = up.fetch_add(n, Ordering::Relaxed), |n| _ = down.fetch_add(n, Ordering::Relaxed));
+        let relayed = relay(
+            &x,
+            &y,
+            Pipes::new().unwrap(),
+            |n| _ = up.fetch_add(n, Ordering::Relaxed),
+            |n| _ = down.fetch_add(n, Ordering::Relaxed),
+        );
         let ends = async {
             let send = async {
                 client.write_all(&data).await.unwrap();
