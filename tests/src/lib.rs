@@ -899,3 +899,69 @@ pub async fn grpc_echo_server() -> (tokio::process::Child, u16) {
     let port = line.trim().parse().unwrap_or_else(|_| panic!("gRPC server said {line:?}"));
     (child, port)
 }
+
+// ------------------------------------------------------------------ probes
+
+/// What a probe found: `Ok` when the stream echoed, else why not
+/// (`refused: …` when the tunnel or the client refused it).
+pub type ProbeResult = (&'static str, Result<(), String>);
+
+/// The probes a [`ProbeFactory`] plugin makes for a forward whose declared
+/// target is the argument: name, transport, target.
+pub type Probes = fn(SocketAddr) -> Vec<(&'static str, opennotr_plugin::StreamProtocol, SocketAddr)>;
+
+/// A plugin (`probe`) that, for each forward, asks the client for the
+/// streams `probes` lists once the session runs, and reports each result
+/// on the channel: to show what the client dials and what it refuses.
+pub struct ProbeFactory(pub mpsc::UnboundedSender<ProbeResult>, pub Probes);
+
+struct Probe(mpsc::UnboundedSender<ProbeResult>, Probes);
+
+impl opennotr_plugin::PluginFactory for ProbeFactory {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+    fn setup(
+        &self,
+        _config: &serde_json::Value,
+    ) -> Result<Arc<dyn opennotr_plugin::Plugin>, opennotr_plugin::PluginError> {
+        Ok(Arc::new(Probe(self.0.clone(), self.1)))
+    }
+}
+
+#[opennotr_plugin::async_trait]
+impl opennotr_plugin::Plugin for Probe {
+    async fn run_proxy(
+        &self,
+        meta: &opennotr_plugin::ForwardMeta,
+        ctx: opennotr_plugin::ForwardContext,
+    ) -> Result<opennotr_plugin::Endpoint, opennotr_plugin::PluginError> {
+        let probes = (self.1)(meta.target());
+        let report = self.0.clone();
+        // Streams open once the session runs, after run_proxy returns.
+        tokio::spawn(async move {
+            for (name, proto, target) in probes {
+                let r = match ctx.tunnel.open_stream(proto, target, None).await {
+                    // A stream on a spare channel or over QUIC is open at
+                    // once; the client's answer comes ahead of its bytes.
+                    Ok(mut s) => {
+                        // Prove it is the real service: an echo.
+                        let mut buf = [0u8; 4];
+                        let _ = s.write_all(b"ping").await;
+                        match s.read_exact(&mut buf).await {
+                            Ok(_) if &buf == b"ping" => Ok(()),
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(format!("refused: {e}")),
+                            _ => Err("opened, but no echo".to_string()),
+                        }
+                    }
+                    Err(opennotr_plugin::OpenError::Refused(reason)) => Err(format!("refused: {reason}")),
+                    Err(e) => Err(format!("other error: {e}")),
+                };
+                let _ = report.send((name, r));
+            }
+        });
+        Ok(opennotr_plugin::Endpoint { public_port: None, url: format!("probe://{}", meta.domain) })
+    }
+
+    async fn stop_proxy(&self, _meta: &opennotr_plugin::ForwardMeta) {}
+}

@@ -2,11 +2,8 @@
 //! what the server may ask the client to dial.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use opennotr_plugin::{
-    async_trait, Endpoint, ForwardContext, ForwardMeta, OpenError, Plugin, PluginError, PluginFactory, StreamProtocol,
-};
+use opennotr_plugin::StreamProtocol;
 use opennotr_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -154,59 +151,14 @@ async fn max_clients_refuses_the_extra_client() {
 
 // ------------------------------------------- the client dials only what it declares
 
-/// A plugin that, for each forward, asks the client for streams to the
-/// declared target and to targets the client never declared, and reports
-/// what happened.
-struct ProbeFactory(mpsc::UnboundedSender<(String, Result<(), String>)>);
-
-struct Probe(mpsc::UnboundedSender<(String, Result<(), String>)>);
-
-impl PluginFactory for ProbeFactory {
-    fn name(&self) -> &'static str {
-        "probe"
-    }
-    fn setup(&self, _config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError> {
-        Ok(Arc::new(Probe(self.0.clone())))
-    }
-}
-
-#[async_trait]
-impl Plugin for Probe {
-    async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
-        let declared = meta.target();
-        let undeclared_port = SocketAddr::new(declared.ip(), declared.port() ^ 1);
-        let undeclared_host: SocketAddr = ([10, 9, 8, 7], declared.port()).into();
-        let probes = vec![
-            ("declared tcp", StreamProtocol::Tcp, declared),
-            ("undeclared port", StreamProtocol::Tcp, undeclared_port),
-            ("undeclared host", StreamProtocol::Tcp, undeclared_host),
-            ("declared port as udp", StreamProtocol::Udp, declared),
-        ];
-        let report = self.0.clone();
-        // Streams open once the session runs, after run_proxy returns.
-        tokio::spawn(async move {
-            for (name, proto, target) in probes {
-                let r = match ctx.tunnel.open_stream(proto, target, None).await {
-                    Ok(mut s) => {
-                        // Prove it is the real service: an echo.
-                        let mut buf = [0u8; 4];
-                        let ok = s.write_all(b"ping").await.is_ok() && s.read_exact(&mut buf).await.is_ok();
-                        if ok && &buf == b"ping" {
-                            Ok(())
-                        } else {
-                            Err("opened, but no echo".to_string())
-                        }
-                    }
-                    Err(OpenError::Refused(reason)) => Err(format!("refused: {reason}")),
-                    Err(e) => Err(format!("other error: {e}")),
-                };
-                let _ = report.send((name.to_string(), r));
-            }
-        });
-        Ok(Endpoint { public_port: None, url: format!("probe://{}", meta.domain) })
-    }
-
-    async fn stop_proxy(&self, _meta: &ForwardMeta) {}
+/// A declared target, and targets (or a transport) the client never declared.
+fn undeclared_probes(declared: SocketAddr) -> Vec<(&'static str, StreamProtocol, SocketAddr)> {
+    vec![
+        ("declared tcp", StreamProtocol::Tcp, declared),
+        ("undeclared port", StreamProtocol::Tcp, SocketAddr::new(declared.ip(), declared.port() ^ 1)),
+        ("undeclared host", StreamProtocol::Tcp, ([10, 9, 8, 7], declared.port()).into()),
+        ("declared port as udp", StreamProtocol::Udp, declared),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +170,7 @@ async fn the_server_cannot_make_the_client_dial_undeclared_targets() {
         for spares in [Some(0), None] {
             let (tx, mut results) = mpsc::unbounded_channel();
             let mut registry = builtin_plugins();
-            registry.register(ProbeFactory(tx));
+            registry.register(ProbeFactory(tx, undeclared_probes));
             let server = TestServer::start_with(ServerSpec::default().config(), &registry).await;
             let spec = ClientSpec { spare_channels: spares, ..ClientSpec::new(server.addr) }.forward(Fwd {
                 protocol: "probe".into(),
@@ -232,7 +184,7 @@ async fn the_server_cannot_make_the_client_dial_undeclared_targets() {
             for _ in 0..4 {
                 got.push(within(WAIT, "a probe result", results.recv()).await.expect("probe results"));
             }
-            assert_eq!(got[0], ("declared tcp".to_string(), Ok(())), "{got:?}");
+            assert_eq!(got[0], ("declared tcp", Ok(())), "{got:?}");
             for (name, r) in &got[1..] {
                 let e = r.as_ref().expect_err(&format!("{name}: the client dialed an undeclared target"));
                 if spares == Some(0) {

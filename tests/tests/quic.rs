@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use opennotr_plugin::{
-    async_trait, Endpoint, ForwardContext, ForwardMeta, OpenError, Plugin, PluginError, PluginFactory, StreamProtocol,
-};
+use opennotr_plugin::StreamProtocol;
 use opennotr_tests::*;
 use opennotr_transport::quic::{self as q, quinn, QuicTiming};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,51 +90,14 @@ async fn udp_goes_as_datagrams_and_large_ones_on_the_stream() {
     .await
 }
 
-/// A plugin that asks the client for a declared target and an undeclared
-/// one, and reports what happened.
-struct ProbeFactory(mpsc::UnboundedSender<(&'static str, Result<(), String>)>);
-struct Probe(mpsc::UnboundedSender<(&'static str, Result<(), String>)>);
-
-impl PluginFactory for ProbeFactory {
-    fn name(&self) -> &'static str {
-        "probe"
-    }
-    fn setup(&self, _config: &serde_json::Value) -> Result<Arc<dyn Plugin>, PluginError> {
-        Ok(Arc::new(Probe(self.0.clone())))
-    }
-}
-
-#[async_trait]
-impl Plugin for Probe {
-    async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
-        let declared = meta.target();
-        let undeclared = SocketAddr::new(declared.ip(), declared.port() ^ 1);
-        let report = self.0.clone();
-        tokio::spawn(async move {
-            for (name, target) in [("declared", declared), ("undeclared", undeclared), ("declared again", declared)] {
-                let r = match ctx.tunnel.open_stream(StreamProtocol::Tcp, target, None).await {
-                    // The stream is open at once; the client's answer comes
-                    // ahead of its first bytes.
-                    Ok(mut s) => {
-                        let mut buf = [0u8; 4];
-                        let _ = s.write_all(b"ping").await;
-                        match s.read_exact(&mut buf).await {
-                            Ok(_) if &buf == b"ping" => Ok(()),
-                            Ok(_) => Err("opened, but no echo".to_string()),
-                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(format!("refused: {e}")),
-                            Err(e) => Err(format!("read error: {e}")),
-                        }
-                    }
-                    Err(OpenError::Refused(reason)) => Err(format!("refused: {reason}")),
-                    Err(e) => Err(format!("other error: {e}")),
-                };
-                let _ = report.send((name, r));
-            }
-        });
-        Ok(Endpoint { public_port: None, url: format!("probe://{}", meta.domain) })
-    }
-
-    async fn stop_proxy(&self, _meta: &ForwardMeta) {}
+/// A declared target, an undeclared one, and the declared one again.
+fn undeclared_probes(declared: SocketAddr) -> Vec<(&'static str, StreamProtocol, SocketAddr)> {
+    let undeclared = SocketAddr::new(declared.ip(), declared.port() ^ 1);
+    vec![
+        ("declared", StreamProtocol::Tcp, declared),
+        ("undeclared", StreamProtocol::Tcp, undeclared),
+        ("declared again", StreamProtocol::Tcp, declared),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +106,7 @@ async fn an_undeclared_target_is_refused() {
         let echo = tcp_echo().await;
         let (tx, mut results) = mpsc::unbounded_channel();
         let mut registry = builtin_plugins();
-        registry.register(ProbeFactory(tx));
+        registry.register(ProbeFactory(tx, undeclared_probes));
         let server = TestServer::start_with(quic_server().config(), &registry).await;
         let spec = quic_client(&server).forward(Fwd { protocol: "probe".into(), public: 0, local: echo.addr.port() });
         let mut client = TestClient::start(&spec);
