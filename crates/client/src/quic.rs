@@ -111,8 +111,11 @@ async fn session(
     let mut s = QuicStream::new(send, recv);
     let binding = opennotr_transport::quic::binding(&conn).map_err(other)?;
 
-    let keys = crate::session::handshake(cfg, &mut s, false, Some(&binding)).await?;
+    // Datagrams are read (and dropped, until a flow takes them) from the
+    // start: the peer is not authenticated before the handshake ends, and
+    // unread they would fill quinn's buffer.
     let link = QuicLink::new(conn.clone(), Arc::default());
+    let keys = crate::session::handshake(cfg, &mut s, false, Some(&binding)).await?;
     let streams = Streams { link, timeout: limit };
     let chan = Channel::Quic(Box::new(QuicChannel::Stream(s)));
     let r =

@@ -109,22 +109,25 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, 
         };
         let Some(incoming) = incoming else { break };
         let peer = incoming.remote_address();
+        // An address first proves that it receives there (a stateless
+        // retry: one round trip per connect, nothing kept here) before it
+        // counts against its source: UDP sources are easily forged, and a
+        // forged one could otherwise hold a victim's per-source slots (on
+        // TCP too) or use the room a live client's address has beyond the
+        // shared queue.
+        if !incoming.remote_address_validated() {
+            if !incoming.may_retry() {
+                incoming.ignore();
+            } else if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
         let Some(unauthenticated) = shared.sources.unauthenticated(peer.ip()) else {
             debug!(%peer, "too many unauthenticated connections from this source; refusing a QUIC connection");
             incoming.refuse();
             continue;
         };
-        // Under load, a new address first proves that it receives at that
-        // address (a stateless retry: one round trip, nothing kept here),
-        // so spoofed sources cannot fill the queue with handshakes.
-        let capacity = shared.limits().max_handshakes.saturating_mul(4);
-        let busy = shared.queued.available_permits() < capacity / 2;
-        if busy && !incoming.remote_address_validated() && incoming.may_retry() {
-            if let Err(e) = incoming.retry() {
-                e.into_incoming().ignore();
-            }
-            continue;
-        }
         let queued = match shared.queued.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) if unauthenticated.trusted => None,
@@ -185,6 +188,12 @@ async fn handle(
     // message all count against `helloTimeout`.
     let first = timed(shared.cfg.server.hello_timeout, "waiting for the hello", async {
         let conn = incoming.accept().map_err(io)?.await.map_err(io)?;
+        // Datagrams are read (and dropped, until the session has flows)
+        // from the start: unread, a stranger's would fill quinn's buffer.
+        // The reader holds the connection, so it is closed explicitly when
+        // this ends, whichever way.
+        let closing = Closing(conn.clone());
+        let link = QuicLink::new(conn.clone(), shared.quic_stats.clone());
         let (send, recv) = conn.accept_bi().await.map_err(io)?;
         let mut s = QuicStream::new(send, recv);
         let preface = read_preface(&mut s).await?;
@@ -192,10 +201,10 @@ async fn handle(
             PROTOCOL_VERSION => First::Frame(read_frame_exact(&mut s).await?),
             other => First::Version(other),
         };
-        Ok((conn, s, first))
+        Ok((link, closing, s, first))
     })
     .await;
-    let (conn, mut s, first) = match first {
+    let (link, _closing, mut s, first) = match first {
         Ok(x) => x,
         Err(e @ TransportError::Frame(_)) => {
             shared.handshake_result("protocol_error");
@@ -204,6 +213,7 @@ async fn handle(
         }
         Err(e) => return debug!(error = %e, "no hello"),
     };
+    let conn = link.connection().clone();
     let first = match first {
         First::Frame(f) => f,
         First::Version(v) => {
@@ -236,7 +246,7 @@ async fn handle(
                 return refuse(&shared, &mut s, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
             }
             let Some(permit) = handshake_slot(&shared, queued).await else { return };
-            control(shared, conn, s, peer, spake, name, permit, unauthenticated).await
+            control(shared, link, s, peer, spake, name, permit, unauthenticated).await
         }
         Ok(_) => {
             shared.handshake_result("protocol_error");
@@ -249,6 +259,17 @@ async fn handle(
             failed(&shared, peer);
             refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, format!("malformed hello: {e}")).await
         }
+    }
+}
+
+/// Closes a connection when dropped: its datagram reader holds a handle
+/// too, so dropping ours would leave it open until its idle timeout, past
+/// the per-source count of its handshake.
+struct Closing(quinn::Connection);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close(quinn::VarInt::from_u32(code::SESSION_ENDED), b"");
     }
 }
 
@@ -274,7 +295,7 @@ impl HelloConn for Control {
 #[allow(clippy::too_many_arguments)]
 async fn control(
     shared: Arc<Shared>,
-    conn: quinn::Connection,
+    link: Arc<QuicLink>,
     s: QuicStream,
     peer: SocketAddr,
     spake: Vec<u8>,
@@ -282,6 +303,7 @@ async fn control(
     permit: OwnedSemaphorePermit,
     unauthenticated: Unauthenticated,
 ) {
+    let conn = link.connection().clone();
     let Ok(binding) = opennotr_transport::quic::binding(&conn) else {
         shared.handshake_result("closed");
         return debug!("no TLS exporter on this connection");
@@ -297,7 +319,6 @@ async fn control(
     drop(unauthenticated);
     let _live = shared.sources.session(peer.ip());
     opennotr_transport::quic::authenticated(&conn);
-    let link = QuicLink::new(conn.clone(), shared.quic_stats.clone());
     let chan = Channel::Quic(Box::new(QuicChannel::Stream(s)));
     let auth = Authenticated { peer, name, plaintext: false, keys, shared_key, quic: Some(QuicSession { link }) };
     crate::conn::serve(shared, chan, auth, permit).await;

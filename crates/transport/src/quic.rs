@@ -253,12 +253,15 @@ pub struct QuicStream {
     recv: RecvStream,
     /// The peer's status byte is still to come, ahead of its bytes.
     status_due: bool,
+    /// The status said no (or was garbage): every read says so, and
+    /// nothing after it is read as stream bytes.
+    refused: Option<(io::ErrorKind, &'static str)>,
 }
 
 impl QuicStream {
     /// Joins the two halves of a bidirectional stream.
     pub fn new(send: SendStream, recv: RecvStream) -> Self {
-        QuicStream { send, recv, status_due: false }
+        QuicStream { send, recv, status_due: false, refused: None }
     }
 
     /// Reads the peer's status byte ahead of its first bytes, instead of
@@ -286,6 +289,9 @@ impl AsyncRead for QuicStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.status_due {
+            if let Some((kind, why)) = this.refused {
+                return Poll::Ready(Err(io::Error::new(kind, why)));
+            }
             let mut status = [0u8; 1];
             let mut one = ReadBuf::new(&mut status);
             std::task::ready!(Pin::new(&mut this.recv).poll_read(cx, &mut one))?;
@@ -294,17 +300,14 @@ impl AsyncRead for QuicStream {
             }
             match status[0] {
                 opennotr_proto::quic::STATUS_CONNECTED => this.status_due = false,
-                opennotr_proto::quic::STATUS_REFUSED => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        "the client refused the stream",
-                    )))
-                }
                 other => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("the client answered an unknown status {other}"),
-                    )))
+                    let refused = if other == opennotr_proto::quic::STATUS_REFUSED {
+                        (io::ErrorKind::ConnectionRefused, "the client refused the stream")
+                    } else {
+                        (io::ErrorKind::InvalidData, "the client answered an unknown status")
+                    };
+                    this.refused = Some(refused);
+                    return Poll::Ready(Err(io::Error::new(refused.0, refused.1)));
                 }
             }
         }
@@ -350,8 +353,10 @@ pub struct QuicLink {
 
 impl QuicLink {
     /// Starts reading `conn`'s datagrams (until the connection ends) into
-    /// the flows registered with [`QuicLink::flow`]. `stats` may be shared
-    /// by many connections.
+    /// the flows registered with [`QuicLink::flow`], dropping the others:
+    /// start it as soon as the connection is up, so that a peer that is not
+    /// authenticated yet cannot park datagrams in quinn's buffer. `stats`
+    /// may be shared by many connections.
     pub fn new(conn: Connection, stats: Arc<DatagramStats>) -> Arc<Self> {
         let flows: Arc<Flows> = Arc::default();
         let (c, f, s) = (conn.clone(), flows.clone(), stats.clone());
@@ -359,7 +364,10 @@ impl QuicLink {
             while let Ok(d) = c.read_datagram().await {
                 let delivered = parse_datagram(d).ok().is_some_and(|(id, payload)| {
                     let tx = f.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
-                    tx.is_some_and(|tx| tx.try_send(payload).is_ok())
+                    // A copy: the payload shares the received packet's buffer
+                    // (up to a 64 KiB batch), which a queued datagram would
+                    // otherwise keep alive.
+                    tx.is_some_and(|tx| tx.try_send(Bytes::copy_from_slice(&payload)).is_ok())
                 });
                 let counter = if delivered { &s.received } else { &s.dropped };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -383,10 +391,11 @@ impl QuicLink {
     /// the header, the client before its status byte).
     pub fn flow(self: &Arc<Self>, id: u64, stream: QuicStream) -> QuicFlow {
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-        self.flows.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        self.flows.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx.clone());
         QuicFlow {
             link: self.clone(),
             id,
+            tx,
             stream,
             rx,
             wbuf: BytesMut::new(),
@@ -409,6 +418,9 @@ impl QuicLink {
 pub struct QuicFlow {
     link: Arc<QuicLink>,
     id: u64,
+    /// Its entry in the link's flows, to remove only its own on drop
+    /// should a (misbehaving) peer have reused the id.
+    tx: mpsc::Sender<Bytes>,
     stream: QuicStream,
     rx: mpsc::Receiver<Bytes>,
     /// Written bytes not yet a whole frame.
@@ -424,7 +436,10 @@ pub struct QuicFlow {
 
 impl Drop for QuicFlow {
     fn drop(&mut self) {
-        self.link.flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        let mut flows = self.link.flows.lock().unwrap_or_else(|e| e.into_inner());
+        if flows.get(&self.id).is_some_and(|tx| tx.same_channel(&self.tx)) {
+            flows.remove(&self.id);
+        }
     }
 }
 
@@ -707,6 +722,38 @@ mod tests {
         .await
         .expect("both dropped");
         assert_eq!(ss.received.load(Ordering::Relaxed), 0);
+    }
+
+    /// A refusal ends the stream for good: the bytes after the status (the
+    /// client's reason) are never read as the stream's.
+    #[tokio::test]
+    async fn a_refused_status_is_final() {
+        let (_se, server, _ce, client) = pair(true).await;
+        let (send, recv) = client.open_bi().await.unwrap();
+        let mut theirs = QuicStream::new(send, recv);
+        theirs.write_all(&[opennotr_proto::quic::STATUS_REFUSED, b'n', b'o']).await.unwrap();
+        theirs.shutdown().await.unwrap();
+        let (send, recv) = server.accept_bi().await.unwrap();
+        let mut ours = QuicStream::new(send, recv).with_status_due();
+        let mut buf = [0u8; 8];
+        for _ in 0..2 {
+            assert_eq!(ours.read(&mut buf).await.unwrap_err().kind(), io::ErrorKind::ConnectionRefused);
+        }
+    }
+
+    /// A flow that is dropped leaves another flow's entry of the same id.
+    #[tokio::test]
+    async fn a_flow_removes_only_its_own_entry() {
+        // The server opens the streams: it may open many to a client.
+        let (_se, server, _ce, _client) = pair(true).await;
+        let link = QuicLink::new(server.clone(), Arc::default());
+        let (s1, r1) = server.open_bi().await.unwrap();
+        let (s2, r2) = server.open_bi().await.unwrap();
+        let first = link.flow(5, QuicStream::new(s1, r1));
+        let second = link.flow(5, QuicStream::new(s2, r2));
+        drop(first);
+        let flows = link.flows.lock().unwrap();
+        assert!(flows.get(&5).is_some_and(|tx| tx.same_channel(&second.tx)));
     }
 
     #[tokio::test]
