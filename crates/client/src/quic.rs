@@ -12,7 +12,7 @@ use std::time::Duration;
 use opennotr_config::ClientConfig;
 use opennotr_proto::message::{ClientMessage, StreamProtocol};
 use opennotr_proto::quic::{code, StreamHeader, MAX_HEADER_LEN, MAX_REASON_LEN, STATUS_CONNECTED, STATUS_REFUSED};
-use opennotr_transport::quic::{quinn, QuicChannel, QuicLink, QuicStream, QuicTiming};
+use opennotr_transport::quic::{self as q, quinn, QuicChannel, QuicLink, QuicStream, QuicTiming};
 use opennotr_transport::relay::relay;
 use opennotr_transport::{timed, tune_tcp, Channel, TransportError};
 use tokio::io::AsyncWriteExt;
@@ -50,10 +50,6 @@ impl QuicEndpoint {
         endpoint.rebind(socket)?;
         Ok(addr)
     }
-}
-
-fn io(e: impl Into<quinn::ConnectionError>) -> TransportError {
-    TransportError::Io(opennotr_transport::quic::io_error(e.into()))
 }
 
 fn other(e: impl std::fmt::Display) -> TransportError {
@@ -104,10 +100,11 @@ async fn session(
     // The name only picks the certificate a server may have for several;
     // it is not checked (see the module's comment).
     let conn = timed(limit, "connecting to the server over QUIC", async {
-        endpoint.connect(server, "opennotr").map_err(other)?.await.map_err(io)
+        endpoint.connect(server, "opennotr").map_err(other)?.await.map_err(q::io_error)
     })
     .await?;
-    let (send, recv) = timed(limit, "opening the control stream", async { conn.open_bi().await.map_err(io) }).await?;
+    let (send, recv) =
+        timed(limit, "opening the control stream", async { conn.open_bi().await.map_err(q::io_error) }).await?;
     let mut s = QuicStream::new(send, recv);
     let binding = opennotr_transport::quic::binding(&conn).map_err(other)?;
 

@@ -19,7 +19,7 @@ use opennotr_plugin::{OpenError, StreamProtocol};
 use opennotr_proto::frame::{parse_preface, PROTOCOL_VERSION};
 use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage};
 use opennotr_proto::quic::{code, StreamHeader};
-use opennotr_transport::quic::{quinn, QuicChannel, QuicLink, QuicStream, QuicTiming};
+use opennotr_transport::quic::{self as q, quinn, QuicChannel, QuicLink, QuicStream, QuicTiming};
 use opennotr_transport::{read_frame_exact, read_preface, timed, write_frame, Channel, TransportError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,6 @@ impl QuicSession {
 /// TCP control listener is bound to (`tcp`), with its certificate or a
 /// self-signed one.
 pub(crate) fn bind(cfg: &ServerConfig, quic: &QuicSection, tcp: SocketAddr) -> Result<quinn::Endpoint, ServerError> {
-    use opennotr_transport::quic as q;
     let (chain, key) = match &quic.cert {
         Some((cert, key)) => q::load_pem(cert, key)
             .map_err(|e| ServerError::Config { key: "server.quicCert".into(), message: e.to_string() })?,
@@ -153,10 +152,6 @@ enum First {
     Version(u8),
 }
 
-fn io(e: impl Into<quinn::ConnectionError>) -> TransportError {
-    TransportError::Io(opennotr_transport::quic::io_error(e.into()))
-}
-
 /// Writes a refusal on the control stream and waits (briefly) until the
 /// client has it: closing the connection at once would discard it.
 async fn refuse(shared: &Shared, s: &mut QuicStream, peer: SocketAddr, code: RefuseCode, message: String) {
@@ -187,14 +182,14 @@ async fn handle(
     // The QUIC handshake, the control stream, the preface and the first
     // message all count against `helloTimeout`.
     let first = timed(shared.cfg.server.hello_timeout, "waiting for the hello", async {
-        let conn = incoming.accept().map_err(io)?.await.map_err(io)?;
+        let conn = incoming.accept().map_err(q::io_error)?.await.map_err(q::io_error)?;
         // Datagrams are read (and dropped, until the session has flows)
         // from the start: unread, a stranger's would fill quinn's buffer.
         // The reader holds the connection, so it is closed explicitly when
         // this ends, whichever way.
         let closing = Closing(conn.clone());
         let link = QuicLink::new(conn.clone(), shared.quic_stats.clone());
-        let (send, recv) = conn.accept_bi().await.map_err(io)?;
+        let (send, recv) = conn.accept_bi().await.map_err(q::io_error)?;
         let mut s = QuicStream::new(send, recv);
         let preface = read_preface(&mut s).await?;
         let first = match parse_preface(&preface)? {

@@ -231,17 +231,18 @@ pub fn binding(conn: &Connection) -> Result<[u8; BINDING_LEN], QuicError> {
     Ok(out)
 }
 
-/// A connection error as an I/O error; a close by the peer (or by us) is
-/// `ConnectionAborted`.
-pub fn io_error(e: quinn::ConnectionError) -> io::Error {
+/// A connection error (or one that converts to it) as a transport error;
+/// a close by the peer (or by us) is `ConnectionAborted`.
+pub fn io_error(e: impl Into<quinn::ConnectionError>) -> crate::TransportError {
     use quinn::ConnectionError as E;
-    match e {
+    let e = e.into();
+    crate::TransportError::Io(match e {
         E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::LocallyClosed | E::Reset => {
             io::Error::new(io::ErrorKind::ConnectionAborted, e)
         }
         E::TimedOut => io::Error::new(io::ErrorKind::TimedOut, e),
         other => io::Error::other(other),
-    }
+    })
 }
 
 /// One bidirectional QUIC stream as a byte stream. Shutting down the write
