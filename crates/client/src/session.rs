@@ -234,14 +234,14 @@ pub(crate) async fn serve_session(
                 };
                 deadline.as_mut().reset(Instant::now() + keepalive);
                 match ServerMessage::from_bytes(&frame) {
-                    Ok(ServerMessage::Connect { stream, protocol, target, peer, channel: None }) => {
+                    Ok(ServerMessage::Connect { stream, protocol, target, peer, channel: None, .. }) => {
                         let span = info_span!("stream", id = stream, %target, peer = ?peer);
                         tokio::spawn(
                             crate::stream::serve(link.clone(), allowed.clone(), out.clone(), kill.clone(), stream, protocol, target, None)
                                 .instrument(span),
                         );
                     }
-                    Ok(ServerMessage::Connect { stream, protocol, target, peer, channel: Some(id) }) => {
+                    Ok(ServerMessage::Connect { stream, protocol, target, peer, channel: Some(id), .. }) => {
                         let waiting = link.spares.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                         let assignment = crate::spare::Assignment { stream, protocol, target, peer };
                         if waiting.map(|tx| tx.send(assignment)).is_none_or(|sent| sent.is_err()) {

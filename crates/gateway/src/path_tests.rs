@@ -141,7 +141,7 @@ impl Tunnel for DirectTunnel {
         &self,
         _: StreamProtocol,
         _: SocketAddr,
-        _: Option<SocketAddr>,
+        _: Option<opennotr_plugin::Visitor>,
     ) -> Result<TunnelStream, OpenError> {
         let s = TcpStream::connect(self.service).await.map_err(|e| OpenError::Refused(e.to_string()))?;
         Ok(TunnelStream::new(Channel::Plain(s), None))

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::{http1, http2};
-use opennotr_plugin::{CancellationToken, OpenError, StreamProtocol, TunnelStream};
+use opennotr_plugin::{CancellationToken, OpenError, StreamProtocol, TunnelStream, Visitor};
 use opennotr_transport::mux::Mux;
 use tracing::debug;
 
@@ -369,7 +369,7 @@ pub(crate) async fn open_upstream(
     name: &str,
 ) -> Result<TunnelStream, GatewayError> {
     let opened = tokio::select! {
-        r = up.tunnel.open_stream(protocol, up.target, Some(peer)) => r,
+        r = up.tunnel.open_stream(protocol, up.target, Some(Visitor::new(peer))) => r,
         _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
     };
     match opened {
@@ -399,7 +399,7 @@ mod tests {
             &self,
             _: StreamProtocol,
             _: SocketAddr,
-            _: Option<SocketAddr>,
+            _: Option<opennotr_plugin::Visitor>,
         ) -> Result<TunnelStream, OpenError> {
             Err(OpenError::SessionClosed)
         }

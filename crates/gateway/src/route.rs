@@ -207,7 +207,7 @@ pub(crate) mod tests {
             &self,
             _: opennotr_plugin::StreamProtocol,
             _: SocketAddr,
-            _: Option<SocketAddr>,
+            _: Option<opennotr_plugin::Visitor>,
         ) -> Result<opennotr_plugin::TunnelStream, opennotr_plugin::OpenError> {
             Err(opennotr_plugin::OpenError::SessionClosed)
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use opennotr_plugin::{
     async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Lifecycle, OpenError, Plugin, PluginError,
-    ServerInfo, StreamProtocol,
+    ServerInfo, StreamProtocol, Visitor,
 };
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -486,7 +486,7 @@ async fn visit(
 /// The visitor's TLS stream, from its first byte, to the client's service.
 async fn relay(mut visitor: TcpStream, prefix: Vec<u8>, peer: SocketAddr, up: Upstream, name: &str) {
     let opened = tokio::select! {
-        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(peer)) => r,
+        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(Visitor::new(peer).reached(visitor.local_addr().ok()))) => r,
         _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
     };
     let mut stream = match opened {

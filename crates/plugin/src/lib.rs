@@ -93,17 +93,42 @@ pub enum OpenError {
     TooManyStreams,
 }
 
+/// Who a stream is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visitor {
+    /// The visitor's address.
+    pub peer: SocketAddr,
+    /// The server address the visitor reached (the public port's socket),
+    /// where the plugin knows it.
+    pub local: Option<SocketAddr>,
+}
+
+impl Visitor {
+    /// A visitor from `peer`, the server address it reached unknown.
+    pub fn new(peer: SocketAddr) -> Visitor {
+        Visitor { peer, local: None }
+    }
+
+    /// The same, having reached `local` on the server (`None`: unknown,
+    /// as when the socket's address could not be read).
+    pub fn reached(mut self, local: Option<SocketAddr>) -> Visitor {
+        self.local = local;
+        self
+    }
+}
+
 /// A handle to one client session, for opening streams to it.
 #[async_trait]
 pub trait Tunnel: Send + Sync + fmt::Debug {
     /// Asks the client to connect to `target` (one of its declared targets)
-    /// and returns the stream carrying that connection. `peer` is the
-    /// visitor's address, for the client's logs.
+    /// and returns the stream carrying that connection. `visitor` is who
+    /// the stream is for, for the client's logs and for the PROXY protocol
+    /// header a forward may ask the client to send its service.
     async fn open_stream(
         &self,
         protocol: StreamProtocol,
         target: SocketAddr,
-        peer: Option<SocketAddr>,
+        visitor: Option<Visitor>,
     ) -> Result<TunnelStream, OpenError>;
 
     /// Whether the client takes [`StreamProtocol::Mux`] streams (many

@@ -159,9 +159,13 @@ pub enum ServerMessage {
         protocol: StreamProtocol,
         /// Where to connect; must be one of the client's declared targets.
         target: SocketAddr,
-        /// The visitor's address, for logs.
+        /// The visitor's address, for logs and a PROXY protocol header.
         #[serde(default)]
         peer: Option<SocketAddr>,
+        /// The server address the visitor reached, where known: the
+        /// destination of a PROXY protocol header.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        local: Option<SocketAddr>,
         /// The spare channel (its `spare_hello` id) that carries the stream;
         /// absent = dial a data channel for it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -461,6 +465,7 @@ mod tests {
                         protocol: if udp { StreamProtocol::Udp } else { StreamProtocol::Tcp },
                         target,
                         peer,
+                        local: None,
                         channel,
                     }
                 }),
@@ -517,6 +522,7 @@ mod tests {
             protocol: StreamProtocol::Tcp,
             target: ([127, 0, 0, 1], 22).into(),
             peer: None,
+            local: None,
             channel: None,
         };
         assert_eq!(

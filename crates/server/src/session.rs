@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use opennotr_plugin::{
     async_trait, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, StreamProtocol, Tunnel, TunnelStream,
+    Visitor,
 };
 use opennotr_proto::handshake::SessionKeys;
 use opennotr_proto::message::{ClientMessage, ForwardRequest, ForwardResult, ServerMessage, VipPort};
@@ -289,9 +290,10 @@ impl Tunnel for SessionTunnel {
         &self,
         protocol: StreamProtocol,
         target: SocketAddr,
-        peer: Option<SocketAddr>,
+        visitor: Option<Visitor>,
     ) -> Result<TunnelStream, OpenError> {
         let s = &self.0;
+        let (peer, local) = (visitor.map(|v| v.peer), visitor.and_then(|v| v.local));
         if s.kill.is_cancelled() {
             return Err(OpenError::SessionClosed);
         }
@@ -316,7 +318,7 @@ impl Tunnel for SessionTunnel {
         // (undeclared target, service down), it closes the channel, and the
         // visitor sees the close it would have seen anyway.
         if let Some((channel, chan)) = s.spares.take() {
-            let connect = ServerMessage::Connect { stream, protocol, target, peer, channel: Some(channel) };
+            let connect = ServerMessage::Connect { stream, protocol, target, peer, local, channel: Some(channel) };
             let sent = tokio::select! {
                 r = tokio::time::timeout(s.connect_timeout, s.out.send(connect)) => matches!(r, Ok(Ok(()))),
                 _ = s.kill.cancelled() => false,
@@ -332,7 +334,7 @@ impl Tunnel for SessionTunnel {
         s.pending.lock().map_err(|_| OpenError::SessionClosed)?.insert(stream, tx);
         let ask = async {
             s.out
-                .send(ServerMessage::Connect { stream, protocol, target, peer, channel: None })
+                .send(ServerMessage::Connect { stream, protocol, target, peer, local, channel: None })
                 .await
                 .map_err(|_| OpenError::SessionClosed)?;
             rx.await.map_err(|_| OpenError::SessionClosed)?

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opennotr_config::ServerConfig;
-use opennotr_plugin::{StreamProtocol, Tunnel};
+use opennotr_plugin::{StreamProtocol, Tunnel, Visitor};
 use opennotr_tproxy::{Proto, RuleSpec, Rules, TransparentUdp};
 use opennotr_transport::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
@@ -118,7 +118,7 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
     let kill = session.kill.clone();
     let tunnel = SessionTunnel(session.clone(), session.vip_counters.clone(), shared.channel_stats.clone());
     let opened = tokio::select! {
-        s = tunnel.open_stream(StreamProtocol::Tcp, target, Some(peer)) => s,
+        s = tunnel.open_stream(StreamProtocol::Tcp, target, Some(Visitor::new(peer).reached(Some(dst)))) => s,
         _ = kill.cancelled() => return reset(&sock),
     };
     let mut stream = match opened {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use opennotr_plugin::{
     async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
-    StreamProtocol,
+    StreamProtocol, Visitor,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -67,7 +67,8 @@ impl Plugin for Greeting {
                         return;
                     }
                     // The client dials meta.target() (its own localIP:localPort).
-                    let Ok(mut stream) = ctx.tunnel.open_stream(StreamProtocol::Tcp, meta.target(), Some(peer)).await
+                    let Ok(mut stream) =
+                        ctx.tunnel.open_stream(StreamProtocol::Tcp, meta.target(), Some(Visitor::new(peer))).await
                     else {
                         return;
                     };

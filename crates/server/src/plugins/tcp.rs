@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opennotr_plugin::{
-    async_trait, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory, StreamProtocol,
+    async_trait, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory, StreamProtocol, Visitor,
 };
 use opennotr_transport::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
@@ -63,7 +63,7 @@ async fn accept_loop(listener: TcpListener, meta: ForwardMeta, ctx: ForwardConte
 
 async fn visit(mut visitor: TcpStream, peer: std::net::SocketAddr, meta: ForwardMeta, ctx: ForwardContext) {
     let opened = tokio::select! {
-        s = ctx.tunnel.open_stream(StreamProtocol::Tcp, meta.target(), Some(peer)) => s,
+        s = ctx.tunnel.open_stream(StreamProtocol::Tcp, meta.target(), Some(Visitor::new(peer).reached(visitor.local_addr().ok()))) => s,
         _ = ctx.kill.cancelled() => return,
     };
     let mut stream = match opened {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use opennotr_plugin::{
     async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
-    StreamProtocol, TaskTracker, Tunnel,
+    StreamProtocol, TaskTracker, Tunnel, Visitor,
 };
 use opennotr_proto::datagram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -221,8 +221,9 @@ pub(crate) async fn flow<K: Send + 'static>(
     generation: u64,
 ) {
     let FlowEnds { reply: sock, peer, tunnel, target } = ends;
+    let visitor = Visitor::new(peer).reached(sock.local_addr().ok());
     let opened = tokio::select! {
-        s = tunnel.open_stream(StreamProtocol::Udp, target, Some(peer)) => s,
+        s = tunnel.open_stream(StreamProtocol::Udp, target, Some(visitor)) => s,
         _ = stop.cancelled() => { let _ = ended.send((key, generation)); return; }
     };
     let stream = match opened {
