@@ -22,7 +22,7 @@ const ZONE: &str = "attack.notr.test";
 
 macro_rules! root_only {
     () => {
-        if !root_with(&[("ip", "iproute2"), ("curl", "curl"), ("python3", "python3")]) {
+        if !root_with(&["ip", "curl", "python3"]) {
             return;
         }
     };

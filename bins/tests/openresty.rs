@@ -27,7 +27,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::grpc::{python_with_grpc, GRPC_CLIENT, GRPC_ECHO_SERVER};
-use support::netns::{check, cmd, in_ns, on_path, poll_every, python, root_with, run_bounded, Lan, Out};
+use support::netns::{check, cmd, in_ns, poll_every, python, root_with, run_bounded, Lan, Out};
+use support::tools;
 use support::{json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 /// The VIP pool of the server (`.1` is the server's own).
@@ -61,27 +62,17 @@ const SECRET: &str = "gateway-admin-secret-5c1f9e";
 
 /// The nginx binary (Debian's is in /usr/sbin, not always on PATH).
 fn nginx() -> String {
-    if on_path("nginx") {
-        return "nginx".into();
-    }
-    for p in ["/usr/sbin/nginx", "/usr/local/openresty/nginx/sbin/nginx"] {
-        if Path::new(p).is_file() {
-            return p.into();
-        }
-    }
-    panic!("nginx not found: install nginx-light, libnginx-mod-http-lua and lua-cjson (apt-get install nginx-light libnginx-mod-http-lua lua-cjson)")
+    tools::need("nginx").display().to_string()
 }
 
 fn preflight() -> bool {
-    let tools =
-        [("nft", "nftables"), ("ip", "iproute2"), ("curl", "curl"), ("python3", "python3"), ("openssl", "openssl")];
-    if !root_with(&tools) {
+    if !root_with(&["nft", "ip", "curl", "python3", "openssl", "nginx"]) {
         return false;
     }
-    nginx();
     assert!(
         Path::new("/usr/lib/nginx/modules/ngx_http_lua_module.so").is_file(),
-        "nginx's Lua module is missing: apt-get install libnginx-mod-http-lua lua-cjson"
+        "nginx's Lua module is missing: apt-get install libnginx-mod-http-lua lua-cjson \
+         (or run .ci/install-test-deps as root)"
     );
     true
 }

@@ -43,7 +43,7 @@ const TPROXY_UDP: u16 = 4399;
 /// False (after printing why) when the test must be skipped; panics when a
 /// tool the test needs is missing on a root machine.
 fn preflight() -> bool {
-    root_with(&[("nft", "nftables"), ("ip", "iproute2"), ("ss", "iproute2"), ("curl", "curl"), ("python3", "python3")])
+    root_with(&["nft", "ip", "ss", "curl", "python3"])
 }
 
 macro_rules! root_only {

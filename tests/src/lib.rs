@@ -865,6 +865,10 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, ctl: Arc<ConnCtl>, releas
 mod grpc;
 pub use grpc::{python_with_grpc, GRPC_CLIENT, GRPC_ECHO_SERVER};
 
+// Found, or the test fails naming the Debian package to install.
+#[path = "../../bins/tests/support/tools.rs"]
+pub mod tools;
+
 /// Runs [`GRPC_CLIENT`] against `127.0.0.1:port` for `domain` (TLS
 /// trusting `ca` when given) and fails the test unless every call passed.
 pub async fn run_grpc_client(port: u16, domain: &str, ca: Option<&str>) {
@@ -964,4 +968,40 @@ impl opennotr_plugin::Plugin for Probe {
     }
 
     async fn stop_proxy(&self, _meta: &opennotr_plugin::ForwardMeta) {}
+}
+
+#[cfg(test)]
+mod tool_list {
+    use super::tools;
+
+    /// Every program a test asks for by name is listed in .ci/test-deps
+    /// with its package, so a machine without it gets told what to install.
+    #[test]
+    fn every_program_the_tests_need_is_listed() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut seen = 0;
+        let mut dirs = vec![root.join("tests"), root.join("bins/tests"), root.join("crates")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("a source directory").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                for call in ["need(\"", "python_with(\""] {
+                    for (at, _) in text.match_indices(call) {
+                        let rest = &text[at + call.len()..];
+                        let name = &rest[..rest.find('"').expect("a closing quote")];
+                        tools::package_of(name);
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen > 10, "found only {seen} calls; is the scan looking in the right place?");
+    }
 }

@@ -30,7 +30,7 @@ struct Reply {
 
 /// One request to the admin API with curl: `token` None sends no header.
 async fn api(admin: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
-    let mut cmd = tokio::process::Command::new("curl");
+    let mut cmd = tokio::process::Command::new(opennotr_tests::tools::need("curl"));
     cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
     if let Some(t) = token {
         cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
@@ -258,7 +258,7 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
             want["rss"] = s.value > 0
 print(want["in"], want["out"], want["streams"], want["sessions"], want["ok"], want["rss"])
 "#;
-        let mut py = tokio::process::Command::new("/usr/bin/python3")
+        let mut py = tokio::process::Command::new(opennotr_tests::tools::python_with("prometheus_client"))
             .args(["-c", script])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -540,7 +540,7 @@ async fn metrics_count_gateway_requests_and_dns_queries() {
         let reg = a.connected().await;
         let port = public_port(&reg, 0);
         for (host, want) in [(reg.domain.as_str(), "200"), ("nobody.example", "404")] {
-            let out = tokio::process::Command::new("curl")
+            let out = tokio::process::Command::new(opennotr_tests::tools::need("curl"))
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
                 .arg(format!("Host: {host}"))
                 .arg(format!("http://127.0.0.1:{port}/"))
@@ -549,7 +549,7 @@ async fn metrics_count_gateway_requests_and_dns_queries() {
             assert_eq!(String::from_utf8_lossy(&out.stdout), want);
         }
         let dns = server.dns.expect("dns on");
-        let out = tokio::process::Command::new("dig")
+        let out = tokio::process::Command::new(opennotr_tests::tools::need("dig"))
             .arg(format!("@{}", dns.ip()))
             .args(["-p", &dns.port().to_string(), "+time=2", "+tries=2", "+short", &reg.domain, "A"])
             .output();

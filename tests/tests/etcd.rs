@@ -41,15 +41,7 @@ fn free_port() -> u16 {
 }
 
 fn etcd_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let candidates =
-        std::iter::once(PathBuf::from("/usr/bin/etcd")).chain(std::env::split_paths(&path).map(|d| d.join("etcd")));
-    for c in candidates {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!("etcd is not installed: these tests need /usr/bin/etcd (Debian: apt-get install etcd-server)");
+    opennotr_tests::tools::need("etcd")
 }
 
 impl Etcd {

@@ -119,7 +119,7 @@ async fn curl(domain: &str, port: u16, args: &[&str]) -> Curl {
     let out = within(
         Duration::from_secs(30),
         "curl",
-        Command::new("curl")
+        Command::new(opennotr_tests::tools::need("curl"))
             .args(["-sS", "--noproxy", "*", "--max-time", "20", "--resolve", &resolve, "-w", "\n%{http_code}"])
             .args(args)
             .kill_on_drop(true)

@@ -81,7 +81,11 @@ async fn curl_get(args: &[&str]) -> (i32, String, String) {
     let out = within(
         Duration::from_secs(30),
         "curl",
-        Command::new("curl").args(["-sS", "--noproxy", "*", "--max-time", "10"]).args(args).kill_on_drop(true).output(),
+        Command::new(opennotr_tests::tools::need("curl"))
+            .args(["-sS", "--noproxy", "*", "--max-time", "10"])
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
     )
     .await
     .expect("run curl (is curl installed?)");
@@ -122,7 +126,7 @@ impl Pebble {
             "externalAccountBindingRequired": false,
         }});
         std::fs::write(dir.0.join("pebble.json"), config.to_string()).unwrap();
-        let dns = Command::new("pebble-challtestsrv")
+        let dns = Command::new(opennotr_tests::tools::need("pebble-challtestsrv"))
             .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-management", &format!("127.0.0.1:{chall_mgmt}")])
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
@@ -175,7 +179,7 @@ impl Pebble {
 }
 
 fn spawn_pebble(config: &str, dns_port: u16) -> Child {
-    Command::new("pebble")
+    Command::new(opennotr_tests::tools::need("pebble"))
         .args(["-config", config, "-dnsserver", &format!("127.0.0.1:{dns_port}")])
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", "0")
@@ -232,7 +236,7 @@ async fn served_leaf(port: u16, servername: &str) -> String {
     let out = within(
         Duration::from_secs(20),
         "openssl s_client",
-        Command::new("openssl")
+        Command::new(opennotr_tests::tools::need("openssl"))
             .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", servername])
             .stdin(Stdio::null())
             .stderr(Stdio::null())

@@ -90,7 +90,7 @@ async fn metrics(server: &TestServer) -> String {
     let out = within(
         WAIT,
         "curl /metrics",
-        tokio::process::Command::new("curl")
+        tokio::process::Command::new(opennotr_tests::tools::need("curl"))
             .args(["-sS", "-H", &format!("Authorization: Bearer {TOKEN}"), &format!("http://{admin}/metrics")])
             .output(),
     )

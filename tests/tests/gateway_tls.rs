@@ -199,7 +199,7 @@ async fn curl(ca: &str, domain: &str, port: u16, path: &str, extra: &[&str]) -> 
     let out = within(
         Duration::from_secs(30),
         "curl",
-        Command::new("curl")
+        Command::new(opennotr_tests::tools::need("curl"))
             .args(["-sS", "--noproxy", "*", "--max-time", "20", "--cacert", ca, "--resolve", &resolve])
             .args(["-w", "\n%{http_version}\n%{http_code}"])
             .args(extra)
@@ -227,7 +227,7 @@ fn header_of(body: &str, name: &str) -> Option<String> {
 /// to `servername` (none: no SNI).
 async fn served_subject(port: u16, servername: Option<&str>) -> String {
     let connect = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new("openssl");
+    let mut cmd = Command::new(opennotr_tests::tools::need("openssl"));
     cmd.args(["s_client", "-connect", &connect]);
     match servername {
         Some(n) => cmd.args(["-servername", n]),

@@ -9,19 +9,8 @@
 /// pyenv shim) without it, so `/usr/bin/python3` is tried too. Panics with
 /// what to install when none has it: a gRPC test must not pass by skipping.
 pub fn python_with_grpc() -> &'static str {
-    static FOUND: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            ["/usr/bin/python3", "python3"].into_iter().find(|py| {
-                std::process::Command::new(py)
-                    .args(["-c", "import grpc"])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-        })
-        .expect("no python3 with the grpc module: install Debian's python3-grpcio")
+    static FOUND: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| super::tools::python_with("grpc"))
 }
 
 /// A gRPC echo service (`test.Echo`: `Unary` echoes with an `echo:` prefix,

@@ -2,8 +2,8 @@
 //! `openresty.rs`): a temp dir guard, a child-process guard that reads its
 //! output line by line, readers of what the binaries print and log, (in
 //! [`netns`]) the network-namespace helpers of the root-only tests, and (in
-//! [`grpc`]) the Python gRPC programs, shared with the `opennotr-tests`
-//! crate.
+//! [`grpc`] and [`tools`]) the Python gRPC programs and the finder of the
+//! programs tests run, shared with the `opennotr-tests` crate.
 
 // Each test crate compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
@@ -13,6 +13,8 @@
 #[allow(unreachable_pub)]
 pub(crate) mod grpc;
 pub(crate) mod netns;
+#[allow(unreachable_pub)]
+pub(crate) mod tools;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;

@@ -15,7 +15,7 @@ use super::WAIT;
 // ------------------------------------------------------------------ preflight
 
 pub(crate) fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
+    super::tools::find(tool).is_some()
 }
 
 pub(crate) fn is_root() -> bool {
@@ -23,15 +23,15 @@ pub(crate) fn is_root() -> bool {
     String::from_utf8_lossy(&uid.stdout).trim() == "0"
 }
 
-/// False (after printing `skipped: needs root`) when not root; panics when
-/// root lacks one of `tools` (`(command, Debian package)`).
-pub(crate) fn root_with(tools: &[(&str, &str)]) -> bool {
+/// False (after printing `skipped: needs root`) when not root; panics
+/// naming the package when root lacks one of `tools`.
+pub(crate) fn root_with(tools: &[&str]) -> bool {
     if !is_root() {
         eprintln!("skipped: needs root");
         return false;
     }
-    for (tool, package) in tools {
-        assert!(on_path(tool), "`{tool}` not found in PATH: install {package} (e.g. `apt-get install {package}`)");
+    for tool in tools {
+        super::tools::need(tool);
     }
     true
 }
