@@ -27,7 +27,7 @@ pub(crate) fn parse(key: &str, protocol: &str, raw: Option<String>) -> Result<Op
             key,
             format!(
                 "not for {protocol} forwards: the gateway pools connections to the service across visitors; \
-                 it sends the visitor's address in X-Forwarded-For and Forwarded instead"
+                 it sends the visitor's address in X-Forwarded-For and X-Real-IP instead"
             ),
         )),
         _ => Err(ConfigError::invalid(key, format!("only tcp, udp and tls forwards can send it, not {protocol}"))),

@@ -38,7 +38,7 @@ fn refused_where_it_cannot_be_true() {
     for http in ["http", "https", "h2c"] {
         let (key, m) = err(&format!("  - {{protocol: {http}, ports: {{0: 80}}, proxyProtocol: v1}}\n"));
         assert_eq!(key, "forwards[0].proxyProtocol");
-        assert!(m.contains("X-Forwarded-For") && m.contains("Forwarded"), "{m}");
+        assert!(m.contains("X-Forwarded-For") && m.contains("X-Real-IP"), "{m}");
     }
     let (key, m) = err("  - {protocol: greeting, ports: {0: 80}, proxyProtocol: v2}\n");
     assert_eq!(key, "forwards[0].proxyProtocol");
