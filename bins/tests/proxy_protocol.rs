@@ -9,6 +9,9 @@
 //! what lets a request through at all. UDP goes to a service here that
 //! parses the v2 DGRAM header of every datagram strictly and answers with
 //! the addresses it names. Without nginx the tests fail naming the package.
+//! The last test (root only, in network namespaces) shows that a program
+//! on the server host reaching the service at the client's VIP is
+//! announced with a header too.
 
 mod support;
 
@@ -19,7 +22,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::netns::{on_path, poll_every};
+use support::netns::{in_ns, on_path, poll_every, python, root_with, run_bounded, Lan};
 use support::{json_fields, parse_forward, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 const SIGNATURE: [u8; 12] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
@@ -244,6 +247,87 @@ fn nginx_sees_an_ipv6_visitor() {
     assert_eq!(body(&answer), format!("{}:{} 127.0.0.1", visitor.ip(), visitor.port()));
     client.signal("INT");
     assert_eq!(client.wait_exit(WAIT).code(), Some(0), "{}", client.transcript());
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(WAIT).code(), Some(0), "{}", server.transcript());
+}
+
+/// A TCP service on 127.0.0.1:`argv[1]` that reads a v1 header (up to its
+/// CRLF) from each connection and sends it back.
+const V1_ECHO: &str = r#"
+import socket, sys
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1])))
+l.listen()
+print("ready", flush=True)
+while True:
+    c, _ = l.accept()
+    got = b""
+    while not got.endswith(b"\r\n") and len(got) < 108:
+        d = c.recv(1)
+        if not d:
+            break
+        got += d
+    c.sendall(got)
+    c.close()
+"#;
+
+/// Connects to `argv[1]:argv[2]`, prints its own address and what it reads.
+const PROBE: &str = r#"
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+me = c.getsockname()
+got = b""
+while True:
+    d = c.recv(200)
+    if not d:
+        break
+    got += d
+print("%s %d %r" % (me[0], me[1], got))
+"#;
+
+#[test]
+fn the_vip_path_gets_the_header_too() {
+    if !root_with(&[("nft", "nftables"), ("ip", "iproute2"), ("python3", "python3")]) {
+        return;
+    }
+    const PORT: u16 = 8000;
+    let lan = Lan::on_subnet("pp", 240, 1);
+    let dir = TempDir::world_readable("proxyvip");
+    let (server_ns, client_ns) = (&lan.server, &lan.clients[0]);
+    let mut svc =
+        Proc::spawn_named("v1 echo", in_ns(client_ns, python(), &["-u", "-c", V1_ECHO, &PORT.to_string()]), &dir.0);
+    svc.expect(Src::Out, "`ready`", |l| l == "ready");
+
+    let yaml = format!(
+        "server:\n  listen: \"{}:10100\"\n  authKey: \"k\"\n  domain: \"vlan.notr.test\"\n\
+         \x20 tcplisten: \"127.0.0.1:4398\"\n  udplisten: \"127.0.0.1:4399\"\n  shutdownGrace: 0.5\n\
+         dhcp:\n  cidr: \"100.64.242.1/24\"\n\
+         plugin:\n  tcp: '{{\"bind\": \"127.0.0.1\"}}'\n  udp: '{{\"bind\": \"127.0.0.1\"}}'\n",
+        lan.server_ip(0)
+    );
+    let conf = dir.write("opennotrd.yaml", yaml);
+    let mut server = Proc::spawn_named(
+        "opennotrd",
+        in_ns(server_ns, SERVER, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
+        &dir.0,
+    );
+    server.expect(Src::Err, "`virtual LAN on`", |l| l.contains("virtual LAN on"));
+    let client_yaml = format!(
+        "serverAddr: \"{}:10100\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: {PORT}\n    proxyProtocol: v1\n",
+        lan.server_ip(0)
+    );
+    let conf = dir.write("opennotr.yaml", client_yaml);
+    let mut client = Proc::spawn_named("opennotr", in_ns(client_ns, CLIENT, &["-c", conf.to_str().unwrap()]), &dir.0);
+    let reg = read_registration(&mut client, 1);
+
+    // From the server host to VIP:8000: the header names the probe and the VIP.
+    let out = run_bounded(in_ns(server_ns, python(), &["-c", PROBE, &reg.vip.to_string(), &PORT.to_string()]), WAIT);
+    assert_eq!(out.code, Some(0), "probe: {}", out.show());
+    let mut words = out.stdout.trim().splitn(3, ' ');
+    let (ip, port, got) = (words.next().unwrap(), words.next().unwrap(), words.next().unwrap());
+    assert_eq!(got, format!("b'PROXY TCP4 {ip} {} {port} {PORT}\\r\\n'", reg.vip), "probe: {}", out.show());
+
     server.signal("TERM");
     assert_eq!(server.wait_exit(WAIT).code(), Some(0), "{}", server.transcript());
 }
