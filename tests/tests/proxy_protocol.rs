@@ -1,6 +1,7 @@
 //! PROXY protocol headers (`forwards[i].proxyProtocol`) on every path a
 //! stream takes to the client: a data channel dialed for it, a spare
-//! channel, a QUIC stream; and v2's DGRAM form in front of each datagram.
+//! channel, a QUIC stream; v2's DGRAM form in front of each datagram; and
+//! a TLS passthrough (`tls`) forward, the header before the ClientHello.
 //! The visitor comes from 127.0.0.2, not the server's 127.0.0.1, so a
 //! header naming the wrong end fails. The real-binary tests against nginx
 //! are in bins/tests/proxy_protocol.rs.
@@ -165,6 +166,55 @@ async fn quic_streams_and_datagrams_carry_the_header() {
         c.stop().await;
         server.stop().await;
         udp_task.abort();
+    })
+    .await;
+}
+
+/// A TLS ClientHello for `name`, as a visitor's first bytes.
+fn client_hello(name: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), server_name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+#[tokio::test]
+async fn tls_passthrough_gets_the_header_before_the_client_hello() {
+    run_test(async {
+        let spec = ServerSpec::default().plugin("tls", r#"{"listen": "127.0.0.1:0"}"#);
+        let server = TestServer::start(&spec).await;
+        let (svc, mut accepted) = tcp_accepting().await;
+        let domain = format!("pp.{ZONE}");
+        let spec = ClientSpec::new(server.addr).domain(&domain).forward(Fwd {
+            protocol: "tls".into(),
+            public: 0,
+            local: svc.addr.port(),
+        });
+        let mut c = with_headers(&spec, &[Some(ProxyProtocol::V1)]);
+        let public = local(public_port(&c.connected().await, 0));
+
+        let hello = client_hello(&domain);
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut visitor = within(WAIT, "connecting to the tls port", sock.connect(public)).await.unwrap();
+        visitor.write_all(&hello).await.unwrap();
+        let from = visitor.local_addr().unwrap();
+
+        let mut s = within(WAIT, "the service's connection", accepted.recv()).await.unwrap();
+        let header = v1(from, public);
+        let mut got = vec![0u8; header.len() + hello.len()];
+        within(WAIT, "the header and the ClientHello", s.read_exact(&mut got)).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&got[..header.len()]), String::from_utf8_lossy(&header));
+        assert!(got[header.len()..] == hello[..], "the ClientHello, whole, right after the header");
+        c.stop().await;
+        server.stop().await;
     })
     .await;
 }
