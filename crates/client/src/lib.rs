@@ -26,6 +26,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod proxy;
 mod quic;
 mod session;
 mod spare;
@@ -125,8 +126,9 @@ pub enum ClientError {
 }
 
 /// The targets this client's config declares; nothing else is ever dialed.
+/// Beside them, the PROXY protocol headers their services want.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Allowed(HashSet<(StreamProtocol, SocketAddr)>);
+pub(crate) struct Allowed(HashSet<(StreamProtocol, SocketAddr)>, proxy::Headers);
 
 impl Allowed {
     fn from_config(cfg: &ClientConfig) -> Self {
@@ -141,7 +143,12 @@ impl Allowed {
             let proto = if v.udp { StreamProtocol::Udp } else { StreamProtocol::Tcp };
             set.insert((proto, SocketAddr::new(v.local_ip, v.port)));
         }
-        Allowed(set)
+        Allowed(set, proxy::Headers::from_config(cfg))
+    }
+
+    /// The PROXY protocol headers of the declared targets.
+    pub(crate) fn headers(&self) -> &proxy::Headers {
+        &self.1
     }
 
     pub(crate) fn permits(&self, proto: StreamProtocol, target: SocketAddr) -> bool {

@@ -229,6 +229,13 @@ async fn connect(
                 }
             };
             tune_tcp(&local);
+            let visitor = crate::proxy::Visitor { peer: h.peer, local: h.local };
+            let header = allowed.headers().stream(target, visitor);
+            if let Err(e) = crate::stream::write_header(&mut local, header, timeout).await {
+                debug!(error = %e, "cannot write the PROXY protocol header");
+                let reason = format!("cannot write the PROXY protocol header to {target}: {e}");
+                return refuse(&mut s, &out, h.stream, reason).await;
+            }
             if s.write_all(&[STATUS_CONNECTED]).await.is_err() {
                 return debug!("the server gave up on the stream");
             }
@@ -257,7 +264,9 @@ async fn connect(
                 return debug!("the server gave up on the flow");
             }
             let chan = Channel::Quic(Box::new(QuicChannel::Flow(flow)));
-            if let Err(e) = crate::stream::pump_udp(sock, chan).await {
+            let visitor = crate::proxy::Visitor { peer: h.peer, local: h.local };
+            let prefix = allowed.headers().datagram(target, visitor);
+            if let Err(e) = crate::stream::pump_udp(sock, chan, prefix).await {
                 debug!(error = %e, "flow ended with an error");
             }
         }

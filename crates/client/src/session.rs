@@ -234,16 +234,17 @@ pub(crate) async fn serve_session(
                 };
                 deadline.as_mut().reset(Instant::now() + keepalive);
                 match ServerMessage::from_bytes(&frame) {
-                    Ok(ServerMessage::Connect { stream, protocol, target, peer, channel: None, .. }) => {
+                    Ok(ServerMessage::Connect { stream, protocol, target, peer, local, channel: None, .. }) => {
                         let span = info_span!("stream", id = stream, %target, peer = ?peer);
+                        let visitor = crate::proxy::Visitor { peer, local };
                         tokio::spawn(
-                            crate::stream::serve(link.clone(), allowed.clone(), out.clone(), kill.clone(), stream, protocol, target, None)
+                            crate::stream::serve(link.clone(), allowed.clone(), out.clone(), kill.clone(), stream, protocol, target, visitor, None)
                                 .instrument(span),
                         );
                     }
-                    Ok(ServerMessage::Connect { stream, protocol, target, peer, channel: Some(id), .. }) => {
+                    Ok(ServerMessage::Connect { stream, protocol, target, peer, local, channel: Some(id), .. }) => {
                         let waiting = link.spares.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                        let assignment = crate::spare::Assignment { stream, protocol, target, peer };
+                        let assignment = crate::spare::Assignment { stream, protocol, target, peer, local };
                         if waiting.map(|tx| tx.send(assignment)).is_none_or(|sent| sent.is_err()) {
                             debug!(stream, spare = id, "the server named a spare channel this client no longer has");
                             let reason = format!("spare channel {id} is gone");

@@ -31,6 +31,8 @@ pub(crate) struct Assignment {
     pub(crate) protocol: StreamProtocol,
     pub(crate) target: SocketAddr,
     pub(crate) peer: Option<SocketAddr>,
+    /// The server address the visitor reached.
+    pub(crate) local: Option<SocketAddr>,
 }
 
 /// How a spare's life ended, for the task that keeps their number.
@@ -122,7 +124,8 @@ async fn one(
     };
     let _ = ended.try_send(End::Used);
     let span = info_span!("stream", id = a.stream, target = %a.target, peer = ?a.peer, spare = id);
-    stream::serve(link, allowed, out, kill, a.stream, a.protocol, a.target, Some(chan)).instrument(span).await
+    let visitor = crate::proxy::Visitor { peer: a.peer, local: a.local };
+    stream::serve(link, allowed, out, kill, a.stream, a.protocol, a.target, visitor, Some(chan)).instrument(span).await
 }
 
 /// Resolves when the server closes `tcp` (or it fails). Bytes arriving

@@ -39,6 +39,7 @@ pub(crate) async fn serve(
     stream: u64,
     protocol: StreamProtocol,
     target: std::net::SocketAddr,
+    visitor: crate::proxy::Visitor,
     spare: Option<Channel>,
 ) {
     let refuse = |reason: String| {
@@ -59,8 +60,15 @@ pub(crate) async fn serve(
             })
             .await
             {
-                Ok(s) => {
+                Ok(mut s) => {
                     tune_tcp(&s);
+                    // Before any byte of the visitor's, whatever path
+                    // (relay or splice) carries them next.
+                    if let Err(e) = write_header(&mut s, allowed.headers().stream(target, visitor), link.timeout).await
+                    {
+                        debug!(error = %e, "cannot write the PROXY protocol header");
+                        return refuse(format!("cannot write the PROXY protocol header to {target}: {e}")).await;
+                    }
                     Local::Tcp(s)
                 }
                 Err(e) => {
@@ -97,7 +105,7 @@ pub(crate) async fn serve(
                     let mut chan = chan;
                     relay_channel(&mut s, &mut chan).await.map(|(up, down)| debug!(up, down, "stream closed"))
                 }
-                Local::Udp(sock) => pump_udp(sock, chan).await,
+                Local::Udp(sock) => pump_udp(sock, chan, allowed.headers().datagram(target, visitor)).await,
             }
         } => if let Err(e) = r { debug!(error = %e, "stream ended with an error") },
     }
@@ -216,8 +224,21 @@ pub(crate) async fn open_channel(link: &Link, what: Hello) -> Result<Channel, Tr
     .await
 }
 
-/// Datagrams both ways between a connected UDP socket and the stream.
-pub(crate) async fn pump_udp(sock: UdpSocket, chan: Channel) -> std::io::Result<()> {
+/// Writes a stream's PROXY protocol header, if it has one, to the service
+/// just dialed.
+pub(crate) async fn write_header(
+    local: &mut TcpStream,
+    header: Option<Vec<u8>>,
+    timeout: std::time::Duration,
+) -> Result<(), TransportError> {
+    let Some(header) = header else { return Ok(()) };
+    timed(timeout, "writing the PROXY protocol header", async { Ok(local.write_all(&header).await?) }).await
+}
+
+/// Datagrams both ways between a connected UDP socket and the stream;
+/// `prefix` (a PROXY protocol v2 header) goes in front of every datagram
+/// to the service, none in front of its replies.
+pub(crate) async fn pump_udp(sock: UdpSocket, chan: Channel, prefix: Option<Vec<u8>>) -> std::io::Result<()> {
     let (mut rd, mut wr) = tokio::io::split(chan);
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(UDP_QUEUE);
     let sock = &sock;
@@ -254,6 +275,8 @@ pub(crate) async fn pump_udp(sock: UdpSocket, chan: Channel) -> std::io::Result<
     };
     let to_local = async {
         let mut buf = BytesMut::with_capacity(64 * 1024);
+        let prefix = prefix.unwrap_or_default();
+        let mut prefixed = prefix.clone();
         loop {
             if rd.read_buf(&mut buf).await? == 0 {
                 return Ok::<_, std::io::Error>(());
@@ -261,7 +284,13 @@ pub(crate) async fn pump_udp(sock: UdpSocket, chan: Channel) -> std::io::Result<
             while let Some(d) = datagram::decode(&mut buf) {
                 // A refused send (nothing listening yet) is the service's
                 // problem, not the flow's.
-                let _ = sock.send(&d).await;
+                let _ = if prefix.is_empty() {
+                    sock.send(&d).await
+                } else {
+                    prefixed.truncate(prefix.len());
+                    prefixed.extend_from_slice(&d);
+                    sock.send(&prefixed).await
+                };
             }
             buf.reserve(64 * 1024);
         }

@@ -49,6 +49,8 @@ struct RawForward {
     local_ip: Option<String>,
     #[serde(rename = "rawConfig")]
     raw_config: Option<String>,
+    #[serde(rename = "proxyProtocol")]
+    proxy_protocol: Option<String>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
@@ -83,6 +85,7 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
     for (i, f) in raw.forwards.unwrap_or_default().into_iter().enumerate() {
         forwards.push(forward(i, f, &mut claimed)?);
     }
+    crate::proxy_protocol::check_shared_targets(&forwards)?;
 
     let keepalive_interval = duration("keepaliveInterval", raw.keepalive_interval, Duration::from_secs(5))?;
     let keepalive_timeout = duration("keepaliveTimeout", raw.keepalive_timeout, Duration::from_secs(15))?;
@@ -192,5 +195,12 @@ fn forward(
         }
     };
 
-    Ok(ForwardConfig { protocol, ports, local_ip, raw_config: raw.raw_config.filter(|c| !c.is_empty()) })
+    let proxy_protocol = crate::proxy_protocol::parse(&key("proxyProtocol"), &protocol, raw.proxy_protocol)?;
+    Ok(ForwardConfig {
+        protocol,
+        ports,
+        local_ip,
+        raw_config: raw.raw_config.filter(|c| !c.is_empty()),
+        proxy_protocol,
+    })
 }

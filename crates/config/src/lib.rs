@@ -17,6 +17,7 @@ mod client;
 mod clients;
 mod keys;
 mod listen;
+mod proxy_protocol;
 mod reserved;
 mod server;
 mod util;
@@ -354,6 +355,29 @@ pub struct ForwardConfig {
     pub local_ip: IpAddr,
     /// `forwards[i].rawConfig`: opaque string handed to the plugin.
     pub raw_config: Option<String>,
+    /// `forwards[i].proxyProtocol` (`v1` | `v2`, default none): the PROXY
+    /// protocol header the client writes to the local service (tcp, tls;
+    /// udp: v2 only).
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A PROXY protocol version (`forwards[i].proxyProtocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyProtocol {
+    /// `v1`: the text line.
+    V1,
+    /// `v2`: the binary form.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// The key's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
 }
 
 // ---------------------------------------------------------------- loading

@@ -329,16 +329,26 @@ fn quic_framings(s: &mut Seeds) {
         protocol: StreamProtocol::Tcp,
         target: "127.0.0.1:8080".parse().expect("an address"),
         peer: Some("203.0.113.7:51000".parse().expect("an address")),
+        local: None,
     };
     let v6 = StreamHeader {
         stream: u64::MAX,
         protocol: StreamProtocol::Udp,
         target: "[::1]:53".parse().expect("an address"),
         peer: None,
+        local: None,
     };
     s.ctl("header-v4", 0, v4.encode());
     s.ctl("header-v6-no-peer", 2, v6.encode());
     s.ctl("header-mux", 4, StreamHeader { protocol: StreamProtocol::Mux, ..v4 }.encode());
+    let reached = Some("198.51.100.1:443".parse().expect("an address"));
+    s.ctl("header-v4-local", 0, StreamHeader { local: reached, ..v4 }.encode());
+    let reached6 = Some("[2001:db8::2]:53".parse().expect("an address"));
+    s.ctl("header-v6-no-peer-local", 6, StreamHeader { local: reached6, ..v6 }.encode());
+    let mut zero_local = v4.encode().to_vec();
+    zero_local[0] += 1;
+    zero_local.push(0);
+    s.ctl("header-local-family-0", 0, zero_local);
     let mut trailing = v4.encode().to_vec();
     trailing[0] += 1;
     trailing.push(0);

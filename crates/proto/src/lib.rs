@@ -23,6 +23,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 pub mod mux;
+pub mod proxy_header;
 pub mod quic;
 pub mod record;
 

@@ -23,6 +23,13 @@ use crate::message::StreamProtocol;
 /// The TLS application protocol (ALPN) both ends require.
 pub const ALPN: &[u8] = b"opennotr/1";
 
+/// The same protocol whose stream headers may also carry the server
+/// address the visitor reached ([`StreamHeader::local`]). Both ends offer
+/// it first and [`ALPN`] after it: the server sends that field only when
+/// this one was negotiated, so a peer that knows only [`ALPN`] still
+/// interoperates.
+pub const ALPN_LOCAL: &[u8] = b"opennotr/2";
+
 /// The TLS exporter label (RFC 8446 §7.5) whose output the handshake
 /// transcript is bound to, so that a man in the middle who terminates TLS
 /// with a certificate of its own fails key confirmation.
@@ -31,8 +38,8 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-opennotr/1 handshake binding";
 /// Length of the exported binding.
 pub const BINDING_LEN: usize = 32;
 
-/// Longest header body: stream id, protocol, two IPv6 addresses.
-pub const MAX_HEADER_LEN: usize = 8 + 1 + 2 * (1 + 16 + 2);
+/// Longest header body: stream id, protocol, three IPv6 addresses.
+pub const MAX_HEADER_LEN: usize = 8 + 1 + 3 * (1 + 16 + 2);
 
 /// The client's answer: it dialed the target; the stream's bytes follow.
 pub const STATUS_CONNECTED: u8 = 0;
@@ -85,7 +92,12 @@ pub enum QuicFormatError {
 /// protocol u8 (0 tcp, 1 udp, 2 mux)
 /// target: family u8 (4 or 6), address (4 or 16 bytes), port u16
 /// peer:   family u8 (0 = unknown, 4 or 6), address, port
+/// local:  absent, or family u8 (4 or 6), address, port
 /// ```
+///
+/// `local` is sent only on a connection that negotiated [`ALPN_LOCAL`];
+/// when unknown it is left out rather than sent as family 0, so every
+/// header has one spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamHeader {
     /// The stream's id in its session.
@@ -94,8 +106,11 @@ pub struct StreamHeader {
     pub protocol: StreamProtocol,
     /// What the client dials; it must be one of its declared targets.
     pub target: SocketAddr,
-    /// The visitor, for the client's log.
+    /// The visitor, for the client's log and a PROXY protocol header.
     pub peer: Option<SocketAddr>,
+    /// The server address the visitor reached, where known: the
+    /// destination of a PROXY protocol header.
+    pub local: Option<SocketAddr>,
 }
 
 fn put_addr(out: &mut BytesMut, a: Option<SocketAddr>) {
@@ -159,7 +174,10 @@ impl StreamHeader {
         });
         put_addr(&mut out, Some(self.target));
         put_addr(&mut out, self.peer);
-        // At most MAX_HEADER_LEN (two IPv6 addresses), so it fits a u8.
+        if self.local.is_some() {
+            put_addr(&mut out, self.local);
+        }
+        // At most MAX_HEADER_LEN (three IPv6 addresses), so it fits a u8.
         out[0] = (out.len() - 1) as u8;
         out.freeze()
     }
@@ -186,8 +204,9 @@ impl StreamHeader {
         };
         let target = r.addr(false)?.ok_or(QuicFormatError::Truncated)?;
         let peer = r.addr(true)?;
+        let local = if r.0.is_empty() { None } else { r.addr(false)? };
         match r.0.len() {
-            0 => Ok(StreamHeader { stream, protocol, target, peer }),
+            0 => Ok(StreamHeader { stream, protocol, target, peer, local }),
             n => Err(QuicFormatError::Trailing(n)),
         }
     }
@@ -263,8 +282,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn headers_round_trip(stream in any::<u64>(), protocol in protocol(), target in addr(), peer in proptest::option::of(addr())) {
-            let h = StreamHeader { stream, protocol, target, peer };
+        fn headers_round_trip(
+            stream in any::<u64>(),
+            protocol in protocol(),
+            target in addr(),
+            peer in proptest::option::of(addr()),
+            local in proptest::option::of(addr()),
+        ) {
+            let h = StreamHeader { stream, protocol, target, peer, local };
             let wire = h.encode();
             let n = StreamHeader::body_len(wire[0]).unwrap();
             prop_assert_eq!(n, wire.len() - 1);
@@ -297,6 +322,7 @@ mod tests {
             protocol: StreamProtocol::Udp,
             target: "127.0.0.1:53".parse().unwrap(),
             peer: Some("[2001:db8::1]:4000".parse().unwrap()),
+            local: None,
         }
     }
 
@@ -322,7 +348,7 @@ mod tests {
             assert!(StreamHeader::parse(&body[..cut]).is_err(), "a header cut at {cut} parsed");
         }
         let mut long = body.to_vec();
-        long.push(0);
+        long.extend_from_slice(&[4, 127, 0, 0, 1, 0, 53, 0]);
         assert_eq!(StreamHeader::parse(&long), Err(QuicFormatError::Trailing(1)));
         let mut bad = body.to_vec();
         bad[8] = 3;
@@ -334,6 +360,32 @@ mod tests {
         let mut bad = body.to_vec();
         bad[9] = 0;
         assert!(StreamHeader::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn local_is_optional_and_strict() {
+        let reached: SocketAddr = "198.51.100.1:5353".parse().unwrap();
+        let with = StreamHeader { local: Some(reached), ..header() }.encode();
+        let without = header().encode();
+        // What an older server sends still parses, with `local` unknown.
+        assert_eq!(StreamHeader::parse(&without[1..]).unwrap().local, None);
+        assert_eq!(&with[..without.len()][1..], &without[1..]);
+        assert_eq!(&with[without.len()..], &[4, 198, 51, 100, 1, 0x14, 0xe9]);
+        assert_eq!(StreamHeader::parse(&with[1..]).unwrap().local, Some(reached));
+        // An unknown `local` is left out, never spelled as family 0.
+        let mut zero = without[1..].to_vec();
+        zero.push(0);
+        assert_eq!(StreamHeader::parse(&zero), Err(QuicFormatError::BadFamily(0)));
+        for cut in without.len() + 1..with.len() {
+            assert!(StreamHeader::parse(&with[1..cut]).is_err(), "a header cut at {cut} parsed");
+        }
+        let widest = StreamHeader {
+            target: "[::1]:1".parse().unwrap(),
+            peer: Some("[::2]:2".parse().unwrap()),
+            local: Some("[::3]:3".parse().unwrap()),
+            ..header()
+        };
+        assert_eq!(widest.encode().len(), 1 + MAX_HEADER_LEN);
     }
 
     #[test]

@@ -33,6 +33,8 @@ use crate::{ServerError, Shared};
 #[derive(Debug)]
 pub(crate) struct QuicSession {
     link: Arc<QuicLink>,
+    /// The client negotiated `opennotr/2`: headers carry `local`.
+    carries_local: bool,
 }
 
 fn closed(_: impl std::fmt::Debug) -> OpenError {
@@ -58,6 +60,7 @@ impl QuicSession {
         protocol: StreamProtocol,
         target: SocketAddr,
         peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
     ) -> Result<Channel, OpenError> {
         if protocol == StreamProtocol::Mux {
             return Err(OpenError::Refused("multiplexed streams are not carried over QUIC".into()));
@@ -72,7 +75,8 @@ impl QuicSession {
             QuicChannel::Stream(s) => s,
             QuicChannel::Flow(f) => f.stream_mut(),
         };
-        let header = StreamHeader { stream, protocol, target, peer }.encode();
+        let local = local.filter(|_| self.carries_local);
+        let header = StreamHeader { stream, protocol, target, peer, local }.encode();
         s.parts().0.write_all(&header).await.map_err(closed)?;
         Ok(Channel::Quic(Box::new(chan)))
     }
@@ -315,7 +319,9 @@ async fn control(
     let _live = shared.sources.session(peer.ip());
     opennotr_transport::quic::authenticated(&conn);
     let chan = Channel::Quic(Box::new(QuicChannel::Stream(s)));
-    let auth = Authenticated { peer, name, plaintext: false, keys, shared_key, quic: Some(QuicSession { link }) };
+    let carries_local = opennotr_transport::quic::carries_local(&conn);
+    let quic = Some(QuicSession { link, carries_local });
+    let auth = Authenticated { peer, name, plaintext: false, keys, shared_key, quic };
     crate::conn::serve(shared, chan, auth, permit).await;
     // A parting `going_away` is on its way: the client closes once it has
     // it; one that does not is cut shortly.

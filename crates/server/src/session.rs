@@ -305,7 +305,7 @@ impl Tunnel for SessionTunnel {
         // QUIC: a stream of the session's connection; it has no data
         // channels, spare or dialed.
         if let Some(q) = s.quic.get() {
-            let open = tokio::time::timeout(s.connect_timeout, q.open(stream, protocol, target, peer));
+            let open = tokio::time::timeout(s.connect_timeout, q.open(stream, protocol, target, peer, local));
             let chan = tokio::select! {
                 r = open => r.unwrap_or(Err(OpenError::Timeout)),
                 _ = s.kill.cancelled() => Err(OpenError::SessionClosed),

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use opennotr_proto::datagram;
-use opennotr_proto::quic::{encode_datagram, flow_id_len, parse_datagram, ALPN, BINDING_LEN, EXPORTER_LABEL};
+use opennotr_proto::quic::{
+    encode_datagram, flow_id_len, parse_datagram, ALPN, ALPN_LOCAL, BINDING_LEN, EXPORTER_LABEL,
+};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -138,7 +140,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| QuicError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN_LOCAL.to_vec(), ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut t = transport(timing);
@@ -157,6 +159,16 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// Whether `conn` negotiated [`ALPN_LOCAL`], so that its stream headers
+/// may carry the address the visitor reached (both ends offer it first;
+/// a peer that knows only `opennotr/1` gets headers without it).
+pub fn carries_local(conn: &Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == ALPN_LOCAL)
+}
+
 /// The window of an authenticated session (see [`server_config`]).
 pub fn authenticated(conn: &Connection) {
     conn.set_receive_window(VarInt::from_u32(SESSION_WINDOW));
@@ -166,6 +178,11 @@ pub fn authenticated(conn: &Connection) {
 /// the server shows (the handshake, bound to this connection, is what
 /// authenticates the server) and lets the server open its streams.
 pub fn client_config(timing: QuicTiming) -> Result<quinn::ClientConfig, QuicError> {
+    client_config_offering(timing, vec![ALPN_LOCAL.to_vec(), ALPN.to_vec()])
+}
+
+/// [`client_config`] offering `alpn` (tests: a peer of an older version).
+fn client_config_offering(timing: QuicTiming, alpn: Vec<Vec<u8>>) -> Result<quinn::ClientConfig, QuicError> {
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -173,7 +190,7 @@ pub fn client_config(timing: QuicTiming) -> Result<quinn::ClientConfig, QuicErro
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut t = transport(timing);
     t.max_concurrent_bidi_streams(VarInt::from_u32(CLIENT_MAX_STREAMS));
@@ -626,6 +643,24 @@ mod tests {
             server.accept().await.unwrap().await.unwrap()
         });
         (server, s, client, c)
+    }
+
+    #[tokio::test]
+    async fn stream_headers_carry_local_only_between_peers_that_offer_opennotr_2() {
+        let (_se, server, _ce, client) = pair(true).await;
+        assert!(carries_local(&server) && carries_local(&client));
+        // A client that knows only opennotr/1 still connects, and gets
+        // the headers it can read.
+        let (chain, key) = self_signed().unwrap();
+        let endpoint =
+            quinn::Endpoint::server(server_config(chain, key, TIMING, 4).unwrap(), ([127, 0, 0, 1], 0).into()).unwrap();
+        let mut old = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        old.set_default_client_config(client_config_offering(TIMING, vec![ALPN.to_vec()]).unwrap());
+        let addr = endpoint.local_addr().unwrap();
+        let (c, s) = tokio::join!(async { old.connect(addr, "opennotr").unwrap().await.unwrap() }, async {
+            endpoint.accept().await.unwrap().await.unwrap()
+        });
+        assert!(!carries_local(&s) && !carries_local(&c));
     }
 
     fn framed(datagrams: &[&[u8]]) -> Vec<u8> {
