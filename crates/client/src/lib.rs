@@ -26,6 +26,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod health;
 mod quic;
 mod session;
 mod spare;

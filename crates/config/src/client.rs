@@ -49,6 +49,12 @@ struct RawForward {
     local_ip: Option<String>,
     #[serde(rename = "rawConfig")]
     raw_config: Option<String>,
+    group: Option<String>,
+    #[serde(rename = "groupKey")]
+    group_key: Option<String>,
+    balance: Option<String>,
+    #[serde(rename = "healthCheck")]
+    health_check: Option<crate::group::RawHealthCheck>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
@@ -192,5 +198,6 @@ fn forward(
         }
     };
 
-    Ok(ForwardConfig { protocol, ports, local_ip, raw_config: raw.raw_config.filter(|c| !c.is_empty()) })
+    let group = crate::group::group(&key, raw.group, raw.group_key, raw.balance, raw.health_check)?;
+    Ok(ForwardConfig { protocol, ports, local_ip, raw_config: raw.raw_config.filter(|c| !c.is_empty()), group })
 }

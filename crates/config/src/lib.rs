@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod client;
 mod clients;
+mod group;
 mod keys;
 mod listen;
 mod reserved;
@@ -123,6 +124,7 @@ pub struct PortRange {
 }
 
 pub use clients::{credential, domain_allowed, CredentialText};
+pub use group::{check_group_name, GroupBalance, GroupConfig, HealthCheck, HealthKind, MAX_GROUP_NAME};
 pub use keys::{key_weaknesses, weak_keys, WeakKey, MIN_KEY_CHARS};
 pub use reserved::ReservedNames;
 
@@ -354,6 +356,9 @@ pub struct ForwardConfig {
     pub local_ip: IpAddr,
     /// `forwards[i].rawConfig`: opaque string handed to the plugin.
     pub raw_config: Option<String>,
+    /// `forwards[i].group` and its keys: the load-balanced group the
+    /// forward joins (docs/load-balancing.md).
+    pub group: Option<GroupConfig>,
 }
 
 // ---------------------------------------------------------------- loading

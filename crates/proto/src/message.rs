@@ -104,6 +104,17 @@ pub enum ClientMessage {
         /// The probe's sequence number.
         seq: u64,
     },
+    /// The health check of a grouped forward changed its verdict: the
+    /// server spreads the group's connections over healthy members only.
+    /// Sent only for forwards whose [`ForwardResult`] echoed their `group`
+    /// (a server that predates groups echoes none, and would close the
+    /// session on a message it does not know).
+    ForwardHealth {
+        /// The forward's index in `register`'s `forwards`.
+        forward: u32,
+        /// Whether its local target passes its check.
+        healthy: bool,
+    },
 }
 
 /// Messages from the server to the client.
@@ -286,6 +297,64 @@ pub struct ForwardRequest {
     /// Opaque per-forward configuration for the plugin.
     #[serde(default)]
     pub raw_config: Option<String>,
+    /// The load-balanced group this forward joins; absent = a forward of
+    /// its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRequest>,
+}
+
+/// A forward's load-balanced group: clients naming the same group (and
+/// holding its key) serve one public port or domain together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRequest {
+    /// The group's name, shared by its members.
+    pub name: String,
+    /// [`GroupRequest::digest`] of the name and the group key, lowercase
+    /// hex: the key itself never crosses the wire (plaintext tunnels exist)
+    /// and never appears in a log.
+    pub key: String,
+    /// How the group spreads connections; every member must agree.
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+impl GroupRequest {
+    /// The digest members prove the group key with: SHA-256 over a label,
+    /// the name and the key, so one key gives different digests in
+    /// different groups.
+    pub fn digest(name: &str, key: &str) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"opennotr group key\0");
+        ctx.update(&(name.len() as u64).to_be_bytes());
+        ctx.update(name.as_bytes());
+        ctx.update(key.as_bytes());
+        hex::encode(ctx.finish().as_ref())
+    }
+}
+
+/// How a group picks the member for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Balance {
+    /// Each healthy member in turn.
+    #[default]
+    RoundRobin,
+    /// The healthy member with the fewest open streams.
+    LeastConn,
+    /// A policy this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::Unknown => "unknown",
+        })
+    }
 }
 
 /// A port the client exposes on its virtual IP only.
@@ -364,6 +433,7 @@ mod tests {
                 local_ip: IpAddr::from(ip),
                 local_port,
                 raw_config,
+                group: None,
             },
         )
     }
@@ -425,6 +495,8 @@ mod tests {
             (any::<u64>(), ".{0,30}").prop_map(|(stream, reason)| ClientMessage::StreamRefused { stream, reason }),
             any::<u64>().prop_map(|seq| ClientMessage::Ping { seq }),
             any::<u64>().prop_map(|seq| ClientMessage::Pong { seq }),
+            (any::<u32>(), any::<bool>())
+                .prop_map(|(forward, healthy)| ClientMessage::ForwardHealth { forward, healthy }),
         ]
     }
 

@@ -1,0 +1,418 @@
+//! Load-balanced groups: forwards of several sessions that serve one
+//! public port (tcp, udp) or one domain (the gateway's plugins) together.
+//!
+//! A group runs ONE plugin forward, started when its first member arrives,
+//! with a [`GroupTunnel`] that picks a member per stream and stop/kill
+//! tokens of its own: members come and go under it, and the port (or
+//! route) lives until the last member leaves. A member's session sees its
+//! forward as a [`MemberHandle`], whose `stop_proxy` (run by the session's
+//! clean-up like any forward's) takes it out of the group.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opennotr_plugin::{
+    async_trait, Endpoint, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, PluginError, StreamProtocol,
+    Tunnel, TunnelStream, Visitor,
+};
+use opennotr_proto::message::{Balance, ForwardRequest, GroupRequest};
+use opennotr_transport::Counters;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::state::SessionId;
+use crate::Shared;
+
+/// How long the plugin may take to start or stop the group's forward.
+const PLUGIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most members one stream is offered to before the visitor is refused:
+/// each may take the session's connect timeout.
+const MAX_TRIES: usize = 4;
+
+/// Whether `protocol` routes by domain (the gateway's plugins) rather
+/// than owning a port of its own.
+fn routes_by_domain(protocol: &str) -> bool {
+    !matches!(protocol, "tcp" | "udp")
+}
+
+/// Compares two digests in time independent of where they differ.
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks what a client sent as its forward's group.
+fn check_request(g: &GroupRequest) -> Result<(), String> {
+    opennotr_config::check_group_name(&g.name)?;
+    if g.key.len() != 64 || !g.key.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err("the group key digest is not 64 lowercase hex digits".into());
+    }
+    if g.balance == Balance::Unknown {
+        return Err("unknown balance policy (this server has round_robin and least_conn)".into());
+    }
+    Ok(())
+}
+
+/// One member: a forward of a live session.
+struct Member {
+    /// The member's own forward id (its [`ForwardMeta::id`]).
+    forward: u64,
+    session: SessionId,
+    /// Its index in the session's `register`, as `forward_health` names it.
+    index: u32,
+    tunnel: Arc<dyn Tunnel>,
+    /// What the member's client dials: each member declares its own.
+    target: SocketAddr,
+    /// Its forward's counters: `open` is what least_conn compares.
+    counters: Arc<Counters>,
+    healthy: bool,
+}
+
+/// The members of one group, shared with its tunnel.
+struct Members {
+    balance: Balance,
+    list: Mutex<Vec<Member>>,
+    /// Round robin's position.
+    next: AtomicUsize,
+}
+
+impl Members {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
+        self.list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The healthy members to offer a new stream, best first, at most
+    /// [`MAX_TRIES`].
+    fn candidates(&self) -> Vec<(Arc<dyn Tunnel>, SocketAddr)> {
+        let list = self.lock();
+        let healthy: Vec<&Member> = list.iter().filter(|m| m.healthy).collect();
+        if healthy.is_empty() {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % healthy.len();
+        let mut order: Vec<&Member> = healthy[start..].iter().chain(&healthy[..start]).copied().collect();
+        if self.balance == Balance::LeastConn {
+            // Stable: among equals, round robin's order decides.
+            order.sort_by_key(|m| m.counters.open.load(Ordering::Relaxed));
+        }
+        order.into_iter().take(MAX_TRIES).map(|m| (m.tunnel.clone(), m.target)).collect()
+    }
+}
+
+/// The group's [`Tunnel`]: each stream goes to one member, chosen by the
+/// group's policy; a member that fails to open it (its session ended but
+/// is not yet out, its service refused) passes the stream to the next.
+pub(crate) struct GroupTunnel {
+    name: String,
+    members: Arc<Members>,
+}
+
+impl std::fmt::Debug for GroupTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupTunnel").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Tunnel for GroupTunnel {
+    /// Never: a multiplexed stream would pin every connection of a gateway
+    /// route to one member; a stream per connection spreads them.
+    fn multiplexes(&self) -> bool {
+        false
+    }
+
+    async fn open_stream(
+        &self,
+        protocol: StreamProtocol,
+        _target: SocketAddr,
+        visitor: Option<Visitor>,
+    ) -> Result<TunnelStream, OpenError> {
+        let candidates = self.members.candidates();
+        if candidates.is_empty() {
+            return Err(OpenError::Refused(format!("group {} has no healthy member", self.name)));
+        }
+        let mut last = OpenError::SessionClosed;
+        for (tunnel, target) in candidates {
+            match tunnel.open_stream(protocol, target, visitor).await {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    debug!(group = %self.name, %target, error = %e, "member did not open the stream; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// One running group.
+struct Group {
+    protocol: String,
+    name: String,
+    key: String,
+    /// The plugin and the forward it runs for the group.
+    plugin: Arc<dyn Plugin>,
+    meta: ForwardMeta,
+    endpoint: Endpoint,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    members: Arc<Members>,
+}
+
+/// Every group of the server, by (protocol, name).
+#[derive(Default)]
+pub(crate) struct Groups {
+    map: Mutex<HashMap<(String, String), Arc<Group>>>,
+    /// Joins and leaves, one at a time: the first member's start and the
+    /// last one's stop must not interleave with another join of the group.
+    steps: tokio::sync::Mutex<()>,
+}
+
+/// What a member is asked to join with.
+pub(crate) struct Join<'a> {
+    pub(crate) session: SessionId,
+    pub(crate) index: u32,
+    pub(crate) group: &'a GroupRequest,
+    /// The member's forward, as the session would run it alone.
+    pub(crate) meta: &'a ForwardMeta,
+    pub(crate) tunnel: Arc<dyn Tunnel>,
+    pub(crate) counters: Arc<Counters>,
+    /// The port the member's client held last time, tried first when the
+    /// group starts.
+    pub(crate) leased_port: Option<u16>,
+}
+
+impl Groups {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Group>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a member, starting the group's forward if it is the first.
+    /// Returns the group's endpoint and the handle the session keeps as
+    /// the forward's plugin, or why the member may not join.
+    pub(crate) async fn join(
+        self: &Arc<Self>,
+        shared: &Shared,
+        plugin: &Arc<dyn Plugin>,
+        j: Join<'_>,
+    ) -> Result<(Endpoint, Arc<dyn Plugin>), String> {
+        check_request(j.group)?;
+        let _step = self.steps.lock().await;
+        let key = (j.meta.protocol.clone(), j.group.name.clone());
+        let existing = self.map().get(&key).cloned();
+        let group = match existing {
+            Some(g) => {
+                if !same_key(&g.key, &j.group.key) {
+                    return Err(format!("wrong key for group {}", g.name));
+                }
+                if g.members.balance != j.group.balance {
+                    return Err(format!("group {} balances {}, not {}", g.name, g.members.balance, j.group.balance));
+                }
+                if j.meta.public_port != 0 && g.endpoint.public_port != Some(j.meta.public_port) {
+                    return Err(format!(
+                        "group {} serves public port {}; ask for it or for 0 to join",
+                        g.name,
+                        g.endpoint.public_port.map_or_else(|| "none".into(), |p| p.to_string())
+                    ));
+                }
+                // A member serves the group's domain, so it must hold it
+                // (admitted under its credential, or by sharing the group).
+                if routes_by_domain(&g.protocol) && !g.meta.domain.eq_ignore_ascii_case(&j.meta.domain) {
+                    return Err(format!(
+                        "group {} serves domain {}; register with that domain to join",
+                        g.name, g.meta.domain
+                    ));
+                }
+                g
+            }
+            None => {
+                let g = self.start(shared, plugin, &j).await?;
+                self.map().insert(key, g.clone());
+                g
+            }
+        };
+        g_add(&group, &j);
+        info!(group = %group.name, protocol = %group.protocol, target = %j.meta.target(), "member joined the group");
+        let handle: Arc<dyn Plugin> = Arc::new(MemberHandle { groups: self.clone(), group: group.clone() });
+        Ok((group.endpoint.clone(), handle))
+    }
+
+    /// Starts the group's forward for its first member.
+    async fn start(&self, shared: &Shared, plugin: &Arc<dyn Plugin>, j: &Join<'_>) -> Result<Arc<Group>, String> {
+        let members =
+            Arc::new(Members { balance: j.group.balance, list: Mutex::new(Vec::new()), next: AtomicUsize::new(0) });
+        let tunnel: Arc<dyn Tunnel> = Arc::new(GroupTunnel { name: j.group.name.clone(), members: members.clone() });
+        let mut meta = j.meta.clone();
+        // Its own id: the member's forward may leave before the group stops.
+        meta.id = shared.next_forward.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        meta.client_id = format!("group:{}", j.group.name);
+        let (stop, kill) = (shared.draining.child_token(), shared.kill.child_token());
+        let limits = shared.limits();
+        let mut outcome = Err("not started".to_string());
+        for port in j.leased_port.filter(|_| j.meta.public_port == 0).into_iter().chain([j.meta.public_port]) {
+            meta.public_port = port;
+            let ctx = ForwardContext {
+                tunnel: tunnel.clone(),
+                stop: stop.clone(),
+                kill: kill.clone(),
+                tracker: shared.streams.clone(),
+                limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
+            };
+            outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
+                Ok(Ok(ep)) => Ok(ep),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the plugin did not start the forward in time".into()),
+            };
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        let endpoint = outcome?;
+        info!(group = %j.group.name, protocol = %meta.protocol, url = %endpoint.url, balance = %j.group.balance, "group started");
+        Ok(Arc::new(Group {
+            protocol: meta.protocol.clone(),
+            name: j.group.name.clone(),
+            key: j.group.key.clone(),
+            plugin: plugin.clone(),
+            meta,
+            endpoint,
+            stop,
+            kill,
+            members,
+        }))
+    }
+
+    /// Takes the member whose forward is `forward` out of `group`; stops
+    /// the group when it was the last.
+    async fn leave(&self, group: &Arc<Group>, forward: u64) {
+        let _step = self.steps.lock().await;
+        let left = {
+            let mut list = group.members.lock();
+            list.retain(|m| m.forward != forward);
+            list.len()
+        };
+        info!(group = %group.name, members = left, "member left the group");
+        if left > 0 {
+            return;
+        }
+        let key = (group.protocol.clone(), group.name.clone());
+        {
+            let mut map = self.map();
+            if map.get(&key).is_some_and(|g| Arc::ptr_eq(g, group)) {
+                map.remove(&key);
+            }
+        }
+        group.stop.cancel();
+        if tokio::time::timeout(PLUGIN_STEP_TIMEOUT, group.plugin.stop_proxy(&group.meta)).await.is_err() {
+            warn!(group = %group.name, "plugin did not stop the group's forward in time");
+        }
+        group.kill.cancel();
+        info!(group = %group.name, protocol = %group.protocol, "group stopped: its last member left");
+    }
+
+    /// A member's health check changed its verdict (`forward_health`).
+    /// Returns whether `session` has a member at `index`.
+    pub(crate) fn health(&self, session: SessionId, index: u32, healthy: bool) -> bool {
+        let groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
+        for g in groups {
+            let mut list = g.members.lock();
+            if let Some(m) = list.iter_mut().find(|m| m.session == session && m.index == index) {
+                if m.healthy != healthy {
+                    info!(group = %g.name, target = %m.target, healthy, "member health changed");
+                }
+                m.healthy = healthy;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a live group of a domain-routed protocol serves `domain`
+    /// and `forward` asks to join it with the right key.
+    fn admits_domain(&self, domain: &str, forward: &ForwardRequest) -> bool {
+        let Some(group) = &forward.group else { return false };
+        let Some(g) = self.map().get(&(forward.protocol.clone(), group.name.clone())).cloned() else { return false };
+        routes_by_domain(&g.protocol) && g.meta.domain.eq_ignore_ascii_case(domain) && same_key(&g.key, &group.key)
+    }
+
+    /// `opennotr_group_members` for `/metrics`.
+    pub(crate) fn metrics(&self, out: &mut String) {
+        out.push_str(
+            "# HELP opennotr_group_members Members of load-balanced groups, by health.\n\
+             # TYPE opennotr_group_members gauge\n",
+        );
+        let mut groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
+        groups.sort_by(|a, b| (&a.protocol, &a.name).cmp(&(&b.protocol, &b.name)));
+        for g in groups {
+            let healthy = g.members.lock().iter().filter(|m| m.healthy).count();
+            let all = g.members.lock().len();
+            for (state, n) in [("healthy", healthy), ("unhealthy", all - healthy)] {
+                // Names are letters, digits, '_', '-' and '.': nothing to escape.
+                let _ = writeln!(
+                    out,
+                    "opennotr_group_members{{protocol=\"{}\",group=\"{}\",state=\"{state}\"}} {n}",
+                    g.protocol, g.name
+                );
+            }
+        }
+    }
+}
+
+/// Whether a client registering `forwards` may hold `domain` although live
+/// sessions hold it: one of its forwards joins, with the group's key, a
+/// group of a domain-routed protocol that serves that domain. Anyone else
+/// is refused `domain_taken` as before; the key is what a stranger lacks.
+pub(crate) fn shares_domain(shared: &Shared, domain: &str, forwards: &[ForwardRequest]) -> bool {
+    forwards.iter().any(|f| shared.groups.admits_domain(domain, f))
+}
+
+/// Refuses a forward outside any group of a domain-routed protocol on a
+/// domain that other sessions hold too: a shared domain is served only by
+/// its groups, so that a member cannot route a scheme of the domain the
+/// group does not serve to itself alone.
+pub(crate) fn check_alone(shared: &Shared, session: &crate::session::Session, protocol: &str) -> Result<(), String> {
+    if !routes_by_domain(protocol) {
+        return Ok(());
+    }
+    let shared_with = shared.state().sessions.values().any(|s| s.id != session.id && s.domain == session.domain);
+    match shared_with {
+        true => Err(format!(
+            "domain {} is shared by a load-balanced group; a {protocol} forward on it must join a group",
+            session.domain
+        )),
+        false => Ok(()),
+    }
+}
+
+fn g_add(group: &Group, j: &Join<'_>) {
+    group.members.lock().push(Member {
+        forward: j.meta.id,
+        session: j.session,
+        index: j.index,
+        tunnel: j.tunnel.clone(),
+        target: j.meta.target(),
+        counters: j.counters.clone(),
+        healthy: true,
+    });
+}
+
+/// What a member's session holds as its forward's plugin: stopping the
+/// forward takes the member out of its group.
+struct MemberHandle {
+    groups: Arc<Groups>,
+    group: Arc<Group>,
+}
+
+#[async_trait]
+impl Plugin for MemberHandle {
+    async fn run_proxy(&self, _meta: &ForwardMeta, _ctx: ForwardContext) -> Result<Endpoint, PluginError> {
+        Err(PluginError::Refused("a group member runs through its group".into()))
+    }
+
+    async fn stop_proxy(&self, meta: &ForwardMeta) {
+        self.groups.leave(&self.group, meta.id).await;
+    }
+}
