@@ -173,3 +173,78 @@ fn health_check(key: &dyn Fn(&str) -> String, raw: RawHealthCheck) -> Result<Hea
         passes: count("passes", raw.passes, 1)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(extra: &str) -> Result<crate::ClientConfig, ConfigError> {
+        crate::parse_client(&format!(
+            "serverAddr: \"relay:10100\"\nkey: \"k\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: 8080\n{extra}"
+        ))
+    }
+
+    fn error_key(extra: &str) -> String {
+        forward(extra).err().and_then(|e| e.key().map(str::to_string)).unwrap_or_else(|| panic!("accepted: {extra}"))
+    }
+
+    #[test]
+    fn a_group_with_defaults() {
+        let c = forward("    group: web\n    groupKey: \"s3cret\"\n    healthCheck: {}\n").unwrap();
+        let g = c.forwards[0].group.clone().unwrap();
+        assert_eq!(g.name, "web");
+        assert_eq!(g.key.expose(), "s3cret");
+        assert!(!format!("{g:?}").contains("s3cret"), "the key shows in Debug");
+        assert_eq!(g.balance, GroupBalance::RoundRobin);
+        let h = g.health_check.unwrap();
+        assert_eq!(h.kind, HealthKind::Tcp);
+        assert_eq!(
+            (h.interval, h.timeout, h.failures, h.passes),
+            (Duration::from_secs(10), Duration::from_secs(3), 3, 1)
+        );
+        assert!(forward("").unwrap().forwards[0].group.is_none());
+    }
+
+    #[test]
+    fn an_http_check() {
+        let c = forward(
+            "    group: web\n    groupKey: k\n    balance: least_conn\n    healthCheck:\n      type: http\n      path: /health\n      status: 204\n      interval: 0.5\n      failures: 2\n",
+        )
+        .unwrap();
+        let g = c.forwards[0].group.clone().unwrap();
+        assert_eq!(g.balance, GroupBalance::LeastConn);
+        let h = g.health_check.unwrap();
+        assert_eq!(h.kind, HealthKind::Http { path: "/health".into(), status: Some(204) });
+        assert_eq!((h.interval, h.failures), (Duration::from_millis(500), 2));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (extra, key) in [
+            ("    groupKey: k\n", "forwards[0].groupKey"),
+            ("    balance: round_robin\n", "forwards[0].balance"),
+            ("    healthCheck: {}\n", "forwards[0].healthCheck"),
+            ("    group: web\n", "forwards[0].groupKey"),
+            ("    group: web\n    groupKey: \"\"\n", "forwards[0].groupKey"),
+            ("    group: \"a b\"\n    groupKey: k\n", "forwards[0].group"),
+            ("    group: web\n    groupKey: k\n    balance: random\n", "forwards[0].balance"),
+            ("    group: web\n    groupKey: k\n    healthCheck: { type: icmp }\n", "forwards[0].healthCheck.type"),
+            ("    group: web\n    groupKey: k\n    healthCheck: { path: /x }\n", "forwards[0].healthCheck.path"),
+            (
+                "    group: web\n    groupKey: k\n    healthCheck: { type: http, path: x }\n",
+                "forwards[0].healthCheck.path",
+            ),
+            (
+                "    group: web\n    groupKey: k\n    healthCheck: { type: http, status: 600 }\n",
+                "forwards[0].healthCheck.status",
+            ),
+            ("    group: web\n    groupKey: k\n    healthCheck: { interval: 0 }\n", "forwards[0].healthCheck.interval"),
+            ("    group: web\n    groupKey: k\n    healthCheck: { failures: 0 }\n", "forwards[0].healthCheck.failures"),
+            ("    group: web\n    groupKey: k\n    healthCheck: { passes: 101 }\n", "forwards[0].healthCheck.passes"),
+        ] {
+            assert_eq!(error_key(extra), key, "{extra}");
+        }
+        // Unknown keys are refused, inside healthCheck too.
+        assert!(forward("    group: web\n    groupKey: k\n    healthCheck: { port: 1 }\n").is_err());
+    }
+}

@@ -162,6 +162,20 @@ struct Group {
     members: Arc<Members>,
 }
 
+impl Group {
+    fn add(&self, j: &Join<'_>) {
+        self.members.lock().push(Member {
+            forward: j.meta.id,
+            session: j.session,
+            index: j.index,
+            tunnel: j.tunnel.clone(),
+            target: j.meta.target(),
+            counters: j.counters.clone(),
+            healthy: true,
+        });
+    }
+}
+
 /// Every group of the server, by (protocol, name).
 #[derive(Default)]
 pub(crate) struct Groups {
@@ -234,7 +248,7 @@ impl Groups {
                 g
             }
         };
-        g_add(&group, &j);
+        group.add(&j);
         info!(group = %group.name, protocol = %group.protocol, target = %j.meta.target(), "member joined the group");
         let handle: Arc<dyn Plugin> = Arc::new(MemberHandle { groups: self.clone(), group: group.clone() });
         Ok((group.endpoint.clone(), handle))
@@ -387,18 +401,6 @@ pub(crate) fn check_alone(shared: &Shared, session: &crate::session::Session, pr
     }
 }
 
-fn g_add(group: &Group, j: &Join<'_>) {
-    group.members.lock().push(Member {
-        forward: j.meta.id,
-        session: j.session,
-        index: j.index,
-        tunnel: j.tunnel.clone(),
-        target: j.meta.target(),
-        counters: j.counters.clone(),
-        healthy: true,
-    });
-}
-
 /// What a member's session holds as its forward's plugin: stopping the
 /// forward takes the member out of its group.
 struct MemberHandle {
@@ -414,5 +416,219 @@ impl Plugin for MemberHandle {
 
     async fn stop_proxy(&self, meta: &ForwardMeta) {
         self.groups.leave(&self.group, meta.id).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opennotr_transport::Channel;
+    use std::net::{IpAddr, Ipv4Addr};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A member's tunnel: records that it was asked, and opens a loopback
+    /// stream unless it fails.
+    #[derive(Debug)]
+    struct Fake {
+        id: u8,
+        fail: bool,
+        asked: Arc<Mutex<Vec<u8>>>,
+    }
+
+    #[async_trait]
+    impl Tunnel for Fake {
+        async fn open_stream(
+            &self,
+            _: StreamProtocol,
+            _: SocketAddr,
+            _: Option<Visitor>,
+        ) -> Result<TunnelStream, OpenError> {
+            self.asked.lock().unwrap().push(self.id);
+            if self.fail {
+                return Err(OpenError::SessionClosed);
+            }
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            Ok(TunnelStream::new(Channel::Plain(s), None))
+        }
+    }
+
+    fn member(id: u8, fail: bool, asked: &Arc<Mutex<Vec<u8>>>) -> Member {
+        Member {
+            forward: id.into(),
+            session: [id; 16],
+            index: 0,
+            tunnel: Arc::new(Fake { id, fail, asked: asked.clone() }),
+            target: SocketAddr::from(([127, 0, 0, 1], u16::from(id))),
+            counters: Arc::default(),
+            healthy: true,
+        }
+    }
+
+    fn members(balance: Balance, list: Vec<Member>) -> Arc<Members> {
+        Arc::new(Members { balance, list: Mutex::new(list), next: AtomicUsize::new(0) })
+    }
+
+    /// Which member `candidates` offers a stream to first.
+    fn first(m: &Members) -> u16 {
+        m.candidates()[0].1.port()
+    }
+
+    #[test]
+    fn round_robin_takes_turns_over_healthy_members() {
+        let asked = Arc::default();
+        let m = members(Balance::RoundRobin, (1..=3).map(|i| member(i, false, &asked)).collect());
+        assert_eq!((0..6).map(|_| first(&m)).collect::<Vec<_>>(), [1, 2, 3, 1, 2, 3]);
+        m.lock()[1].healthy = false;
+        let picks: Vec<u16> = (0..4).map(|_| first(&m)).collect();
+        assert!(!picks.contains(&2) && picks.contains(&1) && picks.contains(&3), "{picks:?}");
+        // Every healthy member is offered, the first choice first.
+        assert_eq!(m.candidates().len(), 2);
+        for x in m.lock().iter_mut() {
+            x.healthy = false;
+        }
+        assert!(m.candidates().is_empty());
+    }
+
+    #[test]
+    fn least_conn_picks_the_member_with_fewest_open_streams() {
+        let asked = Arc::default();
+        let m = members(Balance::LeastConn, (1..=3).map(|i| member(i, false, &asked)).collect());
+        for (i, open) in [5, 1, 3].into_iter().enumerate() {
+            m.lock()[i].counters.open.store(open, Ordering::Relaxed);
+        }
+        for _ in 0..4 {
+            assert_eq!(first(&m), 2);
+        }
+        let order: Vec<u16> = m.candidates().iter().map(|c| c.1.port()).collect();
+        assert_eq!(order, [2, 3, 1]);
+        // Ties go round.
+        m.lock()[0].counters.open.store(1, Ordering::Relaxed);
+        let picks: Vec<u16> = (0..4).map(|_| first(&m)).collect();
+        assert!(picks.contains(&1) && picks.contains(&2) && !picks.contains(&3), "{picks:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_open_passes_to_the_next_member() {
+        let asked: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let m = members(Balance::RoundRobin, vec![member(1, true, &asked), member(2, false, &asked)]);
+        let t = GroupTunnel { name: "g".into(), members: m.clone() };
+        let any = SocketAddr::from(([127, 0, 0, 1], 9));
+        for _ in 0..4 {
+            t.open_stream(StreamProtocol::Tcp, any, None).await.expect("the live member opens it");
+        }
+        let asked = std::mem::take(&mut *asked.lock().unwrap());
+        assert_eq!(asked.iter().filter(|&&i| i == 2).count(), 4, "{asked:?}");
+        assert_eq!(asked.iter().filter(|&&i| i == 1).count(), 2, "the dead one is tried in its turn: {asked:?}");
+        m.lock()[1].healthy = false;
+        assert!(matches!(t.open_stream(StreamProtocol::Tcp, any, None).await, Err(OpenError::SessionClosed)));
+        m.lock()[0].healthy = false;
+        match t.open_stream(StreamProtocol::Tcp, any, None).await {
+            Err(OpenError::Refused(m)) => assert!(m.contains("no healthy member"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!t.multiplexes());
+    }
+
+    #[test]
+    fn requests_are_checked_and_keys_compared_whole() {
+        let ok = GroupRequest {
+            name: "web-1.a_b".into(),
+            key: GroupRequest::digest("web", "k"),
+            balance: Balance::RoundRobin,
+        };
+        assert!(check_request(&ok).is_ok());
+        for bad in [
+            GroupRequest { name: String::new(), ..ok.clone() },
+            GroupRequest { name: "a b".into(), ..ok.clone() },
+            GroupRequest { name: "x".repeat(64), ..ok.clone() },
+            GroupRequest { key: "ab".into(), ..ok.clone() },
+            GroupRequest { key: ok.key.to_uppercase(), ..ok.clone() },
+            GroupRequest { balance: Balance::Unknown, ..ok.clone() },
+        ] {
+            assert!(check_request(&bad).is_err(), "{bad:?}");
+        }
+        assert!(same_key(&ok.key, &GroupRequest::digest("web", "k")));
+        assert!(!same_key(&ok.key, &GroupRequest::digest("web", "K")));
+        assert!(!same_key(&ok.key, &GroupRequest::digest("web2", "k")), "the name is in the digest");
+        assert!(!same_key(&ok.key, &ok.key[..63]));
+    }
+
+    fn meta(id: u64, public_port: u16) -> ForwardMeta {
+        ForwardMeta {
+            id,
+            protocol: "tcp".into(),
+            public_port,
+            vip: Ipv4Addr::new(100, 64, 242, 2),
+            local_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 8000 + id as u16,
+            domain: "x.z.test".into(),
+            raw_config: None,
+            client_id: format!("c{id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_registry_runs_one_forward_per_group_until_its_last_member_leaves() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let cfg = opennotr_config::parse_server(yaml).unwrap();
+        let server = crate::Server::bind(cfg, &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        let plugin = shared.plugin("tcp").unwrap();
+        let asked = Arc::default();
+        let key = GroupRequest::digest("web", "k");
+        let group = GroupRequest { name: "web".into(), key: key.clone(), balance: Balance::RoundRobin };
+        let join = |id: u64, port: u16, group: &GroupRequest| {
+            let (groups, shared, plugin, group, asked) =
+                (shared.groups.clone(), shared.clone(), plugin.clone(), group.clone(), Arc::clone(&asked));
+            async move {
+                let meta = meta(id, port);
+                let j = Join {
+                    session: [id as u8; 16],
+                    index: 0,
+                    group: &group,
+                    meta: &meta,
+                    tunnel: Arc::new(Fake { id: id as u8, fail: false, asked }),
+                    counters: Arc::default(),
+                    leased_port: None,
+                };
+                groups.join(&shared, &plugin, j).await
+            }
+        };
+        let (ep, first) = join(1, 0, &group).await.unwrap();
+        let port = ep.public_port.unwrap();
+        let (ep2, second) = join(2, 0, &group).await.unwrap();
+        assert_eq!(ep2, ep, "a later member gets the group's endpoint");
+        assert_eq!(join(3, port, &group).await.unwrap().0, ep, "asking for the group's port joins");
+        let other = if port == 65535 { 1 } else { port + 1 };
+        assert!(join(4, other, &group).await.err().unwrap().contains("serves public port"));
+        let wrong = GroupRequest { key: GroupRequest::digest("web", "guess"), ..group.clone() };
+        assert!(join(5, 0, &wrong).await.err().unwrap().contains("wrong key"));
+        let lc = GroupRequest { balance: Balance::LeastConn, ..group.clone() };
+        assert!(join(6, 0, &lc).await.err().unwrap().contains("balances round_robin"));
+        assert_eq!(shared.groups.map().len(), 1, "one group");
+
+        assert!(shared.groups.health([2; 16], 0, false));
+        assert!(!shared.groups.health([9; 16], 0, false), "no such member");
+        let mut text = String::new();
+        shared.groups.metrics(&mut text);
+        assert!(text.contains("opennotr_group_members{protocol=\"tcp\",group=\"web\",state=\"healthy\"} 2"), "{text}");
+        assert!(text.contains("state=\"unhealthy\"} 1"), "{text}");
+
+        // A visitor reaches a member through the group's one port.
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // Members leave; the port stays while one is left.
+        first.stop_proxy(&meta(1, 0)).await;
+        second.stop_proxy(&meta(2, 0)).await;
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok());
+        let third = shared.groups.map().values().next().unwrap().clone();
+        MemberHandle { groups: shared.groups.clone(), group: third }.stop_proxy(&meta(3, 0)).await;
+        assert!(shared.groups.map().is_empty());
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "the port is free");
+        // A new group may take the name, with another key.
+        let again = GroupRequest { key: GroupRequest::digest("web", "new"), ..group };
+        assert!(join(7, port, &again).await.is_ok());
     }
 }
