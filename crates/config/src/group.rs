@@ -206,6 +206,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_parses() {
+        let c = crate::parse_client(include_str!("../../../etc/opennotr-group.yaml")).unwrap();
+        let groups: Vec<_> = c.forwards.iter().map(|f| f.group.as_ref().map(|g| g.name.as_str())).collect();
+        assert_eq!(groups, [Some("api"), Some("shop")]);
+    }
+
+    #[test]
     fn an_http_check() {
         let c = forward(
             "    group: web\n    groupKey: k\n    balance: least_conn\n    healthCheck:\n      type: http\n      path: /health\n      status: 204\n      interval: 0.5\n      failures: 2\n",

@@ -180,6 +180,9 @@ impl Group {
 #[derive(Default)]
 pub(crate) struct Groups {
     map: Mutex<HashMap<(String, String), Arc<Group>>>,
+    /// The group of each member, by its session and `register` index:
+    /// `forward_health` finds it without a walk over every group.
+    by_member: Mutex<HashMap<(SessionId, u32), Arc<Group>>>,
     /// Joins and leaves, one at a time: the first member's start and the
     /// last one's stop must not interleave with another join of the group.
     steps: tokio::sync::Mutex<()>,
@@ -202,6 +205,10 @@ pub(crate) struct Join<'a> {
 impl Groups {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Group>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn by_member(&self) -> std::sync::MutexGuard<'_, HashMap<(SessionId, u32), Arc<Group>>> {
+        self.by_member.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds a member, starting the group's forward if it is the first.
@@ -249,6 +256,7 @@ impl Groups {
             }
         };
         group.add(&j);
+        self.by_member().insert((j.session, j.index), group.clone());
         info!(group = %group.name, protocol = %group.protocol, target = %j.meta.target(), "member joined the group");
         let handle: Arc<dyn Plugin> = Arc::new(MemberHandle { groups: self.clone(), group: group.clone() });
         Ok((group.endpoint.clone(), handle))
@@ -305,6 +313,9 @@ impl Groups {
         let _step = self.steps.lock().await;
         let left = {
             let mut list = group.members.lock();
+            if let Some(m) = list.iter().find(|m| m.forward == forward) {
+                self.by_member().remove(&(m.session, m.index));
+            }
             list.retain(|m| m.forward != forward);
             list.len()
         };
@@ -330,18 +341,14 @@ impl Groups {
     /// A member's health check changed its verdict (`forward_health`).
     /// Returns whether `session` has a member at `index`.
     pub(crate) fn health(&self, session: SessionId, index: u32, healthy: bool) -> bool {
-        let groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
-        for g in groups {
-            let mut list = g.members.lock();
-            if let Some(m) = list.iter_mut().find(|m| m.session == session && m.index == index) {
-                if m.healthy != healthy {
-                    info!(group = %g.name, target = %m.target, healthy, "member health changed");
-                }
-                m.healthy = healthy;
-                return true;
-            }
+        let Some(g) = self.by_member().get(&(session, index)).cloned() else { return false };
+        let mut list = g.members.lock();
+        let Some(m) = list.iter_mut().find(|m| m.session == session && m.index == index) else { return false };
+        if m.healthy != healthy {
+            info!(group = %g.name, target = %m.target, healthy, "member health changed");
         }
-        false
+        m.healthy = healthy;
+        true
     }
 
     /// Whether a live group of a domain-routed protocol serves `domain`
@@ -626,6 +633,7 @@ mod tests {
         let third = shared.groups.map().values().next().unwrap().clone();
         MemberHandle { groups: shared.groups.clone(), group: third }.stop_proxy(&meta(3, 0)).await;
         assert!(shared.groups.map().is_empty());
+        assert!(shared.groups.by_member().is_empty());
         assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "the port is free");
         // A new group may take the name, with another key.
         let again = GroupRequest { key: GroupRequest::digest("web", "new"), ..group };
