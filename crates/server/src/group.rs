@@ -64,6 +64,8 @@ struct Member {
     /// Its index in the session's `register`, as `forward_health` names it.
     index: u32,
     tunnel: Arc<dyn Tunnel>,
+    /// Its session's end.
+    kill: CancellationToken,
     /// What the member's client dials: each member declares its own.
     target: SocketAddr,
     /// Its forward's counters: `open` is what least_conn compares.
@@ -86,7 +88,7 @@ impl Members {
 
     /// The healthy members to offer a new stream, best first, at most
     /// [`MAX_TRIES`].
-    fn candidates(&self) -> Vec<(Arc<dyn Tunnel>, SocketAddr)> {
+    fn candidates(&self) -> Vec<(Arc<dyn Tunnel>, SocketAddr, CancellationToken)> {
         let list = self.lock();
         let healthy: Vec<&Member> = list.iter().filter(|m| m.healthy).collect();
         if healthy.is_empty() {
@@ -98,7 +100,7 @@ impl Members {
             // Stable: among equals, round robin's order decides.
             order.sort_by_key(|m| m.counters.open.load(Ordering::Relaxed));
         }
-        order.into_iter().take(MAX_TRIES).map(|m| (m.tunnel.clone(), m.target)).collect()
+        order.into_iter().take(MAX_TRIES).map(|m| (m.tunnel.clone(), m.target, m.kill.clone())).collect()
     }
 }
 
@@ -135,9 +137,9 @@ impl Tunnel for GroupTunnel {
             return Err(OpenError::Refused(format!("group {} has no healthy member", self.name)));
         }
         let mut last = OpenError::SessionClosed;
-        for (tunnel, target) in candidates {
+        for (tunnel, target, kill) in candidates {
             match tunnel.open_stream(protocol, target, visitor).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok(end_with_session(s, kill)),
                 Err(e) => {
                     debug!(group = %self.name, %target, error = %e, "member did not open the stream; trying the next");
                     last = e;
@@ -146,6 +148,32 @@ impl Tunnel for GroupTunnel {
         }
         Err(last)
     }
+}
+
+/// Makes a member's stream end with the member's session, as a stream of
+/// a forward of its own does: the plugin relays it under the group's kill
+/// signal, which outlives any one member. A TCP data channel is shut down
+/// (through a duplicate of its descriptor, held only while the stream
+/// lives); a QUIC stream ends with its connection, which the session's end
+/// closes.
+#[cfg(unix)]
+fn end_with_session(stream: TunnelStream, kill: CancellationToken) -> TunnelStream {
+    let Some(tcp) = stream.channel().tcp() else { return stream };
+    let Ok(fd) = std::os::fd::AsFd::as_fd(tcp).try_clone_to_owned() else { return stream };
+    let socket = std::net::TcpStream::from(fd);
+    let (gone, done) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = kill.cancelled() => { let _ = socket.shutdown(std::net::Shutdown::Both); }
+            _ = done => {}
+        }
+    });
+    stream.guarded(Box::new(gone))
+}
+
+#[cfg(not(unix))]
+fn end_with_session(stream: TunnelStream, _kill: CancellationToken) -> TunnelStream {
+    stream
 }
 
 /// One running group.
@@ -169,6 +197,7 @@ impl Group {
             session: j.session,
             index: j.index,
             tunnel: j.tunnel.clone(),
+            kill: j.kill.clone(),
             target: j.meta.target(),
             counters: j.counters.clone(),
             healthy: true,
@@ -196,6 +225,8 @@ pub(crate) struct Join<'a> {
     /// The member's forward, as the session would run it alone.
     pub(crate) meta: &'a ForwardMeta,
     pub(crate) tunnel: Arc<dyn Tunnel>,
+    /// Cancelled when the member's session ends.
+    pub(crate) kill: CancellationToken,
     pub(crate) counters: Arc<Counters>,
     /// The port the member's client held last time, tried first when the
     /// group starts.
@@ -466,6 +497,7 @@ mod tests {
             session: [id; 16],
             index: 0,
             tunnel: Arc::new(Fake { id, fail, asked: asked.clone() }),
+            kill: CancellationToken::new(),
             target: SocketAddr::from(([127, 0, 0, 1], u16::from(id))),
             counters: Arc::default(),
             healthy: true,
@@ -537,6 +569,58 @@ mod tests {
         assert!(!t.multiplexes());
     }
 
+    /// A tunnel that opens loopback streams and keeps the far ends.
+    #[derive(Debug, Default)]
+    struct Pairs(Mutex<Vec<TcpStream>>);
+
+    #[async_trait]
+    impl Tunnel for Pairs {
+        async fn open_stream(
+            &self,
+            _: StreamProtocol,
+            _: SocketAddr,
+            _: Option<Visitor>,
+        ) -> Result<TunnelStream, OpenError> {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let far = l.accept().await.unwrap().0;
+            self.0.lock().unwrap().push(far);
+            Ok(TunnelStream::new(Channel::Plain(s), None))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_members_streams_end_with_its_session() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pairs = Arc::new(Pairs::default());
+        let mut m = member(1, false, &Arc::default());
+        m.tunnel = pairs.clone();
+        let kill = m.kill.clone();
+        let t = GroupTunnel { name: "g".into(), members: members(Balance::RoundRobin, vec![m]) };
+        let any = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut kept = t.open_stream(StreamProtocol::Tcp, any, None).await.unwrap();
+        let dropped = t.open_stream(StreamProtocol::Tcp, any, None).await.unwrap();
+        let (mut far_kept, mut far_dropped) = {
+            let mut p = pairs.0.lock().unwrap();
+            let dropped = p.pop().unwrap();
+            (p.pop().unwrap(), dropped)
+        };
+        // A stream that ends on its own closes at once: nothing holds its
+        // socket open.
+        drop(dropped);
+        let mut buf = [0u8; 8];
+        assert_eq!(far_dropped.read(&mut buf).await.unwrap(), 0);
+        // While the session lives the stream carries bytes; when it ends,
+        // both ends see it closed.
+        far_kept.write_all(b"hi").await.unwrap();
+        assert_eq!(kept.read(&mut buf).await.unwrap(), 2);
+        kill.cancel();
+        let wait = std::time::Duration::from_secs(30);
+        assert_eq!(tokio::time::timeout(wait, kept.read(&mut buf)).await.expect("the stream ends").unwrap_or(0), 0);
+        let far = tokio::time::timeout(wait, far_kept.read(&mut buf)).await.expect("the client's end closes");
+        assert_eq!(far.unwrap_or(0), 0);
+    }
+
     #[test]
     fn requests_are_checked_and_keys_compared_whole() {
         let ok = GroupRequest {
@@ -598,6 +682,7 @@ mod tests {
                     group: &group,
                     meta: &meta,
                     tunnel: Arc::new(Fake { id: id as u8, fail: false, asked }),
+                    kill: CancellationToken::new(),
                     counters: Arc::default(),
                     leased_port: None,
                 };

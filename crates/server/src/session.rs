@@ -434,6 +434,7 @@ pub(crate) async fn start_forwards(
                 group,
                 meta: &meta,
                 tunnel: tunnel.clone(),
+                kill: session.kill.clone(),
                 counters: counters.clone(),
                 leased_port,
             };
