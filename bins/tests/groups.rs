@@ -11,7 +11,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -265,4 +265,55 @@ fn two_clients_serve_one_domain_through_the_gateway() {
     }
     let mut stranger = start_client(&dir, "y", &http_member(addr, one.port, "not the key"));
     stranger.expect(Src::Out, "`refused by server (domain_taken)`", |l| l.contains("domain_taken"));
+}
+
+/// A UDP service answering every datagram with `name`.
+fn udp_service(name: &'static str) -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(name.as_bytes(), from);
+        }
+    });
+    port
+}
+
+/// One UDP visitor (a flow of its own): what it is answered, resending
+/// while the flow is set up.
+fn udp_visit(port: u16) -> String {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        s.send_to(b"who", ("127.0.0.1", port)).unwrap();
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no answer through udp port {port} within {WAIT:?}");
+}
+
+#[test]
+fn two_clients_share_a_udp_port() {
+    let dir = TempDir::new("group-udp");
+    let (mut server, addr) = start_server(&dir);
+    let member = |local: u16| {
+        format!(
+            "serverAddr: \"{addr}\"\nkey: \"{KEY}\"\nforwards:\n  - protocol: udp\n    ports:\n      0: {local}\n\
+             \x20   group: dns\n    groupKey: \"k\"\n"
+        )
+    };
+    let mut one = start_client(&dir, "one", &member(udp_service("one")));
+    let (_, port) = public_port(&mut one);
+    server_logs(&mut server, "member joined the group", |_| true);
+    let mut two = start_client(&dir, "two", &member(udp_service("two")));
+    assert_eq!(public_port(&mut two).1, port);
+    server_logs(&mut server, "member joined the group", |_| true);
+    // Each flow goes to one member, in turn.
+    let got: Vec<String> = (0..4).map(|_| udp_visit(port)).collect();
+    assert_eq!(got.iter().filter(|g| *g == "one").count(), 2, "{got:?}");
+    assert_eq!(got.iter().filter(|g| *g == "two").count(), 2, "{got:?}");
 }
