@@ -305,7 +305,7 @@ pub struct ForwardRequest {
 
 /// A forward's load-balanced group: clients naming the same group (and
 /// holding its key) serve one public port or domain together.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRequest {
     /// The group's name, shared by its members.
     pub name: String,
@@ -316,6 +316,14 @@ pub struct GroupRequest {
     /// How the group spreads connections; every member must agree.
     #[serde(default)]
     pub balance: Balance,
+}
+
+/// Without the digest: it proves membership as the key does, and a
+/// message may be logged.
+impl std::fmt::Debug for GroupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupRequest").field("name", &self.name).field("balance", &self.balance).finish_non_exhaustive()
+    }
 }
 
 impl GroupRequest {
@@ -426,16 +434,27 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_forward() -> impl Strategy<Value = ForwardRequest> {
-        ("[a-z]{1,8}", any::<u16>(), any::<[u8; 4]>(), any::<u16>(), proptest::option::of(".{0,20}")).prop_map(
-            |(protocol, public_port, ip, local_port, raw_config)| ForwardRequest {
+        let group = ("[a-z.]{1,10}", "[0-9a-f]{64}", any::<bool>()).prop_map(|(name, key, lc)| GroupRequest {
+            name,
+            key,
+            balance: if lc { Balance::LeastConn } else { Balance::RoundRobin },
+        });
+        (
+            "[a-z]{1,8}",
+            any::<u16>(),
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            proptest::option::of(".{0,20}"),
+            proptest::option::of(group),
+        )
+            .prop_map(|(protocol, public_port, ip, local_port, raw_config, group)| ForwardRequest {
                 protocol,
                 public_port,
                 local_ip: IpAddr::from(ip),
                 local_port,
                 raw_config,
-                group: None,
-            },
-        )
+                group,
+            })
     }
 
     fn arb_client() -> impl Strategy<Value = ClientMessage> {
@@ -601,5 +620,29 @@ mod tests {
             String::from_utf8(c.to_bytes()).unwrap(),
             r#"{"type":"connect","stream":3,"protocol":"tcp","target":"127.0.0.1:22","peer":null}"#
         );
+    }
+
+    #[test]
+    fn groups_are_compatible_with_older_peers() {
+        let old = r#"{"protocol":"tcp","public_port":0,"local_ip":"127.0.0.1","local_port":22,"raw_config":null}"#;
+        let f: ForwardRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(f.group, None);
+        // Without a group, the shape older servers parse.
+        assert_eq!(serde_json::to_string(&f).unwrap(), old);
+        let key = GroupRequest::digest("web", "k");
+        assert_eq!(key.len(), 64);
+        let g = format!(r#"{{"name":"web","key":"{key}","balance":"weighted"}}"#);
+        let with: ForwardRequest =
+            serde_json::from_str(&old.replace("null}", &format!("null,\"group\":{g}}}"))).unwrap();
+        let group = with.group.unwrap();
+        assert_eq!(group.balance, Balance::Unknown, "a newer peer's policy parses, to be refused by name");
+        assert!(!format!("{group:?}").contains(&key), "the digest shows in Debug");
+        let m = ClientMessage::ForwardHealth { forward: 2, healthy: false };
+        assert_eq!(
+            String::from_utf8(m.to_bytes()).unwrap(),
+            r#"{"type":"forward_health","forward":2,"healthy":false}"#
+        );
+        // The key is bound to the name.
+        assert_ne!(GroupRequest::digest("web", "k"), GroupRequest::digest("we", "bk"));
     }
 }
