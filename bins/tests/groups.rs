@@ -24,7 +24,7 @@ fn server_yaml() -> String {
     format!(
         "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"{KEY}\"\n  domain: \"open.notr.test\"\n  publicIP: \"127.0.0.1\"\n\
          dhcp:\n  cidr: \"100.64.242.1/24\"\n\
-         plugin:\n  tcp: |\n    {{\"bind\": \"127.0.0.1\"}}\n  http: |\n    {{\"listen\": \"127.0.0.1:0\"}}\n"
+         plugin:\n  tcp: |\n    {{\"bind\": \"127.0.0.1\"}}\n  http: |\n    {{\"listen\": \"127.0.0.1:0\"}}\n  h2c: |\n    {{\"listen\": \"127.0.0.1:0\"}}\n"
     )
 }
 
@@ -251,6 +251,17 @@ fn two_clients_serve_one_domain_through_the_gateway() {
 
     let got: Vec<String> = (0..6).map(|_| get(gateway, "site.example.test")).collect();
     assert!(got.iter().any(|g| g == "one") && got.iter().any(|g| g == "two"), "not spread: {got:?}");
+
+    // A third member may not route another scheme of the shared domain
+    // to itself alone.
+    let third =
+        format!("{}  - protocol: h2c\n    ports:\n      0: {}\n", http_member(addr, two.port, "site key"), two.port);
+    let mut third = start_client(&dir, "three", &third);
+    let reg = read_registration(&mut third, 2);
+    assert!(!reg.forwards[0].contains("refused"), "{}", reg.forwards[0]);
+    assert!(reg.forwards[1].contains("refused: domain site.example.test is shared"), "{}", reg.forwards[1]);
+    drop(third);
+    server_logs(&mut server, "member left the group", |f| f["members"] == 2);
 
     // Without the key the domain is still taken.
     let mut stranger = start_client(&dir, "x", &http_member(addr, one.port, "not the key"));
