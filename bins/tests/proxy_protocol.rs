@@ -17,12 +17,11 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::netns::{in_ns, on_path, poll_every, python, root_with, run_bounded, Lan};
+use support::netns::{in_ns, poll_every, python, root_with, run_bounded, Lan};
 use support::{json_fields, parse_forward, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 const SIGNATURE: [u8; 12] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
@@ -32,15 +31,7 @@ const VISITOR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 /// The nginx binary (Debian's is in /usr/sbin, not always on PATH).
 fn nginx_bin() -> String {
-    if on_path("nginx") {
-        return "nginx".into();
-    }
-    for p in ["/usr/sbin/nginx", "/usr/local/openresty/nginx/sbin/nginx"] {
-        if Path::new(p).is_file() {
-            return p.into();
-        }
-    }
-    panic!("nginx not found: install nginx-light (apt-get install nginx-light)")
+    support::tools::need("nginx").display().to_string()
 }
 
 /// A port free on `ip` now (for nginx, which cannot report the port it took).
@@ -288,7 +279,7 @@ print("%s %d %r" % (me[0], me[1], got))
 
 #[test]
 fn the_vip_path_gets_the_header_too() {
-    if !root_with(&[("nft", "nftables"), ("ip", "iproute2"), ("python3", "python3")]) {
+    if !root_with(&["nft", "ip", "python3"]) {
         return;
     }
     const PORT: u16 = 8000;

@@ -26,6 +26,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod health;
 mod proxy;
 mod quic;
 mod session;

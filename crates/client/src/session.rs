@@ -45,6 +45,7 @@ fn requests(cfg: &ClientConfig) -> Vec<ForwardRequest> {
                 local_ip: f.local_ip,
                 local_port: local,
                 raw_config: f.raw_config.clone(),
+                group: f.group.as_ref().map(crate::health::group_request),
             })
         })
         .collect()
@@ -177,6 +178,7 @@ pub(crate) async fn serve_session(
             warn!(protocol = %f.request.protocol, public_port = f.request.public_port, error = %e, "forward refused by the server");
         }
     }
+    let reg_forwards = reg.forwards.clone();
     (events)(&Event::Connected(reg));
 
     let link = Arc::new(Link {
@@ -214,6 +216,7 @@ pub(crate) async fn serve_session(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.shutdown()).await;
     });
 
+    crate::health::spawn(cfg, &reg_forwards, out.clone(), kill.clone());
     let spares = cfg.spare_channels.min(granted.into());
     if spares > 0 {
         debug!(spares, "keeping spare data channels");

@@ -51,6 +51,12 @@ struct RawForward {
     raw_config: Option<String>,
     #[serde(rename = "proxyProtocol")]
     proxy_protocol: Option<String>,
+    group: Option<String>,
+    #[serde(rename = "groupKey")]
+    group_key: Option<String>,
+    balance: Option<String>,
+    #[serde(rename = "healthCheck")]
+    health_check: Option<crate::group::RawHealthCheck>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
@@ -196,11 +202,13 @@ fn forward(
     };
 
     let proxy_protocol = crate::proxy_protocol::parse(&key("proxyProtocol"), &protocol, raw.proxy_protocol)?;
+    let group = crate::group::group(&key, raw.group, raw.group_key, raw.balance, raw.health_check)?;
     Ok(ForwardConfig {
         protocol,
         ports,
         local_ip,
         raw_config: raw.raw_config.filter(|c| !c.is_empty()),
         proxy_protocol,
+        group,
     })
 }

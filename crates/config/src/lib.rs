@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod client;
 mod clients;
+mod group;
 mod keys;
 mod listen;
 mod proxy_protocol;
@@ -124,6 +125,7 @@ pub struct PortRange {
 }
 
 pub use clients::{credential, domain_allowed, CredentialText};
+pub use group::{check_group_name, GroupBalance, GroupConfig, HealthCheck, HealthKind, MAX_GROUP_NAME};
 pub use keys::{key_weaknesses, weak_keys, WeakKey, MIN_KEY_CHARS};
 pub use reserved::ReservedNames;
 
@@ -359,6 +361,9 @@ pub struct ForwardConfig {
     /// protocol header the client writes to the local service (tcp, tls;
     /// udp: v2 only).
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// `forwards[i].group` and its keys: the load-balanced group the
+    /// forward joins (docs/load-balancing.md).
+    pub group: Option<GroupConfig>,
 }
 
 /// A PROXY protocol version (`forwards[i].proxyProtocol`).

@@ -18,7 +18,9 @@ use bytes::BytesMut;
 use hickory_proto::op::{Edns, Message, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use opennotr_proto::handshake::{ClientHandshake, ServerHandshake};
-use opennotr_proto::message::{ForwardRequest, ForwardResult, RefuseCode, StreamProtocol, VipPort};
+use opennotr_proto::message::{
+    Balance, ForwardRequest, ForwardResult, GroupRequest, RefuseCode, StreamProtocol, VipPort,
+};
 use opennotr_proto::mux::{self, Kind};
 use opennotr_proto::{datagram, frame, ClientMessage, ServerMessage};
 use rustls::pki_types::pem::PemObject;
@@ -135,6 +137,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
         local_ip: [127, 0, 0, 1].into(),
         local_port: 22,
         raw_config: Some("{\"x\":1}".into()),
+        group: None,
     };
     vec![
         (
@@ -169,6 +172,28 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
         ("stream-refused", ClientMessage::StreamRefused { stream: 7, reason: "connection refused".into() }),
         ("ping", ClientMessage::Ping { seq: u64::MAX }),
         ("pong", ClientMessage::Pong { seq: 0 }),
+        ("forward-health", ClientMessage::ForwardHealth { forward: 3, healthy: false }),
+        (
+            "register-group",
+            ClientMessage::Register {
+                client_id: "c2".into(),
+                domain: Some("shop.open.notr.test".into()),
+                forwards: vec![ForwardRequest {
+                    protocol: "http".into(),
+                    public_port: 0,
+                    local_ip: [127, 0, 0, 1].into(),
+                    local_port: 3000,
+                    raw_config: None,
+                    group: Some(GroupRequest {
+                        name: "shop".into(),
+                        key: GroupRequest::digest("shop", "key"),
+                        balance: Balance::LeastConn,
+                    }),
+                }],
+                vip_ports: vec![],
+                mux: true,
+            },
+        ),
     ]
 }
 
@@ -181,6 +206,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
         local_ip: "::1".parse().expect("an address"),
         local_port: 8080,
         raw_config: None,
+        group: None,
     };
     vec![
         ("challenge", ServerMessage::Challenge { version: 1, spake, mac, software: "opennotrd 0.1".into() }),

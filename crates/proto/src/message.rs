@@ -104,6 +104,17 @@ pub enum ClientMessage {
         /// The probe's sequence number.
         seq: u64,
     },
+    /// The health check of a grouped forward changed its verdict: the
+    /// server spreads the group's connections over healthy members only.
+    /// Sent only for forwards whose [`ForwardResult`] echoed their `group`
+    /// (a server that predates groups echoes none, and would close the
+    /// session on a message it does not know).
+    ForwardHealth {
+        /// The forward's index in `register`'s `forwards`.
+        forward: u32,
+        /// Whether its local target passes its check.
+        healthy: bool,
+    },
 }
 
 /// Messages from the server to the client.
@@ -286,6 +297,72 @@ pub struct ForwardRequest {
     /// Opaque per-forward configuration for the plugin.
     #[serde(default)]
     pub raw_config: Option<String>,
+    /// The load-balanced group this forward joins; absent = a forward of
+    /// its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRequest>,
+}
+
+/// A forward's load-balanced group: clients naming the same group (and
+/// holding its key) serve one public port or domain together.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRequest {
+    /// The group's name, shared by its members.
+    pub name: String,
+    /// [`GroupRequest::digest`] of the name and the group key, lowercase
+    /// hex: the key itself never crosses the wire (plaintext tunnels exist)
+    /// and never appears in a log.
+    pub key: String,
+    /// How the group spreads connections; every member must agree.
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+/// Without the digest: it proves membership as the key does, and a
+/// message may be logged.
+impl std::fmt::Debug for GroupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupRequest").field("name", &self.name).field("balance", &self.balance).finish_non_exhaustive()
+    }
+}
+
+impl GroupRequest {
+    /// The digest members prove the group key with: SHA-256 over a label,
+    /// the name and the key, so one key gives different digests in
+    /// different groups.
+    pub fn digest(name: &str, key: &str) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"opennotr group key\0");
+        ctx.update(&(name.len() as u64).to_be_bytes());
+        ctx.update(name.as_bytes());
+        ctx.update(key.as_bytes());
+        hex::encode(ctx.finish().as_ref())
+    }
+}
+
+/// How a group picks the member for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Balance {
+    /// Each healthy member in turn.
+    #[default]
+    RoundRobin,
+    /// The healthy member with the fewest open streams.
+    LeastConn,
+    /// A policy this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::Unknown => "unknown",
+        })
+    }
 }
 
 /// A port the client exposes on its virtual IP only.
@@ -357,15 +434,27 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_forward() -> impl Strategy<Value = ForwardRequest> {
-        ("[a-z]{1,8}", any::<u16>(), any::<[u8; 4]>(), any::<u16>(), proptest::option::of(".{0,20}")).prop_map(
-            |(protocol, public_port, ip, local_port, raw_config)| ForwardRequest {
+        let group = ("[a-z.]{1,10}", "[0-9a-f]{64}", any::<bool>()).prop_map(|(name, key, lc)| GroupRequest {
+            name,
+            key,
+            balance: if lc { Balance::LeastConn } else { Balance::RoundRobin },
+        });
+        (
+            "[a-z]{1,8}",
+            any::<u16>(),
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            proptest::option::of(".{0,20}"),
+            proptest::option::of(group),
+        )
+            .prop_map(|(protocol, public_port, ip, local_port, raw_config, group)| ForwardRequest {
                 protocol,
                 public_port,
                 local_ip: IpAddr::from(ip),
                 local_port,
                 raw_config,
-            },
-        )
+                group,
+            })
     }
 
     fn arb_client() -> impl Strategy<Value = ClientMessage> {
@@ -425,6 +514,8 @@ mod tests {
             (any::<u64>(), ".{0,30}").prop_map(|(stream, reason)| ClientMessage::StreamRefused { stream, reason }),
             any::<u64>().prop_map(|seq| ClientMessage::Ping { seq }),
             any::<u64>().prop_map(|seq| ClientMessage::Pong { seq }),
+            (any::<u32>(), any::<bool>())
+                .prop_map(|(forward, healthy)| ClientMessage::ForwardHealth { forward, healthy }),
         ]
     }
 
@@ -529,5 +620,29 @@ mod tests {
             String::from_utf8(c.to_bytes()).unwrap(),
             r#"{"type":"connect","stream":3,"protocol":"tcp","target":"127.0.0.1:22","peer":null}"#
         );
+    }
+
+    #[test]
+    fn groups_are_compatible_with_older_peers() {
+        let old = r#"{"protocol":"tcp","public_port":0,"local_ip":"127.0.0.1","local_port":22,"raw_config":null}"#;
+        let f: ForwardRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(f.group, None);
+        // Without a group, the shape older servers parse.
+        assert_eq!(serde_json::to_string(&f).unwrap(), old);
+        let key = GroupRequest::digest("web", "k");
+        assert_eq!(key.len(), 64);
+        let g = format!(r#"{{"name":"web","key":"{key}","balance":"weighted"}}"#);
+        let with: ForwardRequest =
+            serde_json::from_str(&old.replace("null}", &format!("null,\"group\":{g}}}"))).unwrap();
+        let group = with.group.unwrap();
+        assert_eq!(group.balance, Balance::Unknown, "a newer peer's policy parses, to be refused by name");
+        assert!(!format!("{group:?}").contains(&key), "the digest shows in Debug");
+        let m = ClientMessage::ForwardHealth { forward: 2, healthy: false };
+        assert_eq!(
+            String::from_utf8(m.to_bytes()).unwrap(),
+            r#"{"type":"forward_health","forward":2,"healthy":false}"#
+        );
+        // The key is bound to the name.
+        assert_ne!(GroupRequest::digest("web", "k"), GroupRequest::digest("we", "bk"));
     }
 }

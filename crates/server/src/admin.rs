@@ -470,6 +470,7 @@ fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
             let _ = writeln!(out, "opennotr_dns_queries_total{{transport=\"{proto}\",rcode=\"{}\"}} {n}", esc(&rcode));
         }
     }
+    shared.groups.metrics(&mut out);
     for p in shared.plugins().values() {
         p.metrics(&mut out);
     }

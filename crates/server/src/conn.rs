@@ -565,7 +565,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
     let (session, leased_ports) = loop {
         let admitted = {
             let mut st = shared.state();
-            st.admit(&client_id, domain.as_deref()).map(|a| {
+            let shares = |d: &str| crate::group::shares_domain(&shared, d, &forwards);
+            st.admit_sharing(&client_id, domain.as_deref(), &shares).map(|a| {
                 let session = Arc::new(Session::new(
                     &shared,
                     session_id,

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 mod admin;
 mod conn;
 mod creds;
+mod group;
 pub mod plugins;
 mod quic;
 mod session;
@@ -263,6 +264,8 @@ pub(crate) struct Shared {
     /// Replaces the admin API's token on reload, when the API is on.
     pub(crate) admin_token: std::sync::OnceLock<opennotr_admin::TokenHandle>,
     /// How the UDP datagrams of QUIC sessions travelled.
+    /// Load-balanced groups of forwards.
+    pub(crate) groups: Arc<group::Groups>,
     pub(crate) quic_stats: Arc<opennotr_transport::quic::DatagramStats>,
 }
 
@@ -458,6 +461,7 @@ impl Server {
             config_path: Default::default(),
             admin_token: Default::default(),
             quic_stats: Arc::default(),
+            groups: Arc::default(),
             cfg,
         });
         if let Some(v) = &vlan {

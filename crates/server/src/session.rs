@@ -424,7 +424,29 @@ pub(crate) async fn start_forwards(
         };
         let leased_port = if req.public_port == 0 { leased.get(&key).copied() } else { None };
         let mut outcome = Err("not started".to_string());
-        for port in leased_port.into_iter().chain([req.public_port]) {
+        // A grouped forward joins its group's forward instead of running one.
+        let mut plugin = plugin;
+        if let Some(group) = &req.group {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let join = crate::group::Join {
+                session: session.id,
+                index,
+                group,
+                meta: &meta,
+                tunnel: tunnel.clone(),
+                kill: session.kill.clone(),
+                counters: counters.clone(),
+                leased_port,
+            };
+            outcome = shared.groups.join(shared, &plugin, join).await.map(|(ep, member)| {
+                plugin = member;
+                ep
+            });
+        } else if let Err(e) = crate::group::check_alone(shared, session, &req.protocol) {
+            results.push(fail(e));
+            continue;
+        }
+        for port in leased_port.into_iter().chain([req.public_port]).filter(|_| req.group.is_none()) {
             meta.public_port = port;
             let ctx = ForwardContext {
                 tunnel: tunnel.clone(),
@@ -512,6 +534,11 @@ pub(crate) async fn run(
                 match msg {
                     Ok(ClientMessage::Ping { seq }) => { let _ = session.out.try_send(ServerMessage::Pong { seq }); }
                     Ok(ClientMessage::Pong { .. }) => {}
+                    Ok(ClientMessage::ForwardHealth { forward, healthy }) => {
+                        if !shared.groups.health(session.id, forward, healthy) {
+                            debug!(forward, "health of a forward in no group; ignored");
+                        }
+                    }
                     Ok(ClientMessage::StreamRefused { stream, reason }) => {
                         debug!(stream, %reason, "client refused stream");
                         shared.channel_stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -124,7 +124,20 @@ impl State {
 
     /// Decides VIP and domain for a registering client. Takes nothing if it
     /// refuses. The caller inserts the session with [`State::insert`] under the same lock.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn admit(&mut self, client_id: &str, requested: Option<&str>) -> Result<Admission, AdmitError> {
+        self.admit_sharing(client_id, requested, &|_| false)
+    }
+
+    /// [`State::admit`], where a requested domain that live sessions hold
+    /// is admitted too if `shares(domain)`: the client proved it belongs to
+    /// the load-balanced group serving it (docs/load-balancing.md).
+    pub(crate) fn admit_sharing(
+        &mut self,
+        client_id: &str,
+        requested: Option<&str>,
+        shares: &dyn Fn(&str) -> bool,
+    ) -> Result<Admission, AdmitError> {
         if let Some(old) = self.by_client.get(client_id).and_then(|id| self.sessions.get(id)) {
             return Err(AdmitError::Replace(old.clone()));
         }
@@ -158,7 +171,7 @@ impl State {
                 },
             },
         };
-        if self.domains.contains_key(&domain) {
+        if self.domains.contains_key(&domain) && !(requested.is_some() && shares(&domain)) {
             return Err(AdmitError::Refused(
                 RefuseCode::DomainTaken,
                 format!("domain {domain} is held by another connected client"),
@@ -181,7 +194,8 @@ impl State {
 
     pub(crate) fn insert(&mut self, s: Arc<Session>) {
         self.by_client.insert(s.client_id.clone(), s.id);
-        self.domains.insert(s.domain.clone(), s.id);
+        // A domain shared by a group's members keeps its first holder.
+        self.domains.entry(s.domain.clone()).or_insert(s.id);
         self.by_vip.insert(s.vip, s.id);
         self.sessions.insert(s.id, s);
     }
@@ -195,7 +209,11 @@ impl State {
             self.by_client.remove(&s.client_id);
         }
         if self.domains.get(&s.domain) == Some(&s.id) {
-            self.domains.remove(&s.domain);
+            // Another member of a group sharing it holds it on.
+            match self.sessions.values().find(|x| x.domain == s.domain) {
+                Some(next) => self.domains.insert(s.domain.clone(), next.id),
+                None => self.domains.remove(&s.domain),
+            };
         }
         if self.by_vip.get(&s.vip) == Some(&s.id) {
             self.by_vip.remove(&s.vip);

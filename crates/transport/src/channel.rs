@@ -110,6 +110,13 @@ impl TunnelStream {
         TunnelStream { chan, _guard: guard, counters: None }
     }
 
+    /// Keeps `guard` alive as long as the stream too, besides the guard it
+    /// has.
+    pub fn guarded(mut self, guard: Box<dyn Any + Send + Sync>) -> Self {
+        self._guard = Some(Box::new((self._guard.take(), guard)));
+        self
+    }
+
     /// Counts this stream's traffic in `c` (and the stream itself while it
     /// is open).
     pub fn counted(mut self, c: Arc<Counters>) -> Self {

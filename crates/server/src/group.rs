@@ -1,0 +1,727 @@
+//! Load-balanced groups: forwards of several sessions that serve one
+//! public port (tcp, udp) or one domain (the gateway's plugins) together.
+//!
+//! A group runs ONE plugin forward, started when its first member arrives,
+//! with a [`GroupTunnel`] that picks a member per stream and stop/kill
+//! tokens of its own: members come and go under it, and the port (or
+//! route) lives until the last member leaves. A member's session sees its
+//! forward as a [`MemberHandle`], whose `stop_proxy` (run by the session's
+//! clean-up like any forward's) takes it out of the group.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opennotr_plugin::{
+    async_trait, Endpoint, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, PluginError, StreamProtocol,
+    Tunnel, TunnelStream, Visitor,
+};
+use opennotr_proto::message::{Balance, ForwardRequest, GroupRequest};
+use opennotr_transport::Counters;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::state::SessionId;
+use crate::Shared;
+
+/// How long the plugin may take to start or stop the group's forward.
+const PLUGIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most members one stream is offered to before the visitor is refused:
+/// each may take the session's connect timeout.
+const MAX_TRIES: usize = 4;
+
+/// Whether `protocol` routes by domain (the gateway's plugins) rather
+/// than owning a port of its own.
+fn routes_by_domain(protocol: &str) -> bool {
+    !matches!(protocol, "tcp" | "udp")
+}
+
+/// Compares two digests in time independent of where they differ.
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks what a client sent as its forward's group.
+fn check_request(g: &GroupRequest) -> Result<(), String> {
+    opennotr_config::check_group_name(&g.name)?;
+    if g.key.len() != 64 || !g.key.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err("the group key digest is not 64 lowercase hex digits".into());
+    }
+    if g.balance == Balance::Unknown {
+        return Err("unknown balance policy (this server has round_robin and least_conn)".into());
+    }
+    Ok(())
+}
+
+/// One member: a forward of a live session.
+struct Member {
+    /// The member's own forward id (its [`ForwardMeta::id`]).
+    forward: u64,
+    session: SessionId,
+    /// Its index in the session's `register`, as `forward_health` names it.
+    index: u32,
+    tunnel: Arc<dyn Tunnel>,
+    /// Its session's end.
+    kill: CancellationToken,
+    /// What the member's client dials: each member declares its own.
+    target: SocketAddr,
+    /// Its forward's counters: `open` is what least_conn compares.
+    counters: Arc<Counters>,
+    healthy: bool,
+}
+
+/// The members of one group, shared with its tunnel.
+struct Members {
+    balance: Balance,
+    list: Mutex<Vec<Member>>,
+    /// Round robin's position.
+    next: AtomicUsize,
+}
+
+impl Members {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
+        self.list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The healthy members to offer a new stream, best first, at most
+    /// [`MAX_TRIES`].
+    fn candidates(&self) -> Vec<(Arc<dyn Tunnel>, SocketAddr, CancellationToken)> {
+        let list = self.lock();
+        let healthy: Vec<&Member> = list.iter().filter(|m| m.healthy).collect();
+        if healthy.is_empty() {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % healthy.len();
+        let mut order: Vec<&Member> = healthy[start..].iter().chain(&healthy[..start]).copied().collect();
+        if self.balance == Balance::LeastConn {
+            // Stable: among equals, round robin's order decides.
+            order.sort_by_key(|m| m.counters.open.load(Ordering::Relaxed));
+        }
+        order.into_iter().take(MAX_TRIES).map(|m| (m.tunnel.clone(), m.target, m.kill.clone())).collect()
+    }
+}
+
+/// The group's [`Tunnel`]: each stream goes to one member, chosen by the
+/// group's policy; a member that fails to open it (its session ended but
+/// is not yet out, its service refused) passes the stream to the next.
+pub(crate) struct GroupTunnel {
+    name: String,
+    members: Arc<Members>,
+}
+
+impl std::fmt::Debug for GroupTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupTunnel").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Tunnel for GroupTunnel {
+    /// Never: a multiplexed stream would pin every connection of a gateway
+    /// route to one member; a stream per connection spreads them.
+    fn multiplexes(&self) -> bool {
+        false
+    }
+
+    async fn open_stream(
+        &self,
+        protocol: StreamProtocol,
+        _target: SocketAddr,
+        visitor: Option<Visitor>,
+    ) -> Result<TunnelStream, OpenError> {
+        let candidates = self.members.candidates();
+        if candidates.is_empty() {
+            return Err(OpenError::Refused(format!("group {} has no healthy member", self.name)));
+        }
+        let mut last = OpenError::SessionClosed;
+        for (tunnel, target, kill) in candidates {
+            match tunnel.open_stream(protocol, target, visitor).await {
+                Ok(s) => return Ok(end_with_session(s, kill)),
+                Err(e) => {
+                    debug!(group = %self.name, %target, error = %e, "member did not open the stream; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Makes a member's stream end with the member's session, as a stream of
+/// a forward of its own does: the plugin relays it under the group's kill
+/// signal, which outlives any one member. A TCP data channel is shut down
+/// (through a duplicate of its descriptor, held only while the stream
+/// lives); a QUIC stream ends with its connection, which the session's end
+/// closes.
+#[cfg(unix)]
+fn end_with_session(stream: TunnelStream, kill: CancellationToken) -> TunnelStream {
+    let Some(tcp) = stream.channel().tcp() else { return stream };
+    let Ok(fd) = std::os::fd::AsFd::as_fd(tcp).try_clone_to_owned() else { return stream };
+    let socket = std::net::TcpStream::from(fd);
+    let (gone, done) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = kill.cancelled() => { let _ = socket.shutdown(std::net::Shutdown::Both); }
+            _ = done => {}
+        }
+    });
+    stream.guarded(Box::new(gone))
+}
+
+#[cfg(not(unix))]
+fn end_with_session(stream: TunnelStream, _kill: CancellationToken) -> TunnelStream {
+    stream
+}
+
+/// One running group.
+struct Group {
+    protocol: String,
+    name: String,
+    key: String,
+    /// The plugin and the forward it runs for the group.
+    plugin: Arc<dyn Plugin>,
+    meta: ForwardMeta,
+    endpoint: Endpoint,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    members: Arc<Members>,
+}
+
+impl Group {
+    fn add(&self, j: &Join<'_>) {
+        self.members.lock().push(Member {
+            forward: j.meta.id,
+            session: j.session,
+            index: j.index,
+            tunnel: j.tunnel.clone(),
+            kill: j.kill.clone(),
+            target: j.meta.target(),
+            counters: j.counters.clone(),
+            healthy: true,
+        });
+    }
+}
+
+/// Every group of the server, by (protocol, name).
+#[derive(Default)]
+pub(crate) struct Groups {
+    map: Mutex<HashMap<(String, String), Arc<Group>>>,
+    /// The group of each member, by its session and `register` index:
+    /// `forward_health` finds it without a walk over every group.
+    by_member: Mutex<HashMap<(SessionId, u32), Arc<Group>>>,
+    /// Joins and leaves, one at a time: the first member's start and the
+    /// last one's stop must not interleave with another join of the group.
+    steps: tokio::sync::Mutex<()>,
+}
+
+/// What a member is asked to join with.
+pub(crate) struct Join<'a> {
+    pub(crate) session: SessionId,
+    pub(crate) index: u32,
+    pub(crate) group: &'a GroupRequest,
+    /// The member's forward, as the session would run it alone.
+    pub(crate) meta: &'a ForwardMeta,
+    pub(crate) tunnel: Arc<dyn Tunnel>,
+    /// Cancelled when the member's session ends.
+    pub(crate) kill: CancellationToken,
+    pub(crate) counters: Arc<Counters>,
+    /// The port the member's client held last time, tried first when the
+    /// group starts.
+    pub(crate) leased_port: Option<u16>,
+}
+
+impl Groups {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Group>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn by_member(&self) -> std::sync::MutexGuard<'_, HashMap<(SessionId, u32), Arc<Group>>> {
+        self.by_member.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a member, starting the group's forward if it is the first.
+    /// Returns the group's endpoint and the handle the session keeps as
+    /// the forward's plugin, or why the member may not join.
+    pub(crate) async fn join(
+        self: &Arc<Self>,
+        shared: &Shared,
+        plugin: &Arc<dyn Plugin>,
+        j: Join<'_>,
+    ) -> Result<(Endpoint, Arc<dyn Plugin>), String> {
+        check_request(j.group)?;
+        let _step = self.steps.lock().await;
+        let key = (j.meta.protocol.clone(), j.group.name.clone());
+        let existing = self.map().get(&key).cloned();
+        let group = match existing {
+            Some(g) => {
+                if !same_key(&g.key, &j.group.key) {
+                    return Err(format!("wrong key for group {}", g.name));
+                }
+                if g.members.balance != j.group.balance {
+                    return Err(format!("group {} balances {}, not {}", g.name, g.members.balance, j.group.balance));
+                }
+                if j.meta.public_port != 0 && g.endpoint.public_port != Some(j.meta.public_port) {
+                    return Err(format!(
+                        "group {} serves public port {}; ask for it or for 0 to join",
+                        g.name,
+                        g.endpoint.public_port.map_or_else(|| "none".into(), |p| p.to_string())
+                    ));
+                }
+                // A member serves the group's domain, so it must hold it
+                // (admitted under its credential, or by sharing the group).
+                if routes_by_domain(&g.protocol) && !g.meta.domain.eq_ignore_ascii_case(&j.meta.domain) {
+                    return Err(format!(
+                        "group {} serves domain {}; register with that domain to join",
+                        g.name, g.meta.domain
+                    ));
+                }
+                g
+            }
+            None => {
+                let g = self.start(shared, plugin, &j).await?;
+                self.map().insert(key, g.clone());
+                g
+            }
+        };
+        group.add(&j);
+        self.by_member().insert((j.session, j.index), group.clone());
+        info!(group = %group.name, protocol = %group.protocol, target = %j.meta.target(), "member joined the group");
+        let handle: Arc<dyn Plugin> = Arc::new(MemberHandle { groups: self.clone(), group: group.clone() });
+        Ok((group.endpoint.clone(), handle))
+    }
+
+    /// Starts the group's forward for its first member.
+    async fn start(&self, shared: &Shared, plugin: &Arc<dyn Plugin>, j: &Join<'_>) -> Result<Arc<Group>, String> {
+        let members =
+            Arc::new(Members { balance: j.group.balance, list: Mutex::new(Vec::new()), next: AtomicUsize::new(0) });
+        let tunnel: Arc<dyn Tunnel> = Arc::new(GroupTunnel { name: j.group.name.clone(), members: members.clone() });
+        let mut meta = j.meta.clone();
+        // Its own id: the member's forward may leave before the group stops.
+        meta.id = shared.next_forward.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        meta.client_id = format!("group:{}", j.group.name);
+        let (stop, kill) = (shared.draining.child_token(), shared.kill.child_token());
+        let limits = shared.limits();
+        let mut outcome = Err("not started".to_string());
+        for port in j.leased_port.filter(|_| j.meta.public_port == 0).into_iter().chain([j.meta.public_port]) {
+            meta.public_port = port;
+            let ctx = ForwardContext {
+                tunnel: tunnel.clone(),
+                stop: stop.clone(),
+                kill: kill.clone(),
+                tracker: shared.streams.clone(),
+                limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
+            };
+            outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
+                Ok(Ok(ep)) => Ok(ep),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the plugin did not start the forward in time".into()),
+            };
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        let endpoint = outcome?;
+        info!(group = %j.group.name, protocol = %meta.protocol, url = %endpoint.url, balance = %j.group.balance, "group started");
+        Ok(Arc::new(Group {
+            protocol: meta.protocol.clone(),
+            name: j.group.name.clone(),
+            key: j.group.key.clone(),
+            plugin: plugin.clone(),
+            meta,
+            endpoint,
+            stop,
+            kill,
+            members,
+        }))
+    }
+
+    /// Takes the member whose forward is `forward` out of `group`; stops
+    /// the group when it was the last.
+    async fn leave(&self, group: &Arc<Group>, forward: u64) {
+        let _step = self.steps.lock().await;
+        let left = {
+            let mut list = group.members.lock();
+            if let Some(m) = list.iter().find(|m| m.forward == forward) {
+                self.by_member().remove(&(m.session, m.index));
+            }
+            list.retain(|m| m.forward != forward);
+            list.len()
+        };
+        info!(group = %group.name, members = left, "member left the group");
+        if left > 0 {
+            return;
+        }
+        let key = (group.protocol.clone(), group.name.clone());
+        {
+            let mut map = self.map();
+            if map.get(&key).is_some_and(|g| Arc::ptr_eq(g, group)) {
+                map.remove(&key);
+            }
+        }
+        group.stop.cancel();
+        if tokio::time::timeout(PLUGIN_STEP_TIMEOUT, group.plugin.stop_proxy(&group.meta)).await.is_err() {
+            warn!(group = %group.name, "plugin did not stop the group's forward in time");
+        }
+        group.kill.cancel();
+        info!(group = %group.name, protocol = %group.protocol, "group stopped: its last member left");
+    }
+
+    /// A member's health check changed its verdict (`forward_health`).
+    /// Returns whether `session` has a member at `index`.
+    pub(crate) fn health(&self, session: SessionId, index: u32, healthy: bool) -> bool {
+        let Some(g) = self.by_member().get(&(session, index)).cloned() else { return false };
+        let mut list = g.members.lock();
+        let Some(m) = list.iter_mut().find(|m| m.session == session && m.index == index) else { return false };
+        if m.healthy != healthy {
+            info!(group = %g.name, target = %m.target, healthy, "member health changed");
+        }
+        m.healthy = healthy;
+        true
+    }
+
+    /// Whether a live group of a domain-routed protocol serves `domain`
+    /// and `forward` asks to join it with the right key.
+    fn admits_domain(&self, domain: &str, forward: &ForwardRequest) -> bool {
+        let Some(group) = &forward.group else { return false };
+        let Some(g) = self.map().get(&(forward.protocol.clone(), group.name.clone())).cloned() else { return false };
+        routes_by_domain(&g.protocol) && g.meta.domain.eq_ignore_ascii_case(domain) && same_key(&g.key, &group.key)
+    }
+
+    /// `opennotr_group_members` for `/metrics`.
+    pub(crate) fn metrics(&self, out: &mut String) {
+        out.push_str(
+            "# HELP opennotr_group_members Members of load-balanced groups, by health.\n\
+             # TYPE opennotr_group_members gauge\n",
+        );
+        let mut groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
+        groups.sort_by(|a, b| (&a.protocol, &a.name).cmp(&(&b.protocol, &b.name)));
+        for g in groups {
+            let healthy = g.members.lock().iter().filter(|m| m.healthy).count();
+            let all = g.members.lock().len();
+            for (state, n) in [("healthy", healthy), ("unhealthy", all - healthy)] {
+                // Names are letters, digits, '_', '-' and '.': nothing to escape.
+                let _ = writeln!(
+                    out,
+                    "opennotr_group_members{{protocol=\"{}\",group=\"{}\",state=\"{state}\"}} {n}",
+                    g.protocol, g.name
+                );
+            }
+        }
+    }
+}
+
+/// Whether a client registering `forwards` may hold `domain` although live
+/// sessions hold it: one of its forwards joins, with the group's key, a
+/// group of a domain-routed protocol that serves that domain. Anyone else
+/// is refused `domain_taken` as before; the key is what a stranger lacks.
+pub(crate) fn shares_domain(shared: &Shared, domain: &str, forwards: &[ForwardRequest]) -> bool {
+    forwards.iter().any(|f| shared.groups.admits_domain(domain, f))
+}
+
+/// Refuses a forward outside any group of a domain-routed protocol on a
+/// domain that other sessions hold too: a shared domain is served only by
+/// its groups, so that a member cannot route a scheme of the domain the
+/// group does not serve to itself alone.
+pub(crate) fn check_alone(shared: &Shared, session: &crate::session::Session, protocol: &str) -> Result<(), String> {
+    if !routes_by_domain(protocol) {
+        return Ok(());
+    }
+    let shared_with = shared.state().sessions.values().any(|s| s.id != session.id && s.domain == session.domain);
+    match shared_with {
+        true => Err(format!(
+            "domain {} is shared by a load-balanced group; a {protocol} forward on it must join a group",
+            session.domain
+        )),
+        false => Ok(()),
+    }
+}
+
+/// What a member's session holds as its forward's plugin: stopping the
+/// forward takes the member out of its group.
+struct MemberHandle {
+    groups: Arc<Groups>,
+    group: Arc<Group>,
+}
+
+#[async_trait]
+impl Plugin for MemberHandle {
+    async fn run_proxy(&self, _meta: &ForwardMeta, _ctx: ForwardContext) -> Result<Endpoint, PluginError> {
+        Err(PluginError::Refused("a group member runs through its group".into()))
+    }
+
+    async fn stop_proxy(&self, meta: &ForwardMeta) {
+        self.groups.leave(&self.group, meta.id).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opennotr_transport::Channel;
+    use std::net::{IpAddr, Ipv4Addr};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A member's tunnel: records that it was asked, and opens a loopback
+    /// stream unless it fails.
+    #[derive(Debug)]
+    struct Fake {
+        id: u8,
+        fail: bool,
+        asked: Arc<Mutex<Vec<u8>>>,
+    }
+
+    #[async_trait]
+    impl Tunnel for Fake {
+        async fn open_stream(
+            &self,
+            _: StreamProtocol,
+            _: SocketAddr,
+            _: Option<Visitor>,
+        ) -> Result<TunnelStream, OpenError> {
+            self.asked.lock().unwrap().push(self.id);
+            if self.fail {
+                return Err(OpenError::SessionClosed);
+            }
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            Ok(TunnelStream::new(Channel::Plain(s), None))
+        }
+    }
+
+    fn member(id: u8, fail: bool, asked: &Arc<Mutex<Vec<u8>>>) -> Member {
+        Member {
+            forward: id.into(),
+            session: [id; 16],
+            index: 0,
+            tunnel: Arc::new(Fake { id, fail, asked: asked.clone() }),
+            kill: CancellationToken::new(),
+            target: SocketAddr::from(([127, 0, 0, 1], u16::from(id))),
+            counters: Arc::default(),
+            healthy: true,
+        }
+    }
+
+    fn members(balance: Balance, list: Vec<Member>) -> Arc<Members> {
+        Arc::new(Members { balance, list: Mutex::new(list), next: AtomicUsize::new(0) })
+    }
+
+    /// Which member `candidates` offers a stream to first.
+    fn first(m: &Members) -> u16 {
+        m.candidates()[0].1.port()
+    }
+
+    #[test]
+    fn round_robin_takes_turns_over_healthy_members() {
+        let asked = Arc::default();
+        let m = members(Balance::RoundRobin, (1..=3).map(|i| member(i, false, &asked)).collect());
+        assert_eq!((0..6).map(|_| first(&m)).collect::<Vec<_>>(), [1, 2, 3, 1, 2, 3]);
+        m.lock()[1].healthy = false;
+        let picks: Vec<u16> = (0..4).map(|_| first(&m)).collect();
+        assert!(!picks.contains(&2) && picks.contains(&1) && picks.contains(&3), "{picks:?}");
+        // Every healthy member is offered, the first choice first.
+        assert_eq!(m.candidates().len(), 2);
+        for x in m.lock().iter_mut() {
+            x.healthy = false;
+        }
+        assert!(m.candidates().is_empty());
+    }
+
+    #[test]
+    fn least_conn_picks_the_member_with_fewest_open_streams() {
+        let asked = Arc::default();
+        let m = members(Balance::LeastConn, (1..=3).map(|i| member(i, false, &asked)).collect());
+        for (i, open) in [5, 1, 3].into_iter().enumerate() {
+            m.lock()[i].counters.open.store(open, Ordering::Relaxed);
+        }
+        for _ in 0..4 {
+            assert_eq!(first(&m), 2);
+        }
+        let order: Vec<u16> = m.candidates().iter().map(|c| c.1.port()).collect();
+        assert_eq!(order, [2, 3, 1]);
+        // Ties go round.
+        m.lock()[0].counters.open.store(1, Ordering::Relaxed);
+        let picks: Vec<u16> = (0..4).map(|_| first(&m)).collect();
+        assert!(picks.contains(&1) && picks.contains(&2) && !picks.contains(&3), "{picks:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_open_passes_to_the_next_member() {
+        let asked: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let m = members(Balance::RoundRobin, vec![member(1, true, &asked), member(2, false, &asked)]);
+        let t = GroupTunnel { name: "g".into(), members: m.clone() };
+        let any = SocketAddr::from(([127, 0, 0, 1], 9));
+        for _ in 0..4 {
+            t.open_stream(StreamProtocol::Tcp, any, None).await.expect("the live member opens it");
+        }
+        let asked = std::mem::take(&mut *asked.lock().unwrap());
+        assert_eq!(asked.iter().filter(|&&i| i == 2).count(), 4, "{asked:?}");
+        assert_eq!(asked.iter().filter(|&&i| i == 1).count(), 2, "the dead one is tried in its turn: {asked:?}");
+        m.lock()[1].healthy = false;
+        assert!(matches!(t.open_stream(StreamProtocol::Tcp, any, None).await, Err(OpenError::SessionClosed)));
+        m.lock()[0].healthy = false;
+        match t.open_stream(StreamProtocol::Tcp, any, None).await {
+            Err(OpenError::Refused(m)) => assert!(m.contains("no healthy member"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!t.multiplexes());
+    }
+
+    /// A tunnel that opens loopback streams and keeps the far ends.
+    #[derive(Debug, Default)]
+    struct Pairs(Mutex<Vec<TcpStream>>);
+
+    #[async_trait]
+    impl Tunnel for Pairs {
+        async fn open_stream(
+            &self,
+            _: StreamProtocol,
+            _: SocketAddr,
+            _: Option<Visitor>,
+        ) -> Result<TunnelStream, OpenError> {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let far = l.accept().await.unwrap().0;
+            self.0.lock().unwrap().push(far);
+            Ok(TunnelStream::new(Channel::Plain(s), None))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_members_streams_end_with_its_session() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pairs = Arc::new(Pairs::default());
+        let mut m = member(1, false, &Arc::default());
+        m.tunnel = pairs.clone();
+        let kill = m.kill.clone();
+        let t = GroupTunnel { name: "g".into(), members: members(Balance::RoundRobin, vec![m]) };
+        let any = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut kept = t.open_stream(StreamProtocol::Tcp, any, None).await.unwrap();
+        let dropped = t.open_stream(StreamProtocol::Tcp, any, None).await.unwrap();
+        let (mut far_kept, mut far_dropped) = {
+            let mut p = pairs.0.lock().unwrap();
+            let dropped = p.pop().unwrap();
+            (p.pop().unwrap(), dropped)
+        };
+        // A stream that ends on its own closes at once: nothing holds its
+        // socket open.
+        drop(dropped);
+        let mut buf = [0u8; 8];
+        assert_eq!(far_dropped.read(&mut buf).await.unwrap(), 0);
+        // While the session lives the stream carries bytes; when it ends,
+        // both ends see it closed.
+        far_kept.write_all(b"hi").await.unwrap();
+        assert_eq!(kept.read(&mut buf).await.unwrap(), 2);
+        kill.cancel();
+        let wait = std::time::Duration::from_secs(30);
+        assert_eq!(tokio::time::timeout(wait, kept.read(&mut buf)).await.expect("the stream ends").unwrap_or(0), 0);
+        let far = tokio::time::timeout(wait, far_kept.read(&mut buf)).await.expect("the client's end closes");
+        assert_eq!(far.unwrap_or(0), 0);
+    }
+
+    #[test]
+    fn requests_are_checked_and_keys_compared_whole() {
+        let ok = GroupRequest {
+            name: "web-1.a_b".into(),
+            key: GroupRequest::digest("web", "k"),
+            balance: Balance::RoundRobin,
+        };
+        assert!(check_request(&ok).is_ok());
+        for bad in [
+            GroupRequest { name: String::new(), ..ok.clone() },
+            GroupRequest { name: "a b".into(), ..ok.clone() },
+            GroupRequest { name: "x".repeat(64), ..ok.clone() },
+            GroupRequest { key: "ab".into(), ..ok.clone() },
+            GroupRequest { key: ok.key.to_uppercase(), ..ok.clone() },
+            GroupRequest { balance: Balance::Unknown, ..ok.clone() },
+        ] {
+            assert!(check_request(&bad).is_err(), "{bad:?}");
+        }
+        assert!(same_key(&ok.key, &GroupRequest::digest("web", "k")));
+        assert!(!same_key(&ok.key, &GroupRequest::digest("web", "K")));
+        assert!(!same_key(&ok.key, &GroupRequest::digest("web2", "k")), "the name is in the digest");
+        assert!(!same_key(&ok.key, &ok.key[..63]));
+    }
+
+    fn meta(id: u64, public_port: u16) -> ForwardMeta {
+        ForwardMeta {
+            id,
+            protocol: "tcp".into(),
+            public_port,
+            vip: Ipv4Addr::new(100, 64, 242, 2),
+            local_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: 8000 + id as u16,
+            domain: "x.z.test".into(),
+            raw_config: None,
+            client_id: format!("c{id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_registry_runs_one_forward_per_group_until_its_last_member_leaves() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let cfg = opennotr_config::parse_server(yaml).unwrap();
+        let server = crate::Server::bind(cfg, &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        let plugin = shared.plugin("tcp").unwrap();
+        let asked = Arc::default();
+        let key = GroupRequest::digest("web", "k");
+        let group = GroupRequest { name: "web".into(), key: key.clone(), balance: Balance::RoundRobin };
+        let join = |id: u64, port: u16, group: &GroupRequest| {
+            let (groups, shared, plugin, group, asked) =
+                (shared.groups.clone(), shared.clone(), plugin.clone(), group.clone(), Arc::clone(&asked));
+            async move {
+                let meta = meta(id, port);
+                let j = Join {
+                    session: [id as u8; 16],
+                    index: 0,
+                    group: &group,
+                    meta: &meta,
+                    tunnel: Arc::new(Fake { id: id as u8, fail: false, asked }),
+                    kill: CancellationToken::new(),
+                    counters: Arc::default(),
+                    leased_port: None,
+                };
+                groups.join(&shared, &plugin, j).await
+            }
+        };
+        let (ep, first) = join(1, 0, &group).await.unwrap();
+        let port = ep.public_port.unwrap();
+        let (ep2, second) = join(2, 0, &group).await.unwrap();
+        assert_eq!(ep2, ep, "a later member gets the group's endpoint");
+        assert_eq!(join(3, port, &group).await.unwrap().0, ep, "asking for the group's port joins");
+        let other = if port == 65535 { 1 } else { port + 1 };
+        assert!(join(4, other, &group).await.err().unwrap().contains("serves public port"));
+        let wrong = GroupRequest { key: GroupRequest::digest("web", "guess"), ..group.clone() };
+        assert!(join(5, 0, &wrong).await.err().unwrap().contains("wrong key"));
+        let lc = GroupRequest { balance: Balance::LeastConn, ..group.clone() };
+        assert!(join(6, 0, &lc).await.err().unwrap().contains("balances round_robin"));
+        assert_eq!(shared.groups.map().len(), 1, "one group");
+
+        assert!(shared.groups.health([2; 16], 0, false));
+        assert!(!shared.groups.health([9; 16], 0, false), "no such member");
+        let mut text = String::new();
+        shared.groups.metrics(&mut text);
+        assert!(text.contains("opennotr_group_members{protocol=\"tcp\",group=\"web\",state=\"healthy\"} 2"), "{text}");
+        assert!(text.contains("state=\"unhealthy\"} 1"), "{text}");
+
+        // A visitor reaches a member through the group's one port.
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // Members leave; the port stays while one is left.
+        first.stop_proxy(&meta(1, 0)).await;
+        second.stop_proxy(&meta(2, 0)).await;
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok());
+        let third = shared.groups.map().values().next().unwrap().clone();
+        MemberHandle { groups: shared.groups.clone(), group: third }.stop_proxy(&meta(3, 0)).await;
+        assert!(shared.groups.map().is_empty());
+        assert!(shared.groups.by_member().is_empty());
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "the port is free");
+        // A new group may take the name, with another key.
+        let again = GroupRequest { key: GroupRequest::digest("web", "new"), ..group };
+        assert!(join(7, port, &again).await.is_ok());
+    }
+}
