@@ -1,11 +1,14 @@
 //! What `opennotrd` and `opennotr` share: the original's `-conf` flag,
-//! logging set-up and signal handling.
+//! logging set-up and signal handling; and the one-line client's forward
+//! syntax ([`forwards`]).
 
 use std::ffi::OsString;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
+
+pub mod forwards;
 
 /// Rewrites the original Go flag `-conf FILE` / `-conf=FILE` to `--config`,
 /// so clap handles both spellings.

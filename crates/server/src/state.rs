@@ -174,6 +174,33 @@ impl State {
         Ok(Admission { vip, domain, ports })
     }
 
+    /// What [`State::admit`] would decide for a new client asking for
+    /// `requested`, taking nothing (`opennotr check`): `Err` for the
+    /// client as a whole, else the domain's verdict (`None` = the server
+    /// would pick one).
+    pub(crate) fn would_admit(&self, requested: Option<&str>) -> Result<Result<Option<String>, String>, String> {
+        if self.sessions.len() >= self.max_clients {
+            return Err(format!("the server already has its maximum of {} clients", self.max_clients));
+        }
+        if self.vips.in_use() >= self.vips.capacity() {
+            return Err(format!(
+                "no virtual IP is free: all {} addresses of dhcp.cidr are in use",
+                self.vips.capacity()
+            ));
+        }
+        let Some(d) = requested else { return Ok(Ok(None)) };
+        Ok((|| {
+            let d = normalize_domain(d)?;
+            if let Some(why) = self.reserved.why(&d) {
+                return Err(format!("{why}; no client may claim it"));
+            }
+            if self.domains.contains_key(&d) {
+                return Err(format!("domain {d} is held by another connected client"));
+            }
+            Ok(Some(d))
+        })())
+    }
+
     /// The live session holding `vip`.
     pub(crate) fn by_vip(&self, vip: Ipv4Addr) -> Option<Arc<Session>> {
         self.by_vip.get(&vip).and_then(|id| self.sessions.get(id)).cloned()
