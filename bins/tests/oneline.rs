@@ -235,6 +235,7 @@ fn init_then_one_line_client_then_check() {
         "# admin:\n#   listen: \"127.0.0.1:7070\"\n#   token: \"a long random string, 16 characters or more\"",
         &format!("admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{ADMIN_TOKEN}\""),
     );
+    s = replace_once(&s, "  domain: \"oneline.test\"\n", "  domain: \"oneline.test\"\n  quic: true\n");
     std::fs::write(&conf, s).unwrap();
     let (mut server, addr) = start_server(&dir, &[], &["-c", "notrd.yaml"]);
     let admin_line =
@@ -289,6 +290,13 @@ fn init_then_one_line_client_then_check() {
     // It took nothing: no session, and its public port is still free.
     assert_eq!(sessions(admin), 1, "a check left a session behind");
     TcpListener::bind(("127.0.0.1", free)).unwrap_or_else(|e| panic!("port {free} taken after the check: {e}"));
+    // The same over QUIC.
+    let mut quic = ok_args.clone();
+    quic.extend(["--transport", "quic"]);
+    let got = check(&env, &quic, &dir);
+    assert_check(&got, 0, "");
+    assert!(got.1.iter().any(|l| l.starts_with("ok   server reachable over QUIC")), "{:?}", got.1);
+    assert_eq!(sessions(admin), 1, "a check over QUIC left a session behind");
 
     // A port the running client holds, and one outside PortMin..PortMax:
     // the server would refuse (65).
@@ -400,6 +408,41 @@ fn server_from_flags_and_client_from_env() {
     assert!((10000..=20000).contains(&public), "tcp port {public}: not the documented default range");
     tcp_round_trip(public);
     drop(client);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(WAIT).code(), Some(0), "{}", server.transcript());
+}
+
+// ------------------------------------------------------------------ check under a credential
+
+#[test]
+fn check_applies_the_credential_rules() {
+    let dir = TempDir::new("oneline-cred");
+    let (lo, hi) = (free_port(), free_port());
+    let (lo, hi) = (lo.min(hi), lo.max(hi));
+    let conf = format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n  domain: \"cred.test\"\ndhcp:\n  cidr: \"100.64.242.1/24\"\n\
+         plugin:\n  tcp:\n    PortMin: 1024\n    PortMax: 65535\n    bind: \"127.0.0.1\"\n  udp:\n    PortMin: 1024\n    PortMax: 65535\n    bind: \"127.0.0.1\"\n\
+         clients:\n  - name: alice\n    key: \"alice's key for the check test\"\n    domains: [\"alice.cred.test\"]\n\
+         \x20   ports: [\"{lo}-{hi}\"]\n    protocols: [tcp]\n"
+    );
+    dir.write("notrd.yaml", conf);
+    let (mut server, addr) = start_server(&dir, &[], &["-c", "notrd.yaml"]);
+    let echo = tcp_echo();
+    let server_arg = addr.to_string();
+    // The name from OPENNOTR_NAME, the key from OPENNOTR_KEY.
+    let env = [("OPENNOTR_NAME", "alice"), ("OPENNOTR_KEY", "alice's key for the check test")];
+    let got = check(&env, &["tcp", &format!("{lo}:{echo}"), "--server", &server_arg], &dir);
+    assert_check(&got, 0, "");
+    assert!(got.1.iter().any(|l| l == "ok   authenticated as client \"alice\""), "{:?}", got.1);
+    let outside = if lo > 1025 { lo - 1 } else { hi + 1 };
+    let got = check(&env, &["tcp", &format!("{outside}:{echo}"), "--server", &server_arg], &dir);
+    assert_check(&got, 65, "client alice may not use public port");
+    let got = check(&env, &["udp", &format!("{lo}:{echo}"), "--server", &server_arg], &dir);
+    assert_check(&got, 65, "client alice may not use protocol");
+    let got = check(&env, &["tcp", &echo.to_string(), "--domain", "bob.cred.test", "--server", &server_arg], &dir);
+    assert_check(&got, 65, "client alice may not claim bob.cred.test");
+    let got = check(&env, &["tcp", &echo.to_string(), "--name", "mallory", "--server", &server_arg], &dir);
+    assert_check(&got, 77, "authenticated");
     server.signal("TERM");
     assert_eq!(server.wait_exit(WAIT).code(), Some(0), "{}", server.transcript());
 }

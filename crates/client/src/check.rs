@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use opennotr_config::ClientConfig;
 use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage, StreamProtocol};
+use opennotr_transport::quic::{quinn, QuicChannel, QuicStream, QuicTiming};
 use opennotr_transport::{timed, tune_tcp, Channel, FrameReader, FrameWriter, SecureStream, TransportError};
 use tokio::net::TcpStream;
 
@@ -94,9 +95,51 @@ async fn server_checks(cfg: &ClientConfig, emit: &mut impl FnMut(Option<CheckFai
     let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
     emit(None, format!("server name: {server} resolves to {}", list.join(", ")));
 
+    let connected = match cfg.transport {
+        opennotr_config::Transport::Tcp => over_tcp(cfg, &addrs, emit).await,
+        opennotr_config::Transport::Quic => over_quic(cfg, addrs[0], emit).await,
+    };
+    let Some((chan, quic)) = connected else { return };
+    ask(cfg, chan, emit).await;
+    if let Some((endpoint, conn)) = quic {
+        conn.close(quinn::VarInt::from_u32(opennotr_proto::quic::code::SESSION_ENDED), b"check done");
+        let _ = tokio::time::timeout(cfg.handshake_timeout, endpoint.wait_idle()).await;
+    }
+}
+
+/// A QUIC endpoint and connection to close once the check is done.
+type QuicConn = (quinn::Endpoint, quinn::Connection);
+
+fn auth_failure(e: &ClientError) -> CheckFailure {
+    match e {
+        ClientError::BadKey | ClientError::Refused { code: RefuseCode::BadKey | RefuseCode::TooManyFailures, .. } => {
+            CheckFailure::Auth
+        }
+        ClientError::Refused { code: RefuseCode::VersionMismatch, .. } => CheckFailure::Protocol,
+        ClientError::Refused { .. } => CheckFailure::WouldRefuse,
+        ClientError::Transport(_) => CheckFailure::Unreachable,
+        _ => CheckFailure::Protocol,
+    }
+}
+
+fn authenticated(cfg: &ClientConfig) -> String {
+    match &cfg.name {
+        Some(n) => format!("authenticated as client {n:?}"),
+        None => "authenticated with the shared key".into(),
+    }
+}
+
+/// The control connection over TCP, authenticated; `None` once a failure
+/// is reported.
+async fn over_tcp(
+    cfg: &ClientConfig,
+    addrs: &[SocketAddr],
+    emit: &mut impl FnMut(Option<CheckFailure>, String),
+) -> Option<(Channel, Option<QuicConn>)> {
+    let limit = cfg.handshake_timeout;
     let mut tcp = None;
     let mut last = String::new();
-    for a in &addrs {
+    for a in addrs {
         match timed(limit, "connecting", async { Ok(TcpStream::connect(a).await?) }).await {
             Ok(s) => {
                 tcp = Some((s, *a));
@@ -106,43 +149,91 @@ async fn server_checks(cfg: &ClientConfig, emit: &mut impl FnMut(Option<CheckFai
         }
     }
     let Some((mut tcp, addr)) = tcp else {
-        return emit(Some(CheckFailure::Unreachable), format!("server reachable over TCP: {last}"));
+        emit(Some(CheckFailure::Unreachable), format!("server reachable over TCP: {last}"));
+        return None;
     };
     tune_tcp(&tcp);
-    let quic = if cfg.transport == opennotr_config::Transport::Quic {
-        " (transport quic: the check runs over TCP; QUIC itself is not tried)"
-    } else {
-        ""
-    };
-    emit(None, format!("server reachable over TCP at {addr}{quic}"));
-
+    emit(None, format!("server reachable over TCP at {addr}"));
     let keys = match crate::session::handshake(cfg, &mut tcp, cfg.plaintext, None).await {
         Ok(k) => k,
         Err(e) => {
-            let kind = match &e {
-                ClientError::BadKey
-                | ClientError::Refused { code: RefuseCode::BadKey | RefuseCode::TooManyFailures, .. } => {
-                    CheckFailure::Auth
-                }
-                ClientError::Refused { code: RefuseCode::VersionMismatch, .. } => CheckFailure::Protocol,
-                ClientError::Refused { .. } => CheckFailure::WouldRefuse,
-                ClientError::Transport(_) => CheckFailure::Unreachable,
-                _ => CheckFailure::Protocol,
-            };
-            return emit(Some(kind), format!("authenticated: {e}"));
+            emit(Some(auth_failure(&e)), format!("authenticated: {e}"));
+            return None;
         }
     };
-    let who = match &cfg.name {
-        Some(n) => format!("as client {n:?}"),
-        None => "with the shared key".into(),
-    };
-    emit(None, format!("authenticated {who}"));
-
+    emit(None, authenticated(cfg));
     let chan = if cfg.plaintext {
         Channel::Plain(tcp)
     } else {
         Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new())))
     };
+    Some((chan, None))
+}
+
+/// The control stream of a QUIC connection, authenticated with the
+/// connection's TLS binding, as the client's session opens it.
+async fn over_quic(
+    cfg: &ClientConfig,
+    server: SocketAddr,
+    emit: &mut impl FnMut(Option<CheckFailure>, String),
+) -> Option<(Channel, Option<QuicConn>)> {
+    let limit = cfg.handshake_timeout;
+    let bind: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let timing = QuicTiming { keepalive_interval: cfg.keepalive_interval, idle_timeout: cfg.keepalive_timeout };
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string()).and_then(|mut e| {
+        e.set_default_client_config(opennotr_transport::quic::client_config(timing).map_err(|e| e.to_string())?);
+        Ok(e)
+    });
+    let endpoint = match endpoint {
+        Ok(e) => e,
+        Err(e) => {
+            emit(Some(CheckFailure::Unreachable), format!("server reachable over QUIC: no local endpoint: {e}"));
+            return None;
+        }
+    };
+    let connected = timed(limit, "connecting over QUIC", async {
+        let conn = endpoint
+            .connect(server, "opennotr")
+            .map_err(|e| TransportError::Io(std::io::Error::other(e.to_string())))?
+            .await
+            .map_err(opennotr_transport::quic::io_error)?;
+        let (send, recv) = conn.open_bi().await.map_err(opennotr_transport::quic::io_error)?;
+        Ok((conn, QuicStream::new(send, recv)))
+    })
+    .await;
+    let (conn, mut s) = match connected {
+        Ok(x) => x,
+        Err(e) => {
+            emit(Some(CheckFailure::Unreachable), format!("server reachable over QUIC (UDP) at {server}: {e}"));
+            return None;
+        }
+    };
+    emit(None, format!("server reachable over QUIC (UDP) at {server}"));
+    let binding = match opennotr_transport::quic::binding(&conn) {
+        Ok(b) => b,
+        Err(e) => {
+            emit(Some(CheckFailure::Protocol), format!("authenticated: {e}"));
+            return None;
+        }
+    };
+    match crate::session::handshake(cfg, &mut s, false, Some(&binding)).await {
+        Ok(_) => emit(None, authenticated(cfg)),
+        Err(e) => {
+            emit(Some(auth_failure(&e)), format!("authenticated: {e}"));
+            return None;
+        }
+    }
+    Some((Channel::Quic(Box::new(QuicChannel::Stream(s))), Some((endpoint, conn))))
+}
+
+/// Sends `check` on the authenticated control channel and reports the
+/// server's answer.
+async fn ask(cfg: &ClientConfig, chan: Channel, emit: &mut impl FnMut(Option<CheckFailure>, String)) {
+    let limit = cfg.handshake_timeout;
     let (rd, wr) = tokio::io::split(chan);
     let (mut reader, mut writer) = (FrameReader::new(rd), FrameWriter::new(wr));
     let reqs = requests(cfg);
