@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use opennotr_plugin::ForwardMeta;
 use opennotr_proto::message::{ForwardRequest, ForwardResult, ServerMessage};
+use tokio::time::Instant;
+use tracing::info;
 
 use crate::Shared;
 
@@ -61,27 +63,41 @@ pub(crate) async fn answer(
     };
     // Without a request, a named client gets its first exact name.
     let asked = domain.or_else(|| cred.as_ref().and_then(|c| c.domains.iter().find(|d| !d.starts_with("*.")).cloned()));
-    let decision = shared.state().would_admit(asked.as_deref());
-    let (client_error, given) = match decision {
-        Err(m) => (Some(m), None),
-        Ok(Err(m)) => {
+    let (client_error, decision) = shared.state().would_admit(asked.as_deref());
+    let given = match decision {
+        Err(m) => {
             domain_error.get_or_insert(m);
-            (None, None)
+            None
         }
-        Ok(Ok(d)) => (None, d),
+        Ok(d) => d,
     };
 
     let max = shared.limits().max_forwards_per_client;
-    let mut results = Vec::with_capacity(forwards.len().min(max));
+    // The connection holds a handshake slot until it is answered: the
+    // whole check gets one handshake's time, whatever plugins take.
+    let deadline = Instant::now() + shared.cfg.server.handshake_timeout;
+    let mut results = Vec::with_capacity(forwards.len());
     let mut seen = HashSet::new();
     for (i, req) in forwards.iter().enumerate() {
         let verdict = if i >= max {
             Err(format!("the server allows at most {max} forwards per client"))
         } else {
-            check_forward(shared, cred.as_ref(), req, given.as_deref(), &mut seen).await
+            let step = check_forward(shared, cred.as_ref(), req, given.as_deref(), &mut seen);
+            tokio::time::timeout_at(deadline, step)
+                .await
+                .unwrap_or_else(|_| Err("not checked: the check ran out of time".into()))
         };
         results.push(ForwardResult { request: req.clone(), public_port: None, url: None, error: verdict.err() });
     }
+    let refused = results.iter().filter(|r| r.error.is_some()).count();
+    info!(
+        client = name.unwrap_or(""),
+        forwards = results.len(),
+        refused,
+        client_refused = client_error.is_some(),
+        domain_refused = domain_error.is_some(),
+        "answered a check (nothing taken)"
+    );
     ServerMessage::Checked { client_error, domain_error, forwards: results }
 }
 
