@@ -408,6 +408,30 @@ fn server_from_flags_and_client_from_env() {
     assert!((10000..=20000).contains(&public), "tcp port {public}: not the documented default range");
     tcp_round_trip(public);
     drop(client);
+
+    // etc/opennotr.env names what the client reads: its variables, with
+    // this test's values, make a client that connects.
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/opennotr.env")).unwrap();
+    let vars: Vec<(String, String)> = example
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, _) = l.split_once('=').unwrap_or_else(|| panic!("not VAR=value: {l:?}"));
+            let v = match k {
+                "OPENNOTR_SERVER" => addr.to_string(),
+                "OPENNOTR_KEY" => "a-long-random-key-for-this-test".into(),
+                other => panic!("etc/opennotr.env sets {other}, which this test does not know"),
+            };
+            (k.to_string(), v)
+        })
+        .collect();
+    assert_eq!(vars.len(), 2, "{example}");
+    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut client = Proc::spawn_cmd(cmd(CLIENT, &env), &["tcp", &echo.to_string()], &dir.0);
+    let reg = read_registration(&mut client, 1);
+    let (public, _) = parse_forward(&reg.forwards[0], "tcp", &reg.domain);
+    tcp_round_trip(public);
+    drop(client);
     server.signal("TERM");
     assert_eq!(server.wait_exit(WAIT).code(), Some(0), "{}", server.transcript());
 }
