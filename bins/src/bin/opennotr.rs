@@ -99,7 +99,7 @@ fn config(args: &Args, matches: &ArgMatches, forwards: &[String]) -> Result<Clie
     }
     let forwards = opennotr_cli::forwards::parse_forwards(forwards).map_err(|e| e.to_string())?;
     let key = match &args.key_file {
-        Some(p) => Some(read_key(p)?),
+        Some(p) => Some(opennotr_cli::read_key_file(p)?),
         None => args.key.clone(),
     };
     let values = opennotr_config::ClientArgs {
@@ -111,16 +111,6 @@ fn config(args: &Args, matches: &ArgMatches, forwards: &[String]) -> Result<Clie
         forwards,
     };
     opennotr_config::client_from_args(&values).map_err(|e: ConfigError| e.to_string())
-}
-
-/// The first line of `path`, without its line ending.
-fn read_key(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?;
-    let key = text.lines().next().unwrap_or_default().trim_end_matches('\r');
-    if key.is_empty() {
-        return Err(format!("--key-file {}: the first line is empty", path.display()));
-    }
-    Ok(key.to_string())
 }
 
 fn main() -> ExitCode {

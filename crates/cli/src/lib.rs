@@ -22,6 +22,17 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
         .collect()
 }
 
+/// The key in `path` (`--key-file`): its first line, without the line
+/// ending. The error names the flag and the file, never the content.
+pub fn read_key_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?;
+    let key = text.lines().next().unwrap_or_default().trim_end_matches('\r');
+    if key.is_empty() {
+        return Err(format!("--key-file {}: the first line is empty", path.display()));
+    }
+    Ok(key.to_string())
+}
+
 /// Logs to stderr. The level comes from `level` (a flag) or `RUST_LOG`,
 /// default `info`; `json` switches to one JSON object per line.
 pub fn init_tracing(level: Option<&str>, json: bool) {

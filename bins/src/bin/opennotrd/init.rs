@@ -33,16 +33,6 @@ pub(crate) struct InitArgs {
     listen: String,
 }
 
-/// The first line of `path`, without its line ending.
-pub(crate) fn read_key(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?;
-    let key = text.lines().next().unwrap_or_default().trim_end_matches('\r');
-    if key.is_empty() {
-        return Err(format!("--key-file {}: the first line is empty", path.display()));
-    }
-    Ok(key.to_string())
-}
-
 pub(crate) fn run(args: &InitArgs) -> ExitCode {
     let fail = |m: String| {
         eprintln!("opennotrd init: {m}");

@@ -73,7 +73,7 @@ fn usage(e: impl std::fmt::Display) -> ExitCode {
 /// The configuration `--domain` and the key flags stand for.
 fn config_from_flags(args: &Args, matches: &ArgMatches, domain: &str) -> Result<opennotr_config::ServerConfig, String> {
     let key = match (&args.key_file, &args.key) {
-        (Some(p), _) => init::read_key(p)?,
+        (Some(p), _) => opennotr_cli::read_key_file(p)?,
         (None, Some(k)) => k.clone(),
         (None, None) => return Err("--key-file: a key is required with --domain (or set OPENNOTRD_KEY)".into()),
     };
