@@ -327,6 +327,11 @@ fn init_then_one_line_client_then_check() {
     );
     let got = check(&[], &["-c", file.to_str().unwrap()], &dir);
     assert_check(&got, 0, "");
+    // A `vipPorts` target is dialed like a forward's: one that is down fails.
+    let text = std::fs::read_to_string(&file).unwrap() + &format!("vipPorts:\n  - port: {down}\n");
+    let with_vip = dir.write("vip.yaml", text);
+    let got = check(&[], &["-c", with_vip.to_str().unwrap()], &dir);
+    assert_check(&got, 66, &format!("local tcp 127.0.0.1:{down}"));
 
     // Last, as it counts against 127.0.0.1: a wrong key (77).
     let got = check(

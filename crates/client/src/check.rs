@@ -291,11 +291,19 @@ fn target(r: &opennotr_proto::message::ForwardRequest) -> SocketAddr {
     SocketAddr::new(r.local_ip, r.local_port)
 }
 
+/// Every target the client would dial: the forwards', then the
+/// `vipPorts`', each once.
 async fn local_checks(cfg: &ClientConfig, emit: &mut impl FnMut(Option<CheckFailure>, String)) {
+    let forwards = requests(cfg).into_iter().map(|r| {
+        let proto = if r.protocol == "udp" { StreamProtocol::Udp } else { StreamProtocol::Tcp };
+        (proto, target(&r))
+    });
+    let vip_ports = cfg.vip_ports.iter().map(|v| {
+        let proto = if v.udp { StreamProtocol::Udp } else { StreamProtocol::Tcp };
+        (proto, SocketAddr::new(v.local_ip, v.port))
+    });
     let mut done = std::collections::HashSet::new();
-    for req in requests(cfg) {
-        let proto = if req.protocol == "udp" { StreamProtocol::Udp } else { StreamProtocol::Tcp };
-        let t = target(&req);
+    for (proto, t) in forwards.chain(vip_ports) {
         if !done.insert((proto, t)) {
             continue;
         }
