@@ -109,3 +109,29 @@ async fn check_reports_the_server_limits_and_takes_nothing() {
     })
     .await;
 }
+
+/// A check is a handshake like any other: failed ones count toward the
+/// source's penalty, and a penalized source's check is refused before any
+/// cryptography — `check` is no way around the limits.
+#[tokio::test]
+async fn checks_count_toward_the_auth_penalty() {
+    use opennotr_tests::{run_test, ClientSpec, ServerSpec, TestServer};
+    run_test(async {
+        let spec = ServerSpec { limits: vec![("authFailures", 2)], ..ServerSpec::default() };
+        let server = TestServer::start(&spec).await;
+        let wrong = ClientSpec { key: "not the server's key".into(), ..ClientSpec::new(server.addr) }.config();
+        for _ in 0..2 {
+            let failed = opennotr_client::check(&wrong, |_| {}).await;
+            assert_eq!(failed, Some(CheckFailure::Auth));
+        }
+        // Now even the right key is refused, for the penalty's time.
+        let right = ClientSpec::new(server.addr).config();
+        let mut lines = Vec::new();
+        let failed = opennotr_client::check(&right, |l| lines.push(l.to_string())).await;
+        let text = lines.join("\n");
+        assert_eq!(failed, Some(CheckFailure::Auth), "{text}");
+        assert!(lines.iter().any(|l| l.starts_with("FAIL authenticated") && l.contains("too_many_failures")), "{text}");
+        server.stop().await;
+    })
+    .await;
+}
