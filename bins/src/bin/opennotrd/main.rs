@@ -153,6 +153,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ServerError::Config { .. }) if args.domain.is_some() => usage(e),
         Err(e @ ServerError::Config { .. }) => {
             eprintln!("opennotrd: {}: {e}", args.config.display());
             ExitCode::from(opennotr_config::EXIT_USAGE as u8)
