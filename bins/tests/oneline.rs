@@ -57,7 +57,12 @@ fn free_port() -> u16 {
 }
 
 fn tcp_echo() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp_echo_on("127.0.0.1")
+}
+
+/// A TCP echo server on `ip` (any 127.0.0.0/8 address is loopback on Linux).
+fn tcp_echo_on(ip: &str) -> u16 {
+    let l = TcpListener::bind((ip, 0)).unwrap();
     let port = l.local_addr().unwrap().port();
     thread::spawn(move || {
         for mut c in l.incoming().flatten() {
@@ -401,6 +406,28 @@ fn server_from_flags_and_client_from_env() {
     // Everything from the environment but the forward; the key from a file.
     let env = [("OPENNOTR_SERVER", addr.to_string())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // A local host other than 127.0.0.1, and an http forward this server
+    // (no gateway) would refuse: `check` says so, naming the key to set.
+    let other = tcp_echo_on("127.0.0.2");
+    let keyfile_arg = keyfile.to_str().unwrap();
+    let got = check(&env, &["tcp", &format!("127.0.0.2:{other}"), "--key-file", keyfile_arg], &dir);
+    assert_check(&got, 0, "");
+    assert!(got.1.iter().any(|l| l == &format!("ok   local tcp 127.0.0.2:{other} accepts connections")), "{:?}", got.1);
+    let got = check(&env, &["http", "3000", "--key-file", keyfile_arg], &dir);
+    assert_check(&got, 65, "the http gateway is not configured on this server (plugin.http.listen)");
+    let mut client =
+        Proc::spawn_cmd(cmd(CLIENT, &env), &["tcp", &format!("127.0.0.2:{other}"), "--key-file", keyfile_arg], &dir.0);
+    let reg = read_registration(&mut client, 1);
+    let line = &reg.forwards[0];
+    let public: u16 = line
+        .strip_prefix(&format!("tcp://{}:", reg.domain))
+        .and_then(|r| r.strip_suffix(&format!(" => 127.0.0.2:{other}")))
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    tcp_round_trip(public);
+    drop(client);
+
     let mut client = Proc::spawn_cmd(
         cmd(CLIENT, &env),
         &["tcp", &echo.to_string(), "--key-file", keyfile.to_str().unwrap()],
