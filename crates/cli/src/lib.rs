@@ -1,11 +1,14 @@
 //! What `opennotrd` and `opennotr` share: the original's `-conf` flag,
-//! logging set-up and signal handling.
+//! logging set-up and signal handling; and the one-line client's forward
+//! syntax ([`forwards`]).
 
 use std::ffi::OsString;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
+
+pub mod forwards;
 
 /// Rewrites the original Go flag `-conf FILE` / `-conf=FILE` to `--config`,
 /// so clap handles both spellings.
@@ -17,6 +20,17 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
             _ => a,
         })
         .collect()
+}
+
+/// The key in `path` (`--key-file`): its first line, without the line
+/// ending. The error names the flag and the file, never the content.
+pub fn read_key_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?;
+    let key = text.lines().next().unwrap_or_default().trim_end_matches('\r');
+    if key.is_empty() {
+        return Err(format!("--key-file {}: the first line is empty", path.display()));
+    }
+    Ok(key.to_string())
 }
 
 /// Logs to stderr. The level comes from `level` (a flag) or `RUST_LOG`,

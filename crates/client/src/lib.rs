@@ -12,6 +12,7 @@
 //! - `stream`: one stream: local dial, data channel, relay (TCP) or pump (UDP).
 //! - `spare`: data channels opened ahead of need, so a stream waits for no
 //!   round trip to the server.
+//! - `check`: `opennotr check`, every step tried once without registering.
 //! - `quic`: the same over QUIC (`transport: quic`): the handshake bound
 //!   to the connection's TLS, the streams the server opens, UDP datagrams.
 
@@ -26,6 +27,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod check;
 mod health;
 mod proxy;
 mod quic;
@@ -33,6 +35,7 @@ mod session;
 mod spare;
 mod stream;
 
+pub use check::{check, CheckFailure, CheckLine};
 pub use quic::QuicEndpoint;
 
 /// What happened, for the user and for tests.

@@ -35,7 +35,7 @@ pub(crate) struct Link {
     pub(crate) spares: Mutex<HashMap<u64, oneshot::Sender<Assignment>>>,
 }
 
-fn requests(cfg: &ClientConfig) -> Vec<ForwardRequest> {
+pub(crate) fn requests(cfg: &ClientConfig) -> Vec<ForwardRequest> {
     cfg.forwards
         .iter()
         .flat_map(|f| {

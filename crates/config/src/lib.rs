@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod client;
 mod clients;
+mod cmdline;
 mod group;
 mod keys;
 mod listen;
@@ -125,6 +126,9 @@ pub struct PortRange {
 }
 
 pub use clients::{credential, domain_allowed, CredentialText};
+pub use cmdline::{
+    client_from_args, random_key, server_from_args, server_template, ClientArgs, ForwardArg, ServerTemplate,
+};
 pub use group::{check_group_name, GroupBalance, GroupConfig, HealthCheck, HealthKind, MAX_GROUP_NAME};
 pub use keys::{key_weaknesses, weak_keys, WeakKey, MIN_KEY_CHARS};
 pub use reserved::ReservedNames;

@@ -69,6 +69,10 @@ impl Gateway {
         self.router.insert(scheme, domain, up)
     }
 
+    pub(crate) fn check_free(&self, scheme: Scheme, domain: &str) -> Result<(), String> {
+        self.router.check_free(scheme, domain)
+    }
+
     pub(crate) fn remove(&self, scheme: Scheme, domain: &str, forward: u64) -> bool {
         self.router.remove(scheme, domain, forward)
     }

@@ -286,6 +286,30 @@ impl Plugin for GatewayPlugin {
         self.gateway.remove(self.scheme, &meta.domain, meta.id);
     }
 
+    /// The embedded gateway is configured and the domain's route is free
+    /// (an empty domain is one the server would draw: free). The external
+    /// gateway is not asked; its listener is not bound ahead of need.
+    async fn check_proxy(&self, meta: &ForwardMeta) -> Result<(), PluginError> {
+        if self.external.is_some() {
+            return Ok(());
+        }
+        if self.port.is_none() {
+            // `run_proxy`'s refusals, word for word.
+            let name = self.scheme.name();
+            return Err(PluginError::Refused(match &self.cfg.mode {
+                Mode::External { secret: None, .. } => format!(
+                    "the external gateway is not usable for {name}: plugin.{name}.adminSecret is not set on this \
+                     server (the gateway's admin API needs it)"
+                ),
+                _ => format!("the {name} gateway is not configured on this server (plugin.{name}.listen)"),
+            }));
+        }
+        if meta.domain.is_empty() {
+            return Ok(());
+        }
+        self.gateway.check_free(self.scheme, &meta.domain).map_err(PluginError::Refused)
+    }
+
     fn metrics(&self, out: &mut String) {
         // One family for every scheme, so one plugin writes it: the `http`
         // plugin, which every server with the gateway has.

@@ -135,6 +135,19 @@ impl Router {
         Ok(())
     }
 
+    /// Whether [`Router::insert`] would route `domain` for `scheme` to a
+    /// new client now (`opennotr check`): no live forward holds it.
+    pub(crate) fn check_free(&self, scheme: Scheme, domain: &str) -> Result<(), String> {
+        let domain = domain.to_ascii_lowercase();
+        let r = self.lock();
+        match r.live.get(&domain).and_then(|per| per.get(&scheme)) {
+            Some(old) if !old.kill.is_cancelled() => {
+                Err(format!("domain {domain} is already routed for {} by another client's forward", scheme.name()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Removes the route of `domain` for `scheme` if it is still forward
     /// `forward`'s. Returns whether it removed it.
     pub(crate) fn remove(&self, scheme: Scheme, domain: &str, forward: u64) -> bool {
@@ -255,5 +268,9 @@ pub(crate) mod tests {
         assert!(g.remove(Scheme::Http, "b.example", 5));
         assert!(matches!(g.lookup(Scheme::Http, "b.example", false), Lookup::Gone));
         assert_eq!(g.routes(), vec![(Scheme::Http, "a.example".to_string(), 3)]);
+        // `check` sees the live route, and nothing where a dead one was.
+        assert!(g.check_free(Scheme::Http, "A.example").unwrap_err().contains("already routed"));
+        assert!(g.check_free(Scheme::H2c, "a.example").is_ok());
+        assert!(g.check_free(Scheme::Http, "b.example").is_ok());
     }
 }

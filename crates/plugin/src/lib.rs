@@ -234,6 +234,12 @@ pub trait Plugin: Send + Sync + 'static {
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError>;
     /// Stops the forward and frees all it holds before returning.
     async fn stop_proxy(&self, meta: &ForwardMeta);
+    /// Whether `run_proxy(meta)` would succeed now, taking nothing
+    /// (`opennotr check`): a port is at most bound and dropped at once.
+    /// Default: yes, the plugin has nothing to check beforehand.
+    async fn check_proxy(&self, _meta: &ForwardMeta) -> Result<(), PluginError> {
+        Ok(())
+    }
     /// Appends the plugin's own metrics, in Prometheus' text format, to a
     /// scrape of the server's `/metrics` (bytes and streams per forward are
     /// counted by the server already).

@@ -115,6 +115,19 @@ pub enum ClientMessage {
         /// Whether its local target passes its check.
         healthy: bool,
     },
+    /// After the handshake, in place of `register` (`opennotr check`):
+    /// would the server accept this domain and these forwards now? The
+    /// server answers [`ServerMessage::Checked`] and closes; it takes
+    /// nothing (no session, VIP, domain, port or lease). An older server
+    /// answers `refused` with `protocol_error`.
+    Check {
+        /// The domain `register` would ask for; `None` = the server picks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+        /// The forwards `register` would ask for.
+        #[serde(default)]
+        forwards: Vec<ForwardRequest>,
+    },
 }
 
 /// Messages from the server to the client.
@@ -196,6 +209,22 @@ pub enum ServerMessage {
     GoingAway {
         /// Why.
         reason: String,
+    },
+    /// Answer to [`ClientMessage::Check`]; the server closes after it.
+    Checked {
+        /// Why a `register` now would be refused as a whole (maximum of
+        /// clients, no free VIP, revoked credential); `None` = it would not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_error: Option<String>,
+        /// Why the domain asked for would be refused (not allowed, taken,
+        /// invalid); `None` = it would be given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain_error: Option<String>,
+        /// One entry per forward asked about, in order: `error` `None` =
+        /// it would start. `public_port` and `url` are not set: nothing
+        /// was taken.
+        #[serde(default)]
+        forwards: Vec<ForwardResult>,
     },
 }
 
@@ -516,6 +545,8 @@ mod tests {
             any::<u64>().prop_map(|seq| ClientMessage::Pong { seq }),
             (any::<u32>(), any::<bool>())
                 .prop_map(|(forward, healthy)| ClientMessage::ForwardHealth { forward, healthy }),
+            (proptest::option::of("[a-z.]{1,20}"), proptest::collection::vec(arb_forward(), 0..3))
+                .prop_map(|(domain, forwards)| ClientMessage::Check { domain, forwards }),
         ]
     }
 
@@ -562,6 +593,19 @@ mod tests {
                 }),
             any::<u64>().prop_map(|seq| ServerMessage::Ping { seq }),
             ".{0,20}".prop_map(|reason| ServerMessage::GoingAway { reason }),
+            (
+                proptest::option::of(".{0,20}"),
+                proptest::option::of(".{0,20}"),
+                proptest::collection::vec(arb_forward(), 0..3)
+            )
+                .prop_map(|(client_error, domain_error, reqs)| ServerMessage::Checked {
+                    client_error,
+                    domain_error,
+                    forwards: reqs
+                        .into_iter()
+                        .map(|request| ForwardResult { request, public_port: None, url: None, error: None })
+                        .collect(),
+                }),
         ]
     }
 

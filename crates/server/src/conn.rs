@@ -492,6 +492,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
             Ok(Ok(ClientMessage::Register { client_id, domain, forwards, vip_ports, mux })) => {
                 (client_id, domain, forwards, vip_ports, mux)
             }
+            // `opennotr check`: answered, then closed; nothing is taken.
+            Ok(Ok(ClientMessage::Check { domain, forwards })) => {
+                let m = crate::check::answer(&shared, name.as_deref(), domain, &forwards).await;
+                let _ = timed(limit, "sending checked", writer.send(&m.to_bytes())).await;
+                let _ = timed(limit, "closing", writer.shutdown()).await;
+                return;
+            }
             Ok(_) => {
                 let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "expected register".into() };
                 let _ = writer.send(&m.to_bytes()).await;

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod admin;
+mod check;
 mod conn;
 mod creds;
 mod group;

@@ -187,6 +187,31 @@ impl State {
         Ok(Admission { vip, domain, ports })
     }
 
+    /// What [`State::admit`] would decide for a new client asking for
+    /// `requested`, taking nothing (`opennotr check`): why the client as a
+    /// whole would be refused, if it would; and the domain's verdict
+    /// (`Ok(None)` = the server would pick one).
+    pub(crate) fn would_admit(&self, requested: Option<&str>) -> (Option<String>, Result<Option<String>, String>) {
+        let client = if self.sessions.len() >= self.max_clients {
+            Some(format!("the server already has its maximum of {} clients", self.max_clients))
+        } else if self.vips.in_use() >= self.vips.capacity() {
+            Some(format!("no virtual IP is free: all {} addresses of dhcp.cidr are in use", self.vips.capacity()))
+        } else {
+            None
+        };
+        let domain = requested.map_or(Ok(None), |d| {
+            let d = normalize_domain(d)?;
+            if let Some(why) = self.reserved.why(&d) {
+                return Err(format!("{why}; no client may claim it"));
+            }
+            if self.domains.contains_key(&d) {
+                return Err(format!("domain {d} is held by another connected client"));
+            }
+            Ok(Some(d))
+        });
+        (client, domain)
+    }
+
     /// The live session holding `vip`.
     pub(crate) fn by_vip(&self, vip: Ipv4Addr) -> Option<Arc<Session>> {
         self.by_vip.get(&vip).and_then(|id| self.sessions.get(id)).cloned()

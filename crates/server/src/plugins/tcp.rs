@@ -51,6 +51,12 @@ impl Plugin for TcpPlugin {
     async fn stop_proxy(&self, meta: &ForwardMeta) {
         self.running.stop(meta).await;
     }
+
+    /// In range and free now: bound as `run_proxy` would, and dropped at
+    /// once (port 0: some port of the range is free).
+    async fn check_proxy(&self, meta: &ForwardMeta) -> Result<(), PluginError> {
+        self.rules.bind_with(meta.public_port, |a| async move { opennotr_transport::listen(a) }).await.map(drop)
+    }
 }
 
 async fn accept_loop(listener: TcpListener, meta: ForwardMeta, ctx: ForwardContext) {

@@ -71,6 +71,12 @@ impl Plugin for UdpPlugin {
     async fn stop_proxy(&self, meta: &ForwardMeta) {
         self.running.stop(meta).await;
     }
+
+    /// In range and free now: bound as `run_proxy` would, and dropped at
+    /// once (port 0: some port of the range is free).
+    async fn check_proxy(&self, meta: &ForwardMeta) -> Result<(), PluginError> {
+        self.rules.bind_with(meta.public_port, |a| async move { bind(a) }).await.map(drop)
+    }
 }
 
 /// Socket buffers asked for (the kernel caps them at `net.core.rmem_max`):
