@@ -49,6 +49,10 @@ struct RawForward {
     local_ip: Option<String>,
     #[serde(rename = "rawConfig")]
     raw_config: Option<String>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    #[serde(rename = "basicAuth")]
+    basic_auth: Option<Vec<crate::access::RawBasicAuth>>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
@@ -192,5 +196,7 @@ fn forward(
         }
     };
 
-    Ok(ForwardConfig { protocol, ports, local_ip, raw_config: raw.raw_config.filter(|c| !c.is_empty()) })
+    let access = crate::access::validate(&format!("forwards[{i}]"), raw.allow, raw.deny, raw.basic_auth)?;
+    crate::access::for_protocol(&format!("forwards[{i}]"), &protocol, &access)?;
+    Ok(ForwardConfig { protocol, ports, local_ip, raw_config: raw.raw_config.filter(|c| !c.is_empty()), access })
 }

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+pub mod access;
 mod client;
 mod clients;
 mod keys;
@@ -96,6 +97,9 @@ pub struct ServerConfig {
     pub clients_file: Option<std::path::PathBuf>,
     /// `admin`: the admin API and dashboard; `None` = off.
     pub admin: Option<AdminSection>,
+    /// `access`: who may reach the forwards of shared-key clients (those
+    /// without a `clients` entry, whose own rules are `clients[i].allow`...).
+    pub access: Access,
 }
 
 /// One client's own credential: it authenticates with `name` and `key`
@@ -113,6 +117,9 @@ pub struct Credential {
     pub ports: Vec<PortRange>,
     /// `clients[i].protocols`: plugins it may use; empty = all.
     pub protocols: Vec<String>,
+    /// `clients[i].allow`, `.deny`, `.basicAuth`: who may reach every
+    /// forward of the client (a client's own rules only narrow them).
+    pub access: Access,
 }
 
 /// An inclusive range of ports.
@@ -122,6 +129,7 @@ pub struct PortRange {
     pub last: u16,
 }
 
+pub use access::{Access, BasicAuth};
 pub use clients::{credential, domain_allowed, CredentialText};
 pub use keys::{key_weaknesses, weak_keys, WeakKey, MIN_KEY_CHARS};
 pub use reserved::ReservedNames;
@@ -354,6 +362,9 @@ pub struct ForwardConfig {
     pub local_ip: IpAddr,
     /// `forwards[i].rawConfig`: opaque string handed to the plugin.
     pub raw_config: Option<String>,
+    /// `forwards[i].allow`, `.deny`, `.basicAuth`: who may reach it, sent
+    /// to the server (which adds its own rules).
+    pub access: Access,
 }
 
 // ---------------------------------------------------------------- loading

@@ -135,6 +135,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
         local_ip: [127, 0, 0, 1].into(),
         local_port: 22,
         raw_config: Some("{\"x\":1}".into()),
+        access: None,
     };
     vec![
         (
@@ -181,6 +182,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
         local_ip: "::1".parse().expect("an address"),
         local_port: 8080,
         raw_config: None,
+        access: None,
     };
     vec![
         ("challenge", ServerMessage::Challenge { version: 1, spake, mac, software: "opennotrd 0.1".into() }),

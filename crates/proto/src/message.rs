@@ -286,6 +286,43 @@ pub struct ForwardRequest {
     /// Opaque per-forward configuration for the plugin.
     #[serde(default)]
     pub raw_config: Option<String>,
+    /// Who may reach the forward, as the client narrows it (the server
+    /// adds its own rules for the client, which these cannot widen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessRules>,
+}
+
+/// A forward's access rules as the client sends them: text, parsed and
+/// bounded by the server (a client is not trusted to send valid CIDRs or
+/// cheap hashes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRules {
+    /// CIDRs visitors must come from; empty = any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// CIDRs refused even when allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// HTTP basic auth users (`http`, `https` and `h2c` forwards only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub basic_auth: Vec<BasicAuthUser>,
+}
+
+/// One HTTP basic auth user: a name and a password hash (argon2id in PHC
+/// form, or bcrypt), never a password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuthUser {
+    /// The user name.
+    pub user: String,
+    /// `$argon2id$...` or `$2b$...`.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for BasicAuthUser {
+    // Hashes stay out of logs: a leaked hash is an offline guessing target.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuthUser").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 /// A port the client exposes on its virtual IP only.
@@ -364,6 +401,7 @@ mod tests {
                 local_ip: IpAddr::from(ip),
                 local_port,
                 raw_config,
+                access: None,
             },
         )
     }

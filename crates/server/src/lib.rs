@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod access;
 mod admin;
 mod conn;
 mod creds;
@@ -264,6 +265,8 @@ pub(crate) struct Shared {
     pub(crate) admin_token: std::sync::OnceLock<opennotr_admin::TokenHandle>,
     /// How the UDP datagrams of QUIC sessions travelled.
     pub(crate) quic_stats: Arc<opennotr_transport::quic::DatagramStats>,
+    /// Visitors refused by access rules, and the bound on password checks.
+    pub(crate) access: Arc<access::Guard>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -458,6 +461,7 @@ impl Server {
             config_path: Default::default(),
             admin_token: Default::default(),
             quic_stats: Arc::default(),
+            access: Arc::default(),
             cfg,
         });
         if let Some(v) = &vlan {
