@@ -29,6 +29,9 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "hash-password") {
+        return hash_password();
+    }
     let args = Args::parse_from(opennotr_cli::normalize_args(std::env::args_os()));
     if let Some(shell) = args.completions {
         clap_complete::generate(shell, &mut Args::command(), "opennotr", &mut std::io::stdout());
@@ -72,4 +75,26 @@ fn main() -> std::process::ExitCode {
         client.run(shutdown).await;
     });
     std::process::ExitCode::SUCCESS
+}
+
+/// `opennotr hash-password`: reads a password on standard input (not the
+/// command line, which other users see) and prints its argon2id hash for a
+/// `basicAuth` entry (docs/access-control.md).
+fn hash_password() -> std::process::ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim_end_matches(['\r', '\n']).is_empty() {
+        eprintln!("opennotr hash-password: give the password on standard input");
+        return std::process::ExitCode::from(opennotr_config::EXIT_USAGE as u8);
+    }
+    let salt: [u8; 16] = rand::random();
+    match opennotr_config::access::hash_password(line.trim_end_matches(['\r', '\n']).as_bytes(), &salt) {
+        Ok(h) => {
+            println!("{h}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("opennotr hash-password: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -31,9 +31,9 @@ pub const MAX_ARGON2_LANES: u32 = 4;
 pub const MAX_BCRYPT_COST: u32 = 14;
 
 /// How to make a hash, shown when a plaintext password is found.
-pub const HASH_HOWTO: &str = "store a hash, not the password: `htpasswd -nbBC 12 '' 'PASSWORD' | tr -d ':\\n'` \
-     (bcrypt) or `echo -n 'PASSWORD' | argon2 \"$(openssl rand -hex 8)\" -id -e` (argon2id); see \
-     docs/access-control.md";
+pub const HASH_HOWTO: &str = "store a hash, not the password: `opennotr hash-password` reads the password on \
+     its standard input and prints an argon2id hash (or `htpasswd -nbBC 12 '' 'PASSWORD' | tr -d ':\\n'` for \
+     bcrypt); see docs/access-control.md";
 
 /// Who may reach a forward. Empty = everyone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -211,6 +211,14 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
     Err(format!("not an argon2id ($argon2id$...) or bcrypt ($2b$...) hash; {HASH_HOWTO}"))
 }
 
+/// An argon2id hash of `password` in PHC form with argon2's default
+/// parameters (m=19456 KiB, t=2, p=1), for `opennotr hash-password`.
+pub fn hash_password(password: &[u8], salt: &[u8; 16]) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    let salt = SaltString::encode_b64(salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default().hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +240,13 @@ mod tests {
         assert_eq!(a.allow[1].to_string(), "192.0.2.7/32");
         assert_eq!(a.basic_auth[1].user, "bob");
         assert!(!format!("{a:?}").contains("$2b$"), "hashes stay out of Debug");
+    }
+
+    #[test]
+    fn made_hashes_pass_the_check() {
+        let h = hash_password(b"pw", &[7; 16]).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        check_hash(&h).unwrap();
     }
 
     #[test]
