@@ -185,3 +185,69 @@ fn server_rules_and_a_client_file_enforced_by_the_real_binaries() {
     drop(client);
     drop(server);
 }
+
+/// The virtual LAN: programs on the server host reaching `VIP:port` pass
+/// the server's rules and those of the forward whose local port it is.
+/// Root only (network namespaces, nftables).
+#[test]
+fn vip_visitors_pass_the_server_and_forward_rules() {
+    use support::netns::{http_server, in_ns, root_with, run_bounded, Lan};
+    if !root_with(&[("nft", "nftables"), ("ip", "iproute2"), ("curl", "curl"), ("python3", "python3")]) {
+        return;
+    }
+    // Two veth pairs: the server namespace has two addresses to visit from.
+    let lan = Lan::new("acl", 20, 2);
+    let (s0, s1) = (lan.server_ip(0), lan.server_ip(1));
+    let dir = TempDir::world_readable("access-vip");
+    dir.write("www/index.html", "hello\n");
+    let _web0 = http_server(&lan.clients[0], &dir.path("www"), 8000);
+    let _web1 = http_server(&lan.clients[0], &dir.path("www"), 8001);
+    let server_yaml = format!(
+        "server:\n  listen: \"{s0}:10100\"\n  authKey: \"k\"\n  domain: \"vlan.notr.test\"\n\
+         \x20 tcplisten: \"127.0.0.1:4398\"\n  udplisten: \"127.0.0.1:4399\"\n  shutdownGrace: 0.5\n\
+         dhcp:\n  cidr: \"100.64.242.1/24\"\n\
+         plugin:\n  tcp: '{{\"bind\": \"127.0.0.1\"}}'\n\
+         access:\n  deny: [\"{s1}/32\"]\n"
+    );
+    let conf = dir.write("opennotrd.yaml", &server_yaml);
+    let mut server = Proc::spawn_named(
+        "opennotrd",
+        in_ns(&lan.server, SERVER, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
+        &dir.0,
+    );
+    server.expect(Src::Err, "`virtual LAN on`", |l| l.contains("virtual LAN on"));
+    let client_yaml = format!(
+        "serverAddr: \"{s0}:10100\"\nkey: \"k\"\nforwards:\n\
+         \x20 - protocol: tcp\n    ports: {{0: 8000}}\n    allow: [\"0.0.0.0/0\"]\n\
+         \x20 - protocol: tcp\n    ports: {{0: 8001}}\n    deny: [\"{s0}/32\"]\n"
+    );
+    let cconf = dir.write("opennotr.yaml", &client_yaml);
+    let mut client =
+        Proc::spawn_named("opennotr", in_ns(&lan.clients[0], CLIENT, &["-c", cconf.to_str().unwrap()]), &dir.0);
+    let reg = read_registration(&mut client, 2);
+    let vip = reg.vip;
+    let visit = |from: std::net::Ipv4Addr, port: u16| {
+        let url = format!("http://{vip}:{port}/");
+        let from = from.to_string();
+        run_bounded(
+            in_ns(&lan.server, "curl", &["-sS", "-m", "10", "--interface", &from, &url]),
+            std::time::Duration::from_secs(30),
+        )
+    };
+    // A refused visitor is reset: curl fails with 7 when the reset came
+    // before it saw the connection up, 56 after (the port is exported:
+    // the first visit got the page).
+    let reset = |from, port, why: &str| {
+        let out = visit(from, port);
+        assert!(matches!(out.code, Some(7 | 56)), "{why}: {}", out.show());
+    };
+    let out = visit(s0, 8000);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), "hello\n"), "{}", out.show());
+    reset(s1, 8000, "the server's deny, whatever the forward allows");
+    reset(s0, 8001, "the forward's own deny");
+    reset(s1, 8001, "both");
+    drop(client);
+    server.signal("TERM");
+    let st = server.wait_exit(support::WAIT);
+    assert_eq!(st.code(), Some(0), "{}", server.transcript());
+}
