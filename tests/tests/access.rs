@@ -256,6 +256,29 @@ async fn get(from: &str, port: u16, domain: &str, authorization: Option<&str>) -
     (status, text)
 }
 
+/// One keep-alive GET on `s`: the status and the answer (head and a
+/// `content-length` body).
+async fn exchange(s: &mut TcpStream, domain: &str, authorization: Option<&str>) -> (u16, String) {
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET /x HTTP/1.1\r\nHost: {domain}\r\n{auth}\r\n").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + len {
+                let text = String::from_utf8_lossy(&got).to_string();
+                return (text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0), text);
+            }
+        }
+        let n = within(WAIT, "reading an answer", s.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "the gateway closed the connection: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_refuses_by_source_and_asks_for_basic_auth() {
     // Boxed: the body's state is too large for a test thread's stack.
@@ -291,8 +314,15 @@ async fn http_refuses_by_source_and_asks_for_basic_auth() {
             assert!(!text.to_ascii_lowercase().contains("authorization:"), "{text}");
             assert!(text.contains("GET /x HTTP/1.1"), "{text}");
         }
+        // A browser's way: the 401 keeps the connection, which then carries
+        // the request with credentials.
+        let mut s = connect_from(PASSED, local(port)).await.unwrap();
+        let (status, _) = exchange(&mut s, &domain, None).await;
+        assert_eq!(status, 401);
+        let (status, text) = exchange(&mut s, &domain, Some(&basic("bob", "builder"))).await;
+        assert_eq!(status, 200, "{text}");
         wait_refused(&server, r#"opennotr_visitors_refused_total{protocol="http",reason="denied"}"#, 1).await;
-        wait_refused(&server, r#"opennotr_visitors_refused_total{protocol="http",reason="unauthorized"}"#, 4).await;
+        wait_refused(&server, r#"opennotr_visitors_refused_total{protocol="http",reason="unauthorized"}"#, 5).await;
     }))
     .await
 }
