@@ -2,8 +2,8 @@
 //! clients and services in process: allow and deny lists by visitor source
 //! (loopback has 127.0.0.0/8, so visitors bound to 127.0.0.2 and 127.0.0.3
 //! come from different sources), HTTP basic auth with argon2id and bcrypt
-//! hashes, server rules a client cannot widen, refusals in `/metrics`, and
-//! the bound on password checks.
+//! hashes (http and h2c), the TLS passthrough, server rules a client cannot
+//! widen, refusals in `/metrics`, and the bound on password checks.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -426,4 +426,128 @@ fn config_errors_name_the_field() {
     assert_eq!(e, r#"clients[0].deny[0]: "nope" is not a CIDR (e.g. 10.0.0.0/8)"#);
     let e = server("access:\n  allow: [\"300.0.0.0/8\"]\n");
     assert!(e.starts_with("access.allow[0]:"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_asks_for_basic_auth_per_request() {
+    run_test(Box::pin(async {
+        let spec = ServerSpec { extra_yaml: admin_yaml(), ..ServerSpec::default() }
+            .plugin("h2c", r#"{"listen": "127.0.0.1:0"}"#);
+        let mut registry = builtin_plugins();
+        opennotr_gateway::register(&mut registry);
+        let server = TestServer::start_with(spec.config(), &registry).await;
+        let svc = h2_service().await;
+        let domain = format!("grpcish.{ZONE}");
+        let spec = ClientSpec::new(server.addr).domain(&domain).forward(h2c_fwd(svc.addr.port()));
+        let access = Access {
+            basic_auth: vec![BasicAuth { user: "alice".into(), hash: argon2id("wonderland", 8192, 1) }],
+            ..Access::default()
+        };
+        let (_client, reg) = client_with(&spec, &[(0, access)]).await;
+        let port = public_port(&reg, 0);
+        let curl = |user: Option<&'static str>| {
+            let domain = domain.clone();
+            async move {
+                let resolve = format!("{domain}:{port}:127.0.0.1");
+                let mut cmd = tokio::process::Command::new("curl");
+                cmd.args(["-sS", "--noproxy", "*", "--max-time", "20", "--http2-prior-knowledge"]).args([
+                    "--interface",
+                    PASSED,
+                    "--resolve",
+                    &resolve,
+                    "-w",
+                    "\n%{http_code} %{http_version}",
+                ]);
+                if let Some(u) = user {
+                    cmd.args(["-u", u]);
+                }
+                let out = within(WAIT, "curl", cmd.arg(format!("http://{domain}:{port}/")).output()).await.unwrap();
+                String::from_utf8_lossy(&out.stdout).to_string()
+            }
+        };
+        let out = curl(None).await;
+        assert!(out.ends_with("\n401 2"), "{out}");
+        assert!(curl(Some("alice:wrong")).await.ends_with("\n401 2"));
+        let out = curl(Some("alice:wonderland")).await;
+        assert!(out.ends_with("\n200 2"), "{out}");
+        assert!(out.contains("version HTTP/2.0") && !out.contains("authorization"), "{out}");
+        wait_refused(&server, r#"opennotr_visitors_refused_total{protocol="h2c",reason="unauthorized"}"#, 2).await;
+    }))
+    .await
+}
+
+/// An HTTP/2 (and HTTP/1.1) service answering the request's version and
+/// header names.
+async fn h2_service() -> Service {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    tcp_service(|s| async move {
+        let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+            let body = format!("version {:?}\nheaders {}\n", req.version(), names.join(" "));
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_resets_a_refused_source() {
+    run_test(Box::pin(async {
+        let spec = ServerSpec { extra_yaml: admin_yaml(), ..ServerSpec::default() }
+            .plugin("tls", r#"{"listen": "127.0.0.1:0"}"#);
+        let mut registry = builtin_plugins();
+        opennotr_gateway::register(&mut registry);
+        let server = TestServer::start_with(spec.config(), &registry).await;
+        // The client's "TLS service" records what reaches it: the
+        // visitor's ClientHello, relayed untouched.
+        let (svc, mut conns) = tcp_accepting().await;
+        let domain = format!("passthrough.{ZONE}");
+        let spec = ClientSpec::new(server.addr).domain(&domain).forward(Fwd {
+            protocol: "tls".into(),
+            public: 0,
+            local: svc.addr.port(),
+        });
+        let deny = Access { deny: cidrs(&[&format!("{REFUSED}/32")]), ..Access::default() };
+        let (_client, reg) = client_with(&spec, &[(0, deny)]).await;
+        let public = local(public_port(&reg, 0));
+        let hello = client_hello(&domain);
+
+        let mut good = connect_from(PASSED, public).await.unwrap();
+        good.write_all(&hello).await.unwrap();
+        let mut conn = within(WAIT, "the relayed connection", conns.recv()).await.unwrap();
+        let mut got = vec![0u8; hello.len()];
+        within(WAIT, "the relayed ClientHello", conn.read_exact(&mut got)).await.unwrap();
+        assert_eq!(got, hello);
+
+        let mut bad = connect_from(REFUSED, public).await.unwrap();
+        bad.write_all(&hello).await.unwrap();
+        let mut buf = [0u8; 16];
+        match within(WAIT, "the refused visitor's read", bad.read(&mut buf)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("expected a reset, got {other:?}"),
+        }
+        wait_refused(&server, r#"opennotr_visitors_refused_total{protocol="tls",reason="denied"}"#, 1).await;
+        assert!(conns.try_recv().is_err(), "the refused visitor reached the service");
+    }))
+    .await
+}
+
+/// The first flight of a TLS client for `name`: a ClientHello with its SNI.
+fn client_hello(name: &str) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), server_name).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
 }
