@@ -207,6 +207,7 @@ fn vip_visitors_pass_the_server_and_forward_rules() {
          \x20 tcplisten: \"127.0.0.1:4398\"\n  udplisten: \"127.0.0.1:4399\"\n  shutdownGrace: 0.5\n\
          dhcp:\n  cidr: \"100.64.242.1/24\"\n\
          plugin:\n  tcp: '{{\"bind\": \"127.0.0.1\"}}'\n\
+         admin:\n  listen: \"127.0.0.1:0\"\n  token: {TOKEN:?}\n\
          access:\n  deny: [\"{s1}/32\"]\n"
     );
     let conf = dir.write("opennotrd.yaml", &server_yaml);
@@ -215,7 +216,9 @@ fn vip_visitors_pass_the_server_and_forward_rules() {
         in_ns(&lan.server, SERVER, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"]),
         &dir.0,
     );
-    server.expect(Src::Err, "`virtual LAN on`", |l| l.contains("virtual LAN on"));
+    let line = server.expect(Src::Err, "`admin API listening`", |l| json_fields(l, "admin API listening").is_some());
+    let admin = json_fields(&line, "admin API listening").unwrap()["addr"].as_str().unwrap().to_string();
+    assert!(server.seen.iter().any(|(_, l)| l.contains("virtual LAN on")), "{}", server.transcript());
     let client_yaml = format!(
         "serverAddr: \"{s0}:10100\"\nkey: \"k\"\nforwards:\n\
          \x20 - protocol: tcp\n    ports: {{0: 8000}}\n    allow: [\"0.0.0.0/0\"]\n\
@@ -246,6 +249,13 @@ fn vip_visitors_pass_the_server_and_forward_rules() {
     reset(s1, 8000, "the server's deny, whatever the forward allows");
     reset(s0, 8001, "the forward's own deny");
     reset(s1, 8001, "both");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let url = format!("http://{admin}/metrics");
+    let m = run_bounded(
+        in_ns(&lan.server, "curl", &["-sS", "-m", "10", "-H", &auth, &url]),
+        std::time::Duration::from_secs(30),
+    );
+    assert!(m.stdout.contains(r#"opennotr_visitors_refused_total{protocol="vip",reason="denied"} 3"#), "{}", m.show());
     drop(client);
     server.signal("TERM");
     let st = server.wait_exit(support::WAIT);

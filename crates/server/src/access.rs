@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,11 +37,29 @@ const CACHE_ENTRIES: usize = 1024;
 /// Longest `Authorization` value read; a longer one is refused unread.
 const MAX_AUTHORIZATION: usize = 1024;
 
+/// The reasons counted, in the order of [`Counts`].
+const REASONS: [Refusal; 4] = [Refusal::Denied, Refusal::NotAllowed, Refusal::Unauthorized, Refusal::Busy];
+
+/// Refusals of one protocol by reason: a refused datagram costs an atomic
+/// increment, no lock and no allocation.
+#[derive(Debug, Default)]
+struct Counts([AtomicU64; 4]);
+
+impl Counts {
+    fn add(&self, r: Refusal) {
+        if let Some(i) = REASONS.iter().position(|x| *x == r) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What every forward's policy shares: the refusal counters for
 /// `/metrics`, and the bound on password checks running at once.
 #[derive(Debug)]
 pub(crate) struct Guard {
-    refused: Mutex<BTreeMap<(String, &'static str), u64>>,
+    by_protocol: Mutex<BTreeMap<String, Arc<Counts>>>,
+    /// The virtual LAN's, looked up once.
+    vip: Arc<Counts>,
     verifications: Arc<Semaphore>,
 }
 
@@ -48,14 +67,20 @@ impl Default for Guard {
     fn default() -> Self {
         // One check per core at most (up to 4): the cores left serve traffic.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-        Guard { refused: Mutex::default(), verifications: Arc::new(Semaphore::new(cores)) }
+        let vip = Arc::new(Counts::default());
+        Guard {
+            by_protocol: Mutex::new(BTreeMap::from([("vip".to_string(), vip.clone())])),
+            vip,
+            verifications: Arc::new(Semaphore::new(cores)),
+        }
     }
 }
 
 impl Guard {
-    fn count(&self, protocol: &str, r: Refusal) {
-        let mut m = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((protocol.to_string(), r.name())).or_default() += 1;
+    /// The counters of `protocol` (the forward's plugin), made on first use.
+    fn counts(&self, protocol: &str) -> Arc<Counts> {
+        let mut m = self.by_protocol.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(protocol.to_string()).or_default().clone()
     }
 
     /// Appends `opennotr_visitors_refused_total` to a scrape.
@@ -66,18 +91,22 @@ impl Guard {
             "# HELP opennotr_visitors_refused_total Visitors refused by access rules, by forward protocol and \
              reason.\n# TYPE opennotr_visitors_refused_total counter"
         );
-        for ((protocol, reason), n) in self.refused.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "opennotr_visitors_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}} {n}");
+        for (protocol, counts) in self.by_protocol.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for (r, n) in REASONS.iter().zip(&counts.0) {
+                let (reason, n) = (r.name(), n.load(Ordering::Relaxed));
+                let _ =
+                    writeln!(out, "opennotr_visitors_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}} {n}");
+            }
         }
     }
 }
 
-/// The server's rules for a session's client.
-fn server_rules(shared: &Shared, client: Option<&str>, cred: Option<&Credential>) -> Rules {
-    match (cred, client) {
-        (Some(c), _) => c.access.clone(),
-        (None, Some(name)) => shared.creds().get(name).map(|c| c.access.clone()).unwrap_or_default(),
-        (None, None) => shared.creds().shared_access.clone(),
+/// The server's rules for a session's client (`None`: its credential is
+/// gone, and so will its session be).
+fn server_rules<'a>(creds: &'a crate::creds::Creds, client: Option<&str>) -> Option<&'a Rules> {
+    match client {
+        Some(name) => creds.get(name).map(|c| &c.access),
+        None => Some(&creds.shared_access),
     }
 }
 
@@ -100,7 +129,11 @@ pub(crate) fn for_forward(
             rules
         }
     };
-    let mut server = server_rules(shared, session.client.as_deref(), cred);
+    let creds = shared.creds();
+    let mut server = match cred {
+        Some(c) => c.access.clone(),
+        None => server_rules(&creds, session.client.as_deref()).cloned().unwrap_or_default(),
+    };
     if !opennotr_config::access::HTTP_PROTOCOLS.contains(&req.protocol.as_str()) {
         // The server's users guard the client's HTTP forwards; its other
         // forwards have no requests to ask credentials in.
@@ -113,8 +146,9 @@ pub(crate) fn for_forward(
 /// the server's rules for the client, and those of every forward whose
 /// local port the VIP exports there. Counted as protocol `vip`.
 pub(crate) fn admit_vip(shared: &Shared, session: &Session, protocol: StreamProtocol, port: u16, peer: IpAddr) -> bool {
-    let server = server_rules(shared, session.client.as_deref(), None);
-    let verdict = check(&server, peer).and_then(|()| {
+    let creds = shared.creds();
+    let server = server_rules(&creds, session.client.as_deref());
+    let verdict = server.map_or(Ok(()), |s| check(s, peer)).and_then(|()| {
         session.with_forwards(|fs| {
             fs.iter()
                 .filter(|f| {
@@ -127,7 +161,7 @@ pub(crate) fn admit_vip(shared: &Shared, session: &Session, protocol: StreamProt
     match verdict {
         Ok(()) => true,
         Err(r) => {
-            shared.access.count("vip", r);
+            shared.access.vip.add(r);
             false
         }
     }
@@ -153,6 +187,7 @@ pub(crate) struct Policy {
     /// The server's, then the forward's; each must pass. None is empty.
     layers: Vec<Rules>,
     guard: Arc<Guard>,
+    refused: Arc<Counts>,
     /// SHA-256 of `Authorization` values verified lately → when they stop
     /// being trusted. Only successes: a wrong password costs a hash each
     /// time, under the bound of [`Guard::verifications`].
@@ -174,6 +209,7 @@ impl Policy {
                 realm: realm.to_string(),
                 layers,
                 guard: guard.clone(),
+                refused: guard.counts(protocol),
                 verified: Mutex::default(),
             })
         })
@@ -184,7 +220,7 @@ impl Policy {
     }
 
     fn refuse(&self, r: Refusal) -> Refusal {
-        self.guard.count(&self.protocol, r);
+        self.refused.add(r);
         r
     }
 
