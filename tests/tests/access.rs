@@ -551,3 +551,40 @@ fn client_hello(name: &str) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_basic_auth_guards_http_forwards_and_a_client_list_narrows_it() {
+    run_test(Box::pin(async {
+        // Shared-key clients: the server's `access.basicAuth`.
+        let (ops, alice) = (bcrypt::hash("ops-pw", 4).unwrap(), bcrypt::hash("alice-pw", 4).unwrap());
+        let server = server(&format!(
+            "access:\n  basicAuth:\n    - user: ops\n      hash: \"{ops}\"\n    - user: alice\n      hash: \"{alice}\"\n"
+        ))
+        .await;
+        let (svc, echo) = (head_echo().await, counted_echo().await.0);
+        let (open, narrowed) = (format!("open.{ZONE}"), format!("narrowed.{ZONE}"));
+        // One client with only the server's rules (and a tcp forward, which
+        // the server's users do not concern), one with its own list.
+        let spec = ClientSpec::new(server.addr)
+            .domain(&open)
+            .forward(http_fwd(svc.addr.port()))
+            .forward(tcp_fwd(0, echo.addr.port()));
+        let (_a, reg) = client_with(&spec, &[]).await;
+        let (port, tcp) = (public_port(&reg, 0), local(public_port(&reg, 1)));
+        let spec = ClientSpec::new(server.addr).domain(&narrowed).forward(http_fwd(svc.addr.port()));
+        let own = Access {
+            basic_auth: vec![BasicAuth { user: "alice".into(), hash: argon2id("alice-pw", 8192, 1) }],
+            ..Access::default()
+        };
+        let (_b, _) = client_with(&spec, &[(0, own)]).await;
+
+        assert_eq!(get(PASSED, port, &open, None).await.0, 401);
+        assert_eq!(get(PASSED, port, &open, Some(&basic("ops", "ops-pw"))).await.0, 200);
+        assert_eq!(get(PASSED, port, &open, Some(&basic("alice", "alice-pw"))).await.0, 200);
+        echo_from(PASSED, tcp).await;
+        // Both lists must have the user: ops is in the server's only.
+        assert_eq!(get(PASSED, port, &narrowed, Some(&basic("ops", "ops-pw"))).await.0, 401);
+        assert_eq!(get(PASSED, port, &narrowed, Some(&basic("alice", "alice-pw"))).await.0, 200);
+    }))
+    .await
+}
