@@ -187,11 +187,12 @@ fn server_rules_and_a_client_file_enforced_by_the_real_binaries() {
 }
 
 /// The virtual LAN: programs on the server host reaching `VIP:port` pass
-/// the server's rules and those of the forward whose local port it is.
+/// the server's rules and those of the forward whose local port it is,
+/// over TCP (reset) and UDP (datagrams dropped).
 /// Root only (network namespaces, nftables).
 #[test]
 fn vip_visitors_pass_the_server_and_forward_rules() {
-    use support::netns::{http_server, in_ns, root_with, run_bounded, Lan};
+    use support::netns::{http_server, in_ns, python, root_with, run_bounded, Lan};
     if !root_with(&[("nft", "nftables"), ("ip", "iproute2"), ("curl", "curl"), ("python3", "python3")]) {
         return;
     }
@@ -202,11 +203,15 @@ fn vip_visitors_pass_the_server_and_forward_rules() {
     dir.write("www/index.html", "hello\n");
     let _web0 = http_server(&lan.clients[0], &dir.path("www"), 8000);
     let _web1 = http_server(&lan.clients[0], &dir.path("www"), 8001);
+    let echo = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('127.0.0.1', 5353))\n\
+                print('ready', flush=True)\nwhile True:\n    d, a = s.recvfrom(65535)\n    s.sendto(d, a)\n";
+    let mut udp_echo = Proc::spawn_named("udp echo", in_ns(&lan.clients[0], python(), &["-u", "-c", echo]), &dir.0);
+    udp_echo.expect(Src::Out, "`ready`", |l| l == "ready");
     let server_yaml = format!(
         "server:\n  listen: \"{s0}:10100\"\n  authKey: \"k\"\n  domain: \"vlan.notr.test\"\n\
          \x20 tcplisten: \"127.0.0.1:4398\"\n  udplisten: \"127.0.0.1:4399\"\n  shutdownGrace: 0.5\n\
          dhcp:\n  cidr: \"100.64.242.1/24\"\n\
-         plugin:\n  tcp: '{{\"bind\": \"127.0.0.1\"}}'\n\
+         plugin:\n  tcp: '{{\"bind\": \"127.0.0.1\"}}'\n  udp: '{{\"bind\": \"127.0.0.1\"}}'\n\
          admin:\n  listen: \"127.0.0.1:0\"\n  token: {TOKEN:?}\n\
          access:\n  deny: [\"{s1}/32\"]\n"
     );
@@ -222,12 +227,13 @@ fn vip_visitors_pass_the_server_and_forward_rules() {
     let client_yaml = format!(
         "serverAddr: \"{s0}:10100\"\nkey: \"k\"\nforwards:\n\
          \x20 - protocol: tcp\n    ports: {{0: 8000}}\n    allow: [\"0.0.0.0/0\"]\n\
-         \x20 - protocol: tcp\n    ports: {{0: 8001}}\n    deny: [\"{s0}/32\"]\n"
+         \x20 - protocol: tcp\n    ports: {{0: 8001}}\n    deny: [\"{s0}/32\"]\n\
+         \x20 - protocol: udp\n    ports: {{0: 5353}}\n"
     );
     let cconf = dir.write("opennotr.yaml", &client_yaml);
     let mut client =
         Proc::spawn_named("opennotr", in_ns(&lan.clients[0], CLIENT, &["-c", cconf.to_str().unwrap()]), &dir.0);
-    let reg = read_registration(&mut client, 2);
+    let reg = read_registration(&mut client, 3);
     let vip = reg.vip;
     let visit = |from: std::net::Ipv4Addr, port: u16| {
         let url = format!("http://{vip}:{port}/");
@@ -249,13 +255,27 @@ fn vip_visitors_pass_the_server_and_forward_rules() {
     reset(s1, 8000, "the server's deny, whatever the forward allows");
     reset(s0, 8001, "the forward's own deny");
     reset(s1, 8001, "both");
+    // UDP: three datagrams from each source, a second for each answer.
+    let udp = |from: std::net::Ipv4Addr| {
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{from}', 0))\n\
+             s.settimeout(1)\ngot = 'silent'\nfor i in range(3):\n    s.sendto(b'ping', ('{vip}', 5353))\n\
+             \x20   try:\n        if s.recv(64) == b'ping':\n            got = 'echo'\n            break\n\
+             \x20   except socket.timeout:\n        pass\nprint(got)\n"
+        );
+        let out = run_bounded(in_ns(&lan.server, python(), &["-c", &script]), std::time::Duration::from_secs(30));
+        assert_eq!(out.code, Some(0), "{}", out.show());
+        out.stdout.trim().to_string()
+    };
+    assert_eq!(udp(s0), "echo");
+    assert_eq!(udp(s1), "silent", "the server's deny drops the datagrams");
     let auth = format!("Authorization: Bearer {TOKEN}");
     let url = format!("http://{admin}/metrics");
     let m = run_bounded(
         in_ns(&lan.server, "curl", &["-sS", "-m", "10", "-H", &auth, &url]),
         std::time::Duration::from_secs(30),
     );
-    assert!(m.stdout.contains(r#"opennotr_visitors_refused_total{protocol="vip",reason="denied"} 3"#), "{}", m.show());
+    assert!(m.stdout.contains(r#"opennotr_visitors_refused_total{protocol="vip",reason="denied"} 6"#), "{}", m.show());
     drop(client);
     server.signal("TERM");
     let st = server.wait_exit(support::WAIT);
