@@ -21,7 +21,8 @@ use opennotr_config::{ClientConfig, ConfigError, EXIT_USAGE};
         opennotr tcp 8080 --server relay.example.com:10100      (key from OPENNOTR_KEY)\n  \
         opennotr tcp 8080 10022:22 udp 5353 http 3000 --domain app.example.com\n  \
         opennotr http 192.168.1.5:3000\n  \
-        opennotr check [-c FILE | FORWARD...]\n\
+        opennotr check [-c FILE | FORWARD...]\n  \
+        opennotr hash-password < password-file   (a basicAuth hash)\n\
         Without forwards, the configuration file is read (-c, default config.yaml)."
 )]
 struct Args {
@@ -123,6 +124,14 @@ fn main() -> ExitCode {
         clap_complete::generate(shell, &mut Args::command(), "opennotr", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    if args.forwards.first().is_some_and(|w| w == "hash-password") {
+        if let Some(extra) = args.forwards.get(1) {
+            return usage(format!(
+                "hash-password: reads the password on standard input; {extra:?} is one argument too many"
+            ));
+        }
+        return hash_password();
+    }
     let checking = args.forwards.first().is_some_and(|w| w == "check");
     let forwards = if checking { &args.forwards[1..] } else { &args.forwards[..] };
     let cfg = match config(&args, &matches, forwards) {
@@ -185,5 +194,27 @@ fn check(cfg: ClientConfig) -> ExitCode {
     match failed {
         None => ExitCode::SUCCESS,
         Some(f) => ExitCode::from(f.exit_code()),
+    }
+}
+
+/// `opennotr hash-password`: reads a password on standard input (not the
+/// command line, which other users see) and prints its argon2id hash for a
+/// `basicAuth` entry (docs/access-control.md).
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim_end_matches(['\r', '\n']).is_empty() {
+        eprintln!("opennotr hash-password: give the password on standard input");
+        return ExitCode::from(EXIT_USAGE as u8);
+    }
+    let salt: [u8; 16] = rand::random();
+    match opennotr_config::access::hash_password(line.trim_end_matches(['\r', '\n']).as_bytes(), &salt) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("opennotr hash-password: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

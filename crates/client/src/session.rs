@@ -46,9 +46,24 @@ pub(crate) fn requests(cfg: &ClientConfig) -> Vec<ForwardRequest> {
                 local_port: local,
                 raw_config: f.raw_config.clone(),
                 group: f.group.as_ref().map(crate::health::group_request),
+                access: access_rules(&f.access),
             })
         })
         .collect()
+}
+
+/// A forward's own access rules, as text for the server; `None` when it
+/// has none (an older server never sees the field).
+fn access_rules(a: &opennotr_config::Access) -> Option<opennotr_proto::message::AccessRules> {
+    (!a.is_empty()).then(|| opennotr_proto::message::AccessRules {
+        allow: a.allow.iter().map(ToString::to_string).collect(),
+        deny: a.deny.iter().map(ToString::to_string).collect(),
+        basic_auth: a
+            .basic_auth
+            .iter()
+            .map(|b| opennotr_proto::message::BasicAuthUser { user: b.user.clone(), hash: b.hash.clone() })
+            .collect(),
+    })
 }
 
 fn vip_ports(cfg: &ClientConfig) -> Vec<VipPort> {

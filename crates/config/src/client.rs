@@ -57,6 +57,10 @@ struct RawForward {
     balance: Option<String>,
     #[serde(rename = "healthCheck")]
     health_check: Option<crate::group::RawHealthCheck>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    #[serde(rename = "basicAuth")]
+    basic_auth: Option<Vec<crate::access::RawBasicAuth>>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
@@ -203,6 +207,8 @@ fn forward(
 
     let proxy_protocol = crate::proxy_protocol::parse(&key("proxyProtocol"), &protocol, raw.proxy_protocol)?;
     let group = crate::group::group(&key, raw.group, raw.group_key, raw.balance, raw.health_check)?;
+    let access = crate::access::validate(&format!("forwards[{i}]"), raw.allow, raw.deny, raw.basic_auth)?;
+    crate::access::for_protocol(&format!("forwards[{i}]"), &protocol, &access)?;
     Ok(ForwardConfig {
         protocol,
         ports,
@@ -210,5 +216,6 @@ fn forward(
         raw_config: raw.raw_config.filter(|c| !c.is_empty()),
         proxy_protocol,
         group,
+        access,
     })
 }

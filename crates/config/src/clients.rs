@@ -16,6 +16,10 @@ pub(crate) struct RawClient {
     domains: Option<Vec<String>>,
     ports: Option<Vec<PortText>>,
     protocols: Option<Vec<String>>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    #[serde(rename = "basicAuth")]
+    basic_auth: Option<Vec<crate::access::RawBasicAuth>>,
 }
 
 /// Validates the entries under `prefix` (`clients` or `clientsFile`).
@@ -30,7 +34,8 @@ pub(crate) fn validate(
         let name = c.name.ok_or_else(|| ConfigError::invalid(format!("{at}.name"), "required"))?;
         let key = c.key.ok_or_else(|| ConfigError::invalid(format!("{at}.key"), "required"))?;
         let ports: Vec<String> = c.ports.unwrap_or_default().iter().map(port_text).collect();
-        let cred = credential(
+        let access = crate::access::validate(&at, c.allow, c.deny, c.basic_auth)?;
+        let mut cred = credential(
             &at,
             CredentialText {
                 name,
@@ -41,6 +46,7 @@ pub(crate) fn validate(
             },
             names,
         )?;
+        cred.access = access;
         if out.iter().any(|o| o.name == cred.name) {
             return Err(ConfigError::invalid(format!("{at}.name"), format!("{:?} is listed twice", cred.name)));
         }
@@ -114,7 +120,7 @@ pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<
             return Err(ConfigError::invalid(format!("{at}.protocols[{j}]"), format!("{p:?} is not a protocol name")));
         }
     }
-    Ok(Credential { name, key: Secret::new(c.key), domains, ports, protocols: c.protocols })
+    Ok(Credential { name, key: Secret::new(c.key), domains, ports, protocols: c.protocols, access: Default::default() })
 }
 
 /// Reads `clientsFile`: a YAML list of entries.

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+pub mod access;
 mod client;
 mod clients;
 mod cmdline;
@@ -99,6 +100,9 @@ pub struct ServerConfig {
     pub clients_file: Option<std::path::PathBuf>,
     /// `admin`: the admin API and dashboard; `None` = off.
     pub admin: Option<AdminSection>,
+    /// `access`: who may reach the forwards of shared-key clients (those
+    /// without a `clients` entry, whose own rules are `clients[i].allow`...).
+    pub access: Access,
 }
 
 /// One client's own credential: it authenticates with `name` and `key`
@@ -116,6 +120,9 @@ pub struct Credential {
     pub ports: Vec<PortRange>,
     /// `clients[i].protocols`: plugins it may use; empty = all.
     pub protocols: Vec<String>,
+    /// `clients[i].allow`, `.deny`, `.basicAuth`: who may reach every
+    /// forward of the client (a client's own rules only narrow them).
+    pub access: Access,
 }
 
 /// An inclusive range of ports.
@@ -125,6 +132,7 @@ pub struct PortRange {
     pub last: u16,
 }
 
+pub use access::{Access, BasicAuth};
 pub use clients::{credential, domain_allowed, CredentialText};
 pub use cmdline::{
     client_from_args, random_key, server_from_args, server_template, ClientArgs, ForwardArg, ServerTemplate,
@@ -368,6 +376,9 @@ pub struct ForwardConfig {
     /// `forwards[i].group` and its keys: the load-balanced group the
     /// forward joins (docs/load-balancing.md).
     pub group: Option<GroupConfig>,
+    /// `forwards[i].allow`, `.deny`, `.basicAuth`: who may reach it, sent
+    /// to the server (which adds its own rules).
+    pub access: Access,
 }
 
 /// A PROXY protocol version (`forwards[i].proxyProtocol`).

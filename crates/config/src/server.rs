@@ -28,6 +28,7 @@ struct RawFile {
     #[serde(rename = "clientsFile")]
     clients_file: Option<String>,
     admin: Option<RawAdmin>,
+    access: Option<crate::access::RawAccess>,
 }
 
 #[derive(Deserialize, Default)]
@@ -206,6 +207,8 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
             Some(crate::AdminSection { listen, token: Secret::new(token) })
         }
     };
+    let access = raw.access.unwrap_or_default();
+    let access = crate::access::validate("access", access.allow, access.deny, access.basic_auth)?;
 
     let tcp_listen = merge_listen(
         ("server.tcplisten", s.tcp_listen),
@@ -342,6 +345,7 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         clients,
         clients_file,
         admin,
+        access,
     })
 }
 

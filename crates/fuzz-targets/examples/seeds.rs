@@ -138,6 +138,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
         local_port: 22,
         raw_config: Some("{\"x\":1}".into()),
         group: None,
+        access: None,
     };
     vec![
         (
@@ -189,6 +190,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                         key: GroupRequest::digest("shop", "key"),
                         balance: Balance::LeastConn,
                     }),
+                    access: None,
                 }],
                 vip_ports: vec![],
                 mux: true,
@@ -207,6 +209,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
         local_port: 8080,
         raw_config: None,
         group: None,
+        access: None,
     };
     vec![
         ("challenge", ServerMessage::Challenge { version: 1, spake, mac, software: "opennotrd 0.1".into() }),

@@ -237,6 +237,10 @@ fn plan(buf: &[u8], out: &mut Vec<u8>, ctx: &Ctx) -> Plan {
     let Lookup::Found(upstream) = ctx.gateway.lookup(settings.scheme, &name, settings.wildcard) else {
         return Plan::Handoff;
     };
+    if upstream.access.is_some() {
+        // Access rules are checked on the hyper path only, one place.
+        return Plan::Handoff;
+    }
     rules::write_request_head(&info, req.headers, ctx.visitor(), out);
     Plan::Proxy(Planned {
         head_len,

@@ -74,6 +74,16 @@ pub enum GatewayError {
     /// The exchange with the service failed.
     #[error("bad gateway: {0}")]
     ServiceFailed(String),
+    /// The forward's access rules refuse the visitor's address.
+    #[error("access denied")]
+    Forbidden,
+    /// The forward asks for HTTP basic auth credentials (for the realm),
+    /// and the request has none or wrong ones.
+    #[error("authentication required")]
+    Unauthorized(String),
+    /// Too many passwords are being checked at once.
+    #[error("too many password checks at once; try again")]
+    AuthBusy,
 }
 
 impl GatewayError {
@@ -83,7 +93,10 @@ impl GatewayError {
             GatewayError::BadRequest { .. }
             | GatewayError::VisitorTimeout(_)
             | GatewayError::VisitorIo(_)
-            | GatewayError::NoRoute(_) => Origin::Visitor,
+            | GatewayError::NoRoute(_)
+            | GatewayError::Forbidden
+            | GatewayError::Unauthorized(_)
+            | GatewayError::AuthBusy => Origin::Visitor,
             GatewayError::ClientGone(_) | GatewayError::TooManyStreams => Origin::Tunnel,
             GatewayError::ServiceRefused(_)
             | GatewayError::ServiceMalformed(_)
@@ -99,6 +112,9 @@ impl GatewayError {
             GatewayError::VisitorTimeout(_) => 408,
             GatewayError::VisitorIo(_) => 400,
             GatewayError::NoRoute(_) => 404,
+            GatewayError::Forbidden => 403,
+            GatewayError::Unauthorized(_) => 401,
+            GatewayError::AuthBusy => 503,
             GatewayError::ClientGone(_) | GatewayError::TooManyStreams => 503,
             GatewayError::ServiceRefused(_) | GatewayError::ServiceMalformed(_) | GatewayError::ServiceFailed(_) => 502,
             GatewayError::ServiceTimeout => 504,
@@ -109,7 +125,17 @@ impl GatewayError {
     /// Whether the visitor's connection must close after the answer: the
     /// request's own bytes can no longer be trusted to end where it says.
     pub fn closes(&self) -> bool {
-        self.origin() == Origin::Visitor && !matches!(self, GatewayError::NoRoute(_))
+        // A refusal by the access rules comes before the body is read, as
+        // a missing route does; the connection stays usable (a browser
+        // sends its credentials on it).
+        self.origin() == Origin::Visitor
+            && !matches!(
+                self,
+                GatewayError::NoRoute(_)
+                    | GatewayError::Forbidden
+                    | GatewayError::Unauthorized(_)
+                    | GatewayError::AuthBusy
+            )
     }
 
     pub(crate) fn bad_request(r: crate::rules::Reject) -> GatewayError {

@@ -125,6 +125,12 @@ fn error_response(e: &GatewayError) -> Response<Body> {
     if e.closes() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if let GatewayError::Unauthorized(realm) = e {
+        // The realm is the forward's domain: DNS characters only.
+        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")) {
+            h.insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
     r
 }
 
@@ -134,6 +140,32 @@ fn full(s: impl Into<Bytes>) -> Body {
 
 fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The forward's access rules for one request: the TCP peer's address
+/// (never `X-Forwarded-For`, which a visitor writes), then the basic auth
+/// credentials, which are the gateway's own and so are not passed on.
+async fn check_access(
+    access: &dyn opennotr_plugin::Access,
+    peer: std::net::SocketAddr,
+    headers: &mut HeaderMap,
+) -> Result<(), GatewayError> {
+    access.admit(peer.ip()).map_err(|_| GatewayError::Forbidden)?;
+    let Some(realm) = access.basic_auth_realm() else { return Ok(()) };
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    // Two values: which one the service would read is anyone's guess.
+    let value = match (values.next(), values.next()) {
+        (v, None) => v.map(HeaderValue::as_bytes),
+        _ => None,
+    };
+    match access.authorize(value).await {
+        Ok(()) => {
+            headers.remove(header::AUTHORIZATION);
+            Ok(())
+        }
+        Err(opennotr_plugin::Refusal::Busy) => Err(GatewayError::AuthBusy),
+        Err(_) => Err(GatewayError::Unauthorized(realm.to_string())),
+    }
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {
@@ -213,6 +245,9 @@ async fn route(req: Request<Incoming>, conn: &Conn, upgrade: &mut Upgrade) -> Re
         Lookup::Gone => return Err(GatewayError::ClientGone(name)),
         Lookup::Unknown => return Err(GatewayError::NoRoute(name)),
     };
+    if let Some(access) = &up.access {
+        check_access(access.as_ref(), ctx.peer, &mut parts.headers).await?;
+    }
 
     // The body: from an HTTP/1 visitor, read ahead (up to PREFETCH) under
     // the body timeout; from an HTTP/2 visitor (gRPC streams both ways),

@@ -175,6 +175,7 @@ async fn rig() -> (Ctx, Arc<Mutex<Vec<Parsed>>>) {
         forward: 1,
         client_id: "c".into(),
         kill: CancellationToken::new(),
+        access: None,
     };
     gateway.insert(Scheme::Http, HOST, up).unwrap();
     let cfg = GatewayConfig::parse(

@@ -256,6 +256,13 @@ impl Plugin for GatewayPlugin {
 
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {
         if let Some(ext) = &self.external {
+            if ctx.access.is_some() {
+                // OpenResty proxies the requests: the server sees neither
+                // the visitor's address nor its credentials.
+                return Err(PluginError::Refused(
+                    "access rules (allow, deny, basicAuth) need the embedded gateway; this server's is external".into(),
+                ));
+            }
             return ext.register(meta, &ctx).await;
         }
         let Some(port) = &self.port else {

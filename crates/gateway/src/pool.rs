@@ -416,6 +416,7 @@ mod tests {
             forward: 1,
             client_id: "c".into(),
             kill: kill.clone(),
+            access: None,
         }
     }
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use opennotr_plugin::{CancellationToken, ForwardContext, ForwardMeta, Tunnel};
+use opennotr_plugin::{Access, CancellationToken, ForwardContext, ForwardMeta, Tunnel};
 
 /// A scheme the gateway serves; each has its own listener and its own
 /// routes (a domain may have an `http` and an `h2c` forward at once).
@@ -51,6 +51,9 @@ pub struct Upstream {
     pub client_id: String,
     /// Cancelled when the session is gone.
     pub kill: CancellationToken,
+    /// The forward's access rules, checked per request (streams to the
+    /// service are pooled and shared by visitors); `None` = everyone.
+    pub access: Option<Arc<dyn Access>>,
 }
 
 impl Upstream {
@@ -62,6 +65,7 @@ impl Upstream {
             forward: meta.id,
             client_id: meta.client_id.clone(),
             kill: ctx.kill.clone(),
+            access: ctx.access.clone(),
         }
     }
 }
@@ -233,6 +237,7 @@ pub(crate) mod tests {
             forward,
             client_id: client.into(),
             kill: CancellationToken::new(),
+            access: None,
         }
     }
 

@@ -485,6 +485,11 @@ async fn visit(
 
 /// The visitor's TLS stream, from its first byte, to the client's service.
 async fn relay(mut visitor: TcpStream, prefix: Vec<u8>, peer: SocketAddr, up: Upstream, name: &str) {
+    if up.access.as_ref().is_some_and(|a| a.admit(peer.ip()).is_err()) {
+        debug!(sni = %name, "refused by the forward's access rules; reset");
+        let _ = socket2::SockRef::from(&visitor).set_linger(Some(std::time::Duration::ZERO));
+        return;
+    }
     let opened = tokio::select! {
         r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(Visitor::new(peer).reached(visitor.local_addr().ok()))) => r,
         _ = up.kill.cancelled() => Err(OpenError::SessionClosed),

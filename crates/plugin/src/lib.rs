@@ -159,6 +159,67 @@ pub struct ForwardContext {
     pub tracker: TaskTracker,
     /// Limits to enforce.
     pub limits: ForwardLimits,
+    /// Who may reach the forward, when the server restricts it. The tunnel
+    /// already refuses a stream for a visitor the rules do not admit; a
+    /// plugin that serves many visitors on one stream (the HTTP gateway)
+    /// or wants to drop a visitor before any work checks here itself.
+    pub access: Option<Arc<dyn Access>>,
+}
+
+/// Why a forward's access rules refused a visitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Its source is in a `deny` list.
+    Denied,
+    /// An `allow` list does not have its source.
+    NotAllowed,
+    /// Its request has no credentials, or wrong ones.
+    Unauthorized,
+    /// Too many passwords are being checked at once; it may try again.
+    Busy,
+}
+
+impl Refusal {
+    /// The label in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Denied => "denied",
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Busy => "busy",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::Denied => "the visitor's address is denied",
+            Refusal::NotAllowed => "the visitor's address is not allowed",
+            Refusal::Unauthorized => "missing or wrong credentials",
+            Refusal::Busy => "too many password checks at once",
+        })
+    }
+}
+
+/// A forward's access rules as the server enforces them: the server's own
+/// for the client and the forward's, both of which a visitor must pass.
+/// Every refusal is counted by the implementation.
+#[async_trait]
+pub trait Access: Send + Sync + fmt::Debug {
+    /// Whether a visitor from `peer` may reach the forward (an IPv4-mapped
+    /// IPv6 address is matched as IPv4). Cheap: no allocation, no lock.
+    fn admit(&self, peer: IpAddr) -> Result<(), Refusal>;
+
+    /// The realm to name in `WWW-Authenticate` when requests must carry
+    /// HTTP basic auth credentials; `None`: they need none.
+    fn basic_auth_realm(&self) -> Option<&str>;
+
+    /// Checks the value of a request's `Authorization` header (`None`: it
+    /// has none). Password checks are expensive and bounded: over the
+    /// bound this answers [`Refusal::Busy`] rather than waiting long.
+    async fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), Refusal>;
 }
 
 /// Why a plugin could not set up or run a forward.

@@ -330,6 +330,10 @@ pub struct ForwardRequest {
     /// its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupRequest>,
+    /// Who may reach the forward, as the client narrows it (the server
+    /// adds its own rules for the client, which these cannot widen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessRules>,
 }
 
 /// A forward's load-balanced group: clients naming the same group (and
@@ -391,6 +395,39 @@ impl std::fmt::Display for Balance {
             Balance::LeastConn => "least_conn",
             Balance::Unknown => "unknown",
         })
+    }
+}
+
+/// A forward's access rules as the client sends them: text, parsed and
+/// bounded by the server (a client is not trusted to send valid CIDRs or
+/// cheap hashes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRules {
+    /// CIDRs visitors must come from; empty = any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// CIDRs refused even when allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// HTTP basic auth users (`http`, `https` and `h2c` forwards only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub basic_auth: Vec<BasicAuthUser>,
+}
+
+/// One HTTP basic auth user: a name and a password hash (argon2id in PHC
+/// form, or bcrypt), never a password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuthUser {
+    /// The user name.
+    pub user: String,
+    /// `$argon2id$...` or `$2b$...`.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for BasicAuthUser {
+    // Hashes stay out of logs: a leaked hash is an offline guessing target.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuthUser").field("user", &self.user).finish_non_exhaustive()
     }
 }
 
@@ -468,6 +505,16 @@ mod tests {
             key,
             balance: if lc { Balance::LeastConn } else { Balance::RoundRobin },
         });
+        let access = (
+            proptest::collection::vec("[0-9./]{1,18}", 0..3),
+            proptest::collection::vec("[0-9a-f:/]{1,20}", 0..3),
+            proptest::collection::vec(("[a-z]{1,8}", "\\$2b\\$[./A-Za-z0-9$]{1,20}"), 0..2),
+        )
+            .prop_map(|(allow, deny, users)| AccessRules {
+                allow,
+                deny,
+                basic_auth: users.into_iter().map(|(user, hash)| BasicAuthUser { user, hash }).collect(),
+            });
         (
             "[a-z]{1,8}",
             any::<u16>(),
@@ -475,14 +522,16 @@ mod tests {
             any::<u16>(),
             proptest::option::of(".{0,20}"),
             proptest::option::of(group),
+            proptest::option::of(access),
         )
-            .prop_map(|(protocol, public_port, ip, local_port, raw_config, group)| ForwardRequest {
+            .prop_map(|(protocol, public_port, ip, local_port, raw_config, group, access)| ForwardRequest {
                 protocol,
                 public_port,
                 local_ip: IpAddr::from(ip),
                 local_port,
                 raw_config,
                 group,
+                access,
             })
     }
 

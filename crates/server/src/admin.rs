@@ -398,6 +398,7 @@ fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
         "Streams the client refused: a target it does not declare, or a service it cannot reach.",
     );
     let _ = writeln!(out, "opennotr_streams_refused_total {}", cs.refused.load(Ordering::Relaxed));
+    shared.access.write_metrics(&mut out);
     family(&mut out, "opennotr_refusals_total", "counter", "Refused clients and forwards by reason.");
     for (reason, n) in shared.refusals.counts() {
         let _ = writeln!(out, "opennotr_refusals_total{{reason=\"{}\"}} {n}", esc(&reason));

@@ -32,12 +32,19 @@ pub(crate) struct Creds {
     /// `None` = any domain.
     pub(crate) shared_domains: Option<Vec<String>>,
     pub(crate) clients: BTreeMap<String, (Credential, Source)>,
+    /// `access`: the rules for the forwards of shared-key clients.
+    pub(crate) shared_access: opennotr_config::Access,
 }
 
 impl Creds {
     pub(crate) fn from_config(cfg: &ServerConfig) -> Creds {
         let clients = cfg.clients.iter().map(|c| (c.name.clone(), (c.clone(), Source::Config))).collect();
-        Creds { shared_key: cfg.server.auth_key.clone(), shared_domains: cfg.server.auth_key_domains.clone(), clients }
+        Creds {
+            shared_key: cfg.server.auth_key.clone(),
+            shared_domains: cfg.server.auth_key_domains.clone(),
+            clients,
+            shared_access: cfg.access.clone(),
+        }
     }
 
     /// The credentials after a reload: the new config's, plus those added

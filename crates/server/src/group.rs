@@ -231,6 +231,10 @@ pub(crate) struct Join<'a> {
     /// The port the member's client held last time, tried first when the
     /// group starts.
     pub(crate) leased_port: Option<u16>,
+    /// The member's access rules. Its `tunnel` applies them to the streams
+    /// sent to it; the first member's also guard the group's plugin forward
+    /// (the gateway checks them per request, before a member is chosen).
+    pub(crate) access: Option<Arc<dyn opennotr_plugin::Access>>,
 }
 
 impl Groups {
@@ -313,6 +317,7 @@ impl Groups {
                 kill: kill.clone(),
                 tracker: shared.streams.clone(),
                 limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
+                access: j.access.clone(),
             };
             outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
                 Ok(Ok(ep)) => Ok(ep),
@@ -685,6 +690,7 @@ mod tests {
                     kill: CancellationToken::new(),
                     counters: Arc::default(),
                     leased_port: None,
+                    access: None,
                 };
                 groups.join(&shared, &plugin, j).await
             }

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod access;
 mod admin;
 mod check;
 mod conn;
@@ -268,6 +269,8 @@ pub(crate) struct Shared {
     /// Load-balanced groups of forwards.
     pub(crate) groups: Arc<group::Groups>,
     pub(crate) quic_stats: Arc<opennotr_transport::quic::DatagramStats>,
+    /// Visitors refused by access rules, and the bound on password checks.
+    pub(crate) access: Arc<access::Guard>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -463,6 +466,7 @@ impl Server {
             admin_token: Default::default(),
             quic_stats: Arc::default(),
             groups: Arc::default(),
+            access: Arc::default(),
             cfg,
         });
         if let Some(v) = &vlan {

@@ -76,6 +76,8 @@ pub(crate) struct RunningForward {
     key: ForwardKey,
     pub(crate) info: ForwardInfo,
     pub(crate) counters: Arc<Counters>,
+    /// Its access rules, for visitors that reach it through the VIP.
+    pub(crate) access: Option<Arc<crate::access::Policy>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -392,9 +394,19 @@ pub(crate) async fn start_forwards(
                 continue;
             }
         }
+        let access = match crate::access::for_forward(shared, session, cred, req) {
+            Ok(a) => a,
+            Err(e) => {
+                results.push(fail(e));
+                continue;
+            }
+        };
         let counters = Arc::new(Counters::default());
-        let tunnel: Arc<dyn Tunnel> =
+        let mut tunnel: Arc<dyn Tunnel> =
             Arc::new(SessionTunnel(session.clone(), counters.clone(), shared.channel_stats.clone()));
+        if let Some(policy) = &access {
+            tunnel = Arc::new(crate::access::AccessTunnel { inner: tunnel, policy: policy.clone() });
+        }
         let Some(plugin) = shared.plugin(&req.protocol) else {
             let all = shared.plugins();
             let have: Vec<_> = all.keys().map(String::as_str).collect();
@@ -437,6 +449,7 @@ pub(crate) async fn start_forwards(
                 kill: session.kill.clone(),
                 counters: counters.clone(),
                 leased_port,
+                access: access.clone().map(|a| a as Arc<dyn opennotr_plugin::Access>),
             };
             outcome = shared.groups.join(shared, &plugin, join).await.map(|(ep, member)| {
                 plugin = member;
@@ -454,6 +467,7 @@ pub(crate) async fn start_forwards(
                 kill: session.kill.clone(),
                 tracker: shared.streams.clone(),
                 limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
+                access: access.clone().map(|a| a as Arc<dyn opennotr_plugin::Access>),
             };
             outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
                 Ok(Ok(ep)) => Ok(ep),
@@ -474,7 +488,7 @@ pub(crate) async fn start_forwards(
                 };
                 info!(protocol = %req.protocol, url = %ep.url, target = %meta.target(), "forward started");
                 if let Ok(mut f) = session.forwards.lock() {
-                    f.push(RunningForward { meta, plugin, key, info, counters });
+                    f.push(RunningForward { meta, plugin, key, info, counters, access });
                 }
                 results.push(ForwardResult {
                     request: req.clone(),

@@ -115,6 +115,10 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
         debug!(%dst, "nothing exported there; reset");
         return reset(&sock);
     };
+    if !crate::access::admit_vip(&shared, &session, StreamProtocol::Tcp, dst.port(), peer.ip()) {
+        debug!(%dst, "refused by the access rules; reset");
+        return reset(&sock);
+    }
     let kill = session.kill.clone();
     let tunnel = SessionTunnel(session.clone(), session.vip_counters.clone(), shared.channel_stats.clone());
     let opened = tokio::select! {
@@ -158,6 +162,9 @@ async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationT
                         debug!(%dst, "nothing exported there; datagram dropped");
                         continue;
                     };
+                    if !crate::access::admit_vip(&shared, &session, StreamProtocol::Udp, dst.port(), peer.ip()) {
+                        continue;
+                    }
                     if flows.keys().filter(|(_, d)| d.ip() == dst.ip()).count() >= max_flows {
                         debug!(%dst, "UDP flow limit of this VIP reached; datagram dropped");
                         continue;

@@ -179,6 +179,12 @@ async fn recv_loop(sock: Arc<UdpSocket>, meta: ForwardMeta, ctx: ForwardContext,
                     Err(e) => { debug!(error = %e, "recv failed"); continue; }
                 };
                 if !flows.contains(&peer) {
+                    // A refused source opens no flow: its datagrams are
+                    // dropped here, each one counted, at the cost of a
+                    // CIDR lookup.
+                    if ctx.access.as_ref().is_some_and(|a| a.admit(peer.ip()).is_err()) {
+                        continue;
+                    }
                     if flows.len() >= ctx.limits.max_udp_flows {
                         dropped += 1;
                         if dropped.is_power_of_two() {

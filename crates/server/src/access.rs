@@ -1,0 +1,403 @@
+//! Access control per forward: allow and deny lists of sources, and HTTP
+//! basic auth, enforced by the server (docs/access-control.md).
+//!
+//! A forward's [`Policy`] stacks the server's rules for its client
+//! (`clients[i]`, or `access` for shared-key clients) and the rules the
+//! client sent with the forward; a visitor must pass both, so a client can
+//! only narrow what the server lets in. Plugins get it in
+//! [`ForwardContext::access`](opennotr_plugin::ForwardContext), and their
+//! tunnel ([`AccessTunnel`]) refuses streams for visitors it does not
+//! admit, so nothing of a refused visitor reaches the client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use opennotr_config::{Access as Rules, Credential};
+use opennotr_plugin::{async_trait, Access, OpenError, Refusal, StreamProtocol, Tunnel, TunnelStream, Visitor};
+use opennotr_proto::message::ForwardRequest;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::session::Session;
+use crate::Shared;
+
+/// How long a request waits for a password check before it is told to come
+/// back later (503): a flood of wrong passwords gets quick refusals rather
+/// than a queue that grows as fast as it comes.
+const VERIFY_WAIT: Duration = Duration::from_secs(1);
+/// How long a verified `Authorization` value is trusted without hashing
+/// again, so a browser does not pay a hash per request.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Verified values remembered per forward.
+const CACHE_ENTRIES: usize = 1024;
+/// Longest `Authorization` value read; a longer one is refused unread.
+const MAX_AUTHORIZATION: usize = 1024;
+
+/// The reasons counted, in the order of [`Counts`].
+const REASONS: [Refusal; 4] = [Refusal::Denied, Refusal::NotAllowed, Refusal::Unauthorized, Refusal::Busy];
+
+/// Refusals of one protocol by reason: a refused datagram costs an atomic
+/// increment, no lock and no allocation.
+#[derive(Debug, Default)]
+struct Counts([AtomicU64; 4]);
+
+impl Counts {
+    fn add(&self, r: Refusal) {
+        if let Some(i) = REASONS.iter().position(|x| *x == r) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What every forward's policy shares: the refusal counters for
+/// `/metrics`, and the bound on password checks running at once.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    by_protocol: Mutex<BTreeMap<String, Arc<Counts>>>,
+    /// The virtual LAN's, looked up once.
+    vip: Arc<Counts>,
+    verifications: Arc<Semaphore>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        // One check per core at most (up to 4): the cores left serve traffic.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let vip = Arc::new(Counts::default());
+        Guard {
+            by_protocol: Mutex::new(BTreeMap::from([("vip".to_string(), vip.clone())])),
+            vip,
+            verifications: Arc::new(Semaphore::new(cores)),
+        }
+    }
+}
+
+impl Guard {
+    /// The counters of `protocol` (the forward's plugin), made on first use.
+    fn counts(&self, protocol: &str) -> Arc<Counts> {
+        let mut m = self.by_protocol.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(protocol.to_string()).or_default().clone()
+    }
+
+    /// Appends `opennotr_visitors_refused_total` to a scrape.
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP opennotr_visitors_refused_total Visitors refused by access rules, by forward protocol and \
+             reason.\n# TYPE opennotr_visitors_refused_total counter"
+        );
+        for (protocol, counts) in self.by_protocol.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for (r, n) in REASONS.iter().zip(&counts.0) {
+                let (reason, n) = (r.name(), n.load(Ordering::Relaxed));
+                let _ =
+                    writeln!(out, "opennotr_visitors_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}} {n}");
+            }
+        }
+    }
+}
+
+/// The server's rules for a session's client (`None`: its credential is
+/// gone, and so will its session be).
+fn server_rules<'a>(creds: &'a crate::creds::Creds, client: Option<&str>) -> Option<&'a Rules> {
+    match client {
+        Some(name) => creds.get(name).map(|c| &c.access),
+        None => Some(&creds.shared_access),
+    }
+}
+
+/// The policy of one requested forward: `Ok(None)` when nothing restricts
+/// it, `Err` (shown to the client) when the client's rules are invalid.
+pub(crate) fn for_forward(
+    shared: &Shared,
+    session: &Session,
+    cred: Option<&Credential>,
+    req: &ForwardRequest,
+) -> Result<Option<Arc<Policy>>, String> {
+    let own = match &req.access {
+        None => Rules::default(),
+        Some(a) => {
+            let users: Vec<(String, String)> = a.basic_auth.iter().map(|u| (u.user.clone(), u.hash.clone())).collect();
+            let rules = opennotr_config::access::parse("access", &a.allow, &a.deny, &users)
+                .map_err(|e| format!("invalid access rules: {e}"))?;
+            opennotr_config::access::for_protocol("access", &req.protocol, &rules)
+                .map_err(|e| format!("invalid access rules: {e}"))?;
+            rules
+        }
+    };
+    let creds = shared.creds();
+    let mut server = match cred {
+        Some(c) => c.access.clone(),
+        None => server_rules(&creds, session.client.as_deref()).cloned().unwrap_or_default(),
+    };
+    if !opennotr_config::access::HTTP_PROTOCOLS.contains(&req.protocol.as_str()) {
+        // The server's users guard the client's HTTP forwards; its other
+        // forwards have no requests to ask credentials in.
+        server.basic_auth.clear();
+    }
+    Ok(Policy::new(&req.protocol, &session.domain, [server, own], &shared.access))
+}
+
+/// Checks a visitor of the virtual LAN (`protocol` at the VIP's `port`):
+/// the server's rules for the client, and those of every forward whose
+/// local port the VIP exports there. Counted as protocol `vip`.
+pub(crate) fn admit_vip(shared: &Shared, session: &Session, protocol: StreamProtocol, port: u16, peer: IpAddr) -> bool {
+    let creds = shared.creds();
+    let server = server_rules(&creds, session.client.as_deref());
+    let verdict = server.map_or(Ok(()), |s| check(s, peer)).and_then(|()| {
+        session.with_forwards(|fs| {
+            fs.iter()
+                .filter(|f| {
+                    f.meta.local_port == port && (f.meta.protocol == "udp") == (protocol == StreamProtocol::Udp)
+                })
+                .filter_map(|f| f.access.as_ref())
+                .try_for_each(|p| p.layers.iter().try_for_each(|l| check(l, peer)))
+        })
+    });
+    match verdict {
+        Ok(()) => true,
+        Err(r) => {
+            shared.access.vip.add(r);
+            false
+        }
+    }
+}
+
+/// Deny before allow: a source in a deny list is refused even when an
+/// allow list has it.
+fn check(rules: &Rules, peer: IpAddr) -> Result<(), Refusal> {
+    let peer = peer.to_canonical();
+    if rules.deny.iter().any(|n| n.contains(&peer)) {
+        return Err(Refusal::Denied);
+    }
+    if !rules.allow.is_empty() && !rules.allow.iter().any(|n| n.contains(&peer)) {
+        return Err(Refusal::NotAllowed);
+    }
+    Ok(())
+}
+
+/// A forward's rules as enforced.
+pub(crate) struct Policy {
+    protocol: String,
+    realm: String,
+    /// The server's, then the forward's; each must pass. None is empty.
+    layers: Vec<Rules>,
+    guard: Arc<Guard>,
+    refused: Arc<Counts>,
+    /// SHA-256 of `Authorization` values verified lately → when they stop
+    /// being trusted. Only successes: a wrong password costs a hash each
+    /// time, under the bound of [`Guard::verifications`].
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("protocol", &self.protocol).field("layers", &self.layers).finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    fn new(protocol: &str, realm: &str, layers: [Rules; 2], guard: &Arc<Guard>) -> Option<Arc<Policy>> {
+        let layers: Vec<Rules> = layers.into_iter().filter(|l| !l.is_empty()).collect();
+        (!layers.is_empty()).then(|| {
+            Arc::new(Policy {
+                protocol: protocol.to_string(),
+                realm: realm.to_string(),
+                layers,
+                guard: guard.clone(),
+                refused: guard.counts(protocol),
+                verified: Mutex::default(),
+            })
+        })
+    }
+
+    fn needs_auth(&self) -> bool {
+        self.layers.iter().any(|l| !l.basic_auth.is_empty())
+    }
+
+    fn refuse(&self, r: Refusal) -> Refusal {
+        self.refused.add(r);
+        r
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> bool {
+        let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        match v.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                v.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() >= CACHE_ENTRIES {
+            let now = Instant::now();
+            v.retain(|_, until| *until > now);
+            if v.len() >= CACHE_ENTRIES {
+                // Full of live entries: start over rather than grow; the
+                // cost is one hash per visitor again.
+                v.clear();
+            }
+        }
+        v.insert(key, Instant::now() + CACHE_TTL);
+    }
+
+    /// Checks `user:password` against every layer with users; each such
+    /// layer must have the user with a matching hash.
+    async fn verify(&self, user: &str, password: &[u8]) -> Result<(), Refusal> {
+        for layer in &self.layers {
+            if layer.basic_auth.is_empty() {
+                continue;
+            }
+            let Some(entry) = layer.basic_auth.iter().find(|b| b.user == user) else {
+                return Err(Refusal::Unauthorized);
+            };
+            let permit = match tokio::time::timeout(VERIFY_WAIT, self.guard.verifications.clone().acquire_owned()).await
+            {
+                Ok(Ok(p)) => p,
+                _ => return Err(Refusal::Busy),
+            };
+            let (hash, password) = (entry.hash.clone(), password.to_vec());
+            let ok = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                verify_hash(&hash, &password)
+            })
+            .await
+            .unwrap_or(false);
+            if !ok {
+                return Err(Refusal::Unauthorized);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `password` matches `hash` (argon2id in PHC form, or bcrypt; the
+/// config checked which and bounded its cost).
+fn verify_hash(hash: &str, password: &[u8]) -> bool {
+    use argon2::PasswordVerifier as _;
+    if hash.starts_with("$argon2") {
+        return argon2::PasswordHash::new(hash)
+            .is_ok_and(|h| argon2::Argon2::default().verify_password(password, &h).is_ok());
+    }
+    bcrypt::verify(password, hash).unwrap_or(false)
+}
+
+/// `Basic <base64 of user:password>` → (user, password).
+fn parse_basic(value: &[u8]) -> Option<(String, Vec<u8>)> {
+    if value.len() > MAX_AUTHORIZATION {
+        return None;
+    }
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(token.trim_start()).ok()?;
+    let colon = raw.iter().position(|&b| b == b':')?;
+    let user = String::from_utf8(raw[..colon].to_vec()).ok()?;
+    Some((user, raw[colon + 1..].to_vec()))
+}
+
+#[async_trait]
+impl Access for Policy {
+    fn admit(&self, peer: IpAddr) -> Result<(), Refusal> {
+        self.layers.iter().try_for_each(|l| check(l, peer)).map_err(|r| self.refuse(r))
+    }
+
+    fn basic_auth_realm(&self) -> Option<&str> {
+        self.needs_auth().then_some(self.realm.as_str())
+    }
+
+    async fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), Refusal> {
+        if !self.needs_auth() {
+            return Ok(());
+        }
+        let Some(value) = authorization else { return Err(self.refuse(Refusal::Unauthorized)) };
+        let Some((user, password)) = parse_basic(value) else { return Err(self.refuse(Refusal::Unauthorized)) };
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, value).as_ref());
+        if self.cached(&key) {
+            return Ok(());
+        }
+        self.verify(&user, &password).await.map_err(|r| self.refuse(r))?;
+        self.remember(key);
+        Ok(())
+    }
+}
+
+/// A forward's tunnel that opens no stream for a visitor its policy does
+/// not admit: whatever the plugin, a refused visitor never reaches the
+/// client.
+#[derive(Debug)]
+pub(crate) struct AccessTunnel {
+    pub(crate) inner: Arc<dyn Tunnel>,
+    pub(crate) policy: Arc<Policy>,
+}
+
+#[async_trait]
+impl Tunnel for AccessTunnel {
+    async fn open_stream(
+        &self,
+        protocol: StreamProtocol,
+        target: SocketAddr,
+        visitor: Option<Visitor>,
+    ) -> Result<TunnelStream, OpenError> {
+        if let Some(v) = visitor {
+            self.policy.admit(v.peer.ip()).map_err(|r| OpenError::Refused(r.to_string()))?;
+        }
+        self.inner.open_stream(protocol, target, visitor).await
+    }
+
+    fn multiplexes(&self) -> bool {
+        self.inner.multiplexes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(allow: &[&str], deny: &[&str]) -> Rules {
+        let s = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        opennotr_config::access::parse("t", &s(allow), &s(deny), &[]).unwrap()
+    }
+
+    #[test]
+    fn deny_wins_and_mapped_addresses_match_as_ipv4() {
+        let guard = Arc::new(Guard::default());
+        let p = Policy::new("tcp", "a.example", [rules(&["127.0.0.0/8"], &["127.0.0.3"]), Rules::default()], &guard)
+            .unwrap();
+        assert_eq!(p.admit("127.0.0.2".parse().unwrap()), Ok(()));
+        assert_eq!(p.admit("::ffff:127.0.0.2".parse().unwrap()), Ok(()));
+        assert_eq!(p.admit("127.0.0.3".parse().unwrap()), Err(Refusal::Denied));
+        assert_eq!(p.admit("::ffff:127.0.0.3".parse().unwrap()), Err(Refusal::Denied));
+        assert_eq!(p.admit("10.0.0.1".parse().unwrap()), Err(Refusal::NotAllowed));
+        // The forward's own layer narrows the server's.
+        let p = Policy::new("tcp", "a", [rules(&["127.0.0.0/8"], &[]), rules(&["10.0.0.0/8"], &[])], &guard).unwrap();
+        assert_eq!(p.admit("127.0.0.2".parse().unwrap()), Err(Refusal::NotAllowed));
+        assert_eq!(p.admit("10.0.0.1".parse().unwrap()), Err(Refusal::NotAllowed));
+        let mut out = String::new();
+        guard.write_metrics(&mut out);
+        assert!(out.contains("opennotr_visitors_refused_total{protocol=\"tcp\",reason=\"denied\"} 2"), "{out}");
+        assert!(Policy::new("tcp", "a", [Rules::default(), Rules::default()], &guard).is_none());
+    }
+
+    #[test]
+    fn parses_basic_credentials_strictly() {
+        assert_eq!(parse_basic(b"Basic YWxpY2U6czNjcjN0"), Some(("alice".into(), b"s3cr3t".to_vec())));
+        assert_eq!(parse_basic(b"basic   YWxpY2U6czNjcjN0"), Some(("alice".into(), b"s3cr3t".to_vec())));
+        assert_eq!(parse_basic(b"Bearer YWxpY2U6czNjcjN0"), None);
+        assert_eq!(parse_basic(b"Basic !!!"), None);
+        assert_eq!(parse_basic(b"Basic YWxpY2U="), None, "no colon");
+        assert_eq!(parse_basic(&[b'a'; 2000]), None);
+    }
+}
