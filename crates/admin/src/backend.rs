@@ -23,7 +23,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Every credential, from the configuration file and added through the API.
     fn clients(&self) -> Vec<ClientView>;
     /// Adds a credential. `Invalid` names the field at fault (`name`,
-    /// `key`, `domains[1]`, …); `Conflict` if the name is taken.
+    /// `key`, `domains[1]`, …); `Conflict` if the name is taken; `Reserved`
+    /// for a name the server holds itself.
     fn add_client(&self, c: NewClient) -> Result<ClientView, BackendError>;
     /// Removes (revokes) a credential; returns how many sessions were closed.
     fn remove_client(&self, name: &str) -> Result<usize, BackendError>;
@@ -180,6 +181,15 @@ pub enum BackendError {
     /// The change collides with the current state (HTTP 409).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A field claims a name the server holds itself (HTTP 409): a rule
+    /// of the server's configuration, which no request schema can state.
+    #[error("{field}: {message}")]
+    Reserved {
+        /// The field at fault: `domains[1]`, or `name` for its default domain.
+        field: String,
+        /// Why the name is the server's.
+        message: String,
+    },
 }
 
 #[cfg(test)]

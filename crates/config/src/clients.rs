@@ -79,13 +79,18 @@ impl std::fmt::Debug for CredentialText {
 /// (`server.domain`) makes the default domain `<name>.<zone>`.
 pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<Credential, ConfigError> {
     let name = c.name;
+    // The first character is a letter or digit so that no name is `.` or
+    // `..`, which URLs (the admin API's `/clients/{name}`) would rewrite.
     if name.is_empty()
         || name.len() > 63
+        || !name.as_bytes()[0].is_ascii_alphanumeric()
         || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
     {
         return Err(ConfigError::invalid(
             format!("{at}.name"),
-            format!("{name:?} is not a client name: 1-63 of a-z, 0-9, '-', '_' and '.'"),
+            format!(
+                "{name:?} is not a client name: 1-63 of a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
+            ),
         ));
     }
     if c.key.is_empty() {
@@ -94,8 +99,7 @@ pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<
     let mut domains = domain_patterns(&format!("{at}.domains"), &c.domains)?;
     names.check(&format!("{at}.domains"), &domains)?;
     if domains.is_empty() {
-        let label = name.replace(['_', '.'], "-");
-        let default = format!("{label}.{}", names.zone());
+        let default = default_domain(&name, names);
         if let Some(why) = names.why(&default) {
             return Err(ConfigError::invalid(
                 format!("{at}.name"),
@@ -115,6 +119,12 @@ pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<
         }
     }
     Ok(Credential { name, key: Secret::new(c.key), domains, ports, protocols: c.protocols })
+}
+
+/// The domain of a credential that lists none: `<name>.<server.domain>`,
+/// with `_` and `.` made `-` so that it is one label.
+pub(crate) fn default_domain(name: &str, names: &ReservedNames) -> String {
+    format!("{}.{}", name.replace(['_', '.'], "-"), names.zone())
 }
 
 /// Reads `clientsFile`: a YAML list of entries.
@@ -262,6 +272,17 @@ mod tests {
             &ReservedNames::new("z", None),
         );
         assert_eq!(e.unwrap_err().key(), Some("clients[1].name"));
+        for name in [".", "..", "-a", "_a", ".a"] {
+            let text = CredentialText {
+                name: name.into(),
+                key: "k".into(),
+                domains: vec![],
+                ports: vec![],
+                protocols: vec![],
+            };
+            let e = credential("clients[1]", text, &ReservedNames::new("z", None)).unwrap_err();
+            assert_eq!(e.key(), Some("clients[1].name"), "{name}");
+        }
     }
 
     #[test]

@@ -252,6 +252,15 @@ impl Backend for ServerHandle {
         let text =
             CredentialText { name: c.name, key: c.key, domains: c.domains, ports: c.ports, protocols: c.protocols };
         let reserved = opennotr_config::ReservedNames::of(&self.shared.cfg);
+        // The server's own names depend on its configuration, which the
+        // API's schema cannot know: a collision with them is a conflict,
+        // not a malformed request.
+        if let Some(e) = reserved.claimed_by("", &text) {
+            return Err(match invalid(e) {
+                BackendError::Invalid { field, message } => BackendError::Reserved { field, message },
+                other => other,
+            });
+        }
         let cred = opennotr_config::credential("", text, &reserved).map_err(invalid)?;
         let current = self.shared.creds();
         if current.clients.contains_key(&cred.name) {
