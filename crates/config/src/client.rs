@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bandwidth::BandwidthText;
 use crate::server::check_keepalive;
 use crate::util::{at_most, dns_name, duration, host_port, is_plugin_name, workers, PortMap, Seconds, MAX_SPARES};
 use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret, VipPortConfig};
@@ -28,6 +29,7 @@ struct RawFile {
     reconnect_max_delay: Option<Seconds>,
     vip_ports: Option<Vec<RawVipPort>>,
     workers: Option<u64>,
+    bandwidth: Option<BandwidthText>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +51,7 @@ struct RawForward {
     local_ip: Option<String>,
     #[serde(rename = "rawConfig")]
     raw_config: Option<String>,
+    bandwidth: Option<BandwidthText>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
@@ -139,6 +142,7 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
         handshake_timeout: duration("handshakeTimeout", raw.handshake_timeout, Duration::from_secs(10))?,
         reconnect_max_delay: duration("reconnectMaxDelay", raw.reconnect_max_delay, Duration::from_secs(30))?,
         workers: workers("workers", raw.workers)?,
+        bandwidth: crate::bandwidth::optional("bandwidth", raw.bandwidth.as_ref())?,
     })
 }
 
@@ -192,5 +196,6 @@ fn forward(
         }
     };
 
-    Ok(ForwardConfig { protocol, ports, local_ip, raw_config: raw.raw_config.filter(|c| !c.is_empty()) })
+    let bandwidth = crate::bandwidth::optional(&key("bandwidth"), raw.bandwidth.as_ref())?;
+    Ok(ForwardConfig { protocol, ports, local_ip, raw_config: raw.raw_config.filter(|c| !c.is_empty()), bandwidth })
 }

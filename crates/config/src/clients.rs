@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::bandwidth::{optional, BandwidthText};
 use crate::util::{dns_name, is_plugin_name, PortText};
 use crate::{yaml, ConfigError, Credential, PortRange, ReservedNames, Secret};
 
@@ -16,6 +17,9 @@ pub(crate) struct RawClient {
     domains: Option<Vec<String>>,
     ports: Option<Vec<PortText>>,
     protocols: Option<Vec<String>>,
+    bandwidth: Option<BandwidthText>,
+    #[serde(rename = "forwardBandwidth")]
+    forward_bandwidth: Option<BandwidthText>,
 }
 
 /// Validates the entries under `prefix` (`clients` or `clientsFile`).
@@ -38,6 +42,8 @@ pub(crate) fn validate(
                 domains: c.domains.unwrap_or_default(),
                 ports,
                 protocols: c.protocols.unwrap_or_default(),
+                bandwidth: optional(&format!("{at}.bandwidth"), c.bandwidth.as_ref())?,
+                forward_bandwidth: optional(&format!("{at}.forwardBandwidth"), c.forward_bandwidth.as_ref())?,
             },
             names,
         )?;
@@ -66,6 +72,9 @@ pub struct CredentialText {
     /// `"8080"` or `"20000-20100"`.
     pub ports: Vec<String>,
     pub protocols: Vec<String>,
+    /// Bytes a second each way, already checked (see [`crate::parse_bandwidth`]).
+    pub bandwidth: Option<u64>,
+    pub forward_bandwidth: Option<u64>,
 }
 
 impl std::fmt::Debug for CredentialText {
@@ -118,7 +127,15 @@ pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<
             return Err(ConfigError::invalid(format!("{at}.protocols[{j}]"), format!("{p:?} is not a protocol name")));
         }
     }
-    Ok(Credential { name, key: Secret::new(c.key), domains, ports, protocols: c.protocols })
+    Ok(Credential {
+        name,
+        key: Secret::new(c.key),
+        domains,
+        ports,
+        protocols: c.protocols,
+        bandwidth: c.bandwidth,
+        forward_bandwidth: c.forward_bandwidth,
+    })
 }
 
 /// The domain of a credential that lists none: `<name>.<server.domain>`,
@@ -234,6 +251,8 @@ mod tests {
                 domains: domains.iter().map(|s| s.to_string()).collect(),
                 ports: ports.iter().map(|s| s.to_string()).collect(),
                 protocols: protocols.iter().map(|s| s.to_string()).collect(),
+                bandwidth: None,
+                forward_bandwidth: None,
             },
             &ReservedNames::new("notr.test", None),
         )
@@ -268,6 +287,8 @@ mod tests {
                 domains: vec![],
                 ports: vec![],
                 protocols: vec![],
+                bandwidth: None,
+                forward_bandwidth: None,
             },
             &ReservedNames::new("z", None),
         );
@@ -279,6 +300,8 @@ mod tests {
                 domains: vec![],
                 ports: vec![],
                 protocols: vec![],
+                bandwidth: None,
+                forward_bandwidth: None,
             };
             let e = credential("clients[1]", text, &ReservedNames::new("z", None)).unwrap_err();
             assert_eq!(e.key(), Some("clients[1].name"), "{name}");
@@ -308,6 +331,8 @@ mod tests {
                 domains: vec![],
                 ports: vec![],
                 protocols: vec![],
+                bandwidth: None,
+                forward_bandwidth: None,
             };
             let e = credential("clients[2]", text.clone(), &ReservedNames::new("notr.test", None)).unwrap_err();
             assert_eq!(e.key(), Some("clients[2].name"), "{e}");

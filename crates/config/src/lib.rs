@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+mod bandwidth;
 mod client;
 mod clients;
 mod keys;
@@ -113,6 +114,12 @@ pub struct Credential {
     pub ports: Vec<PortRange>,
     /// `clients[i].protocols`: plugins it may use; empty = all.
     pub protocols: Vec<String>,
+    /// `clients[i].bandwidth`: bytes a second each way for the whole
+    /// client; `None` = `limits.clientBandwidth`.
+    pub bandwidth: Option<u64>,
+    /// `clients[i].forwardBandwidth`: bytes a second each way per forward;
+    /// `None` = `limits.forwardBandwidth`.
+    pub forward_bandwidth: Option<u64>,
 }
 
 /// An inclusive range of ports.
@@ -122,6 +129,7 @@ pub struct PortRange {
     pub last: u16,
 }
 
+pub use bandwidth::{format_bandwidth, parse_bandwidth, MAX_RATE};
 pub use clients::{credential, domain_allowed, CredentialText};
 pub use keys::{key_weaknesses, weak_keys, WeakKey, MIN_KEY_CHARS};
 pub use reserved::ReservedNames;
@@ -272,6 +280,13 @@ pub struct Limits {
     /// authenticated data channels a client may keep open to the server,
     /// so a visitor's stream starts without a round trip to the client.
     pub spare_channels: usize,
+    /// `limits.clientBandwidth` (default none): bytes a second each way for
+    /// a client without its own `clients[i].bandwidth` (and every client of
+    /// the shared key).
+    pub client_bandwidth: Option<u64>,
+    /// `limits.forwardBandwidth` (default none): bytes a second each way per
+    /// forward, for clients without `clients[i].forwardBandwidth`.
+    pub forward_bandwidth: Option<u64>,
 }
 
 impl Default for Limits {
@@ -289,6 +304,8 @@ impl Default for Limits {
             penalty_sources: 65_536,
             fd_reserve: 128,
             spare_channels: 4,
+            client_bandwidth: None,
+            forward_bandwidth: None,
         }
     }
 }
@@ -330,6 +347,9 @@ pub struct ClientConfig {
     pub vip_ports: Vec<VipPortConfig>,
     /// `workers`: threads of the async runtime; `None` = tokio's default.
     pub workers: Option<usize>,
+    /// `bandwidth`: bytes a second each way the client asks its whole
+    /// session be limited to (the server may hold it lower).
+    pub bandwidth: Option<u64>,
 }
 
 /// One entry of `vipPorts`.
@@ -354,6 +374,9 @@ pub struct ForwardConfig {
     pub local_ip: IpAddr,
     /// `forwards[i].rawConfig`: opaque string handed to the plugin.
     pub raw_config: Option<String>,
+    /// `forwards[i].bandwidth`: bytes a second each way the client asks
+    /// its forward be limited to (the server may hold it lower).
+    pub bandwidth: Option<u64>,
 }
 
 // ---------------------------------------------------------------- loading

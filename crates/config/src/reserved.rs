@@ -152,6 +152,8 @@ mod tests {
             domains: domains.iter().map(|d| d.to_string()).collect(),
             ports: vec![],
             protocols: vec![],
+            bandwidth: None,
+            forward_bandwidth: None,
         };
         let key = |name, domains| r.claimed_by("x", &text(name, domains)).map(|e| e.key().unwrap().to_string());
         assert_eq!(key("a", &["bad domain", "NS1.z.test."]), Some("x.domains[1]".into()));

@@ -135,6 +135,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
         local_ip: [127, 0, 0, 1].into(),
         local_port: 22,
         raw_config: Some("{\"x\":1}".into()),
+        bandwidth: None,
     };
     vec![
         (
@@ -156,6 +157,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                 forwards: vec![forward],
                 vip_ports: vec![VipPort { protocol: StreamProtocol::Udp, port: 53, local_ip: [127, 0, 0, 1].into() }],
                 mux: true,
+                bandwidth: None,
             },
         ),
         (
@@ -181,6 +183,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
         local_ip: "::1".parse().expect("an address"),
         local_port: 8080,
         raw_config: None,
+        bandwidth: None,
     };
     vec![
         ("challenge", ServerMessage::Challenge { version: 1, spake, mac, software: "opennotrd 0.1".into() }),
@@ -196,8 +199,10 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                     public_port: Some(80),
                     url: Some("http://abc.open.notr.test".into()),
                     error: None,
+                    bandwidth: None,
                 }],
                 spares: 4,
+                bandwidth: None,
             },
         ),
         (

@@ -56,6 +56,10 @@ pub enum ClientMessage {
         /// The client accepts [`StreamProtocol::Mux`] streams.
         #[serde(default)]
         mux: bool,
+        /// Bytes a second each way the client asks its whole session be
+        /// limited to; the server may hold it lower (`None`: no wish).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth: Option<u64>,
     },
     /// First message of a data connection: claims stream `stream` of a session.
     DataHello {
@@ -148,6 +152,10 @@ pub enum ServerMessage {
         /// (`spare_hello`); 0 (and servers that predate them) = none.
         #[serde(default)]
         spares: u16,
+        /// The session's bandwidth limit in force, bytes a second each way
+        /// (`None`: unlimited, or a server that predates limits).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth: Option<u64>,
     },
     /// Open stream `stream` to `target` by dialing it and then the server,
     /// or, when `channel` is set, on that spare channel, where the stream's
@@ -286,6 +294,10 @@ pub struct ForwardRequest {
     /// Opaque per-forward configuration for the plugin.
     #[serde(default)]
     pub raw_config: Option<String>,
+    /// Bytes a second each way the client asks this forward be limited
+    /// to; the server may hold it lower (`None`: no wish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
 }
 
 /// A port the client exposes on its virtual IP only.
@@ -313,6 +325,10 @@ pub struct ForwardResult {
     /// Why the forward did not start; `None` = it runs.
     #[serde(default)]
     pub error: Option<String>,
+    /// The forward's bandwidth limit in force, bytes a second each way
+    /// (`None`: unlimited, or a server that predates limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
 }
 
 macro_rules! json_codec {
@@ -357,15 +373,22 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_forward() -> impl Strategy<Value = ForwardRequest> {
-        ("[a-z]{1,8}", any::<u16>(), any::<[u8; 4]>(), any::<u16>(), proptest::option::of(".{0,20}")).prop_map(
-            |(protocol, public_port, ip, local_port, raw_config)| ForwardRequest {
+        (
+            "[a-z]{1,8}",
+            any::<u16>(),
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            proptest::option::of(".{0,20}"),
+            proptest::option::of(any::<u64>()),
+        )
+            .prop_map(|(protocol, public_port, ip, local_port, raw_config, bandwidth)| ForwardRequest {
                 protocol,
                 public_port,
                 local_ip: IpAddr::from(ip),
                 local_port,
                 raw_config,
-            },
-        )
+                bandwidth,
+            })
     }
 
     fn arb_client() -> impl Strategy<Value = ClientMessage> {
@@ -392,6 +415,7 @@ mod tests {
                     domain,
                     forwards,
                     mux,
+                    bandwidth: mux.then_some(1_000_000),
                     vip_ports: vec![VipPort {
                         protocol: StreamProtocol::Udp,
                         port: 53,
@@ -452,9 +476,11 @@ mod tests {
                                 public_port: Some(1),
                                 url: None,
                                 error: Some("x".into()),
+                                bandwidth: Some(spares.into()),
                             })
                             .collect(),
                         spares,
+                        bandwidth: (spares % 2 == 1).then_some(spares.into()),
                     }
                 }
             ),

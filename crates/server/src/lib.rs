@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod admin;
+mod bandwidth;
 mod conn;
 mod creds;
 pub mod plugins;
