@@ -65,7 +65,8 @@ fn schemathesis_finds_nothing_in_the_admin_api() {
         format!(
             "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a-shared-key-for-the-schemathesis-run\"\n  domain: \"open.notr.test\"\n\
              dhcp:\n  cidr: \"100.64.242.1/24\"\n\
-             clients:\n  - name: alice\n    key: \"{ALICE_KEY}\"\n\
+             limits:\n  forwardBandwidth: 10MB\n\
+             clients:\n  - name: alice\n    key: \"{ALICE_KEY}\"\n    bandwidth: 80Mbit\n\
              admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{TOKEN}\"\n"
         ),
     );
