@@ -210,3 +210,60 @@ async fn unlimited_forwards_show_no_limit() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_adds_a_credential_with_limits() {
+    run_test(async {
+        let server = TestServer::start(&ServerSpec::default()).await;
+        let new = |bandwidth: &str| opennotr_admin::NewClient {
+            name: "bob".into(),
+            key: "bob's key".into(),
+            domains: vec![],
+            ports: vec![],
+            protocols: vec![],
+            bandwidth: Some(bandwidth.into()),
+            forward_bandwidth: Some("512KiB".into()),
+        };
+        match server.handle.add_client(new("10mb")) {
+            Err(opennotr_admin::BackendError::Invalid { field, .. }) => assert_eq!(field, "bandwidth"),
+            other => panic!("{other:?}"),
+        }
+        let c = server.handle.add_client(new("80Mbit")).unwrap();
+        assert_eq!((c.bandwidth, c.forward_bandwidth), (Some(10_000_000), Some(524_288)));
+        // A client of that credential runs under them.
+        let echo = tcp_echo().await;
+        let spec = ClientSpec::new(server.addr).credential("bob", "bob's key").forward(tcp_fwd(0, echo.addr.port()));
+        let mut client = TestClient::start(&spec);
+        let reg = client.connected().await;
+        assert_eq!((reg.bandwidth, reg.forwards[0].bandwidth), (Some(10_000_000), Some(524_288)));
+        client.stop().await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A plaintext tunnel is relayed inside the kernel (splice) when unlimited;
+/// a limited one must be copied, or its bytes would pass the limiter by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_plaintext_forward_is_not_spliced_past_the_limiter() {
+    run_test(async {
+        const RATE: u64 = 400_000;
+        const N: usize = 1_000_000;
+        let spec =
+            ServerSpec { allow_plaintext: true, limits: vec![("forwardBandwidth", RATE)], ..ServerSpec::default() };
+        let server = TestServer::start(&spec).await;
+        let echo = tcp_echo().await;
+        let client_spec = ClientSpec { plaintext: true, multiplex: false, ..ClientSpec::new(server.addr) }
+            .forward(tcp_fwd(0, echo.addr.port()));
+        let mut client = TestClient::start(&client_spec);
+        let reg = client.connected().await;
+        assert!(Backend::sessions(&server.handle)[0].plaintext);
+        let elapsed = echo_transfer(local(public_port(&reg, 0)), N).await;
+        assert!(elapsed >= floor(N as u64, RATE, 1), "{N} bytes at {RATE} B/s in {elapsed:?}");
+        let f = &Backend::sessions(&server.handle)[0].forwards[0];
+        assert_eq!((f.bytes_in, f.bytes_out), (N as u64, N as u64));
+        client.stop().await;
+        server.stop().await;
+    })
+    .await;
+}

@@ -556,4 +556,50 @@ mod tests {
             r#"{"type":"connect","stream":3,"protocol":"tcp","target":"127.0.0.1:22","peer":null}"#
         );
     }
+
+    #[test]
+    fn bandwidth_fields_are_compatible_with_older_peers() {
+        // An older server's `registered`, and an older client's `register`:
+        // no limits, and nothing else changes.
+        let m = ServerMessage::from_bytes(
+            br#"{"type":"registered","session":"00","vip":"100.64.0.2","domain":"a.b","forwards":[{"request":{"protocol":"tcp","public_port":0,"local_ip":"127.0.0.1","local_port":22},"public_port":20001}]}"#,
+        )
+        .unwrap();
+        match m {
+            ServerMessage::Registered { bandwidth: None, forwards, .. } => {
+                assert_eq!((forwards[0].bandwidth, forwards[0].request.bandwidth), (None, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = ClientMessage::from_bytes(br#"{"type":"register","client_id":"c"}"#).unwrap();
+        assert!(matches!(r, ClientMessage::Register { bandwidth: None, .. }));
+        // Unset, they are left out: what an older peer receives is what it knew.
+        let f = ForwardRequest {
+            protocol: "tcp".into(),
+            public_port: 0,
+            local_ip: [127, 0, 0, 1].into(),
+            local_port: 22,
+            raw_config: None,
+            bandwidth: None,
+        };
+        let r = ClientMessage::Register {
+            client_id: "c".into(),
+            domain: None,
+            forwards: vec![f.clone()],
+            vip_ports: vec![],
+            mux: false,
+            bandwidth: None,
+        };
+        assert!(!String::from_utf8(r.to_bytes()).unwrap().contains("bandwidth"));
+        let r = ClientMessage::Register {
+            client_id: "c".into(),
+            domain: None,
+            forwards: vec![ForwardRequest { bandwidth: Some(300_000), ..f }],
+            vip_ports: vec![],
+            mux: false,
+            bandwidth: Some(5_000_000),
+        };
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.contains(r#""bandwidth":300000"#) && text.contains(r#""bandwidth":5000000"#), "{text}");
+    }
 }
