@@ -112,7 +112,11 @@ fn schemathesis_finds_nothing_in_the_admin_api() {
     eprintln!("{text}");
     // A run that tested nothing would pass too.
     assert!(text.contains("Operations:") && text.contains("13 selected"), "{text}");
-    assert!(!text.contains("0 generated"), "{text}");
+    let generated = text
+        .split_once(" generated")
+        .and_then(|(before, _)| before.rsplit(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(generated.is_some_and(|n| n >= 100), "too few test cases ({generated:?}):\n{text}");
 
     // The run closes sessions and adds and removes credentials: the server
     // must still serve, and a reload must bring the file's credentials back.
