@@ -261,3 +261,54 @@ impl AsyncWrite for TunnelStream {
         Pin::new(&mut self.get_mut().chan).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::bandwidth::Throttle;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    /// A limited plaintext stream is relayed by copying, paced: splice
+    /// would move its bytes past the limiter. Only a lower bound on time.
+    #[tokio::test]
+    async fn a_limited_plain_stream_is_paced_through_relay_with() {
+        const RATE: u64 = 200_000;
+        const N: usize = 400_000;
+        let (mut visitor, visitor_side) = pair().await;
+        let (tunnel_side, mut service) = pair().await;
+        let limit = Arc::new(Throttle::new(RATE));
+        let mut stream =
+            TunnelStream::new(Channel::Plain(tunnel_side), None).limited(Throttles::new([Some(limit.clone())]));
+        let relay = tokio::spawn(async move {
+            let mut visitor_side = visitor_side;
+            stream.relay_with(&mut visitor_side).await
+        });
+        let start = Instant::now();
+        let writer = tokio::spawn(async move {
+            visitor.write_all(&vec![7u8; N]).await.unwrap();
+            visitor.shutdown().await.unwrap();
+            visitor
+        });
+        let mut got = Vec::new();
+        service.read_to_end(&mut got).await.unwrap();
+        let elapsed = start.elapsed();
+        assert_eq!(got.len(), N);
+        let floor = Duration::from_secs_f64((N - 3 * 64 * 1024) as f64 / RATE as f64);
+        assert!(elapsed >= floor, "{N} bytes at {RATE} B/s in {elapsed:?}");
+        assert!(limit.throttled_nanos.load(Ordering::Relaxed) > 0);
+        drop(service);
+        drop(writer.await.unwrap());
+        let (up, _) = relay.await.unwrap().unwrap();
+        assert_eq!(up, N as u64);
+    }
+}
