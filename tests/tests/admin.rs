@@ -185,10 +185,24 @@ async fn admin_api_sees_closes_and_revokes() {
         // A credential that lists a name the server answers for itself.
         let body = format!(r#"{{"name": "eve", "key": "eve's key", "domains": ["eve.example", "vip.{ZONE}"]}}"#);
         let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(&body)).await;
-        assert_eq!(bad.status, 400, "{}", bad.body);
+        // Well-formed, but the server's own: a conflict, not a bad request.
+        assert_eq!(bad.status, 409, "{}", bad.body);
         assert_eq!(json(&bad)["field"], "domains[1]", "{}", bad.body);
         assert!(bad.body.contains("no client may claim it"), "{}", bad.body);
         assert!(!json(&api(admin, "GET", "/api/v1/clients", Some(TOKEN), None).await).to_string().contains("eve"));
+        // The same for the default domain of a name without domains.
+        let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(r#"{"name": "ns1", "key": "k"}"#)).await;
+        assert_eq!((bad.status, json(&bad)["field"].as_str()), (409, Some("name")), "{}", bad.body);
+        // A reversed port range is well-formed but meaningless.
+        let body = r#"{"name": "eve", "key": "k", "ports": ["8080", "20100-20000"]}"#;
+        let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(body)).await;
+        assert_eq!((bad.status, json(&bad)["field"].as_str()), (422, Some("ports[1]")), "{}", bad.body);
+        // Past the schema's bounds.
+        let body = format!(r#"{{"name": "eve", "key": "k", "protocols": {:?}}}"#, vec!["tcp"; 65]);
+        let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(&body)).await;
+        assert_eq!((bad.status, json(&bad)["field"].as_str()), (400, Some("protocols")), "{}", bad.body);
+        let bad = api(admin, "POST", "/api/v1/clients", Some(TOKEN), Some(r#"{"name": ".", "key": "k"}"#)).await;
+        assert_eq!((bad.status, json(&bad)["field"].as_str()), (400, Some("name")), "{}", bad.body);
 
         // Refusals are listed with their reasons.
         let refusals = api(admin, "GET", "/api/v1/refusals", Some(TOKEN), None).await;

@@ -55,12 +55,16 @@ pub(crate) enum ApiError {
     MethodNotAllowed { allow: Vec<&'static str> },
     #[error("{message}")]
     BadRequest { field: Option<String>, message: String },
+    /// Well-formed, but against a rule the OpenAPI document cannot state
+    /// (a port range whose first port is above its last).
+    #[error("{message}")]
+    Unprocessable { field: String, message: String },
     #[error("request body larger than {MAX_BODY} bytes")]
     TooLarge,
     #[error("request body not received in time")]
     Timeout,
-    #[error("{0}")]
-    Conflict(String),
+    #[error("{message}")]
+    Conflict { field: Option<String>, message: String },
     #[error("internal error")]
     Internal,
 }
@@ -72,9 +76,10 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +97,8 @@ impl ApiError {
         }
         let field = match &self {
             ApiError::BadRequest { field, .. } => field.as_deref(),
+            ApiError::Unprocessable { field, .. } => Some(field.as_str()),
+            ApiError::Conflict { field, .. } => field.as_deref(),
             _ => None,
         };
         let mut r = json(self.status(), &ErrorBody { error: self.to_string(), field });
@@ -117,7 +124,10 @@ impl From<BackendError> for ApiError {
             BackendError::Invalid { ref field, .. } => {
                 ApiError::BadRequest { field: Some(field.clone()), message: e.to_string() }
             }
-            BackendError::Conflict(_) => ApiError::Conflict(e.to_string()),
+            BackendError::Conflict(_) => ApiError::Conflict { field: None, message: e.to_string() },
+            BackendError::Reserved { ref field, .. } => {
+                ApiError::Conflict { field: Some(field.clone()), message: e.to_string() }
+            }
         }
     }
 }
@@ -189,6 +199,7 @@ where
         Op::AddClient => {
             let body = read_body(req.into_body()).await?;
             let new = parse_new_client(&body)?;
+            check_new_client(&new)?;
             let key = new.key.clone();
             match blocking(move || backend.add_client(new)).await? {
                 Ok(view) => Ok(json(StatusCode::CREATED, &view)),
@@ -264,6 +275,47 @@ fn parse_new_client(body: &[u8]) -> Result<NewClient, ApiError> {
     Ok(client)
 }
 
+/// The bounds the OpenAPI document gives a `NewClient` that the
+/// credential's own validation does not: they keep a valid request well
+/// inside [`MAX_BODY`] (a list of 64 domains of 253 characters is 16 KiB).
+const MAX_ITEMS: usize = 64;
+const MAX_KEY_CHARS: usize = 1024;
+const MAX_DOMAIN_CHARS: usize = 253;
+const MAX_PROTOCOL_CHARS: usize = 63;
+
+/// Checks the bounds above (400), and the one rule of a well-formed
+/// request that no schema can state: a range's first port is not above
+/// its last (422). Everything else is the backend's to judge.
+fn check_new_client(c: &NewClient) -> Result<(), ApiError> {
+    let bad = |field: String, message: String| ApiError::BadRequest { field: Some(field), message };
+    if c.key.chars().count() > MAX_KEY_CHARS {
+        return Err(bad("key".into(), format!("key: longer than {MAX_KEY_CHARS} characters")));
+    }
+    for (name, list, max) in [
+        ("domains", &c.domains, MAX_DOMAIN_CHARS),
+        ("ports", &c.ports, 11),
+        ("protocols", &c.protocols, MAX_PROTOCOL_CHARS),
+    ] {
+        if list.len() > MAX_ITEMS {
+            return Err(bad(name.into(), format!("{name}: more than {MAX_ITEMS} items")));
+        }
+        if let Some(j) = list.iter().position(|s| s.chars().count() > max) {
+            return Err(bad(format!("{name}[{j}]"), format!("{name}[{j}]: longer than {max} characters")));
+        }
+    }
+    for (j, p) in c.ports.iter().enumerate() {
+        let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p != 0 && s.bytes().all(|b| b.is_ascii_digit()));
+        if let Some((Some(first), Some(last))) = p.split_once('-').map(|(a, b)| (port(a), port(b))) {
+            if first > last {
+                let field = format!("ports[{j}]");
+                let message = format!("{field}: {p:?} is a range whose first port is above its last");
+                return Err(ApiError::Unprocessable { field, message });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The same error, with every occurrence of `key` in its message masked:
 /// a backend that quotes the key it rejects must not send it back over
 /// the wire.
@@ -274,7 +326,7 @@ fn redact(e: ApiError, key: &str) -> ApiError {
     let mask = |s: String| s.replace(key, "<redacted>");
     match e {
         ApiError::BadRequest { field, message } => ApiError::BadRequest { field, message: mask(message) },
-        ApiError::Conflict(m) => ApiError::Conflict(mask(m)),
+        ApiError::Conflict { field, message } => ApiError::Conflict { field, message: mask(message) },
         ApiError::NotFound(m) => ApiError::NotFound(mask(m)),
         other => other,
     }

@@ -23,7 +23,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Every credential, from the configuration file and added through the API.
     fn clients(&self) -> Vec<ClientView>;
     /// Adds a credential. `Invalid` names the field at fault (`name`,
-    /// `key`, `domains[1]`, …); `Conflict` if the name is taken.
+    /// `key`, `domains[1]`, …); `Conflict` if the name is taken; `Reserved`
+    /// for a name the server holds itself.
     fn add_client(&self, c: NewClient) -> Result<ClientView, BackendError>;
     /// Removes (revokes) a credential; returns how many sessions were closed.
     fn remove_client(&self, name: &str) -> Result<usize, BackendError>;
@@ -65,6 +66,14 @@ pub struct SessionView {
     pub bytes_out: u64,
     /// Visitor connections and UDP flows open now.
     pub open_streams: u64,
+    /// The session's bandwidth limit (the whole client) in force, bytes a second each way (`None`:
+    /// unlimited).
+    pub bandwidth: Option<u64>,
+    /// Milliseconds its streams waited for that limit, summed over streams.
+    pub throttled_ms: u64,
+    /// UDP datagrams dropped for that limit, and their bytes.
+    pub dropped_datagrams: u64,
+    pub dropped_bytes: u64,
 }
 
 /// One running forward of a session.
@@ -84,6 +93,14 @@ pub struct ForwardView {
     pub bytes_out: u64,
     /// Visitor connections and UDP flows open now.
     pub open_streams: u64,
+    /// The forward's own bandwidth limit in force, bytes a second each way (`None`:
+    /// unlimited).
+    pub bandwidth: Option<u64>,
+    /// Milliseconds its streams waited for that limit, summed over streams.
+    pub throttled_ms: u64,
+    /// UDP datagrams dropped for that limit, and their bytes.
+    pub dropped_datagrams: u64,
+    pub dropped_bytes: u64,
 }
 
 /// A credential: a named key and what it may use.
@@ -101,6 +118,11 @@ pub struct ClientView {
     pub sessions: usize,
     /// Where it comes from: `"config"` or `"api"`.
     pub source: String,
+    /// Its `bandwidth`, bytes a second each way for the whole client
+    /// (`None`: the server's `limits.clientBandwidth`).
+    pub bandwidth: Option<u64>,
+    /// Its `forwardBandwidth`, per forward (`None`: `limits.forwardBandwidth`).
+    pub forward_bandwidth: Option<u64>,
 }
 
 /// A credential to add. Its `key` is a secret: `Debug` hides it and the
@@ -122,6 +144,12 @@ pub struct NewClient {
     /// Protocols it may forward (empty: any).
     #[serde(default)]
     pub protocols: Vec<String>,
+    /// Bandwidth for the whole client, as in the file: `"10MB"`.
+    #[serde(default)]
+    pub bandwidth: Option<String>,
+    /// Bandwidth per forward, as in the file.
+    #[serde(default)]
+    pub forward_bandwidth: Option<String>,
 }
 
 impl fmt::Debug for NewClient {
@@ -132,6 +160,8 @@ impl fmt::Debug for NewClient {
             .field("domains", &self.domains)
             .field("ports", &self.ports)
             .field("protocols", &self.protocols)
+            .field("bandwidth", &self.bandwidth)
+            .field("forward_bandwidth", &self.forward_bandwidth)
             .finish()
     }
 }
@@ -180,6 +210,15 @@ pub enum BackendError {
     /// The change collides with the current state (HTTP 409).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A field claims a name the server holds itself (HTTP 409): a rule
+    /// of the server's configuration, which no request schema can state.
+    #[error("{field}: {message}")]
+    Reserved {
+        /// The field at fault: `domains[1]`, or `name` for its default domain.
+        field: String,
+        /// Why the name is the server's.
+        message: String,
+    },
 }
 
 #[cfg(test)]
@@ -194,6 +233,8 @@ mod tests {
             domains: vec!["a.example.com".into()],
             ports: vec![],
             protocols: vec![],
+            bandwidth: None,
+            forward_bandwidth: None,
         };
         let shown = format!("{c:?} {c:#?}");
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -269,6 +269,8 @@ async fn clients_are_added_validated_and_removed_without_echoing_keys() {
         protocols: vec![],
         sessions: 0,
         source: "api".into(),
+        bandwidth: None,
+        forward_bandwidth: None,
     });
     let r = call(s.addr, "DELETE", "/api/v1/clients/team%20a%2F%C3%BC", Some(BEARER), None).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -465,6 +467,8 @@ fn openapi_schemas_have_the_views_fields() {
         protocols: vec![],
         sessions: 0,
         source: "api".into(),
+        bandwidth: None,
+        forward_bandwidth: None,
     };
     let r = RefusalView { at: 0, remote: String::new(), client: None, code: String::new(), message: String::new() };
     for (name, fields) in [
@@ -478,7 +482,15 @@ fn openapi_schemas_have_the_views_fields() {
         assert_eq!(props, fields, "{name}: properties");
         assert_eq!(required, fields, "{name}: required");
     }
-    let n = NewClient { name: "a".into(), key: "k".into(), domains: vec![], ports: vec![], protocols: vec![] };
+    let n = NewClient {
+        name: "a".into(),
+        key: "k".into(),
+        domains: vec![],
+        ports: vec![],
+        protocols: vec![],
+        bandwidth: Some("1MB".into()),
+        forward_bandwidth: Some("1MB".into()),
+    };
     let (props, required) = schema_keys(&doc, "NewClient");
     assert_eq!(props, keys(&n));
     assert_eq!(required, BTreeSet::from(["name".to_string(), "key".to_string()]));

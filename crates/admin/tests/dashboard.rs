@@ -143,6 +143,10 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
     assert!(dom.contains(">plaintext<"), "plaintext session not marked; {}", context());
     // The credentials list, and that the page left the sign-in form.
     assert!(dom.contains("20000-20100"), "credentials missing; {}", context());
+    // Bandwidth limits: the session's, a forward's, a credential's.
+    assert!(dom.contains(">≤ 9.5 MiB/s<"), "session limit missing; {}", context());
+    assert!(dom.contains(">≤ 977 KiB/s<"), "forward limit missing; {}", context());
+    assert!(dom.contains(">9.5 MiB/s client<"), "credential limit missing; {}", context());
     assert!(!dom.contains(TOKEN), "the token is left in the page; {}", context());
 
     // The screenshot, where CI keeps it as an artifact.

@@ -69,6 +69,8 @@ pub struct Registration {
     pub domain: String,
     /// One result per requested forward.
     pub forwards: Vec<ForwardResult>,
+    /// The session's bandwidth limit in force, bytes a second each way.
+    pub bandwidth: Option<u64>,
 }
 
 impl Registration {
@@ -88,6 +90,18 @@ impl Registration {
                 Some(e) => {
                     out.push(format!("{}://{}:{} => {local} refused: {e}", r.protocol, self.domain, r.public_port))
                 }
+            }
+        }
+        // The limits in force, after the lines the original printed.
+        let rate = |b: u64| format!("{}/s each way", opennotr_config::format_bandwidth(b));
+        if let Some(b) = self.bandwidth {
+            out.push(format!("bandwidth: {} for this client", rate(b)));
+        }
+        for f in self.forwards.iter().filter(|f| f.error.is_none()) {
+            if let (Some(b), Some(p)) = (f.bandwidth, f.public_port) {
+                out.push(format!("bandwidth: {} for {}://{}:{p}", rate(b), f.request.protocol, self.domain));
+            } else if let (Some(b), Some(url)) = (f.bandwidth, &f.url) {
+                out.push(format!("bandwidth: {} for {url}", rate(b)));
             }
         }
         out

@@ -47,6 +47,7 @@ pub(crate) fn requests(cfg: &ClientConfig) -> Vec<ForwardRequest> {
                 raw_config: f.raw_config.clone(),
                 group: f.group.as_ref().map(crate::health::group_request),
                 access: access_rules(&f.access),
+                bandwidth: f.bandwidth,
             })
         })
         .collect()
@@ -178,19 +179,22 @@ pub(crate) async fn serve_session(
         forwards: requests(cfg),
         vip_ports: vip_ports(cfg),
         mux: cfg.multiplex,
+        bandwidth: cfg.bandwidth,
     };
     timed(limit, "sending register", writer.send(&register.to_bytes())).await?;
     let reply = timed(limit, "waiting for registration", reader.next()).await?;
     let (session, reg, granted) = match ServerMessage::from_bytes(&reply).map_err(TransportError::from)? {
-        ServerMessage::Registered { session, vip, domain, forwards, spares } => {
-            (session, Registration { vip, domain, forwards }, spares)
+        ServerMessage::Registered { session, vip, domain, forwards, spares, bandwidth } => {
+            (session, Registration { vip, domain, forwards, bandwidth }, spares)
         }
         other => return Err(refused(other)),
     };
-    info!(vip = %reg.vip, domain = %reg.domain, transport = %cfg.transport, "connected");
+    info!(vip = %reg.vip, domain = %reg.domain, transport = %cfg.transport, bandwidth = ?reg.bandwidth, "connected");
     for f in &reg.forwards {
         if let Some(e) = &f.error {
             warn!(protocol = %f.request.protocol, public_port = f.request.public_port, error = %e, "forward refused by the server");
+        } else if let Some(bandwidth) = f.bandwidth {
+            info!(protocol = %f.request.protocol, public_port = ?f.public_port, bandwidth, "forward bandwidth limited (bytes a second each way)");
         }
     }
     let reg_forwards = reg.forwards.clone();

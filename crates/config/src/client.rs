@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::bandwidth::BandwidthText;
 use crate::server::check_keepalive;
 use crate::util::{at_most, dns_name, duration, host_port, is_plugin_name, workers, PortMap, Seconds, MAX_SPARES};
 use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret, VipPortConfig};
@@ -28,6 +29,7 @@ struct RawFile {
     reconnect_max_delay: Option<Seconds>,
     vip_ports: Option<Vec<RawVipPort>>,
     workers: Option<u64>,
+    bandwidth: Option<BandwidthText>,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +63,7 @@ struct RawForward {
     deny: Option<Vec<String>>,
     #[serde(rename = "basicAuth")]
     basic_auth: Option<Vec<crate::access::RawBasicAuth>>,
+    bandwidth: Option<BandwidthText>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
@@ -152,6 +155,7 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
         handshake_timeout: duration("handshakeTimeout", raw.handshake_timeout, Duration::from_secs(10))?,
         reconnect_max_delay: duration("reconnectMaxDelay", raw.reconnect_max_delay, Duration::from_secs(30))?,
         workers: workers("workers", raw.workers)?,
+        bandwidth: crate::bandwidth::optional("bandwidth", raw.bandwidth.as_ref())?,
     })
 }
 
@@ -209,6 +213,7 @@ fn forward(
     let group = crate::group::group(&key, raw.group, raw.group_key, raw.balance, raw.health_check)?;
     let access = crate::access::validate(&format!("forwards[{i}]"), raw.allow, raw.deny, raw.basic_auth)?;
     crate::access::for_protocol(&format!("forwards[{i}]"), &protocol, &access)?;
+    let bandwidth = crate::bandwidth::optional(&key("bandwidth"), raw.bandwidth.as_ref())?;
     Ok(ForwardConfig {
         protocol,
         ports,
@@ -217,5 +222,6 @@ fn forward(
         proxy_protocol,
         group,
         access,
+        bandwidth,
     })
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::bandwidth::{optional, BandwidthText};
 use crate::util::{dns_name, is_plugin_name, PortText};
 use crate::{yaml, ConfigError, Credential, PortRange, ReservedNames, Secret};
 
@@ -20,6 +21,9 @@ pub(crate) struct RawClient {
     deny: Option<Vec<String>>,
     #[serde(rename = "basicAuth")]
     basic_auth: Option<Vec<crate::access::RawBasicAuth>>,
+    bandwidth: Option<BandwidthText>,
+    #[serde(rename = "forwardBandwidth")]
+    forward_bandwidth: Option<BandwidthText>,
 }
 
 /// Validates the entries under `prefix` (`clients` or `clientsFile`).
@@ -43,6 +47,8 @@ pub(crate) fn validate(
                 domains: c.domains.unwrap_or_default(),
                 ports,
                 protocols: c.protocols.unwrap_or_default(),
+                bandwidth: optional(&format!("{at}.bandwidth"), c.bandwidth.as_ref())?,
+                forward_bandwidth: optional(&format!("{at}.forwardBandwidth"), c.forward_bandwidth.as_ref())?,
             },
             names,
         )?;
@@ -72,6 +78,9 @@ pub struct CredentialText {
     /// `"8080"` or `"20000-20100"`.
     pub ports: Vec<String>,
     pub protocols: Vec<String>,
+    /// Bytes a second each way, already checked (see [`crate::parse_bandwidth`]).
+    pub bandwidth: Option<u64>,
+    pub forward_bandwidth: Option<u64>,
 }
 
 impl std::fmt::Debug for CredentialText {
@@ -85,13 +94,18 @@ impl std::fmt::Debug for CredentialText {
 /// (`server.domain`) makes the default domain `<name>.<zone>`.
 pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<Credential, ConfigError> {
     let name = c.name;
+    // The first character is a letter or digit so that no name is `.` or
+    // `..`, which URLs (the admin API's `/clients/{name}`) would rewrite.
     if name.is_empty()
         || name.len() > 63
+        || !name.as_bytes()[0].is_ascii_alphanumeric()
         || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
     {
         return Err(ConfigError::invalid(
             format!("{at}.name"),
-            format!("{name:?} is not a client name: 1-63 of a-z, 0-9, '-', '_' and '.'"),
+            format!(
+                "{name:?} is not a client name: 1-63 of a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
+            ),
         ));
     }
     if c.key.is_empty() {
@@ -100,8 +114,7 @@ pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<
     let mut domains = domain_patterns(&format!("{at}.domains"), &c.domains)?;
     names.check(&format!("{at}.domains"), &domains)?;
     if domains.is_empty() {
-        let label = name.replace(['_', '.'], "-");
-        let default = format!("{label}.{}", names.zone());
+        let default = default_domain(&name, names);
         if let Some(why) = names.why(&default) {
             return Err(ConfigError::invalid(
                 format!("{at}.name"),
@@ -120,7 +133,22 @@ pub fn credential(at: &str, c: CredentialText, names: &ReservedNames) -> Result<
             return Err(ConfigError::invalid(format!("{at}.protocols[{j}]"), format!("{p:?} is not a protocol name")));
         }
     }
-    Ok(Credential { name, key: Secret::new(c.key), domains, ports, protocols: c.protocols, access: Default::default() })
+    Ok(Credential {
+        name,
+        key: Secret::new(c.key),
+        domains,
+        ports,
+        protocols: c.protocols,
+        access: Default::default(),
+        bandwidth: c.bandwidth,
+        forward_bandwidth: c.forward_bandwidth,
+    })
+}
+
+/// The domain of a credential that lists none: `<name>.<server.domain>`,
+/// with `_` and `.` made `-` so that it is one label.
+pub(crate) fn default_domain(name: &str, names: &ReservedNames) -> String {
+    format!("{}.{}", name.replace(['_', '.'], "-"), names.zone())
 }
 
 /// Reads `clientsFile`: a YAML list of entries.
@@ -230,6 +258,8 @@ mod tests {
                 domains: domains.iter().map(|s| s.to_string()).collect(),
                 ports: ports.iter().map(|s| s.to_string()).collect(),
                 protocols: protocols.iter().map(|s| s.to_string()).collect(),
+                bandwidth: None,
+                forward_bandwidth: None,
             },
             &ReservedNames::new("notr.test", None),
         )
@@ -264,10 +294,25 @@ mod tests {
                 domains: vec![],
                 ports: vec![],
                 protocols: vec![],
+                bandwidth: None,
+                forward_bandwidth: None,
             },
             &ReservedNames::new("z", None),
         );
         assert_eq!(e.unwrap_err().key(), Some("clients[1].name"));
+        for name in [".", "..", "-a", "_a", ".a"] {
+            let text = CredentialText {
+                name: name.into(),
+                key: "k".into(),
+                domains: vec![],
+                ports: vec![],
+                protocols: vec![],
+                bandwidth: None,
+                forward_bandwidth: None,
+            };
+            let e = credential("clients[1]", text, &ReservedNames::new("z", None)).unwrap_err();
+            assert_eq!(e.key(), Some("clients[1].name"), "{name}");
+        }
     }
 
     #[test]
@@ -293,6 +338,8 @@ mod tests {
                 domains: vec![],
                 ports: vec![],
                 protocols: vec![],
+                bandwidth: None,
+                forward_bandwidth: None,
             };
             let e = credential("clients[2]", text.clone(), &ReservedNames::new("notr.test", None)).unwrap_err();
             assert_eq!(e.key(), Some("clients[2].name"), "{e}");

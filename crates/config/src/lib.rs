@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub mod access;
+mod bandwidth;
 mod client;
 mod clients;
 mod cmdline;
@@ -123,6 +124,12 @@ pub struct Credential {
     /// `clients[i].allow`, `.deny`, `.basicAuth`: who may reach every
     /// forward of the client (a client's own rules only narrow them).
     pub access: Access,
+    /// `clients[i].bandwidth`: bytes a second each way for the whole
+    /// client; `None` = `limits.clientBandwidth`.
+    pub bandwidth: Option<u64>,
+    /// `clients[i].forwardBandwidth`: bytes a second each way per forward;
+    /// `None` = `limits.forwardBandwidth`.
+    pub forward_bandwidth: Option<u64>,
 }
 
 /// An inclusive range of ports.
@@ -133,6 +140,7 @@ pub struct PortRange {
 }
 
 pub use access::{Access, BasicAuth};
+pub use bandwidth::{format_bandwidth, parse_bandwidth, MAX_RATE};
 pub use clients::{credential, domain_allowed, CredentialText};
 pub use cmdline::{
     client_from_args, random_key, server_from_args, server_template, ClientArgs, ForwardArg, ServerTemplate,
@@ -287,6 +295,13 @@ pub struct Limits {
     /// authenticated data channels a client may keep open to the server,
     /// so a visitor's stream starts without a round trip to the client.
     pub spare_channels: usize,
+    /// `limits.clientBandwidth` (default none): bytes a second each way for
+    /// a client without its own `clients[i].bandwidth` (and every client of
+    /// the shared key).
+    pub client_bandwidth: Option<u64>,
+    /// `limits.forwardBandwidth` (default none): bytes a second each way per
+    /// forward, for clients without `clients[i].forwardBandwidth`.
+    pub forward_bandwidth: Option<u64>,
 }
 
 impl Default for Limits {
@@ -304,6 +319,8 @@ impl Default for Limits {
             penalty_sources: 65_536,
             fd_reserve: 128,
             spare_channels: 4,
+            client_bandwidth: None,
+            forward_bandwidth: None,
         }
     }
 }
@@ -345,6 +362,9 @@ pub struct ClientConfig {
     pub vip_ports: Vec<VipPortConfig>,
     /// `workers`: threads of the async runtime; `None` = tokio's default.
     pub workers: Option<usize>,
+    /// `bandwidth`: bytes a second each way the client asks its whole
+    /// session be limited to (the server may hold it lower).
+    pub bandwidth: Option<u64>,
 }
 
 /// One entry of `vipPorts`.
@@ -379,6 +399,9 @@ pub struct ForwardConfig {
     /// `forwards[i].allow`, `.deny`, `.basicAuth`: who may reach it, sent
     /// to the server (which adds its own rules).
     pub access: Access,
+    /// `forwards[i].bandwidth`: bytes a second each way the client asks
+    /// its forward be limited to (the server may hold it lower).
+    pub bandwidth: Option<u64>,
 }
 
 /// A PROXY protocol version (`forwards[i].proxyProtocol`).

@@ -77,6 +77,36 @@ impl ReservedNames {
     }
 }
 
+impl ReservedNames {
+    /// Why `c` would claim one of these names, naming the field
+    /// (`{at}.domains[j]`, or `{at}.name` for its default domain); `None`
+    /// if it claims none. Malformed domains are left to
+    /// [`crate::credential`]. The admin API tells this refusal (a
+    /// collision with the server's own names, 409) from a malformed
+    /// request (400).
+    pub fn claimed_by(&self, at: &str, c: &crate::CredentialText) -> Option<ConfigError> {
+        for (j, d) in c.domains.iter().enumerate() {
+            let Ok(p) = crate::clients::domain_patterns("", std::slice::from_ref(d)) else { continue };
+            if let Some(why) = p.first().and_then(|p| self.why_pattern(p)) {
+                return Some(ConfigError::invalid(
+                    format!("{at}.domains[{j}]"),
+                    format!("{why}; no client may claim it"),
+                ));
+            }
+        }
+        if c.domains.is_empty() {
+            let default = crate::clients::default_domain(&c.name, self);
+            if let Some(why) = self.why(&default) {
+                return Some(ConfigError::invalid(
+                    format!("{at}.name"),
+                    format!("without domains, {:?} gets {default}, which no client may hold: {why}", c.name),
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// Whether `name` is `parent` or below it.
 fn within(name: &str, parent: &str) -> bool {
     name.strip_suffix(parent).is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
@@ -111,5 +141,26 @@ mod tests {
         assert_eq!(r.why_pattern("app.z.test"), None);
         let e = r.check("clients[0].domains", &["a.z.test".into(), "z.test".into()]).unwrap_err();
         assert_eq!(e.key(), Some("clients[0].domains[1]"));
+    }
+
+    #[test]
+    fn claimed_by_names_the_field_and_leaves_malformed_domains_alone() {
+        let r = ReservedNames::new("z.test", None);
+        let text = |name: &str, domains: &[&str]| crate::CredentialText {
+            name: name.into(),
+            key: "k".into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            ports: vec![],
+            protocols: vec![],
+            bandwidth: None,
+            forward_bandwidth: None,
+        };
+        let key = |name, domains| r.claimed_by("x", &text(name, domains)).map(|e| e.key().unwrap().to_string());
+        assert_eq!(key("a", &["bad domain", "NS1.z.test."]), Some("x.domains[1]".into()));
+        assert_eq!(key("a", &["*.vip.z.test"]), Some("x.domains[0]".into()));
+        assert_eq!(key("ns1", &[]), Some("x.name".into()));
+        assert_eq!(key("vip", &[]), Some("x.name".into()));
+        assert_eq!(key("ns1", &["ns1-box.z.test"]), None);
+        assert_eq!(key("a", &["bad domain", "*.z.test"]), None);
     }
 }

@@ -106,6 +106,8 @@ struct RawLimits {
     penalty_sources: Option<u64>,
     fd_reserve: Option<u64>,
     spare_channels: Option<u64>,
+    client_bandwidth: Option<crate::bandwidth::BandwidthText>,
+    forward_bandwidth: Option<crate::bandwidth::BandwidthText>,
 }
 
 // The timeouts of the original's last version are parsed so its files load,
@@ -308,6 +310,8 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         fd_reserve: at_most("limits.fdReserve", l.fd_reserve, d.fd_reserve as u64, 65_536)? as usize,
         spare_channels: at_most("limits.spareChannels", l.spare_channels, d.spare_channels as u64, MAX_SPARES)?
             as usize,
+        client_bandwidth: crate::bandwidth::optional("limits.clientBandwidth", l.client_bandwidth.as_ref())?,
+        forward_bandwidth: crate::bandwidth::optional("limits.forwardBandwidth", l.forward_bandwidth.as_ref())?,
     };
     if limits.auth_penalty_max < limits.auth_penalty {
         return Err(ConfigError::invalid("limits.authPenaltyMax", "must not be less than limits.authPenalty"));

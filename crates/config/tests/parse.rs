@@ -397,3 +397,34 @@ fn client_transport() {
     assert_eq!(err_key(client_with("transport: quic\nplaintext: true\n")), "plaintext");
     assert!(client_with("transport: quic\nplaintext: false\n").is_ok());
 }
+
+#[test]
+fn bandwidth_keys() {
+    let c = server_with(
+        "limits:\n  clientBandwidth: 80Mbit\n  forwardBandwidth: 1000000\n\
+         clients:\n  - name: alice\n    key: k\n    bandwidth: 10MB\n    forwardBandwidth: \"512KiB/s\"\n  - name: bob\n    key: k2\n",
+    )
+    .unwrap();
+    assert_eq!((c.limits.client_bandwidth, c.limits.forward_bandwidth), (Some(10_000_000), Some(1_000_000)));
+    assert_eq!((c.clients[0].bandwidth, c.clients[0].forward_bandwidth), (Some(10_000_000), Some(524_288)));
+    assert_eq!((c.clients[1].bandwidth, c.clients[1].forward_bandwidth), (None, None));
+    let d = server_with("").unwrap();
+    assert_eq!((d.limits.client_bandwidth, d.limits.forward_bandwidth), (None, None));
+    for (extra, key) in [
+        ("limits:\n  clientBandwidth: 0\n", "limits.clientBandwidth"),
+        ("limits:\n  forwardBandwidth: 10mb\n", "limits.forwardBandwidth"),
+        ("clients:\n  - name: a\n    key: k\n    bandwidth: fast\n", "clients[0].bandwidth"),
+        ("clients:\n  - name: a\n    key: k\n    forwardBandwidth: [1]\n", "clients[0].forwardBandwidth"),
+    ] {
+        assert_eq!(err_key(server_with(extra)), key, "{extra}");
+    }
+
+    let c = client_with("bandwidth: 2MiB\nforwards:\n  - protocol: tcp\n    ports: {0: 22}\n    bandwidth: 100KB\n")
+        .unwrap();
+    assert_eq!((c.bandwidth, c.forwards[0].bandwidth), (Some(2_097_152), Some(100_000)));
+    assert_eq!(client_with("").unwrap().bandwidth, None);
+    assert_eq!(err_key(client_with("bandwidth: -5\n")), "bandwidth");
+    let bad =
+        "forwards:\n  - protocol: tcp\n    ports: {0: 22}\n  - protocol: udp\n    ports: {0: 53}\n    bandwidth: 1.5\n";
+    assert_eq!(err_key(client_with(bad)), "forwards[1].bandwidth");
+}

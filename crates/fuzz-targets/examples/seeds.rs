@@ -139,6 +139,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
         raw_config: Some("{\"x\":1}".into()),
         group: None,
         access: None,
+        bandwidth: None,
     };
     vec![
         (
@@ -160,6 +161,7 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                 forwards: vec![forward],
                 vip_ports: vec![VipPort { protocol: StreamProtocol::Udp, port: 53, local_ip: [127, 0, 0, 1].into() }],
                 mux: true,
+                bandwidth: None,
             },
         ),
         (
@@ -191,9 +193,11 @@ fn client_messages() -> Vec<(&'static str, ClientMessage)> {
                         balance: Balance::LeastConn,
                     }),
                     access: None,
+                    bandwidth: None,
                 }],
                 vip_ports: vec![],
                 mux: true,
+                bandwidth: None,
             },
         ),
     ]
@@ -210,6 +214,7 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
         raw_config: None,
         group: None,
         access: None,
+        bandwidth: None,
     };
     vec![
         ("challenge", ServerMessage::Challenge { version: 1, spake, mac, software: "opennotrd 0.1".into() }),
@@ -225,8 +230,10 @@ fn server_messages() -> Vec<(&'static str, ServerMessage)> {
                     public_port: Some(80),
                     url: Some("http://abc.open.notr.test".into()),
                     error: None,
+                    bandwidth: None,
                 }],
                 spares: 4,
+                bandwidth: None,
             },
         ),
         (

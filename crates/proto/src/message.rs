@@ -56,6 +56,10 @@ pub enum ClientMessage {
         /// The client accepts [`StreamProtocol::Mux`] streams.
         #[serde(default)]
         mux: bool,
+        /// Bytes a second each way the client asks its whole session be
+        /// limited to; the server may hold it lower (`None`: no wish).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth: Option<u64>,
     },
     /// First message of a data connection: claims stream `stream` of a session.
     DataHello {
@@ -172,6 +176,10 @@ pub enum ServerMessage {
         /// (`spare_hello`); 0 (and servers that predate them) = none.
         #[serde(default)]
         spares: u16,
+        /// The session's bandwidth limit in force, bytes a second each way
+        /// (`None`: unlimited, or a server that predates limits).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bandwidth: Option<u64>,
     },
     /// Open stream `stream` to `target` by dialing it and then the server,
     /// or, when `channel` is set, on that spare channel, where the stream's
@@ -334,6 +342,10 @@ pub struct ForwardRequest {
     /// adds its own rules for the client, which these cannot widen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessRules>,
+    /// Bytes a second each way the client asks this forward be limited
+    /// to; the server may hold it lower (`None`: no wish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
 }
 
 /// A forward's load-balanced group: clients naming the same group (and
@@ -456,6 +468,10 @@ pub struct ForwardResult {
     /// Why the forward did not start; `None` = it runs.
     #[serde(default)]
     pub error: Option<String>,
+    /// The forward's bandwidth limit in force, bytes a second each way
+    /// (`None`: unlimited, or a server that predates limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
 }
 
 macro_rules! json_codec {
@@ -523,15 +539,19 @@ mod tests {
             proptest::option::of(".{0,20}"),
             proptest::option::of(group),
             proptest::option::of(access),
+            proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(protocol, public_port, ip, local_port, raw_config, group, access)| ForwardRequest {
-                protocol,
-                public_port,
-                local_ip: IpAddr::from(ip),
-                local_port,
-                raw_config,
-                group,
-                access,
+            .prop_map(|(protocol, public_port, ip, local_port, raw_config, group, access, bandwidth)| {
+                ForwardRequest {
+                    protocol,
+                    public_port,
+                    local_ip: IpAddr::from(ip),
+                    local_port,
+                    raw_config,
+                    group,
+                    access,
+                    bandwidth,
+                }
             })
     }
 
@@ -559,6 +579,7 @@ mod tests {
                     domain,
                     forwards,
                     mux,
+                    bandwidth: mux.then_some(1_000_000),
                     vip_ports: vec![VipPort {
                         protocol: StreamProtocol::Udp,
                         port: 53,
@@ -623,9 +644,11 @@ mod tests {
                                 public_port: Some(1),
                                 url: None,
                                 error: Some("x".into()),
+                                bandwidth: Some(spares.into()),
                             })
                             .collect(),
                         spares,
+                        bandwidth: (spares % 2 == 1).then_some(spares.into()),
                     }
                 }
             ),
@@ -652,7 +675,13 @@ mod tests {
                     domain_error,
                     forwards: reqs
                         .into_iter()
-                        .map(|request| ForwardResult { request, public_port: None, url: None, error: None })
+                        .map(|request| ForwardResult {
+                            request,
+                            public_port: None,
+                            url: None,
+                            error: None,
+                            bandwidth: None
+                        })
                         .collect(),
                 }),
         ]
@@ -737,5 +766,53 @@ mod tests {
         );
         // The key is bound to the name.
         assert_ne!(GroupRequest::digest("web", "k"), GroupRequest::digest("we", "bk"));
+    }
+
+    #[test]
+    fn bandwidth_fields_are_compatible_with_older_peers() {
+        // An older server's `registered`, and an older client's `register`:
+        // no limits, and nothing else changes.
+        let m = ServerMessage::from_bytes(
+            br#"{"type":"registered","session":"00","vip":"100.64.0.2","domain":"a.b","forwards":[{"request":{"protocol":"tcp","public_port":0,"local_ip":"127.0.0.1","local_port":22},"public_port":20001}]}"#,
+        )
+        .unwrap();
+        match m {
+            ServerMessage::Registered { bandwidth: None, forwards, .. } => {
+                assert_eq!((forwards[0].bandwidth, forwards[0].request.bandwidth), (None, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = ClientMessage::from_bytes(br#"{"type":"register","client_id":"c"}"#).unwrap();
+        assert!(matches!(r, ClientMessage::Register { bandwidth: None, .. }));
+        // Unset, they are left out: what an older peer receives is what it knew.
+        let f = ForwardRequest {
+            protocol: "tcp".into(),
+            public_port: 0,
+            local_ip: [127, 0, 0, 1].into(),
+            local_port: 22,
+            raw_config: None,
+            group: None,
+            access: None,
+            bandwidth: None,
+        };
+        let r = ClientMessage::Register {
+            client_id: "c".into(),
+            domain: None,
+            forwards: vec![f.clone()],
+            vip_ports: vec![],
+            mux: false,
+            bandwidth: None,
+        };
+        assert!(!String::from_utf8(r.to_bytes()).unwrap().contains("bandwidth"));
+        let r = ClientMessage::Register {
+            client_id: "c".into(),
+            domain: None,
+            forwards: vec![ForwardRequest { bandwidth: Some(300_000), ..f }],
+            vip_ports: vec![],
+            mux: false,
+            bandwidth: Some(5_000_000),
+        };
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.contains(r#""bandwidth":300000"#) && text.contains(r#""bandwidth":5000000"#), "{text}");
     }
 }

@@ -10,6 +10,7 @@ use opennotr_admin::{
     Backend, BackendError, ClientView, ForwardView, NewClient, RefusalView, ReloadReport, SessionView,
 };
 use opennotr_config::{Credential, CredentialText};
+use opennotr_transport::bandwidth::Throttle;
 use opennotr_transport::Counters;
 use tracing::{info, warn};
 
@@ -32,6 +33,10 @@ fn view(s: &Session) -> SessionView {
                 bytes_in: f.counters.bytes_in.load(Ordering::Relaxed),
                 bytes_out: f.counters.bytes_out.load(Ordering::Relaxed),
                 open_streams: f.counters.open.load(Ordering::Relaxed),
+                bandwidth: f.counters.limit.get().map(|t| t.rate()),
+                throttled_ms: throttled_ms(f.counters.limit.get()),
+                dropped_datagrams: dropped(f.counters.limit.get()).0,
+                dropped_bytes: dropped(f.counters.limit.get()).1,
             })
             .collect()
     });
@@ -53,6 +58,10 @@ fn view(s: &Session) -> SessionView {
         bytes_out: sum(|f| f.bytes_out, &vip.bytes_out),
         open_streams: sum(|f| f.open_streams, &vip.open),
         forwards,
+        bandwidth: s.bandwidth.get().map(|t| t.rate()),
+        throttled_ms: throttled_ms(s.bandwidth.get()),
+        dropped_datagrams: dropped(s.bandwidth.get()).0,
+        dropped_bytes: dropped(s.bandwidth.get()).1,
     }
 }
 
@@ -65,7 +74,26 @@ fn client_view(shared: &Shared, c: &Credential, source: Source) -> ClientView {
         protocols: c.protocols.clone(),
         sessions,
         source: source.name().into(),
+        bandwidth: c.bandwidth,
+        forward_bandwidth: c.forward_bandwidth,
     }
+}
+
+fn throttled_ms(t: Option<&Arc<Throttle>>) -> u64 {
+    t.map_or(0, |t| t.throttled_nanos.load(Ordering::Relaxed) / 1_000_000)
+}
+
+/// Datagrams and bytes dropped for a limit.
+fn dropped(t: Option<&Arc<Throttle>>) -> (u64, u64) {
+    t.map_or((0, 0), |t| (t.dropped_datagrams.load(Ordering::Relaxed), t.dropped_bytes.load(Ordering::Relaxed)))
+}
+
+/// A bandwidth of the admin API's `NewClient`; errors name `field`.
+fn api_bandwidth(field: &str, text: Option<&str>) -> Result<Option<u64>, BackendError> {
+    text.map(|t| {
+        opennotr_config::parse_bandwidth(t).map_err(|message| BackendError::Invalid { field: field.into(), message })
+    })
+    .transpose()
 }
 
 fn invalid(e: opennotr_config::ConfigError) -> BackendError {
@@ -249,9 +277,25 @@ impl Backend for ServerHandle {
 
     fn add_client(&self, c: NewClient) -> Result<ClientView, BackendError> {
         let weak = opennotr_config::key_weaknesses(&c.key);
-        let text =
-            CredentialText { name: c.name, key: c.key, domains: c.domains, ports: c.ports, protocols: c.protocols };
+        let text = CredentialText {
+            bandwidth: api_bandwidth("bandwidth", c.bandwidth.as_deref())?,
+            forward_bandwidth: api_bandwidth("forward_bandwidth", c.forward_bandwidth.as_deref())?,
+            name: c.name,
+            key: c.key,
+            domains: c.domains,
+            ports: c.ports,
+            protocols: c.protocols,
+        };
         let reserved = opennotr_config::ReservedNames::of(&self.shared.cfg);
+        // The server's own names depend on its configuration, which the
+        // API's schema cannot know: a collision with them is a conflict,
+        // not a malformed request.
+        if let Some(e) = reserved.claimed_by("", &text) {
+            return Err(match invalid(e) {
+                BackendError::Invalid { field, message } => BackendError::Reserved { field, message },
+                other => other,
+            });
+        }
         let cred = opennotr_config::credential("", text, &reserved).map_err(invalid)?;
         let current = self.shared.creds();
         if current.clients.contains_key(&cred.name) {
@@ -460,6 +504,7 @@ fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
     family(&mut out, "opennotr_udp_flows_total", "counter", "UDP flows opened by live forwards.");
     let _ = writeln!(out, "opennotr_udp_flows_total {total}");
 
+    crate::bandwidth::metrics(&mut out, sessions);
     if let Some(dns) = &shared.dns_stats {
         family(
             &mut out,

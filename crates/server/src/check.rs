@@ -87,7 +87,13 @@ pub(crate) async fn answer(
                 .await
                 .unwrap_or_else(|_| Err("not checked: the check ran out of time".into()))
         };
-        results.push(ForwardResult { request: req.clone(), public_port: None, url: None, error: verdict.err() });
+        results.push(ForwardResult {
+            request: req.clone(),
+            public_port: None,
+            url: None,
+            error: verdict.err(),
+            bandwidth: None,
+        });
     }
     let refused = results.iter().filter(|r| r.error.is_some()).count();
     info!(

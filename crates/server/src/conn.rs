@@ -489,8 +489,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
     let mut writer = FrameWriter::new(wr);
     let register =
         match timed(limit, "waiting for register", reader.next()).await.map(|f| ClientMessage::from_bytes(&f)) {
-            Ok(Ok(ClientMessage::Register { client_id, domain, forwards, vip_ports, mux })) => {
-                (client_id, domain, forwards, vip_ports, mux)
+            Ok(Ok(ClientMessage::Register { client_id, domain, forwards, vip_ports, mux, bandwidth })) => {
+                (client_id, domain, forwards, vip_ports, mux, bandwidth)
             }
             // `opennotr check`: answered, then closed; nothing is taken.
             Ok(Ok(ClientMessage::Check { domain, forwards })) => {
@@ -506,7 +506,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
             }
             Err(e) => return debug!(error = %e, "no register"),
         };
-    let (client_id, domain, forwards, vip_ports, mux) = register;
+    let (client_id, domain, forwards, vip_ports, mux, wished_bandwidth) = register;
     // QUIC streams are cheap: each gateway connection takes one of its own.
     let mux = mux && quic.is_none();
     let exports = session::exports(&forwards, &vip_ports);
@@ -624,6 +624,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
         let _ = session.quic.set(q);
         session.spares.close();
     }
+    let server_bandwidth = crate::bandwidth::client_limit(cred.as_ref(), &shared.limits());
+    let bandwidth = crate::bandwidth::effective(server_bandwidth, wished_bandwidth);
+    if let Some(t) = crate::bandwidth::throttle(bandwidth) {
+        let _ = session.bandwidth.set(t);
+    }
     let creds = shared.creds();
     let changed = match &cred {
         Some(c) => creds.get(&c.name) != Some(c),
@@ -648,6 +653,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
             domain: session.domain.clone(),
             forwards: results,
             spares: if session.quic.get().is_some() { 0 } else { session.spares.limit.min(u16::MAX as usize) as u16 },
+            bandwidth,
         };
         if let Err(e) = timed(limit, "sending registered", writer.send(&registered.to_bytes())).await {
             debug!(error = %e, "client gone before registration finished");

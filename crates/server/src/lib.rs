@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 mod access;
 mod admin;
+mod bandwidth;
 mod check;
 mod conn;
 mod creds;

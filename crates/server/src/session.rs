@@ -12,6 +12,7 @@ use opennotr_plugin::{
 };
 use opennotr_proto::handshake::SessionKeys;
 use opennotr_proto::message::{ClientMessage, ForwardRequest, ForwardResult, ServerMessage, VipPort};
+use opennotr_transport::bandwidth::Throttles;
 use opennotr_transport::{Channel, Counters, FrameReader, FrameWriter, TransportError};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -68,6 +69,9 @@ pub(crate) struct Session {
     /// Its QUIC connection, when it came over QUIC: streams are opened on
     /// it instead of asking for data channels.
     pub(crate) quic: std::sync::OnceLock<crate::quic::QuicSession>,
+    /// Its bandwidth limit (set before its forwards start), shared by all
+    /// its streams and flows, VIP traffic included.
+    pub(crate) bandwidth: std::sync::OnceLock<Arc<opennotr_transport::bandwidth::Throttle>>,
 }
 
 pub(crate) struct RunningForward {
@@ -136,6 +140,7 @@ impl Session {
             exports,
             vip_counters: Arc::default(),
             quic: std::sync::OnceLock::new(),
+            bandwidth: std::sync::OnceLock::new(),
         }
     }
 
@@ -282,6 +287,14 @@ pub(crate) struct ChannelStats {
     pub(crate) refused: AtomicU64,
 }
 
+impl SessionTunnel {
+    /// The bandwidth limits a new stream of this tunnel is under: its
+    /// session's and its forward's.
+    fn limits(&self) -> Throttles {
+        Throttles::new([self.0.bandwidth.get().cloned(), self.1.limit.get().cloned()])
+    }
+}
+
 #[async_trait]
 impl Tunnel for SessionTunnel {
     fn multiplexes(&self) -> bool {
@@ -312,7 +325,7 @@ impl Tunnel for SessionTunnel {
                 r = open => r.unwrap_or(Err(OpenError::Timeout)),
                 _ = s.kill.cancelled() => Err(OpenError::SessionClosed),
             }?;
-            return Ok(TunnelStream::new(chan, Some(Box::new(permit))).counted(self.1.clone()));
+            return Ok(TunnelStream::new(chan, Some(Box::new(permit))).counted(self.1.clone()).limited(self.limits()));
         }
         // A spare channel: the stream starts now. The `connect` naming it
         // crosses to the client beside the stream's first bytes, so a visitor
@@ -329,7 +342,7 @@ impl Tunnel for SessionTunnel {
                 return Err(OpenError::SessionClosed);
             }
             self.2.spare.fetch_add(1, Ordering::Relaxed);
-            return Ok(TunnelStream::new(chan, Some(Box::new(permit))).counted(self.1.clone()));
+            return Ok(TunnelStream::new(chan, Some(Box::new(permit))).counted(self.1.clone()).limited(self.limits()));
         }
         self.2.dialed.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -348,7 +361,7 @@ impl Tunnel for SessionTunnel {
         if result.is_err() {
             s.claim(stream);
         }
-        Ok(TunnelStream::new(result?, Some(Box::new(permit))).counted(self.1.clone()))
+        Ok(TunnelStream::new(result?, Some(Box::new(permit))).counted(self.1.clone()).limited(self.limits()))
     }
 }
 
@@ -367,7 +380,7 @@ pub(crate) async fn start_forwards(
         let fail = |error: String| {
             let m = format!("{} forward (public port {}): {error}", req.protocol, req.public_port);
             shared.refused(session.remote, session.client.as_deref(), "forward_refused", &m);
-            ForwardResult { request: req.clone(), public_port: None, url: None, error: Some(error) }
+            ForwardResult { request: req.clone(), public_port: None, url: None, error: Some(error), bandwidth: None }
         };
         if i >= max {
             results.push(fail(format!("the server allows at most {max} forwards per client")));
@@ -402,6 +415,10 @@ pub(crate) async fn start_forwards(
             }
         };
         let counters = Arc::new(Counters::default());
+        let bandwidth = crate::bandwidth::effective(crate::bandwidth::forward_limit(cred, &limits), req.bandwidth);
+        if let Some(t) = crate::bandwidth::throttle(bandwidth) {
+            let _ = counters.limit.set(t);
+        }
         let mut tunnel: Arc<dyn Tunnel> =
             Arc::new(SessionTunnel(session.clone(), counters.clone(), shared.channel_stats.clone()));
         if let Some(policy) = &access {
@@ -495,6 +512,7 @@ pub(crate) async fn start_forwards(
                     public_port: ep.public_port,
                     url: Some(ep.url),
                     error: None,
+                    bandwidth,
                 });
             }
             Err(e) => {

@@ -1,6 +1,7 @@
 //! The byte streams tunnel traffic runs on.
 
 use std::any::Any;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::bandwidth::{Direction, Throttles};
 use crate::SecureStream;
 
 /// A TCP connection between client and server, encrypted or not
@@ -82,6 +84,38 @@ pub struct TunnelStream {
     chan: Channel,
     _guard: Option<Box<dyn Any + Send + Sync>>,
     counters: Option<Arc<Counters>>,
+    /// Bandwidth limits it is paced by; `None` = unlimited.
+    shaping: Option<Box<Shaping>>,
+}
+
+/// A stream's bandwidth limits, and per direction its timer and since
+/// when it has been held back.
+struct Shaping {
+    limits: Throttles,
+    timers: [Option<(Pin<Box<tokio::time::Sleep>>, tokio::time::Instant)>; 2],
+}
+
+impl Shaping {
+    /// Ready once every limit of `dir` is out of debt; counts the time it
+    /// held the stream back.
+    fn poll_wait(&mut self, dir: Direction, cx: &mut Context<'_>) -> Poll<()> {
+        let slot = &mut self.timers[dir as usize];
+        loop {
+            let now = tokio::time::Instant::now();
+            let wait = self.limits.wait(dir, now.into_std());
+            if wait.is_zero() {
+                if let Some((_, since)) = slot.take() {
+                    self.limits.waited(now - since);
+                }
+                return Poll::Ready(());
+            }
+            let (sleep, _) = slot.get_or_insert_with(|| (Box::pin(tokio::time::sleep(wait)), now));
+            sleep.as_mut().reset(now + wait);
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
 }
 
 /// Traffic of the streams of one forward (or of a session's VIP traffic),
@@ -96,6 +130,9 @@ pub struct Counters {
     pub open: AtomicU64,
     /// Streams opened since the forward started.
     pub opened: AtomicU64,
+    /// The forward's bandwidth limit, if it has one: every stream and flow
+    /// of the forward is under it (see [`crate::bandwidth`]).
+    pub limit: std::sync::OnceLock<Arc<crate::bandwidth::Throttle>>,
 }
 
 impl std::fmt::Debug for TunnelStream {
@@ -107,7 +144,21 @@ impl std::fmt::Debug for TunnelStream {
 impl TunnelStream {
     /// Wraps a channel; `guard` lives as long as the stream.
     pub fn new(chan: Channel, guard: Option<Box<dyn Any + Send + Sync>>) -> Self {
-        TunnelStream { chan, _guard: guard, counters: None }
+        TunnelStream { chan, _guard: guard, counters: None, shaping: None }
+    }
+
+    /// Paces this stream by `limits` (none: it stays unlimited, and
+    /// [`TunnelStream::relay_with`] may move its bytes inside the kernel).
+    pub fn limited(mut self, limits: Throttles) -> Self {
+        self.shaping = (!limits.is_empty()).then(|| Box::new(Shaping { limits, timers: [None, None] }));
+        self
+    }
+
+    /// Stops pacing this stream and hands its limits over (to a UDP flow,
+    /// which drops the datagrams over them instead: see
+    /// [`crate::bandwidth`]).
+    pub fn take_limits(&mut self) -> Throttles {
+        self.shaping.take().map(|s| s.limits).unwrap_or_default()
     }
 
     /// Keeps `guard` alive as long as the stream too, besides the guard it
@@ -144,8 +195,10 @@ impl TunnelStream {
     /// channel is plaintext (Linux), else by copying. Returns the bytes
     /// `peer → stream` and `stream → peer`.
     pub async fn relay_with(&mut self, peer: &mut TcpStream) -> io::Result<(u64, u64)> {
+        // A limited stream is copied: splice would move its bytes past
+        // the limiter.
         #[cfg(target_os = "linux")]
-        if let Channel::Plain(t) = &self.chan {
+        if let (Channel::Plain(t), None) = (&self.chan, &self.shaping) {
             if let Some(pipes) = crate::splice::pipes_or_copy() {
                 let c = self.counters.as_deref();
                 let count = |field: fn(&Counters) -> &AtomicU64| {
@@ -173,10 +226,19 @@ impl Drop for TunnelStream {
 impl AsyncRead for TunnelStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(s) = &mut this.shaping {
+            std::task::ready!(s.poll_wait(Direction::Down, cx));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.chan).poll_read(cx, buf);
-        if let (Some(c), Poll::Ready(Ok(()))) = (&this.counters, &r) {
-            c.bytes_out.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        if let Poll::Ready(Ok(())) = &r {
+            let n = (buf.filled().len() - before) as u64;
+            if let Some(c) = &this.counters {
+                c.bytes_out.fetch_add(n, Ordering::Relaxed);
+            }
+            if let Some(s) = &this.shaping {
+                s.limits.charge(Direction::Down, n, std::time::Instant::now());
+            }
         }
         r
     }
@@ -185,9 +247,17 @@ impl AsyncRead for TunnelStream {
 impl AsyncWrite for TunnelStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(s) = &mut this.shaping {
+            std::task::ready!(s.poll_wait(Direction::Up, cx));
+        }
         let r = Pin::new(&mut this.chan).poll_write(cx, data);
-        if let (Some(c), Poll::Ready(Ok(n))) = (&this.counters, &r) {
-            c.bytes_in.fetch_add(*n as u64, Ordering::Relaxed);
+        if let Poll::Ready(Ok(n)) = &r {
+            if let Some(c) = &this.counters {
+                c.bytes_in.fetch_add(*n as u64, Ordering::Relaxed);
+            }
+            if let Some(s) = &this.shaping {
+                s.limits.charge(Direction::Up, *n as u64, std::time::Instant::now());
+            }
         }
         r
     }
@@ -196,5 +266,56 @@ impl AsyncWrite for TunnelStream {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().chan).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::bandwidth::Throttle;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    /// A limited plaintext stream is relayed by copying, paced: splice
+    /// would move its bytes past the limiter. Only a lower bound on time.
+    #[tokio::test]
+    async fn a_limited_plain_stream_is_paced_through_relay_with() {
+        const RATE: u64 = 200_000;
+        const N: usize = 400_000;
+        let (mut visitor, visitor_side) = pair().await;
+        let (tunnel_side, mut service) = pair().await;
+        let limit = Arc::new(Throttle::new(RATE));
+        let mut stream =
+            TunnelStream::new(Channel::Plain(tunnel_side), None).limited(Throttles::new([Some(limit.clone())]));
+        let relay = tokio::spawn(async move {
+            let mut visitor_side = visitor_side;
+            stream.relay_with(&mut visitor_side).await
+        });
+        let start = Instant::now();
+        let writer = tokio::spawn(async move {
+            visitor.write_all(&vec![7u8; N]).await.unwrap();
+            visitor.shutdown().await.unwrap();
+            visitor
+        });
+        let mut got = Vec::new();
+        service.read_to_end(&mut got).await.unwrap();
+        let elapsed = start.elapsed();
+        assert_eq!(got.len(), N);
+        let floor = Duration::from_secs_f64((N - 3 * 64 * 1024) as f64 / RATE as f64);
+        assert!(elapsed >= floor, "{N} bytes at {RATE} B/s in {elapsed:?}");
+        assert!(limit.throttled_nanos.load(Ordering::Relaxed) > 0);
+        drop(service);
+        drop(writer.await.unwrap());
+        let (up, _) = relay.await.unwrap().unwrap();
+        assert_eq!(up, N as u64);
     }
 }

@@ -15,6 +15,7 @@
 //! - [`source`]: where a connection comes from, for per-source caps.
 
 pub mod accept;
+pub mod bandwidth;
 pub mod channel;
 pub mod fds;
 pub mod framed;

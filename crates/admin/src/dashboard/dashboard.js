@@ -124,6 +124,13 @@
 
   const rate = (n) => bytes(n) + '/s';
 
+  // A bandwidth limit (bytes a second each way) and what it held back.
+  function limitText(x) {
+    let t = 'limit ' + rate(x.bandwidth) + ' each way\nthrottled ' + (x.throttled_ms / 1000).toFixed(1) + ' s';
+    if (x.dropped_datagrams > 0) t += '\ndropped ' + x.dropped_datagrams + ' datagrams (' + bytes(x.dropped_bytes) + ')';
+    return t;
+  }
+
   function duration(sec) {
     sec = Math.max(0, Math.floor(sec));
     const d = Math.floor(sec / 86400);
@@ -155,6 +162,10 @@
     if (s.plaintext) td.append(titled(el('span', 'badge warn', 'plaintext'), 'this session is not encrypted'));
     if (s.transport === 'quic') td.append(titled(el('span', 'badge', 'quic'), 'this client reaches the server over QUIC'));
     td.title = 'client id ' + s.client_id;
+    // Its whole-client bandwidth limit, on its own line to keep the row narrow.
+    if (s.bandwidth !== null) {
+      td.append(el('br'), titled(el('span', 'badge limit', '≤ ' + rate(s.bandwidth)), limitText(s)));
+    }
     return td;
   }
 
@@ -184,6 +195,10 @@
         el('span', 'arrow', ' → '),
         el('span', 'mono muted', f.target));
       li.title = url + ' → ' + f.target + '\nin ' + bytes(f.bytes_in) + ' · out ' + bytes(f.bytes_out) + ' · ' + f.open_streams + ' open';
+      if (f.bandwidth !== null) {
+        li.append(el('span', 'badge limit', '≤ ' + rate(f.bandwidth)));
+        li.title += '\n' + limitText(f);
+      }
       list.append(li);
     }
     return el('td', 'forwards-cell', list);
@@ -241,6 +256,14 @@
     return values.length ? el('td', null, values.join(', ')) : el('td', 'muted', 'any');
   }
 
+  // A credential's own limits; the server's defaults apply where it has none.
+  function bandwidthCell(c) {
+    const parts = [];
+    if (c.bandwidth !== null) parts.push(rate(c.bandwidth) + ' client');
+    if (c.forward_bandwidth !== null) parts.push(rate(c.forward_bandwidth) + ' per forward');
+    return parts.length ? el('td', 'nowrap', parts.join(', ')) : el('td', 'muted', 'default');
+  }
+
   function renderClients(clients) {
     const sorted = [...clients].sort((a, b) => a.name.localeCompare(b.name));
     const rows = sorted.map((c) => el('tr', null,
@@ -249,8 +272,9 @@
       list(c.ports),
       list(c.protocols),
       el('td', 'num', c.sessions),
+      bandwidthCell(c),
       el('td', null, el('span', 'badge', c.source))));
-    fillRows($('clients'), rows, 'No credentials: clients use the shared key.', 6);
+    fillRows($('clients'), rows, 'No credentials: clients use the shared key.', 7);
   }
 
   // ---------------------------------------------------------- traffic

@@ -57,6 +57,10 @@ pub(crate) fn session(id: &str, client: Option<&str>, domain: &str, vip: [u8; 4]
                 bytes_in: 1000,
                 bytes_out: 5000,
                 open_streams: 1,
+                bandwidth: Some(1_000_000),
+                throttled_ms: 250,
+                dropped_datagrams: 0,
+                dropped_bytes: 0,
             },
             ForwardView {
                 protocol: "http".into(),
@@ -66,11 +70,19 @@ pub(crate) fn session(id: &str, client: Option<&str>, domain: &str, vip: [u8; 4]
                 bytes_in: 2000,
                 bytes_out: 90000,
                 open_streams: 2,
+                bandwidth: None,
+                throttled_ms: 0,
+                dropped_datagrams: 0,
+                dropped_bytes: 0,
             },
         ],
         bytes_in: 3000,
         bytes_out: 95000,
         open_streams: 3,
+        bandwidth: Some(10_000_000),
+        throttled_ms: 0,
+        dropped_datagrams: 0,
+        dropped_bytes: 0,
     }
 }
 
@@ -83,6 +95,8 @@ impl Fake {
             protocols: vec!["tcp".into(), "http".into()],
             sessions: 1,
             source: "config".into(),
+            bandwidth: Some(10_000_000),
+            forward_bandwidth: None,
         }];
         Arc::new(Fake {
             state: Mutex::new(State {
@@ -155,6 +169,8 @@ impl Backend for Fake {
             protocols: c.protocols,
             sessions: 0,
             source: "api".into(),
+            bandwidth: None,
+            forward_bandwidth: None,
         };
         st.keys.push((c.name, c.key));
         st.clients.push(view.clone());

@@ -17,6 +17,7 @@ use opennotr_plugin::{
     StreamProtocol, TaskTracker, Tunnel, Visitor,
 };
 use opennotr_proto::datagram;
+use opennotr_transport::bandwidth::Direction;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -238,7 +239,7 @@ pub(crate) async fn flow<K: Send + 'static>(
         s = tunnel.open_stream(StreamProtocol::Udp, target, Some(visitor)) => s,
         _ = stop.cancelled() => { let _ = ended.send((key, generation)); return; }
     };
-    let stream = match opened {
+    let mut stream = match opened {
         Ok(s) => s,
         Err(e) => {
             debug!(error = %e, "cannot open a flow to the client");
@@ -246,24 +247,35 @@ pub(crate) async fn flow<K: Send + 'static>(
             return;
         }
     };
+    // Datagrams over a bandwidth limit are dropped here, not held back in
+    // the stream: late datagrams only add delay to a protocol made for loss.
+    let limits = stream.take_limits();
     let (mut rd, mut wr) = tokio::io::split(stream);
     let base = Instant::now();
     let last = AtomicU64::new(0);
 
     let to_client = async {
         let mut batch = BytesMut::with_capacity(BATCH);
+        let passes =
+            |d: &Bytes| limits.is_empty() || limits.police(Direction::Up, d.len() as u64, std::time::Instant::now());
         while let Some(d) = rx.recv().await {
             batch.clear();
-            datagram::encode(&d, &mut batch);
+            if passes(&d) {
+                datagram::encode(&d, &mut batch);
+            }
             while batch.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(d) => {
+                    Ok(d) if passes(&d) => {
                         datagram::encode(&d, &mut batch);
                     }
+                    Ok(_) => {}
                     Err(_) => break,
                 }
             }
             last.store(now_ms(base), Ordering::Relaxed);
+            if batch.is_empty() {
+                continue;
+            }
             if wr.write_all(&batch).await.is_err() {
                 break;
             }
@@ -278,7 +290,9 @@ pub(crate) async fn flow<K: Send + 'static>(
             }
             while let Some(d) = datagram::decode(&mut buf) {
                 last.store(now_ms(base), Ordering::Relaxed);
-                let _ = sock.send_to(&d, peer).await;
+                if limits.is_empty() || limits.police(Direction::Down, d.len() as u64, std::time::Instant::now()) {
+                    let _ = sock.send_to(&d, peer).await;
+                }
             }
             buf.reserve(BATCH);
         }
