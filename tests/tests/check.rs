@@ -135,3 +135,59 @@ async fn checks_count_toward_the_auth_penalty() {
     })
     .await;
 }
+
+/// A check judges a grouped forward as registering it would: a member with
+/// the group's key would join the running group (whose port is held, by
+/// the group), a wrong key or an explicit other port would be refused; and
+/// a forward's own access rules are parsed and bounded as the server would.
+#[tokio::test]
+async fn check_judges_groups_and_access_rules_as_registering_would() {
+    use opennotr_tests::{run_test, ServerSpec, TestClient, TestServer, KEY};
+    run_test(async {
+        let server = TestServer::start(&ServerSpec::default()).await;
+        // The members' service: up, so that only the server's verdicts fail.
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = service.local_addr().unwrap().port();
+        let file = |group_key: &str, public: u16, extra: &str| {
+            opennotr_config::parse_client(&format!(
+                "serverAddr: \"{}\"\nkey: \"{KEY}\"\nforwards:\n  \
+                 - protocol: tcp\n    ports:\n      {public}: {local}\n    group: shop\n    groupKey: \"{group_key}\"\n{extra}",
+                server.addr
+            ))
+            .unwrap()
+        };
+        let mut member = TestClient::start_config(file("the group key", 0, ""));
+        let reg = member.connected().await;
+        let port = reg.forwards[0].public_port.expect("the group's port");
+        let run = |cfg: opennotr_config::ClientConfig| async move {
+            let mut lines = Vec::new();
+            let failed = opennotr_client::check(&cfg, |l| lines.push(l.to_string())).await;
+            (failed, lines.join("\n"))
+        };
+
+        // The group's key, and its port or any: it would join.
+        for public in [0, port] {
+            let (failed, text) = run(file("the group key", public, "")).await;
+            assert_eq!(failed, None, "{text}");
+        }
+        // A wrong key: refused.
+        let (failed, text) = run(file("a guess", 0, "")).await;
+        assert_eq!(failed, Some(CheckFailure::WouldRefuse), "{text}");
+        assert!(text.contains("wrong key for group shop"), "{text}");
+        // Another explicit port than the group's.
+        let other = if port == u16::MAX { port - 1 } else { port + 1 };
+        let (failed, text) = run(file("the group key", other, "")).await;
+        assert_eq!(failed, Some(CheckFailure::WouldRefuse), "{text}");
+        assert!(text.contains(&format!("serves public port {port}")), "{text}");
+        // Rules over the server's bounds, as a client that skipped its own
+        // validation would send them: 257 CIDRs.
+        let mut cfg = file("the group key", 0, "");
+        cfg.forwards[0].access.deny = (0..257).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap()).collect();
+        let (failed, text) = run(cfg).await;
+        assert_eq!(failed, Some(CheckFailure::WouldRefuse), "{text}");
+        assert!(text.contains("invalid access rules"), "{text}");
+        assert_eq!(server.handle.sessions().len(), 1, "a check left a session");
+        server.stop().await;
+    })
+    .await;
+}

@@ -112,23 +112,26 @@ fn server_rules<'a>(creds: &'a crate::creds::Creds, client: Option<&str>) -> Opt
 
 /// The policy of one requested forward: `Ok(None)` when nothing restricts
 /// it, `Err` (shown to the client) when the client's rules are invalid.
+/// The rules a client sent with its forward, parsed and bounded as the
+/// server's own (a client is not trusted to send valid CIDRs or cheap
+/// hashes).
+pub(crate) fn client_rules(req: &ForwardRequest) -> Result<Rules, String> {
+    let Some(a) = &req.access else { return Ok(Rules::default()) };
+    let users: Vec<(String, String)> = a.basic_auth.iter().map(|u| (u.user.clone(), u.hash.clone())).collect();
+    let rules = opennotr_config::access::parse("access", &a.allow, &a.deny, &users)
+        .map_err(|e| format!("invalid access rules: {e}"))?;
+    opennotr_config::access::for_protocol("access", &req.protocol, &rules)
+        .map_err(|e| format!("invalid access rules: {e}"))?;
+    Ok(rules)
+}
+
 pub(crate) fn for_forward(
     shared: &Shared,
     session: &Session,
     cred: Option<&Credential>,
     req: &ForwardRequest,
 ) -> Result<Option<Arc<Policy>>, String> {
-    let own = match &req.access {
-        None => Rules::default(),
-        Some(a) => {
-            let users: Vec<(String, String)> = a.basic_auth.iter().map(|u| (u.user.clone(), u.hash.clone())).collect();
-            let rules = opennotr_config::access::parse("access", &a.allow, &a.deny, &users)
-                .map_err(|e| format!("invalid access rules: {e}"))?;
-            opennotr_config::access::for_protocol("access", &req.protocol, &rules)
-                .map_err(|e| format!("invalid access rules: {e}"))?;
-            rules
-        }
-    };
+    let own = client_rules(req)?;
     let creds = shared.creds();
     let mut server = match cred {
         Some(c) => c.access.clone(),

@@ -63,7 +63,8 @@ pub(crate) async fn answer(
     };
     // Without a request, a named client gets its first exact name.
     let asked = domain.or_else(|| cred.as_ref().and_then(|c| c.domains.iter().find(|d| !d.starts_with("*.")).cloned()));
-    let (client_error, decision) = shared.state().would_admit(asked.as_deref());
+    let shares = |d: &str| crate::group::shares_domain(shared, d, forwards);
+    let (client_error, decision) = shared.state().would_admit(asked.as_deref(), &shares);
     let given = match decision {
         Err(m) => {
             domain_error.get_or_insert(m);
@@ -142,6 +143,14 @@ async fn check_forward(
             have.join(", ")
         ));
     };
+    crate::access::client_rules(req)?;
+    // A member of a running group shares its port: nothing for the plugin
+    // to find free.
+    if let Some(g) = &req.group {
+        if shared.groups.would_join(&req.protocol, g, req.public_port, domain.unwrap_or_default())? {
+            return Ok(());
+        }
+    }
     // Each port is bound and dropped on its own: the second of two equal
     // requests would find it free, where a registration would not.
     if req.public_port != 0 && !seen.insert((req.protocol.clone(), req.public_port)) {

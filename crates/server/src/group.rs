@@ -176,6 +176,35 @@ fn end_with_session(stream: TunnelStream, _kill: CancellationToken) -> TunnelStr
     stream
 }
 
+impl Group {
+    /// Whether a forward asking for `req` (public port `public_port`, on a
+    /// session holding `domain`) may join this running group.
+    fn admits(&self, req: &GroupRequest, public_port: u16, domain: &str) -> Result<(), String> {
+        if !same_key(&self.key, &req.key) {
+            return Err(format!("wrong key for group {}", self.name));
+        }
+        if self.members.balance != req.balance {
+            return Err(format!("group {} balances {}, not {}", self.name, self.members.balance, req.balance));
+        }
+        if public_port != 0 && self.endpoint.public_port != Some(public_port) {
+            return Err(format!(
+                "group {} serves public port {}; ask for it or for 0 to join",
+                self.name,
+                self.endpoint.public_port.map_or_else(|| "none".into(), |p| p.to_string())
+            ));
+        }
+        // A member serves the group's domain, so it must hold it
+        // (admitted under its credential, or by sharing the group).
+        if routes_by_domain(&self.protocol) && !self.meta.domain.eq_ignore_ascii_case(domain) {
+            return Err(format!(
+                "group {} serves domain {}; register with that domain to join",
+                self.name, self.meta.domain
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One running group.
 struct Group {
     protocol: String,
@@ -261,27 +290,7 @@ impl Groups {
         let existing = self.map().get(&key).cloned();
         let group = match existing {
             Some(g) => {
-                if !same_key(&g.key, &j.group.key) {
-                    return Err(format!("wrong key for group {}", g.name));
-                }
-                if g.members.balance != j.group.balance {
-                    return Err(format!("group {} balances {}, not {}", g.name, g.members.balance, j.group.balance));
-                }
-                if j.meta.public_port != 0 && g.endpoint.public_port != Some(j.meta.public_port) {
-                    return Err(format!(
-                        "group {} serves public port {}; ask for it or for 0 to join",
-                        g.name,
-                        g.endpoint.public_port.map_or_else(|| "none".into(), |p| p.to_string())
-                    ));
-                }
-                // A member serves the group's domain, so it must hold it
-                // (admitted under its credential, or by sharing the group).
-                if routes_by_domain(&g.protocol) && !g.meta.domain.eq_ignore_ascii_case(&j.meta.domain) {
-                    return Err(format!(
-                        "group {} serves domain {}; register with that domain to join",
-                        g.name, g.meta.domain
-                    ));
-                }
+                g.admits(j.group, j.meta.public_port, &j.meta.domain)?;
                 g
             }
             None => {
@@ -389,6 +398,24 @@ impl Groups {
 
     /// Whether a live group of a domain-routed protocol serves `domain`
     /// and `forward` asks to join it with the right key.
+    /// What `join` would answer `req` now, taking nothing (`opennotr
+    /// check`): `Ok(true)` if it would join a running group (whose port it
+    /// then shares, so no plugin need say the port is free), `Ok(false)` if
+    /// it would start one.
+    pub(crate) fn would_join(
+        &self,
+        protocol: &str,
+        req: &GroupRequest,
+        public_port: u16,
+        domain: &str,
+    ) -> Result<bool, String> {
+        check_request(req)?;
+        match self.map().get(&(protocol.to_string(), req.name.clone())).cloned() {
+            Some(g) => g.admits(req, public_port, domain).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     fn admits_domain(&self, domain: &str, forward: &ForwardRequest) -> bool {
         let Some(group) = &forward.group else { return false };
         let Some(g) = self.map().get(&(forward.protocol.clone(), group.name.clone())).cloned() else { return false };

@@ -191,7 +191,11 @@ impl State {
     /// `requested`, taking nothing (`opennotr check`): why the client as a
     /// whole would be refused, if it would; and the domain's verdict
     /// (`Ok(None)` = the server would pick one).
-    pub(crate) fn would_admit(&self, requested: Option<&str>) -> (Option<String>, Result<Option<String>, String>) {
+    pub(crate) fn would_admit(
+        &self,
+        requested: Option<&str>,
+        shares: &dyn Fn(&str) -> bool,
+    ) -> (Option<String>, Result<Option<String>, String>) {
         let client = if self.sessions.len() >= self.max_clients {
             Some(format!("the server already has its maximum of {} clients", self.max_clients))
         } else if self.vips.in_use() >= self.vips.capacity() {
@@ -204,7 +208,7 @@ impl State {
             if let Some(why) = self.reserved.why(&d) {
                 return Err(format!("{why}; no client may claim it"));
             }
-            if self.domains.contains_key(&d) {
+            if self.domains.contains_key(&d) && !shares(&d) {
                 return Err(format!("domain {d} is held by another connected client"));
             }
             Ok(Some(d))
