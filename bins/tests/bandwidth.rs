@@ -12,23 +12,9 @@ use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
+use support::{json_fields, read_registration, tcp_echo, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 const TOKEN: &str = "bandwidth-admin-token-0123456789";
-
-/// A TCP echo service on 127.0.0.1.
-fn tcp_echo() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let mut w = c.try_clone().unwrap();
-            let mut r = c;
-            thread::spawn(move || std::io::copy(&mut r, &mut w));
-        }
-    });
-    port
-}
 
 fn admin_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();

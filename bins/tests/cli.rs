@@ -16,7 +16,9 @@ use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{json_fields, parse_forward, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
+use support::{
+    json_fields, parse_forward, read_registration, tcp_echo, udp_echo, Proc, Src, TempDir, CLIENT, SERVER, WAIT,
+};
 
 // ------------------------------------------------------------------ helpers
 
@@ -55,36 +57,6 @@ fn warns(line: &str, what: &str) -> bool {
 
 fn start_client(dir: &TempDir, conf: &Path) -> Proc {
     Proc::spawn(CLIENT, &["-conf", conf.to_str().unwrap(), "--log-level", "info", "--log-json"], &dir.0)
-}
-
-/// A TCP echo server on 127.0.0.1; its threads live as long as the test
-/// process.
-fn tcp_echo() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            thread::spawn(move || {
-                let mut w = c.try_clone().unwrap();
-                let _ = std::io::copy(&mut c, &mut w);
-            });
-        }
-    });
-    port
-}
-
-/// A UDP echo server on 127.0.0.1.
-fn udp_echo() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = s.local_addr().unwrap().port();
-    thread::spawn(move || {
-        let mut buf = [0u8; 65536];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(&buf[..n], from);
-        }
-    });
-    port
 }
 
 /// Sends `len` bytes through 127.0.0.1:`port` and checks the echo.

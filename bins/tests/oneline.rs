@@ -18,7 +18,10 @@ use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{json_fields, parse_forward, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
+use support::{
+    json_fields, parse_forward, read_registration, tcp_echo, tcp_echo_on, udp_echo, Proc, Src, TempDir, CLIENT, SERVER,
+    WAIT,
+};
 
 const ADMIN_TOKEN: &str = "oneline-test-admin-token";
 
@@ -54,37 +57,6 @@ fn start_server(dir: &TempDir, env: &[(&str, &str)], args: &[&str]) -> (Proc, So
 /// A port the system considers free right now (bound, then released).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn tcp_echo() -> u16 {
-    tcp_echo_on("127.0.0.1")
-}
-
-/// A TCP echo server on `ip` (any 127.0.0.0/8 address is loopback on Linux).
-fn tcp_echo_on(ip: &str) -> u16 {
-    let l = TcpListener::bind((ip, 0)).unwrap();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            thread::spawn(move || {
-                let mut w = c.try_clone().unwrap();
-                let _ = std::io::copy(&mut c, &mut w);
-            });
-        }
-    });
-    port
-}
-
-fn udp_echo() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = s.local_addr().unwrap().port();
-    thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(&buf[..n], from);
-        }
-    });
-    port
 }
 
 /// An HTTP service that answers every request with `hello <path>`.

@@ -374,6 +374,11 @@ pub fn h2c_fwd(local: u16) -> Fwd {
     Fwd { protocol: "h2c".into(), public: 0, local }
 }
 
+/// A `tls` forward (SNI passthrough) to a local port.
+pub fn tls_fwd(local: u16) -> Fwd {
+    Fwd { protocol: "tls".into(), public: 0, local }
+}
+
 /// What a test client looks like; [`ClientSpec::yaml`] turns it into a
 /// client configuration file.
 #[derive(Debug, Clone)]

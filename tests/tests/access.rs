@@ -505,11 +505,7 @@ async fn tls_passthrough_resets_a_refused_source() {
         // visitor's ClientHello, relayed untouched.
         let (svc, mut conns) = tcp_accepting().await;
         let domain = format!("passthrough.{ZONE}");
-        let spec = ClientSpec::new(server.addr).domain(&domain).forward(Fwd {
-            protocol: "tls".into(),
-            public: 0,
-            local: svc.addr.port(),
-        });
+        let spec = ClientSpec::new(server.addr).domain(&domain).forward(tls_fwd(svc.addr.port()));
         let deny = Access { deny: cidrs(&[&format!("{REFUSED}/32")]), ..Access::default() };
         let (_client, reg) = client_with(&spec, &[(0, deny)]).await;
         let public = local(public_port(&reg, 0));

@@ -192,11 +192,7 @@ async fn tls_passthrough_gets_the_header_before_the_client_hello() {
         let server = TestServer::start(&spec).await;
         let (svc, mut accepted) = tcp_accepting().await;
         let domain = format!("pp.{ZONE}");
-        let spec = ClientSpec::new(server.addr).domain(&domain).forward(Fwd {
-            protocol: "tls".into(),
-            public: 0,
-            local: svc.addr.port(),
-        });
+        let spec = ClientSpec::new(server.addr).domain(&domain).forward(tls_fwd(svc.addr.port()));
         let mut c = with_headers(&spec, &[Some(ProxyProtocol::V1)]);
         let public = local(public_port(&c.connected().await, 0));
 

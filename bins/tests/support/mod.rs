@@ -304,3 +304,37 @@ pub(crate) fn parse_forward(line: &str, proto: &str, domain: &str) -> (u16, u16)
     let local = local.strip_prefix("127.0.0.1:").unwrap_or_else(|| panic!("local is not 127.0.0.1 in {line:?}"));
     (public.parse().unwrap(), local.parse().unwrap())
 }
+
+/// A TCP echo service on `ip` (any 127.0.0.0/8 address is loopback on
+/// Linux); its threads live as long as the test process.
+pub(crate) fn tcp_echo_on(ip: &str) -> u16 {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut w = c.try_clone().unwrap();
+                let _ = std::io::copy(&mut c, &mut w);
+            });
+        }
+    });
+    port
+}
+
+/// A TCP echo service on 127.0.0.1.
+pub(crate) fn tcp_echo() -> u16 {
+    tcp_echo_on("127.0.0.1")
+}
+
+/// A UDP echo service on 127.0.0.1.
+pub(crate) fn udp_echo() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    port
+}

@@ -70,7 +70,7 @@ fn port_text(p: &PortText) -> String {
 }
 
 /// A credential as text, from a file or from the admin API.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct CredentialText {
     pub name: String,
     pub key: String,
@@ -288,28 +288,12 @@ mod tests {
         assert_eq!(cred(&[], &[], &["T C P"]).unwrap_err().key(), Some("clients[0].protocols[0]"));
         let e = credential(
             "clients[1]",
-            CredentialText {
-                name: "Bad Name".into(),
-                key: "k".into(),
-                domains: vec![],
-                ports: vec![],
-                protocols: vec![],
-                bandwidth: None,
-                forward_bandwidth: None,
-            },
+            CredentialText { name: "Bad Name".into(), key: "k".into(), ..Default::default() },
             &ReservedNames::new("z", None),
         );
         assert_eq!(e.unwrap_err().key(), Some("clients[1].name"));
         for name in [".", "..", "-a", "_a", ".a"] {
-            let text = CredentialText {
-                name: name.into(),
-                key: "k".into(),
-                domains: vec![],
-                ports: vec![],
-                protocols: vec![],
-                bandwidth: None,
-                forward_bandwidth: None,
-            };
+            let text = CredentialText { name: name.into(), key: "k".into(), ..Default::default() };
             let e = credential("clients[1]", text, &ReservedNames::new("z", None)).unwrap_err();
             assert_eq!(e.key(), Some("clients[1].name"), "{name}");
         }
@@ -332,15 +316,7 @@ mod tests {
         assert!(cred(&["*.notr.test"], &[], &[]).is_ok());
         // A name whose default domain is one of them needs a list.
         for name in ["ns1", "vip"] {
-            let text = CredentialText {
-                name: name.into(),
-                key: "k".into(),
-                domains: vec![],
-                ports: vec![],
-                protocols: vec![],
-                bandwidth: None,
-                forward_bandwidth: None,
-            };
+            let text = CredentialText { name: name.into(), key: "k".into(), ..Default::default() };
             let e = credential("clients[2]", text.clone(), &ReservedNames::new("notr.test", None)).unwrap_err();
             assert_eq!(e.key(), Some("clients[2].name"), "{e}");
             let listed = CredentialText { domains: vec![format!("{name}-box.notr.test")], ..text };

@@ -116,15 +116,7 @@ mod tests {
         let limits = Limits { client_bandwidth: Some(100), forward_bandwidth: Some(10), ..Limits::default() };
         let mut cred = opennotr_config::credential(
             "clients[0]",
-            opennotr_config::CredentialText {
-                name: "a".into(),
-                key: "k".into(),
-                domains: vec![],
-                ports: vec![],
-                protocols: vec![],
-                bandwidth: None,
-                forward_bandwidth: None,
-            },
+            opennotr_config::CredentialText { name: "a".into(), key: "k".into(), ..Default::default() },
             &opennotr_config::ReservedNames::new("z.test", None),
         )
         .unwrap();

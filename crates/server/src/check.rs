@@ -46,20 +46,9 @@ pub(crate) async fn answer(
     };
     let domain = domain.filter(|d| !d.is_empty());
     // The credential's (or the shared key's) rule first, as `serve` does.
-    let mut domain_error = match (&cred, domain.as_deref().map(crate::state::normalize_domain)) {
-        (_, Some(Err(m))) => Some(m),
-        (Some(c), Some(Ok(d))) if !c.allows_domain(&d) => {
-            Some(format!("client {} may not claim {d} (allowed: {})", c.name, c.domains.join(", ")))
-        }
-        (None, Some(Ok(d))) => {
-            let creds = shared.creds();
-            let allowed = creds.shared_domains.as_deref().unwrap_or_default();
-            (!creds.shared_allows(&d, true)).then(|| match allowed {
-                [] => format!("clients of the shared key may not choose their domain (asked for {d})"),
-                _ => format!("clients of the shared key may not claim {d} (allowed: {})", allowed.join(", ")),
-            })
-        }
-        _ => None,
+    let mut domain_error = match domain.as_deref().map(crate::state::normalize_domain) {
+        Some(Err(m)) => Some(m),
+        _ => crate::conn::domain_refusal(shared, cred.as_ref(), domain.as_deref()),
     };
     // Without a request, a named client gets its first exact name.
     let asked = domain.or_else(|| cred.as_ref().and_then(|c| c.domains.iter().find(|d| !d.starts_with("*.")).cloned()));

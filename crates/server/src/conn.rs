@@ -529,23 +529,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
             }
         },
     };
-    // The domain asked for must be one the credential (or, for the shared
-    // key, `server.authKeyDomains`) allows.
-    let refusal = match (&cred, domain.as_deref().map(crate::state::normalize_domain)) {
-        (Some(c), Some(Ok(d))) if !c.allows_domain(&d) => {
-            Some(format!("client {} may not claim {d} (allowed: {})", c.name, c.domains.join(", ")))
-        }
-        (None, Some(Ok(d))) => {
-            let creds = shared.creds();
-            let allowed = creds.shared_domains.as_deref().unwrap_or_default();
-            (!creds.shared_allows(&d, true)).then(|| match allowed {
-                [] => format!("clients of the shared key may not choose their domain (asked for {d})"),
-                _ => format!("clients of the shared key may not claim {d} (allowed: {})", allowed.join(", ")),
-            })
-        }
-        _ => None,
-    };
-    if let Some(message) = refusal {
+    if let Some(message) = domain_refusal(&shared, cred.as_ref(), domain.as_deref()) {
         info!(%message, "refusing client");
         shared.refused(peer, name.as_deref(), RefuseCode::DomainNotAllowed, &message);
         let m = ServerMessage::Refused { code: RefuseCode::DomainNotAllowed, message };
@@ -667,4 +651,28 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
 
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+/// Why a client may not claim `domain` (as sent): the credential's
+/// domains, or for the shared key `server.authKeyDomains`, do not allow
+/// it. A malformed name is left to admission, which says what is wrong.
+pub(crate) fn domain_refusal(
+    shared: &Shared,
+    cred: Option<&opennotr_config::Credential>,
+    domain: Option<&str>,
+) -> Option<String> {
+    match (cred, domain.map(crate::state::normalize_domain)) {
+        (Some(c), Some(Ok(d))) if !c.allows_domain(&d) => {
+            Some(format!("client {} may not claim {d} (allowed: {})", c.name, c.domains.join(", ")))
+        }
+        (None, Some(Ok(d))) => {
+            let creds = shared.creds();
+            let allowed = creds.shared_domains.as_deref().unwrap_or_default();
+            (!creds.shared_allows(&d, true)).then(|| match allowed {
+                [] => format!("clients of the shared key may not choose their domain (asked for {d})"),
+                _ => format!("clients of the shared key may not claim {d} (allowed: {})", allowed.join(", ")),
+            })
+        }
+        _ => None,
+    }
 }

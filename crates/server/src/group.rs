@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use opennotr_plugin::{
     async_trait, Endpoint, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, PluginError, StreamProtocol,
@@ -27,8 +26,6 @@ use tracing::{debug, info, warn};
 use crate::state::SessionId;
 use crate::Shared;
 
-/// How long the plugin may take to start or stop the group's forward.
-const PLUGIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most members one stream is offered to before the visitor is refused:
 /// each may take the session's connect timeout.
 const MAX_TRIES: usize = 4;
@@ -317,27 +314,16 @@ impl Groups {
         meta.client_id = format!("group:{}", j.group.name);
         let (stop, kill) = (shared.draining.child_token(), shared.kill.child_token());
         let limits = shared.limits();
-        let mut outcome = Err("not started".to_string());
-        for port in j.leased_port.filter(|_| j.meta.public_port == 0).into_iter().chain([j.meta.public_port]) {
-            meta.public_port = port;
-            let ctx = ForwardContext {
-                tunnel: tunnel.clone(),
-                stop: stop.clone(),
-                kill: kill.clone(),
-                tracker: shared.streams.clone(),
-                limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
-                access: j.access.clone(),
-            };
-            outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
-                Ok(Ok(ep)) => Ok(ep),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("the plugin did not start the forward in time".into()),
-            };
-            if outcome.is_ok() {
-                break;
-            }
-        }
-        let endpoint = outcome?;
+        let ports = j.leased_port.filter(|_| j.meta.public_port == 0).into_iter().chain([j.meta.public_port]);
+        let endpoint = crate::session::run_proxy_on(&**plugin, &mut meta, ports, || ForwardContext {
+            tunnel: tunnel.clone(),
+            stop: stop.clone(),
+            kill: kill.clone(),
+            tracker: shared.streams.clone(),
+            limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
+            access: j.access.clone(),
+        })
+        .await?;
         info!(group = %j.group.name, protocol = %meta.protocol, url = %endpoint.url, balance = %j.group.balance, "group started");
         Ok(Arc::new(Group {
             protocol: meta.protocol.clone(),
@@ -376,7 +362,10 @@ impl Groups {
             }
         }
         group.stop.cancel();
-        if tokio::time::timeout(PLUGIN_STEP_TIMEOUT, group.plugin.stop_proxy(&group.meta)).await.is_err() {
+        if tokio::time::timeout(crate::session::PLUGIN_STEP_TIMEOUT, group.plugin.stop_proxy(&group.meta))
+            .await
+            .is_err()
+        {
             warn!(group = %group.name, "plugin did not stop the group's forward in time");
         }
         group.kill.cancel();

@@ -26,7 +26,7 @@ use crate::{ForwardInfo, SessionInfo, Shared};
 type Pending = oneshot::Sender<Result<Channel, OpenError>>;
 
 /// How long a plugin may take to start or stop one forward.
-const PLUGIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PLUGIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Control messages waiting to be written; a client this far behind is dead
 /// or hostile, and opening streams waits rather than queueing more.
 pub(crate) const OUTBOX: usize = 1024;
@@ -365,6 +365,30 @@ impl Tunnel for SessionTunnel {
     }
 }
 
+/// Runs `meta`'s forward on the first of `ports` the plugin takes (a
+/// reconnecting client's leased port, then the one asked for), each try
+/// with a context of its own from `ctx` and under [`PLUGIN_STEP_TIMEOUT`].
+pub(crate) async fn run_proxy_on(
+    plugin: &dyn Plugin,
+    meta: &mut ForwardMeta,
+    ports: impl IntoIterator<Item = u16>,
+    ctx: impl Fn() -> ForwardContext,
+) -> Result<opennotr_plugin::Endpoint, String> {
+    let mut outcome = Err("not started".to_string());
+    for port in ports {
+        meta.public_port = port;
+        outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(meta, ctx())).await {
+            Ok(Ok(ep)) => Ok(ep),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the plugin did not start the forward in time".into()),
+        };
+        if outcome.is_ok() {
+            break;
+        }
+    }
+    outcome
+}
+
 /// Starts the requested forwards; one that fails does not stop the others.
 pub(crate) async fn start_forwards(
     shared: &Arc<Shared>,
@@ -476,24 +500,17 @@ pub(crate) async fn start_forwards(
             results.push(fail(e));
             continue;
         }
-        for port in leased_port.into_iter().chain([req.public_port]).filter(|_| req.group.is_none()) {
-            meta.public_port = port;
-            let ctx = ForwardContext {
+        if req.group.is_none() {
+            let ports = leased_port.into_iter().chain([req.public_port]);
+            outcome = run_proxy_on(&*plugin, &mut meta, ports, || ForwardContext {
                 tunnel: tunnel.clone(),
                 stop: session.stop.child_token(),
                 kill: session.kill.clone(),
                 tracker: shared.streams.clone(),
                 limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
                 access: access.clone().map(|a| a as Arc<dyn opennotr_plugin::Access>),
-            };
-            outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
-                Ok(Ok(ep)) => Ok(ep),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("the plugin did not start the forward in time".into()),
-            };
-            if outcome.is_ok() {
-                break;
-            }
+            })
+            .await;
         }
         match outcome {
             Ok(ep) => {
