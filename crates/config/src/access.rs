@@ -219,6 +219,29 @@ pub fn hash_password(password: &[u8], salt: &[u8; 16]) -> Result<String, String>
     argon2::Argon2::default().hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
+/// Longest `Authorization` value read; a longer one is refused unread.
+pub const MAX_AUTHORIZATION: usize = 1024;
+
+/// A visitor's `Authorization` header value, `Basic <base64 of
+/// user:password>`, as (user, password); `None` for any other scheme or
+/// anything malformed (RFC 7617: the user name has no ':', the password
+/// may). Network input: bounded before it is decoded.
+pub fn basic_credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
+    use base64::Engine as _;
+    if value.len() > MAX_AUTHORIZATION {
+        return None;
+    }
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(token.trim_start()).ok()?;
+    let colon = raw.iter().position(|&b| b == b':')?;
+    let user = String::from_utf8(raw[..colon].to_vec()).ok()?;
+    Some((user, raw[colon + 1..].to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +289,15 @@ mod tests {
         assert!(check_hash("$2b$20$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie").is_err());
         let many: Vec<String> = (0..=MAX_CIDRS).map(|i| format!("10.0.{}.0/24", i % 256)).collect();
         assert!(parse("x", &many, &[], &[]).unwrap_err().to_string().contains("more than"));
+    }
+
+    #[test]
+    fn parses_basic_credentials_strictly() {
+        assert_eq!(basic_credentials(b"Basic YWxpY2U6czNjcjN0"), Some(("alice".into(), b"s3cr3t".to_vec())));
+        assert_eq!(basic_credentials(b"basic   YWxpY2U6czNjcjN0"), Some(("alice".into(), b"s3cr3t".to_vec())));
+        assert_eq!(basic_credentials(b"Bearer YWxpY2U6czNjcjN0"), None);
+        assert_eq!(basic_credentials(b"Basic !!!"), None);
+        assert_eq!(basic_credentials(b"Basic YWxpY2U="), None, "no colon");
+        assert_eq!(basic_credentials(&[b'a'; 2000]), None);
     }
 }

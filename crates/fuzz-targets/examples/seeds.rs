@@ -120,6 +120,7 @@ fn main() {
         ("etcd_reply", etcd_replies),
         ("acme_reply", acme_replies),
         ("quic_framing", quic_framings),
+        ("access_rules", access_rules),
     ] {
         let mut s = Seeds::new(name);
         make(&mut s);
@@ -781,3 +782,23 @@ fn acme_replies(s: &mut Seeds) {
         s.ctl(name, 2, json);
     }
 }
+
+fn access_rules(s: &mut Seeds) {
+    // Even: Authorization values.
+    s.ctl("basic", 0, b"Basic YWxpY2U6czNjcjN0");
+    s.ctl("basic-lowercase-spaces", 2, b"basic   YWxpY2U6czNjcjN0");
+    s.ctl("basic-colon-in-password", 4, b"Basic YWxpY2U6czpjcjN0");
+    s.ctl("basic-no-colon", 6, b"Basic YWxpY2U=");
+    s.ctl("bearer", 8, b"Bearer abc");
+    s.ctl("argon2id-hash", 10, b"$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG");
+    s.ctl("bcrypt-hash", 12, b"$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy");
+    // Odd: a forward's access rules as a client sends them.
+    s.ctl(
+        "rules",
+        1,
+        br#"{"allow":["203.0.113.0/24","2001:db8::/32"],"deny":["203.0.113.66"],"basic_auth":[{"user":"alice","hash":"$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"}]}"#,
+    );
+    s.ctl("rules-costly-argon2", 3, br#"{"basic_auth":[{"user":"a","hash":"$argon2id$v=19$m=4194304,t=99,p=64$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"}]}"#);
+    s.ctl("rules-bad-cidr", 5, br#"{"allow":["10.0.0.0/33"]}"#);
+}
+

@@ -16,6 +16,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+mod access;
 mod acme;
 mod dns;
 mod etcd;
@@ -28,6 +29,7 @@ mod quic;
 mod record;
 mod tls;
 
+pub use access::access_rules;
 pub use acme::acme_reply;
 pub use dns::dns_query;
 pub use etcd::etcd_reply;
@@ -62,6 +64,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("etcd_reply", etcd_reply),
     ("acme_reply", acme_reply),
     ("quic_framing", quic_framing),
+    ("access_rules", access_rules),
 ];
 
 /// The first byte (the control byte) and the rest.
