@@ -189,8 +189,13 @@ pub(crate) struct Policy {
     realm: String,
     /// The server's, then the forward's; each must pass. None is empty.
     layers: Vec<Rules>,
+    /// Whether each layer is the server's (else the client's), for the
+    /// admin API.
+    server_layer: Vec<bool>,
     guard: Arc<Guard>,
     refused: Arc<Counts>,
+    /// This forward's own refusals, for the admin API.
+    own: Counts,
     /// SHA-256 of `Authorization` values verified lately → when they stop
     /// being trusted. Only successes: a wrong password costs a hash each
     /// time, under the bound of [`Guard::verifications`].
@@ -205,14 +210,17 @@ impl std::fmt::Debug for Policy {
 
 impl Policy {
     fn new(protocol: &str, realm: &str, layers: [Rules; 2], guard: &Arc<Guard>) -> Option<Arc<Policy>> {
-        let layers: Vec<Rules> = layers.into_iter().filter(|l| !l.is_empty()).collect();
+        let (layers, server_layer): (Vec<Rules>, Vec<bool>) =
+            layers.into_iter().zip([true, false]).filter(|(l, _)| !l.is_empty()).unzip();
         (!layers.is_empty()).then(|| {
             Arc::new(Policy {
                 protocol: protocol.to_string(),
                 realm: realm.to_string(),
                 layers,
+                server_layer,
                 guard: guard.clone(),
                 refused: guard.counts(protocol),
+                own: Counts::default(),
                 verified: Mutex::default(),
             })
         })
@@ -224,7 +232,20 @@ impl Policy {
 
     fn refuse(&self, r: Refusal) -> Refusal {
         self.refused.add(r);
+        self.own.add(r);
         r
+    }
+
+    /// The server's rules and the client's (`None`: none), as enforced.
+    pub(crate) fn layers(&self) -> (Option<&Rules>, Option<&Rules>) {
+        let pick = |server: bool| self.layers.iter().zip(&self.server_layer).find(|(_, s)| **s == server);
+        (pick(true).map(|(l, _)| l), pick(false).map(|(l, _)| l))
+    }
+
+    /// This forward's refusals so far: denied, not allowed, unauthorized,
+    /// busy (the order of [`REASONS`]).
+    pub(crate) fn refused(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.own.0[i].load(Ordering::Relaxed))
     }
 
     fn cached(&self, key: &[u8; 32]) -> bool {

@@ -422,6 +422,60 @@ impl Groups {
         routes_by_domain(&g.protocol) && g.meta.domain.eq_ignore_ascii_case(domain) && same_key(&g.key, &group.key)
     }
 
+    /// Every live group for the admin API, by protocol then name; never
+    /// its key. `client_of` gives a member session's credential name and
+    /// client id.
+    pub(crate) fn views(
+        &self,
+        client_of: impl Fn(&SessionId) -> (Option<String>, String),
+    ) -> Vec<opennotr_admin::GroupView> {
+        let mut groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
+        groups.sort_by(|a, b| (&a.protocol, &a.name).cmp(&(&b.protocol, &b.name)));
+        groups
+            .iter()
+            .map(|g| {
+                let members = g
+                    .members
+                    .lock()
+                    .iter()
+                    .map(|m| {
+                        let (client, client_id) = client_of(&m.session);
+                        opennotr_admin::GroupMemberView {
+                            client,
+                            client_id,
+                            session: hex::encode(m.session),
+                            target: m.target,
+                            healthy: m.healthy,
+                            open_streams: m.counters.open.load(Ordering::Relaxed),
+                        }
+                    })
+                    .collect();
+                opennotr_admin::GroupView {
+                    protocol: g.protocol.clone(),
+                    name: g.name.clone(),
+                    balance: g.members.balance.to_string(),
+                    url: g.endpoint.url.clone(),
+                    public_port: g.endpoint.public_port,
+                    members,
+                }
+            })
+            .collect()
+    }
+
+    /// The group whose member is the forward `forward` of `session`, for
+    /// the admin API's view of that forward.
+    pub(crate) fn of_forward(&self, session: SessionId, forward: u64) -> Option<opennotr_admin::ForwardGroupView> {
+        let by_member = self.by_member();
+        by_member.iter().filter(|((s, _), _)| *s == session).find_map(|(_, g)| {
+            let healthy = g.members.lock().iter().find(|m| m.forward == forward).map(|m| m.healthy)?;
+            Some(opennotr_admin::ForwardGroupView {
+                name: g.name.clone(),
+                balance: g.members.balance.to_string(),
+                healthy,
+            })
+        })
+    }
+
     /// `opennotr_group_members` for `/metrics`.
     pub(crate) fn metrics(&self, out: &mut String) {
         out.push_str(
