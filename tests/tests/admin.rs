@@ -502,9 +502,15 @@ async fn dashboard_shows_a_real_session_in_chromium() {
         let server = TestServer::start(&spec()).await;
         let admin = server.admin.expect("admin");
         let echo = tcp_echo().await;
-        let mut a = TestClient::start(
-            &ClientSpec::new(server.addr).credential("alice", ALICE_KEY).forward(tcp_fwd(0, echo.addr.port())),
-        );
+        // Its forward serves in a group and narrows who may connect.
+        let cfg = opennotr_config::parse_client(&format!(
+            "serverAddr: \"{}\"\nname: alice\nkey: {ALICE_KEY:?}\nforwards:\n  - protocol: tcp\n    ports:\n      \
+             0: {}\n    group: web-pool\n    groupKey: \"the pool's key\"\n    deny: [\"192.0.2.0/24\"]\n",
+            server.addr,
+            echo.addr.port()
+        ))
+        .unwrap();
+        let mut a = TestClient::start_config(cfg);
         let reg = a.connected().await;
         let profile = std::env::temp_dir().join(format!("opennotr-e2e-chromium-{}", std::process::id()));
         let out = tokio::process::Command::new(browser)
@@ -521,6 +527,10 @@ async fn dashboard_shows_a_real_session_in_chromium() {
         let dom = String::from_utf8_lossy(&out.stdout);
         assert!(dom.contains(&reg.domain), "the dashboard does not show {}:\n{dom}", reg.domain);
         assert!(dom.contains(&format!(":{}", public_port(&reg, 0))), "no public port in:\n{dom}");
+        assert!(dom.contains(">⇄ web-pool<"), "no group badge in:\n{dom}");
+        assert!(dom.contains("client: deny 192.0.2.0/24"), "no access rules in:\n{dom}");
+        let groups = dom.split("<table id=\"groups\">").nth(1).unwrap_or_default();
+        assert!(groups.contains("<strong>web-pool</strong>") && groups.contains(">alice<"), "no group in:\n{dom}");
         a.stop().await;
         server.stop().await;
     })

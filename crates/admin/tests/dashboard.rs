@@ -148,6 +148,23 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
     assert!(dom.contains(">≤ 977 KiB/s<"), "forward limit missing; {}", context());
     assert!(dom.contains(">9.5 MiB/s client<"), "credential limit missing; {}", context());
     assert!(!dom.contains(TOKEN), "the token is left in the page; {}", context());
+    // Groups and access rules: a badge per grouped forward and per forward
+    // with rules (with its refusals), the groups' table, the credential's rules.
+    assert!(dom.contains(">⇄ ssh-pool<"), "group badge missing; {}", context());
+    assert!(dom.contains(">access · 10 refused<"), "access badge missing; {}", context());
+    assert!(dom.contains(">access · 2 refused<"), "access badge missing; {}", context());
+    assert!(dom.contains("server: allow 10.0.0.0/8\nclient: deny 10.9.0.0/16"), "rules' title missing; {}", context());
+    let groups = dom.split("<table id=\"groups\">").nth(1).unwrap_or_default();
+    assert!(groups.contains("<strong>ssh-pool</strong>"), "groups table missing; {}", context());
+    assert!(groups.contains(">least connections<"), "group balance missing; {}", context());
+    assert!(groups.contains("tcp://relay.test:20500"), "group endpoint missing; {}", context());
+    assert!(groups.contains(">alice<"), "named member missing; {}", context());
+    assert!(
+        groups.contains(&format!("{EVIL_ESCAPED} (shared key)")),
+        "shared-key member missing or not escaped; {}",
+        context()
+    );
+    assert!(dom.contains("allow 192.0.2.0/24<br>users dave"), "credential's rules missing; {}", context());
 
     // The screenshot, where CI keeps it as an artifact.
     let png = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png");
