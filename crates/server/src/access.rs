@@ -405,6 +405,12 @@ mod tests {
         assert_eq!(p.admit("127.0.0.3".parse().unwrap()), Err(Refusal::Denied));
         assert_eq!(p.admit("::ffff:127.0.0.3".parse().unwrap()), Err(Refusal::Denied));
         assert_eq!(p.admit("10.0.0.1".parse().unwrap()), Err(Refusal::NotAllowed));
+        // The admin API sees whose rules they are, and this forward's refusals.
+        assert_eq!(p.layers(), (Some(&rules(&["127.0.0.0/8"], &["127.0.0.3"])), None));
+        assert_eq!(p.refused(), [2, 1, 0, 0]);
+        let own = Policy::new("tcp", "a", [Rules::default(), rules(&[], &["10.0.0.0/8"])], &guard).unwrap();
+        assert_eq!(own.layers(), (None, Some(&rules(&[], &["10.0.0.0/8"]))));
+        assert_eq!(own.refused(), [0; 4], "another forward's count");
         // The forward's own layer narrows the server's.
         let p = Policy::new("tcp", "a", [rules(&["127.0.0.0/8"], &[]), rules(&["10.0.0.0/8"], &[])], &guard).unwrap();
         assert_eq!(p.admit("127.0.0.2".parse().unwrap()), Err(Refusal::NotAllowed));

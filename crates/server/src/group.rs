@@ -467,7 +467,8 @@ impl Groups {
     pub(crate) fn of_forward(&self, session: SessionId, forward: u64) -> Option<opennotr_admin::ForwardGroupView> {
         let by_member = self.by_member();
         by_member.iter().filter(|((s, _), _)| *s == session).find_map(|(_, g)| {
-            let healthy = g.members.lock().iter().find(|m| m.forward == forward).map(|m| m.healthy)?;
+            let list = g.members.lock();
+            let healthy = list.iter().find(|m| m.session == session && m.forward == forward).map(|m| m.healthy)?;
             Some(opennotr_admin::ForwardGroupView {
                 name: g.name.clone(),
                 balance: g.members.balance.to_string(),
@@ -795,6 +796,21 @@ mod tests {
         shared.groups.metrics(&mut text);
         assert!(text.contains("opennotr_group_members{protocol=\"tcp\",group=\"web\",state=\"healthy\"} 2"), "{text}");
         assert!(text.contains("state=\"unhealthy\"} 1"), "{text}");
+        // The admin API's views: the group and each member, never the key.
+        let views = shared.groups.views(|id| (None, format!("c{}", id[0])));
+        assert_eq!(views.len(), 1);
+        let (g, members) = (&views[0], &views[0].members);
+        assert_eq!((g.protocol.as_str(), g.name.as_str(), g.balance.as_str()), ("tcp", "web", "round_robin"));
+        assert_eq!((g.public_port, g.url.as_str()), (Some(port), ep.url.as_str()));
+        let seen: Vec<(&str, u16, bool)> =
+            members.iter().map(|m| (m.client_id.as_str(), m.target.port(), m.healthy)).collect();
+        assert_eq!(seen, [("c1", 8001, true), ("c2", 8002, false), ("c3", 8003, true)]);
+        assert_eq!(members[1].session, hex::encode([2u8; 16]));
+        assert!(!format!("{views:?}").contains(&key), "the key digest is never shown");
+        let mine = shared.groups.of_forward([2; 16], 2).expect("a member");
+        assert_eq!((mine.name.as_str(), mine.healthy), ("web", false));
+        assert!(shared.groups.of_forward([2; 16], 1).is_none(), "another session's forward");
+        assert!(shared.groups.of_forward([9; 16], 9).is_none());
 
         // A visitor reaches a member through the group's one port.
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
