@@ -185,7 +185,8 @@ pub struct GroupView {
 pub struct GroupMemberView {
     /// The session's credential name; `None` for the shared `authKey`.
     pub client: Option<String>,
-    /// The client process's random id.
+    /// The client process's random id (empty for a member whose session
+    /// has just ended and is leaving).
     pub client_id: String,
     /// The session's id, hex.
     pub session: String,

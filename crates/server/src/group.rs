@@ -465,8 +465,11 @@ impl Groups {
     /// The group whose member is the forward `forward` of `session`, for
     /// the admin API's view of that forward.
     pub(crate) fn of_forward(&self, session: SessionId, forward: u64) -> Option<opennotr_admin::ForwardGroupView> {
-        let by_member = self.by_member();
-        by_member.iter().filter(|((s, _), _)| *s == session).find_map(|(_, g)| {
+        // Copied out first: `leave` takes a group's member list, then this
+        // map; holding the map while taking a list would invert that.
+        let groups: Vec<Arc<Group>> =
+            self.by_member().iter().filter(|((s, _), _)| *s == session).map(|(_, g)| g.clone()).collect();
+        groups.iter().find_map(|g| {
             let list = g.members.lock();
             let healthy = list.iter().find(|m| m.session == session && m.forward == forward).map(|m| m.healthy)?;
             Some(opennotr_admin::ForwardGroupView {
