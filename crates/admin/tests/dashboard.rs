@@ -108,6 +108,8 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
     alpha.connected_since = now - 2 * 3600 - 14 * 60;
     let mut evil = session("e5", None, EVIL, [100, 64, 242, 3], 20023);
     evil.plaintext = true;
+    // Its grouped forward fails its health check.
+    evil.forwards[0].group.as_mut().unwrap().healthy = false;
     evil.connected_since = now - 9 * 60 - 5;
     let refusal = RefusalView {
         at: now - 42,
@@ -159,6 +161,8 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
     assert!(groups.contains(">least connections<"), "group balance missing; {}", context());
     assert!(groups.contains("tcp://relay.test:20500"), "group endpoint missing; {}", context());
     assert!(groups.contains(">alice<"), "named member missing; {}", context());
+    assert!(dom.contains(">⇄ ssh-pool · down<"), "unhealthy member's badge missing; {}", context());
+    assert!(groups.contains(">healthy<") && groups.contains(">down<"), "members' health missing; {}", context());
     assert!(
         groups.contains(&format!("{EVIL_ESCAPED} (shared key)")),
         "shared-key member missing or not escaped; {}",

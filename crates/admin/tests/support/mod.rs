@@ -127,7 +127,7 @@ impl Fake {
                     client_id: s.client_id.clone(),
                     session: s.id.clone(),
                     target: s.forwards[0].target,
-                    healthy: true,
+                    healthy: s.forwards[0].group.as_ref().is_some_and(|g| g.healthy),
                     open_streams: 1,
                 })
                 .collect(),
