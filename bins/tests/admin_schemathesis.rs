@@ -78,6 +78,7 @@ fn schemathesis_finds_nothing_in_the_admin_api() {
              dhcp:\n  cidr: \"100.64.242.1/24\"\n\
              limits:\n  forwardBandwidth: 10MB\n\
              clients:\n  - name: alice\n    key: \"{ALICE_KEY}\"\n    bandwidth: 80Mbit\n\
+             \x20   allow: [\"127.0.0.0/8\", \"2001:db8::/32\"]\n    deny: [\"127.0.0.9\"]\n\
              admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{TOKEN}\"\n"
         ),
     );
@@ -94,11 +95,21 @@ fn schemathesis_finds_nothing_in_the_admin_api() {
         "opennotr.yaml",
         format!(
             "serverAddr: \"{control}\"\nname: alice\nkey: \"{ALICE_KEY}\"\n\
-             forwards:\n  - protocol: tcp\n    ports:\n      0: {echo_port}\n"
+             forwards:\n  - protocol: tcp\n    ports:\n      0: {echo_port}\n\
+             \x20   group: shop\n    groupKey: \"the shop's key\"\n    balance: least_conn\n    deny: [\"10.0.0.0/8\"]\n"
         ),
     );
     let mut client = Proc::spawn(CLIENT, &["-c", client_conf.to_str().unwrap()], &dir.0);
     read_registration(&mut client, 1);
+    // The run checks every answer against the document: a live group and
+    // a forward with rules of both sides make those views non-null.
+    let groups = request(admin, "GET", "/api/v1/groups");
+    assert!(groups.contains("\"name\":\"shop\"") && groups.contains("\"least_conn\""), "{groups}");
+    let sessions = request(admin, "GET", "/api/v1/sessions");
+    assert!(
+        sessions.contains("\"deny\":[\"10.0.0.0/8\"]") && sessions.contains("\"deny\":[\"127.0.0.9/32\"]"),
+        "{sessions}"
+    );
 
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("schemathesis.toml");
     let started = Instant::now();
@@ -123,7 +134,7 @@ fn schemathesis_finds_nothing_in_the_admin_api() {
     );
     eprintln!("{text}");
     // A run that tested nothing would pass too.
-    assert!(text.contains("Operations:") && text.contains("13 selected"), "{text}");
+    assert!(text.contains("Operations:") && text.contains("14 selected"), "{text}");
     let generated = text
         .split_once(" generated")
         .and_then(|(before, _)| before.rsplit(|c: char| !c.is_ascii_digit()).next())

@@ -502,9 +502,15 @@ async fn dashboard_shows_a_real_session_in_chromium() {
         let server = TestServer::start(&spec()).await;
         let admin = server.admin.expect("admin");
         let echo = tcp_echo().await;
-        let mut a = TestClient::start(
-            &ClientSpec::new(server.addr).credential("alice", ALICE_KEY).forward(tcp_fwd(0, echo.addr.port())),
-        );
+        // Its forward serves in a group and narrows who may connect.
+        let cfg = opennotr_config::parse_client(&format!(
+            "serverAddr: \"{}\"\nname: alice\nkey: {ALICE_KEY:?}\nforwards:\n  - protocol: tcp\n    ports:\n      \
+             0: {}\n    group: web-pool\n    groupKey: \"the pool's key\"\n    deny: [\"192.0.2.0/24\"]\n",
+            server.addr,
+            echo.addr.port()
+        ))
+        .unwrap();
+        let mut a = TestClient::start_config(cfg);
         let reg = a.connected().await;
         let profile = std::env::temp_dir().join(format!("opennotr-e2e-chromium-{}", std::process::id()));
         let out = tokio::process::Command::new(browser)
@@ -521,6 +527,10 @@ async fn dashboard_shows_a_real_session_in_chromium() {
         let dom = String::from_utf8_lossy(&out.stdout);
         assert!(dom.contains(&reg.domain), "the dashboard does not show {}:\n{dom}", reg.domain);
         assert!(dom.contains(&format!(":{}", public_port(&reg, 0))), "no public port in:\n{dom}");
+        assert!(dom.contains(">⇄ web-pool<"), "no group badge in:\n{dom}");
+        assert!(dom.contains("client: deny 192.0.2.0/24"), "no access rules in:\n{dom}");
+        let groups = dom.split("<table id=\"groups\">").nth(1).unwrap_or_default();
+        assert!(groups.contains("<strong>web-pool</strong>") && groups.contains(">alice<"), "no group in:\n{dom}");
         a.stop().await;
         server.stop().await;
     })
@@ -583,4 +593,145 @@ async fn metrics_count_gateway_requests_and_dns_queries() {
         server.stop().await;
     })
     .await;
+}
+
+/// Polls the API until `path` answers JSON for which `done` holds.
+async fn api_until(admin: SocketAddr, path: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = api(admin, "GET", path, Some(TOKEN), None).await;
+        if r.status == 200 && done(&json(&r)) {
+            return r.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} never showed in {path}: {}", r.body);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A load-balanced group of two real clients and access rules of the
+/// server and of a client show up in the API: on each forward, in
+/// `/api/v1/groups` and on the credential; a refused visitor is counted on
+/// its forward; no key, group key digest or password hash appears anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_access_rules_show_without_secrets() {
+    use opennotr_proto::message::GroupRequest;
+    run_test(async {
+        let group_key = "the web group's key";
+        let digest = GroupRequest::digest("web", group_key);
+        let hash = {
+            use argon2::password_hash::{PasswordHasher, SaltString};
+            let salt = SaltString::encode_b64(b"a test salt 16b!").unwrap();
+            let params = argon2::Params::new(8, 1, 1, None).unwrap();
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password(b"dave's password", &salt)
+                .unwrap()
+                .to_string()
+        };
+        let spec = ServerSpec {
+            extra_yaml: format!(
+                "access:\n  allow: [\"127.0.0.0/8\"]\n\
+                 clients:\n  - name: alice\n    key: {ALICE_KEY:?}\n    deny: [\"192.0.2.0/24\"]\n    \
+                 basicAuth:\n      - user: dave\n        hash: {hash:?}\n\
+                 admin:\n  listen: \"127.0.0.1:0\"\n  token: {TOKEN:?}\n"
+            ),
+            ..ServerSpec::default()
+        };
+        let server = TestServer::start(&spec).await;
+        let admin = server.admin.expect("admin");
+        let (one, two) = (tcp_echo().await, tcp_echo().await);
+        // Two shared-key members of group `web`; the first denies 127.0.0.3.
+        let member = |local: u16, extra: &str| {
+            opennotr_config::parse_client(&format!(
+                "serverAddr: \"{}\"\nkey: \"{KEY}\"\nforwards:\n  - protocol: tcp\n    ports:\n      0: {local}\n    \
+                 group: web\n    groupKey: \"{group_key}\"\n{extra}",
+                server.addr
+            ))
+            .unwrap()
+        };
+        let mut first = TestClient::start_config(member(one.addr.port(), "    deny: [\"127.0.0.3/32\"]\n"));
+        let port = public_port(&first.connected().await, 0);
+        let mut second = TestClient::start_config(member(two.addr.port(), ""));
+        assert_eq!(public_port(&second.connected().await, 0), port, "one port for the group");
+        let sessions = json(&api(admin, "GET", "/api/v1/sessions", Some(TOKEN), None).await);
+        let id_of = |target: SocketAddr| {
+            let s = sessions.as_array().unwrap().iter().find(|s| s["forwards"][0]["target"] == target.to_string());
+            s.expect("a member")["id"].as_str().unwrap().to_string()
+        };
+        let (first_id, second_id) = (id_of(one.addr), id_of(two.addr));
+
+        // Visitors the first member denies: it refuses them (the group then
+        // offers them to the second, which takes them), and its forward
+        // counts them. Two, so that one is offered to it first whatever
+        // the round robin's turn.
+        for _ in 0..2 {
+            within(WAIT, "a denied visitor", denied_visitor(port)).await;
+        }
+        let body = api_until(admin, &format!("/api/v1/sessions/{first_id}"), "the refusal", |v| {
+            v["forwards"][0]["access"]["refused"]["denied"].as_u64() >= Some(1)
+        })
+        .await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let f = &v["forwards"][0];
+        assert_eq!(f["group"], serde_json::json!({ "name": "web", "balance": "round_robin", "healthy": true }));
+        let rules = |allow: &[&str], deny: &[&str]| serde_json::json!({ "allow": allow, "deny": deny, "users": [] });
+        assert_eq!(f["access"]["server"], rules(&["127.0.0.0/8"], &[]), "the server's `access`: {body}");
+        assert_eq!(f["access"]["client"], rules(&[], &["127.0.0.3/32"]), "the forward's own: {body}");
+        let v = json(&api(admin, "GET", &format!("/api/v1/sessions/{second_id}"), Some(TOKEN), None).await);
+        assert_eq!(v["forwards"][0]["group"]["name"], "web");
+        assert_eq!(v["forwards"][0]["access"]["client"], serde_json::Value::Null, "it sent no rules");
+
+        // The group: its port, its members (the order they joined).
+        let groups = json(&api(admin, "GET", "/api/v1/groups", Some(TOKEN), None).await);
+        let g = &groups[0];
+        assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+        assert_eq!((g["protocol"].as_str(), g["name"].as_str()), (Some("tcp"), Some("web")));
+        assert_eq!((g["balance"].as_str(), g["public_port"].as_u64()), (Some("round_robin"), Some(u64::from(port))));
+        let members: Vec<(&str, &str, bool)> = g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["session"].as_str().unwrap(), m["target"].as_str().unwrap(), m["healthy"] == true))
+            .collect();
+        let (t1, t2) = (one.addr.to_string(), two.addr.to_string());
+        assert_eq!(members, [(first_id.as_str(), t1.as_str(), true), (second_id.as_str(), t2.as_str(), true)]);
+        assert_eq!(g["members"][0]["client"], serde_json::Value::Null, "shared-key members have no name");
+
+        // The credential's rules: user names, never hashes.
+        let clients = json(&api(admin, "GET", "/api/v1/clients", Some(TOKEN), None).await);
+        let alice = clients.as_array().unwrap().iter().find(|c| c["name"] == "alice").expect("alice");
+        assert_eq!(alice["access"], serde_json::json!({ "allow": [], "deny": ["192.0.2.0/24"], "users": ["dave"] }));
+
+        // No secret in any answer.
+        let mut all = String::new();
+        for path in ["/api/v1/sessions", "/api/v1/groups", "/api/v1/clients", "/metrics"] {
+            all += &api(admin, "GET", path, Some(TOKEN), None).await.body;
+        }
+        for id in [&first_id, &second_id] {
+            all += &api(admin, "GET", &format!("/api/v1/sessions/{id}"), Some(TOKEN), None).await.body;
+        }
+        for secret in [digest.as_str(), group_key, hash.as_str(), "$argon2", KEY, ALICE_KEY] {
+            assert!(!all.contains(secret), "{secret:?} in an answer:\n{all}");
+        }
+
+        // A member leaving leaves the group at once; the last one ends it.
+        second.stop().await;
+        api_until(admin, "/api/v1/groups", "the member's leaving", |v| {
+            v[0]["members"].as_array().map(Vec::len) == Some(1)
+        })
+        .await;
+        first.stop().await;
+        api_until(admin, "/api/v1/groups", "the group's end", |v| v.as_array().is_some_and(Vec::is_empty)).await;
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A visitor from 127.0.0.3 to `port`: whatever happens to it.
+async fn denied_visitor(port: u16) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let Ok(mut c) = s.connect(local(port)).await else { return };
+    let _ = c.write_all(b"ping").await;
+    let mut buf = [0u8; 4];
+    let _ = c.read(&mut buf).await;
 }

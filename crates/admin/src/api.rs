@@ -221,6 +221,7 @@ where
             Err(e) => Err(e.into()),
         },
         Op::Refusals => Ok(json(StatusCode::OK, &blocking(move || backend.refusals()).await?)),
+        Op::ListGroups => Ok(json(StatusCode::OK, &blocking(move || backend.groups()).await?)),
     }
 }
 

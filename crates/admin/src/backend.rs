@@ -34,6 +34,11 @@ pub trait Backend: Send + Sync + 'static {
     fn refusals(&self) -> Vec<RefusalView>;
     /// Prometheus text exposition format (version 0.0.4).
     fn metrics(&self) -> String;
+    /// Every live load-balanced group, by protocol then name. A backend
+    /// without groups has none.
+    fn groups(&self) -> Vec<GroupView> {
+        Vec::new()
+    }
 }
 
 /// One live session of a client.
@@ -101,6 +106,96 @@ pub struct ForwardView {
     /// UDP datagrams dropped for that limit, and their bytes.
     pub dropped_datagrams: u64,
     pub dropped_bytes: u64,
+    /// The load-balanced group the forward serves in (`None`: it runs alone).
+    #[serde(default)]
+    pub group: Option<ForwardGroupView>,
+    /// The access rules in force (`None`: everyone may connect).
+    #[serde(default)]
+    pub access: Option<ForwardAccessView>,
+}
+
+/// The group a forward is a member of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardGroupView {
+    /// The group's name (never its key, nor the key's digest).
+    pub name: String,
+    /// `round_robin` or `least_conn`.
+    pub balance: String,
+    /// Whether this member passes its health check (and so gets streams).
+    pub healthy: bool,
+}
+
+/// One set of access rules, as enforced: CIDRs, and the basic-auth user
+/// names (never their hashes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRulesView {
+    /// Sources that may connect; empty: any.
+    pub allow: Vec<String>,
+    /// Sources refused, even when allowed.
+    pub deny: Vec<String>,
+    /// The users HTTP basic auth accepts; empty: none asked.
+    pub users: Vec<String>,
+}
+
+/// A forward's access rules: a visitor must pass both sets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ForwardAccessView {
+    /// The server's rules for the client (its `clients[i]`, or `access` for
+    /// shared-key clients); `None`: none.
+    pub server: Option<AccessRulesView>,
+    /// The rules the client sent with the forward; `None`: none.
+    pub client: Option<AccessRulesView>,
+    /// Visitors refused on the forward's public side so far, by reason.
+    pub refused: RefusedView,
+}
+
+/// Visitors refused, by reason (as `opennotr_visitors_refused_total`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedView {
+    /// In a `deny` list.
+    pub denied: u64,
+    /// Outside an `allow` list.
+    pub not_allowed: u64,
+    /// Missing or wrong basic-auth credentials.
+    pub unauthorized: u64,
+    /// Too many password checks at once.
+    pub busy: u64,
+}
+
+/// A live load-balanced group: one public port or domain that several
+/// sessions' forwards serve together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The plugin that runs its forward: `tcp`, `udp`, `http`, …
+    pub protocol: String,
+    /// The group's name (never its key, nor the key's digest).
+    pub name: String,
+    /// `round_robin` or `least_conn`.
+    pub balance: String,
+    /// Where visitors reach it.
+    pub url: String,
+    /// Its public port; `None` for groups routed by domain on a shared port.
+    pub public_port: Option<u16>,
+    /// Its members, in the order they joined.
+    pub members: Vec<GroupMemberView>,
+}
+
+/// One member of a group: a forward of a live session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupMemberView {
+    /// The session's credential name; `None` for the shared `authKey`.
+    pub client: Option<String>,
+    /// The client process's random id (empty for a member whose session
+    /// has just ended and is leaving).
+    pub client_id: String,
+    /// The session's id, hex.
+    pub session: String,
+    /// What this member's client connects to.
+    pub target: SocketAddr,
+    /// Whether it passes its health check.
+    pub healthy: bool,
+    /// Visitor connections and UDP flows it carries now.
+    pub open_streams: u64,
 }
 
 /// A credential: a named key and what it may use.
@@ -123,6 +218,10 @@ pub struct ClientView {
     pub bandwidth: Option<u64>,
     /// Its `forwardBandwidth`, per forward (`None`: `limits.forwardBandwidth`).
     pub forward_bandwidth: Option<u64>,
+    /// Its access rules for every forward of its sessions (empty lists:
+    /// none); user names only.
+    #[serde(default)]
+    pub access: AccessRulesView,
 }
 
 /// A credential to add. Its `key` is a secret: `Debug` hides it and the

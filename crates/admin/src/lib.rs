@@ -37,7 +37,10 @@ mod routes;
 mod server;
 
 pub use auth::TokenHandle;
-pub use backend::{Backend, BackendError, ClientView, ForwardView, NewClient, RefusalView, ReloadReport, SessionView};
+pub use backend::{
+    AccessRulesView, Backend, BackendError, ClientView, ForwardAccessView, ForwardGroupView, ForwardView,
+    GroupMemberView, GroupView, NewClient, RefusalView, RefusedView, ReloadReport, SessionView,
+};
 pub use server::AdminServer;
 
 /// The OpenAPI 3.1 document of the API, served at `/api/v1/openapi.json`.

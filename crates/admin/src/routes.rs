@@ -21,6 +21,7 @@ pub(crate) enum Op {
     RemoveClient,
     Reload,
     Refusals,
+    ListGroups,
 }
 
 /// One method on one path.
@@ -54,6 +55,7 @@ pub(crate) static ROUTES: &[Route] = &[
     route(Method::DELETE, "/api/v1/clients/{name}", Op::RemoveClient, false),
     route(Method::POST, "/api/v1/reload", Op::Reload, false),
     route(Method::GET, "/api/v1/refusals", Op::Refusals, false),
+    route(Method::GET, "/api/v1/groups", Op::ListGroups, false),
 ];
 
 /// What a request's method and path lead to.

@@ -186,6 +186,40 @@ async fn sessions_are_listed_shown_and_closed() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn groups_and_access_rules_are_listed_without_secrets() {
+    let s = Running::start(two_sessions()).await;
+    let v = get(s.addr, "/api/v1/sessions/a1").await.json();
+    let tcp = &v["forwards"][0];
+    assert_eq!(tcp["group"], serde_json::json!({ "name": "ssh-pool", "balance": "least_conn", "healthy": true }));
+    assert_eq!(tcp["access"]["server"]["allow"], serde_json::json!(["10.0.0.0/8"]));
+    assert_eq!(tcp["access"]["client"]["deny"], serde_json::json!(["10.9.0.0/16"]));
+    assert_eq!(tcp["access"]["refused"]["not_allowed"], 7);
+    let http = &v["forwards"][1];
+    assert_eq!(http["group"], Value::Null);
+    assert_eq!(http["access"]["server"], Value::Null);
+    assert_eq!(http["access"]["client"]["users"], serde_json::json!(["carol"]));
+
+    let r = get(s.addr, "/api/v1/groups").await;
+    assert_eq!((r.status, r.header(CONTENT_TYPE)), (200, "application/json"));
+    let groups = r.json();
+    assert_eq!(groups.as_array().unwrap().len(), 1);
+    let g = &groups[0];
+    assert_eq!(
+        (g["protocol"].as_str(), g["name"].as_str(), g["public_port"].as_u64()),
+        (Some("tcp"), Some("ssh-pool"), Some(20500))
+    );
+    let sessions: Vec<&str> = g["members"].as_array().unwrap().iter().map(|m| m["session"].as_str().unwrap()).collect();
+    assert_eq!(sessions, ["a1", "b2"]);
+    assert_eq!(g["members"][0]["client"], "alice");
+    assert_eq!(call(s.addr, "GET", "/api/v1/groups", None, None).await.status, 401);
+    assert_eq!(call(s.addr, "POST", "/api/v1/groups", Some(BEARER), None).await.status, 405, "read-only");
+
+    let c = get(s.addr, "/api/v1/clients").await.json();
+    assert_eq!(c[0]["access"], serde_json::json!({ "allow": ["192.0.2.0/24"], "deny": [], "users": ["dave"] }));
+    s.stop().await;
+}
+
 // --------------------------------------------------------------- clients
 
 #[tokio::test]
@@ -271,6 +305,7 @@ async fn clients_are_added_validated_and_removed_without_echoing_keys() {
         source: "api".into(),
         bandwidth: None,
         forward_bandwidth: None,
+        access: Default::default(),
     });
     let r = call(s.addr, "DELETE", "/api/v1/clients/team%20a%2F%C3%BC", Some(BEARER), None).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -469,6 +504,7 @@ fn openapi_schemas_have_the_views_fields() {
         source: "api".into(),
         bandwidth: None,
         forward_bandwidth: None,
+        access: Default::default(),
     };
     let r = RefusalView { at: 0, remote: String::new(), client: None, code: String::new(), message: String::new() };
     for (name, fields) in [
@@ -477,6 +513,10 @@ fn openapi_schemas_have_the_views_fields() {
         ("ClientView", keys(&c)),
         ("RefusalView", keys(&r)),
         ("ReloadReport", keys(&ReloadReport::default())),
+        ("ForwardGroup", keys(f.group.as_ref().unwrap())),
+        ("ForwardAccess", keys(f.access.as_ref().unwrap())),
+        ("AccessRules", keys(&c.access)),
+        ("GroupView", keys(&support::Fake::new(vec![s.clone()], vec![]).groups()[0])),
     ] {
         let (props, required) = schema_keys(&doc, name);
         assert_eq!(props, fields, "{name}: properties");
@@ -491,6 +531,14 @@ fn openapi_schemas_have_the_views_fields() {
         bandwidth: Some("1MB".into()),
         forward_bandwidth: Some("1MB".into()),
     };
+    let a = f.access.as_ref().unwrap();
+    let refused = &doc["components"]["schemas"]["ForwardAccess"]["properties"]["refused"];
+    let props: BTreeSet<String> = refused["properties"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(props, keys(&a.refused), "ForwardAccess.refused");
+    let member = &doc["components"]["schemas"]["GroupView"]["properties"]["members"]["items"];
+    let props: BTreeSet<String> = member["properties"].as_object().unwrap().keys().cloned().collect();
+    let g = support::Fake::new(vec![s.clone()], vec![]).groups().remove(0);
+    assert_eq!(props, keys(&g.members[0]), "GroupView.members");
     let (props, required) = schema_keys(&doc, "NewClient");
     assert_eq!(props, keys(&n));
     assert_eq!(required, BTreeSet::from(["name".to_string(), "key".to_string()]));

@@ -108,6 +108,8 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
     alpha.connected_since = now - 2 * 3600 - 14 * 60;
     let mut evil = session("e5", None, EVIL, [100, 64, 242, 3], 20023);
     evil.plaintext = true;
+    // Its grouped forward fails its health check.
+    evil.forwards[0].group.as_mut().unwrap().healthy = false;
     evil.connected_since = now - 9 * 60 - 5;
     let refusal = RefusalView {
         at: now - 42,
@@ -148,6 +150,25 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
     assert!(dom.contains(">≤ 977 KiB/s<"), "forward limit missing; {}", context());
     assert!(dom.contains(">9.5 MiB/s client<"), "credential limit missing; {}", context());
     assert!(!dom.contains(TOKEN), "the token is left in the page; {}", context());
+    // Groups and access rules: a badge per grouped forward and per forward
+    // with rules (with its refusals), the groups' table, the credential's rules.
+    assert!(dom.contains(">⇄ ssh-pool<"), "group badge missing; {}", context());
+    assert!(dom.contains(">access · 10 refused<"), "access badge missing; {}", context());
+    assert!(dom.contains(">access · 2 refused<"), "access badge missing; {}", context());
+    assert!(dom.contains("server: allow 10.0.0.0/8\nclient: deny 10.9.0.0/16"), "rules' title missing; {}", context());
+    let groups = dom.split("<table id=\"groups\">").nth(1).unwrap_or_default();
+    assert!(groups.contains("<strong>ssh-pool</strong>"), "groups table missing; {}", context());
+    assert!(groups.contains(">least connections<"), "group balance missing; {}", context());
+    assert!(groups.contains("tcp://relay.test:20500"), "group endpoint missing; {}", context());
+    assert!(groups.contains(">alice<"), "named member missing; {}", context());
+    assert!(dom.contains(">⇄ ssh-pool · down<"), "unhealthy member's badge missing; {}", context());
+    assert!(groups.contains(">healthy<") && groups.contains(">down<"), "members' health missing; {}", context());
+    assert!(
+        groups.contains(&format!("{EVIL_ESCAPED} (shared key)")),
+        "shared-key member missing or not escaped; {}",
+        context()
+    );
+    assert!(dom.contains("allow 192.0.2.0/24<br>users dave"), "credential's rules missing; {}", context());
 
     // The screenshot, where CI keeps it as an artifact.
     let png = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png");

@@ -186,8 +186,13 @@ pub(crate) struct Policy {
     realm: String,
     /// The server's, then the forward's; each must pass. None is empty.
     layers: Vec<Rules>,
+    /// Whether each layer is the server's (else the client's), for the
+    /// admin API.
+    server_layer: Vec<bool>,
     guard: Arc<Guard>,
     refused: Arc<Counts>,
+    /// This forward's own refusals, for the admin API.
+    own: Counts,
     /// SHA-256 of `Authorization` values verified lately → when they stop
     /// being trusted. Only successes: a wrong password costs a hash each
     /// time, under the bound of [`Guard::verifications`].
@@ -202,14 +207,17 @@ impl std::fmt::Debug for Policy {
 
 impl Policy {
     fn new(protocol: &str, realm: &str, layers: [Rules; 2], guard: &Arc<Guard>) -> Option<Arc<Policy>> {
-        let layers: Vec<Rules> = layers.into_iter().filter(|l| !l.is_empty()).collect();
+        let (layers, server_layer): (Vec<Rules>, Vec<bool>) =
+            layers.into_iter().zip([true, false]).filter(|(l, _)| !l.is_empty()).unzip();
         (!layers.is_empty()).then(|| {
             Arc::new(Policy {
                 protocol: protocol.to_string(),
                 realm: realm.to_string(),
                 layers,
+                server_layer,
                 guard: guard.clone(),
                 refused: guard.counts(protocol),
+                own: Counts::default(),
                 verified: Mutex::default(),
             })
         })
@@ -221,7 +229,20 @@ impl Policy {
 
     fn refuse(&self, r: Refusal) -> Refusal {
         self.refused.add(r);
+        self.own.add(r);
         r
+    }
+
+    /// The server's rules and the client's (`None`: none), as enforced.
+    pub(crate) fn layers(&self) -> (Option<&Rules>, Option<&Rules>) {
+        let pick = |server: bool| self.layers.iter().zip(&self.server_layer).find(|(_, s)| **s == server);
+        (pick(true).map(|(l, _)| l), pick(false).map(|(l, _)| l))
+    }
+
+    /// This forward's refusals so far: denied, not allowed, unauthorized,
+    /// busy (the order of [`REASONS`]).
+    pub(crate) fn refused(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.own.0[i].load(Ordering::Relaxed))
     }
 
     fn cached(&self, key: &[u8; 32]) -> bool {
@@ -365,6 +386,12 @@ mod tests {
         assert_eq!(p.admit("127.0.0.3".parse().unwrap()), Err(Refusal::Denied));
         assert_eq!(p.admit("::ffff:127.0.0.3".parse().unwrap()), Err(Refusal::Denied));
         assert_eq!(p.admit("10.0.0.1".parse().unwrap()), Err(Refusal::NotAllowed));
+        // The admin API sees whose rules they are, and this forward's refusals.
+        assert_eq!(p.layers(), (Some(&rules(&["127.0.0.0/8"], &["127.0.0.3"])), None));
+        assert_eq!(p.refused(), [2, 1, 0, 0]);
+        let own = Policy::new("tcp", "a", [Rules::default(), rules(&[], &["10.0.0.0/8"])], &guard).unwrap();
+        assert_eq!(own.layers(), (None, Some(&rules(&[], &["10.0.0.0/8"]))));
+        assert_eq!(own.refused(), [0; 4], "another forward's count");
         // The forward's own layer narrows the server's.
         let p = Policy::new("tcp", "a", [rules(&["127.0.0.0/8"], &[]), rules(&["10.0.0.0/8"], &[])], &guard).unwrap();
         assert_eq!(p.admit("127.0.0.2".parse().unwrap()), Err(Refusal::NotAllowed));

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opennotr_admin::{
-    Backend, BackendError, ClientView, ForwardView, NewClient, RefusalView, ReloadReport, SessionView,
+    AccessRulesView, Backend, BackendError, ClientView, ForwardAccessView, ForwardView, GroupView, NewClient,
+    RefusalView, RefusedView, ReloadReport, SessionView,
 };
 use opennotr_config::{Credential, CredentialText};
 use opennotr_transport::bandwidth::Throttle;
@@ -22,7 +23,7 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn view(s: &Session) -> SessionView {
+fn view(shared: &Shared, s: &Session) -> SessionView {
     let forwards: Vec<ForwardView> = s.with_forwards(|fs| {
         fs.iter()
             .map(|f| ForwardView {
@@ -37,6 +38,8 @@ fn view(s: &Session) -> SessionView {
                 throttled_ms: throttled_ms(f.counters.limit.get()),
                 dropped_datagrams: dropped(f.counters.limit.get()).0,
                 dropped_bytes: dropped(f.counters.limit.get()).1,
+                group: shared.groups.of_forward(s.id, f.meta.id),
+                access: f.access.as_deref().map(access_view),
             })
             .collect()
     });
@@ -76,6 +79,26 @@ fn client_view(shared: &Shared, c: &Credential, source: Source) -> ClientView {
         source: source.name().into(),
         bandwidth: c.bandwidth,
         forward_bandwidth: c.forward_bandwidth,
+        access: rules_view(&c.access),
+    }
+}
+
+/// Access rules as the admin API shows them: user names, never hashes.
+fn rules_view(r: &opennotr_config::Access) -> AccessRulesView {
+    AccessRulesView {
+        allow: r.allow.iter().map(|n| n.to_string()).collect(),
+        deny: r.deny.iter().map(|n| n.to_string()).collect(),
+        users: r.basic_auth.iter().map(|u| u.user.clone()).collect(),
+    }
+}
+
+fn access_view(p: &crate::access::Policy) -> ForwardAccessView {
+    let (server, client) = p.layers();
+    let [denied, not_allowed, unauthorized, busy] = p.refused();
+    ForwardAccessView {
+        server: server.map(rules_view),
+        client: client.map(rules_view),
+        refused: RefusedView { denied, not_allowed, unauthorized, busy },
     }
 }
 
@@ -256,11 +279,11 @@ impl ServerHandle {
 
 impl Backend for ServerHandle {
     fn sessions(&self) -> Vec<SessionView> {
-        self.live().iter().map(|s| view(s)).collect()
+        self.live().iter().map(|s| view(&self.shared, s)).collect()
     }
 
     fn session(&self, id: &str) -> Option<SessionView> {
-        self.find(id).map(|s| view(&s))
+        self.find(id).map(|s| view(&self.shared, &s))
     }
 
     fn close_session(&self, id: &str) -> bool {
@@ -345,6 +368,14 @@ impl Backend for ServerHandle {
 
     fn metrics(&self) -> String {
         metrics_text(&self.shared, &self.live())
+    }
+
+    fn groups(&self) -> Vec<GroupView> {
+        let sessions = self.shared.state().sessions.clone();
+        self.shared.groups.views(|id| match sessions.get(id) {
+            Some(s) => (s.client.clone(), s.client_id.clone()),
+            None => (None, String::new()),
+        })
     }
 }
 

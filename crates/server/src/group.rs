@@ -411,6 +411,64 @@ impl Groups {
         routes_by_domain(&g.protocol) && g.meta.domain.eq_ignore_ascii_case(domain) && same_key(&g.key, &group.key)
     }
 
+    /// Every live group for the admin API, by protocol then name; never
+    /// its key. `client_of` gives a member session's credential name and
+    /// client id.
+    pub(crate) fn views(
+        &self,
+        client_of: impl Fn(&SessionId) -> (Option<String>, String),
+    ) -> Vec<opennotr_admin::GroupView> {
+        let mut groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
+        groups.sort_by(|a, b| (&a.protocol, &a.name).cmp(&(&b.protocol, &b.name)));
+        groups
+            .iter()
+            .map(|g| {
+                let members = g
+                    .members
+                    .lock()
+                    .iter()
+                    .map(|m| {
+                        let (client, client_id) = client_of(&m.session);
+                        opennotr_admin::GroupMemberView {
+                            client,
+                            client_id,
+                            session: hex::encode(m.session),
+                            target: m.target,
+                            healthy: m.healthy,
+                            open_streams: m.counters.open.load(Ordering::Relaxed),
+                        }
+                    })
+                    .collect();
+                opennotr_admin::GroupView {
+                    protocol: g.protocol.clone(),
+                    name: g.name.clone(),
+                    balance: g.members.balance.to_string(),
+                    url: g.endpoint.url.clone(),
+                    public_port: g.endpoint.public_port,
+                    members,
+                }
+            })
+            .collect()
+    }
+
+    /// The group whose member is the forward `forward` of `session`, for
+    /// the admin API's view of that forward.
+    pub(crate) fn of_forward(&self, session: SessionId, forward: u64) -> Option<opennotr_admin::ForwardGroupView> {
+        // Copied out first: `leave` takes a group's member list, then this
+        // map; holding the map while taking a list would invert that.
+        let groups: Vec<Arc<Group>> =
+            self.by_member().iter().filter(|((s, _), _)| *s == session).map(|(_, g)| g.clone()).collect();
+        groups.iter().find_map(|g| {
+            let list = g.members.lock();
+            let healthy = list.iter().find(|m| m.session == session && m.forward == forward).map(|m| m.healthy)?;
+            Some(opennotr_admin::ForwardGroupView {
+                name: g.name.clone(),
+                balance: g.members.balance.to_string(),
+                healthy,
+            })
+        })
+    }
+
     /// `opennotr_group_members` for `/metrics`.
     pub(crate) fn metrics(&self, out: &mut String) {
         out.push_str(
@@ -730,6 +788,21 @@ mod tests {
         shared.groups.metrics(&mut text);
         assert!(text.contains("opennotr_group_members{protocol=\"tcp\",group=\"web\",state=\"healthy\"} 2"), "{text}");
         assert!(text.contains("state=\"unhealthy\"} 1"), "{text}");
+        // The admin API's views: the group and each member, never the key.
+        let views = shared.groups.views(|id| (None, format!("c{}", id[0])));
+        assert_eq!(views.len(), 1);
+        let (g, members) = (&views[0], &views[0].members);
+        assert_eq!((g.protocol.as_str(), g.name.as_str(), g.balance.as_str()), ("tcp", "web", "round_robin"));
+        assert_eq!((g.public_port, g.url.as_str()), (Some(port), ep.url.as_str()));
+        let seen: Vec<(&str, u16, bool)> =
+            members.iter().map(|m| (m.client_id.as_str(), m.target.port(), m.healthy)).collect();
+        assert_eq!(seen, [("c1", 8001, true), ("c2", 8002, false), ("c3", 8003, true)]);
+        assert_eq!(members[1].session, hex::encode([2u8; 16]));
+        assert!(!format!("{views:?}").contains(&key), "the key digest is never shown");
+        let mine = shared.groups.of_forward([2; 16], 2).expect("a member");
+        assert_eq!((mine.name.as_str(), mine.healthy), ("web", false));
+        assert!(shared.groups.of_forward([2; 16], 1).is_none(), "another session's forward");
+        assert!(shared.groups.of_forward([9; 16], 9).is_none());
 
         // A visitor reaches a member through the group's one port.
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();

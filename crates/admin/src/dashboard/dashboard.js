@@ -182,6 +182,37 @@
     return rest.startsWith(':') || rest.startsWith('/') ? rest : url;
   }
 
+  const BALANCE = { round_robin: 'round robin', least_conn: 'least connections' };
+
+  // The group a forward serves in; warned while its health check fails.
+  function groupBadge(g) {
+    const b = el('span', g.healthy ? 'badge group' : 'badge group warn', '⇄ ' + g.name + (g.healthy ? '' : ' · down'));
+    return titled(b, 'load-balanced group ' + g.name + ' (' + (BALANCE[g.balance] || g.balance) + ')\n' +
+      (g.healthy ? 'healthy: gets new connections' : 'failing its health check: gets no new connections'));
+  }
+
+  // Access rules as one line each: `allow 10.0.0.0/8, …`.
+  function rulesText(r) {
+    const lines = [];
+    if (r.allow.length) lines.push('allow ' + r.allow.join(', '));
+    if (r.deny.length) lines.push('deny ' + r.deny.join(', '));
+    if (r.users.length) lines.push('users ' + r.users.join(', '));
+    return lines;
+  }
+
+  // A forward's access rules (the server's and the client's) and its refusals.
+  function accessBadge(a) {
+    const r = a.refused;
+    const refused = r.denied + r.not_allowed + r.unauthorized + r.busy;
+    const b = el('span', 'badge access', refused ? 'access · ' + refused + ' refused' : 'access');
+    let t = '';
+    if (a.server) t += 'server: ' + rulesText(a.server).join('; ') + '\n';
+    if (a.client) t += 'client: ' + rulesText(a.client).join('; ') + '\n';
+    t += 'refused: ' + r.denied + ' denied, ' + r.not_allowed + ' not allowed, ' + r.unauthorized +
+      ' unauthorized, ' + r.busy + ' busy';
+    return titled(b, t);
+  }
+
   function forwardsCell(s) {
     const forwards = s.forwards;
     if (forwards.length === 0) return el('td', 'muted', '—');
@@ -199,6 +230,10 @@
         li.append(el('span', 'badge limit', '≤ ' + rate(f.bandwidth)));
         li.title += '\n' + limitText(f);
       }
+      const tags = [];
+      if (f.group) tags.push(groupBadge(f.group));
+      if (f.access) tags.push(accessBadge(f.access));
+      if (tags.length) li.append(el('div', 'tags', ...tags));
       list.append(li);
     }
     return el('td', 'forwards-cell', list);
@@ -264,6 +299,14 @@
     return parts.length ? el('td', 'nowrap', parts.join(', ')) : el('td', 'muted', 'default');
   }
 
+  function accessCell(c) {
+    const lines = rulesText(c.access);
+    if (!lines.length) return el('td', 'muted', 'any');
+    const td = el('td', 'mono rules');
+    lines.forEach((l, i) => td.append(...(i ? [el('br')] : []), l));
+    return td;
+  }
+
   function renderClients(clients) {
     const sorted = [...clients].sort((a, b) => a.name.localeCompare(b.name));
     const rows = sorted.map((c) => el('tr', null,
@@ -273,8 +316,35 @@
       list(c.protocols),
       el('td', 'num', c.sessions),
       bandwidthCell(c),
+      accessCell(c),
       el('td', null, el('span', 'badge', c.source))));
-    fillRows($('clients'), rows, 'No credentials: clients use the shared key.', 7);
+    fillRows($('clients'), rows, 'No credentials: clients use the shared key.', 8);
+  }
+
+  function renderGroups(groups, sessions) {
+    const domainOf = new Map(sessions.map((s) => [s.id, s.domain]));
+    const rows = groups.map((g) => {
+      const members = el('ul', 'forwards');
+      for (const m of g.members) {
+        const who = m.client !== null ? m.client : (domainOf.get(m.session) || m.client_id) + ' (shared key)';
+        const li = el('li', null,
+          titled(el('span', 'endpoint', who), who),
+          el('span', 'arrow', ' → '),
+          el('span', 'mono muted', m.target),
+          ' ',
+          m.healthy ? el('span', 'badge', 'healthy') : el('span', 'badge warn', 'down'));
+        li.title = m.open_streams + ' open · session ' + m.session;
+        members.append(li);
+      }
+      return el('tr', null,
+        el('td', 'nowrap', el('strong', null, g.name)),
+        el('td', null, el('span', 'proto', g.protocol)),
+        titled(el('td', 'mono', g.url), g.url),
+        el('td', 'nowrap', BALANCE[g.balance] || g.balance),
+        el('td', 'forwards-cell', members),
+        el('td', 'num', g.members.reduce((n, m) => n + m.open_streams, 0)));
+    });
+    fillRows($('groups'), rows, 'No load-balanced groups.', 6);
   }
 
   // ---------------------------------------------------------- traffic
@@ -489,10 +559,11 @@
     }
     running = true;
     try {
-      const [sessions, refusals, clients] = await Promise.all([
+      const [sessions, refusals, clients, groups] = await Promise.all([
         api('GET', '/api/v1/sessions'),
         api('GET', '/api/v1/refusals'),
         api('GET', '/api/v1/clients'),
+        api('GET', '/api/v1/groups'),
       ]);
       const now = Date.now();
       $('login').hidden = true;
@@ -502,6 +573,7 @@
       const total = updateTraffic(sessions, now);
       renderRefusals(refusals);
       renderClients(clients);
+      renderGroups(groups, sessions);
       $('sum-sessions').textContent = sessions.length;
       $('sum-streams').textContent = sessions.reduce((n, s) => n + s.open_streams, 0);
       $('sum-in').textContent = rate(total.in);

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use opennotr_admin::{
-    AdminServer, Backend, BackendError, ClientView, ForwardView, NewClient, RefusalView, ReloadReport, SessionView,
+    AccessRulesView, AdminServer, Backend, BackendError, ClientView, ForwardAccessView, ForwardGroupView, ForwardView,
+    GroupMemberView, GroupView, NewClient, RefusalView, RefusedView, ReloadReport, SessionView,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,7 @@ pub(crate) struct State {
     /// Every key `add_client` was given, by name.
     pub(crate) keys: Vec<(String, String)>,
     pub(crate) refusals: Vec<RefusalView>,
+    pub(crate) groups: Vec<GroupView>,
     pub(crate) reload: ReloadOutcome,
     pub(crate) polls: u64,
 }
@@ -61,6 +63,12 @@ pub(crate) fn session(id: &str, client: Option<&str>, domain: &str, vip: [u8; 4]
                 throttled_ms: 250,
                 dropped_datagrams: 0,
                 dropped_bytes: 0,
+                group: Some(ForwardGroupView { name: "ssh-pool".into(), balance: "least_conn".into(), healthy: true }),
+                access: Some(ForwardAccessView {
+                    server: Some(AccessRulesView { allow: vec!["10.0.0.0/8".into()], ..Default::default() }),
+                    client: Some(AccessRulesView { deny: vec!["10.9.0.0/16".into()], ..Default::default() }),
+                    refused: RefusedView { denied: 3, not_allowed: 7, ..Default::default() },
+                }),
             },
             ForwardView {
                 protocol: "http".into(),
@@ -74,6 +82,12 @@ pub(crate) fn session(id: &str, client: Option<&str>, domain: &str, vip: [u8; 4]
                 throttled_ms: 0,
                 dropped_datagrams: 0,
                 dropped_bytes: 0,
+                group: None,
+                access: Some(ForwardAccessView {
+                    server: None,
+                    client: Some(AccessRulesView { users: vec!["carol".into()], ..Default::default() }),
+                    refused: RefusedView { unauthorized: 2, ..Default::default() },
+                }),
             },
         ],
         bytes_in: 3000,
@@ -97,6 +111,26 @@ impl Fake {
             source: "config".into(),
             bandwidth: Some(10_000_000),
             forward_bandwidth: None,
+            access: AccessRulesView { allow: vec!["192.0.2.0/24".into()], deny: vec![], users: vec!["dave".into()] },
+        }];
+        // Every session's tcp forward serves in one group.
+        let groups = vec![GroupView {
+            protocol: "tcp".into(),
+            name: "ssh-pool".into(),
+            balance: "least_conn".into(),
+            url: "tcp://relay.test:20500".into(),
+            public_port: Some(20500),
+            members: sessions
+                .iter()
+                .map(|s| GroupMemberView {
+                    client: s.client.clone(),
+                    client_id: s.client_id.clone(),
+                    session: s.id.clone(),
+                    target: s.forwards[0].target,
+                    healthy: s.forwards[0].group.as_ref().is_some_and(|g| g.healthy),
+                    open_streams: 1,
+                })
+                .collect(),
         }];
         Arc::new(Fake {
             state: Mutex::new(State {
@@ -104,6 +138,7 @@ impl Fake {
                 clients,
                 keys: Vec::new(),
                 refusals,
+                groups,
                 reload: ReloadOutcome::Applied(ReloadReport::default()),
                 polls: 0,
             }),
@@ -171,6 +206,7 @@ impl Backend for Fake {
             source: "api".into(),
             bandwidth: None,
             forward_bandwidth: None,
+            access: AccessRulesView::default(),
         };
         st.keys.push((c.name, c.key));
         st.clients.push(view.clone());
@@ -199,6 +235,10 @@ impl Backend for Fake {
 
     fn refusals(&self) -> Vec<RefusalView> {
         self.state().refusals.clone()
+    }
+
+    fn groups(&self) -> Vec<GroupView> {
+        self.state().groups.clone()
     }
 
     fn metrics(&self) -> String {
