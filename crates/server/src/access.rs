@@ -183,6 +183,12 @@ fn check(rules: &Rules, peer: IpAddr) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Whether two forwards let in the same visitors by the same rules
+/// (`None`: no rules).
+pub(crate) fn same_rules(a: Option<&Policy>, b: Option<&Policy>) -> bool {
+    a.map(|p| &p.layers) == b.map(|p| &p.layers)
+}
+
 /// A forward's rules as enforced.
 pub(crate) struct Policy {
     protocol: String,
@@ -204,7 +210,7 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
-    fn new(protocol: &str, realm: &str, layers: [Rules; 2], guard: &Arc<Guard>) -> Option<Arc<Policy>> {
+    pub(crate) fn new(protocol: &str, realm: &str, layers: [Rules; 2], guard: &Arc<Guard>) -> Option<Arc<Policy>> {
         let layers: Vec<Rules> = layers.into_iter().filter(|l| !l.is_empty()).collect();
         (!layers.is_empty()).then(|| {
             Arc::new(Policy {

@@ -179,7 +179,13 @@ fn end_with_session(stream: TunnelStream, _kill: CancellationToken) -> TunnelStr
 impl Group {
     /// Whether a forward asking for `req` (public port `public_port`, on a
     /// session holding `domain`) may join this running group.
-    fn admits(&self, req: &GroupRequest, public_port: u16, domain: &str) -> Result<(), String> {
+    fn admits(
+        &self,
+        req: &GroupRequest,
+        public_port: u16,
+        domain: &str,
+        access: Option<&crate::access::Policy>,
+    ) -> Result<(), String> {
         if !same_key(&self.key, &req.key) {
             return Err(format!("wrong key for group {}", self.name));
         }
@@ -201,6 +207,16 @@ impl Group {
                 self.name, self.meta.domain
             ));
         }
+        // The gateway checks one policy per request, the group's, and pools
+        // the streams it opens to members: a member's own rules would be
+        // met only by the visitor whose request opened the stream.
+        if routes_by_domain(&self.protocol) && !crate::access::same_rules(self.access.as_deref(), access) {
+            return Err(format!(
+                "group {} has other access rules (allow, deny, basicAuth, the server's for the client); its \
+                 members on the gateway must all have the same",
+                self.name
+            ));
+        }
         Ok(())
     }
 }
@@ -217,6 +233,8 @@ struct Group {
     stop: CancellationToken,
     kill: CancellationToken,
     members: Arc<Members>,
+    /// Its first member's rules, which its plugin forward enforces.
+    access: Option<Arc<crate::access::Policy>>,
 }
 
 impl Group {
@@ -263,7 +281,7 @@ pub(crate) struct Join<'a> {
     /// The member's access rules. Its `tunnel` applies them to the streams
     /// sent to it; the first member's also guard the group's plugin forward
     /// (the gateway checks them per request, before a member is chosen).
-    pub(crate) access: Option<Arc<dyn opennotr_plugin::Access>>,
+    pub(crate) access: Option<Arc<crate::access::Policy>>,
 }
 
 impl Groups {
@@ -290,7 +308,7 @@ impl Groups {
         let existing = self.map().get(&key).cloned();
         let group = match existing {
             Some(g) => {
-                g.admits(j.group, j.meta.public_port, &j.meta.domain)?;
+                g.admits(j.group, j.meta.public_port, &j.meta.domain, j.access.as_deref())?;
                 g
             }
             None => {
@@ -326,7 +344,7 @@ impl Groups {
                 kill: kill.clone(),
                 tracker: shared.streams.clone(),
                 limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
-                access: j.access.clone(),
+                access: j.access.clone().map(|a| a as Arc<dyn opennotr_plugin::Access>),
             };
             outcome = match tokio::time::timeout(PLUGIN_STEP_TIMEOUT, plugin.run_proxy(&meta, ctx)).await {
                 Ok(Ok(ep)) => Ok(ep),
@@ -349,6 +367,7 @@ impl Groups {
             stop,
             kill,
             members,
+            access: j.access.clone(),
         }))
     }
 
@@ -411,7 +430,9 @@ impl Groups {
     ) -> Result<bool, String> {
         check_request(req)?;
         match self.map().get(&(protocol.to_string(), req.name.clone())).cloned() {
-            Some(g) => g.admits(req, public_port, domain).map(|()| true),
+            // Not the access rules: the server's part of them is known
+            // only for a session.
+            Some(g) => g.admits(req, public_port, domain, g.access.as_deref()).map(|()| true),
             None => Ok(false),
         }
     }
@@ -689,6 +710,58 @@ mod tests {
             raw_config: None,
             client_id: format!("c{id}"),
         }
+    }
+
+    /// The gateway checks the group's rules per request and pools streams
+    /// to members: a member with other rules than the group's would be
+    /// reached by visitors its own rules refuse, so it is not let in.
+    #[tokio::test]
+    async fn a_gateway_group_admits_only_members_with_its_access_rules() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let cfg = opennotr_config::parse_server(yaml).unwrap();
+        let server = crate::Server::bind(cfg, &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        // The tcp plugin stands in for the gateway's: what is judged is the
+        // forward's protocol.
+        let plugin = shared.plugin("tcp").unwrap();
+        let group =
+            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
+        let guard = Arc::new(crate::access::Guard::default());
+        let rules = |allow: &str| {
+            let a = opennotr_config::access::parse("t", &[allow.to_string()], &[], &[]).unwrap();
+            crate::access::Policy::new("http", "x.z.test", [a, opennotr_config::Access::default()], &guard)
+        };
+        let join = |id: u64, protocol: &str, access: Option<Arc<crate::access::Policy>>| {
+            let (groups, shared, plugin, group) =
+                (shared.groups.clone(), shared.clone(), plugin.clone(), group.clone());
+            let mut meta = meta(id, 0);
+            meta.protocol = protocol.into();
+            async move {
+                let j = Join {
+                    session: [id as u8; 16],
+                    index: 0,
+                    group: &group,
+                    meta: &meta,
+                    tunnel: Arc::new(Fake { id: id as u8, fail: false, asked: Arc::default() }),
+                    kill: CancellationToken::new(),
+                    counters: Arc::default(),
+                    leased_port: None,
+                    access,
+                };
+                groups.join(&shared, &plugin, j).await.map(|_| ())
+            }
+        };
+        join(1, "http", rules("10.0.0.0/8")).await.unwrap();
+        assert!(join(2, "http", rules("10.0.0.0/8")).await.is_ok(), "the same rules join");
+        for other in [None, rules("192.168.0.0/16")] {
+            let e = join(3, "http", other).await.unwrap_err();
+            assert!(e.contains("other access rules"), "{e}");
+        }
+        // A port's group: each stream is the member's own, checked by its tunnel.
+        join(4, "tcp", rules("10.0.0.0/8")).await.unwrap();
+        assert!(join(5, "tcp", None).await.is_ok());
     }
 
     #[tokio::test]

@@ -466,7 +466,7 @@ pub(crate) async fn start_forwards(
                 kill: session.kill.clone(),
                 counters: counters.clone(),
                 leased_port,
-                access: access.clone().map(|a| a as Arc<dyn opennotr_plugin::Access>),
+                access: access.clone(),
             };
             outcome = shared.groups.join(shared, &plugin, join).await.map(|(ep, member)| {
                 plugin = member;
