@@ -151,15 +151,12 @@ pub(crate) fn for_forward(
 pub(crate) fn admit_vip(shared: &Shared, session: &Session, protocol: StreamProtocol, port: u16, peer: IpAddr) -> bool {
     let creds = shared.creds();
     let server = server_rules(&creds, session.client.as_deref());
-    let verdict = server.map_or(Ok(()), |s| check(s, peer)).and_then(|()| {
-        session.with_forwards(|fs| {
-            fs.iter()
-                .filter(|f| {
-                    f.meta.local_port == port && (f.meta.protocol == "udp") == (protocol == StreamProtocol::Udp)
-                })
-                .filter_map(|f| f.access.as_ref())
-                .try_for_each(|p| p.layers.iter().try_for_each(|l| check(l, peer)))
-        })
+    let verdict = session.with_forwards(|fs| {
+        let policies = fs
+            .iter()
+            .filter(|f| f.meta.local_port == port && (f.meta.protocol == "udp") == (protocol == StreamProtocol::Udp))
+            .filter_map(|f| f.access.as_deref());
+        vip_verdict(server, policies, peer)
     });
     match verdict {
         Ok(()) => true,
@@ -168,6 +165,24 @@ pub(crate) fn admit_vip(shared: &Shared, session: &Session, protocol: StreamProt
             false
         }
     }
+}
+
+/// The server's rules, then those of each forward exported at the port.
+/// A forward that asks for basic auth refuses every VIP visitor: the VIP
+/// carries its service's bytes, with no request to ask credentials in, so
+/// letting them through would skip the password its URL demands.
+fn vip_verdict<'a>(
+    server: Option<&Rules>,
+    mut forwards: impl Iterator<Item = &'a Policy>,
+    peer: IpAddr,
+) -> Result<(), Refusal> {
+    server.map_or(Ok(()), |s| check(s, peer))?;
+    forwards.try_for_each(|p| {
+        if p.needs_auth() {
+            return Err(Refusal::Unauthorized);
+        }
+        p.layers.iter().try_for_each(|l| check(l, peer))
+    })
 }
 
 /// Deny before allow: a source in a deny list is refused even when an
@@ -398,6 +413,21 @@ mod tests {
         guard.write_metrics(&mut out);
         assert!(out.contains("opennotr_visitors_refused_total{protocol=\"tcp\",reason=\"denied\"} 2"), "{out}");
         assert!(Policy::new("tcp", "a", [Rules::default(), Rules::default()], &guard).is_none());
+    }
+
+    #[test]
+    fn the_vip_refuses_visitors_of_a_forward_that_asks_for_basic_auth() {
+        let guard = Arc::new(Guard::default());
+        let users = [("u".to_string(), bcrypt::hash("p", 4).unwrap())];
+        let auth = opennotr_config::access::parse("t", &[], &[], &users).unwrap();
+        let http = Policy::new("http", "a.example", [auth, Rules::default()], &guard).unwrap();
+        let cidr = Policy::new("tcp", "a.example", [rules(&["127.0.0.0/8"], &[]), Rules::default()], &guard).unwrap();
+        let peer = "127.0.0.2".parse().unwrap();
+        assert_eq!(vip_verdict(None, [&*cidr].into_iter(), peer), Ok(()));
+        assert_eq!(vip_verdict(None, [&*http].into_iter(), peer), Err(Refusal::Unauthorized));
+        assert_eq!(vip_verdict(None, [&*cidr, &*http].into_iter(), peer), Err(Refusal::Unauthorized));
+        assert_eq!(vip_verdict(Some(&rules(&[], &["127.0.0.2"])), [&*cidr].into_iter(), peer), Err(Refusal::Denied));
+        assert_eq!(vip_verdict(None, std::iter::empty(), peer), Ok(()));
     }
 
     #[test]
