@@ -29,6 +29,9 @@ use crate::Shared;
 
 /// How long the plugin may take to start or stop the group's forward.
 const PLUGIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one log line a member's health changes make in this time: a
+/// client may send `forward_health` as fast as it can write.
+const HEALTH_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Most members one stream is offered to before the visitor is refused:
 /// each may take the session's connect timeout.
 const MAX_TRIES: usize = 4;
@@ -71,6 +74,9 @@ struct Member {
     /// Its forward's counters: `open` is what least_conn compares.
     counters: Arc<Counters>,
     healthy: bool,
+    /// When a change of its health was last logged, and the changes
+    /// since that were not.
+    health_logged: Option<(std::time::Instant, u64)>,
 }
 
 /// The members of one group, shared with its tunnel.
@@ -248,6 +254,7 @@ impl Group {
             target: j.meta.target(),
             counters: j.counters.clone(),
             healthy: true,
+            health_logged: None,
         });
     }
 }
@@ -409,7 +416,15 @@ impl Groups {
         let mut list = g.members.lock();
         let Some(m) = list.iter_mut().find(|m| m.session == session && m.index == index) else { return false };
         if m.healthy != healthy {
-            info!(group = %g.name, target = %m.target, healthy, "member health changed");
+            let now = std::time::Instant::now();
+            match &mut m.health_logged {
+                Some((at, quiet)) if now.duration_since(*at) < HEALTH_LOG_EVERY => *quiet += 1,
+                logged => {
+                    let unlogged = logged.map_or(0, |(_, quiet)| quiet);
+                    *logged = Some((now, 0));
+                    info!(group = %g.name, target = %m.target, healthy, unlogged, "member health changed");
+                }
+            }
         }
         m.healthy = healthy;
         true
@@ -554,6 +569,7 @@ mod tests {
             target: SocketAddr::from(([127, 0, 0, 1], u16::from(id))),
             counters: Arc::default(),
             healthy: true,
+            health_logged: None,
         }
     }
 
@@ -710,6 +726,61 @@ mod tests {
             raw_config: None,
             client_id: format!("c{id}"),
         }
+    }
+
+    /// A writer the test's log lines go to.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A client flapping its health as fast as it can write gets a log
+    /// line a second, not one per message.
+    #[tokio::test]
+    async fn health_flapping_does_not_flood_the_log() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let server =
+            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        let group =
+            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
+        let meta = meta(1, 0);
+        let j = Join {
+            session: [1; 16],
+            index: 0,
+            group: &group,
+            meta: &meta,
+            tunnel: Arc::new(Fake { id: 1, fail: false, asked: Arc::default() }),
+            kill: CancellationToken::new(),
+            counters: Arc::default(),
+            leased_port: None,
+            access: None,
+        };
+        shared.groups.join(&shared, &shared.plugin("tcp").unwrap(), j).await.unwrap();
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..1000 {
+                assert!(shared.groups.health([1; 16], 0, i % 2 == 1));
+            }
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines = text.matches("member health changed").count();
+        assert!((1..=2).contains(&lines), "{lines} lines:\n{text}");
+        let g = shared.groups.map().values().next().unwrap().clone();
+        assert!(g.members.lock()[0].healthy, "every verdict is applied; the last was healthy");
     }
 
     /// The gateway checks the group's rules per request and pools streams
