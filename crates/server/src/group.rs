@@ -467,8 +467,12 @@ impl Groups {
         let mut groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
         groups.sort_by(|a, b| (&a.protocol, &a.name).cmp(&(&b.protocol, &b.name)));
         for g in groups {
-            let healthy = g.members.lock().iter().filter(|m| m.healthy).count();
-            let all = g.members.lock().len();
+            // One look at the list: a member leaving between two would
+            // make `all - healthy` underflow.
+            let (healthy, all) = {
+                let list = g.members.lock();
+                (list.iter().filter(|m| m.healthy).count(), list.len())
+            };
             for (state, n) in [("healthy", healthy), ("unhealthy", all - healthy)] {
                 // Names are letters, digits, '_', '-' and '.': nothing to escape.
                 let _ = writeln!(
