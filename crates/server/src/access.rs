@@ -125,24 +125,32 @@ pub(crate) fn client_rules(req: &ForwardRequest) -> Result<Rules, String> {
     Ok(rules)
 }
 
+/// `client` and `domain` are the session's.
 pub(crate) fn for_forward(
     shared: &Shared,
-    session: &Session,
+    client: Option<&str>,
+    domain: &str,
     cred: Option<&Credential>,
     req: &ForwardRequest,
 ) -> Result<Option<Arc<Policy>>, String> {
     let own = client_rules(req)?;
+    if shared.plugin(&req.protocol).is_none() {
+        // The forward is refused for that next; a policy now would make
+        // `/metrics` counters for the client's made-up protocol name, one
+        // per name, forever, with the name unescaped in a label.
+        return Ok(None);
+    }
     let creds = shared.creds();
     let mut server = match cred {
         Some(c) => c.access.clone(),
-        None => server_rules(&creds, session.client.as_deref()).cloned().unwrap_or_default(),
+        None => server_rules(&creds, client).cloned().unwrap_or_default(),
     };
     if !opennotr_config::access::HTTP_PROTOCOLS.contains(&req.protocol.as_str()) {
         // The server's users guard the client's HTTP forwards; its other
         // forwards have no requests to ask credentials in.
         server.basic_auth.clear();
     }
-    Ok(Policy::new(&req.protocol, &session.domain, [server, own], &shared.access))
+    Ok(Policy::new(&req.protocol, domain, [server, own], &shared.access))
 }
 
 /// Checks a visitor of the virtual LAN (`protocol` at the VIP's `port`):
@@ -428,6 +436,40 @@ mod tests {
         assert_eq!(vip_verdict(None, [&*cidr, &*http].into_iter(), peer), Err(Refusal::Unauthorized));
         assert_eq!(vip_verdict(Some(&rules(&[], &["127.0.0.2"])), [&*cidr].into_iter(), peer), Err(Refusal::Denied));
         assert_eq!(vip_verdict(None, std::iter::empty(), peer), Ok(()));
+    }
+
+    /// A client's made-up protocol name never becomes a metrics label:
+    /// each would be a counter kept forever, and the name is not escaped.
+    #[tokio::test]
+    async fn a_forward_of_an_unknown_protocol_makes_no_counters() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let server =
+            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        let req = |protocol: &str| ForwardRequest {
+            protocol: protocol.into(),
+            public_port: 0,
+            local_ip: [127, 0, 0, 1].into(),
+            local_port: 22,
+            raw_config: None,
+            group: None,
+            access: Some(opennotr_proto::message::AccessRules {
+                allow: vec!["10.0.0.0/8".into()],
+                ..Default::default()
+            }),
+            bandwidth: None,
+        };
+        assert!(for_forward(&shared, None, "a.z.test", None, &req("tcp")).unwrap().is_some());
+        for i in 0..100 {
+            let name = format!("x{i}\"}} 1\nopennotr_forged{{a=\"");
+            assert!(for_forward(&shared, None, "a.z.test", None, &req(&name)).unwrap().is_none());
+        }
+        let mut out = String::new();
+        shared.access.write_metrics(&mut out);
+        assert!(out.contains("protocol=\"tcp\""), "{out}");
+        assert!(!out.contains("forged") && out.lines().count() < 20, "{out}");
     }
 
     #[test]

@@ -407,7 +407,7 @@ pub(crate) async fn start_forwards(
                 continue;
             }
         }
-        let access = match crate::access::for_forward(shared, session, cred, req) {
+        let access = match crate::access::for_forward(shared, session.client.as_deref(), &session.domain, cred, req) {
             Ok(a) => a,
             Err(e) => {
                 results.push(fail(e));
