@@ -319,6 +319,17 @@ impl Groups {
                 g
             }
             None => {
+                // As `check_alone`: a member that shares the domain through
+                // one group may not route another scheme of it to itself
+                // alone by starting a group of its own.
+                let shared_with = routes_by_domain(&j.meta.protocol)
+                    && shared.state().sessions.values().any(|s| s.id != j.session && s.domain == j.meta.domain);
+                if shared_with {
+                    return Err(format!(
+                        "domain {} is shared by a load-balanced group; a {} forward on it must join a running group",
+                        j.meta.domain, j.meta.protocol
+                    ));
+                }
                 let g = self.start(shared, plugin, &j).await?;
                 self.map().insert(key, g.clone());
                 g
