@@ -391,8 +391,10 @@ impl Groups {
 
     /// Takes the member whose forward is `forward` out of `group`; stops
     /// the group when it was the last.
-    async fn leave(&self, group: &Arc<Group>, forward: u64) {
-        let _step = self.steps.lock().await;
+    async fn leave(self: &Arc<Self>, group: &Arc<Group>, forward: u64) {
+        // Out at once, before any wait: a session's clean-up gives each
+        // forward a deadline, and a member still listed past it would be
+        // offered streams, and hold its group (port, route) up, for ever.
         let left = {
             let mut list = group.members.lock();
             if let Some(m) = list.iter().find(|m| m.forward == forward) {
@@ -403,6 +405,19 @@ impl Groups {
         };
         info!(group = %group.name, members = left, "member left the group");
         if left > 0 {
+            return;
+        }
+        // On a task of its own: the group stops even if the caller stops
+        // waiting (joins and leaves of every group take turns).
+        let (groups, group) = (self.clone(), group.clone());
+        let _ = tokio::spawn(async move { groups.stop_if_empty(&group).await }).await;
+    }
+
+    /// Stops `group` if it still has no member and runs.
+    async fn stop_if_empty(&self, group: &Arc<Group>) {
+        let _step = self.steps.lock().await;
+        // A member may have joined since, or another leave stopped it.
+        if !group.members.lock().is_empty() || group.stop.is_cancelled() {
             return;
         }
         let key = (group.protocol.clone(), group.name.clone());
@@ -740,6 +755,51 @@ mod tests {
             domain: "x.z.test".into(),
             raw_config: None,
             client_id: format!("c{id}"),
+        }
+    }
+
+    /// A member whose session's clean-up stops waiting (its deadline
+    /// passed while other groups' joins held the turn) is out of its group
+    /// all the same, and the group stops once it may.
+    #[tokio::test]
+    async fn a_member_leaves_even_when_its_clean_up_stops_waiting() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let server =
+            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        let group =
+            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
+        let meta = meta(1, 0);
+        let j = Join {
+            session: [1; 16],
+            index: 0,
+            group: &group,
+            meta: &meta,
+            tunnel: Arc::new(Fake { id: 1, fail: false, asked: Arc::default() }),
+            kill: CancellationToken::new(),
+            counters: Arc::default(),
+            leased_port: None,
+            access: None,
+        };
+        let (ep, handle) = shared.groups.join(&shared, &shared.plugin("tcp").unwrap(), j).await.unwrap();
+        let port = ep.public_port.unwrap();
+        let turn = shared.groups.steps.lock().await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), handle.stop_proxy(&meta)).await;
+        assert!(gave_up.is_err(), "the turn is held: the clean-up gives up");
+        assert!(shared.groups.by_member().is_empty(), "the member is out at once");
+        assert!(!shared.groups.health([1; 16], 0, false));
+        drop(turn);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !shared.groups.map().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the group never stopped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "the group's port stayed open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
