@@ -96,7 +96,9 @@ impl Members {
     /// [`MAX_TRIES`].
     fn candidates(&self) -> Vec<(Arc<dyn Tunnel>, SocketAddr, CancellationToken)> {
         let list = self.lock();
-        let healthy: Vec<&Member> = list.iter().filter(|m| m.healthy).collect();
+        // A member whose session has ended is out from that moment, though
+        // its clean-up has yet to reach its forward.
+        let healthy: Vec<&Member> = list.iter().filter(|m| m.healthy && !m.kill.is_cancelled()).collect();
         if healthy.is_empty() {
             return Vec::new();
         }
@@ -626,6 +628,18 @@ mod tests {
             x.healthy = false;
         }
         assert!(m.candidates().is_empty());
+    }
+
+    #[test]
+    fn a_member_whose_session_ended_gets_no_stream() {
+        let asked = Arc::default();
+        let m = members(Balance::RoundRobin, (1..=3).map(|i| member(i, false, &asked)).collect());
+        m.lock()[0].kill.cancel();
+        m.lock()[2].kill.cancel();
+        for _ in 0..4 {
+            let ports: Vec<u16> = m.candidates().iter().map(|c| c.1.port()).collect();
+            assert_eq!(ports, [2]);
+        }
     }
 
     #[test]
