@@ -801,4 +801,3 @@ fn access_rules(s: &mut Seeds) {
     s.ctl("rules-costly-argon2", 3, br#"{"basic_auth":[{"user":"a","hash":"$argon2id$v=19$m=4194304,t=99,p=64$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG"}]}"#);
     s.ctl("rules-bad-cidr", 5, br#"{"allow":["10.0.0.0/33"]}"#);
 }
-

@@ -2,9 +2,7 @@
 //! and bounds them, hashes included), and a visitor's `Authorization:
 //! Basic` header, read on every request to a forward with basic auth.
 
-use opennotr_config::access::{
-    basic_credentials, check_hash, parse, MAX_AUTHORIZATION, MAX_CIDRS, MAX_USERS,
-};
+use opennotr_config::access::{basic_credentials, check_hash, parse, MAX_AUTHORIZATION, MAX_CIDRS, MAX_USERS};
 use opennotr_proto::message::AccessRules;
 
 /// Control byte even: the input is an `Authorization` value; credentials

@@ -122,24 +122,32 @@ pub(crate) fn client_rules(req: &ForwardRequest) -> Result<Rules, String> {
     Ok(rules)
 }
 
+/// `client` and `domain` are the session's.
 pub(crate) fn for_forward(
     shared: &Shared,
-    session: &Session,
+    client: Option<&str>,
+    domain: &str,
     cred: Option<&Credential>,
     req: &ForwardRequest,
 ) -> Result<Option<Arc<Policy>>, String> {
     let own = client_rules(req)?;
+    if shared.plugin(&req.protocol).is_none() {
+        // The forward is refused for that next; a policy now would make
+        // `/metrics` counters for the client's made-up protocol name, one
+        // per name, forever, with the name unescaped in a label.
+        return Ok(None);
+    }
     let creds = shared.creds();
     let mut server = match cred {
         Some(c) => c.access.clone(),
-        None => server_rules(&creds, session.client.as_deref()).cloned().unwrap_or_default(),
+        None => server_rules(&creds, client).cloned().unwrap_or_default(),
     };
     if !opennotr_config::access::HTTP_PROTOCOLS.contains(&req.protocol.as_str()) {
         // The server's users guard the client's HTTP forwards; its other
         // forwards have no requests to ask credentials in.
         server.basic_auth.clear();
     }
-    Ok(Policy::new(&req.protocol, &session.domain, [server, own], &shared.access))
+    Ok(Policy::new(&req.protocol, domain, [server, own], &shared.access))
 }
 
 /// Checks a visitor of the virtual LAN (`protocol` at the VIP's `port`):
@@ -148,15 +156,12 @@ pub(crate) fn for_forward(
 pub(crate) fn admit_vip(shared: &Shared, session: &Session, protocol: StreamProtocol, port: u16, peer: IpAddr) -> bool {
     let creds = shared.creds();
     let server = server_rules(&creds, session.client.as_deref());
-    let verdict = server.map_or(Ok(()), |s| check(s, peer)).and_then(|()| {
-        session.with_forwards(|fs| {
-            fs.iter()
-                .filter(|f| {
-                    f.meta.local_port == port && (f.meta.protocol == "udp") == (protocol == StreamProtocol::Udp)
-                })
-                .filter_map(|f| f.access.as_ref())
-                .try_for_each(|p| p.layers.iter().try_for_each(|l| check(l, peer)))
-        })
+    let verdict = session.with_forwards(|fs| {
+        let policies = fs
+            .iter()
+            .filter(|f| f.meta.local_port == port && (f.meta.protocol == "udp") == (protocol == StreamProtocol::Udp))
+            .filter_map(|f| f.access.as_deref());
+        vip_verdict(server, policies, peer)
     });
     match verdict {
         Ok(()) => true,
@@ -165,6 +170,24 @@ pub(crate) fn admit_vip(shared: &Shared, session: &Session, protocol: StreamProt
             false
         }
     }
+}
+
+/// The server's rules, then those of each forward exported at the port.
+/// A forward that asks for basic auth refuses every VIP visitor: the VIP
+/// carries its service's bytes, with no request to ask credentials in, so
+/// letting them through would skip the password its URL demands.
+fn vip_verdict<'a>(
+    server: Option<&Rules>,
+    mut forwards: impl Iterator<Item = &'a Policy>,
+    peer: IpAddr,
+) -> Result<(), Refusal> {
+    server.map_or(Ok(()), |s| check(s, peer))?;
+    forwards.try_for_each(|p| {
+        if p.needs_auth() {
+            return Err(Refusal::Unauthorized);
+        }
+        p.layers.iter().try_for_each(|l| check(l, peer))
+    })
 }
 
 /// Deny before allow: a source in a deny list is refused even when an
@@ -178,6 +201,12 @@ fn check(rules: &Rules, peer: IpAddr) -> Result<(), Refusal> {
         return Err(Refusal::NotAllowed);
     }
     Ok(())
+}
+
+/// Whether two forwards let in the same visitors by the same rules
+/// (`None`: no rules).
+pub(crate) fn same_rules(a: Option<&Policy>, b: Option<&Policy>) -> bool {
+    a.map(|p| &p.layers) == b.map(|p| &p.layers)
 }
 
 /// A forward's rules as enforced.
@@ -206,7 +235,7 @@ impl std::fmt::Debug for Policy {
 }
 
 impl Policy {
-    fn new(protocol: &str, realm: &str, layers: [Rules; 2], guard: &Arc<Guard>) -> Option<Arc<Policy>> {
+    pub(crate) fn new(protocol: &str, realm: &str, layers: [Rules; 2], guard: &Arc<Guard>) -> Option<Arc<Policy>> {
         let (layers, server_layer): (Vec<Rules>, Vec<bool>) =
             layers.into_iter().zip([true, false]).filter(|(l, _)| !l.is_empty()).unzip();
         (!layers.is_empty()).then(|| {
@@ -327,7 +356,9 @@ impl Access for Policy {
             return Ok(());
         }
         let Some(value) = authorization else { return Err(self.refuse(Refusal::Unauthorized)) };
-        let Some((user, password)) = opennotr_config::access::basic_credentials(value) else { return Err(self.refuse(Refusal::Unauthorized)) };
+        let Some((user, password)) = opennotr_config::access::basic_credentials(value) else {
+            return Err(self.refuse(Refusal::Unauthorized));
+        };
         let mut key = [0u8; 32];
         key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, value).as_ref());
         if self.cached(&key) {
@@ -400,5 +431,54 @@ mod tests {
         guard.write_metrics(&mut out);
         assert!(out.contains("opennotr_visitors_refused_total{protocol=\"tcp\",reason=\"denied\"} 2"), "{out}");
         assert!(Policy::new("tcp", "a", [Rules::default(), Rules::default()], &guard).is_none());
+    }
+
+    #[test]
+    fn the_vip_refuses_visitors_of_a_forward_that_asks_for_basic_auth() {
+        let guard = Arc::new(Guard::default());
+        let users = [("u".to_string(), bcrypt::hash("p", 4).unwrap())];
+        let auth = opennotr_config::access::parse("t", &[], &[], &users).unwrap();
+        let http = Policy::new("http", "a.example", [auth, Rules::default()], &guard).unwrap();
+        let cidr = Policy::new("tcp", "a.example", [rules(&["127.0.0.0/8"], &[]), Rules::default()], &guard).unwrap();
+        let peer = "127.0.0.2".parse().unwrap();
+        assert_eq!(vip_verdict(None, [&*cidr].into_iter(), peer), Ok(()));
+        assert_eq!(vip_verdict(None, [&*http].into_iter(), peer), Err(Refusal::Unauthorized));
+        assert_eq!(vip_verdict(None, [&*cidr, &*http].into_iter(), peer), Err(Refusal::Unauthorized));
+        assert_eq!(vip_verdict(Some(&rules(&[], &["127.0.0.2"])), [&*cidr].into_iter(), peer), Err(Refusal::Denied));
+        assert_eq!(vip_verdict(None, std::iter::empty(), peer), Ok(()));
+    }
+
+    /// A client's made-up protocol name never becomes a metrics label:
+    /// each would be a counter kept forever, and the name is not escaped.
+    #[tokio::test]
+    async fn a_forward_of_an_unknown_protocol_makes_no_counters() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let server =
+            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        let req = |protocol: &str| ForwardRequest {
+            protocol: protocol.into(),
+            public_port: 0,
+            local_ip: [127, 0, 0, 1].into(),
+            local_port: 22,
+            raw_config: None,
+            group: None,
+            access: Some(opennotr_proto::message::AccessRules {
+                allow: vec!["10.0.0.0/8".into()],
+                ..Default::default()
+            }),
+            bandwidth: None,
+        };
+        assert!(for_forward(&shared, None, "a.z.test", None, &req("tcp")).unwrap().is_some());
+        for i in 0..100 {
+            let name = format!("x{i}\"}} 1\nopennotr_forged{{a=\"");
+            assert!(for_forward(&shared, None, "a.z.test", None, &req(&name)).unwrap().is_none());
+        }
+        let mut out = String::new();
+        shared.access.write_metrics(&mut out);
+        assert!(out.contains("protocol=\"tcp\""), "{out}");
+        assert!(!out.contains("forged") && out.lines().count() < 20, "{out}");
     }
 }

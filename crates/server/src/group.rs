@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use opennotr_plugin::{
     async_trait, Endpoint, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, PluginError, StreamProtocol,
@@ -26,6 +27,9 @@ use tracing::{debug, info, warn};
 use crate::state::SessionId;
 use crate::Shared;
 
+/// At most one log line a member's health changes make in this time: a
+/// client may send `forward_health` as fast as it can write.
+const HEALTH_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Most members one stream is offered to before the visitor is refused:
 /// each may take the session's connect timeout.
 const MAX_TRIES: usize = 4;
@@ -68,6 +72,9 @@ struct Member {
     /// Its forward's counters: `open` is what least_conn compares.
     counters: Arc<Counters>,
     healthy: bool,
+    /// When a change of its health was last logged, and the changes
+    /// since that were not.
+    health_logged: Option<(std::time::Instant, u64)>,
 }
 
 /// The members of one group, shared with its tunnel.
@@ -87,7 +94,9 @@ impl Members {
     /// [`MAX_TRIES`].
     fn candidates(&self) -> Vec<(Arc<dyn Tunnel>, SocketAddr, CancellationToken)> {
         let list = self.lock();
-        let healthy: Vec<&Member> = list.iter().filter(|m| m.healthy).collect();
+        // A member whose session has ended is out from that moment, though
+        // its clean-up has yet to reach its forward.
+        let healthy: Vec<&Member> = list.iter().filter(|m| m.healthy && !m.kill.is_cancelled()).collect();
         if healthy.is_empty() {
             return Vec::new();
         }
@@ -176,7 +185,13 @@ fn end_with_session(stream: TunnelStream, _kill: CancellationToken) -> TunnelStr
 impl Group {
     /// Whether a forward asking for `req` (public port `public_port`, on a
     /// session holding `domain`) may join this running group.
-    fn admits(&self, req: &GroupRequest, public_port: u16, domain: &str) -> Result<(), String> {
+    fn admits(
+        &self,
+        req: &GroupRequest,
+        public_port: u16,
+        domain: &str,
+        access: Option<&crate::access::Policy>,
+    ) -> Result<(), String> {
         if !same_key(&self.key, &req.key) {
             return Err(format!("wrong key for group {}", self.name));
         }
@@ -198,6 +213,16 @@ impl Group {
                 self.name, self.meta.domain
             ));
         }
+        // The gateway checks one policy per request, the group's, and pools
+        // the streams it opens to members: a member's own rules would be
+        // met only by the visitor whose request opened the stream.
+        if routes_by_domain(&self.protocol) && !crate::access::same_rules(self.access.as_deref(), access) {
+            return Err(format!(
+                "group {} has other access rules (allow, deny, basicAuth, the server's for the client); its \
+                 members on the gateway must all have the same",
+                self.name
+            ));
+        }
         Ok(())
     }
 }
@@ -214,6 +239,8 @@ struct Group {
     stop: CancellationToken,
     kill: CancellationToken,
     members: Arc<Members>,
+    /// Its first member's rules, which its plugin forward enforces.
+    access: Option<Arc<crate::access::Policy>>,
 }
 
 impl Group {
@@ -227,6 +254,7 @@ impl Group {
             target: j.meta.target(),
             counters: j.counters.clone(),
             healthy: true,
+            health_logged: None,
         });
     }
 }
@@ -260,7 +288,7 @@ pub(crate) struct Join<'a> {
     /// The member's access rules. Its `tunnel` applies them to the streams
     /// sent to it; the first member's also guard the group's plugin forward
     /// (the gateway checks them per request, before a member is chosen).
-    pub(crate) access: Option<Arc<dyn opennotr_plugin::Access>>,
+    pub(crate) access: Option<Arc<crate::access::Policy>>,
 }
 
 impl Groups {
@@ -287,10 +315,21 @@ impl Groups {
         let existing = self.map().get(&key).cloned();
         let group = match existing {
             Some(g) => {
-                g.admits(j.group, j.meta.public_port, &j.meta.domain)?;
+                g.admits(j.group, j.meta.public_port, &j.meta.domain, j.access.as_deref())?;
                 g
             }
             None => {
+                // As `check_alone`: a member that shares the domain through
+                // one group may not route another scheme of it to itself
+                // alone by starting a group of its own.
+                let shared_with = routes_by_domain(&j.meta.protocol)
+                    && shared.state().sessions.values().any(|s| s.id != j.session && s.domain == j.meta.domain);
+                if shared_with {
+                    return Err(format!(
+                        "domain {} is shared by a load-balanced group; a {} forward on it must join a running group",
+                        j.meta.domain, j.meta.protocol
+                    ));
+                }
                 let g = self.start(shared, plugin, &j).await?;
                 self.map().insert(key, g.clone());
                 g
@@ -321,7 +360,7 @@ impl Groups {
             kill: kill.clone(),
             tracker: shared.streams.clone(),
             limits: ForwardLimits { max_udp_flows: limits.max_udp_flows_per_forward },
-            access: j.access.clone(),
+            access: j.access.clone().map(|a| a as Arc<dyn opennotr_plugin::Access>),
         })
         .await?;
         info!(group = %j.group.name, protocol = %meta.protocol, url = %endpoint.url, balance = %j.group.balance, "group started");
@@ -335,13 +374,16 @@ impl Groups {
             stop,
             kill,
             members,
+            access: j.access.clone(),
         }))
     }
 
     /// Takes the member whose forward is `forward` out of `group`; stops
     /// the group when it was the last.
-    async fn leave(&self, group: &Arc<Group>, forward: u64) {
-        let _step = self.steps.lock().await;
+    async fn leave(self: &Arc<Self>, group: &Arc<Group>, forward: u64) {
+        // Out at once, before any wait: a session's clean-up gives each
+        // forward a deadline, and a member still listed past it would be
+        // offered streams, and hold its group (port, route) up, for ever.
         let left = {
             let mut list = group.members.lock();
             if let Some(m) = list.iter().find(|m| m.forward == forward) {
@@ -352,6 +394,19 @@ impl Groups {
         };
         info!(group = %group.name, members = left, "member left the group");
         if left > 0 {
+            return;
+        }
+        // On a task of its own: the group stops even if the caller stops
+        // waiting (joins and leaves of every group take turns).
+        let (groups, group) = (self.clone(), group.clone());
+        let _ = tokio::spawn(async move { groups.stop_if_empty(&group).await }).await;
+    }
+
+    /// Stops `group` if it still has no member and runs.
+    async fn stop_if_empty(&self, group: &Arc<Group>) {
+        let _step = self.steps.lock().await;
+        // A member may have joined since, or another leave stopped it.
+        if !group.members.lock().is_empty() || group.stop.is_cancelled() {
             return;
         }
         let key = (group.protocol.clone(), group.name.clone());
@@ -379,7 +434,15 @@ impl Groups {
         let mut list = g.members.lock();
         let Some(m) = list.iter_mut().find(|m| m.session == session && m.index == index) else { return false };
         if m.healthy != healthy {
-            info!(group = %g.name, target = %m.target, healthy, "member health changed");
+            let now = std::time::Instant::now();
+            match &mut m.health_logged {
+                Some((at, quiet)) if now.duration_since(*at) < HEALTH_LOG_EVERY => *quiet += 1,
+                logged => {
+                    let unlogged = logged.map_or(0, |(_, quiet)| quiet);
+                    *logged = Some((now, 0));
+                    info!(group = %g.name, target = %m.target, healthy, unlogged, "member health changed");
+                }
+            }
         }
         m.healthy = healthy;
         true
@@ -400,7 +463,9 @@ impl Groups {
     ) -> Result<bool, String> {
         check_request(req)?;
         match self.map().get(&(protocol.to_string(), req.name.clone())).cloned() {
-            Some(g) => g.admits(req, public_port, domain).map(|()| true),
+            // Not the access rules: the server's part of them is known
+            // only for a session.
+            Some(g) => g.admits(req, public_port, domain, g.access.as_deref()).map(|()| true),
             None => Ok(false),
         }
     }
@@ -478,8 +543,12 @@ impl Groups {
         let mut groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
         groups.sort_by(|a, b| (&a.protocol, &a.name).cmp(&(&b.protocol, &b.name)));
         for g in groups {
-            let healthy = g.members.lock().iter().filter(|m| m.healthy).count();
-            let all = g.members.lock().len();
+            // One look at the list: a member leaving between two would
+            // make `all - healthy` underflow.
+            let (healthy, all) = {
+                let list = g.members.lock();
+                (list.iter().filter(|m| m.healthy).count(), list.len())
+            };
             for (state, n) in [("healthy", healthy), ("unhealthy", all - healthy)] {
                 // Names are letters, digits, '_', '-' and '.': nothing to escape.
                 let _ = writeln!(
@@ -580,6 +649,7 @@ mod tests {
             target: SocketAddr::from(([127, 0, 0, 1], u16::from(id))),
             counters: Arc::default(),
             healthy: true,
+            health_logged: None,
         }
     }
 
@@ -606,6 +676,18 @@ mod tests {
             x.healthy = false;
         }
         assert!(m.candidates().is_empty());
+    }
+
+    #[test]
+    fn a_member_whose_session_ended_gets_no_stream() {
+        let asked = Arc::default();
+        let m = members(Balance::RoundRobin, (1..=3).map(|i| member(i, false, &asked)).collect());
+        m.lock()[0].kill.cancel();
+        m.lock()[2].kill.cancel();
+        for _ in 0..4 {
+            let ports: Vec<u16> = m.candidates().iter().map(|c| c.1.port()).collect();
+            assert_eq!(ports, [2]);
+        }
     }
 
     #[test]
@@ -736,6 +818,158 @@ mod tests {
             raw_config: None,
             client_id: format!("c{id}"),
         }
+    }
+
+    /// A member whose session's clean-up stops waiting (its deadline
+    /// passed while other groups' joins held the turn) is out of its group
+    /// all the same, and the group stops once it may.
+    #[tokio::test]
+    async fn a_member_leaves_even_when_its_clean_up_stops_waiting() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let server =
+            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        let group =
+            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
+        let meta = meta(1, 0);
+        let j = Join {
+            session: [1; 16],
+            index: 0,
+            group: &group,
+            meta: &meta,
+            tunnel: Arc::new(Fake { id: 1, fail: false, asked: Arc::default() }),
+            kill: CancellationToken::new(),
+            counters: Arc::default(),
+            leased_port: None,
+            access: None,
+        };
+        let (ep, handle) = shared.groups.join(&shared, &shared.plugin("tcp").unwrap(), j).await.unwrap();
+        let port = ep.public_port.unwrap();
+        let turn = shared.groups.steps.lock().await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), handle.stop_proxy(&meta)).await;
+        assert!(gave_up.is_err(), "the turn is held: the clean-up gives up");
+        assert!(shared.groups.by_member().is_empty(), "the member is out at once");
+        assert!(!shared.groups.health([1; 16], 0, false));
+        drop(turn);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !shared.groups.map().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the group never stopped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "the group's port stayed open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A writer the test's log lines go to.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A client flapping its health as fast as it can write gets a log
+    /// line a second, not one per message.
+    #[tokio::test]
+    async fn health_flapping_does_not_flood_the_log() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let server =
+            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        let group =
+            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
+        let meta = meta(1, 0);
+        let j = Join {
+            session: [1; 16],
+            index: 0,
+            group: &group,
+            meta: &meta,
+            tunnel: Arc::new(Fake { id: 1, fail: false, asked: Arc::default() }),
+            kill: CancellationToken::new(),
+            counters: Arc::default(),
+            leased_port: None,
+            access: None,
+        };
+        shared.groups.join(&shared, &shared.plugin("tcp").unwrap(), j).await.unwrap();
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..1000 {
+                assert!(shared.groups.health([1; 16], 0, i % 2 == 1));
+            }
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines = text.matches("member health changed").count();
+        assert!((1..=2).contains(&lines), "{lines} lines:\n{text}");
+        let g = shared.groups.map().values().next().unwrap().clone();
+        assert!(g.members.lock()[0].healthy, "every verdict is applied; the last was healthy");
+    }
+
+    /// The gateway checks the group's rules per request and pools streams
+    /// to members: a member with other rules than the group's would be
+    /// reached by visitors its own rules refuse, so it is not let in.
+    #[tokio::test]
+    async fn a_gateway_group_admits_only_members_with_its_access_rules() {
+        let yaml =
+            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+        let cfg = opennotr_config::parse_server(yaml).unwrap();
+        let server = crate::Server::bind(cfg, &crate::builtin_plugins()).await.unwrap();
+        let shared = server.shared.clone();
+        // The tcp plugin stands in for the gateway's: what is judged is the
+        // forward's protocol.
+        let plugin = shared.plugin("tcp").unwrap();
+        let group =
+            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
+        let guard = Arc::new(crate::access::Guard::default());
+        let rules = |allow: &str| {
+            let a = opennotr_config::access::parse("t", &[allow.to_string()], &[], &[]).unwrap();
+            crate::access::Policy::new("http", "x.z.test", [a, opennotr_config::Access::default()], &guard)
+        };
+        let join = |id: u64, protocol: &str, access: Option<Arc<crate::access::Policy>>| {
+            let (groups, shared, plugin, group) =
+                (shared.groups.clone(), shared.clone(), plugin.clone(), group.clone());
+            let mut meta = meta(id, 0);
+            meta.protocol = protocol.into();
+            async move {
+                let j = Join {
+                    session: [id as u8; 16],
+                    index: 0,
+                    group: &group,
+                    meta: &meta,
+                    tunnel: Arc::new(Fake { id: id as u8, fail: false, asked: Arc::default() }),
+                    kill: CancellationToken::new(),
+                    counters: Arc::default(),
+                    leased_port: None,
+                    access,
+                };
+                groups.join(&shared, &plugin, j).await.map(|_| ())
+            }
+        };
+        join(1, "http", rules("10.0.0.0/8")).await.unwrap();
+        assert!(join(2, "http", rules("10.0.0.0/8")).await.is_ok(), "the same rules join");
+        for other in [None, rules("192.168.0.0/16")] {
+            let e = join(3, "http", other).await.unwrap_err();
+            assert!(e.contains("other access rules"), "{e}");
+        }
+        // A port's group: each stream is the member's own, checked by its tunnel.
+        join(4, "tcp", rules("10.0.0.0/8")).await.unwrap();
+        assert!(join(5, "tcp", None).await.is_ok());
     }
 
     #[tokio::test]

@@ -431,7 +431,7 @@ pub(crate) async fn start_forwards(
                 continue;
             }
         }
-        let access = match crate::access::for_forward(shared, session, cred, req) {
+        let access = match crate::access::for_forward(shared, session.client.as_deref(), &session.domain, cred, req) {
             Ok(a) => a,
             Err(e) => {
                 results.push(fail(e));
@@ -490,7 +490,7 @@ pub(crate) async fn start_forwards(
                 kill: session.kill.clone(),
                 counters: counters.clone(),
                 leased_port,
-                access: access.clone().map(|a| a as Arc<dyn opennotr_plugin::Access>),
+                access: access.clone(),
             };
             outcome = shared.groups.join(shared, &plugin, join).await.map(|(ep, member)| {
                 plugin = member;
