@@ -191,3 +191,58 @@ async fn check_judges_groups_and_access_rules_as_registering_would() {
     })
     .await;
 }
+
+/// On the gateway, a check also refuses what registering would: a member
+/// whose access rules differ from its group's, and a new group on a domain
+/// a group already shares.
+#[tokio::test]
+async fn check_judges_gateway_groups_as_registering_would() {
+    use opennotr_server::builtin_plugins;
+    use opennotr_tests::{run_test, ServerSpec, TestClient, TestServer, KEY, ZONE};
+    run_test(async {
+        let spec = ServerSpec::default().plugin("http", r#"{"listen": "127.0.0.1:0"}"#);
+        let mut registry = builtin_plugins();
+        opennotr_gateway::register(&mut registry);
+        let server = TestServer::start_with(spec.config(), &registry).await;
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = service.local_addr().unwrap().port();
+        let domain = format!("web.{ZONE}");
+        let file = |group: &str, extra: &str| {
+            opennotr_config::parse_client(&format!(
+                "serverAddr: \"{}\"\nkey: \"{KEY}\"\ndomain: \"{domain}\"\nforwards:\n  \
+                 - protocol: http\n    ports:\n      0: {local}\n    group: {group}\n    groupKey: \"k\"\n{extra}",
+                server.addr
+            ))
+            .unwrap()
+        };
+        let deny = "    deny: [\"192.0.2.0/24\"]\n";
+        let mut member = TestClient::start_config(file("web", deny));
+        member.connected().await;
+        let run = |cfg: opennotr_config::ClientConfig| async move {
+            let mut lines = Vec::new();
+            let failed = opennotr_client::check(&cfg, |l| lines.push(l.to_string())).await;
+            (failed, lines.join("\n"))
+        };
+        // The same rules: it would join, on the shared domain.
+        let (failed, text) = run(file("web", deny)).await;
+        assert_eq!(failed, None, "{text}");
+        // Other rules (none): refused, as registering is.
+        let (failed, text) = run(file("web", "")).await;
+        assert_eq!(failed, Some(CheckFailure::WouldRefuse), "{text}");
+        assert!(text.contains("other access rules"), "{text}");
+        // Alone, a group of its own would not get the domain at all.
+        let (failed, text) = run(file("mine", deny)).await;
+        assert_eq!(failed, Some(CheckFailure::WouldRefuse), "{text}");
+        assert!(text.contains("held by another connected client"), "{text}");
+        // Sharing the domain through the group, it may not start a group
+        // of its own on it beside.
+        let mine =
+            format!("  - protocol: http\n    ports:\n      0: {local}\n    group: mine\n    groupKey: \"k\"\n{deny}");
+        let (failed, text) = run(file("web", &format!("{deny}{mine}"))).await;
+        assert_eq!(failed, Some(CheckFailure::WouldRefuse), "{text}");
+        assert!(!text.contains("FAIL domain"), "{text}");
+        assert!(text.contains("must join a running group"), "{text}");
+        server.stop().await;
+    })
+    .await;
+}

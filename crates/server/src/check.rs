@@ -132,11 +132,15 @@ async fn check_forward(
             have.join(", ")
         ));
     };
-    crate::access::client_rules(req)?;
+    let domain_name = domain.unwrap_or_default();
+    // The rules the forward would run under: its own, parsed and bounded,
+    // and the server's for this client.
+    let access = crate::access::for_forward(shared, cred.map(|c| c.name.as_str()), domain_name, cred, req)?;
     // A member of a running group shares its port: nothing for the plugin
     // to find free.
     if let Some(g) = &req.group {
-        if shared.groups.would_join(&req.protocol, g, req.public_port, domain.unwrap_or_default())? {
+        let held = domain.is_some_and(|d| shared.state().sessions.values().any(|s| s.domain == d));
+        if shared.groups.would_join(&req.protocol, g, req.public_port, domain_name, access.as_deref(), held)? {
             return Ok(());
         }
     }

@@ -453,19 +453,24 @@ impl Groups {
     /// What `join` would answer `req` now, taking nothing (`opennotr
     /// check`): `Ok(true)` if it would join a running group (whose port it
     /// then shares, so no plugin need say the port is free), `Ok(false)` if
-    /// it would start one.
+    /// it would start one. `access` is the member's policy; `domain_held`,
+    /// whether live sessions hold `domain` (a new gateway group may not
+    /// start on it, as in `join`).
     pub(crate) fn would_join(
         &self,
         protocol: &str,
         req: &GroupRequest,
         public_port: u16,
         domain: &str,
+        access: Option<&crate::access::Policy>,
+        domain_held: bool,
     ) -> Result<bool, String> {
         check_request(req)?;
         match self.map().get(&(protocol.to_string(), req.name.clone())).cloned() {
-            // Not the access rules: the server's part of them is known
-            // only for a session.
-            Some(g) => g.admits(req, public_port, domain, g.access.as_deref()).map(|()| true),
+            Some(g) => g.admits(req, public_port, domain, access).map(|()| true),
+            None if domain_held && routes_by_domain(protocol) => Err(format!(
+                "domain {domain} is shared by a load-balanced group; a {protocol} forward on it must join a running group"
+            )),
             None => Ok(false),
         }
     }
