@@ -246,3 +246,44 @@ async fn check_judges_gateway_groups_as_registering_would() {
     })
     .await;
 }
+
+/// Joining a group with public port 0 takes the group's port: a credential
+/// whose `ports` do not allow that one is refused, by register and check
+/// alike, as if it had asked for it.
+#[tokio::test]
+async fn a_credential_joins_a_group_only_on_a_port_it_may_use() {
+    use opennotr_tests::{run_test, ServerSpec, TestClient, TestServer, KEY};
+    run_test(async {
+        let spec = ServerSpec {
+            extra_yaml: "clients:\n  - name: narrow\n    key: \"narrow client's key 0123\"\n    ports: [\"1-1023\"]\n"
+                .into(),
+            ..ServerSpec::default()
+        };
+        let server = TestServer::start(&spec).await;
+        let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = service.local_addr().unwrap().port();
+        let file = |who: &str| {
+            opennotr_config::parse_client(&format!(
+                "serverAddr: \"{}\"\n{who}forwards:\n  - protocol: tcp\n    ports:\n      0: {local}\n    \
+                 group: pool\n    groupKey: \"k\"\n",
+                server.addr
+            ))
+            .unwrap()
+        };
+        let mut member = TestClient::start_config(file(&format!("key: \"{KEY}\"\n")));
+        let port = member.connected().await.forwards[0].public_port.expect("the group's port");
+        assert!(port > 1023, "the test needs the group on a port the credential may not use");
+        let narrow = file("name: narrow\nkey: \"narrow client's key 0123\"\n");
+        let mut lines = Vec::new();
+        let failed = opennotr_client::check(&narrow, |l| lines.push(l.to_string())).await;
+        let text = lines.join("\n");
+        assert_eq!(failed, Some(CheckFailure::WouldRefuse), "{text}");
+        assert!(text.contains(&format!("may not use public port {port}, group pool's")), "{text}");
+        let mut joining = TestClient::start_config(narrow);
+        let reg = joining.connected().await;
+        let error = reg.forwards[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains(&format!("may not use public port {port}")), "{:?}", reg.forwards);
+        server.stop().await;
+    })
+    .await;
+}

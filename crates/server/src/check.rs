@@ -141,7 +141,13 @@ async fn check_forward(
     if let Some(g) = &req.group {
         let held = domain.is_some_and(|d| shared.state().sessions.values().any(|s| s.domain == d));
         if shared.groups.would_join(&req.protocol, g, req.public_port, domain_name, access.as_deref(), held)? {
-            return Ok(());
+            let port = shared.groups.public_port(&req.protocol, &g.name).unwrap_or(0);
+            return match cred {
+                Some(c) if !c.allows_port(port) => {
+                    Err(format!("client {} may not use public port {port}, group {}'s", c.name, g.name))
+                }
+                _ => Ok(()),
+            };
         }
     }
     // Each port is bound and dropped on its own: the second of two equal

@@ -475,6 +475,12 @@ impl Groups {
         }
     }
 
+    /// The public port of the running group `name` of `protocol`, if it
+    /// runs and has one.
+    pub(crate) fn public_port(&self, protocol: &str, name: &str) -> Option<u16> {
+        self.map().get(&(protocol.to_string(), name.to_string())).and_then(|g| g.endpoint.public_port)
+    }
+
     fn admits_domain(&self, domain: &str, forward: &ForwardRequest) -> bool {
         let Some(group) = &forward.group else { return false };
         let Some(g) = self.map().get(&(forward.protocol.clone(), group.name.clone())).cloned() else { return false };

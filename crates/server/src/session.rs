@@ -480,6 +480,16 @@ pub(crate) async fn start_forwards(
         // A grouped forward joins its group's forward instead of running one.
         let mut plugin = plugin;
         if let Some(group) = &req.group {
+            // Port 0 joins the group's port: the credential must allow
+            // that one, as it would had the client asked for it.
+            let port = shared.groups.public_port(&req.protocol, &group.name);
+            if let (Some(c), Some(p)) = (cred, port.filter(|p| *p != 0)) {
+                if !c.allows_port(p) {
+                    results
+                        .push(fail(format!("client {} may not use public port {p}, group {}'s", c.name, group.name)));
+                    continue;
+                }
+            }
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let join = crate::group::Join {
                 session: session.id,
