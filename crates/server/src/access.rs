@@ -452,11 +452,7 @@ mod tests {
     /// each would be a counter kept forever, and the name is not escaped.
     #[tokio::test]
     async fn a_forward_of_an_unknown_protocol_makes_no_counters() {
-        let yaml =
-            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
-                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
-        let server =
-            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let server = crate::test_server().await;
         let shared = server.shared.clone();
         let req = |protocol: &str| ForwardRequest {
             protocol: protocol.into(),

@@ -836,11 +836,7 @@ mod tests {
     /// all the same, and the group stops once it may.
     #[tokio::test]
     async fn a_member_leaves_even_when_its_clean_up_stops_waiting() {
-        let yaml =
-            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
-                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
-        let server =
-            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let server = crate::test_server().await;
         let shared = server.shared.clone();
         let group =
             GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
@@ -894,11 +890,7 @@ mod tests {
     /// line a second, not one per message.
     #[tokio::test]
     async fn health_flapping_does_not_flood_the_log() {
-        let yaml =
-            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
-                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
-        let server =
-            crate::Server::bind(opennotr_config::parse_server(yaml).unwrap(), &crate::builtin_plugins()).await.unwrap();
+        let server = crate::test_server().await;
         let shared = server.shared.clone();
         let group =
             GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
@@ -936,11 +928,7 @@ mod tests {
     /// reached by visitors its own rules refuse, so it is not let in.
     #[tokio::test]
     async fn a_gateway_group_admits_only_members_with_its_access_rules() {
-        let yaml =
-            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
-                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
-        let cfg = opennotr_config::parse_server(yaml).unwrap();
-        let server = crate::Server::bind(cfg, &crate::builtin_plugins()).await.unwrap();
+        let server = crate::test_server().await;
         let shared = server.shared.clone();
         // The tcp plugin stands in for the gateway's: what is judged is the
         // forward's protocol.
@@ -985,11 +973,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_registry_runs_one_forward_per_group_until_its_last_member_leaves() {
-        let yaml =
-            "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
-                    dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
-        let cfg = opennotr_config::parse_server(yaml).unwrap();
-        let server = crate::Server::bind(cfg, &crate::builtin_plugins()).await.unwrap();
+        let server = crate::test_server().await;
         let shared = server.shared.clone();
         let plugin = shared.plugin("tcp").unwrap();
         let asked = Arc::default();

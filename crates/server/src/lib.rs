@@ -585,3 +585,13 @@ impl ServerHandle {
         self.shared.state().vips.is_used(vip)
     }
 }
+
+/// A server on loopback with the built-in plugins (tcp bound to 127.0.0.1),
+/// for the unit tests that need the whole of one.
+#[cfg(test)]
+pub(crate) async fn test_server() -> Server {
+    let yaml = "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"a key for the unit tests\"\n  domain: \"z.test\"\n\
+                dhcp:\n  cidr: \"100.64.242.1/24\"\nplugin:\n  tcp: |\n    {\"bind\": \"127.0.0.1\"}\n";
+    let cfg = opennotr_config::parse_server(yaml).expect("the test server's configuration");
+    Server::bind(cfg, &builtin_plugins()).await.expect("a test server")
+}
