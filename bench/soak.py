@@ -724,10 +724,12 @@ forwards:
         return ports
 
     def etcd_conns(self, pid):
-        """opennotrd's connections to etcd: its HTTP client keeps up to two
-        idle for 30 s, so they are left out of the fd comparisons."""
-        out = run(["ss", "-Htnp", "dst", f"127.0.0.1:{ETCD_PORT}"], ns=self.ns_s, check=False)
-        return sum(1 for line in out.splitlines() if f"pid={pid}," in line)
+        """opennotrd's connections to etcd (its HTTP client keeps up to two
+        idle for 30 s) and the admin API connections of this run's own
+        polls (one may still be open while the fds are counted): both are
+        left out of the fd comparisons."""
+        out = run(["ss", "-Htanp", f"( dport = :{ETCD_PORT} or sport = :{ADMIN_PORT} )"], ns=self.ns_s, check=False)
+        return sum(1 for line in out.splitlines() if f"pid={pid}," in line and not line.startswith("LISTEN"))
 
     def fd_classes(self, pid):
         """opennotrd's descriptors by kind (sockets by protocol, state and
@@ -909,7 +911,9 @@ forwards:
             if len(leases) > 1:
                 out.append(f"etcd records on {len(leases)} leases")
         if fds is not None and (s["fds"] is None or s["fds"] - s["fds_etcd"] != fds):
-            out.append(f"server fds {s['fds']} ({s['fds_etcd']} to etcd) instead of {fds} (besides those to etcd)")
+            out.append(
+                f"server fds {s['fds']} ({s['fds_etcd']} to etcd or the admin API) instead of {fds} (besides those)"
+            )
         return out
 
     def settle(self, want_fn, fds=None, bound=30.0, quiet=False):
