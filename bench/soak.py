@@ -1029,6 +1029,23 @@ forwards:
                      + (f"(e.g. c{down[0].slot}g{down[0].gen}; log {down[0].log})" if down else ""))
         return False
 
+    def stable_fds(self, s, bound=10.0):
+        """The snapshot to take the fd baseline from: `s`, or a later one,
+        once two in a row 0.5 s apart agree on the fds (those to etcd and
+        the admin API aside). Every later point is held to the baseline, so
+        a descriptor that happened to be open for a moment must not be in
+        it."""
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            with self.obs_lock:
+                s2 = self.snapshot()
+            if None in (s["fds"], s2["fds"]) or s2["fds"] - s2["fds_etcd"] == s["fds"] - s["fds_etcd"]:
+                return s2
+            say(f"baseline fds not stable yet: {s['fds'] - s['fds_etcd']} then {s2['fds'] - s2['fds_etcd']}")
+            s = s2
+        return s
+
     def steady(self, label, new_baseline=False):
         """All slots registered, no traffic in flight: the server's state
         must be exactly what the clients hold, and its fds (those to etcd
@@ -1039,6 +1056,8 @@ forwards:
         self.refresh_vip_flows(label)
         base_fds = None if self.first_baseline is None else self.first_baseline["fds_other"]
         s, bad, took = self.settle(lambda: self.expected(self.registered()), fds=base_fds, quiet=True)
+        if base_fds is None and not bad:
+            s = self.stable_fds(s)
         classes = self.fd_classes(self.server.pid)
         if bad and self.first_baseline:
             was = self.first_baseline["fd_classes"]
