@@ -817,6 +817,27 @@ mod tests {
         assert!(!same_key(&ok.key, &ok.key[..63]));
     }
 
+    /// The group `web` (key `k`, round robin) the registry tests join.
+    fn web() -> GroupRequest {
+        GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin }
+    }
+
+    /// Member `id` (session `[id; 16]`, forward 0 of it) of `group`, on a
+    /// fake tunnel that records the streams it is asked for in `asked`.
+    fn joining<'a>(id: u64, group: &'a GroupRequest, meta: &'a ForwardMeta, asked: Arc<Mutex<Vec<u8>>>) -> Join<'a> {
+        Join {
+            session: [id as u8; 16],
+            index: 0,
+            group,
+            meta,
+            tunnel: Arc::new(Fake { id: id as u8, fail: false, asked }),
+            kill: CancellationToken::new(),
+            counters: Arc::default(),
+            leased_port: None,
+            access: None,
+        }
+    }
+
     fn meta(id: u64, public_port: u16) -> ForwardMeta {
         ForwardMeta {
             id,
@@ -838,20 +859,8 @@ mod tests {
     async fn a_member_leaves_even_when_its_clean_up_stops_waiting() {
         let server = crate::test_server().await;
         let shared = server.shared.clone();
-        let group =
-            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
-        let meta = meta(1, 0);
-        let j = Join {
-            session: [1; 16],
-            index: 0,
-            group: &group,
-            meta: &meta,
-            tunnel: Arc::new(Fake { id: 1, fail: false, asked: Arc::default() }),
-            kill: CancellationToken::new(),
-            counters: Arc::default(),
-            leased_port: None,
-            access: None,
-        };
+        let (group, meta) = (web(), meta(1, 0));
+        let j = joining(1, &group, &meta, Arc::default());
         let (ep, handle) = shared.groups.join(&shared, &shared.plugin("tcp").unwrap(), j).await.unwrap();
         let port = ep.public_port.unwrap();
         let turn = shared.groups.steps.lock().await;
@@ -892,20 +901,8 @@ mod tests {
     async fn health_flapping_does_not_flood_the_log() {
         let server = crate::test_server().await;
         let shared = server.shared.clone();
-        let group =
-            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
-        let meta = meta(1, 0);
-        let j = Join {
-            session: [1; 16],
-            index: 0,
-            group: &group,
-            meta: &meta,
-            tunnel: Arc::new(Fake { id: 1, fail: false, asked: Arc::default() }),
-            kill: CancellationToken::new(),
-            counters: Arc::default(),
-            leased_port: None,
-            access: None,
-        };
+        let (group, meta) = (web(), meta(1, 0));
+        let j = joining(1, &group, &meta, Arc::default());
         shared.groups.join(&shared, &shared.plugin("tcp").unwrap(), j).await.unwrap();
         let out = Captured::default();
         let writer = out.clone();
@@ -933,8 +930,7 @@ mod tests {
         // The tcp plugin stands in for the gateway's: what is judged is the
         // forward's protocol.
         let plugin = shared.plugin("tcp").unwrap();
-        let group =
-            GroupRequest { name: "web".into(), key: GroupRequest::digest("web", "k"), balance: Balance::RoundRobin };
+        let group = web();
         let guard = Arc::new(crate::access::Guard::default());
         let rules = |allow: &str| {
             let a = opennotr_config::access::parse("t", &[allow.to_string()], &[], &[]).unwrap();
@@ -946,17 +942,7 @@ mod tests {
             let mut meta = meta(id, 0);
             meta.protocol = protocol.into();
             async move {
-                let j = Join {
-                    session: [id as u8; 16],
-                    index: 0,
-                    group: &group,
-                    meta: &meta,
-                    tunnel: Arc::new(Fake { id: id as u8, fail: false, asked: Arc::default() }),
-                    kill: CancellationToken::new(),
-                    counters: Arc::default(),
-                    leased_port: None,
-                    access,
-                };
+                let j = Join { access, ..joining(id, &group, &meta, Arc::default()) };
                 groups.join(&shared, &plugin, j).await.map(|_| ())
             }
         };
@@ -984,17 +970,7 @@ mod tests {
                 (shared.groups.clone(), shared.clone(), plugin.clone(), group.clone(), Arc::clone(&asked));
             async move {
                 let meta = meta(id, port);
-                let j = Join {
-                    session: [id as u8; 16],
-                    index: 0,
-                    group: &group,
-                    meta: &meta,
-                    tunnel: Arc::new(Fake { id: id as u8, fail: false, asked }),
-                    kill: CancellationToken::new(),
-                    counters: Arc::default(),
-                    leased_port: None,
-                    access: None,
-                };
+                let j = joining(id, &group, &meta, asked);
                 groups.join(&shared, &plugin, j).await
             }
         };
