@@ -83,7 +83,7 @@ pub(crate) fn failed(shared: &Shared, peer: SocketAddr) {
 }
 
 /// What a connection sends first.
-enum First {
+pub(crate) enum First {
     /// Our version's preface and the first frame.
     Frame(bytes::Bytes),
     /// The preface of another version: only a refusal can be understood.
@@ -133,6 +133,54 @@ pub(crate) async fn handshake_slot(
 }
 
 /// The preface and the first message, under `server.helloTimeout`.
+/// A first read that failed: a stranger's bytes count as its guess, a
+/// silence or a close is only logged. Either way the connection just ends.
+pub(crate) fn unreadable(shared: &Shared, peer: SocketAddr, e: TransportError) {
+    if matches!(e, TransportError::Frame(_)) {
+        shared.handshake_result("protocol_error");
+        failed(shared, peer);
+        return debug!(error = %e, "not an opennotr client");
+    }
+    debug!(error = %e, "no hello")
+}
+
+/// The first message, as every transport judges it: a message of our
+/// version to act on, or the refusal to send (counted already).
+pub(crate) fn opening(shared: &Shared, peer: SocketAddr, first: First) -> Result<ClientMessage, (RefuseCode, String)> {
+    let frame = match first {
+        First::Frame(f) => f,
+        First::Version(v) => {
+            shared.handshake_result("version_mismatch");
+            return Err((
+                RefuseCode::VersionMismatch,
+                format!(
+                    "protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the client version \
+                     {v}; run the same opennotr release on both sides"
+                ),
+            ));
+        }
+    };
+    match ClientMessage::from_bytes(&frame) {
+        Ok(ClientMessage::Hello { version, .. }) if version != PROTOCOL_VERSION => {
+            shared.handshake_result("version_mismatch");
+            Err((
+                RefuseCode::VersionMismatch,
+                format!("protocol version mismatch: server {PROTOCOL_VERSION}, client {version}"),
+            ))
+        }
+        Ok(m) => Ok(m),
+        Err(e) => Err(unexpected(shared, peer, format!("malformed hello: {e}"))),
+    }
+}
+
+/// A first message this transport does not take: a protocol error of its
+/// source, refused with `message`.
+pub(crate) fn unexpected(shared: &Shared, peer: SocketAddr, message: String) -> (RefuseCode, String) {
+    shared.handshake_result("protocol_error");
+    failed(shared, peer);
+    (RefuseCode::ProtocolError, message)
+}
+
 async fn first(tcp: &mut TcpStream, limit: Duration) -> Result<First, TransportError> {
     timed(limit, "waiting for the hello", async {
         let preface = read_preface(tcp).await?;
@@ -152,29 +200,15 @@ async fn handle(
     unauthenticated: Unauthenticated,
 ) {
     let first = match first(&mut tcp, shared.cfg.server.hello_timeout).await {
-        Ok(First::Frame(f)) => f,
-        Ok(First::Version(v)) => {
-            let msg = format!(
-                "protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the client version {v}; \
-                 run the same opennotr release on both sides"
-            );
-            shared.handshake_result("version_mismatch");
-            return refuse(&shared, &mut tcp, peer, RefuseCode::VersionMismatch, msg).await;
-        }
-        Err(e @ TransportError::Frame(_)) => {
-            shared.handshake_result("protocol_error");
-            failed(&shared, peer);
-            return debug!(error = %e, "not an opennotr client");
-        }
-        Err(e) => return debug!(error = %e, "no hello"),
+        Ok(f) => f,
+        Err(e) => return unreadable(&shared, peer, e),
     };
-    match ClientMessage::from_bytes(&first) {
-        Ok(ClientMessage::Hello { version, spake, plaintext, software, name }) => {
-            if version != PROTOCOL_VERSION {
-                let msg = format!("protocol version mismatch: server {PROTOCOL_VERSION}, client {version}");
-                shared.handshake_result("version_mismatch");
-                return refuse(&shared, &mut tcp, peer, RefuseCode::VersionMismatch, msg).await;
-            }
+    let message = match opening(&shared, peer, first) {
+        Ok(m) => m,
+        Err((code, message)) => return refuse(&shared, &mut tcp, peer, code, message).await,
+    };
+    match message {
+        ClientMessage::Hello { spake, plaintext, software, name, .. } => {
             debug!(%software, plaintext, name = name.as_deref().unwrap_or(""), "hello");
             if let Some(m) = penalty_refusal(&shared, peer) {
                 let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut tcp, &m.to_bytes())).await;
@@ -186,24 +220,18 @@ async fn handle(
         }
         // A data channel is checked at once (one MAC): it never waits
         // behind the handshakes of new clients.
-        Ok(ClientMessage::DataHello { session, stream, nonce, mac }) => {
+        ClientMessage::DataHello { session, stream, nonce, mac } => {
             drop((queued, unauthenticated));
             data(&shared, tcp, peer, &session, stream, &nonce, &mac)
         }
-        Ok(ClientMessage::SpareHello { session, channel, nonce, mac }) => {
+        ClientMessage::SpareHello { session, channel, nonce, mac } => {
             drop((queued, unauthenticated));
             spare(&shared, tcp, peer, &session, channel, &nonce, &mac)
         }
-        Ok(_) => {
-            shared.handshake_result("protocol_error");
-            failed(&shared, peer);
-            let msg = "expected hello, data_hello or spare_hello as the first message".to_string();
-            refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, msg).await
-        }
-        Err(e) => {
-            shared.handshake_result("protocol_error");
-            failed(&shared, peer);
-            refuse(&shared, &mut tcp, peer, RefuseCode::ProtocolError, format!("malformed hello: {e}")).await
+        _ => {
+            let message = "expected hello, data_hello or spare_hello as the first message".to_string();
+            let (code, message) = unexpected(&shared, peer, message);
+            refuse(&shared, &mut tcp, peer, code, message).await
         }
     }
 }

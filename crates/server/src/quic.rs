@@ -25,7 +25,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
-use crate::conn::{failed, handshake_slot, penalty_refusal, Authenticated, Confirmed, Hello, HelloConn};
+use crate::conn::{
+    handshake_slot, opening, penalty_refusal, unexpected, unreadable, Authenticated, Confirmed, First, Hello, HelloConn,
+};
 use crate::sources::Unauthenticated;
 use crate::{ServerError, Shared};
 
@@ -150,12 +152,6 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, 
     endpoint.set_server_config(None);
 }
 
-/// What a connection sends first.
-enum First {
-    Frame(bytes::Bytes),
-    Version(u8),
-}
-
 /// Writes a refusal on the control stream and waits (briefly) until the
 /// client has it: closing the connection at once would discard it.
 async fn refuse(shared: &Shared, s: &mut QuicStream, peer: SocketAddr, code: RefuseCode, message: String) {
@@ -205,32 +201,15 @@ async fn handle(
     .await;
     let (link, _closing, mut s, first) = match first {
         Ok(x) => x,
-        Err(e @ TransportError::Frame(_)) => {
-            shared.handshake_result("protocol_error");
-            failed(&shared, peer);
-            return debug!(error = %e, "not an opennotr client");
-        }
-        Err(e) => return debug!(error = %e, "no hello"),
+        Err(e) => return unreadable(&shared, peer, e),
     };
     let conn = link.connection().clone();
-    let first = match first {
-        First::Frame(f) => f,
-        First::Version(v) => {
-            let msg = format!(
-                "protocol version mismatch: this server speaks version {PROTOCOL_VERSION}, the client version {v}; \
-                 run the same opennotr release on both sides"
-            );
-            shared.handshake_result("version_mismatch");
-            return refuse(&shared, &mut s, peer, RefuseCode::VersionMismatch, msg).await;
-        }
+    let message = match opening(&shared, peer, first) {
+        Ok(m) => m,
+        Err((code, message)) => return refuse(&shared, &mut s, peer, code, message).await,
     };
-    match ClientMessage::from_bytes(&first) {
-        Ok(ClientMessage::Hello { version, spake, plaintext, software, name }) => {
-            if version != PROTOCOL_VERSION {
-                let msg = format!("protocol version mismatch: server {PROTOCOL_VERSION}, client {version}");
-                shared.handshake_result("version_mismatch");
-                return refuse(&shared, &mut s, peer, RefuseCode::VersionMismatch, msg).await;
-            }
+    match message {
+        ClientMessage::Hello { spake, plaintext, software, name, .. } => {
             debug!(%software, name = name.as_deref().unwrap_or(""), "hello");
             if let Some(m) = penalty_refusal(&shared, peer) {
                 let _ = tokio::time::timeout(Duration::from_secs(2), write_frame(&mut s, &m.to_bytes())).await;
@@ -247,16 +226,10 @@ async fn handle(
             let Some(permit) = handshake_slot(&shared, queued).await else { return };
             control(shared, link, s, peer, spake, name, permit, unauthenticated).await
         }
-        Ok(_) => {
-            shared.handshake_result("protocol_error");
-            failed(&shared, peer);
-            let msg = "expected hello as the first message (data channels do not exist over QUIC)".to_string();
-            refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, msg).await
-        }
-        Err(e) => {
-            shared.handshake_result("protocol_error");
-            failed(&shared, peer);
-            refuse(&shared, &mut s, peer, RefuseCode::ProtocolError, format!("malformed hello: {e}")).await
+        _ => {
+            let message = "expected hello as the first message (data channels do not exist over QUIC)".to_string();
+            let (code, message) = unexpected(&shared, peer, message);
+            refuse(&shared, &mut s, peer, code, message).await
         }
     }
 }
