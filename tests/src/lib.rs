@@ -975,6 +975,24 @@ impl opennotr_plugin::Plugin for Probe {
     async fn stop_proxy(&self, _meta: &opennotr_plugin::ForwardMeta) {}
 }
 
+/// The first flight of a TLS client for `name` (a ClientHello with its
+/// SNI), as a visitor's first bytes to a `tls` forward.
+pub fn client_hello(name: &str) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring's protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("a DNS name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), server_name).expect("a TLS client");
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).expect("writing to a Vec");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tool_list {
     use super::tools;

@@ -531,23 +531,6 @@ async fn tls_passthrough_resets_a_refused_source() {
     .await
 }
 
-/// The first flight of a TLS client for `name`: a ClientHello with its SNI.
-fn client_hello(name: &str) -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), server_name).unwrap();
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_basic_auth_guards_http_forwards_and_a_client_list_narrows_it() {
     run_test(Box::pin(async {

@@ -170,21 +170,6 @@ async fn quic_streams_and_datagrams_carry_the_header() {
     .await;
 }
 
-/// A TLS ClientHello for `name`, as a visitor's first bytes.
-fn client_hello(name: &str) -> Vec<u8> {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), server_name).unwrap();
-    let mut hello = Vec::new();
-    conn.write_tls(&mut hello).unwrap();
-    hello
-}
-
 #[tokio::test]
 async fn tls_passthrough_gets_the_header_before_the_client_hello() {
     run_test(async {
