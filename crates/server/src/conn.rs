@@ -1,6 +1,7 @@
 //! One accepted connection: the preface, then either a control handshake
 //! that becomes a session, or a data channel that becomes a stream.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -298,13 +299,9 @@ fn spare(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], chan
     // Idle until a visitor comes, maybe for hours: probes keep NAT
     // mappings on the way and tell a vanished client apart.
     opennotr_transport::keep_alive(&tcp, opennotr_transport::SPARE_KEEPALIVE);
-    let chan = if s.plaintext {
-        Channel::Plain(tcp)
-    } else {
-        let k = s.keys.spare_channel_keys(channel, nonce);
-        Channel::Sealed(Box::new(SecureStream::new(tcp, &k.s2c, &k.c2s, BytesMut::new())))
-    };
-    if !s.spares.add(channel, chan) {
+    // The MAC was checked on a nonce of 16 bytes (`hello_session`).
+    let Ok(nonce) = <[u8; 16]>::try_from(nonce) else { return };
+    if !s.spares.add(crate::session::Spare { id: channel, nonce, tcp }) {
         debug!(channel, "spare channel not kept (session ended, already full, or a repeated id)");
     }
 }
@@ -485,14 +482,19 @@ async fn control(
     drop(unauthenticated);
     // Held while this session lives: its source's data channels may come
     // in bursts past the per-source cap of strangers.
-    let _live = shared.sources.session(peer.ip());
+    let live = shared.sources.session(peer.ip());
     let chan = if plaintext {
         Channel::Plain(tcp)
     } else {
         Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.s2c, &keys.control.c2s, BytesMut::new())))
     };
     let auth = Authenticated { peer, name, plaintext, keys, shared_key, quic: None };
-    serve(shared, chan, auth, permit).await
+    if let Some(session) = serve(shared.clone(), chan, auth, permit).await {
+        shared.sessions.spawn(async move {
+            let _live = live;
+            session.await
+        });
+    }
 }
 
 /// A client that passed key confirmation, on either transport.
@@ -507,9 +509,16 @@ pub(crate) struct Authenticated {
     pub(crate) quic: Option<crate::quic::QuicSession>,
 }
 
-/// Registration on the control channel `chan`, then the session until it
-/// ends.
-pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticated, permit: OwnedSemaphorePermit) {
+/// Registration on the control channel `chan`; then the session, which the
+/// caller spawns as a task of its own: the task that lives as long as the
+/// session then holds the session's state, not the larger one of the
+/// handshake and registration (about 5 kB a session).
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    chan: Channel,
+    auth: Authenticated,
+    permit: OwnedSemaphorePermit,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let Authenticated { peer, name, plaintext, keys, shared_key, quic } = auth;
     let limit = shared.cfg.server.handshake_timeout;
     let (rd, wr) = tokio::io::split(chan);
@@ -525,14 +534,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
                 let m = crate::check::answer(&shared, name.as_deref(), domain, &forwards).await;
                 let _ = timed(limit, "sending checked", writer.send(&m.to_bytes())).await;
                 let _ = timed(limit, "closing", writer.shutdown()).await;
-                return;
+                return None;
             }
             Ok(_) => {
                 let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message: "expected register".into() };
                 let _ = writer.send(&m.to_bytes()).await;
-                return;
+                return None;
             }
-            Err(e) => return debug!(error = %e, "no register"),
+            Err(e) => {
+                debug!(error = %e, "no register");
+                return None;
+            }
         };
     let (client_id, domain, forwards, vip_ports, mux, wished_bandwidth) = register;
     // QUIC streams are cheap: each gateway connection takes one of its own.
@@ -541,7 +553,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
     if let Err(message) = crate::state::check_client_id(&client_id, name.is_some()) {
         let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message };
         let _ = writer.send(&m.to_bytes()).await;
-        return;
+        return None;
     }
     let mut domain = domain.filter(|d| !d.is_empty());
     // The credential as it is now; if it changes before the session is in
@@ -553,7 +565,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
             None => {
                 let m = ServerMessage::Refused { code: RefuseCode::BadKey, message: "credential revoked".into() };
                 let _ = writer.send(&m.to_bytes()).await;
-                return;
+                return None;
             }
         },
     };
@@ -562,7 +574,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
         shared.refused(peer, name.as_deref(), RefuseCode::DomainNotAllowed, &message);
         let m = ServerMessage::Refused { code: RefuseCode::DomainNotAllowed, message };
         let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
-        return;
+        return None;
     }
     // Without a request, a named client gets its first exact name.
     if let (Some(c), None) = (&cred, &domain) {
@@ -616,7 +628,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
                         message: "the previous session of this client is still closing; retry".into(),
                     };
                     let _ = writer.send(&m.to_bytes()).await;
-                    return;
+                    return None;
                 }
             }
             Err(AdmitError::Refused(code, message)) => {
@@ -624,7 +636,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
                 shared.refused(peer, name.as_deref(), code, &message);
                 let m = ServerMessage::Refused { code, message };
                 let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
-                return;
+                return None;
             }
         }
     };
@@ -669,12 +681,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: Channel, auth: Authenticate
         };
         if let Err(e) = timed(limit, "sending registered", writer.send(&registered.to_bytes())).await {
             debug!(error = %e, "client gone before registration finished");
-            return session::cleanup(&shared, &session).await;
+            session::cleanup(&shared, &session).await;
+            return None;
         }
-        session::run(shared.clone(), session, reader, writer, outbox).await;
+        Some(session::run(shared.clone(), session, reader, writer, outbox))
     }
-    .instrument(span)
-    .await;
+    .instrument(span.clone())
+    .await
+    .map(|run| run.instrument(span))
 }
 
 fn short(id: &str) -> &str {

@@ -199,7 +199,7 @@ async fn handle(
         Ok((link, closing, s, first))
     })
     .await;
-    let (link, _closing, mut s, first) = match first {
+    let (link, closing, mut s, first) = match first {
         Ok(x) => x,
         Err(e) => return unreadable(&shared, peer, e),
     };
@@ -224,7 +224,7 @@ async fn handle(
                 return refuse(&shared, &mut s, peer, RefuseCode::PlaintextNotAllowed, msg.into()).await;
             }
             let Some(permit) = handshake_slot(&shared, queued).await else { return };
-            control(shared, link, s, peer, spake, name, permit, unauthenticated).await
+            control(shared, link, closing, s, peer, spake, name, permit, unauthenticated).await
         }
         _ => {
             let message = "expected hello as the first message (data channels do not exist over QUIC)".to_string();
@@ -268,6 +268,7 @@ impl HelloConn for Control {
 async fn control(
     shared: Arc<Shared>,
     link: Arc<QuicLink>,
+    closing: Closing,
     s: QuicStream,
     peer: SocketAddr,
     spake: Vec<u8>,
@@ -289,15 +290,23 @@ async fn control(
     };
     let Control { conn, s } = control;
     drop(unauthenticated);
-    let _live = shared.sources.session(peer.ip());
+    let live = shared.sources.session(peer.ip());
     opennotr_transport::quic::authenticated(&conn);
     let chan = Channel::Quic(Box::new(QuicChannel::Stream(s)));
     let carries_local = opennotr_transport::quic::carries_local(&conn);
     let quic = Some(QuicSession { link, carries_local });
     let auth = Authenticated { peer, name, plaintext: false, keys, shared_key, quic };
-    crate::conn::serve(shared, chan, auth, permit).await;
-    // A parting `going_away` is on its way: the client closes once it has
-    // it; one that does not is cut shortly.
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-    conn.close(quinn::VarInt::from_u32(code::SESSION_ENDED), b"session ended");
+    let session = crate::conn::serve(shared.clone(), chan, auth, permit).await;
+    let end = async move {
+        let _closing = closing;
+        if let Some(session) = session {
+            let _live = live;
+            session.await;
+        }
+        // A parting `going_away` is on its way: the client closes once it
+        // has it; one that does not is cut shortly.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+        conn.close(quinn::VarInt::from_u32(code::SESSION_ENDED), b"session ended");
+    };
+    shared.sessions.spawn(end.in_current_span());
 }

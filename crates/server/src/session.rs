@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::BytesMut;
 use opennotr_plugin::{
     async_trait, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, StreamProtocol, Tunnel, TunnelStream,
     Visitor,
@@ -13,8 +14,9 @@ use opennotr_plugin::{
 use opennotr_proto::handshake::SessionKeys;
 use opennotr_proto::message::{ClientMessage, ForwardRequest, ForwardResult, ServerMessage, VipPort};
 use opennotr_transport::bandwidth::Throttles;
-use opennotr_transport::{Channel, Counters, FrameReader, FrameWriter, TransportError};
+use opennotr_transport::{Channel, Counters, FrameReader, FrameWriter, SecureStream, TransportError};
 use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,10 @@ pub(crate) const PLUGIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Control messages waiting to be written; a client this far behind is dead
 /// or hostile, and opening streams waits rather than queueing more.
 pub(crate) const OUTBOX: usize = 1024;
+/// A queued control message, boxed: the queue's first block (32 slots,
+/// allocated with the queue) then costs every session 32 pointers, not 32
+/// of the largest message.
+pub(crate) type Outgoing = Box<ServerMessage>;
 
 pub(crate) struct Session {
     pub(crate) id: SessionId,
@@ -51,7 +57,7 @@ pub(crate) struct Session {
     /// Idle, authenticated data channels the client opened ahead of need.
     pub(crate) spares: SparePool,
     next_stream: AtomicU64,
-    out: mpsc::Sender<ServerMessage>,
+    out: mpsc::Sender<Outgoing>,
     /// Cancelled when the session ends: every stream stops.
     pub(crate) kill: CancellationToken,
     /// Cancelled when forwards must stop accepting (session end or drain).
@@ -108,7 +114,7 @@ impl Session {
         plaintext: bool,
         multiplex: bool,
         keys: SessionKeys,
-        out: mpsc::Sender<ServerMessage>,
+        out: mpsc::Sender<Outgoing>,
         exports: HashMap<(StreamProtocol, u16), SocketAddr>,
     ) -> Self {
         let kill = shared.kill.child_token();
@@ -181,7 +187,7 @@ impl Session {
 
     /// Closes the session from the server's side, telling the client why.
     pub(crate) fn close(&self, reason: &str) {
-        let _ = self.out.try_send(ServerMessage::GoingAway { reason: reason.to_string() });
+        let _ = self.out.try_send(Box::new(ServerMessage::GoingAway { reason: reason.to_string() }));
         self.kill.cancel();
     }
 
@@ -206,7 +212,17 @@ pub(crate) struct SparePool {
     /// How many it may hold (`limits.spareChannels` when the session began).
     pub(crate) limit: usize,
     /// `None` once the session has let them go.
-    idle: Mutex<Option<VecDeque<(u64, Channel)>>>,
+    idle: Mutex<Option<VecDeque<Spare>>>,
+}
+
+/// An idle spare channel: its connection and what its keys derive from.
+/// The cipher state (about 800 bytes) is made when a stream takes it, so
+/// the spares of ten thousand idle sessions cost their sockets only.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    pub(crate) id: u64,
+    pub(crate) nonce: [u8; 16],
+    pub(crate) tcp: TcpStream,
 }
 
 impl SparePool {
@@ -218,24 +234,24 @@ impl SparePool {
     /// pool is closed, or when it holds `limit` channels the client has not
     /// closed, or one with the same id: a client that follows the protocol
     /// never sends more than it was granted.
-    pub(crate) fn add(&self, id: u64, chan: Channel) -> bool {
+    pub(crate) fn add(&self, spare: Spare) -> bool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let Some(idle) = idle.as_mut() else { return false };
-        idle.retain(|(_, c)| !c.tcp().is_some_and(opennotr_transport::peer_closed));
-        if idle.len() >= self.limit || idle.iter().any(|(i, _)| *i == id) {
+        idle.retain(|s| !opennotr_transport::peer_closed(&s.tcp));
+        if idle.len() >= self.limit || idle.iter().any(|s| s.id == spare.id) {
             return false;
         }
-        idle.push_back((id, chan));
+        idle.push_back(spare);
         true
     }
 
     /// The oldest spare the client has not closed.
-    pub(crate) fn take(&self) -> Option<(u64, Channel)> {
+    pub(crate) fn take(&self) -> Option<Spare> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let idle = idle.as_mut()?;
-        while let Some((id, chan)) = idle.pop_front() {
-            if !chan.tcp().is_some_and(opennotr_transport::peer_closed) {
-                return Some((id, chan));
+        while let Some(spare) = idle.pop_front() {
+            if !opennotr_transport::peer_closed(&spare.tcp) {
+                return Some(spare);
             }
         }
         None
@@ -332,10 +348,16 @@ impl Tunnel for SessionTunnel {
         // waits for no round trip to the client. Should the client refuse
         // (undeclared target, service down), it closes the channel, and the
         // visitor sees the close it would have seen anyway.
-        if let Some((channel, chan)) = s.spares.take() {
+        if let Some(Spare { id: channel, nonce, tcp }) = s.spares.take() {
+            let chan = if s.plaintext {
+                Channel::Plain(tcp)
+            } else {
+                let k = s.keys.spare_channel_keys(channel, &nonce);
+                Channel::Sealed(Box::new(SecureStream::new(tcp, &k.s2c, &k.c2s, BytesMut::new())))
+            };
             let connect = ServerMessage::Connect { stream, protocol, target, peer, local, channel: Some(channel) };
             let sent = tokio::select! {
-                r = tokio::time::timeout(s.connect_timeout, s.out.send(connect)) => matches!(r, Ok(Ok(()))),
+                r = tokio::time::timeout(s.connect_timeout, s.out.send(Box::new(connect))) => matches!(r, Ok(Ok(()))),
                 _ = s.kill.cancelled() => false,
             };
             if !sent {
@@ -349,7 +371,7 @@ impl Tunnel for SessionTunnel {
         s.pending.lock().map_err(|_| OpenError::SessionClosed)?.insert(stream, tx);
         let ask = async {
             s.out
-                .send(ServerMessage::Connect { stream, protocol, target, peer, local, channel: None })
+                .send(Box::new(ServerMessage::Connect { stream, protocol, target, peer, local, channel: None }))
                 .await
                 .map_err(|_| OpenError::SessionClosed)?;
             rx.await.map_err(|_| OpenError::SessionClosed)?
@@ -569,15 +591,19 @@ pub(crate) async fn run(
     session: Arc<Session>,
     mut reader: FrameReader<ReadHalf<Channel>>,
     writer: FrameWriter<WriteHalf<Channel>>,
-    outbox: mpsc::Receiver<ServerMessage>,
+    outbox: mpsc::Receiver<Outgoing>,
 ) {
     let timeout = shared.cfg.server.keepalive_timeout;
     // The writer stops when this loop is done (not on `kill` itself): a
     // parting `going_away`, queued after `kill` fires, must still go out.
     let done = CancellationToken::new();
     let writer_task = tokio::spawn(write_loop(writer, outbox, session.kill.clone(), done.clone(), timeout));
-    let mut ping = tokio::time::interval(shared.cfg.server.keepalive_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Clients ping on their own; the server pings only a client it has not
+    // heard from for a whole interval, so a live session costs one
+    // exchange per interval, not two, and no wake-up of this task.
+    let interval = shared.cfg.server.keepalive_interval;
+    let ping = tokio::time::sleep(interval);
+    tokio::pin!(ping);
     let mut seq = 0u64;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
@@ -589,9 +615,11 @@ pub(crate) async fn run(
                     Err(TransportError::Closed) => break End::ClientClosed,
                     Err(e) => break End::Error(e.to_string()),
                 };
-                deadline.as_mut().reset(Instant::now() + timeout);
+                let now = Instant::now();
+                deadline.as_mut().reset(now + timeout);
+                ping.as_mut().reset(now + interval);
                 match msg {
-                    Ok(ClientMessage::Ping { seq }) => { let _ = session.out.try_send(ServerMessage::Pong { seq }); }
+                    Ok(ClientMessage::Ping { seq }) => { let _ = session.out.try_send(Box::new(ServerMessage::Pong { seq })); }
                     Ok(ClientMessage::Pong { .. }) => {}
                     Ok(ClientMessage::ForwardHealth { forward, healthy }) => {
                         if !shared.groups.health(session.id, forward, healthy) {
@@ -607,9 +635,10 @@ pub(crate) async fn run(
                     Err(e) => break End::Error(e.to_string()),
                 }
             }
-            _ = ping.tick() => {
+            _ = &mut ping => {
                 seq += 1;
-                let _ = session.out.try_send(ServerMessage::Ping { seq });
+                let _ = session.out.try_send(Box::new(ServerMessage::Ping { seq }));
+                ping.as_mut().reset(Instant::now() + interval);
             }
             _ = &mut deadline => break End::Silent(timeout),
             _ = session.kill.cancelled() => {
@@ -622,7 +651,7 @@ pub(crate) async fn run(
         End::Silent(t) => warn!(timeout_secs = t.as_secs_f64(), "client silent too long; closing its session"),
         End::Closed => debug!("session closed by the server"),
         End::Shutdown => {
-            let _ = session.out.try_send(ServerMessage::GoingAway { reason: "server shutting down".into() });
+            let _ = session.out.try_send(Box::new(ServerMessage::GoingAway { reason: "server shutting down".into() }));
         }
         End::Error(e) => warn!(error = %e, "closing session after a protocol error"),
     }
@@ -638,7 +667,7 @@ pub(crate) async fn run(
 /// half-closes; cancels `kill` if the client stops taking them.
 async fn write_loop(
     mut writer: FrameWriter<WriteHalf<Channel>>,
-    mut outbox: mpsc::Receiver<ServerMessage>,
+    mut outbox: mpsc::Receiver<Outgoing>,
     kill: CancellationToken,
     done: CancellationToken,
     timeout: Duration,
@@ -702,35 +731,39 @@ pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
     /// A connected pair: the pool's end as a channel, and the client's end.
-    async fn pair() -> (Channel, TcpStream) {
+    async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        (Channel::Plain(l.accept().await.unwrap().0), client)
+        (l.accept().await.unwrap().0, client)
+    }
+
+    fn spare(id: u64, tcp: TcpStream) -> Spare {
+        Spare { id, nonce: [0; 16], tcp }
     }
 
     #[tokio::test]
     async fn holds_at_most_its_limit_of_live_spares() {
         let pool = SparePool::new(2);
         let (a, _ca) = pair().await;
-        assert!(pool.add(1, a));
-        assert!(!pool.add(1, pair().await.0), "a repeated id");
+        assert!(pool.add(spare(1, a)));
+        assert!(!pool.add(spare(1, pair().await.0)), "a repeated id");
         let (b, _cb) = pair().await;
-        assert!(pool.add(2, b));
-        assert!(!pool.add(3, pair().await.0), "over the limit");
+        assert!(pool.add(spare(2, b)));
+        assert!(!pool.add(spare(3, pair().await.0)), "over the limit");
         assert_eq!(pool.len(), 2);
         pool.take();
         // A spare the client closed makes room, and is never handed out.
         let (dead, cd) = pair().await;
         drop(cd);
-        dead.tcp().expect("a TCP channel").readable().await.unwrap();
-        assert!(pool.add(4, dead));
+        dead.readable().await.unwrap();
+        assert!(pool.add(spare(4, dead)));
         let (e, _ce) = pair().await;
-        assert!(pool.add(5, e), "the closed one made room");
-        assert_eq!(pool.take().map(|(id, _)| id), Some(2));
-        assert_eq!(pool.take().map(|(id, _)| id), Some(5));
+        assert!(pool.add(spare(5, e)), "the closed one made room");
+        assert_eq!(pool.take().map(|s| s.id), Some(2));
+        assert_eq!(pool.take().map(|s| s.id), Some(5));
         assert!(pool.take().is_none());
     }
 
@@ -738,13 +771,13 @@ mod tests {
     async fn a_closed_pool_keeps_nothing() {
         let pool = SparePool::new(4);
         let (a, mut ca) = pair().await;
-        assert!(pool.add(1, a));
+        assert!(pool.add(spare(1, a)));
         pool.close();
         assert_eq!(pool.len(), 0);
         // The client sees its spare closed.
         let mut buf = [0u8; 1];
         assert_eq!(tokio::io::AsyncReadExt::read(&mut ca, &mut buf).await.unwrap(), 0);
-        assert!(!pool.add(2, pair().await.0));
+        assert!(!pool.add(spare(2, pair().await.0)));
         assert!(pool.take().is_none());
     }
 }

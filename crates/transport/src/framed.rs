@@ -2,11 +2,15 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use opennotr_proto::frame::{self, FrameError, PREFACE_LEN};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// The most a frame reader reads at once while it holds no buffer.
+const FIRST_READ: usize = 1024;
 
 /// Why a channel operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,16 +90,38 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads frames from `io`.
     pub fn new(io: R) -> Self {
-        FrameReader { io, buf: BytesMut::with_capacity(4096) }
+        FrameReader { io, buf: BytesMut::new() }
     }
 
     /// The next frame body. Cancel-safe.
+    ///
+    /// A reader waiting between frames holds no buffer: the first bytes of
+    /// a frame are read on the stack, and the buffer is let go once it is
+    /// empty (each frame keeps only its own part), so a session's control
+    /// connection costs nothing while it idles.
     pub async fn next(&mut self) -> Result<bytes::Bytes, TransportError> {
         loop {
             if let Some(f) = frame::decode_frame(&mut self.buf)? {
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                }
                 return Ok(f);
             }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            let n = if self.buf.is_empty() {
+                // In a poll, not across an await: the array is not part of
+                // the future every session keeps.
+                std::future::poll_fn(|cx| {
+                    let mut first = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+                    let mut first = ReadBuf::uninit(&mut first);
+                    std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut first))?;
+                    self.buf.extend_from_slice(first.filled());
+                    std::task::Poll::Ready(Ok::<_, io::Error>(first.filled().len()))
+                })
+                .await?
+            } else {
+                self.io.read_buf(&mut self.buf).await?
+            };
+            if n == 0 {
                 return Err(TransportError::Closed);
             }
         }
@@ -127,6 +153,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         frame::encode_frame(body, &mut self.buf)?;
         self.io.write_all(&self.buf).await?;
         self.io.flush().await?;
+        if self.buf.capacity() > FIRST_READ {
+            // One large message (a registration's answer) is no reason to
+            // keep its buffer for the session's life.
+            self.buf = BytesMut::new();
+        }
         Ok(())
     }
 

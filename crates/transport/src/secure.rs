@@ -10,6 +10,8 @@ use opennotr_proto::record::{Opener, RecordKind, Sealer, HEADER_LEN, MAX_PAYLOAD
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const READ_CHUNK: usize = 64 * 1024 + 64;
+/// What a read between records takes on the stack (see `poll_read`).
+const PROBE: usize = 4096;
 
 /// A stream whose bytes travel as AEAD records (see `opennotr_proto::record`).
 ///
@@ -112,8 +114,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for SecureStream<T> {
                     continue;
                 }
             }
-            this.rbuf.reserve(READ_CHUNK);
-            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.rbuf))?;
+            let n = if this.rbuf.is_empty() {
+                // Between records, where an idle channel waits for minutes:
+                // the read goes to the stack and the buffer is let go while
+                // nothing arrives, so ten thousand idle control connections
+                // and spare channels hold no 64 KiB each. Bulk transfers
+                // rarely come here empty-handed, and pay one small copy.
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); PROBE];
+                let mut probe = ReadBuf::uninit(&mut probe);
+                if Pin::new(&mut this.io).poll_read(cx, &mut probe)?.is_pending() {
+                    this.rbuf = BytesMut::new();
+                    return Poll::Pending;
+                }
+                this.rbuf.extend_from_slice(probe.filled());
+                probe.filled().len()
+            } else {
+                this.rbuf.reserve(READ_CHUNK);
+                ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.rbuf))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
