@@ -141,3 +141,67 @@ async fn shutdown_tells_every_client_it_is_going_away() {
     })
     .await
 }
+
+/// A client that never pings (an older or minimal one) is pinged by the
+/// server once it has been silent for a keepalive interval, answers, and
+/// keeps its session past many keepalive timeouts. (Clients that do ping
+/// are not pinged: the server's timer restarts on every frame it hears.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_a_client_that_does_not() {
+    use bytes::BytesMut;
+    use opennotr_proto::frame::{preface, PROTOCOL_VERSION};
+    use opennotr_proto::handshake::ClientHandshake;
+    use opennotr_proto::message::{ClientMessage, ServerMessage};
+    use opennotr_transport::{read_frame_exact, write_frame, Channel, FrameReader, FrameWriter, SecureStream};
+    use tokio::io::AsyncWriteExt;
+
+    run_test(async {
+        let server = TestServer::start(&ServerSpec { keepalive: Some((0.1, 0.5)), ..Default::default() }).await;
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (hs, spake) = ClientHandshake::start(KEY.as_bytes(), None, false);
+        let hello = ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            spake,
+            plaintext: false,
+            software: "silent".into(),
+            name: None,
+        };
+        tcp.write_all(&preface()).await.unwrap();
+        write_frame(&mut tcp, &hello.to_bytes()).await.unwrap();
+        let challenge = ServerMessage::from_bytes(&read_frame_exact(&mut tcp).await.unwrap()).unwrap();
+        let ServerMessage::Challenge { spake, mac, .. } = challenge else {
+            panic!("expected challenge: {challenge:?}")
+        };
+        let (keys, mac) = hs.finish(&spake, &mac).unwrap();
+        write_frame(&mut tcp, &ClientMessage::Confirm { mac }.to_bytes()).await.unwrap();
+        let chan =
+            Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new())));
+        let (rd, wr) = tokio::io::split(chan);
+        let (mut reader, mut writer) = (FrameReader::new(rd), FrameWriter::new(wr));
+        let register = ClientMessage::Register {
+            client_id: "silent-client".into(),
+            domain: None,
+            forwards: Vec::new(),
+            vip_ports: Vec::new(),
+            mux: false,
+            bandwidth: None,
+        };
+        writer.send(&register.to_bytes()).await.unwrap();
+        let mut next =
+            async || ServerMessage::from_bytes(&within(WAIT, "a server message", reader.next()).await.unwrap());
+        assert!(matches!(next().await, Ok(ServerMessage::Registered { .. })));
+        // Twenty pings a tenth of a second apart: four times the 0.5 s
+        // after which a client the server does not hear from is dropped.
+        for expected in 1..=20u64 {
+            match next().await {
+                Ok(ServerMessage::Ping { seq }) => {
+                    assert_eq!(seq, expected);
+                    writer.send(&ClientMessage::Pong { seq }.to_bytes()).await.unwrap();
+                }
+                other => panic!("expected the server's ping {expected}, got {other:?}"),
+            }
+        }
+        assert_eq!(server.handle.sessions().len(), 1, "the silent client kept its session");
+    })
+    .await
+}

@@ -220,6 +220,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reader_between_frames_holds_no_buffer() {
+        let (a, b) = tokio::io::duplex(64);
+        let mut w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b);
+        let sender = tokio::spawn(async move {
+            w.send(&[1u8; 3000]).await.unwrap();
+            w.send(b"small").await.unwrap();
+            w
+        });
+        assert_eq!(r.next().await.unwrap().len(), 3000);
+        assert_eq!(&r.next().await.unwrap()[..], b"small");
+        let w = sender.await.unwrap();
+        assert_eq!(r.buf.capacity(), 0);
+        assert!(w.buf.capacity() <= FIRST_READ, "a large message's buffer is let go");
+        // Waiting for the next frame allocates nothing either.
+        let pending = pending_once(r.next());
+        assert!(pending);
+        assert_eq!(r.buf.capacity(), 0);
+    }
+
+    /// Polls `fut` once; true if it is pending.
+    fn pending_once<F: Future>(fut: F) -> bool {
+        let mut fut = std::pin::pin!(fut);
+        let waker = std::task::Waker::noop();
+        fut.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending()
+    }
+
+    #[tokio::test]
     async fn hostile_length_is_rejected() {
         let (mut a, b) = tokio::io::duplex(64);
         a.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();

@@ -213,6 +213,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_stream_holds_no_read_buffer() {
+        let (mut a, mut b) = pair();
+        let idle = |s: &mut SecureStream<tokio::io::DuplexStream>| {
+            let mut buf = [0u8; 64];
+            let mut buf = ReadBuf::new(&mut buf);
+            let waker = std::task::Waker::noop();
+            assert!(Pin::new(&mut *s).poll_read(&mut Context::from_waker(waker), &mut buf).is_pending());
+            (s.rbuf.capacity(), s.plain.capacity())
+        };
+        assert_eq!(idle(&mut b), (0, 0));
+        // After a bulk transfer too: the 64 KiB buffer goes once drained.
+        let data = vec![5u8; 200_000];
+        let d2 = data.clone();
+        let w = tokio::spawn(async move { a.write_all(&d2).await.map(|_| a) });
+        let mut got = vec![0u8; data.len()];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, data);
+        let _a = w.await.unwrap().unwrap();
+        assert_eq!(idle(&mut b), (0, 0));
+    }
+
+    #[tokio::test]
     async fn bare_eof_is_an_error() {
         let (a, b) = tokio::io::duplex(64);
         let k = Key([1; 32]);
