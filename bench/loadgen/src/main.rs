@@ -210,7 +210,16 @@ struct Tally {
     /// Each client's public port once it has one.
     ports: Mutex<Vec<Option<u16>>>,
     last_reason: Mutex<Option<String>>,
+    /// Why attempts failed, counted (retries of the storm).
+    reasons: Mutex<std::collections::BTreeMap<String, usize>>,
     changed: tokio::sync::Notify,
+}
+
+impl Tally {
+    fn failed(&self, reason: &str) {
+        *self.last_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        *self.reasons.lock().unwrap_or_else(|p| p.into_inner()).entry(reason.to_string()).or_default() += 1;
+    }
 }
 
 fn client_config(args: &Args, i: usize, port: u16, key: &str, echo: u16) -> Result<opennotr_config::ClientConfig> {
@@ -249,11 +258,11 @@ fn spawn_client(
         Event::Disconnected { reason, .. } => {
             t.disconnected.fetch_add(1, Ordering::SeqCst);
             t.ports.lock().unwrap_or_else(|p| p.into_inner())[i] = None;
-            *t.last_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+            t.failed(reason);
         }
         Event::Refused { message, .. } => {
             t.refused.fetch_add(1, Ordering::SeqCst);
-            *t.last_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+            t.failed(message);
         }
         _ => {}
     });
@@ -434,6 +443,7 @@ async fn run(args: Args) -> Result<()> {
         "connect_marks_s": marks.iter().map(|(k, d)| serde_json::json!({"sessions": k, "s": d.as_secs_f64()})).collect::<Vec<_>>(),
         "storm_server_cpu_s": storm_cpu,
         "attempts_retried": retries,
+        "retry_reasons": tally.reasons.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "sessions_dropped_while_idle": dropped,
         "server_rss_kb": {"empty": rss_empty, "one": rss_one, "settled": rss_settled, "idle": rss_idle, "peak": rss_peak},
         "server_rss_per_idle_session_bytes": per_session.round(),

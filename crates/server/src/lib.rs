@@ -110,7 +110,11 @@ pub struct ForwardInfo {
 impl Shared {
     /// Publishes the live domains to the DNS server and the etcd publisher.
     pub(crate) fn publish_names(&self) {
-        let names: opennotr_dns::Names = self.state().sessions.values().map(|s| (s.domain.clone(), s.vip)).collect();
+        self.names_changed.notify_one();
+    }
+
+    fn send_names(&self) {
+        let names = self.state().names();
         self.names.send_replace(Arc::new(names));
     }
 
@@ -244,6 +248,8 @@ pub(crate) struct Shared {
     pub(crate) handshake_slots: Arc<tokio::sync::Semaphore>,
     /// Live domains and VIPs, for the DNS server and the etcd publisher.
     pub(crate) names: tokio::sync::watch::Sender<Arc<opennotr_dns::Names>>,
+    /// A session came or went: `names` is to be rebuilt (`publish_names`).
+    names_changed: tokio::sync::Notify,
     /// The virtual LAN's rules, when it is on.
     pub(crate) vlan: std::sync::Mutex<Option<Arc<opennotr_tproxy::Rules>>>,
     /// Connections accepted and not yet past their hello, or waiting for
@@ -266,12 +272,35 @@ pub(crate) struct Shared {
     pub(crate) config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
     /// Replaces the admin API's token on reload, when the API is on.
     pub(crate) admin_token: std::sync::OnceLock<opennotr_admin::TokenHandle>,
-    /// How the UDP datagrams of QUIC sessions travelled.
     /// Load-balanced groups of forwards.
     pub(crate) groups: Arc<group::Groups>,
+    /// How the UDP datagrams of QUIC sessions travelled.
     pub(crate) quic_stats: Arc<opennotr_transport::quic::DatagramStats>,
     /// Visitors refused by access rules, and the bound on password checks.
     pub(crate) access: Arc<access::Guard>,
+}
+
+/// The longest a burst of registrations waits for its names: the live names
+/// are rebuilt (in O(sessions)) at once after a quiet spell, then at most
+/// this often while sessions keep coming, so ten thousand clients
+/// connecting together cost a few hundred rebuilds, not ten thousand.
+const NAMES_GAP: Duration = Duration::from_millis(25);
+
+/// Publishes the live names (domain → VIP) to the DNS server and the etcd
+/// publisher whenever sessions come or go, until `stop`, then once more.
+async fn publish_names(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shared.names_changed.notified() => {}
+            _ = stop.cancelled() => break,
+        }
+        shared.send_names();
+        tokio::select! {
+            _ = tokio::time::sleep(NAMES_GAP) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    shared.send_names();
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -454,6 +483,7 @@ impl Server {
             kill: CancellationToken::new(),
             vlan: std::sync::Mutex::new(None),
             names: tokio::sync::watch::Sender::new(Arc::new(opennotr_dns::Names::new())),
+            names_changed: tokio::sync::Notify::new(),
             queued: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes.saturating_mul(4))),
             handshake_slots,
             sources: sources::Sources::new(&cfg.limits),
@@ -525,6 +555,8 @@ impl Server {
         if let Some(v) = self.vlan {
             vlan::spawn(v, shared.clone(), shared.kill.clone());
         }
+        let publisher_stop = CancellationToken::new();
+        let publisher = tokio::spawn(publish_names(shared.clone(), publisher_stop.clone()));
         let names_stop = CancellationToken::new();
         let mut name_tasks = Vec::new();
         if let Some(dns) = self.dns {
@@ -555,6 +587,10 @@ impl Server {
         }
         shared.sessions.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.sessions.wait()).await;
+        // The last names (none, once every session is gone) reach DNS and
+        // etcd before they stop.
+        publisher_stop.cancel();
+        let _ = publisher.await;
         names_stop.cancel();
         for t in name_tasks {
             let _ = t.await;

@@ -221,6 +221,11 @@ impl State {
         self.by_vip.get(&vip).and_then(|id| self.sessions.get(id)).cloned()
     }
 
+    /// Each live domain and its holder's VIP (for DNS and etcd).
+    pub(crate) fn names(&self) -> opennotr_dns::Names {
+        self.domains.iter().filter_map(|(d, id)| Some((d.clone(), self.sessions.get(id)?.vip))).collect()
+    }
+
     pub(crate) fn insert(&mut self, s: Arc<Session>) {
         self.by_client.insert(s.client_id.clone(), s.id);
         // A domain shared by a group's members keeps its first holder.
