@@ -205,3 +205,34 @@ async fn the_server_pings_a_client_that_does_not() {
     })
     .await
 }
+
+/// `serverAddr` with several servers: a client passes over one that is
+/// down, and when its server goes away it moves to the next and gets its
+/// forward back there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_several_servers_moves_to_the_next() {
+    run_test(async {
+        let echo = tcp_echo().await;
+        let down = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let a = TestServer::start(&ServerSpec::default()).await;
+        let b = TestServer::start(&ServerSpec::default()).await;
+        let spec = ClientSpec::new(a.addr).forward(tcp_fwd(0, echo.addr.port()));
+        let servers = format!("serverAddr: \"{down}, {}, {}\"\n", a.addr, b.addr);
+        let yaml = spec.yaml().replace(&format!("serverAddr: \"{}\"\n", a.addr), &servers);
+        let mut client = TestClient::start_config(opennotr_config::parse_client(&yaml).unwrap());
+
+        let reg = client.connected().await;
+        assert_eq!(a.handle.sessions().len(), 1, "the server that is down is passed over");
+        assert_echo(local(public_port(&reg, 0)), b"on the first live server").await;
+
+        a.stop().await;
+        let reason = client.disconnected().await;
+        assert!(reason.contains("going away"), "{reason}");
+        let reg = client.connected().await;
+        assert_eq!(b.handle.sessions().len(), 1, "the next server after the one lost");
+        assert_echo(local(public_port(&reg, 0)), b"on the next server").await;
+        client.stop().await;
+        b.stop().await;
+    })
+    .await
+}

@@ -77,15 +77,17 @@ pub async fn check(cfg: &ClientConfig, mut out: impl FnMut(&CheckLine)) -> Optio
         }
         out(&CheckLine { failure, text });
     };
-    server_checks(cfg, &mut emit).await;
+    // Each server a client may land on must take it.
+    for server in &cfg.servers {
+        server_checks(cfg, server, &mut emit).await;
+    }
     local_checks(cfg, &mut emit).await;
     worst
 }
 
-async fn server_checks(cfg: &ClientConfig, emit: &mut impl FnMut(Option<CheckFailure>, String)) {
+async fn server_checks(cfg: &ClientConfig, server: &str, emit: &mut impl FnMut(Option<CheckFailure>, String)) {
     let limit = cfg.handshake_timeout;
-    let server = &cfg.server_addr;
-    let addrs = match timed(limit, "resolving", async { Ok(tokio::net::lookup_host(server.as_str()).await?) }).await {
+    let addrs = match timed(limit, "resolving", async { Ok(tokio::net::lookup_host(server).await?) }).await {
         Ok(a) => a.collect::<Vec<SocketAddr>>(),
         Err(e) => return emit(Some(CheckFailure::Resolve), format!("server name: {server} does not resolve: {e}")),
     };

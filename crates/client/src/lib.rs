@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod check;
+mod dial;
 mod health;
 mod proxy;
 mod quic;
@@ -181,11 +182,12 @@ pub struct Client {
     events: EventSink,
     allowed: Arc<Allowed>,
     quic: QuicEndpoint,
+    servers: dial::Servers,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("server", &self.cfg.server_addr).finish_non_exhaustive()
+        f.debug_struct("Client").field("servers", &self.cfg.servers).finish_non_exhaustive()
     }
 }
 
@@ -195,6 +197,7 @@ impl Client {
     pub fn new(cfg: ClientConfig, events: EventSink) -> Self {
         let allowed = Arc::new(Allowed::from_config(&cfg));
         Client {
+            servers: dial::Servers::new(cfg.servers.clone()),
             cfg: Arc::new(cfg),
             client_id: hex::encode(rand::random::<[u8; 16]>()),
             events,
@@ -222,14 +225,18 @@ impl Client {
         let cap = self.cfg.reconnect_max_delay;
         let base = Duration::from_millis(500).min(cap);
         let mut attempt = 0u32;
-        info!(server = %self.cfg.server_addr, transport = %self.cfg.transport, "connecting to the server");
+        info!(server = %self.cfg.servers.join(", "), transport = %self.cfg.transport, "connecting to the server");
         while !shutdown.is_cancelled() {
             let started = tokio::time::Instant::now();
             let (cfg, id, allowed, events) = (&self.cfg, &self.client_id, &self.allowed, &self.events);
             let attempt_once = async {
                 match cfg.transport {
-                    Transport::Tcp => session::connect_and_serve(cfg, id, allowed, events, &shutdown).await,
-                    Transport::Quic => quic::connect_and_serve(cfg, id, allowed, events, &shutdown, &self.quic).await,
+                    Transport::Tcp => {
+                        session::connect_and_serve(cfg, &self.servers, id, allowed, events, &shutdown).await
+                    }
+                    Transport::Quic => {
+                        quic::connect_and_serve(cfg, &self.servers, id, allowed, events, &shutdown, &self.quic).await
+                    }
                 }
             };
             let r = tokio::select! {

@@ -19,8 +19,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::dial::Servers;
 use crate::{Allowed, ClientError, EventSink};
 
 /// The client's QUIC endpoint while it has one, so that it can be moved to
@@ -58,6 +59,7 @@ fn other(e: impl std::fmt::Display) -> TransportError {
 
 pub(crate) async fn connect_and_serve(
     cfg: &ClientConfig,
+    servers: &Servers,
     client_id: &str,
     allowed: &Arc<Allowed>,
     events: &EventSink,
@@ -65,25 +67,41 @@ pub(crate) async fn connect_and_serve(
     slot: &QuicEndpoint,
 ) -> Result<(), ClientError> {
     let limit = cfg.handshake_timeout;
-    let server = timed(limit, "resolving the server", async {
-        tokio::net::lookup_host(cfg.server_addr.as_str())
-            .await?
-            .next()
-            .ok_or_else(|| other(format!("{} has no address", cfg.server_addr)))
-    })
-    .await?;
-    let bind: SocketAddr = if server.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(TransportError::from)?;
+    let candidates = servers.candidates(limit).await?;
     let timing = QuicTiming { keepalive_interval: cfg.keepalive_interval, idle_timeout: cfg.keepalive_timeout };
-    endpoint.set_default_client_config(opennotr_transport::quic::client_config(timing).map_err(other)?);
+    let client_config = opennotr_transport::quic::client_config(timing).map_err(other)?;
+    let connect = |server: SocketAddr| {
+        let client_config = client_config.clone();
+        async move {
+            let bind: SocketAddr = if server.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let mut endpoint = quinn::Endpoint::client(bind).map_err(TransportError::from)?;
+            endpoint.set_default_client_config(client_config);
+            // The name only picks the certificate a server may have for
+            // several; it is not checked (see the module's comment).
+            let connecting = endpoint.connect(server, "opennotr").map_err(other)?;
+            match connecting.await {
+                Ok(conn) => Ok((endpoint, conn)),
+                Err(e) => {
+                    endpoint.close(quinn::VarInt::from_u32(code::SESSION_ENDED), b"");
+                    Err(q::io_error(e))
+                }
+            }
+        }
+    };
+    let (i, server, (endpoint, conn)) =
+        servers.first(&candidates, limit, "connecting to the server over QUIC", connect).await?;
+    if cfg.servers.len() > 1 {
+        info!(server = servers.name(i), addr = %server, "connected");
+    }
     slot.set(Some(endpoint.clone()));
-    let r = session(cfg, client_id, allowed, events, shutdown, &endpoint, server).await;
+    let r = session(cfg, client_id, allowed, events, shutdown, conn, server).await;
     slot.set(None);
     endpoint.close(quinn::VarInt::from_u32(code::SESSION_ENDED), b"client leaving");
+    servers.lost(i);
     r
 }
 
@@ -93,16 +111,10 @@ async fn session(
     allowed: &Arc<Allowed>,
     events: &EventSink,
     shutdown: &CancellationToken,
-    endpoint: &quinn::Endpoint,
+    conn: quinn::Connection,
     server: SocketAddr,
 ) -> Result<(), ClientError> {
     let limit = cfg.handshake_timeout;
-    // The name only picks the certificate a server may have for several;
-    // it is not checked (see the module's comment).
-    let conn = timed(limit, "connecting to the server over QUIC", async {
-        endpoint.connect(server, "opennotr").map_err(other)?.await.map_err(q::io_error)
-    })
-    .await?;
     let (send, recv) =
         timed(limit, "opening the control stream", async { conn.open_bi().await.map_err(q::io_error) }).await?;
     let mut s = QuicStream::new(send, recv);

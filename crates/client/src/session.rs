@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::dial::Servers;
 use crate::spare::Assignment;
 use crate::{Allowed, ClientError, Event, EventSink, Registration};
 
@@ -87,26 +88,32 @@ fn refused(m: ServerMessage) -> ClientError {
 
 pub(crate) async fn connect_and_serve(
     cfg: &ClientConfig,
+    servers: &Servers,
     client_id: &str,
     allowed: &Arc<Allowed>,
     events: &EventSink,
     shutdown: &CancellationToken,
 ) -> Result<(), ClientError> {
     let limit = cfg.handshake_timeout;
-    let mut tcp =
-        timed(limit, "connecting to the server", async { Ok(TcpStream::connect(cfg.server_addr.as_str()).await?) })
-            .await?;
+    let candidates = servers.candidates(limit).await?;
+    let connect = |a: SocketAddr| async move { Ok(TcpStream::connect(a).await?) };
+    let (i, server, mut tcp) = servers.first(&candidates, limit, "connecting to the server", connect).await?;
+    if cfg.servers.len() > 1 {
+        info!(server = servers.name(i), addr = %server, "connected");
+    }
     tune_tcp(&tcp);
-    let server = tcp.peer_addr().map_err(TransportError::from)?;
-
-    let keys = handshake(cfg, &mut tcp, cfg.plaintext, None).await?;
-
-    let chan = if cfg.plaintext {
-        Channel::Plain(tcp)
-    } else {
-        Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new())))
-    };
-    serve_session(cfg, client_id, allowed, events, shutdown, (chan, server, keys), None).await
+    let r = async {
+        let keys = handshake(cfg, &mut tcp, cfg.plaintext, None).await?;
+        let chan = if cfg.plaintext {
+            Channel::Plain(tcp)
+        } else {
+            Channel::Sealed(Box::new(SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new())))
+        };
+        serve_session(cfg, client_id, allowed, events, shutdown, (chan, server, keys), None).await
+    }
+    .await;
+    servers.lost(i);
+    r
 }
 
 /// The client's side of the handshake on either transport: hello (with

@@ -14,7 +14,7 @@ use crate::{yaml, ClientConfig, ConfigError, ForwardConfig, Secret, VipPortConfi
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawFile {
-    server_addr: Option<String>,
+    server_addr: Option<ServerAddrs>,
     name: Option<String>,
     key: Option<String>,
     domain: Option<String>,
@@ -66,14 +66,45 @@ struct RawForward {
     bandwidth: Option<BandwidthText>,
 }
 
+/// `serverAddr`: one `host:port`, several separated by commas (as the
+/// command line and `OPENNOTR_SERVER` give them), or a list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ServerAddrs {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// More would only lengthen the time to notice that none answers.
+const MAX_SERVERS: usize = 16;
+
+fn servers(raw: Option<ServerAddrs>) -> Result<Vec<String>, ConfigError> {
+    let list: Vec<String> = match raw.ok_or_else(|| ConfigError::invalid("serverAddr", "required"))? {
+        ServerAddrs::One(s) => s.split(',').map(|a| a.trim().to_string()).collect(),
+        ServerAddrs::Many(v) => v.into_iter().map(|a| a.trim().to_string()).collect(),
+    };
+    if list.is_empty() {
+        return Err(ConfigError::invalid("serverAddr", "required"));
+    }
+    if list.len() > MAX_SERVERS {
+        return Err(ConfigError::invalid("serverAddr", format!("{} servers; at most {MAX_SERVERS}", list.len())));
+    }
+    for (i, a) in list.iter().enumerate() {
+        host_port(a).map_err(|m| ConfigError::invalid("serverAddr", m))?;
+        if list[..i].contains(a) {
+            return Err(ConfigError::invalid("serverAddr", format!("`{a}` is listed twice")));
+        }
+    }
+    Ok(list)
+}
+
 pub(crate) fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
     let raw: RawFile = yaml::from_str(text)?.unwrap_or_default();
     validate(raw)
 }
 
 fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
-    let server_addr = raw.server_addr.ok_or_else(|| ConfigError::invalid("serverAddr", "required"))?;
-    host_port(&server_addr).map_err(|m| ConfigError::invalid("serverAddr", m))?;
+    let servers = servers(raw.server_addr)?;
 
     let name = raw.name.filter(|n| !n.is_empty());
     if let Some(n) = &name {
@@ -142,7 +173,7 @@ fn validate(raw: RawFile) -> Result<ClientConfig, ConfigError> {
     Ok(ClientConfig {
         transport,
         vip_ports,
-        server_addr,
+        servers,
         key: Secret::new(key),
         name,
         domain,

@@ -246,11 +246,14 @@ mod tests {
             fwd("udp 5353", "udp", "0", None, "5353"),
         ]);
         let c = client_from_args(&a).unwrap();
-        assert_eq!(c.server_addr, "relay.example.com:10100");
+        assert_eq!(c.servers, ["relay.example.com:10100"]);
         assert_eq!(c.forwards.len(), 3);
         assert_eq!(c.forwards[1].ports, vec![(10022, 22)]);
         assert_eq!(c.forwards[1].local_ip.to_string(), "192.168.1.5");
         assert_eq!(c.forwards[2].protocol, "udp");
+        // Several servers, as --server or OPENNOTR_SERVER give them.
+        let c = client_from_args(&ClientArgs { server: Some("a.example.com:1,b.example.com:2".into()), ..a }).unwrap();
+        assert_eq!(c.servers, ["a.example.com:1", "b.example.com:2"]);
     }
 
     #[test]

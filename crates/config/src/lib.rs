@@ -329,8 +329,10 @@ impl Default for Limits {
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `serverAddr`: `host:port` of opennotrd.
-    pub server_addr: String,
+    /// `serverAddr`: `host:port` of opennotrd, or of several servers (the
+    /// nodes of a cluster, or a standby): the client uses the first that
+    /// answers, and moves on to the next when it loses its server.
+    pub servers: Vec<String>,
     /// `key`: the server's `authKey`, or with `name` the client's own key.
     pub key: Secret,
     /// `name`: the client's credential name on the server (`clients` of

@@ -85,7 +85,7 @@ fn original_server_file_means_what_it_says() {
 #[test]
 fn original_client_file_means_what_it_says() {
     let cfg = load_client(&repo_etc().join("config.yaml")).expect("config.yaml parses");
-    assert_eq!(cfg.server_addr, "demo.notr.tech:10100");
+    assert_eq!(cfg.servers, ["demo.notr.tech:10100"]);
     assert_eq!(cfg.key.expose(), "client server exchange key");
     assert_eq!(cfg.domain.as_deref(), Some("cloud.dahuizong.com"));
     let got: Vec<(&str, Vec<(u16, u16)>)> =
@@ -117,7 +117,7 @@ fn commented_examples_pair_up() {
     let client = load_client(&repo_etc().join("opennotr.yaml")).expect("opennotr.yaml");
     assert_eq!(server.server.listen.port(), 10100);
     assert_eq!(server.server.domain, "open.notr.test");
-    assert_eq!(client.server_addr, "127.0.0.1:10100");
+    assert_eq!(client.servers, ["127.0.0.1:10100"]);
     assert_eq!(Some(client.key), server.server.auth_key);
     let got: Vec<(&str, Vec<(u16, u16)>)> =
         client.forwards.iter().map(|f| (f.protocol.as_str(), f.ports.clone())).collect();

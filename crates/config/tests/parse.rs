@@ -279,8 +279,18 @@ fn client_values() {
 
     for addr in ["demo.notr.tech:10100", "[2001:db8::1]:10100", "192.0.2.1:1"] {
         let cfg = parse_client(&CLIENT.replace("127.0.0.1:10100", addr)).expect(addr);
-        assert_eq!(cfg.server_addr, addr);
+        assert_eq!(cfg.servers, [addr]);
     }
+    // Several: comma-separated (as --server and OPENNOTR_SERVER give them) or a list.
+    let cfg = parse_client(&CLIENT.replace("127.0.0.1:10100", "a.notr.test:1, 192.0.2.1:2")).unwrap();
+    assert_eq!(cfg.servers, ["a.notr.test:1", "192.0.2.1:2"]);
+    let cfg = parse_client(&CLIENT.replace("\"127.0.0.1:10100\"", "[\"a.notr.test:1\", \"[::1]:2\"]")).unwrap();
+    assert_eq!(cfg.servers, ["a.notr.test:1", "[::1]:2"]);
+    for bad in ["a.notr.test:1,a.notr.test:1", "a.notr.test:1,", "a.notr.test:1,b"] {
+        assert_eq!(err_key(parse_client(&CLIENT.replace("127.0.0.1:10100", bad))), "serverAddr", "{bad}");
+    }
+    let many = (1..=17).map(|i| format!("192.0.2.{i}:1")).collect::<Vec<_>>().join(",");
+    assert_eq!(err_key(parse_client(&CLIENT.replace("127.0.0.1:10100", &many))), "serverAddr");
     for addr in ["demo.notr.tech", "demo.notr.tech:0", "2001:db8::1:10100", "bad_host:1", ""] {
         assert_eq!(err_key(parse_client(&CLIENT.replace("127.0.0.1:10100", addr))), "serverAddr", "{addr}");
     }
