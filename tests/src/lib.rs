@@ -975,6 +975,27 @@ impl opennotr_plugin::Plugin for Probe {
     async fn stop_proxy(&self, _meta: &opennotr_plugin::ForwardMeta) {}
 }
 
+/// Writes the preface and a hello for `key` on `tcp`, as a client opens
+/// its control connection; returns the handshake, to finish with the
+/// server's challenge.
+pub async fn send_hello(tcp: &mut TcpStream, key: &str, software: &str) -> opennotr_proto::handshake::ClientHandshake {
+    use opennotr_proto::frame::{preface, PROTOCOL_VERSION};
+    let (hs, spake) = opennotr_proto::handshake::ClientHandshake::start(key.as_bytes(), None, false);
+    let hello = opennotr_proto::message::ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        spake,
+        plaintext: false,
+        software: software.into(),
+        name: None,
+    };
+    let body = hello.to_bytes();
+    let mut first = preface().to_vec();
+    first.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    first.extend_from_slice(&body);
+    tcp.write_all(&first).await.unwrap();
+    hs
+}
+
 /// The first flight of a TLS client for `name` (a ClientHello with its
 /// SNI), as a visitor's first bytes to a `tls` forward.
 pub fn client_hello(name: &str) -> Vec<u8> {

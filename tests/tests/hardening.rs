@@ -8,9 +8,8 @@
 
 use std::net::SocketAddr;
 
-use opennotr_proto::frame::{preface, MAX_HANDSHAKE_FRAME_LEN, PROTOCOL_VERSION};
-use opennotr_proto::handshake::ClientHandshake;
-use opennotr_proto::message::{ClientMessage, RefuseCode, ServerMessage};
+use opennotr_proto::frame::{preface, MAX_HANDSHAKE_FRAME_LEN};
+use opennotr_proto::message::{RefuseCode, ServerMessage};
 use opennotr_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -43,16 +42,7 @@ async fn recv_frame(tcp: &mut TcpStream) -> Option<ServerMessage> {
 /// Returns the server's answer to the hello.
 async fn guess(server: SocketAddr, src: &str, key: &str) -> ServerMessage {
     let mut tcp = connect_from(src, server).await;
-    let (hs, spake) = ClientHandshake::start(key.as_bytes(), None, false);
-    let hello = ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        spake,
-        plaintext: false,
-        software: "guesser".into(),
-        name: None,
-    };
-    tcp.write_all(&preface()).await.unwrap();
-    send_frame(&mut tcp, &hello.to_bytes()).await;
+    let hs = send_hello(&mut tcp, key, "guesser").await;
     let reply = recv_frame(&mut tcp).await.expect("the server answers a hello");
     if let ServerMessage::Challenge { spake, mac, .. } = &reply {
         assert!(hs.finish(spake, mac).is_err(), "the guess was wrong");
@@ -258,16 +248,7 @@ async fn oversized_and_silent_hellos_are_cut_off() {
 /// A hello with the right key from `src`; returns the connection.
 async fn hello_from(src: &str, server: SocketAddr) -> TcpStream {
     let mut tcp = connect_from(src, server).await;
-    let (_, spake) = ClientHandshake::start(KEY.as_bytes(), None, false);
-    let hello = ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        spake,
-        plaintext: false,
-        software: "test".into(),
-        name: None,
-    };
-    tcp.write_all(&preface()).await.unwrap();
-    send_frame(&mut tcp, &hello.to_bytes()).await;
+    send_hello(&mut tcp, KEY, "test").await;
     tcp
 }
 

@@ -149,25 +149,13 @@ async fn shutdown_tells_every_client_it_is_going_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_pings_a_client_that_does_not() {
     use bytes::BytesMut;
-    use opennotr_proto::frame::{preface, PROTOCOL_VERSION};
-    use opennotr_proto::handshake::ClientHandshake;
     use opennotr_proto::message::{ClientMessage, ServerMessage};
     use opennotr_transport::{read_frame_exact, write_frame, Channel, FrameReader, FrameWriter, SecureStream};
-    use tokio::io::AsyncWriteExt;
 
     run_test(async {
         let server = TestServer::start(&ServerSpec { keepalive: Some((0.1, 0.5)), ..Default::default() }).await;
         let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let (hs, spake) = ClientHandshake::start(KEY.as_bytes(), None, false);
-        let hello = ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            spake,
-            plaintext: false,
-            software: "silent".into(),
-            name: None,
-        };
-        tcp.write_all(&preface()).await.unwrap();
-        write_frame(&mut tcp, &hello.to_bytes()).await.unwrap();
+        let hs = send_hello(&mut tcp, KEY, "silent").await;
         let challenge = ServerMessage::from_bytes(&read_frame_exact(&mut tcp).await.unwrap()).unwrap();
         let ServerMessage::Challenge { spake, mac, .. } = challenge else {
             panic!("expected challenge: {challenge:?}")

@@ -182,11 +182,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 mod tests {
     use super::*;
 
+    /// A frame writer and the reader of what it writes.
+    fn pair() -> (FrameWriter<tokio::io::DuplexStream>, FrameReader<tokio::io::DuplexStream>) {
+        let (a, b) = tokio::io::duplex(64);
+        (FrameWriter::new(a), FrameReader::new(b))
+    }
+
     #[tokio::test]
     async fn frames_over_a_stream_and_leftovers_kept() {
-        let (a, b) = tokio::io::duplex(64);
-        let mut w = FrameWriter::new(a);
-        let mut r = FrameReader::new(b);
+        let (mut w, mut r) = pair();
         let sender = tokio::spawn(async move {
             w.send(b"first").await.unwrap();
             w.send(&[7u8; 1000]).await.unwrap();
@@ -221,9 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_between_frames_holds_no_buffer() {
-        let (a, b) = tokio::io::duplex(64);
-        let mut w = FrameWriter::new(a);
-        let mut r = FrameReader::new(b);
+        let (mut w, mut r) = pair();
         let sender = tokio::spawn(async move {
             w.send(&[1u8; 3000]).await.unwrap();
             w.send(b"small").await.unwrap();
