@@ -516,3 +516,65 @@ fn base64_helpers_round_trip() {
     assert_eq!(b64(b"/skydns/a"), "L3NreWRucy9h");
     assert_eq!(b64(b"x"), "eA==");
 }
+
+// ---------------------------------------------------------------- cluster
+
+/// A test server that is node `node` of a cluster on `endpoint`, with a
+/// lease of 2 s.
+fn cluster_config(endpoint: &str, node: &str) -> ServerConfig {
+    let yaml = ServerSpec::default().yaml()
+        + &format!("cluster:\n  node: {node}\n  etcdEndpoints: [\"{endpoint}\"]\n  leaseTtl: 2\n");
+    opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
+}
+
+/// The live nodes `server` sees, by name.
+fn nodes(server: &ServerHandle) -> Vec<String> {
+    server.cluster().map(|c| c.nodes.into_iter().map(|n| n.node).collect()).unwrap_or_default()
+}
+
+/// Nodes register under a lease and see each other; a node that dies
+/// leaves when its lease expires, one that stops leaves at once; a second
+/// process with a live node's name waits until the name is free, then
+/// takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nodes_join_see_each_other_and_leave() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let a = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-a"), &builtin_plugins()).await;
+        let (mut b, b_addr) = Doomed::start(cluster_config(&etcd.endpoint(), "node-b")).await;
+        wait_until("node-a to see both nodes", || nodes(&a.handle) == ["node-a", "node-b"]).await;
+        let view = a.handle.cluster().expect("a cluster node");
+        assert_eq!(view.node, "node-a");
+        assert!(view.registered && view.error.is_none(), "{view:?}");
+        assert_eq!(view.nodes[0].advertise, a.addr.to_string(), "the control listener's address");
+        assert_eq!(view.nodes[1].advertise, b_addr.to_string());
+
+        // node-b dies: it leaves once its lease (2 s) expires.
+        b.crash();
+        wait_until("node-b's lease to expire", || nodes(&a.handle) == ["node-a"]).await;
+
+        // A namesake of a live node waits...
+        let namesake = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-a"), &builtin_plugins()).await;
+        let a_addr = a.addr.to_string();
+        wait_until("the namesake to find the name held", || {
+            namesake.handle.cluster().is_some_and(|c| c.held_by.as_deref() == Some(a_addr.as_str()))
+        })
+        .await;
+        let held = namesake.handle.cluster().expect("a cluster node");
+        assert!(!held.registered && held.nodes.is_empty(), "{held:?}");
+        assert_eq!(nodes(&a.handle), ["node-a"]);
+        assert_eq!(a.handle.cluster().map(|c| c.nodes[0].advertise.clone()), Some(a.addr.to_string()));
+        // ...until the node stops (and revokes its lease): then it takes the name.
+        a.stop().await;
+        let addr = namesake.addr.to_string();
+        wait_until("the namesake to take the name", || {
+            namesake
+                .handle
+                .cluster()
+                .is_some_and(|c| c.registered && c.nodes.len() == 1 && c.nodes[0].advertise == addr)
+        })
+        .await;
+        namesake.stop().await;
+    })
+    .await
+}

@@ -222,6 +222,10 @@ where
         },
         Op::Refusals => Ok(json(StatusCode::OK, &blocking(move || backend.refusals()).await?)),
         Op::ListGroups => Ok(json(StatusCode::OK, &blocking(move || backend.groups()).await?)),
+        Op::Cluster => match blocking(move || backend.cluster()).await? {
+            Some(c) => Ok(json(StatusCode::OK, &c)),
+            None => Err(ApiError::NotFound("this server is not a cluster node (it has no cluster section)".into())),
+        },
     }
 }
 

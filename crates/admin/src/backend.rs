@@ -39,6 +39,37 @@ pub trait Backend: Send + Sync + 'static {
     fn groups(&self) -> Vec<GroupView> {
         Vec::new()
     }
+    /// The cluster this server is a node of; `None` for a single server.
+    fn cluster(&self) -> Option<ClusterView> {
+        None
+    }
+}
+
+/// The cluster as a node last read it from etcd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// This node's name (`cluster.node`).
+    pub node: String,
+    /// This node holds its name in etcd now.
+    pub registered: bool,
+    /// Why the last exchange with etcd failed, while it fails.
+    pub error: Option<String>,
+    /// Another process holds this node's name, and this one waits for it:
+    /// where that one says it is reached (`advertise`).
+    pub held_by: Option<String>,
+    /// The live nodes, by name.
+    pub nodes: Vec<NodeView>,
+}
+
+/// One live node of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its name.
+    pub node: String,
+    /// `host:port` where clients and other nodes reach its control port.
+    pub advertise: String,
+    /// When it registered, seconds since the Unix epoch.
+    pub started: u64,
 }
 
 /// One live session of a client.

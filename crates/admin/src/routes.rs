@@ -22,6 +22,7 @@ pub(crate) enum Op {
     Reload,
     Refusals,
     ListGroups,
+    Cluster,
 }
 
 /// One method on one path.
@@ -56,6 +57,7 @@ pub(crate) static ROUTES: &[Route] = &[
     route(Method::POST, "/api/v1/reload", Op::Reload, false),
     route(Method::GET, "/api/v1/refusals", Op::Refusals, false),
     route(Method::GET, "/api/v1/groups", Op::ListGroups, false),
+    route(Method::GET, "/api/v1/cluster", Op::Cluster, false),
 ];
 
 /// What a request's method and path lead to.

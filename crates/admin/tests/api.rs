@@ -187,6 +187,39 @@ async fn sessions_are_listed_shown_and_closed() {
 }
 
 #[tokio::test]
+async fn the_cluster_is_shown_and_a_single_server_has_none() {
+    let s = Running::start(two_sessions()).await;
+    let r = get(s.addr, "/api/v1/cluster").await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("not a cluster node"), "{}", r.body);
+    s.fake.state.lock().unwrap().cluster = Some(cluster());
+    let r = get(s.addr, "/api/v1/cluster").await;
+    assert_eq!((r.status, r.header(CONTENT_TYPE)), (200, "application/json"));
+    let v = r.json();
+    assert_eq!(
+        (v["node"].as_str(), v["registered"].as_bool(), v["held_by"].as_str()),
+        (Some("node-a"), Some(true), None)
+    );
+    let names: Vec<&str> = v["nodes"].as_array().unwrap().iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(names, ["node-a", "node-b"]);
+    assert_eq!(v["nodes"][1]["advertise"], "10.0.0.2:10100");
+    assert_eq!(call(s.addr, "GET", "/api/v1/cluster", None, None).await.status, 401);
+    s.stop().await;
+}
+
+fn cluster() -> opennotr_admin::ClusterView {
+    let node =
+        |n: &str, at: &str| opennotr_admin::NodeView { node: n.into(), advertise: at.into(), started: 1_700_000_000 };
+    opennotr_admin::ClusterView {
+        node: "node-a".into(),
+        registered: true,
+        error: None,
+        held_by: None,
+        nodes: vec![node("node-a", "10.0.0.1:10100"), node("node-b", "10.0.0.2:10100")],
+    }
+}
+
+#[tokio::test]
 async fn groups_and_access_rules_are_listed_without_secrets() {
     let s = Running::start(two_sessions()).await;
     let v = get(s.addr, "/api/v1/sessions/a1").await.json();
@@ -517,6 +550,8 @@ fn openapi_schemas_have_the_views_fields() {
         ("ForwardAccess", keys(f.access.as_ref().unwrap())),
         ("AccessRules", keys(&c.access)),
         ("GroupView", keys(&support::Fake::new(vec![s.clone()], vec![]).groups()[0])),
+        ("ClusterView", keys(&cluster())),
+        ("NodeView", keys(&cluster().nodes[0])),
     ] {
         let (props, required) = schema_keys(&doc, name);
         assert_eq!(props, fields, "{name}: properties");

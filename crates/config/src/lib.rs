@@ -104,6 +104,27 @@ pub struct ServerConfig {
     /// `access`: who may reach the forwards of shared-key clients (those
     /// without a `clients` entry, whose own rules are `clients[i].allow`...).
     pub access: Access,
+    /// `cluster`: this server as a node of a cluster on etcd; `None` = a
+    /// single server.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// The `cluster` section (docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSection {
+    /// `cluster.node`: this node's name, unique in the cluster.
+    pub node: String,
+    /// `cluster.etcdEndpoints`: where the cluster's state is kept.
+    pub etcd_endpoints: Vec<String>,
+    /// `cluster.prefix` (default `/opennotr/cluster`).
+    pub prefix: String,
+    /// `cluster.leaseTtl` (default 10 s): a node that stops renewing its
+    /// lease (it died, or lost etcd) leaves the cluster this long after.
+    pub lease_ttl: Duration,
+    /// `cluster.advertise`: `host:port` where clients (and other nodes)
+    /// reach this node's control port. Default: the first `server.publicIP`
+    /// (else the listen address) with the control port.
+    pub advertise: Option<String>,
 }
 
 /// One client's own credential: it authenticates with `name` and `key`

@@ -29,6 +29,59 @@ struct RawFile {
     clients_file: Option<String>,
     admin: Option<RawAdmin>,
     access: Option<crate::access::RawAccess>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCluster {
+    node: Option<String>,
+    etcd_endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    lease_ttl: Option<Seconds>,
+    advertise: Option<String>,
+}
+
+/// The `cluster` section: every key a node needs to find the others.
+fn cluster(raw: Option<RawCluster>) -> Result<Option<crate::ClusterSection>, ConfigError> {
+    let Some(c) = raw else { return Ok(None) };
+    let node = c.node.ok_or_else(|| ConfigError::invalid("cluster.node", "required"))?;
+    let name_ok = !node.is_empty()
+        && node.len() <= 63
+        && node.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !node.starts_with('-')
+        && !node.ends_with('-');
+    if !name_ok {
+        return Err(ConfigError::invalid(
+            "cluster.node",
+            format!("`{node}`: 1-63 lowercase letters, digits and inner hyphens, e.g. node-a"),
+        ));
+    }
+    let etcd_endpoints = c.etcd_endpoints.unwrap_or_default();
+    if etcd_endpoints.is_empty() {
+        return Err(ConfigError::invalid(
+            "cluster.etcdEndpoints",
+            "required: at least one, e.g. http://127.0.0.1:2379",
+        ));
+    }
+    if let Some(i) = etcd_endpoints.iter().position(|e| e.trim().is_empty()) {
+        return Err(ConfigError::invalid(format!("cluster.etcdEndpoints[{i}]"), "must not be empty"));
+    }
+    let prefix = c.prefix.unwrap_or_else(|| "/opennotr/cluster".into());
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        return Err(ConfigError::invalid(
+            "cluster.prefix",
+            "must start with '/' and not end with it, e.g. /opennotr/cluster",
+        ));
+    }
+    let lease_ttl = duration("cluster.leaseTtl", c.lease_ttl, Duration::from_secs(10))?;
+    if !(Duration::from_secs(2)..=Duration::from_secs(300)).contains(&lease_ttl) {
+        return Err(ConfigError::invalid("cluster.leaseTtl", "must be between 2 and 300 seconds"));
+    }
+    if let Some(a) = &c.advertise {
+        crate::util::host_port(a).map_err(|m| ConfigError::invalid("cluster.advertise", m))?;
+    }
+    Ok(Some(crate::ClusterSection { node, etcd_endpoints, prefix, lease_ttl, advertise: c.advertise }))
 }
 
 #[derive(Deserialize, Default)]
@@ -350,6 +403,7 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
         clients_file,
         admin,
         access,
+        cluster: cluster(raw.cluster)?,
     })
 }
 

@@ -438,3 +438,41 @@ fn bandwidth_keys() {
         "forwards:\n  - protocol: tcp\n    ports: {0: 22}\n  - protocol: udp\n    ports: {0: 53}\n    bandwidth: 1.5\n";
     assert_eq!(err_key(client_with(bad)), "forwards[1].bandwidth");
 }
+
+#[test]
+fn cluster_section() {
+    assert!(server_with("").unwrap().cluster.is_none());
+    let c = server_with("cluster:\n  node: node-a\n  etcdEndpoints: [\"http://10.0.0.1:2379\"]\n")
+        .unwrap()
+        .cluster
+        .expect("a cluster section");
+    assert_eq!(c.node, "node-a");
+    assert_eq!(c.prefix, "/opennotr/cluster");
+    assert_eq!(c.lease_ttl, Duration::from_secs(10));
+    assert_eq!(c.advertise, None);
+    let c = server_with(
+        "cluster:\n  node: b2\n  etcdEndpoints: [\"10.0.0.1:2379\"]\n  prefix: /relay\n  leaseTtl: 30\n  advertise: \"relay-b.example.com:10100\"\n",
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!((c.prefix.as_str(), c.lease_ttl.as_secs()), ("/relay", 30));
+    assert_eq!(c.advertise.as_deref(), Some("relay-b.example.com:10100"));
+
+    let bad = |yaml: &str| err_key(server_with(&format!("cluster:\n{yaml}")));
+    let endpoints = "  etcdEndpoints: [\"http://10.0.0.1:2379\"]\n";
+    assert_eq!(bad(endpoints), "cluster.node");
+    for node in ["Node-A", "-a", "a-", "a_b", "\"\"", &"a".repeat(64)] {
+        assert_eq!(bad(&format!("  node: {node}\n{endpoints}")), "cluster.node", "{node}");
+    }
+    assert_eq!(bad("  node: a\n"), "cluster.etcdEndpoints");
+    assert_eq!(bad("  node: a\n  etcdEndpoints: [\" \"]\n"), "cluster.etcdEndpoints[0]");
+    for prefix in ["relay", "/", "/relay/"] {
+        assert_eq!(bad(&format!("  node: a\n{endpoints}  prefix: \"{prefix}\"\n")), "cluster.prefix", "{prefix}");
+    }
+    for ttl in ["1", "301", "0", "-5"] {
+        assert_eq!(bad(&format!("  node: a\n{endpoints}  leaseTtl: {ttl}\n")), "cluster.leaseTtl", "{ttl}");
+    }
+    assert_eq!(bad(&format!("  node: a\n{endpoints}  advertise: \"relay\"\n")), "cluster.advertise");
+    assert_eq!(bad(&format!("  node: a\n{endpoints}  nodes: 3\n")), "cluster.nodes");
+}

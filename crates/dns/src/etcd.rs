@@ -38,8 +38,10 @@ mod records;
 
 #[doc(hidden)]
 pub use gateway::fuzzing;
-use gateway::{Error, Gateway, Lease, Put};
-use records::{Expect, Layout};
+// The JSON gateway client, shared with the cluster's node registry.
+pub use gateway::{endpoint_base, Error, Gateway, Lease, Put};
+use records::Layout;
+pub use records::{Expect, Kv};
 
 /// First wait after a failure; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(500);

@@ -216,12 +216,13 @@ impl ServerHandle {
         let mut old_server = old.server.clone();
         old_server.auth_key = next.server.auth_key.clone();
         old_server.auth_key_domains = next.server.auth_key_domains.clone();
-        let checks: [(&str, bool); 5] = [
+        let checks: [(&str, bool); 6] = [
             ("server", same(&old_server, &next.server)),
             ("dhcp", same(&old.dhcp, &next.dhcp)),
             ("resolver", old.etcd_endpoints == next.etcd_endpoints && old.etcd_prefix == next.etcd_prefix),
             ("dns", same(&old.dns, &next.dns)),
             ("admin", same(&old.admin.as_ref().map(|a| a.listen), &next.admin.as_ref().map(|a| a.listen))),
+            ("cluster", old.cluster == next.cluster),
         ];
         report.restart_required = checks.iter().filter(|(_, same)| !same).map(|(k, _)| k.to_string()).collect();
         // A new admin.token is checked from the next request on, on
@@ -376,6 +377,10 @@ impl Backend for ServerHandle {
             Some(s) => (s.client.clone(), s.client_id.clone()),
             None => (None, String::new()),
         })
+    }
+
+    fn cluster(&self) -> Option<opennotr_admin::ClusterView> {
+        ServerHandle::cluster(self)
     }
 }
 

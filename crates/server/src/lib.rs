@@ -32,6 +32,7 @@ mod access;
 mod admin;
 mod bandwidth;
 mod check;
+mod cluster;
 mod conn;
 mod creds;
 mod group;
@@ -278,6 +279,8 @@ pub(crate) struct Shared {
     pub(crate) quic_stats: Arc<opennotr_transport::quic::DatagramStats>,
     /// Visitors refused by access rules, and the bound on password checks.
     pub(crate) access: Arc<access::Guard>,
+    /// This server's membership of a cluster (`cluster`), when it is a node.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// The longest a burst of registrations waits for its names: the live names
@@ -318,6 +321,26 @@ pub struct Server {
 #[derive(Clone)]
 pub struct ServerHandle {
     shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// The cluster this server is a node of, as it last read it from etcd;
+    /// `None` for a single server.
+    pub fn cluster(&self) -> Option<opennotr_admin::ClusterView> {
+        let c = self.shared.cluster.as_ref()?;
+        let v = c.view();
+        Some(opennotr_admin::ClusterView {
+            node: c.node().to_string(),
+            registered: v.registered,
+            error: v.error,
+            held_by: v.held_by,
+            nodes: v
+                .nodes
+                .into_iter()
+                .map(|n| opennotr_admin::NodeView { node: n.node, advertise: n.advertise, started: n.started })
+                .collect(),
+        })
+    }
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -429,6 +452,21 @@ impl Server {
             None
         });
         let public = public_addresses(&cfg)?;
+        let cluster_endpoints = match &cfg.cluster {
+            None => None,
+            Some(c) => {
+                let e = cluster::endpoints(c).map_err(|(key, message)| ServerError::Config { key, message })?;
+                if cluster::advertise(&cfg, cfg.server.listen).is_none() {
+                    return Err(ServerError::Config {
+                        key: "cluster.advertise".into(),
+                        message: "required when server.listen is bound to all interfaces and server.publicIP is \
+                                  unset (where do clients and other nodes reach this node?)"
+                            .into(),
+                    });
+                }
+                Some(e)
+            }
+        };
         let addr = cfg.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let quic = match &cfg.server.quic {
@@ -468,6 +506,14 @@ impl Server {
                 ),
             })
         });
+        let cluster = match (&cfg.cluster, cluster_endpoints) {
+            (Some(c), Some(endpoints)) => {
+                let control = listener.local_addr().unwrap_or(addr);
+                let advertise = cluster::advertise(&cfg, control).unwrap_or_else(|| control.to_string());
+                Some(Arc::new(cluster::Cluster::new(c.clone(), endpoints, advertise)))
+            }
+            _ => None,
+        };
         let state = state::State::new(&cfg);
         opennotr_transport::fds::set_reserve(cfg.limits.fd_reserve);
         let handshake_slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes));
@@ -498,6 +544,7 @@ impl Server {
             quic_stats: Arc::default(),
             groups: Arc::default(),
             access: Arc::default(),
+            cluster,
             cfg,
         });
         if let Some(v) = &vlan {
@@ -555,6 +602,8 @@ impl Server {
         if let Some(v) = self.vlan {
             vlan::spawn(v, shared.clone(), shared.kill.clone());
         }
+        let cluster_stop = CancellationToken::new();
+        let cluster = shared.cluster.clone().map(|c| tokio::spawn(c.run(cluster_stop.clone())));
         let publisher_stop = CancellationToken::new();
         let publisher = tokio::spawn(publish_names(shared.clone(), publisher_stop.clone()));
         let names_stop = CancellationToken::new();
@@ -591,6 +640,11 @@ impl Server {
         // etcd before they stop.
         publisher_stop.cancel();
         let _ = publisher.await;
+        // Its clients are gone: the node leaves the cluster.
+        cluster_stop.cancel();
+        if let Some(c) = cluster {
+            let _ = c.await;
+        }
         names_stop.cancel();
         for t in name_tasks {
             let _ = t.await;

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use opennotr_admin::{
-    AccessRulesView, AdminServer, Backend, BackendError, ClientView, ForwardAccessView, ForwardGroupView, ForwardView,
-    GroupMemberView, GroupView, NewClient, RefusalView, RefusedView, ReloadReport, SessionView,
+    AccessRulesView, AdminServer, Backend, BackendError, ClientView, ClusterView, ForwardAccessView, ForwardGroupView,
+    ForwardView, GroupMemberView, GroupView, NewClient, RefusalView, RefusedView, ReloadReport, SessionView,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,8 @@ pub(crate) struct State {
     pub(crate) keys: Vec<(String, String)>,
     pub(crate) refusals: Vec<RefusalView>,
     pub(crate) groups: Vec<GroupView>,
+    /// `None`: a single server.
+    pub(crate) cluster: Option<ClusterView>,
     pub(crate) reload: ReloadOutcome,
     pub(crate) polls: u64,
 }
@@ -139,6 +141,7 @@ impl Fake {
                 keys: Vec::new(),
                 refusals,
                 groups,
+                cluster: None,
                 reload: ReloadOutcome::Applied(ReloadReport::default()),
                 polls: 0,
             }),
@@ -239,6 +242,10 @@ impl Backend for Fake {
 
     fn groups(&self) -> Vec<GroupView> {
         self.state().groups.clone()
+    }
+
+    fn cluster(&self) -> Option<ClusterView> {
+        self.state().cluster.clone()
     }
 
     fn metrics(&self) -> String {

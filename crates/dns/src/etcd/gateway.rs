@@ -26,7 +26,7 @@ const PAGE: i64 = 500;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum Error {
+pub enum Error {
     /// No answer: refused, timed out, cut, or not HTTP.
     #[error("{endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
@@ -43,22 +43,22 @@ pub(crate) enum Error {
 
 impl Error {
     /// gRPC code 5: the lease (or key) does not exist.
-    pub(crate) fn is_not_found(&self) -> bool {
+    pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Etcd { code: 5, .. })
     }
 }
 
 /// A lease granted by etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Lease {
-    pub(crate) id: i64,
+pub struct Lease {
+    pub id: i64,
     /// Seconds, as granted.
-    pub(crate) ttl: i64,
+    pub ttl: i64,
 }
 
 /// What a conditional put found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Put {
+pub enum Put {
     /// Written; the key's new mod revision.
     Done(i64),
     /// Not written: the key is not as expected. What it holds now, if anything.
@@ -67,7 +67,7 @@ pub(crate) enum Put {
 
 /// `http://host:port` (no trailing `/`) from an endpoint as configured:
 /// `http://host:port`, `host:port`, with or without a trailing `/`.
-pub(crate) fn endpoint_base(endpoint: &str) -> Result<String, String> {
+pub fn endpoint_base(endpoint: &str) -> Result<String, String> {
     let e = endpoint.trim();
     let rest = match e.find("://") {
         Some(i) if e[..i].eq_ignore_ascii_case("http") => &e[i + 3..],
@@ -87,7 +87,7 @@ pub(crate) fn endpoint_base(endpoint: &str) -> Result<String, String> {
 }
 
 /// The JSON gateway of one etcd cluster, through its endpoints in order.
-pub(crate) struct Gateway {
+pub struct Gateway {
     client: Client<HttpConnector, Full<Bytes>>,
     endpoints: Vec<String>,
     /// The endpoint that answered last; requests start there.
@@ -96,7 +96,7 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     /// `endpoints` as returned by [`endpoint_base`]; at least one.
-    pub(crate) fn new(endpoints: Vec<String>) -> Gateway {
+    pub fn new(endpoints: Vec<String>) -> Gateway {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
@@ -109,12 +109,12 @@ impl Gateway {
     }
 
     /// The endpoint requests go to first.
-    pub(crate) fn endpoint(&self) -> &str {
+    pub fn endpoint(&self) -> &str {
         self.endpoints.get(self.current).map(String::as_str).unwrap_or("")
     }
 
     /// Makes the next request try the endpoints from the first again.
-    pub(crate) fn rewind(&mut self) {
+    pub fn rewind(&mut self) {
         self.current = 0;
     }
 
@@ -170,7 +170,7 @@ impl Gateway {
     }
 
     /// A new lease of `ttl` seconds.
-    pub(crate) async fn grant(&mut self, ttl: i64) -> Result<Lease, Error> {
+    pub async fn grant(&mut self, ttl: i64) -> Result<Lease, Error> {
         const PATH: &str = "/v3/lease/grant";
         let v = self.call(PATH, &json!({ "TTL": ttl.to_string() })).await?;
         let id = int(&v, "ID").map_err(|r| self.protocol(PATH, r))?;
@@ -182,7 +182,7 @@ impl Gateway {
     }
 
     /// Renews the lease; its remaining TTL, 0 or less if it is gone.
-    pub(crate) async fn keepalive(&mut self, id: i64) -> Result<i64, Error> {
+    pub async fn keepalive(&mut self, id: i64) -> Result<i64, Error> {
         const PATH: &str = "/v3/lease/keepalive";
         match self.call(PATH, &json!({ "ID": id.to_string() })).await {
             Ok(v) => int(&v, "TTL").map_err(|r| self.protocol(PATH, r)),
@@ -192,7 +192,7 @@ impl Gateway {
     }
 
     /// Revokes the lease: its keys vanish at once. A lease already gone is fine.
-    pub(crate) async fn revoke(&mut self, id: i64) -> Result<(), Error> {
+    pub async fn revoke(&mut self, id: i64) -> Result<(), Error> {
         match self.call("/v3/lease/revoke", &json!({ "ID": id.to_string() })).await {
             Err(e) if !e.is_not_found() => Err(e),
             _ => Ok(()),
@@ -201,7 +201,7 @@ impl Gateway {
 
     /// Every key-value pair in `[start, end)`, one consistent snapshot,
     /// page by page.
-    pub(crate) async fn list(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<Kv>, Error> {
+    pub async fn list(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<Kv>, Error> {
         const PATH: &str = "/v3/kv/range";
         let mut out = Vec::new();
         let mut from = start.to_vec();
@@ -240,7 +240,7 @@ impl Gateway {
     }
 
     /// Writes `key` = `value` attached to `lease` if the key is as expected.
-    pub(crate) async fn put_if(&mut self, key: &str, value: &[u8], lease: i64, expect: Expect) -> Result<Put, Error> {
+    pub async fn put_if(&mut self, key: &str, value: &[u8], lease: i64, expect: Expect) -> Result<Put, Error> {
         const PATH: &str = "/v3/kv/txn";
         let k = B64.encode(key);
         let req = json!({
@@ -259,7 +259,7 @@ impl Gateway {
 
     /// Deletes `key` if it was last modified at `mod_revision` (it is still
     /// the record we know). Whether it was deleted.
-    pub(crate) async fn delete_if(&mut self, key: &str, mod_revision: i64) -> Result<bool, Error> {
+    pub async fn delete_if(&mut self, key: &str, mod_revision: i64) -> Result<bool, Error> {
         let k = B64.encode(key);
         let req = json!({
             "compare": [compare(&k, Expect::ModRevision(mod_revision))],

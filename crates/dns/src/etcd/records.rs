@@ -14,17 +14,17 @@ pub(crate) const OWNER_FIELD: &str = "opennotr";
 
 /// A key-value pair as etcd lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Kv {
-    pub(crate) key: Vec<u8>,
-    pub(crate) value: Vec<u8>,
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
     /// The lease the key is attached to, 0 for none.
-    pub(crate) lease: i64,
-    pub(crate) mod_revision: i64,
+    pub lease: i64,
+    pub mod_revision: i64,
 }
 
 /// What a conditional write expects to find at its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Expect {
+pub enum Expect {
     /// No key.
     Absent,
     /// The key, last modified at this revision (one of ours).

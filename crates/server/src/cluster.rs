@@ -1,0 +1,256 @@
+//! This server as a node of a cluster on etcd (docs/cluster.md).
+//!
+//! The node registers `<prefix>/nodes/<node>` under a lease of its own and
+//! keeps the lease alive; a node that dies leaves the cluster when its lease
+//! expires (`cluster.leaseTtl`), and a clean stop revokes the lease, so it
+//! leaves at once. The registration is a create-if-absent transaction: two
+//! live processes never hold one node name, and a restarted node waits for
+//! the lease of its previous run to expire before it takes its name back.
+//!
+//! Every node keeps a view of the live nodes, read from etcd every third of
+//! the lease TTL together with the keepalive. etcd being slow or down never
+//! reaches the sessions: the view says since when it has been stale.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opennotr_config::ClusterSection;
+use opennotr_dns::etcd::{endpoint_base, Error, Expect, Gateway, Lease, Put};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// First wait after a failure; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Bound of the lease revocation at a clean stop.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A node record larger than this is not one of ours.
+const MAX_RECORD: usize = 4096;
+
+/// What a node writes about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct NodeRecord {
+    /// `cluster.node`.
+    pub(crate) node: String,
+    /// Where clients and other nodes reach its control port.
+    pub(crate) advertise: String,
+    /// When this process registered, seconds since the Unix epoch.
+    pub(crate) started: u64,
+    /// Random per process: tells a node's restart from its previous run.
+    pub(crate) instance: String,
+}
+
+/// The cluster as this node last read it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct View {
+    /// This node holds its name in etcd now.
+    pub(crate) registered: bool,
+    /// The live nodes, by name (this one included once registered).
+    pub(crate) nodes: Vec<NodeRecord>,
+    /// Why the last exchange with etcd failed, while it fails.
+    pub(crate) error: Option<String>,
+    /// Another process holds this node's name (it is waiting for it): where
+    /// that one says it is reached.
+    pub(crate) held_by: Option<String>,
+}
+
+/// The etcd endpoints of `cfg` as the gateway client takes them; one that
+/// is not a URL or `host:port` is an error naming it.
+pub(crate) fn endpoints(cfg: &ClusterSection) -> Result<Vec<String>, (String, String)> {
+    cfg.etcd_endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| endpoint_base(e).map_err(|m| (format!("cluster.etcdEndpoints[{i}]"), m)))
+        .collect()
+}
+
+/// Where this node says it is reached: `cluster.advertise`, else the first
+/// public address with the control port, else the control listener's
+/// address when it is a specific one. `None`: none of these says it.
+pub(crate) fn advertise(cfg: &opennotr_config::ServerConfig, control: std::net::SocketAddr) -> Option<String> {
+    if let Some(a) = cfg.cluster.as_ref().and_then(|c| c.advertise.clone()) {
+        return Some(a);
+    }
+    let ip = cfg.server.public_ips.first().copied().or((!control.ip().is_unspecified()).then_some(control.ip()))?;
+    Some(std::net::SocketAddr::new(ip, control.port()).to_string())
+}
+
+/// This node's membership.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    cfg: ClusterSection,
+    record: NodeRecord,
+    endpoints: Vec<String>,
+    view: RwLock<View>,
+}
+
+impl Cluster {
+    /// The membership of node `cfg.node`, reachable at `advertise`, through
+    /// `endpoints` (from [`endpoints`]); nothing happens before
+    /// [`run`](Self::run).
+    pub(crate) fn new(cfg: ClusterSection, endpoints: Vec<String>, advertise: String) -> Cluster {
+        let record = NodeRecord {
+            node: cfg.node.clone(),
+            advertise,
+            started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            instance: hex::encode(rand::random::<[u8; 8]>()),
+        };
+        Cluster { cfg, record, endpoints, view: RwLock::new(View::default()) }
+    }
+
+    /// This node's name.
+    pub(crate) fn node(&self) -> &str {
+        &self.record.node
+    }
+
+    /// The cluster as last read.
+    pub(crate) fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn key(&self) -> String {
+        format!("{}/nodes/{}", self.cfg.prefix, self.record.node)
+    }
+
+    /// Registers, renews and reads the cluster until `stop`, then leaves it.
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut etcd = Gateway::new(self.endpoints.clone());
+        let mut backoff = BACKOFF_MIN;
+        let mut lease = None;
+        loop {
+            let r = self.member(&mut etcd, &mut lease, &stop).await;
+            if stop.is_cancelled() {
+                break;
+            }
+            if let Err(e) = r {
+                let first = self.failed(&e);
+                if first {
+                    warn!(error = %e, "cluster: etcd failed; retrying");
+                } else {
+                    debug!(error = %e, "cluster: etcd still failing");
+                }
+                if matches!(e, Error::LeaseLost) {
+                    lease = None;
+                }
+                etcd.rewind();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        if let Some(l) = lease {
+            // Leaving at once, rather than when the lease would expire.
+            let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(l.id)).await;
+            info!(node = self.node(), "left the cluster");
+        }
+        self.view.write().unwrap_or_else(|e| e.into_inner()).registered = false;
+    }
+
+    /// Records a failure; true for the first of an outage.
+    fn failed(&self, e: &Error) -> bool {
+        let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+        let first = v.error.is_none();
+        v.error = Some(e.to_string());
+        if matches!(e, Error::LeaseLost) {
+            v.registered = false;
+        }
+        first
+    }
+
+    /// One stretch of membership: the lease (granted if `lease` is none),
+    /// the node's name, then renewals and reads every third of the TTL.
+    async fn member(
+        &self,
+        etcd: &mut Gateway,
+        lease: &mut Option<Lease>,
+        stop: &CancellationToken,
+    ) -> Result<(), Error> {
+        let ttl = self.cfg.lease_ttl.as_secs().max(2) as i64;
+        let tick = self.cfg.lease_ttl / 3;
+        let l = match *lease {
+            Some(l) => l,
+            None => {
+                let l = etcd.grant(ttl).await?;
+                *lease = Some(l);
+                l
+            }
+        };
+        let key = self.key();
+        let value = serde_json::to_vec(&self.record).unwrap_or_default();
+        let mut waiting_said = false;
+        loop {
+            match etcd.put_if(&key, &value, l.id, Expect::Absent).await? {
+                Put::Done(_) => break,
+                // Ours already (registered before a failed read): keep it.
+                Put::Refused(Some(kv)) if kv.lease == l.id => break,
+                Put::Refused(held) => {
+                    let holder = held.and_then(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok());
+                    let advertise = holder.as_ref().map_or_else(|| "?".into(), |r| r.advertise.clone());
+                    {
+                        let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+                        v.held_by = Some(advertise);
+                        v.error = None;
+                    }
+                    if !waiting_said {
+                        let by = holder
+                            .map(|r| format!("{} (instance {}, started {})", r.advertise, r.instance, r.started))
+                            .unwrap_or_else(|| "a record not written by opennotrd".into());
+                        warn!(
+                            node = self.node(),
+                            held_by = %by,
+                            "cluster: this node's name is held by another process (a live namesake, or this \
+                             node's previous run until its lease expires); waiting for it"
+                        );
+                        waiting_said = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(tick) => {}
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                    etcd.keepalive(l.id).await?;
+                }
+            }
+        }
+        info!(node = self.node(), advertise = %self.record.advertise, "joined the cluster");
+        loop {
+            let nodes = self.read_nodes(etcd).await?;
+            if !nodes.iter().any(|n| n.instance == self.record.instance) {
+                // etcd lost our key (its data was wiped, or someone deleted
+                // it): register again.
+                return Err(Error::LeaseLost);
+            }
+            {
+                let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+                if v.error.take().is_some() {
+                    info!("cluster: etcd reachable again");
+                }
+                *v = View { registered: true, nodes, error: None, held_by: None };
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
+            etcd.keepalive(l.id).await?;
+        }
+    }
+
+    /// The live nodes' records, by name; a record that does not parse (not
+    /// written by opennotrd) is passed over.
+    async fn read_nodes(&self, etcd: &mut Gateway) -> Result<Vec<NodeRecord>, Error> {
+        let start = format!("{}/nodes/", self.cfg.prefix);
+        // The end of the prefix range: the same bytes with the last one
+        // incremented ('/' + 1 = '0').
+        let end = format!("{}/nodes0", self.cfg.prefix);
+        let kvs = etcd.list(start.as_bytes(), end.as_bytes()).await?;
+        let mut nodes: Vec<NodeRecord> = kvs
+            .iter()
+            .filter(|kv| kv.value.len() <= MAX_RECORD)
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+}
