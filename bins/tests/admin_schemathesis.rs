@@ -79,8 +79,7 @@ fn schemathesis_finds_nothing_in_the_admin_api() {
              limits:\n  forwardBandwidth: 10MB\n\
              clients:\n  - name: alice\n    key: \"{ALICE_KEY}\"\n    bandwidth: 80Mbit\n\
              \x20   allow: [\"127.0.0.0/8\", \"2001:db8::/32\"]\n    deny: [\"127.0.0.9\"]\n\
-             admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{TOKEN}\"\n\
-             cluster:\n  node: schema-node\n  etcdEndpoints: [\"http://127.0.0.1:1\"]\n"
+             admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{TOKEN}\"\n"
         ),
     );
     let mut server = Proc::spawn(SERVER, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"], &dir.0);
@@ -111,21 +110,10 @@ fn schemathesis_finds_nothing_in_the_admin_api() {
         sessions.contains("\"deny\":[\"10.0.0.0/8\"]") && sessions.contains("\"deny\":[\"127.0.0.9/32\"]"),
         "{sessions}"
     );
-    // A cluster node whose etcd does not answer (nothing listens on port 1):
-    // its view has an error to show.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let cluster = request(admin, "GET", "/api/v1/cluster");
-        if cluster.contains("\"error\":\"") {
-            assert!(
-                cluster.contains("\"node\":\"schema-node\"") && cluster.contains("\"registered\":false"),
-                "{cluster}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "no etcd error in the cluster view:\n{cluster}");
-        thread::sleep(std::time::Duration::from_millis(100));
-    }
+    // A single server: /api/v1/cluster answers 404, as documented (its 200
+    // is checked against the document by the admin crate's tests).
+    let cluster = request(admin, "GET", "/api/v1/cluster");
+    assert!(cluster.starts_with("HTTP/1.1 404"), "{cluster}");
 
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("schemathesis.toml");
     let started = Instant::now();

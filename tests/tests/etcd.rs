@@ -578,3 +578,116 @@ async fn cluster_nodes_join_see_each_other_and_leave() {
     })
     .await
 }
+
+/// The node holding `domain`'s claim, as etcd says (`None`: no claim).
+async fn claim_of(etcd: &Etcd, domain: &str) -> Option<String> {
+    let key = format!("/opennotr/cluster/claims/domains/{domain}");
+    let v = etcd.call("/v3/kv/range", json!({ "key": b64(key.as_bytes()) })).await.expect("etcd answers");
+    let kv = v["kvs"].as_array()?.first()?.clone();
+    let claim: Value = serde_json::from_slice(&unb64(kv["value"].as_str()?)).ok()?;
+    claim["node"].as_str().map(str::to_owned)
+}
+
+/// A domain is served by one node at a time: a client of another node
+/// asking for it is refused (naming the holder) until the holder's client
+/// leaves; then it gets it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_domain_claims_are_unique() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let a = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-a"), &builtin_plugins()).await;
+        let b = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-b"), &builtin_plugins()).await;
+        wait_until("both nodes to join", || nodes(&b.handle) == ["node-a", "node-b"]).await;
+        let domain = "shop.e2e.notr.test";
+
+        let (x, reg) = connect(a.addr, Some(domain)).await;
+        assert_eq!(reg.domain, domain);
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+
+        let mut spec = ClientSpec::new(b.addr);
+        spec.domain = Some(domain.into());
+        let mut y = TestClient::start(&spec);
+        let refused = y.wait_event("node-b to refuse the domain", |e| matches!(e, Event::Refused { .. })).await;
+        let Event::Refused { code, message } = refused else { unreachable!() };
+        assert_eq!(code, RefuseCode::DomainTaken);
+        assert!(message.contains("node-a"), "{message}");
+        assert!(b.handle.sessions().is_empty());
+
+        // The holder leaves: its claim goes, and the waiting client gets the
+        // domain on the other node.
+        x.stop().await;
+        let reg = y.connected().await;
+        assert_eq!(reg.domain, domain);
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-b"));
+        y.stop().await;
+        wait_until("the claim to go with the last client", || a.handle.sessions().is_empty()).await;
+        let deadline = Instant::now() + ETCD_WAIT;
+        while claim_of(&etcd, domain).await.is_some() {
+            assert!(Instant::now() < deadline, "the claim outlived its session");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+}
+
+/// A node cut off from etcd for a whole lease TTL gives up its place: it
+/// closes its sessions (their claims are gone) and refuses clients until
+/// etcd is back; then its client comes back with its domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_etcd_stops_serving_its_claims() {
+    run_test(async {
+        let mut etcd = Etcd::start().await;
+        let a = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-a"), &builtin_plugins()).await;
+        wait_until("node-a to join", || nodes(&a.handle) == ["node-a"]).await;
+        let domain = "cut.e2e.notr.test";
+        let (mut x, _) = connect(a.addr, Some(domain)).await;
+
+        etcd.kill();
+        let reason = x.disconnected().await;
+        assert!(reason.contains("lost its place in the cluster"), "{reason}");
+        let refused = x.wait_event("a refusal while etcd is away", |e| matches!(e, Event::Refused { .. })).await;
+        assert!(matches!(refused, Event::Refused { code: RefuseCode::ClusterUnavailable, .. }), "{refused:?}");
+
+        etcd.launch().await;
+        let reg = x.connected().await;
+        assert_eq!(reg.domain, domain);
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+        x.stop().await;
+        a.stop().await;
+    })
+    .await
+}
+
+/// `kill -9` of a node: its client, which lists both nodes, moves to the
+/// other one and gets its domain back there once the dead node's lease
+/// (and claim) expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_client_gets_its_domain_back_on_another_node() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let (mut a, a_addr) = Doomed::start(cluster_config(&etcd.endpoint(), "node-a")).await;
+        let b = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-b"), &builtin_plugins()).await;
+        wait_until("both nodes to join", || nodes(&b.handle) == ["node-a", "node-b"]).await;
+        let domain = "moves.e2e.notr.test";
+        let mut spec = ClientSpec::new(a_addr);
+        spec.domain = Some(domain.into());
+        let yaml =
+            spec.yaml().replace(&format!("serverAddr: \"{a_addr}\""), &format!("serverAddr: \"{a_addr}, {}\"", b.addr));
+        let mut x = TestClient::start_config(opennotr_config::parse_client(&yaml).unwrap());
+        x.connected().await;
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+
+        a.crash();
+        x.disconnected().await;
+        let reg = x.connected().await;
+        assert_eq!(reg.domain, domain);
+        assert_eq!(b.handle.sessions().len(), 1);
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-b"));
+        wait_until("node-a to leave with its lease", || nodes(&b.handle) == ["node-b"]).await;
+        x.stop().await;
+        b.stop().await;
+    })
+    .await
+}

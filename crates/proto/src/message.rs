@@ -268,6 +268,10 @@ pub enum RefuseCode {
     /// Too many failed handshakes came from the client's address: its
     /// handshakes are refused for a while (the message says how long).
     TooManyFailures,
+    /// The server cannot take the client now: it is a node of a cluster
+    /// and cannot reach the cluster's state (etcd) to claim the domain.
+    /// Retry, here or on another server.
+    ClusterUnavailable,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,

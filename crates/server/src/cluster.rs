@@ -27,6 +27,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A node record larger than this is not one of ours.
 const MAX_RECORD: usize = 4096;
+/// Bound of one claim or release: a client waits for it before its
+/// registration is answered.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts of one claim racing with other writers.
+const CLAIM_ATTEMPTS: usize = 3;
 
 /// What a node writes about itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,6 +44,26 @@ pub(crate) struct NodeRecord {
     pub(crate) started: u64,
     /// Random per process: tells a node's restart from its previous run.
     pub(crate) instance: String,
+}
+
+/// Who holds a domain in the cluster: `<prefix>/claims/domains/<domain>`,
+/// under the holding node's lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct DomainClaim {
+    node: String,
+    /// The session, hex.
+    session: String,
+}
+
+/// Why a domain was not claimed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClaimError {
+    /// Another node holds it.
+    #[error("{domain} is held by a client of node {node}")]
+    Held { domain: String, node: String },
+    /// etcd is out of reach, or this node is not registered.
+    #[error("this node cannot reach the cluster's state to claim {domain}: {why}; retry")]
+    Unavailable { domain: String, why: String },
 }
 
 /// The cluster as this node last read it.
@@ -83,6 +108,21 @@ pub(crate) struct Cluster {
     record: NodeRecord,
     endpoints: Vec<String>,
     view: RwLock<View>,
+    /// The lease this node holds its name under, while it does: claims hang
+    /// on it, so they go with the node.
+    lease: std::sync::Mutex<Option<i64>>,
+    /// Claims and releases, one at a time, on a gateway of their own (the
+    /// membership loop holds the other).
+    claims: tokio::sync::Mutex<Gateway>,
+    /// The domains this node holds a claim on: the claim's revision, and
+    /// how many of its sessions share it (the members of a group).
+    held: std::sync::Mutex<std::collections::HashMap<String, (i64, usize)>>,
+    /// When the lease was last renewed (or granted).
+    renewed: std::sync::Mutex<tokio::time::Instant>,
+    /// Counts the times this node lost its place: its lease went unrenewed
+    /// for a whole TTL, so its claims are gone (or going) and its sessions
+    /// must end.
+    losses: tokio::sync::watch::Sender<u64>,
 }
 
 impl Cluster {
@@ -96,7 +136,17 @@ impl Cluster {
             started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             instance: hex::encode(rand::random::<[u8; 8]>()),
         };
-        Cluster { cfg, record, endpoints, view: RwLock::new(View::default()) }
+        Cluster {
+            cfg,
+            record,
+            claims: tokio::sync::Mutex::new(Gateway::new(endpoints.clone())),
+            endpoints,
+            view: RwLock::new(View::default()),
+            lease: std::sync::Mutex::new(None),
+            held: Default::default(),
+            renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
+            losses: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     /// This node's name.
@@ -113,13 +163,53 @@ impl Cluster {
         format!("{}/nodes/{}", self.cfg.prefix, self.record.node)
     }
 
+    /// Changes each time this node loses its place in the cluster (see
+    /// [`run`](Self::run)): its sessions are to be closed.
+    pub(crate) fn losses(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.losses.subscribe()
+    }
+
+    fn renewed_now(&self) {
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+    }
+
     /// Registers, renews and reads the cluster until `stop`, then leaves it.
+    ///
+    /// A lease that goes unrenewed for a whole TTL (etcd out of reach, or
+    /// this node cut off from it) has expired, or soon will, with every
+    /// claim on it: the node then gives up its place at once, without
+    /// waiting for etcd to say so. Its sessions are closed (see
+    /// [`losses`](Self::losses)), new clients are refused until it is back,
+    /// and it comes back under a new lease, so no claim of the old one
+    /// lives on. Two nodes never serve one domain, even across a partition.
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut etcd = Gateway::new(self.endpoints.clone());
         let mut backoff = BACKOFF_MIN;
         let mut lease = None;
         loop {
-            let r = self.member(&mut etcd, &mut lease, &stop).await;
+            // Fires when the place this node holds has gone a whole TTL
+            // without a renewal.
+            let watchdog = async {
+                loop {
+                    let due = *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) + self.cfg.lease_ttl;
+                    tokio::time::sleep_until(due).await;
+                    let renewed = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+                    let holding = self.lease.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+                    if holding && renewed + self.cfg.lease_ttl <= tokio::time::Instant::now() {
+                        break;
+                    }
+                    if !holding {
+                        tokio::time::sleep(self.cfg.lease_ttl / 3).await;
+                    }
+                }
+            };
+            let r = tokio::select! {
+                r = self.member(&mut etcd, &mut lease, &stop) => r,
+                _ = watchdog => {
+                    self.lose();
+                    Err(Error::LeaseLost)
+                }
+            };
             if stop.is_cancelled() {
                 break;
             }
@@ -131,7 +221,11 @@ impl Cluster {
                     debug!(error = %e, "cluster: etcd still failing");
                 }
                 if matches!(e, Error::LeaseLost) {
-                    lease = None;
+                    if let Some(old) = lease.take() {
+                        // Its claims must not outlive this place: revoked
+                        // when etcd answers, else they expire with it.
+                        let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(old.id)).await;
+                    }
                 }
                 etcd.rewind();
                 tokio::select! {
@@ -141,6 +235,7 @@ impl Cluster {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+        self.set_lease(None);
         if let Some(l) = lease {
             // Leaving at once, rather than when the lease would expire.
             let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(l.id)).await;
@@ -156,8 +251,108 @@ impl Cluster {
         v.error = Some(e.to_string());
         if matches!(e, Error::LeaseLost) {
             v.registered = false;
+            drop(v);
+            self.set_lease(None);
         }
         first
+    }
+
+    /// Gives up this node's place: no more claims, its sessions close.
+    fn lose(&self) {
+        self.set_lease(None);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.view.write().unwrap_or_else(|e| e.into_inner()).registered = false;
+        warn!(
+            node = self.node(),
+            ttl_secs = self.cfg.lease_ttl.as_secs_f64(),
+            "cluster: the lease went unrenewed for its whole TTL; its claims are gone: closing this node's sessions"
+        );
+        self.losses.send_modify(|n| *n += 1);
+    }
+
+    fn set_lease(&self, id: Option<i64>) {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = id;
+    }
+
+    fn claim_key(&self, domain: &str) -> String {
+        format!("{}/claims/domains/{domain}", self.cfg.prefix)
+    }
+
+    /// Claims `domain` for a session (`session`, hex) of this node: a
+    /// transaction that writes the claim only where there is none, under
+    /// this node's lease. A claim of this node's already there (a release
+    /// that did not reach etcd) is taken over; a domain this node holds
+    /// already (a group's members share it) is counted once more. Each
+    /// claim is [`release`](Self::release)d once.
+    pub(crate) async fn claim(&self, domain: &str, session: &str) -> Result<(), ClaimError> {
+        let unavailable = |why: String| ClaimError::Unavailable { domain: domain.to_string(), why };
+        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).ok_or_else(|| {
+            unavailable("it does not hold its place in the cluster (etcd out of reach, or its name held)".into())
+        })?;
+        let key = self.claim_key(domain);
+        let value = serde_json::to_vec(&DomainClaim { node: self.record.node.clone(), session: session.into() })
+            .unwrap_or_default();
+        let mut etcd = self.claims.lock().await;
+        if let Some((_, n)) = self.held.lock().unwrap_or_else(|e| e.into_inner()).get_mut(domain) {
+            *n += 1;
+            return Ok(());
+        }
+        let mut expect = Expect::Absent;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let put = tokio::time::timeout(CLAIM_TIMEOUT, etcd.put_if(&key, &value, lease, expect)).await;
+            match put.map_err(|_| unavailable("etcd did not answer in time".into()))? {
+                Err(e) => {
+                    etcd.rewind();
+                    return Err(unavailable(e.to_string()));
+                }
+                Ok(Put::Done(revision)) => {
+                    self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(domain.to_string(), (revision, 1));
+                    return Ok(());
+                }
+                // Released meanwhile: try again.
+                Ok(Put::Refused(None)) => expect = Expect::Absent,
+                Ok(Put::Refused(Some(kv))) => {
+                    let holder = serde_json::from_slice::<DomainClaim>(&kv.value).ok();
+                    match holder {
+                        Some(c) if c.node == self.record.node && kv.lease == lease => {
+                            expect = Expect::ModRevision(kv.mod_revision)
+                        }
+                        Some(c) => return Err(ClaimError::Held { domain: domain.into(), node: c.node }),
+                        None => return Err(ClaimError::Held { domain: domain.into(), node: "?".into() }),
+                    }
+                }
+            }
+        }
+        Err(unavailable("the claim kept racing with other writers".into()))
+    }
+
+    /// Releases a session's claim on `domain`; the last one of this node
+    /// deletes the claim in etcd, if it is still the one written. A delete
+    /// that fails is left to the lease: the claim goes with this node, or
+    /// its next session of the domain takes it over.
+    pub(crate) async fn release(&self, domain: &str) {
+        let key = self.claim_key(domain);
+        let mut etcd = self.claims.lock().await;
+        let revision = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            match held.get_mut(domain) {
+                Some((_, n)) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                Some(&mut (revision, _)) => {
+                    held.remove(domain);
+                    revision
+                }
+                // Lost with this node's place (its lease is gone).
+                None => return,
+            }
+        };
+        match tokio::time::timeout(CLAIM_TIMEOUT, etcd.delete_if(&key, revision)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!(%domain, error = %e, "cluster: releasing a claim failed; it goes with the lease"),
+            Err(_) => debug!(%domain, "cluster: releasing a claim timed out; it goes with the lease"),
+        }
     }
 
     /// One stretch of membership: the lease (granted if `lease` is none),
@@ -174,6 +369,7 @@ impl Cluster {
             Some(l) => l,
             None => {
                 let l = etcd.grant(ttl).await?;
+                self.renewed_now();
                 *lease = Some(l);
                 l
             }
@@ -211,9 +407,11 @@ impl Cluster {
                         _ = stop.cancelled() => return Ok(()),
                     }
                     etcd.keepalive(l.id).await?;
+                    self.renewed_now();
                 }
             }
         }
+        self.set_lease(Some(l.id));
         info!(node = self.node(), advertise = %self.record.advertise, "joined the cluster");
         loop {
             let nodes = self.read_nodes(etcd).await?;
@@ -234,6 +432,7 @@ impl Cluster {
                 _ = stop.cancelled() => return Ok(()),
             }
             etcd.keepalive(l.id).await?;
+            self.renewed_now();
         }
     }
 

@@ -648,6 +648,24 @@ pub(crate) async fn serve(
         let _ = session.quic.set(q);
         session.spares.close();
     }
+    // A node of a cluster claims the domain in etcd before it serves it:
+    // two nodes never serve one domain.
+    if let Some(c) = &shared.cluster {
+        if let Err(e) = c.claim(&session.domain, &hex::encode(session_id)).await {
+            let code = match e {
+                crate::cluster::ClaimError::Held { .. } => RefuseCode::DomainTaken,
+                crate::cluster::ClaimError::Unavailable { .. } => RefuseCode::ClusterUnavailable,
+            };
+            let message = e.to_string();
+            info!(%code, %message, "refusing client");
+            shared.refused(peer, name.as_deref(), code, &message);
+            session::cleanup(&shared, &session).await;
+            let m = ServerMessage::Refused { code, message };
+            let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
+            return None;
+        }
+        let _ = session.claimed.set(());
+    }
     let server_bandwidth = crate::bandwidth::client_limit(cred.as_ref(), &shared.limits());
     let bandwidth = crate::bandwidth::effective(server_bandwidth, wished_bandwidth);
     if let Some(t) = crate::bandwidth::throttle(bandwidth) {

@@ -603,7 +603,22 @@ impl Server {
             vlan::spawn(v, shared.clone(), shared.kill.clone());
         }
         let cluster_stop = CancellationToken::new();
-        let cluster = shared.cluster.clone().map(|c| tokio::spawn(c.run(cluster_stop.clone())));
+        let cluster = shared.cluster.clone().map(|c| {
+            // A node that lost its place in the cluster (its claims) closes
+            // its sessions: their clients reconnect, here once it is back,
+            // or on another server.
+            let mut losses = c.losses();
+            let sh = shared.clone();
+            tokio::spawn(async move {
+                while losses.changed().await.is_ok() {
+                    let sessions: Vec<_> = sh.state().sessions.values().cloned().collect();
+                    for s in sessions {
+                        s.close("this server lost its place in the cluster (etcd out of reach); reconnect");
+                    }
+                }
+            });
+            tokio::spawn(c.run(cluster_stop.clone()))
+        });
         let publisher_stop = CancellationToken::new();
         let publisher = tokio::spawn(publish_names(shared.clone(), publisher_stop.clone()));
         let names_stop = CancellationToken::new();

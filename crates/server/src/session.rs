@@ -78,6 +78,8 @@ pub(crate) struct Session {
     /// Its bandwidth limit (set before its forwards start), shared by all
     /// its streams and flows, VIP traffic included.
     pub(crate) bandwidth: std::sync::OnceLock<Arc<opennotr_transport::bandwidth::Throttle>>,
+    /// It holds a claim on its domain in the cluster, to release when it ends.
+    pub(crate) claimed: std::sync::OnceLock<()>,
 }
 
 pub(crate) struct RunningForward {
@@ -147,6 +149,7 @@ impl Session {
             vip_counters: Arc::default(),
             quic: std::sync::OnceLock::new(),
             bandwidth: std::sync::OnceLock::new(),
+            claimed: std::sync::OnceLock::new(),
         }
     }
 
@@ -723,6 +726,9 @@ pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
     // inherit this one's exported ports.
     crate::vlan::export(shared, session, false).await;
     shared.state().remove(session, ports);
+    if let (Some(c), Some(())) = (&shared.cluster, session.claimed.get()) {
+        c.release(&session.domain).await;
+    }
     shared.publish_names();
     session.finished.cancel();
     debug!("session resources released");

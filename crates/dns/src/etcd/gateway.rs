@@ -94,6 +94,12 @@ pub struct Gateway {
     current: usize,
 }
 
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("endpoints", &self.endpoints).finish_non_exhaustive()
+    }
+}
+
 impl Gateway {
     /// `endpoints` as returned by [`endpoint_base`]; at least one.
     pub fn new(endpoints: Vec<String>) -> Gateway {
