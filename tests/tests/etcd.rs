@@ -603,6 +603,10 @@ async fn cluster_domain_claims_are_unique() {
         let (x, reg) = connect(a.addr, Some(domain)).await;
         assert_eq!(reg.domain, domain);
         assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+        wait_until("node-b to see node-a's claim", || {
+            b.handle.cluster().is_some_and(|c| c.domains.iter().any(|d| d.domain == domain && d.node == "node-a"))
+        })
+        .await;
 
         let mut spec = ClientSpec::new(b.addr);
         spec.domain = Some(domain.into());

@@ -59,6 +59,18 @@ pub struct ClusterView {
     pub held_by: Option<String>,
     /// The live nodes, by name.
     pub nodes: Vec<NodeView>,
+    /// Every claimed domain in the cluster and the node whose client holds
+    /// it, by domain.
+    pub domains: Vec<ClaimView>,
+}
+
+/// A domain claimed in the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimView {
+    /// The domain.
+    pub domain: String,
+    /// The node whose client holds it.
+    pub node: String,
 }
 
 /// One live node of the cluster.

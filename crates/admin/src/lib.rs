@@ -38,8 +38,8 @@ mod server;
 
 pub use auth::TokenHandle;
 pub use backend::{
-    AccessRulesView, Backend, BackendError, ClientView, ClusterView, ForwardAccessView, ForwardGroupView, ForwardView,
-    GroupMemberView, GroupView, NewClient, NodeView, RefusalView, RefusedView, ReloadReport, SessionView,
+    AccessRulesView, Backend, BackendError, ClaimView, ClientView, ClusterView, ForwardAccessView, ForwardGroupView,
+    ForwardView, GroupMemberView, GroupView, NewClient, NodeView, RefusalView, RefusedView, ReloadReport, SessionView,
 };
 pub use server::AdminServer;
 

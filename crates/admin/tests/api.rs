@@ -203,6 +203,7 @@ async fn the_cluster_is_shown_and_a_single_server_has_none() {
     let names: Vec<&str> = v["nodes"].as_array().unwrap().iter().map(|n| n["node"].as_str().unwrap()).collect();
     assert_eq!(names, ["node-a", "node-b"]);
     assert_eq!(v["nodes"][1]["advertise"], "10.0.0.2:10100");
+    assert_eq!(v["domains"], serde_json::json!([{ "domain": "shop.example.com", "node": "node-b" }]));
     assert_eq!(call(s.addr, "GET", "/api/v1/cluster", None, None).await.status, 401);
     s.stop().await;
 }
@@ -216,6 +217,7 @@ fn cluster() -> opennotr_admin::ClusterView {
         error: None,
         held_by: None,
         nodes: vec![node("node-a", "10.0.0.1:10100"), node("node-b", "10.0.0.2:10100")],
+        domains: vec![opennotr_admin::ClaimView { domain: "shop.example.com".into(), node: "node-b".into() }],
     }
 }
 
@@ -552,6 +554,7 @@ fn openapi_schemas_have_the_views_fields() {
         ("GroupView", keys(&support::Fake::new(vec![s.clone()], vec![]).groups()[0])),
         ("ClusterView", keys(&cluster())),
         ("NodeView", keys(&cluster().nodes[0])),
+        ("ClaimView", keys(&cluster().domains[0])),
     ] {
         let (props, required) = schema_keys(&doc, name);
         assert_eq!(props, fields, "{name}: properties");

@@ -119,6 +119,16 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
         message: REASON.into(),
     };
     let fake = Fake::new(vec![alpha, evil], vec![refusal]);
+    let node =
+        |n: &str, at: &str| opennotr_admin::NodeView { node: n.into(), advertise: at.into(), started: now - 3600 };
+    fake.state.lock().unwrap().cluster = Some(opennotr_admin::ClusterView {
+        node: "node-a".into(),
+        registered: true,
+        error: None,
+        held_by: None,
+        nodes: vec![node("node-a", "10.0.0.1:10100"), node("node-b", "10.0.0.2:10100")],
+        domains: vec![opennotr_admin::ClaimView { domain: EVIL.into(), node: "node-b".into() }],
+    });
     let server = Running::start(fake).await;
     let url = format!("http://{}/#token={TOKEN}", server.addr);
 
@@ -156,6 +166,20 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
     assert!(dom.contains(">access · 10 refused<"), "access badge missing; {}", context());
     assert!(dom.contains(">access · 2 refused<"), "access badge missing; {}", context());
     assert!(dom.contains("server: allow 10.0.0.0/8\nclient: deny 10.9.0.0/16"), "rules' title missing; {}", context());
+    // The cluster: its nodes, this one in bold, the domains each holds
+    // (as text, even a hostile one).
+    let cluster = dom.split("<table id=\"cluster\">").nth(1).unwrap_or_default();
+    assert!(
+        cluster.contains("<strong>node-a</strong>") && cluster.contains("10.0.0.2:10100"),
+        "cluster table missing; {}",
+        context()
+    );
+    assert!(
+        cluster.contains(&format!("<li class=\"mono\">{EVIL_ESCAPED}</li>")),
+        "a node's domain missing; {}",
+        context()
+    );
+    assert!(dom.contains("this node: node-a"), "cluster state missing; {}", context());
     let groups = dom.split("<table id=\"groups\">").nth(1).unwrap_or_default();
     assert!(groups.contains("<strong>ssh-pool</strong>"), "groups table missing; {}", context());
     assert!(groups.contains(">least connections<"), "group balance missing; {}", context());

@@ -78,6 +78,9 @@ pub(crate) struct View {
     /// Another process holds this node's name (it is waiting for it): where
     /// that one says it is reached.
     pub(crate) held_by: Option<String>,
+    /// Every claimed domain in the cluster and the node holding it, by
+    /// domain.
+    pub(crate) domains: Vec<(String, String)>,
 }
 
 /// The etcd endpoints of `cfg` as the gateway client takes them; one that
@@ -415,6 +418,7 @@ impl Cluster {
         info!(node = self.node(), advertise = %self.record.advertise, "joined the cluster");
         loop {
             let nodes = self.read_nodes(etcd).await?;
+            let domains = self.read_claims(etcd).await?;
             if !nodes.iter().any(|n| n.instance == self.record.instance) {
                 // etcd lost our key (its data was wiped, or someone deleted
                 // it): register again.
@@ -425,7 +429,7 @@ impl Cluster {
                 if v.error.take().is_some() {
                     info!("cluster: etcd reachable again");
                 }
-                *v = View { registered: true, nodes, error: None, held_by: None };
+                *v = View { registered: true, nodes, error: None, held_by: None, domains };
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
@@ -434,6 +438,25 @@ impl Cluster {
             etcd.keepalive(l.id).await?;
             self.renewed_now();
         }
+    }
+
+    /// Every domain claim in the cluster: (domain, node), by domain; a claim
+    /// that does not parse is passed over.
+    async fn read_claims(&self, etcd: &mut Gateway) -> Result<Vec<(String, String)>, Error> {
+        let start = format!("{}/claims/domains/", self.cfg.prefix);
+        let end = format!("{}/claims/domains0", self.cfg.prefix);
+        let kvs = etcd.list(start.as_bytes(), end.as_bytes()).await?;
+        let mut out: Vec<(String, String)> = kvs
+            .iter()
+            .filter(|kv| kv.value.len() <= MAX_RECORD)
+            .filter_map(|kv| {
+                let domain = std::str::from_utf8(kv.key.get(start.len()..)?).ok()?.to_string();
+                let claim: DomainClaim = serde_json::from_slice(&kv.value).ok()?;
+                Some((domain, claim.node))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// The live nodes' records, by name; a record that does not parse (not

@@ -339,6 +339,7 @@ impl ServerHandle {
                 .into_iter()
                 .map(|n| opennotr_admin::NodeView { node: n.node, advertise: n.advertise, started: n.started })
                 .collect(),
+            domains: v.domains.into_iter().map(|(domain, node)| opennotr_admin::ClaimView { domain, node }).collect(),
         })
     }
 }

@@ -63,7 +63,8 @@
 
   class AuthError extends Error {}
 
-  async function api(method, path) {
+  // `optional`: a 404 is an answer (null), not an error.
+  async function api(method, path, optional) {
     const res = await fetch(path, {
       method,
       headers: { Authorization: 'Bearer ' + token() },
@@ -71,6 +72,7 @@
       credentials: 'omit',
     });
     if (res.status === 401) throw new AuthError('the server rejected the token');
+    if (optional && res.status === 404) return null;
     if (!res.ok) {
       let msg = res.status + ' ' + res.statusText;
       try {
@@ -321,6 +323,32 @@
     fillRows($('clients'), rows, 'No credentials: clients use the shared key.', 8);
   }
 
+  // A single server answers 404: the section stays hidden.
+  function renderCluster(c, nowMs) {
+    $('cluster-section').hidden = c === null;
+    if (c === null) return;
+    let state = 'this node: ' + c.node;
+    if (c.held_by !== null) state += ' · waiting for its name, held by ' + c.held_by;
+    else if (!c.registered) state += ' · not registered';
+    if (c.error !== null) state += ' · etcd: ' + c.error;
+    $('cluster-state').textContent = state;
+    const held = new Map();
+    for (const d of c.domains) {
+      if (!held.has(d.node)) held.set(d.node, []);
+      held.get(d.node).push(d.domain);
+    }
+    const rows = c.nodes.map((n) => {
+      const domains = el('ul', 'forwards');
+      for (const d of held.get(n.node) || []) domains.append(el('li', 'mono', d));
+      return el('tr', null,
+        el('td', 'nowrap', n.node === c.node ? el('strong', null, n.node) : n.node),
+        el('td', 'mono', n.advertise),
+        titled(el('td', 'nowrap', duration(nowMs / 1000 - n.started)), 'since ' + new Date(n.started * 1000).toLocaleString()),
+        el('td', 'forwards-cell', domains));
+    });
+    fillRows($('cluster'), rows, 'No live node read from etcd yet.', 4);
+  }
+
   function renderGroups(groups, sessions) {
     const domainOf = new Map(sessions.map((s) => [s.id, s.domain]));
     const rows = groups.map((g) => {
@@ -559,11 +587,12 @@
     }
     running = true;
     try {
-      const [sessions, refusals, clients, groups] = await Promise.all([
+      const [sessions, refusals, clients, groups, cluster] = await Promise.all([
         api('GET', '/api/v1/sessions'),
         api('GET', '/api/v1/refusals'),
         api('GET', '/api/v1/clients'),
         api('GET', '/api/v1/groups'),
+        api('GET', '/api/v1/cluster', true),
       ]);
       const now = Date.now();
       $('login').hidden = true;
@@ -574,6 +603,7 @@
       renderRefusals(refusals);
       renderClients(clients);
       renderGroups(groups, sessions);
+      renderCluster(cluster, now);
       $('sum-sessions').textContent = sessions.length;
       $('sum-streams').textContent = sessions.reduce((n, s) => n + s.open_streams, 0);
       $('sum-in').textContent = rate(total.in);
