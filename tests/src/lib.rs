@@ -975,6 +975,46 @@ impl opennotr_plugin::Plugin for Probe {
     async fn stop_proxy(&self, _meta: &opennotr_plugin::ForwardMeta) {}
 }
 
+/// Runs `dig @server -p PORT <args>` and returns its standard output.
+pub async fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let mut cmd = tokio::process::Command::new(tools::need("dig"));
+    cmd.arg(format!("@{}", server.ip()))
+        .arg("-p")
+        .arg(server.port().to_string())
+        .args(["+time=2", "+tries=2"])
+        .args(args)
+        .kill_on_drop(true);
+    let out = match within(WAIT, "dig", cmd.output()).await {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run dig: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "dig {args:?} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The records `dig +short` prints (comment lines dropped).
+pub async fn short(server: SocketAddr, name: &str, qtype: &str, tcp: bool) -> Vec<String> {
+    let mut args = vec![name, qtype, "+short"];
+    if tcp {
+        args.push("+tcp");
+    }
+    let mut lines: Vec<String> = dig(server, &args)
+        .await
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// Writes the preface and a hello for `key` on `tcp`, as a client opens
 /// its control connection; returns the handshake, to finish with the
 /// server's challenge.

@@ -695,3 +695,48 @@ async fn a_dead_nodes_client_gets_its_domain_back_on_another_node() {
     })
     .await
 }
+
+/// Every node's embedded DNS answers for the domains of every node's
+/// clients, with the address of the node that serves them; when the domain
+/// moves, the answer follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_nodes_dns_answers_with_the_node_holding_the_domain() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let node = |name: &str, public: &str| {
+            let spec = ServerSpec {
+                dns: Some(DnsSpec { public_ips: vec![public.into()], ..DnsSpec::default() }),
+                ..Default::default()
+            };
+            let yaml = spec.yaml()
+                + &format!("cluster:\n  node: {name}\n  etcdEndpoints: [\"{}\"]\n  leaseTtl: 2\n", etcd.endpoint());
+            opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
+        };
+        let a = TestServer::start_with(node("node-a", "127.0.0.2"), &builtin_plugins()).await;
+        let b = TestServer::start_with(node("node-b", "127.0.0.3"), &builtin_plugins()).await;
+        let (a_dns, b_dns) = (a.dns.expect("node-a's DNS"), b.dns.expect("node-b's DNS"));
+        let domain = "where.e2e.notr.test";
+        let (x, _) = connect(a.addr, Some(domain)).await;
+        assert_eq!(short(a_dns, domain, "A", false).await, ["127.0.0.2"]);
+        // node-b learns of the claim at its next read of the cluster.
+        within(WAIT, "node-b's DNS to answer for node-a's client", async {
+            while short(b_dns, domain, "A", false).await != ["127.0.0.2"] {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert_eq!(short(b_dns, domain, "A", true).await, ["127.0.0.2"], "over TCP too");
+
+        // The client moves to node-b: both answer with node-b.
+        x.stop().await;
+        let (_y, _) = connect(b.addr, Some(domain)).await;
+        assert_eq!(short(b_dns, domain, "A", false).await, ["127.0.0.3"]);
+        within(WAIT, "node-a's DNS to follow the domain", async {
+            while short(a_dns, domain, "A", false).await != ["127.0.0.3"] {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    })
+    .await
+}

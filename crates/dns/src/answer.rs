@@ -13,7 +13,7 @@ use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
-use crate::{vip_name, Names, ZoneConfig};
+use crate::{vip_name, Names, RemoteNames, ZoneConfig};
 
 /// The EDNS payload size we advertise, and the largest UDP answer we send
 /// (the DNS flag day 2020 value: no IP fragmentation on common paths).
@@ -55,10 +55,13 @@ pub(crate) struct Index {
     /// VIP names that two domains map to (`a-b.com` and `a.b.com`): not
     /// published, since either answer would be a guess.
     pub(crate) ambiguous: Vec<String>,
+    /// Domains other nodes of the cluster serve, with their addresses
+    /// (not those in `names`, which are ours).
+    remote: HashMap<String, Vec<IpAddr>>,
 }
 
 impl Index {
-    pub(crate) fn new(names: &Names, cfg: &ZoneConfig, serial: u32) -> Index {
+    pub(crate) fn new(names: &Names, remote: &RemoteNames, cfg: &ZoneConfig, serial: u32) -> Index {
         let mut vips = HashMap::with_capacity(names.len());
         let mut ambiguous = BTreeSet::new();
         for (domain, vip) in names {
@@ -71,7 +74,13 @@ impl Index {
                 ambiguous.insert(name);
             }
         }
-        let mut zones: HashSet<String> = names.keys().filter(|d| !within(d, &cfg.zone)).cloned().collect();
+        let remote: HashMap<String, Vec<IpAddr>> = remote
+            .iter()
+            .filter(|(d, ips)| !names.contains_key(*d) && !ips.is_empty())
+            .map(|(d, ips)| (d.clone(), ips.clone()))
+            .collect();
+        let mut zones: HashSet<String> =
+            names.keys().chain(remote.keys()).filter(|d| !within(d, &cfg.zone)).cloned().collect();
         zones.insert(cfg.zone.clone());
         Index {
             vips,
@@ -79,6 +88,7 @@ impl Index {
             ns_glue: within(&cfg.nameserver, &cfg.zone),
             serial,
             ambiguous: ambiguous.into_iter().collect(),
+            remote,
         }
     }
 
@@ -226,11 +236,13 @@ impl Outcome {
 
 /// What a name's A/AAAA records are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Addr {
+enum Addr<'a> {
     /// The server's public addresses (client domains, the glue of our NS).
     Public,
     /// A VIP (VIP names).
     Vip(Ipv4Addr),
+    /// Another node's public addresses (a domain its client holds).
+    Node(&'a [IpAddr]),
 }
 
 /// `s` as a fully qualified name.
@@ -273,11 +285,13 @@ fn lookup(q: &Query, names: &Names, cfg: &ZoneConfig, index: &Index) -> Outcome 
         match t {
             RecordType::A => match addr {
                 Some(Addr::Public) => public_records(&owner, cfg, t),
+                Some(Addr::Node(ips)) => address_records(&owner, cfg, ips, t),
                 Some(Addr::Vip(v)) => vec![Record::from_rdata(owner.clone(), cfg.ttl, RData::A(A(v)))],
                 None => Vec::new(),
             },
             RecordType::AAAA => match addr {
                 Some(Addr::Public) => public_records(&owner, cfg, t),
+                Some(Addr::Node(ips)) => address_records(&owner, cfg, ips, t),
                 _ => Vec::new(),
             },
             RecordType::SOA if is_apex => {
@@ -316,8 +330,12 @@ fn lookup(q: &Query, names: &Names, cfg: &ZoneConfig, index: &Index) -> Outcome 
 
 /// The A/AAAA records of `owner` holding the public addresses of family `t`.
 fn public_records(owner: &Name, cfg: &ZoneConfig, t: RecordType) -> Vec<Record> {
-    cfg.public
-        .iter()
+    address_records(owner, cfg, &cfg.public, t)
+}
+
+/// The A/AAAA records of `owner` holding the addresses of family `t` of `ips`.
+fn address_records(owner: &Name, cfg: &ZoneConfig, ips: &[IpAddr], t: RecordType) -> Vec<Record> {
+    ips.iter()
         .filter_map(|ip| match (ip, t) {
             (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(*v4))),
             (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA(AAAA(*v6))),
@@ -328,9 +346,12 @@ fn public_records(owner: &Name, cfg: &ZoneConfig, t: RecordType) -> Vec<Record> 
 }
 
 /// The addresses of `name` (lowercase, in the zone `apex`), if it has any.
-fn address_of(name: &str, apex: &str, names: &Names, cfg: &ZoneConfig, index: &Index) -> Option<Addr> {
+fn address_of<'a>(name: &str, apex: &str, names: &Names, cfg: &ZoneConfig, index: &'a Index) -> Option<Addr<'a>> {
     if names.contains_key(name) || (index.ns_glue && name == cfg.nameserver) {
         return Some(Addr::Public);
+    }
+    if let Some(ips) = index.remote.get(name) {
+        return Some(Addr::Node(ips));
     }
     if let Some(v) = index.vips.get(name) {
         return Some(Addr::Vip(*v));
@@ -343,6 +364,9 @@ fn address_of(name: &str, apex: &str, names: &Names, cfg: &ZoneConfig, index: &I
             if names.contains_key(cur) {
                 return Some(Addr::Public);
             }
+            if let Some(ips) = index.remote.get(cur) {
+                return Some(Addr::Node(ips));
+            }
         }
     }
     None
@@ -352,7 +376,10 @@ fn address_of(name: &str, apex: &str, names: &Names, cfg: &ZoneConfig, index: &I
 /// empty non-terminal: NODATA rather than NXDOMAIN, RFC 8020).
 fn has_descendants(name: &str, names: &Names, cfg: &ZoneConfig, index: &Index) -> bool {
     let below = |n: &str| n.len() > name.len() && within(n, name);
-    names.keys().any(|n| below(n)) || index.vips.keys().any(|n| below(n)) || (index.ns_glue && below(&cfg.nameserver))
+    names.keys().any(|n| below(n))
+        || index.remote.keys().any(|n| below(n))
+        || index.vips.keys().any(|n| below(n))
+        || (index.ns_glue && below(&cfg.nameserver))
 }
 
 #[cfg(test)]
@@ -436,6 +463,42 @@ mod tests {
         }
     }
 
+    /// Domains of other nodes' clients answer with those nodes' addresses;
+    /// ours win over a stale remote entry; a remote custom domain is a zone
+    /// of ours; wildcards and empty non-terminals count them.
+    #[test]
+    fn other_nodes_domains_answer_with_their_addresses() {
+        let node_b: Vec<IpAddr> = vec!["198.51.100.2".parse().unwrap(), "2001:db8::2".parse().unwrap()];
+        let remote: RemoteNames = [
+            ("far.open.notr.tech".to_string(), node_b.clone()),
+            ("abc.open.notr.tech".to_string(), node_b.clone()),
+            ("shop.example.net".to_string(), node_b.clone()),
+            ("a.deep.open.notr.tech".to_string(), node_b.clone()),
+        ]
+        .into_iter()
+        .collect();
+        let names = names();
+        let ask = |name: &str, t: RecordType, wildcard: bool| {
+            let c = cfg(wildcard);
+            let index = Index::new(&names, &remote, &c, 1);
+            let reply = respond(&query_bytes(name, t, None), &names, &c, &index, Limit::Fixed(512)).expect("an answer");
+            Message::from_vec(&reply.bytes).expect("the answer parses")
+        };
+        assert_eq!(ips(&ask("far.open.notr.tech", RecordType::A, false)), [node_b[0]]);
+        assert_eq!(ips(&ask("far.open.notr.tech", RecordType::AAAA, false)), [node_b[1]]);
+        assert_eq!(ips(&ask("abc.open.notr.tech", RecordType::A, false)), [IpAddr::V4(V4)], "ours wins");
+        let m = ask("shop.example.net", RecordType::A, false);
+        assert!(m.metadata.authoritative && ips(&m) == [node_b[0]], "{m}");
+        assert_eq!(ips(&ask("x.far.open.notr.tech", RecordType::A, true)), [node_b[0]], "wildcard");
+        let m = ask("x.far.open.notr.tech", RecordType::A, false);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        let m = ask("deep.open.notr.tech", RecordType::A, false);
+        assert_eq!((m.metadata.response_code, m.answers.len()), (ResponseCode::NoError, 0), "empty non-terminal");
+        // No VIP names for them: a VIP is reached on its own node.
+        let m = ask("far.vip.open.notr.tech", RecordType::A, false);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    }
+
     #[test]
     fn vip_names() {
         assert_eq!(vip_name("abc.open.notr.tech", ZONE), "abc.vip.open.notr.tech");
@@ -503,7 +566,7 @@ mod tests {
         let mut n = names();
         n.insert("a-b.com".into(), Ipv4Addr::new(100, 64, 242, 9));
         n.insert("a.b.com".into(), Ipv4Addr::new(100, 64, 242, 10));
-        let index = Index::new(&n, &cfg(false), 1);
+        let index = Index::new(&n, &RemoteNames::new(), &cfg(false), 1);
         assert_eq!(index.ambiguous, vec!["a-b-com.vip.open.notr.tech".to_string()]);
         let m = ask_with("a-b-com.vip.open.notr.tech.", RecordType::A, &cfg(false), &n);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
@@ -648,7 +711,7 @@ mod tests {
         let many: Vec<IpAddr> = (1..=60).map(|i| IpAddr::V4(Ipv4Addr::new(198, 51, 100, i))).collect();
         let big = ZoneConfig { public: many, ..cfg(false) };
         let n = names();
-        let index = Index::new(&n, &big, 1);
+        let index = Index::new(&n, &RemoteNames::new(), &big, 1);
         let ask_udp = |edns: Option<u16>| {
             let q = query_bytes("abc.open.notr.tech.", RecordType::A, edns);
             let r = respond(&q, &n, &big, &index, Limit::Udp).unwrap();
@@ -769,7 +832,7 @@ mod tests {
         // Every answer fits the 512 bytes a query without EDNS allows.
         let n = names();
         let c = cfg(true);
-        let index = Index::new(&n, &c, 1);
+        let index = Index::new(&n, &RemoteNames::new(), &c, 1);
         for name in ["abc.open.notr.tech.", "open.notr.tech.", "nobody.open.notr.tech.", "example.org."] {
             for t in [RecordType::A, RecordType::AAAA, RecordType::NS, RecordType::SOA, RecordType::ANY] {
                 let r = respond(&query_bytes(name, t, None), &n, &c, &index, Limit::Udp).unwrap();

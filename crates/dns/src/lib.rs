@@ -26,6 +26,11 @@ mod server;
 /// The live clients' domains (lowercase, no trailing dot) and their VIPs.
 pub type Names = BTreeMap<String, Ipv4Addr>;
 
+/// Domains that clients of other nodes of a cluster hold (lowercase, no
+/// trailing dot), with those nodes' public addresses: the A/AAAA answers
+/// for them. A domain in [`Names`] too is answered as ours.
+pub type RemoteNames = BTreeMap<String, Vec<IpAddr>>;
+
 /// What the DNS server answers with.
 #[derive(Debug, Clone)]
 pub struct ZoneConfig {
@@ -65,7 +70,7 @@ pub fn vip_name(domain: &str, zone: &str) -> String {
 /// docs/dns.md). Builds the per-snapshot index each call; the server keeps
 /// one per snapshot instead.
 pub fn answer(query: &[u8], names: &Names, cfg: &ZoneConfig, max_len: usize) -> Option<Vec<u8>> {
-    let index = answer::Index::new(names, cfg, server::serial_now());
+    let index = answer::Index::new(names, &RemoteNames::new(), cfg, server::serial_now());
     answer::respond(query, names, cfg, &index, answer::Limit::Fixed(max_len)).map(|r| r.bytes)
 }
 
@@ -74,7 +79,7 @@ pub fn answer(query: &[u8], names: &Names, cfg: &ZoneConfig, max_len: usize) -> 
 /// targets (`crates/fuzz-targets`); the server calls the same code.
 #[doc(hidden)]
 pub fn answer_udp(query: &[u8], names: &Names, cfg: &ZoneConfig) -> Option<Vec<u8>> {
-    let index = answer::Index::new(names, cfg, server::serial_now());
+    let index = answer::Index::new(names, &RemoteNames::new(), cfg, server::serial_now());
     answer::respond(query, names, cfg, &index, answer::Limit::Udp).map(|r| r.bytes)
 }
 
@@ -86,6 +91,7 @@ pub struct DnsServer {
     tcp: tokio::net::TcpListener,
     addr: SocketAddr,
     stats: std::sync::Arc<DnsStats>,
+    remote: Option<watch::Receiver<Arc<RemoteNames>>>,
 }
 
 /// Queries answered, by transport and response code, for the metrics.
@@ -124,7 +130,14 @@ impl DnsServer {
     /// Binds UDP and TCP on `listen` (port 0: one free port for both).
     pub async fn bind(listen: SocketAddr, cfg: ZoneConfig) -> std::io::Result<DnsServer> {
         let (udp, tcp, addr) = server::bind(listen).await?;
-        Ok(DnsServer { cfg, udp, tcp, addr, stats: Default::default() })
+        Ok(DnsServer { cfg, udp, tcp, addr, stats: Default::default(), remote: None })
+    }
+
+    /// Answers for the domains other nodes of a cluster hold too, from the
+    /// latest `remote`.
+    pub fn with_remote(mut self, remote: watch::Receiver<Arc<RemoteNames>>) -> DnsServer {
+        self.remote = Some(remote);
+        self
     }
 
     /// Its query counters (they keep counting while it runs).

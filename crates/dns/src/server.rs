@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::answer::{respond, Index, Limit, Reply, TCP_MAX};
-use crate::{DnsServer, Names, ZoneConfig};
+use crate::{DnsServer, Names, RemoteNames, ZoneConfig};
 
 /// A TCP connection silent this long is closed (RFC 7766 suggests seconds).
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -49,14 +49,21 @@ struct Current {
     stats: Arc<crate::DnsStats>,
     cfg: ZoneConfig,
     rx: watch::Receiver<Arc<Names>>,
-    cache: Mutex<(Arc<Names>, Arc<Index>)>,
+    remote: Option<watch::Receiver<Arc<RemoteNames>>>,
+    cache: Mutex<(Arc<Names>, Arc<RemoteNames>, Arc<Index>)>,
 }
 
 impl Current {
-    fn new(cfg: ZoneConfig, rx: watch::Receiver<Arc<Names>>, stats: Arc<crate::DnsStats>) -> Current {
+    fn new(
+        cfg: ZoneConfig,
+        rx: watch::Receiver<Arc<Names>>,
+        remote: Option<watch::Receiver<Arc<RemoteNames>>>,
+        stats: Arc<crate::DnsStats>,
+    ) -> Current {
         let names = rx.borrow().clone();
-        let index = Arc::new(index(&names, &cfg, serial_now()));
-        Current { stats, cfg, rx, cache: Mutex::new((names, index)) }
+        let others = remote.as_ref().map(|r| r.borrow().clone()).unwrap_or_default();
+        let index = Arc::new(index(&names, &others, &cfg, serial_now()));
+        Current { stats, cfg, rx, remote, cache: Mutex::new((names, others, index)) }
     }
 
     fn log(&self, proto: &'static str, peer: SocketAddr, reply: &Reply) {
@@ -67,14 +74,18 @@ impl Current {
     /// The names as they are now (cheap: an `Arc` clone, unless they changed).
     fn get(&self) -> (Arc<Names>, Arc<Index>) {
         let names = self.rx.borrow().clone();
+        let others = match &self.remote {
+            Some(r) => r.borrow().clone(),
+            None => self.cache.lock().unwrap_or_else(|e| e.into_inner()).1.clone(),
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&cache.0, &names) {
+        if !Arc::ptr_eq(&cache.0, &names) || !Arc::ptr_eq(&cache.1, &others) {
             // The serial grows with every change, and follows the clock.
-            let serial = serial_now().max(cache.1.serial.wrapping_add(1));
-            let fresh = Arc::new(index(&names, &self.cfg, serial));
-            *cache = (names, fresh);
+            let serial = serial_now().max(cache.2.serial.wrapping_add(1));
+            let fresh = Arc::new(index(&names, &others, &self.cfg, serial));
+            *cache = (names, others, fresh);
         }
-        (cache.0.clone(), cache.1.clone())
+        (cache.0.clone(), cache.2.clone())
     }
 
     fn answer(&self, query: &[u8], limit: Limit) -> Option<Reply> {
@@ -83,9 +94,9 @@ impl Current {
     }
 }
 
-fn index(names: &Names, cfg: &ZoneConfig, serial: u32) -> Index {
-    let index = Index::new(names, cfg, serial);
-    debug!(domains = names.len(), serial, "DNS names updated");
+fn index(names: &Names, remote: &RemoteNames, cfg: &ZoneConfig, serial: u32) -> Index {
+    let index = Index::new(names, remote, cfg, serial);
+    debug!(domains = names.len(), other_nodes = remote.len(), serial, "DNS names updated");
     for name in &index.ambiguous {
         warn!(%name, "two client domains have this VIP name; it is not published");
     }
@@ -105,8 +116,8 @@ fn log(proto: &str, peer: SocketAddr, reply: &Reply) {
 }
 
 pub(crate) async fn run(server: DnsServer, names: watch::Receiver<Arc<Names>>, stop: CancellationToken) {
-    let DnsServer { cfg, udp, tcp, addr, stats } = server;
-    let current = Arc::new(Current::new(cfg, names, stats));
+    let DnsServer { cfg, udp, tcp, addr, stats, remote } = server;
+    let current = Arc::new(Current::new(cfg, names, remote, stats));
     let conns = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_TCP));
     let mut buf = vec![0u8; 65535];

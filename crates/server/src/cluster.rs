@@ -11,6 +11,7 @@
 //! the lease TTL together with the keepalive. etcd being slow or down never
 //! reaches the sessions: the view says since when it has been stale.
 
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,10 @@ pub(crate) struct NodeRecord {
     pub(crate) started: u64,
     /// Random per process: tells a node's restart from its previous run.
     pub(crate) instance: String,
+    /// Its public addresses: what DNS answers for the domains its clients
+    /// hold.
+    #[serde(default)]
+    pub(crate) public: Vec<IpAddr>,
 }
 
 /// Who holds a domain in the cluster: `<prefix>/claims/domains/<domain>`,
@@ -126,18 +131,22 @@ pub(crate) struct Cluster {
     /// for a whole TTL, so its claims are gone (or going) and its sessions
     /// must end.
     losses: tokio::sync::watch::Sender<u64>,
+    /// The domains other nodes' clients hold, with those nodes' public
+    /// addresses, for the embedded DNS server.
+    remote: tokio::sync::watch::Sender<Arc<opennotr_dns::RemoteNames>>,
 }
 
 impl Cluster {
-    /// The membership of node `cfg.node`, reachable at `advertise`, through
-    /// `endpoints` (from [`endpoints`]); nothing happens before
-    /// [`run`](Self::run).
-    pub(crate) fn new(cfg: ClusterSection, endpoints: Vec<String>, advertise: String) -> Cluster {
+    /// The membership of node `cfg.node`, reachable at `advertise` (its
+    /// clients' domains at `public`), through `endpoints` (from
+    /// [`endpoints`]); nothing happens before [`run`](Self::run).
+    pub(crate) fn new(cfg: ClusterSection, endpoints: Vec<String>, advertise: String, public: Vec<IpAddr>) -> Cluster {
         let record = NodeRecord {
             node: cfg.node.clone(),
             advertise,
             started: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             instance: hex::encode(rand::random::<[u8; 8]>()),
+            public,
         };
         Cluster {
             cfg,
@@ -149,6 +158,7 @@ impl Cluster {
             held: Default::default(),
             renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
             losses: tokio::sync::watch::Sender::new(0),
+            remote: tokio::sync::watch::Sender::new(Arc::default()),
         }
     }
 
@@ -164,6 +174,12 @@ impl Cluster {
 
     fn key(&self) -> String {
         format!("{}/nodes/{}", self.cfg.prefix, self.record.node)
+    }
+
+    /// The domains other nodes' clients hold, with those nodes' public
+    /// addresses, as last read.
+    pub(crate) fn remote_names(&self) -> tokio::sync::watch::Receiver<Arc<opennotr_dns::RemoteNames>> {
+        self.remote.subscribe()
     }
 
     /// Changes each time this node loses its place in the cluster (see
@@ -271,6 +287,24 @@ impl Cluster {
             "cluster: the lease went unrenewed for its whole TTL; its claims are gone: closing this node's sessions"
         );
         self.losses.send_modify(|n| *n += 1);
+    }
+
+    /// Sends the other nodes' domains to DNS, if they changed.
+    fn publish_remote(&self, nodes: &[NodeRecord], domains: &[(String, String)]) {
+        let at: std::collections::HashMap<&str, &Vec<IpAddr>> =
+            nodes.iter().filter(|n| n.node != self.record.node).map(|n| (n.node.as_str(), &n.public)).collect();
+        let remote: opennotr_dns::RemoteNames = domains
+            .iter()
+            .filter_map(|(domain, node)| Some((domain.clone(), at.get(node.as_str())?.to_vec())))
+            .filter(|(_, ips)| !ips.is_empty())
+            .collect();
+        self.remote.send_if_modified(|cur| {
+            if **cur == remote {
+                return false;
+            }
+            *cur = Arc::new(remote);
+            true
+        });
     }
 
     fn set_lease(&self, id: Option<i64>) {
@@ -429,6 +463,7 @@ impl Cluster {
                 if v.error.take().is_some() {
                     info!("cluster: etcd reachable again");
                 }
+                self.publish_remote(&nodes, &domains);
                 *v = View { registered: true, nodes, error: None, held_by: None, domains };
             }
             tokio::select! {

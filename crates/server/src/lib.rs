@@ -511,7 +511,14 @@ impl Server {
             (Some(c), Some(endpoints)) => {
                 let control = listener.local_addr().unwrap_or(addr);
                 let advertise = cluster::advertise(&cfg, control).unwrap_or_else(|| control.to_string());
-                Some(Arc::new(cluster::Cluster::new(c.clone(), endpoints, advertise)))
+                // What DNS answers for its clients' domains on every node:
+                // the addresses this node's own DNS answers with, else the
+                // advertised one.
+                let public = match public.is_empty() {
+                    false => public.clone(),
+                    true => advertise.parse::<SocketAddr>().map(|a| vec![a.ip()]).unwrap_or_default(),
+                };
+                Some(Arc::new(cluster::Cluster::new(c.clone(), endpoints, advertise, public)))
             }
             _ => None,
         };
@@ -624,8 +631,12 @@ impl Server {
         let publisher = tokio::spawn(publish_names(shared.clone(), publisher_stop.clone()));
         let names_stop = CancellationToken::new();
         let mut name_tasks = Vec::new();
-        if let Some(dns) = self.dns {
+        if let Some(mut dns) = self.dns {
             info!(addr = %dns.local_addr(), "listening for DNS queries");
+            if let Some(c) = &shared.cluster {
+                // Every node answers for the domains of every node's clients.
+                dns = dns.with_remote(c.remote_names());
+            }
             name_tasks.push(tokio::spawn(dns.run(shared.names.subscribe(), names_stop.clone())));
         }
         if let Some(etcd) = self.etcd {
