@@ -16,6 +16,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Instant;
 
+use support::netns::{check, cmd, in_ns, poll_every, root_with, run_bounded, Lan};
 use support::{json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 const KEY: &str = "the shared key of the cluster test";
@@ -153,4 +154,123 @@ fn a_killed_nodes_client_serves_its_domain_from_another_node() {
     assert_ne!(now, first, "another node's gateway");
     let answer = get(now);
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("served"), "{answer}");
+}
+
+// ------------------------------------------------------- network namespaces
+
+/// GET / of the domain at `gateway` from namespace `ns`, with curl: the
+/// HTTP status and the body (`000` and nothing when nothing answers).
+fn curl_in(ns: &str, gateway: &str) -> (String, String) {
+    let url = format!("http://{gateway}/");
+    let args = ["-s", "-m", "3", "-H", &format!("Host: {DOMAIN}"), "-w", "\n%{http_code}", &url];
+    let out = run_bounded(in_ns(ns, "curl", &args), WAIT);
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", out.stdout.as_str()));
+    (code.trim().to_string(), body.to_string())
+}
+
+/// Three nodes in namespaces of their own and the client in a fourth, all
+/// joined through a hub namespace that holds etcd and the visitor. node-a's
+/// link is cut (a partition): node-a, unable to renew its lease, gives up
+/// its place and closes its session (it stops serving the domain); the
+/// client, which lists the three nodes, notices its silent server and gets
+/// its domain on another node once node-a's claim has expired; when the
+/// link is back, node-a rejoins and does not take the domain back.
+#[test]
+fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
+    if !root_with(&["ip", "etcd", "curl", "python3"]) {
+        return;
+    }
+    let dir = TempDir::new("cluster-netns");
+    let lan = Lan::new("cl", 30, 4);
+    let hub = lan.server.clone();
+    check(in_ns(&hub, "sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]));
+    for (i, ns) in lan.clients.iter().enumerate() {
+        check(cmd("ip", &["-n", ns, "route", "add", "default", "via", &lan.server_ip(i).to_string()]));
+    }
+
+    // etcd in the hub, on every address of it.
+    let data = dir.path("etcd-data");
+    let etcd_args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen-client-urls",
+        "http://0.0.0.0:2379",
+        "--advertise-client-urls",
+        "http://127.0.0.1:2379",
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+    ];
+    let etcd = support::netns::etcd_in(&hub, &etcd_args, &dir);
+    let healthy = poll_every(std::time::Duration::from_millis(100), WAIT, || {
+        run_bounded(in_ns(&hub, "curl", &["-s", "-m", "1", "http://127.0.0.1:2379/health"]), WAIT)
+            .stdout
+            .contains("true")
+    });
+    assert!(healthy, "etcd not healthy:\n{}", etcd.transcript());
+
+    let mut nodes: Vec<Proc> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ip = lan.client_ip(i);
+            let conf = dir.write(
+                &format!("{name}.yaml"),
+                format!(
+                    "server:\n  listen: \"{ip}:10100\"\n  authKey: \"{KEY}\"\n  domain: \"open.notr.test\"\n  publicIP: \"{ip}\"\n\
+                     dhcp:\n  cidr: \"100.64.242.1/24\"\n\
+                     plugin:\n  http: |\n    {{\"listen\": \"{ip}:8080\"}}\n\
+                     cluster:\n  node: {name}\n  etcdEndpoints: [\"http://{}:2379\"]\n  leaseTtl: 2\n",
+                    lan.server_ip(i)
+                ),
+            );
+            let args = ["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"];
+            let mut p = Proc::spawn_named(name, in_ns(&lan.clients[i], SERVER, &args), &dir.0);
+            p.expect(Src::Err, "`joined the cluster`", |l| json_fields(l, "joined the cluster").is_some());
+            p
+        })
+        .collect();
+
+    // The client, in the fourth namespace, with its service there.
+    let client_ns = lan.clients[3].clone();
+    std::fs::write(dir.path("index.html"), "served").unwrap();
+    let _service = support::netns::http_server(&client_ns, &dir.0, 8000);
+    let servers: Vec<String> = (0..3).map(|i| format!("{}:10100", lan.client_ip(i))).collect();
+    let conf = dir.write(
+        "opennotr.yaml",
+        format!(
+            "serverAddr: \"{}\"\nkey: \"{KEY}\"\ndomain: \"{DOMAIN}\"\nreconnectMaxDelay: 1\n\
+             keepaliveInterval: 0.5\nkeepaliveTimeout: 2\n\
+             forwards:\n  - protocol: http\n    ports:\n      0: 8000\n",
+            servers.join(", ")
+        ),
+    );
+    let mut client = Proc::spawn_named("opennotr", in_ns(&client_ns, CLIENT, &["-c", conf.to_str().unwrap()]), &dir.0);
+    let reg = read_registration(&mut client, 1);
+    assert_eq!(reg.domain, DOMAIN);
+    let a_gateway = format!("{}:8080", lan.client_ip(0));
+    assert_eq!(curl_in(&hub, &a_gateway), ("200".into(), "served".into()), "through node-a");
+
+    // The partition: node-a's only link goes down.
+    let link = format!("v{}cls0", std::process::id());
+    check(cmd("ip", &["-n", &hub, "link", "set", &link, "down"]));
+    nodes[0].expect(Src::Err, "node-a to give up its place", |l| l.contains("the lease went unrenewed"));
+    // node-a no longer serves the domain, even to a visitor beside it.
+    let (code, _) = curl_in(&lan.clients[0], &a_gateway);
+    assert_ne!(code, "200", "the partitioned node still serves the domain");
+
+    // The client moves to node-b or node-c, which serves the domain.
+    let reg = read_registration(&mut client, 1);
+    assert_eq!(reg.domain, DOMAIN);
+    let served_by: Vec<usize> =
+        (1..3).filter(|&i| curl_in(&hub, &format!("{}:8080", lan.client_ip(i))).0 == "200").collect();
+    assert_eq!(served_by.len(), 1, "exactly one node serves the domain: {served_by:?}");
+
+    // The link is back: node-a rejoins, and the domain stays where it is.
+    check(cmd("ip", &["-n", &hub, "link", "set", &link, "up"]));
+    nodes[0].expect(Src::Err, "node-a to rejoin", |l| json_fields(l, "joined the cluster").is_some());
+    assert_ne!(curl_in(&hub, &a_gateway).0, "200", "node-a took the domain back");
+    let i = served_by[0];
+    assert_eq!(curl_in(&hub, &format!("{}:8080", lan.client_ip(i))), ("200".into(), "served".into()));
+    drop(client);
+    nodes.clear();
 }

@@ -128,6 +128,15 @@ pub(crate) fn http_server(ns: &str, dir: &std::path::Path, port: u16) -> super::
     p
 }
 
+/// etcd started in `ns` with `args` (its name is `default`), its data
+/// under `dir`.
+pub(crate) fn etcd_in(ns: &str, args: &[&str], dir: &super::TempDir) -> super::Proc {
+    let etcd = super::tools::need("etcd");
+    let mut all = vec!["--name", "default"];
+    all.extend_from_slice(args);
+    super::Proc::spawn_named("etcd", in_ns(ns, etcd.to_str().unwrap(), &all), &dir.0)
+}
+
 /// Polls `cond` every `every` until it holds, for at most `timeout`.
 pub(crate) fn poll_every(every: Duration, timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
