@@ -71,6 +71,10 @@ struct Args {
     /// Write the results as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run the server as a node of a cluster on this etcd (a URL): every
+    /// registration then claims its domain there (docs/cluster.md).
+    #[arg(long)]
+    etcd: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -166,9 +170,16 @@ plugin:
     PortMin: 10000
     PortMax: 30000
     bind: "127.0.0.1"
-"#,
+{cluster}"#,
         timeout = keepalive * 3,
         quic = args.transport == "quic",
+        cluster = args
+            .etcd
+            .as_ref()
+            .map(|e| format!(
+                "cluster:\n  node: loadgen\n  etcdEndpoints: [\"{e}\"]\n  prefix: \"/notr-loadgen-{port}\"\n"
+            ))
+            .unwrap_or_default(),
         max_clients = n + 16,
     );
     let path = dir.join("opennotrd.yaml");
@@ -449,6 +460,7 @@ async fn run(args: Args) -> Result<()> {
     let report = serde_json::json!({
         "clients": n,
         "transport": args.transport,
+        "cluster_etcd": args.etcd,
         "spare_channels": args.spare_channels,
         "keepalive_s": args.keepalive.unwrap_or(5),
         "connect_storm_s": storm.as_secs_f64(),
