@@ -740,3 +740,33 @@ async fn every_nodes_dns_answers_with_the_node_holding_the_domain() {
     })
     .await
 }
+
+/// etcd loses its data (restarted empty): the node's lease and key are
+/// gone, so it gives up its place (its session closes, its claims are
+/// gone with the data) and joins again under a new lease; its client comes
+/// back with its domain, claimed anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_etcd_lost_its_data_rejoins_and_claims_anew() {
+    run_test(async {
+        let mut etcd = Etcd::start().await;
+        let a = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-a"), &builtin_plugins()).await;
+        wait_until("node-a to join", || nodes(&a.handle) == ["node-a"]).await;
+        let domain = "wiped.e2e.notr.test";
+        let (mut x, _) = connect(a.addr, Some(domain)).await;
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+
+        etcd.kill();
+        etcd.wipe();
+        etcd.launch().await;
+        let reason = x.disconnected().await;
+        assert!(reason.contains("lost its place in the cluster"), "{reason}");
+        let reg = x.connected().await;
+        assert_eq!(reg.domain, domain);
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+        let view = a.handle.cluster().expect("a cluster node");
+        assert!(view.registered && view.error.is_none(), "the client's claim needs the place back: {view:?}");
+        x.stop().await;
+        a.stop().await;
+    })
+    .await
+}

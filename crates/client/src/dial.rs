@@ -47,10 +47,12 @@ impl Servers {
         let start = self.start.load(Ordering::Relaxed);
         let mut out = Vec::new();
         let mut last = None;
+        // A resolver that hangs on one name must not keep the others waiting.
+        let each = if self.list.len() > 1 { limit.min(PER_ADDRESS) } else { limit };
         for k in 0..self.list.len() {
             let i = (start + k) % self.list.len();
             let name = self.list[i].as_str();
-            match timed(limit, "resolving the server", async { Ok(tokio::net::lookup_host(name).await?) }).await {
+            match timed(each, "resolving the server", async { Ok(tokio::net::lookup_host(name).await?) }).await {
                 Ok(addrs) => out.extend(addrs.map(|a| (i, a))),
                 Err(e) => last = Some(e),
             }

@@ -28,9 +28,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A node record larger than this is not one of ours.
 const MAX_RECORD: usize = 4096;
-/// Bound of one claim or release: a client waits for it before its
-/// registration is answered.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound of one claim or release against one endpoint that answers (the
+/// gateway's own request bound, and a second): a client waits for it
+/// before its registration is answered.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(6);
+/// The gateway's connect timeout: what an endpoint that drops packets
+/// costs before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts of one claim racing with other writers.
 const CLAIM_ATTEMPTS: usize = 3;
 
@@ -116,17 +120,17 @@ pub(crate) struct Cluster {
     record: NodeRecord,
     endpoints: Vec<String>,
     view: RwLock<View>,
-    /// The lease this node holds its name under, while it does: claims hang
-    /// on it, so they go with the node.
-    lease: std::sync::Mutex<Option<i64>>,
+    /// The place this node holds, while it holds it.
+    place: std::sync::Mutex<Place>,
     /// Claims and releases, one at a time, on a gateway of their own (the
     /// membership loop holds the other).
     claims: tokio::sync::Mutex<Gateway>,
-    /// The domains this node holds a claim on: the claim's revision, and
-    /// how many of its sessions share it (the members of a group).
-    held: std::sync::Mutex<std::collections::HashMap<String, (i64, usize)>>,
-    /// When the lease was last renewed (or granted).
-    renewed: std::sync::Mutex<tokio::time::Instant>,
+    /// The domains this node holds a claim on.
+    held: std::sync::Mutex<std::collections::HashMap<String, Held>>,
+    /// Bound of one claim or release, the wait for its turn included.
+    claim_bound: Duration,
+    /// Set once the node is leaving: releases are left to the revocation.
+    leaving: std::sync::atomic::AtomicBool,
     /// Counts the times this node lost its place: its lease went unrenewed
     /// for a whole TTL, so its claims are gone (or going) and its sessions
     /// must end.
@@ -135,6 +139,43 @@ pub(crate) struct Cluster {
     /// addresses, for the embedded DNS server.
     remote: tokio::sync::watch::Sender<Arc<opennotr_dns::RemoteNames>>,
 }
+
+/// The lease this node holds its name and claims under, while registered.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    lease: Option<i64>,
+    /// The lease's TTL as etcd granted it.
+    ttl: Duration,
+    /// When the last renewal that etcd confirmed was sent: etcd's clock
+    /// for the lease started after it, so the lease lives at least until
+    /// `renewed + ttl`.
+    renewed: tokio::time::Instant,
+    /// Changes each time the place is given up: a renewal of an older
+    /// lease must not bring it back.
+    epoch: u64,
+}
+
+/// A claim this node holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    lease: i64,
+    revision: i64,
+    /// Sessions of this node sharing it (the members of a group).
+    count: usize,
+}
+
+/// A claim as listed from etcd.
+#[derive(Debug, Clone)]
+struct ClaimKv {
+    domain: String,
+    node: String,
+    lease: i64,
+    mod_revision: i64,
+}
+
+/// Part of the TTL given up early, so that this node stops serving before
+/// etcd lets another node claim what it held.
+const MARGIN: Duration = Duration::from_millis(200);
 
 impl Cluster {
     /// The membership of node `cfg.node`, reachable at `advertise` (its
@@ -148,15 +189,20 @@ impl Cluster {
             instance: hex::encode(rand::random::<[u8; 8]>()),
             public,
         };
+        // An endpoint that drops packets costs a connect timeout before
+        // the next is tried; a claim waits for that.
+        let claim_bound = CLAIM_TIMEOUT + CONNECT_TIMEOUT * endpoints.len().saturating_sub(1) as u32;
+        let place = Place { lease: None, ttl: cfg.lease_ttl, renewed: tokio::time::Instant::now(), epoch: 0 };
         Cluster {
             cfg,
             record,
             claims: tokio::sync::Mutex::new(Gateway::new(endpoints.clone())),
             endpoints,
             view: RwLock::new(View::default()),
-            lease: std::sync::Mutex::new(None),
+            place: std::sync::Mutex::new(place),
             held: Default::default(),
-            renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
+            claim_bound,
+            leaving: Default::default(),
             losses: tokio::sync::watch::Sender::new(0),
             remote: tokio::sync::watch::Sender::new(Arc::default()),
         }
@@ -188,8 +234,19 @@ impl Cluster {
         self.losses.subscribe()
     }
 
-    fn renewed_now(&self) {
-        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+    /// The node is leaving: its claims go with the lease's revocation, not
+    /// one delete at a time.
+    pub(crate) fn leave(&self) {
+        self.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn place(&self) -> std::sync::MutexGuard<'_, Place> {
+        self.place.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lease the node holds its place under now, if it does.
+    fn lease(&self) -> Option<i64> {
+        self.place().lease
     }
 
     /// Registers, renews and reads the cluster until `stop`, then leaves it.
@@ -197,7 +254,8 @@ impl Cluster {
     /// A lease that goes unrenewed for a whole TTL (etcd out of reach, or
     /// this node cut off from it) has expired, or soon will, with every
     /// claim on it: the node then gives up its place at once, without
-    /// waiting for etcd to say so. Its sessions are closed (see
+    /// waiting for etcd to say so, and so does it whenever etcd says the
+    /// lease or the node's key is gone. Its sessions are closed (see
     /// [`losses`](Self::losses)), new clients are refused until it is back,
     /// and it comes back under a new lease, so no claim of the old one
     /// lives on. Two nodes never serve one domain, even across a partition.
@@ -206,61 +264,69 @@ impl Cluster {
         let mut backoff = BACKOFF_MIN;
         let mut lease = None;
         loop {
-            // Fires when the place this node holds has gone a whole TTL
-            // without a renewal.
-            let watchdog = async {
-                loop {
-                    let due = *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) + self.cfg.lease_ttl;
-                    tokio::time::sleep_until(due).await;
-                    let renewed = *self.renewed.lock().unwrap_or_else(|e| e.into_inner());
-                    let holding = self.lease.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-                    if holding && renewed + self.cfg.lease_ttl <= tokio::time::Instant::now() {
-                        break;
-                    }
-                    if !holding {
-                        tokio::time::sleep(self.cfg.lease_ttl / 3).await;
-                    }
-                }
-            };
             let r = tokio::select! {
-                r = self.member(&mut etcd, &mut lease, &stop) => r,
-                _ = watchdog => {
-                    self.lose();
-                    Err(Error::LeaseLost)
-                }
+                r = self.member(&mut etcd, &mut lease, &mut backoff, &stop) => r,
+                _ = self.watchdog() => Err(Error::LeaseLost),
             };
             if stop.is_cancelled() {
                 break;
             }
-            if let Err(e) = r {
-                let first = self.failed(&e);
-                if first {
-                    warn!(error = %e, "cluster: etcd failed; retrying");
-                } else {
-                    debug!(error = %e, "cluster: etcd still failing");
+            let Err(e) = r else { continue };
+            if self.failed(&e) {
+                warn!(error = %e, "cluster: etcd failed; retrying");
+            } else {
+                debug!(error = %e, "cluster: etcd still failing");
+            }
+            if matches!(e, Error::LeaseLost) {
+                self.lose();
+                if let Some(old) = lease.take() {
+                    // Its claims must not outlive this place: revoked now
+                    // if etcd answers, else they expire with it.
+                    let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(old.id)).await;
                 }
-                if matches!(e, Error::LeaseLost) {
+            }
+            etcd.rewind();
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.watchdog() => {
+                    self.lose();
                     if let Some(old) = lease.take() {
-                        // Its claims must not outlive this place: revoked
-                        // when etcd answers, else they expire with it.
                         let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(old.id)).await;
                     }
                 }
-                etcd.rewind();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => break,
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                _ = stop.cancelled() => break,
             }
+            // While it holds a place, a retry comes before the lease runs out.
+            let cap = if self.lease().is_some() { self.cfg.lease_ttl / 4 } else { BACKOFF_MAX };
+            backoff = (backoff * 2).min(cap.max(BACKOFF_MIN));
         }
-        self.set_lease(None);
+        self.leave();
+        self.place().lease = None;
         if let Some(l) = lease {
-            // Leaving at once, rather than when the lease would expire.
+            // Leaving at once, claims and all, rather than when the lease
+            // would expire.
             let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(l.id)).await;
             info!(node = self.node(), "left the cluster");
         }
         self.view.write().unwrap_or_else(|e| e.into_inner()).registered = false;
+    }
+
+    /// Returns once the place this node holds has gone its whole TTL (less
+    /// [`MARGIN`]) without a confirmed renewal; never while it holds none.
+    async fn watchdog(&self) {
+        loop {
+            let p = *self.place();
+            let tick = self.cfg.lease_ttl / 3;
+            if p.lease.is_none() {
+                tokio::time::sleep(tick).await;
+                continue;
+            }
+            let due = p.renewed + p.ttl.saturating_sub(MARGIN);
+            if tokio::time::Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.min(tokio::time::Instant::now() + tick)).await;
+        }
     }
 
     /// Records a failure; true for the first of an outage.
@@ -268,23 +334,26 @@ impl Cluster {
         let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
         let first = v.error.is_none();
         v.error = Some(e.to_string());
-        if matches!(e, Error::LeaseLost) {
-            v.registered = false;
-            drop(v);
-            self.set_lease(None);
-        }
         first
     }
 
-    /// Gives up this node's place: no more claims, its sessions close.
+    /// Gives up this node's place, if it holds one: no more claims, its
+    /// sessions close.
     fn lose(&self) {
-        self.set_lease(None);
+        {
+            let mut p = self.place();
+            if p.lease.take().is_none() {
+                return;
+            }
+            p.epoch += 1;
+        }
         self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.view.write().unwrap_or_else(|e| e.into_inner()).registered = false;
         warn!(
             node = self.node(),
             ttl_secs = self.cfg.lease_ttl.as_secs_f64(),
-            "cluster: the lease went unrenewed for its whole TTL; its claims are gone: closing this node's sessions"
+            "cluster: this node lost its place (its lease went unrenewed, or is gone); its claims are gone: \
+             closing its sessions"
         );
         self.losses.send_modify(|n| *n += 1);
     }
@@ -307,57 +376,74 @@ impl Cluster {
         });
     }
 
-    fn set_lease(&self, id: Option<i64>) {
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = id;
-    }
-
     fn claim_key(&self, domain: &str) -> String {
         format!("{}/claims/domains/{domain}", self.cfg.prefix)
     }
 
     /// Claims `domain` for a session (`session`, hex) of this node: a
     /// transaction that writes the claim only where there is none, under
-    /// this node's lease. A claim of this node's already there (a release
-    /// that did not reach etcd) is taken over; a domain this node holds
-    /// already (a group's members share it) is counted once more. Each
-    /// claim is [`release`](Self::release)d once.
+    /// the lease of this node's place. A claim of this node's already there
+    /// (a release that did not reach etcd, or one under its previous lease)
+    /// is taken over; a domain this node holds already (a group's members
+    /// share it) is counted once more. Each claim is
+    /// [`release`](Self::release)d once. Bounded in time, the wait for its
+    /// turn included.
     pub(crate) async fn claim(&self, domain: &str, session: &str) -> Result<(), ClaimError> {
+        let unavailable = |why: &str| ClaimError::Unavailable { domain: domain.to_string(), why: why.to_string() };
+        match tokio::time::timeout(self.claim_bound, self.claim_now(domain, session)).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable("etcd did not answer in time")),
+        }
+    }
+
+    async fn claim_now(&self, domain: &str, session: &str) -> Result<(), ClaimError> {
         let unavailable = |why: String| ClaimError::Unavailable { domain: domain.to_string(), why };
-        let lease = self.lease.lock().unwrap_or_else(|e| e.into_inner()).ok_or_else(|| {
+        let mut etcd = self.claims.lock().await;
+        // The lease as it is once it is our turn.
+        let lease = self.lease().ok_or_else(|| {
             unavailable("it does not hold its place in the cluster (etcd out of reach, or its name held)".into())
         })?;
+        {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            match held.get_mut(domain) {
+                Some(h) if h.lease == lease => {
+                    h.count += 1;
+                    return Ok(());
+                }
+                // Of a place given up: not ours any more.
+                Some(_) => {
+                    held.remove(domain);
+                }
+                None => {}
+            }
+        }
         let key = self.claim_key(domain);
         let value = serde_json::to_vec(&DomainClaim { node: self.record.node.clone(), session: session.into() })
             .unwrap_or_default();
-        let mut etcd = self.claims.lock().await;
-        if let Some((_, n)) = self.held.lock().unwrap_or_else(|e| e.into_inner()).get_mut(domain) {
-            *n += 1;
-            return Ok(());
-        }
         let mut expect = Expect::Absent;
         for _ in 0..CLAIM_ATTEMPTS {
-            let put = tokio::time::timeout(CLAIM_TIMEOUT, etcd.put_if(&key, &value, lease, expect)).await;
-            match put.map_err(|_| unavailable("etcd did not answer in time".into()))? {
+            match etcd.put_if(&key, &value, lease, expect).await {
                 Err(e) => {
                     etcd.rewind();
                     return Err(unavailable(e.to_string()));
                 }
                 Ok(Put::Done(revision)) => {
-                    self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(domain.to_string(), (revision, 1));
+                    if self.lease() != Some(lease) {
+                        // The place was given up meanwhile: the claim goes
+                        // with that lease.
+                        return Err(unavailable("it lost its place in the cluster meanwhile".into()));
+                    }
+                    let held = Held { lease, revision, count: 1 };
+                    self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(domain.to_string(), held);
                     return Ok(());
                 }
                 // Released meanwhile: try again.
                 Ok(Put::Refused(None)) => expect = Expect::Absent,
-                Ok(Put::Refused(Some(kv))) => {
-                    let holder = serde_json::from_slice::<DomainClaim>(&kv.value).ok();
-                    match holder {
-                        Some(c) if c.node == self.record.node && kv.lease == lease => {
-                            expect = Expect::ModRevision(kv.mod_revision)
-                        }
-                        Some(c) => return Err(ClaimError::Held { domain: domain.into(), node: c.node }),
-                        None => return Err(ClaimError::Held { domain: domain.into(), node: "?".into() }),
-                    }
-                }
+                Ok(Put::Refused(Some(kv))) => match serde_json::from_slice::<DomainClaim>(&kv.value) {
+                    Ok(c) if c.node == self.record.node => expect = Expect::ModRevision(kv.mod_revision),
+                    Ok(c) => return Err(ClaimError::Held { domain: domain.into(), node: c.node }),
+                    Err(_) => return Err(ClaimError::Held { domain: domain.into(), node: "?".into() }),
+                },
             }
         }
         Err(unavailable("the claim kept racing with other writers".into()))
@@ -366,131 +452,192 @@ impl Cluster {
     /// Releases a session's claim on `domain`; the last one of this node
     /// deletes the claim in etcd, if it is still the one written. A delete
     /// that fails is left to the lease: the claim goes with this node, or
-    /// its next session of the domain takes it over.
+    /// its next session of the domain takes it over, or the next read of
+    /// the claims deletes it (an orphan).
     pub(crate) async fn release(&self, domain: &str) {
         let key = self.claim_key(domain);
-        let mut etcd = self.claims.lock().await;
-        let revision = {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            match held.get_mut(domain) {
-                Some((_, n)) if *n > 1 => {
-                    *n -= 1;
-                    return;
+        let release = async {
+            let mut etcd = self.claims.lock().await;
+            let held = {
+                let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                match held.get_mut(domain) {
+                    Some(h) if h.count > 1 => {
+                        h.count -= 1;
+                        return;
+                    }
+                    Some(_) => held.remove(domain),
+                    // Lost with this node's place (its lease is gone).
+                    None => return,
                 }
-                Some(&mut (revision, _)) => {
-                    held.remove(domain);
-                    revision
-                }
-                // Lost with this node's place (its lease is gone).
-                None => return,
+            };
+            let Some(h) = held else { return };
+            if self.leaving.load(std::sync::atomic::Ordering::SeqCst) || self.lease() != Some(h.lease) {
+                return;
+            }
+            if let Err(e) = etcd.delete_if(&key, h.revision).await {
+                debug!(%domain, error = %e, "cluster: releasing a claim failed; it goes with the lease");
+                etcd.rewind();
             }
         };
-        match tokio::time::timeout(CLAIM_TIMEOUT, etcd.delete_if(&key, revision)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => debug!(%domain, error = %e, "cluster: releasing a claim failed; it goes with the lease"),
-            Err(_) => debug!(%domain, "cluster: releasing a claim timed out; it goes with the lease"),
+        if tokio::time::timeout(self.claim_bound, release).await.is_err() {
+            debug!(%domain, "cluster: releasing a claim timed out; it goes with the lease");
+        }
+    }
+
+    /// Deletes claims of this node under its lease that it does not know
+    /// of: written by a claim whose answer never came (it timed out), so
+    /// held by nobody. Skipped while a claim or release is under way.
+    async fn delete_orphans(&self, claims: &[ClaimKv], lease: i64) {
+        let Ok(mut etcd) = self.claims.try_lock() else { return };
+        let orphans: Vec<&ClaimKv> = {
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            claims
+                .iter()
+                .filter(|c| c.node == self.record.node && c.lease == lease && !held.contains_key(&c.domain))
+                .collect()
+        };
+        for c in orphans {
+            debug!(domain = %c.domain, "cluster: deleting a claim nobody holds");
+            let _ =
+                tokio::time::timeout(CLAIM_TIMEOUT, etcd.delete_if(&self.claim_key(&c.domain), c.mod_revision)).await;
         }
     }
 
     /// One stretch of membership: the lease (granted if `lease` is none),
-    /// the node's name, then renewals and reads every third of the TTL.
+    /// the node's name, then a renewal and a read every third of the TTL,
+    /// the renewal first so that a slow read never costs the place.
     async fn member(
         &self,
         etcd: &mut Gateway,
         lease: &mut Option<Lease>,
+        backoff: &mut Duration,
         stop: &CancellationToken,
     ) -> Result<(), Error> {
-        let ttl = self.cfg.lease_ttl.as_secs().max(2) as i64;
         let tick = self.cfg.lease_ttl / 3;
-        let l = match *lease {
-            Some(l) => l,
+        let (l, granted_at) = match *lease {
+            Some(l) => (l, None),
             None => {
-                let l = etcd.grant(ttl).await?;
-                self.renewed_now();
+                let sent = tokio::time::Instant::now();
+                let l = etcd.grant(self.cfg.lease_ttl.as_secs().max(2) as i64).await?;
                 *lease = Some(l);
-                l
+                (l, Some(sent))
             }
         };
-        let key = self.key();
-        let value = serde_json::to_vec(&self.record).unwrap_or_default();
-        let mut waiting_said = false;
-        loop {
-            match etcd.put_if(&key, &value, l.id, Expect::Absent).await? {
-                Put::Done(_) => break,
-                // Ours already (registered before a failed read): keep it.
-                Put::Refused(Some(kv)) if kv.lease == l.id => break,
-                Put::Refused(held) => {
-                    let holder = held.and_then(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok());
-                    let advertise = holder.as_ref().map_or_else(|| "?".into(), |r| r.advertise.clone());
-                    {
-                        let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
-                        v.held_by = Some(advertise);
-                        v.error = None;
+        let mut renewed = granted_at.unwrap_or_else(tokio::time::Instant::now);
+        if self.lease() != Some(l.id) {
+            let key = self.key();
+            let value = serde_json::to_vec(&self.record).unwrap_or_default();
+            let mut waiting_said = false;
+            loop {
+                match etcd.put_if(&key, &value, l.id, Expect::Absent).await.map_err(lease_lost)? {
+                    Put::Done(_) => break,
+                    // Ours already (registered before a failed read): keep it.
+                    Put::Refused(Some(kv)) if kv.lease == l.id => break,
+                    Put::Refused(held) => {
+                        let holder = held.and_then(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok());
+                        let advertise = holder.as_ref().map_or_else(|| "?".into(), |r| r.advertise.clone());
+                        {
+                            let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+                            v.held_by = Some(advertise);
+                            v.error = None;
+                        }
+                        if !waiting_said {
+                            let by = holder
+                                .map(|r| format!("{} (instance {}, started {})", r.advertise, r.instance, r.started))
+                                .unwrap_or_else(|| "a record not written by opennotrd".into());
+                            warn!(
+                                node = self.node(),
+                                held_by = %by,
+                                "cluster: this node's name is held by another process (a live namesake, or this \
+                                 node's previous run until its lease expires); waiting for it"
+                            );
+                            waiting_said = true;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(tick) => {}
+                            _ = stop.cancelled() => return Ok(()),
+                        }
+                        renewed = renew(etcd, l.id).await?;
                     }
-                    if !waiting_said {
-                        let by = holder
-                            .map(|r| format!("{} (instance {}, started {})", r.advertise, r.instance, r.started))
-                            .unwrap_or_else(|| "a record not written by opennotrd".into());
-                        warn!(
-                            node = self.node(),
-                            held_by = %by,
-                            "cluster: this node's name is held by another process (a live namesake, or this \
-                             node's previous run until its lease expires); waiting for it"
-                        );
-                        waiting_said = true;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(tick) => {}
-                        _ = stop.cancelled() => return Ok(()),
-                    }
-                    etcd.keepalive(l.id).await?;
-                    self.renewed_now();
                 }
             }
-        }
-        self.set_lease(Some(l.id));
-        info!(node = self.node(), advertise = %self.record.advertise, "joined the cluster");
-        loop {
-            let nodes = self.read_nodes(etcd).await?;
-            let domains = self.read_claims(etcd).await?;
-            if !nodes.iter().any(|n| n.instance == self.record.instance) {
-                // etcd lost our key (its data was wiped, or someone deleted
-                // it): register again.
-                return Err(Error::LeaseLost);
-            }
+            let ttl = Duration::from_secs(l.ttl.max(1) as u64).min(self.cfg.lease_ttl.max(Duration::from_secs(1)));
             {
-                let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
-                if v.error.take().is_some() {
-                    info!("cluster: etcd reachable again");
+                let mut p = self.place();
+                p.lease = Some(l.id);
+                p.ttl = ttl;
+                p.renewed = renewed;
+            }
+            *backoff = BACKOFF_MIN;
+            info!(node = self.node(), advertise = %self.record.advertise, "joined the cluster");
+        }
+        let epoch = self.place().epoch;
+        loop {
+            let sent = renew(etcd, l.id).await?;
+            {
+                let mut p = self.place();
+                if p.epoch != epoch || p.lease != Some(l.id) {
+                    // The place was given up meanwhile: never bring it back.
+                    return Err(Error::LeaseLost);
                 }
-                self.publish_remote(&nodes, &domains);
-                *v = View { registered: true, nodes, error: None, held_by: None, domains };
+                p.renewed = sent;
+            }
+            *backoff = BACKOFF_MIN;
+            match self.read(etcd).await {
+                Ok((nodes, claims)) => {
+                    if !nodes.iter().any(|n| n.instance == self.record.instance) {
+                        // etcd lost our key (its data was wiped, or someone
+                        // deleted it): this place is gone.
+                        return Err(Error::LeaseLost);
+                    }
+                    self.delete_orphans(&claims, l.id).await;
+                    let domains: Vec<(String, String)> = claims.into_iter().map(|c| (c.domain, c.node)).collect();
+                    self.publish_remote(&nodes, &domains);
+                    let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+                    if v.error.take().is_some() {
+                        info!("cluster: etcd reachable again");
+                    }
+                    *v = View { registered: true, nodes, error: None, held_by: None, domains };
+                }
+                // The view stays as last read, and says why; the lease is
+                // renewed on.
+                Err(e) => {
+                    debug!(error = %e, "cluster: reading the cluster failed");
+                    self.view.write().unwrap_or_else(|e| e.into_inner()).error = Some(e.to_string());
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = stop.cancelled() => return Ok(()),
             }
-            etcd.keepalive(l.id).await?;
-            self.renewed_now();
         }
     }
 
-    /// Every domain claim in the cluster: (domain, node), by domain; a claim
-    /// that does not parse is passed over.
-    async fn read_claims(&self, etcd: &mut Gateway) -> Result<Vec<(String, String)>, Error> {
+    /// The live nodes and every claim, as etcd holds them now.
+    async fn read(&self, etcd: &mut Gateway) -> Result<(Vec<NodeRecord>, Vec<ClaimKv>), Error> {
+        Ok((self.read_nodes(etcd).await?, self.read_claims(etcd).await?))
+    }
+
+    /// Every domain claim in the cluster, by domain; a claim that does not
+    /// parse, or whose key is not a domain a client could hold, is passed
+    /// over.
+    async fn read_claims(&self, etcd: &mut Gateway) -> Result<Vec<ClaimKv>, Error> {
         let start = format!("{}/claims/domains/", self.cfg.prefix);
         let end = format!("{}/claims/domains0", self.cfg.prefix);
         let kvs = etcd.list(start.as_bytes(), end.as_bytes()).await?;
-        let mut out: Vec<(String, String)> = kvs
+        let mut out: Vec<ClaimKv> = kvs
             .iter()
             .filter(|kv| kv.value.len() <= MAX_RECORD)
             .filter_map(|kv| {
                 let domain = std::str::from_utf8(kv.key.get(start.len()..)?).ok()?.to_string();
+                if crate::state::normalize_domain(&domain).ok()? != domain || !domain.contains('.') {
+                    return None;
+                }
                 let claim: DomainClaim = serde_json::from_slice(&kv.value).ok()?;
-                Some((domain, claim.node))
+                Some(ClaimKv { domain, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision })
             })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.domain.cmp(&b.domain));
         Ok(out)
     }
 
@@ -509,5 +656,24 @@ impl Cluster {
             .collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(nodes)
+    }
+}
+
+/// etcd's "not found" about a lease is the lease being gone.
+fn lease_lost(e: Error) -> Error {
+    if e.is_not_found() {
+        Error::LeaseLost
+    } else {
+        e
+    }
+}
+
+/// Renews lease `id`; when the renewal was sent (the lease lives at least
+/// its TTL from then), or `LeaseLost` if etcd no longer has it.
+async fn renew(etcd: &mut Gateway, id: i64) -> Result<tokio::time::Instant, Error> {
+    let sent = tokio::time::Instant::now();
+    match etcd.keepalive(id).await.map_err(lease_lost)? {
+        ttl if ttl > 0 => Ok(sent),
+        _ => Err(Error::LeaseLost),
     }
 }

@@ -651,12 +651,29 @@ pub(crate) async fn serve(
     // A node of a cluster claims the domain in etcd before it serves it:
     // two nodes never serve one domain.
     if let Some(c) = &shared.cluster {
-        if let Err(e) = c.claim(&session.domain, &hex::encode(session_id)).await {
-            let code = match e {
-                crate::cluster::ClaimError::Held { .. } => RefuseCode::DomainTaken,
-                crate::cluster::ClaimError::Unavailable { .. } => RefuseCode::ClusterUnavailable,
-            };
-            let message = e.to_string();
+        let claimed = c.claim(&session.domain, &hex::encode(session_id)).await;
+        if claimed.is_ok() {
+            let _ = session.claimed.set(());
+            shared.publish_names();
+        }
+        let refusal = match claimed {
+            // Closed while it claimed (replaced, or the node lost its place).
+            Ok(()) if session.kill.is_cancelled() => {
+                Some((RefuseCode::ClusterUnavailable, "the session was closed while it registered; retry".to_string()))
+            }
+            Ok(()) => None,
+            Err(e @ crate::cluster::ClaimError::Held { .. }) => Some((RefuseCode::DomainTaken, e.to_string())),
+            Err(e @ crate::cluster::ClaimError::Unavailable { .. }) => {
+                // The details (etcd's endpoints, its errors) are for the log.
+                warn!(error = %e, "cannot claim the domain in the cluster");
+                let message = format!(
+                    "this server cannot reach the cluster's state to claim {}; retry, here or on another server",
+                    session.domain
+                );
+                Some((RefuseCode::ClusterUnavailable, message))
+            }
+        };
+        if let Some((code, message)) = refusal {
             info!(%code, %message, "refusing client");
             shared.refused(peer, name.as_deref(), code, &message);
             session::cleanup(&shared, &session).await;
@@ -664,7 +681,6 @@ pub(crate) async fn serve(
             let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
             return None;
         }
-        let _ = session.claimed.set(());
     }
     let server_bandwidth = crate::bandwidth::client_limit(cred.as_ref(), &shared.limits());
     let bandwidth = crate::bandwidth::effective(server_bandwidth, wished_bandwidth);

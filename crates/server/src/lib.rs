@@ -115,7 +115,8 @@ impl Shared {
     }
 
     fn send_names(&self) {
-        let names = self.state().names();
+        // On a node of a cluster, a domain is published once it is claimed.
+        let names = self.state().names(self.cluster.is_some());
         self.names.send_replace(Arc::new(names));
     }
 
@@ -616,9 +617,13 @@ impl Server {
             // its sessions: their clients reconnect, here once it is back,
             // or on another server.
             let mut losses = c.losses();
-            let sh = shared.clone();
+            let (sh, stop) = (shared.clone(), cluster_stop.clone());
             tokio::spawn(async move {
-                while losses.changed().await.is_ok() {
+                loop {
+                    tokio::select! {
+                        r = losses.changed() => if r.is_err() { break },
+                        _ = stop.cancelled() => break,
+                    }
                     let sessions: Vec<_> = sh.state().sessions.values().cloned().collect();
                     for s in sessions {
                         s.close("this server lost its place in the cluster (etcd out of reach); reconnect");
@@ -648,6 +653,11 @@ impl Server {
         }
 
         shutdown.cancelled().await;
+        if let Some(c) = &shared.cluster {
+            // The sessions' claims go with the lease's revocation at the
+            // end, not one delete each on the way out.
+            c.leave();
+        }
         let grace = shared.cfg.server.shutdown_grace;
         info!(grace_secs = grace.as_secs_f64(), "shutting down: refusing new clients, draining open connections");
         shared.draining.cancel();

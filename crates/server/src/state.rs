@@ -221,9 +221,17 @@ impl State {
         self.by_vip.get(&vip).and_then(|id| self.sessions.get(id)).cloned()
     }
 
-    /// Each live domain and its holder's VIP (for DNS and etcd).
-    pub(crate) fn names(&self) -> opennotr_dns::Names {
-        self.domains.iter().filter_map(|(d, id)| Some((d.clone(), self.sessions.get(id)?.vip))).collect()
+    /// Each live domain and its holder's VIP (for DNS and etcd); with
+    /// `claimed_only`, only the domains whose holder has claimed them in
+    /// the cluster.
+    pub(crate) fn names(&self, claimed_only: bool) -> opennotr_dns::Names {
+        self.domains
+            .iter()
+            .filter_map(|(d, id)| {
+                let s = self.sessions.get(id)?;
+                (!claimed_only || s.claimed.get().is_some()).then(|| (d.clone(), s.vip))
+            })
+            .collect()
     }
 
     pub(crate) fn insert(&mut self, s: Arc<Session>) {
