@@ -588,6 +588,16 @@ async fn claim_of(etcd: &Etcd, domain: &str) -> Option<String> {
     claim["node"].as_str().map(str::to_owned)
 }
 
+/// node-a of a cluster on `etcd`, joined, and a client of it holding
+/// `domain` (claimed).
+async fn node_a_with_client(etcd: &Etcd, domain: &str) -> (TestServer, TestClient) {
+    let a = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-a"), &builtin_plugins()).await;
+    wait_until("node-a to join", || nodes(&a.handle) == ["node-a"]).await;
+    let (x, _) = connect(a.addr, Some(domain)).await;
+    assert_eq!(claim_of(etcd, domain).await.as_deref(), Some("node-a"));
+    (a, x)
+}
+
 /// A domain is served by one node at a time: a client of another node
 /// asking for it is refused (naming the holder) until the holder's client
 /// leaves; then it gets it there.
@@ -643,10 +653,8 @@ async fn cluster_domain_claims_are_unique() {
 async fn a_node_cut_off_from_etcd_stops_serving_its_claims() {
     run_test(async {
         let mut etcd = Etcd::start().await;
-        let a = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-a"), &builtin_plugins()).await;
-        wait_until("node-a to join", || nodes(&a.handle) == ["node-a"]).await;
         let domain = "cut.e2e.notr.test";
-        let (mut x, _) = connect(a.addr, Some(domain)).await;
+        let (a, mut x) = node_a_with_client(&etcd, domain).await;
 
         etcd.kill();
         let reason = x.disconnected().await;
@@ -749,11 +757,8 @@ async fn every_nodes_dns_answers_with_the_node_holding_the_domain() {
 async fn a_node_whose_etcd_lost_its_data_rejoins_and_claims_anew() {
     run_test(async {
         let mut etcd = Etcd::start().await;
-        let a = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-a"), &builtin_plugins()).await;
-        wait_until("node-a to join", || nodes(&a.handle) == ["node-a"]).await;
         let domain = "wiped.e2e.notr.test";
-        let (mut x, _) = connect(a.addr, Some(domain)).await;
-        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+        let (a, mut x) = node_a_with_client(&etcd, domain).await;
 
         etcd.kill();
         etcd.wipe();

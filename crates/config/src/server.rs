@@ -42,6 +42,25 @@ struct RawCluster {
     advertise: Option<String>,
 }
 
+/// etcd endpoints (none empty) and a key prefix (`/…`, not ending in `/`;
+/// `default` when unset), each error naming its key.
+fn etcd_keys(
+    (endpoints_key, endpoints): (&str, Vec<String>),
+    (prefix_key, prefix, default): (&str, Option<String>, &str),
+) -> Result<(Vec<String>, String), ConfigError> {
+    if let Some(i) = endpoints.iter().position(|e| e.trim().is_empty()) {
+        return Err(ConfigError::invalid(format!("{endpoints_key}[{i}]"), "must not be empty"));
+    }
+    let prefix = prefix.unwrap_or_else(|| default.into());
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        return Err(ConfigError::invalid(
+            prefix_key,
+            format!("must start with '/' and not end with it, e.g. {default}"),
+        ));
+    }
+    Ok((endpoints, prefix))
+}
+
 /// The `cluster` section: every key a node needs to find the others.
 fn cluster(raw: Option<RawCluster>) -> Result<Option<crate::ClusterSection>, ConfigError> {
     let Some(c) = raw else { return Ok(None) };
@@ -64,16 +83,8 @@ fn cluster(raw: Option<RawCluster>) -> Result<Option<crate::ClusterSection>, Con
             "required: at least one, e.g. http://127.0.0.1:2379",
         ));
     }
-    if let Some(i) = etcd_endpoints.iter().position(|e| e.trim().is_empty()) {
-        return Err(ConfigError::invalid(format!("cluster.etcdEndpoints[{i}]"), "must not be empty"));
-    }
-    let prefix = c.prefix.unwrap_or_else(|| "/opennotr/cluster".into());
-    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
-        return Err(ConfigError::invalid(
-            "cluster.prefix",
-            "must start with '/' and not end with it, e.g. /opennotr/cluster",
-        ));
-    }
+    let (etcd_endpoints, prefix) =
+        etcd_keys(("cluster.etcdEndpoints", etcd_endpoints), ("cluster.prefix", c.prefix, "/opennotr/cluster"))?;
     let lease_ttl = duration("cluster.leaseTtl", c.lease_ttl, Duration::from_secs(10))?;
     if !(Duration::from_secs(2)..=Duration::from_secs(300)).contains(&lease_ttl) {
         return Err(ConfigError::invalid("cluster.leaseTtl", "must be between 2 and 300 seconds"));
@@ -371,17 +382,10 @@ fn validate(raw: RawFile, base: Option<&std::path::Path>) -> Result<ServerConfig
     }
 
     let resolver = raw.resolver.unwrap_or_default();
-    let etcd_endpoints = resolver.etcd_endpoints.unwrap_or_default();
-    if let Some(i) = etcd_endpoints.iter().position(|e| e.trim().is_empty()) {
-        return Err(ConfigError::invalid(format!("resolver.etcdEndpoints[{i}]"), "must not be empty"));
-    }
-    let etcd_prefix = resolver.etcd_prefix.unwrap_or_else(|| "/skydns".into());
-    if !etcd_prefix.starts_with('/') || etcd_prefix.len() < 2 || etcd_prefix.ends_with('/') {
-        return Err(ConfigError::invalid(
-            "resolver.etcdPrefix",
-            "must start with '/' and not end with it, e.g. /skydns",
-        ));
-    }
+    let (etcd_endpoints, etcd_prefix) = etcd_keys(
+        ("resolver.etcdEndpoints", resolver.etcd_endpoints.unwrap_or_default()),
+        ("resolver.etcdPrefix", resolver.etcd_prefix, "/skydns"),
+    )?;
     let etcd_lease_ttl = match resolver.lease_ttl {
         None => 30,
         Some(t @ 5..=3600) => t,

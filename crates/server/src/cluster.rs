@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opennotr_config::ClusterSection;
-use opennotr_dns::etcd::{endpoint_base, Error, Expect, Gateway, Lease, Put};
+use opennotr_dns::etcd::{endpoint_base, Error, Expect, Gateway, Kv, Lease, Put};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -618,16 +618,25 @@ impl Cluster {
         Ok((self.read_nodes(etcd).await?, self.read_claims(etcd).await?))
     }
 
+    /// The keys under `<prefix>/<dir>/` (with their start), records larger
+    /// than any of ours left out.
+    async fn list_under(&self, etcd: &mut Gateway, dir: &str) -> Result<(String, Vec<Kv>), Error> {
+        let start = format!("{}/{dir}/", self.cfg.prefix);
+        // The end of the prefix range: the same bytes with the last one
+        // incremented ('/' + 1 = '0').
+        let end = format!("{}/{dir}0", self.cfg.prefix);
+        let mut kvs = etcd.list(start.as_bytes(), end.as_bytes()).await?;
+        kvs.retain(|kv| kv.value.len() <= MAX_RECORD);
+        Ok((start, kvs))
+    }
+
     /// Every domain claim in the cluster, by domain; a claim that does not
     /// parse, or whose key is not a domain a client could hold, is passed
     /// over.
     async fn read_claims(&self, etcd: &mut Gateway) -> Result<Vec<ClaimKv>, Error> {
-        let start = format!("{}/claims/domains/", self.cfg.prefix);
-        let end = format!("{}/claims/domains0", self.cfg.prefix);
-        let kvs = etcd.list(start.as_bytes(), end.as_bytes()).await?;
+        let (start, kvs) = self.list_under(etcd, "claims/domains").await?;
         let mut out: Vec<ClaimKv> = kvs
             .iter()
-            .filter(|kv| kv.value.len() <= MAX_RECORD)
             .filter_map(|kv| {
                 let domain = std::str::from_utf8(kv.key.get(start.len()..)?).ok()?.to_string();
                 if crate::state::normalize_domain(&domain).ok()? != domain || !domain.contains('.') {
@@ -644,16 +653,8 @@ impl Cluster {
     /// The live nodes' records, by name; a record that does not parse (not
     /// written by opennotrd) is passed over.
     async fn read_nodes(&self, etcd: &mut Gateway) -> Result<Vec<NodeRecord>, Error> {
-        let start = format!("{}/nodes/", self.cfg.prefix);
-        // The end of the prefix range: the same bytes with the last one
-        // incremented ('/' + 1 = '0').
-        let end = format!("{}/nodes0", self.cfg.prefix);
-        let kvs = etcd.list(start.as_bytes(), end.as_bytes()).await?;
-        let mut nodes: Vec<NodeRecord> = kvs
-            .iter()
-            .filter(|kv| kv.value.len() <= MAX_RECORD)
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-            .collect();
+        let (_, kvs) = self.list_under(etcd, "nodes").await?;
+        let mut nodes: Vec<NodeRecord> = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(nodes)
     }
