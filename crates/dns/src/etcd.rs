@@ -39,7 +39,7 @@ mod records;
 #[doc(hidden)]
 pub use gateway::fuzzing;
 // The JSON gateway client, shared with the cluster's node registry.
-pub use gateway::{endpoint_base, Error, Gateway, Lease, Put};
+pub use gateway::{endpoint_base, Change, Error, Gateway, Lease, Put, Watch};
 use records::Layout;
 pub use records::{Expect, Kv};
 

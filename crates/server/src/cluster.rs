@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opennotr_config::ClusterSection;
-use opennotr_dns::etcd::{endpoint_base, Error, Expect, Gateway, Kv, Lease, Put};
+use opennotr_dns::etcd::{endpoint_base, Change, Error, Expect, Gateway, Kv, Lease, Put, Watch};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -572,91 +572,190 @@ impl Cluster {
             info!(node = self.node(), advertise = %self.record.advertise, "joined the cluster");
         }
         let epoch = self.place().epoch;
+        let mut next_renewal = tokio::time::Instant::now();
+        let mut renewals = 0u32;
+        let mut cache: Option<Cache> = None;
+        // The view is rebuilt (in O(claims)) at most every SHOW_GAP: a
+        // burst of claims is one rebuild, not one per claim.
+        let (mut dirty, mut shown) = (false, tokio::time::Instant::now());
         loop {
-            let sent = renew(etcd, l.id).await?;
-            {
-                let mut p = self.place();
-                if p.epoch != epoch || p.lease != Some(l.id) {
-                    // The place was given up meanwhile: never bring it back.
+            let step = tokio::select! {
+                _ = tokio::time::sleep_until(next_renewal) => Step::Renew,
+                r = next_changes(&mut cache) => Step::Changes(r),
+                _ = tokio::time::sleep_until(shown + SHOW_GAP), if dirty => Step::Show,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            match step {
+                Step::Renew => {
+                    let sent = renew(etcd, l.id).await?;
+                    {
+                        let mut p = self.place();
+                        if p.epoch != epoch || p.lease != Some(l.id) {
+                            // The place was given up meanwhile: never bring
+                            // it back.
+                            return Err(Error::LeaseLost);
+                        }
+                        p.renewed = sent;
+                    }
+                    *backoff = BACKOFF_MIN;
+                    next_renewal = sent + tick;
+                    renewals = renewals.wrapping_add(1);
+                    // Read everything (and watch from there) when there is
+                    // no watch, and now and then besides, as a check.
+                    if cache.is_none() || renewals.is_multiple_of(RELIST_EVERY) {
+                        match self.relist(etcd, l.id).await {
+                            Ok(fresh) => {
+                                cache = Some(fresh);
+                                dirty = true;
+                                let now = tokio::time::Instant::now();
+                                shown = now.checked_sub(SHOW_GAP).unwrap_or(now);
+                            }
+                            // The view stays as last read, and says why; the
+                            // lease is renewed on.
+                            Err(e) => {
+                                debug!(error = %e, "cluster: reading the cluster failed");
+                                self.view.write().unwrap_or_else(|e| e.into_inner()).error = Some(e.to_string());
+                                cache = None;
+                            }
+                        }
+                    }
+                }
+                Step::Changes(Ok(changes)) => {
+                    if let Some(c) = cache.as_mut() {
+                        dirty |= !changes.is_empty();
+                        for change in changes {
+                            c.apply(change, &self.cfg.prefix);
+                        }
+                    }
+                }
+                Step::Show => {}
+                // Read again with the next renewal (at most a third of the
+                // TTL away): a watch that keeps breaking costs one read a
+                // tick, not a loop.
+                Step::Changes(Err(e)) => {
+                    debug!(error = %e, "cluster: the watch broke; reading the cluster again");
+                    cache = None;
+                    continue;
+                }
+            }
+            if let Some(c) = &cache {
+                if !c.nodes.values().any(|n| n.instance == self.record.instance) {
+                    // etcd lost our key (its data was wiped, or someone
+                    // deleted it): this place is gone.
                     return Err(Error::LeaseLost);
                 }
-                p.renewed = sent;
-            }
-            *backoff = BACKOFF_MIN;
-            match self.read(etcd).await {
-                Ok((nodes, claims)) => {
-                    if !nodes.iter().any(|n| n.instance == self.record.instance) {
-                        // etcd lost our key (its data was wiped, or someone
-                        // deleted it): this place is gone.
-                        return Err(Error::LeaseLost);
-                    }
-                    self.delete_orphans(&claims, l.id).await;
-                    let domains: Vec<(String, String)> = claims.into_iter().map(|c| (c.domain, c.node)).collect();
-                    self.publish_remote(&nodes, &domains);
-                    let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
-                    if v.error.take().is_some() {
-                        info!("cluster: etcd reachable again");
-                    }
-                    *v = View { registered: true, nodes, error: None, held_by: None, domains };
+                if dirty && shown + SHOW_GAP <= tokio::time::Instant::now() {
+                    self.show(c);
+                    (dirty, shown) = (false, tokio::time::Instant::now());
                 }
-                // The view stays as last read, and says why; the lease is
-                // renewed on.
-                Err(e) => {
-                    debug!(error = %e, "cluster: reading the cluster failed");
-                    self.view.write().unwrap_or_else(|e| e.into_inner()).error = Some(e.to_string());
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = stop.cancelled() => return Ok(()),
             }
         }
     }
 
-    /// The live nodes and every claim, as etcd holds them now.
-    async fn read(&self, etcd: &mut Gateway) -> Result<(Vec<NodeRecord>, Vec<ClaimKv>), Error> {
-        Ok((self.read_nodes(etcd).await?, self.read_claims(etcd).await?))
+    /// Reads the cluster's keys, deletes this node's orphan claims, and
+    /// starts watching from there.
+    async fn relist(&self, etcd: &mut Gateway, lease: i64) -> Result<Cache, Error> {
+        let (start, end) = (format!("{}/", self.cfg.prefix), format!("{}0", self.cfg.prefix));
+        let (kvs, at) = etcd.list_at(start.as_bytes(), end.as_bytes()).await?;
+        let mut cache = Cache { nodes: Default::default(), claims: Default::default(), watch: None };
+        for kv in kvs {
+            cache.apply(Change::Put(kv), &self.cfg.prefix);
+        }
+        let claims: Vec<ClaimKv> = cache.claims.values().cloned().collect();
+        self.delete_orphans(&claims, lease).await;
+        cache.watch = Some(etcd.watch(start.as_bytes(), end.as_bytes(), at + 1).await?);
+        Ok(cache)
     }
 
-    /// The keys under `<prefix>/<dir>/` (with their start), records larger
-    /// than any of ours left out.
-    async fn list_under(&self, etcd: &mut Gateway, dir: &str) -> Result<(String, Vec<Kv>), Error> {
-        let start = format!("{}/{dir}/", self.cfg.prefix);
-        // The end of the prefix range: the same bytes with the last one
-        // incremented ('/' + 1 = '0').
-        let end = format!("{}/{dir}0", self.cfg.prefix);
-        let mut kvs = etcd.list(start.as_bytes(), end.as_bytes()).await?;
-        kvs.retain(|kv| kv.value.len() <= MAX_RECORD);
-        Ok((start, kvs))
-    }
-
-    /// Every domain claim in the cluster, by domain; a claim that does not
-    /// parse, or whose key is not a domain a client could hold, is passed
-    /// over.
-    async fn read_claims(&self, etcd: &mut Gateway) -> Result<Vec<ClaimKv>, Error> {
-        let (start, kvs) = self.list_under(etcd, "claims/domains").await?;
-        let mut out: Vec<ClaimKv> = kvs
-            .iter()
-            .filter_map(|kv| {
-                let domain = std::str::from_utf8(kv.key.get(start.len()..)?).ok()?.to_string();
-                if crate::state::normalize_domain(&domain).ok()? != domain || !domain.contains('.') {
-                    return None;
-                }
-                let claim: DomainClaim = serde_json::from_slice(&kv.value).ok()?;
-                Some(ClaimKv { domain, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision })
-            })
-            .collect();
-        out.sort_by(|a, b| a.domain.cmp(&b.domain));
-        Ok(out)
-    }
-
-    /// The live nodes' records, by name; a record that does not parse (not
-    /// written by opennotrd) is passed over.
-    async fn read_nodes(&self, etcd: &mut Gateway) -> Result<Vec<NodeRecord>, Error> {
-        let (_, kvs) = self.list_under(etcd, "nodes").await?;
-        let mut nodes: Vec<NodeRecord> = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
+    /// Shows `cache` in the view, and the other nodes' domains to DNS.
+    fn show(&self, cache: &Cache) {
+        let mut nodes: Vec<NodeRecord> = cache.nodes.values().cloned().collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        Ok(nodes)
+        let mut domains: Vec<(String, String)> =
+            cache.claims.values().map(|c| (c.domain.clone(), c.node.clone())).collect();
+        domains.sort();
+        self.publish_remote(&nodes, &domains);
+        let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+        if v.error.take().is_some() {
+            info!("cluster: etcd reachable again");
+        }
+        *v = View { registered: true, nodes, error: None, held_by: None, domains };
+    }
+}
+
+/// What the membership loop does next.
+enum Step {
+    Renew,
+    Changes(Result<Vec<Change>, Error>),
+    /// Time to show what changed.
+    Show,
+}
+
+/// The most often the view (and DNS's view of other nodes) is rebuilt.
+const SHOW_GAP: Duration = Duration::from_millis(100);
+
+/// A full read of the cluster's keys every this many renewals, besides the
+/// watch: a check that nothing was missed, and when orphan claims are
+/// looked for.
+const RELIST_EVERY: u32 = 30;
+
+/// The cluster's keys as this node knows them: read once, then kept by the
+/// watch.
+struct Cache {
+    /// By key.
+    nodes: std::collections::BTreeMap<Vec<u8>, NodeRecord>,
+    claims: std::collections::BTreeMap<Vec<u8>, ClaimKv>,
+    watch: Option<Watch>,
+}
+
+impl Cache {
+    /// Applies one change of a key under `prefix`; a record that does not
+    /// parse (not written by opennotrd), or a claim whose key is not a
+    /// domain a client could hold, is passed over.
+    fn apply(&mut self, change: Change, prefix: &str) {
+        let nodes = format!("{prefix}/nodes/");
+        let claims = format!("{prefix}/claims/domains/");
+        match change {
+            Change::Put(kv) if kv.value.len() <= MAX_RECORD => {
+                if kv.key.starts_with(nodes.as_bytes()) {
+                    match serde_json::from_slice::<NodeRecord>(&kv.value) {
+                        Ok(n) => self.nodes.insert(kv.key, n),
+                        Err(_) => self.nodes.remove(&kv.key),
+                    };
+                } else if kv.key.starts_with(claims.as_bytes()) {
+                    match claim_of(&kv, claims.len()) {
+                        Some(c) => self.claims.insert(kv.key, c),
+                        None => self.claims.remove(&kv.key),
+                    };
+                }
+            }
+            Change::Put(kv) => {
+                self.nodes.remove(&kv.key);
+                self.claims.remove(&kv.key);
+            }
+            Change::Delete(key) => {
+                self.nodes.remove(&key);
+                self.claims.remove(&key);
+            }
+        }
+    }
+}
+
+/// The claim a key under `<prefix>/claims/domains/` (`skip` bytes long) holds.
+fn claim_of(kv: &Kv, skip: usize) -> Option<ClaimKv> {
+    let domain = std::str::from_utf8(kv.key.get(skip..)?).ok()?.to_string();
+    if crate::state::normalize_domain(&domain).ok()? != domain || !domain.contains('.') {
+        return None;
+    }
+    let claim: DomainClaim = serde_json::from_slice(&kv.value).ok()?;
+    Some(ClaimKv { domain, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision })
+}
+
+/// The next changes of `cache`'s watch; never, while there is none.
+async fn next_changes(cache: &mut Option<Cache>) -> Result<Vec<Change>, Error> {
+    match cache.as_mut().and_then(|c| c.watch.as_mut()) {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -245,6 +245,74 @@ impl Gateway {
         }
     }
 
+    /// Every key-value pair in `[start, end)` and the revision they were
+    /// read at: where a [`watch`](Self::watch) continues.
+    pub async fn list_at(&mut self, start: &[u8], end: &[u8]) -> Result<(Vec<Kv>, i64), Error> {
+        // The revision of the snapshot: asked first, then every page read
+        // at it (the pages of `list` are one snapshot too).
+        const PATH: &str = "/v3/kv/range";
+        let head = self
+            .call(PATH, &json!({ "key": B64.encode(start), "range_end": B64.encode(end), "count_only": true }))
+            .await?;
+        let at = revision(&head).map_err(|r| self.protocol(PATH, r))?;
+        let mut out = Vec::new();
+        let mut from = start.to_vec();
+        loop {
+            let req = json!({
+                "key": B64.encode(&from),
+                "range_end": B64.encode(end),
+                "limit": PAGE.to_string(),
+                "revision": at.to_string(),
+            });
+            let v = self.call(PATH, &req).await?;
+            let kvs = kvs(&v).map_err(|r| self.protocol(PATH, r))?;
+            let more = v.get("more").and_then(Value::as_bool).unwrap_or(false);
+            let next = kvs.last().map(|kv| {
+                let mut k = kv.key.clone();
+                k.push(0);
+                k
+            });
+            out.extend(kvs);
+            match next {
+                Some(next) if more => {
+                    if next <= from {
+                        return Err(self.protocol(PATH, "a page did not advance"));
+                    }
+                    from = next;
+                }
+                _ => return Ok((out, at)),
+            }
+        }
+    }
+
+    /// Watches `[start, end)` from revision `from`: every change after it,
+    /// as etcd streams them, until the stream breaks. The current endpoint
+    /// only: a broken watch is started again by whoever holds it, after a
+    /// `list_at` that may move to another endpoint.
+    pub async fn watch(&mut self, start: &[u8], end: &[u8], from: i64) -> Result<Watch, Error> {
+        const PATH: &str = "/v3/watch";
+        let endpoint = self.endpoint().to_owned();
+        let unreachable = |reason: String| Error::Unreachable { endpoint: endpoint.clone(), reason };
+        let uri: Uri = format!("{endpoint}{PATH}").parse().map_err(|e| unreachable(format!("bad URL: {e}")))?;
+        let body = json!({ "create_request": {
+            "key": B64.encode(start),
+            "range_end": B64.encode(end),
+            "start_revision": from.to_string(),
+        }});
+        let req = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| unreachable(format!("bad request: {e}")))?;
+        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req)).await {
+            Ok(r) => r.map_err(|e| unreachable(chain(&e)))?,
+            Err(_) => return Err(unreachable(format!("no answer to {PATH} within {REQUEST_TIMEOUT:?}"))),
+        };
+        if resp.status() != StatusCode::OK {
+            return Err(self.protocol(PATH, format!("HTTP {}", resp.status())));
+        }
+        Ok(Watch { body: resp.into_body(), buf: Vec::new(), endpoint })
+    }
+
     /// Writes `key` = `value` attached to `lease` if the key is as expected.
     pub async fn put_if(&mut self, key: &str, value: &[u8], lease: i64, expect: Expect) -> Result<Put, Error> {
         const PATH: &str = "/v3/kv/txn";
@@ -274,6 +342,96 @@ impl Gateway {
         let v = self.call("/v3/kv/txn", &req).await?;
         Ok(succeeded(&v))
     }
+}
+
+/// A watch's stream of changes (see [`Gateway::watch`]).
+pub struct Watch {
+    body: hyper::body::Incoming,
+    /// Bytes of the message being received.
+    buf: Vec<u8>,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+/// One change a watch saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The key was written (its new value, lease and revision).
+    Put(Kv),
+    /// The key was deleted (or expired with its lease).
+    Delete(Vec<u8>),
+}
+
+impl Watch {
+    /// The next changes, in order (empty for etcd's own messages: the
+    /// watch's creation, progress). An error when the stream breaks, etcd
+    /// cancels the watch (its revision was compacted away), or a message
+    /// is not what etcd sends; the watcher then reads everything again.
+    pub async fn next(&mut self) -> Result<Vec<Change>, Error> {
+        const PATH: &str = "/v3/watch";
+        let broken = |reason: String| Error::Unreachable { endpoint: self.endpoint.clone(), reason };
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let garbage = |reason: String| Error::Protocol { endpoint: self.endpoint.clone(), path: PATH, reason };
+                let v: Value =
+                    serde_json::from_slice(&line).map_err(|_| garbage(format!("not JSON: {}", snippet(&line))))?;
+                if let Some(e) = v.get("error") {
+                    return Err(garbage(format!("etcd ended the watch: {}", snippet(e.to_string().as_bytes()))));
+                }
+                let result = v.get("result").ok_or_else(|| garbage("no result in a watch message".into()))?;
+                if result.get("canceled").and_then(Value::as_bool).unwrap_or(false) {
+                    return Err(garbage("etcd canceled the watch (compacted?)".into()));
+                }
+                return changes(result).map_err(garbage);
+            }
+            if self.buf.len() > MAX_BODY {
+                return Err(broken("a watch message over the size bound".into()));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+                Some(Err(e)) => return Err(broken(format!("the watch broke: {e}"))),
+                None => return Err(broken("etcd closed the watch".into())),
+            }
+        }
+    }
+}
+
+/// The changes of one watch message's `result`.
+fn changes(result: &Value) -> Result<Vec<Change>, String> {
+    let events = match result.get("events") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(events)) => events,
+        Some(_) => return Err("events is not a list".into()),
+    };
+    events
+        .iter()
+        .map(|e| {
+            let kv = e.get("kv").ok_or("an event without kv")?;
+            match e.get("type").and_then(Value::as_str) {
+                None | Some("PUT") => Ok(Change::Put(Kv {
+                    key: bytes(kv, "key")?,
+                    value: bytes(kv, "value")?,
+                    lease: int(kv, "lease")?,
+                    mod_revision: int(kv, "mod_revision")?,
+                })),
+                Some("DELETE") => Ok(Change::Delete(bytes(kv, "key")?)),
+                Some(other) => Err(format!("an event of type {}", snippet(other.as_bytes()))),
+            }
+        })
+        .collect()
 }
 
 /// A txn comparison: the key does not exist, or has this mod revision.
@@ -486,6 +644,29 @@ mod tests {
             r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"Service Unavailable"}}"#,
         );
         assert_eq!(e, Err(Answer::Etcd { code: 14, message: "etcdserver: no leader".into() }));
+    }
+
+    /// Watch messages as etcd 3.4's gateway streams them (one JSON object
+    /// a line): creation, a put, a delete; and what is not one.
+    #[test]
+    fn etcd_watch_messages_parse() {
+        let result = |line: &str| -> Value { serde_json::from_str::<Value>(line).unwrap()["result"].clone() };
+        let created =
+            r#"{"result":{"header":{"cluster_id":"3","member_id":"3","revision":"1","raft_term":"2"},"created":true}}"#;
+        assert_eq!(changes(&result(created)), Ok(vec![]));
+        let put = r#"{"result":{"header":{"revision":"2"},"events":[{"kv":{"key":"L3AvYQ==","create_revision":"2","mod_revision":"2","version":"1","value":"aGk=","lease":"7"}}]}}"#;
+        let kv = Kv { key: b"/p/a".to_vec(), value: b"hi".to_vec(), lease: 7, mod_revision: 2 };
+        assert_eq!(changes(&result(put)), Ok(vec![Change::Put(kv)]));
+        let delete = r#"{"result":{"header":{"revision":"3"},"events":[{"type":"DELETE","kv":{"key":"L3AvYQ==","mod_revision":"3"}}]}}"#;
+        assert_eq!(changes(&result(delete)), Ok(vec![Change::Delete(b"/p/a".to_vec())]));
+        for bad in [
+            r#"{"result":{"events":{}}}"#,
+            r#"{"result":{"events":[{"type":"PUT"}]}}"#,
+            r#"{"result":{"events":[{"type":"EXPLODE","kv":{"key":"L3A="}}]}}"#,
+            r#"{"result":{"events":[{"kv":{"key":"!!!"}}]}}"#,
+        ] {
+            assert!(changes(&result(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

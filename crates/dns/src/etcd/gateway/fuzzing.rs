@@ -1,5 +1,6 @@
 //! Entry point for the fuzz targets (`crates/fuzz-targets`): every way
-//! the publisher reads one etcd answer, as its calls read it. Not an API.
+//! the publisher (and the cluster's watch) reads one etcd answer, as its
+//! calls read it. Not an API.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -7,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use hyper::StatusCode;
 
 use super::super::records::{owner_of, plan, Expect, Layout};
-use super::{first_response, int, kvs, parse_answer, revision, succeeded, Answer};
+use super::{changes, first_response, int, kvs, parse_answer, revision, succeeded, Answer};
 
 /// What the calls make of one answer.
 #[derive(Debug, Default)]
@@ -47,6 +48,8 @@ pub fn read(status: u16, body: &[u8]) -> Reading {
     r.reads.push(v.get("header").map(|h| int(h, "revision")).unwrap_or(Ok(0)));
     r.reads.push(revision(&v));
     let _ = succeeded(&v);
+    // As a watch message (the cluster's watch reads `result`).
+    r.reads.push(changes(v.get("result").unwrap_or(&v)).map(|c| c.len() as i64));
     let refusal = first_response(&v, "response_range").and_then(kvs);
     r.reads.push(refusal.map(|k| k.len() as i64));
     let listing = match kvs(&v) {
