@@ -657,6 +657,11 @@ impl Cluster {
     async fn relist(&self, etcd: &mut Gateway, lease: i64) -> Result<Cache, Error> {
         let (start, end) = (format!("{}/", self.cfg.prefix), format!("{}0", self.cfg.prefix));
         let (kvs, at) = etcd.list_at(start.as_bytes(), end.as_bytes()).await?;
+        if at <= 0 {
+            // A watch from nowhere would replay etcd's whole history.
+            let endpoint = etcd.endpoint().to_owned();
+            return Err(Error::Protocol { endpoint, path: "/v3/kv/range", reason: "no revision in the header".into() });
+        }
         let mut cache = Cache { nodes: Default::default(), claims: Default::default(), watch: None };
         for kv in kvs {
             cache.apply(Change::Put(kv), &self.cfg.prefix);

@@ -208,6 +208,12 @@ impl Gateway {
     /// Every key-value pair in `[start, end)`, one consistent snapshot,
     /// page by page.
     pub async fn list(&mut self, start: &[u8], end: &[u8]) -> Result<Vec<Kv>, Error> {
+        Ok(self.list_at(start, end).await?.0)
+    }
+
+    /// [`list`](Self::list), and the revision of its snapshot: where a
+    /// [`watch`](Self::watch) continues.
+    pub async fn list_at(&mut self, start: &[u8], end: &[u8]) -> Result<(Vec<Kv>, i64), Error> {
         const PATH: &str = "/v3/kv/range";
         let mut out = Vec::new();
         let mut from = start.to_vec();
@@ -240,47 +246,7 @@ impl Gateway {
                     }
                     from = next;
                 }
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    /// Every key-value pair in `[start, end)` and the revision they were
-    /// read at: where a [`watch`](Self::watch) continues.
-    pub async fn list_at(&mut self, start: &[u8], end: &[u8]) -> Result<(Vec<Kv>, i64), Error> {
-        // The revision of the snapshot: asked first, then every page read
-        // at it (the pages of `list` are one snapshot too).
-        const PATH: &str = "/v3/kv/range";
-        let head = self
-            .call(PATH, &json!({ "key": B64.encode(start), "range_end": B64.encode(end), "count_only": true }))
-            .await?;
-        let at = revision(&head).map_err(|r| self.protocol(PATH, r))?;
-        let mut out = Vec::new();
-        let mut from = start.to_vec();
-        loop {
-            let req = json!({
-                "key": B64.encode(&from),
-                "range_end": B64.encode(end),
-                "limit": PAGE.to_string(),
-                "revision": at.to_string(),
-            });
-            let v = self.call(PATH, &req).await?;
-            let kvs = kvs(&v).map_err(|r| self.protocol(PATH, r))?;
-            let more = v.get("more").and_then(Value::as_bool).unwrap_or(false);
-            let next = kvs.last().map(|kv| {
-                let mut k = kv.key.clone();
-                k.push(0);
-                k
-            });
-            out.extend(kvs);
-            match next {
-                Some(next) if more => {
-                    if next <= from {
-                        return Err(self.protocol(PATH, "a page did not advance"));
-                    }
-                    from = next;
-                }
-                _ => return Ok((out, at)),
+                _ => return Ok((out, revision)),
             }
         }
     }
