@@ -17,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    json_fields, parse_forward, read_registration, tcp_echo, udp_echo, Proc, Src, TempDir, CLIENT, SERVER, WAIT,
+    http_get, json_fields, parse_forward, read_registration, tcp_echo, udp_echo, Proc, Src, TempDir, CLIENT, SERVER,
+    WAIT,
 };
 
 // ------------------------------------------------------------------ helpers
@@ -680,16 +681,6 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_config() {
 
 // -------------------------------------------------------------------- demo
 
-/// One GET on 127.0.0.1:`port` with `Connection: close`; the whole answer.
-fn http_get(addr: SocketAddr, path: &str, extra_header: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{extra_header}Connection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// The README's first command: `opennotrd --demo` prints what to try, and
 /// each of those works: the sample service through its public port, the
 /// admin API with the printed token.
@@ -700,17 +691,17 @@ fn demo_prints_what_to_try_and_it_works() {
     let reg = read_registration(&mut demo, 2);
     let curl = demo.expect(Src::Out, "`try:  curl`", |l| l.starts_with("try:  curl http://"));
     let url = curl.trim_start_matches("try:  curl http://").trim_end_matches('/');
-    let answer = http_get(url.parse().unwrap(), "/", "");
+    let answer = http_get(url.parse().unwrap(), "x", "/", "");
     assert!(answer.contains("hello from a service behind opennotr"), "{answer}");
 
     let open = demo.expect(Src::Out, "`open: http://`", |l| l.starts_with("open: http://"));
     let (addr, token) = open.trim_start_matches("open: http://").split_once("/#token=").unwrap();
     let token = token.split_whitespace().next().unwrap();
     let addr: SocketAddr = addr.parse().unwrap();
-    let sessions = http_get(addr, "/api/v1/sessions", &format!("Authorization: Bearer {token}\r\n"));
+    let sessions = http_get(addr, "x", "/api/v1/sessions", &format!("Authorization: Bearer {token}\r\n"));
     assert!(sessions.starts_with("HTTP/1.1 200"), "{sessions}");
     assert!(sessions.contains(&reg.domain), "{sessions}");
-    assert!(http_get(addr, "/api/v1/sessions", "").starts_with("HTTP/1.1 401"));
+    assert!(http_get(addr, "x", "/api/v1/sessions", "").starts_with("HTTP/1.1 401"));
     demo.expect(Src::Out, "`Ctrl-C stops the demo.`", |l| l == "Ctrl-C stops the demo.");
     demo.signal("INT");
     let st = demo.wait_exit(WAIT);

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::Instant;
 
 use support::netns::{check, cmd, in_ns, poll_every, root_with, run_bounded, Lan};
-use support::{json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
+use support::{http_get, json_fields, read_registration, Proc, Src, TempDir, CLIENT, SERVER, WAIT};
 
 const KEY: &str = "the shared key of the cluster test";
 const DOMAIN: &str = "app.example.test";
@@ -108,16 +108,6 @@ fn gateway(forward: &str) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
 }
 
-/// GET / of the domain through `gateway`; the status line and body.
-fn get(gateway: SocketAddr) -> String {
-    let mut s = TcpStream::connect(gateway).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(s, "GET / HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn a_killed_nodes_client_serves_its_domain_from_another_node() {
     let dir = TempDir::new("cluster");
@@ -138,7 +128,7 @@ fn a_killed_nodes_client_serves_its_domain_from_another_node() {
     let reg = read_registration(&mut client, 1);
     assert_eq!(reg.domain, DOMAIN);
     let first = gateway(&reg.forwards[0]);
-    let answer = get(first);
+    let answer = http_get(first, DOMAIN, "/", "");
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("served"), "{answer}");
 
     // The client is on node-a, the first it lists. kill -9 of node-a (the
@@ -152,7 +142,7 @@ fn a_killed_nodes_client_serves_its_domain_from_another_node() {
     assert_eq!(reg.domain, DOMAIN);
     let now = gateway(&reg.forwards[0]);
     assert_ne!(now, first, "another node's gateway");
-    let answer = get(now);
+    let answer = http_get(now, DOMAIN, "/", "");
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("served"), "{answer}");
 }
 

@@ -268,6 +268,18 @@ impl Drop for Proc {
 
 // ------------------------------------------------------------------ output of opennotrd / opennotr
 
+/// One GET of `path` for `host` on `addr` with `Connection: close`, and
+/// `extra_headers` (each line ending in `\r\n`); the whole answer.
+pub(crate) fn http_get(addr: std::net::SocketAddr, host: &str, path: &str, extra_headers: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// The `fields` of a JSON log line, if it is one with this message.
 pub(crate) fn json_fields(line: &str, message: &str) -> Option<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;

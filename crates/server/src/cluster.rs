@@ -278,22 +278,12 @@ impl Cluster {
                 debug!(error = %e, "cluster: etcd still failing");
             }
             if matches!(e, Error::LeaseLost) {
-                self.lose();
-                if let Some(old) = lease.take() {
-                    // Its claims must not outlive this place: revoked now
-                    // if etcd answers, else they expire with it.
-                    let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(old.id)).await;
-                }
+                self.give_up(&mut etcd, &mut lease).await;
             }
             etcd.rewind();
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = self.watchdog() => {
-                    self.lose();
-                    if let Some(old) = lease.take() {
-                        let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(old.id)).await;
-                    }
-                }
+                _ = self.watchdog() => self.give_up(&mut etcd, &mut lease).await,
                 _ = stop.cancelled() => break,
             }
             // While it holds a place, a retry comes before the lease runs out.
@@ -309,6 +299,15 @@ impl Cluster {
             info!(node = self.node(), "left the cluster");
         }
         self.view.write().unwrap_or_else(|e| e.into_inner()).registered = false;
+    }
+
+    /// Gives up the place and its lease: its claims must not outlive the
+    /// place, so the lease is revoked now if etcd answers, else it expires.
+    async fn give_up(&self, etcd: &mut Gateway, lease: &mut Option<Lease>) {
+        self.lose();
+        if let Some(old) = lease.take() {
+            let _ = tokio::time::timeout(REVOKE_TIMEOUT, etcd.revoke(old.id)).await;
+        }
     }
 
     /// Returns once the place this node holds has gone its whole TTL (less
@@ -504,8 +503,9 @@ impl Cluster {
     }
 
     /// One stretch of membership: the lease (granted if `lease` is none),
-    /// the node's name, then a renewal and a read every third of the TTL,
-    /// the renewal first so that a slow read never costs the place.
+    /// the node's name, then renewals every third of the TTL on their own
+    /// timer (a slow read or watch never costs the place), and the
+    /// cluster's keys read once and kept by a watch.
     async fn member(
         &self,
         etcd: &mut Gateway,

@@ -283,13 +283,7 @@ fn data(shared: &Shared, tcp: TcpStream, peer: SocketAddr, session: &[u8], strea
     let Some(waiter) = s.claim(stream) else {
         return debug!(stream, "data hello for a stream nobody waits for (expired or replayed)");
     };
-    let chan = if s.plaintext {
-        Channel::Plain(tcp)
-    } else {
-        let k = s.keys.data_channel_keys(stream, nonce);
-        Channel::Sealed(Box::new(SecureStream::new(tcp, &k.s2c, &k.c2s, BytesMut::new())))
-    };
-    let _ = waiter.send(Ok(chan));
+    let _ = waiter.send(Ok(s.channel(tcp, |k| k.data_channel_keys(stream, nonce))));
 }
 
 /// A spare channel joins its session's pool, to carry a stream later.
@@ -651,10 +645,10 @@ pub(crate) async fn serve(
     // A node of a cluster claims the domain in etcd before it serves it:
     // two nodes never serve one domain.
     if let Some(c) = &shared.cluster {
+        // Its name is published with its forwards, below, once claimed.
         let claimed = c.claim(&session.domain, &hex::encode(session_id)).await;
         if claimed.is_ok() {
             let _ = session.claimed.set(());
-            shared.publish_names();
         }
         let refusal = match claimed {
             // Closed while it claimed (replaced, or the node lost its place).

@@ -11,7 +11,7 @@ use opennotr_plugin::{
     async_trait, ForwardContext, ForwardLimits, ForwardMeta, OpenError, Plugin, StreamProtocol, Tunnel, TunnelStream,
     Visitor,
 };
-use opennotr_proto::handshake::SessionKeys;
+use opennotr_proto::handshake::{ChannelKeys, SessionKeys};
 use opennotr_proto::message::{ClientMessage, ForwardRequest, ForwardResult, ServerMessage, VipPort};
 use opennotr_transport::bandwidth::Throttles;
 use opennotr_transport::{Channel, Counters, FrameReader, FrameWriter, SecureStream, TransportError};
@@ -194,6 +194,16 @@ impl Session {
         self.kill.cancel();
     }
 
+    /// A data channel of this session on `tcp`: as it is for a plaintext
+    /// session, else sealed with the keys `keys` derives (only then).
+    pub(crate) fn channel(&self, tcp: TcpStream, keys: impl FnOnce(&SessionKeys) -> ChannelKeys) -> Channel {
+        if self.plaintext {
+            return Channel::Plain(tcp);
+        }
+        let k = keys(&self.keys);
+        Channel::Sealed(Box::new(SecureStream::new(tcp, &k.s2c, &k.c2s, BytesMut::new())))
+    }
+
     /// Hands a data channel to the visitor waiting for `stream`; `None` if
     /// no one waits (expired, already claimed, or never asked for).
     pub(crate) fn claim(&self, stream: u64) -> Option<Pending> {
@@ -352,12 +362,7 @@ impl Tunnel for SessionTunnel {
         // (undeclared target, service down), it closes the channel, and the
         // visitor sees the close it would have seen anyway.
         if let Some(Spare { id: channel, nonce, tcp }) = s.spares.take() {
-            let chan = if s.plaintext {
-                Channel::Plain(tcp)
-            } else {
-                let k = s.keys.spare_channel_keys(channel, &nonce);
-                Channel::Sealed(Box::new(SecureStream::new(tcp, &k.s2c, &k.c2s, BytesMut::new())))
-            };
+            let chan = s.channel(tcp, |k| k.spare_channel_keys(channel, &nonce));
             let connect = ServerMessage::Connect { stream, protocol, target, peer, local, channel: Some(channel) };
             let sent = tokio::select! {
                 r = tokio::time::timeout(s.connect_timeout, s.out.send(Box::new(connect))) => matches!(r, Ok(Ok(()))),
