@@ -72,7 +72,7 @@ fn start_node(dir: &TempDir, etcd: &str, node: &str) -> (Proc, SocketAddr) {
             "server:\n  listen: \"127.0.0.1:0\"\n  authKey: \"{KEY}\"\n  domain: \"open.notr.test\"\n  publicIP: \"127.0.0.1\"\n\
              dhcp:\n  cidr: \"100.64.242.1/24\"\n\
              plugin:\n  http: |\n    {{\"listen\": \"127.0.0.1:0\"}}\n\
-             cluster:\n  node: {node}\n  etcdEndpoints: [\"{etcd}\"]\n  leaseTtl: 2\n"
+             cluster:\n  node: {node}\n  etcdEndpoints: [\"{etcd}\"]\n  leaseTtl: 2\n  key: cluster-test-key-0123456789\n"
         ),
     );
     let mut p = Proc::spawn(SERVER, &["-c", conf.to_str().unwrap(), "--log-level", "info", "--log-json"], &dir.0);
@@ -211,7 +211,7 @@ fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
                     "server:\n  listen: \"{ip}:10100\"\n  authKey: \"{KEY}\"\n  domain: \"open.notr.test\"\n  publicIP: \"{ip}\"\n\
                      dhcp:\n  cidr: \"100.64.242.1/24\"\n\
                      plugin:\n  http: |\n    {{\"listen\": \"{ip}:8080\"}}\n\
-                     cluster:\n  node: {name}\n  etcdEndpoints: [\"http://{}:2379\"]\n  leaseTtl: 2\n",
+                     cluster:\n  node: {name}\n  etcdEndpoints: [\"http://{}:2379\"]\n  leaseTtl: 2\n  key: cluster-test-key-0123456789\n",
                     lan.server_ip(i)
                 ),
             );

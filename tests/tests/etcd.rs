@@ -523,7 +523,7 @@ fn base64_helpers_round_trip() {
 /// lease of 2 s.
 fn cluster_config(endpoint: &str, node: &str) -> ServerConfig {
     let yaml = ServerSpec::default().yaml()
-        + &format!("cluster:\n  node: {node}\n  etcdEndpoints: [\"{endpoint}\"]\n  leaseTtl: 2\n");
+        + &format!("cluster:\n  node: {node}\n  etcdEndpoints: [\"{endpoint}\"]\n  leaseTtl: 2\n  key: cluster-test-key-0123456789\n");
     opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
 }
 
@@ -717,7 +717,7 @@ async fn every_nodes_dns_answers_with_the_node_holding_the_domain() {
                 ..Default::default()
             };
             let yaml = spec.yaml()
-                + &format!("cluster:\n  node: {name}\n  etcdEndpoints: [\"{}\"]\n  leaseTtl: 2\n", etcd.endpoint());
+                + &format!("cluster:\n  node: {name}\n  etcdEndpoints: [\"{}\"]\n  leaseTtl: 2\n  key: cluster-test-key-0123456789\n", etcd.endpoint());
             opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
         };
         let a = TestServer::start_with(node("node-a", "127.0.0.2"), &builtin_plugins()).await;
@@ -772,6 +772,166 @@ async fn a_node_whose_etcd_lost_its_data_rejoins_and_claims_anew() {
         assert!(view.registered && view.error.is_none(), "the client's claim needs the place back: {view:?}");
         x.stop().await;
         a.stop().await;
+    })
+    .await
+}
+
+// ------------------------------------------------------------ node links
+
+/// A cluster node on `etcd` with the `http` gateway and the TLS port
+/// (`https` with `pem`'s certificate for `*.ZONE`, `tls` beside it) on
+/// `ports`, and `key` as `cluster.key`.
+fn gateway_node(etcd: &Etcd, node: &str, ports: (u16, u16), pem: &(PathBuf, PathBuf), key: &str) -> ServerConfig {
+    let https = format!(
+        r#"{{"listen": "127.0.0.1:{}", "cert": "{}", "key": "{}"}}"#,
+        ports.1,
+        pem.0.display(),
+        pem.1.display()
+    );
+    let yaml = ServerSpec::default()
+        .plugin("http", &format!(r#"{{"listen": "127.0.0.1:{}"}}"#, ports.0))
+        .plugin("https", &https)
+        .plugin("tls", &format!(r#"{{"listen": "127.0.0.1:{}"}}"#, ports.1))
+        .yaml()
+        + &format!(
+            "cluster:\n  node: {node}\n  etcdEndpoints: [\"{}\"]\n  leaseTtl: 2\n  key: {key}\n",
+            etcd.endpoint()
+        );
+    opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
+}
+
+/// A service answering every HTTP/1.1 request with the request's head.
+async fn echo_head_service() -> Service {
+    tcp_service(|s| async move {
+        let (r, mut w) = tokio::io::split(s);
+        let mut r = tokio::io::BufReader::new(r);
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                head += &line;
+            }
+            let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}", head.len());
+            if w.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// A GET of `http://host/` on `port`: the status line and the body.
+async fn get_via(port: u16, host: &str) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to a gateway");
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let resp = String::from_utf8_lossy(&read_until_closed(&mut s).await).to_string();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+/// curl over TLS to `https://domain/` on `port` (loopback), trusting `ca`:
+/// the HTTP version, then the body.
+async fn curl_https(ca: &std::path::Path, domain: &str, port: u16, http2: bool) -> String {
+    let resolve = format!("{domain}:{port}:127.0.0.1");
+    let out = tokio::process::Command::new(opennotr_tests::tools::need("curl"))
+        .args(["-sS", "--noproxy", "*", "--max-time", "20", "--resolve", &resolve, "--cacert"])
+        .arg(ca)
+        .arg(if http2 { "--http2" } else { "--http1.1" })
+        .args(["-w", "%{http_version}\n"])
+        .arg(format!("https://{domain}:{port}/"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "curl failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    let (body, version) = text.trim_end().rsplit_once('\n').unwrap_or(("", &text));
+    format!("{version}\n{body}")
+}
+
+/// Any node's gateway serves any domain of the cluster: a visitor of
+/// node-a, for a domain whose client is on node-b, is carried to node-b
+/// over a node link and served there (on `http` by its first request's
+/// `Host`, on the TLS port by SNI, with HTTP/1.1 and HTTP/2), with its own
+/// address for the service. A node whose `cluster.key` differs cannot link
+/// (its visitor gets a 502), and a name no node serves is not carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_nodes_gateway_serves_any_domain() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let dir = std::env::temp_dir().join(format!("opennotr-links-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec![format!("*.{ZONE}")]).unwrap();
+        let pem = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&pem.0, cert.cert.pem()).unwrap();
+        std::fs::write(&pem.1, cert.signing_key.serialize_pem()).unwrap();
+        let key = "cluster-test-key-0123456789";
+        let (pa, pb, pc) = ((free_port(), free_port()), (free_port(), free_port()), (free_port(), free_port()));
+        let a = TestServer::start_with(gateway_node(&etcd, "node-a", pa, &pem, key), &builtin_plugins()).await;
+        let b = TestServer::start_with(gateway_node(&etcd, "node-b", pb, &pem, key), &builtin_plugins()).await;
+        let c = TestServer::start_with(
+            gateway_node(&etcd, "node-c", pc, &pem, "another-key-0123456789"),
+            &builtin_plugins(),
+        )
+        .await;
+        wait_until("the nodes to join", || nodes(&a.handle) == ["node-a", "node-b", "node-c"]).await;
+
+        let svc = echo_head_service().await;
+        let domain = format!("shop.{ZONE}");
+        let https_fwd = Fwd { protocol: "https".into(), public: 0, local: svc.addr.port() };
+        let spec = ClientSpec::new(b.addr).domain(&domain).forward(http_fwd(svc.addr.port())).forward(https_fwd);
+        let mut x = TestClient::start(&spec);
+        x.connected().await;
+        for n in [&a, &c] {
+            wait_until("the other nodes to see node-b's claim", || {
+                n.handle.cluster().is_some_and(|v| v.domains.iter().any(|d| d.domain == domain && d.node == "node-b"))
+            })
+            .await;
+        }
+
+        // http, through node-b itself and through node-a.
+        for port in [pb.0, pa.0] {
+            let (status, body) = get_via(port, &domain).await;
+            let body = body.to_ascii_lowercase();
+            assert_eq!(status, "HTTP/1.1 200 OK", "via port {port}: {body}");
+            assert!(body.contains(&format!("host: {domain}")), "{body}");
+            assert!(body.contains("x-forwarded-for: 127.0.0.1"), "the visitor's own address: {body}");
+        }
+        // https, terminated by node-b with its certificate, through node-a.
+        for http2 in [false, true] {
+            let got = curl_https(&pem.0, &domain, pa.1, http2).await.to_ascii_lowercase();
+            let want = if http2 { "2\n" } else { "1.1\n" };
+            assert!(got.starts_with(want) && got.contains(&format!("host: {domain}")), "{got}");
+            assert!(got.contains("x-forwarded-proto: https"), "{got}");
+        }
+
+        // A name nobody serves is node-a's own 404, not carried.
+        let (status, _) = get_via(pa.0, &format!("nobody.{ZONE}")).await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        // node-c's key differs: node-b does not accept its link.
+        let (status, body) = get_via(pc.0, &domain).await;
+        assert_eq!(status, "HTTP/1.1 502 Bad Gateway", "{body}");
+        assert!(body.contains("node-b"), "{body}");
+
+        let metrics = |s: &TestServer| s.handle.metrics_text();
+        let carried = |m: &str, way: &str| metric(m, &format!("opennotr_gateway_carried_total{{way=\"{way}\"}}"));
+        let (ma, mb, mc) = (metrics(&a), metrics(&b), metrics(&c));
+        assert_eq!(carried(&ma, "out"), Some(3), "{ma}");
+        assert_eq!(carried(&mb, "in"), Some(3), "{mb}");
+        assert_eq!(carried(&mc, "failed"), Some(1), "{mc}");
+
+        x.stop().await;
+        for s in [a, b, c] {
+            s.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     })
     .await
 }

@@ -177,7 +177,7 @@ plugin:
             .etcd
             .as_ref()
             .map(|e| format!(
-                "cluster:\n  node: loadgen\n  etcdEndpoints: [\"{e}\"]\n  prefix: \"/notr-loadgen-{port}\"\n"
+                "cluster:\n  node: loadgen\n  etcdEndpoints: [\"{e}\"]\n  prefix: \"/notr-loadgen-{port}\"\n  key: notr-loadgen-cluster-key\n"
             ))
             .unwrap_or_default(),
         max_clients = n + 16,

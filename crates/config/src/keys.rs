@@ -64,8 +64,8 @@ impl std::fmt::Display for WeakKey {
     }
 }
 
-/// The weak keys of `cfg`: `server.authKey`, each credential's key, and
-/// `admin.token`, in that order.
+/// The weak keys of `cfg`: `server.authKey`, each credential's key,
+/// `admin.token` and `cluster.key`, in that order.
 pub fn weak_keys(cfg: &ServerConfig) -> Vec<WeakKey> {
     let mut out = Vec::new();
     let mut check = |field, client: Option<&str>, key: &str| {
@@ -82,6 +82,9 @@ pub fn weak_keys(cfg: &ServerConfig) -> Vec<WeakKey> {
     }
     if let Some(a) = &cfg.admin {
         check("admin.token", None, a.token.expose());
+    }
+    if let Some(c) = &cfg.cluster {
+        check("cluster.key", None, c.key.expose());
     }
     out
 }

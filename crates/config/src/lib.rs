@@ -125,6 +125,9 @@ pub struct ClusterSection {
     /// reach this node's control port. Default: the first `server.publicIP`
     /// (else the listen address) with the control port.
     pub advertise: Option<String>,
+    /// `cluster.key`: the secret every node shares; it authenticates the
+    /// node links (a node is one more name in the tunnel's handshake).
+    pub key: Secret,
 }
 
 /// One client's own credential: it authenticates with `name` and `key`

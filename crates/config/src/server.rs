@@ -40,6 +40,7 @@ struct RawCluster {
     prefix: Option<String>,
     lease_ttl: Option<Seconds>,
     advertise: Option<String>,
+    key: Option<String>,
 }
 
 /// etcd endpoints (none empty) and a key prefix (`/…`, not ending in `/`;
@@ -92,7 +93,20 @@ fn cluster(raw: Option<RawCluster>) -> Result<Option<crate::ClusterSection>, Con
     if let Some(a) = &c.advertise {
         crate::util::host_port(a).map_err(|m| ConfigError::invalid("cluster.advertise", m))?;
     }
-    Ok(Some(crate::ClusterSection { node, etcd_endpoints, prefix, lease_ttl, advertise: c.advertise }))
+    // Node links carry visitors' traffic between nodes: no node without a
+    // secret to authenticate them.
+    let key = match c.key {
+        Some(k) if !k.is_empty() => Secret::new(k),
+        Some(_) => return Err(ConfigError::invalid("cluster.key", "must not be empty")),
+        None => {
+            return Err(ConfigError::invalid(
+                "cluster.key",
+                "required: the secret every node of the cluster shares, which authenticates the links \
+                 between nodes (e.g. the output of `openssl rand -hex 32`)",
+            ))
+        }
+    };
+    Ok(Some(crate::ClusterSection { node, etcd_endpoints, prefix, lease_ttl, advertise: c.advertise, key }))
 }
 
 #[derive(Deserialize, Default)]

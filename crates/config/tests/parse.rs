@@ -442,7 +442,8 @@ fn bandwidth_keys() {
 #[test]
 fn cluster_section() {
     assert!(server_with("").unwrap().cluster.is_none());
-    let c = server_with("cluster:\n  node: node-a\n  etcdEndpoints: [\"http://10.0.0.1:2379\"]\n")
+    let key = "  key: 9f86d081884c7d659a2feaa0c55ad015\n";
+    let c = server_with(&format!("cluster:\n  node: node-a\n  etcdEndpoints: [\"http://10.0.0.1:2379\"]\n{key}"))
         .unwrap()
         .cluster
         .expect("a cluster section");
@@ -450,9 +451,10 @@ fn cluster_section() {
     assert_eq!(c.prefix, "/opennotr/cluster");
     assert_eq!(c.lease_ttl, Duration::from_secs(10));
     assert_eq!(c.advertise, None);
-    let c = server_with(
-        "cluster:\n  node: b2\n  etcdEndpoints: [\"10.0.0.1:2379\"]\n  prefix: /relay\n  leaseTtl: 30\n  advertise: \"relay-b.example.com:10100\"\n",
-    )
+    assert_eq!(c.key.expose(), "9f86d081884c7d659a2feaa0c55ad015");
+    let c = server_with(&format!(
+        "cluster:\n  node: b2\n  etcdEndpoints: [\"10.0.0.1:2379\"]\n  prefix: /relay\n  leaseTtl: 30\n  advertise: \"relay-b.example.com:10100\"\n{key}",
+    ))
     .unwrap()
     .cluster
     .unwrap();
@@ -460,13 +462,18 @@ fn cluster_section() {
     assert_eq!(c.advertise.as_deref(), Some("relay-b.example.com:10100"));
 
     let bad = |yaml: &str| err_key(server_with(&format!("cluster:\n{yaml}")));
-    let endpoints = "  etcdEndpoints: [\"http://10.0.0.1:2379\"]\n";
+    let endpoints = "  etcdEndpoints: [\"http://10.0.0.1:2379\"]\n  key: 9f86d081884c7d659a2feaa0c55ad015\n";
     assert_eq!(bad(endpoints), "cluster.node");
+    assert_eq!(bad("  node: a\n  etcdEndpoints: [\"http://10.0.0.1:2379\"]\n"), "cluster.key");
+    assert_eq!(bad("  node: a\n  etcdEndpoints: [\"http://10.0.0.1:2379\"]\n  key: \"\"\n"), "cluster.key");
     for node in ["Node-A", "-a", "a-", "a_b", "\"\"", &"a".repeat(64)] {
         assert_eq!(bad(&format!("  node: {node}\n{endpoints}")), "cluster.node", "{node}");
     }
-    assert_eq!(bad("  node: a\n"), "cluster.etcdEndpoints");
-    assert_eq!(bad("  node: a\n  etcdEndpoints: [\" \"]\n"), "cluster.etcdEndpoints[0]");
+    assert_eq!(bad("  node: a\n  key: 9f86d081884c7d659a2feaa0c55ad015\n"), "cluster.etcdEndpoints");
+    assert_eq!(
+        bad("  node: a\n  etcdEndpoints: [\" \"]\n  key: 9f86d081884c7d659a2feaa0c55ad015\n"),
+        "cluster.etcdEndpoints[0]"
+    );
     for prefix in ["relay", "/", "/relay/"] {
         assert_eq!(bad(&format!("  node: a\n{endpoints}  prefix: \"{prefix}\"\n")), "cluster.prefix", "{prefix}");
     }

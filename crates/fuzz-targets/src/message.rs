@@ -37,6 +37,11 @@ pub fn message(data: &[u8]) {
             _ => {}
         }
     }
+    // A node link's stream header (read only from an authenticated node,
+    // but parsed as strictly).
+    if let Ok(h) = opennotr_proto::NodeStream::from_bytes(data) {
+        assert_eq!(opennotr_proto::NodeStream::from_bytes(&h.to_bytes()).as_ref(), Ok(&h), "round trip");
+    }
     if let Ok(m) = ServerMessage::from_bytes(data) {
         assert_eq!(ServerMessage::from_bytes(&m.to_bytes()).as_ref(), Ok(&m), "round trip");
         if let ServerMessage::Challenge { spake, mac, .. } = &m {

@@ -79,6 +79,9 @@ pub(crate) struct Ctx {
     /// The connection's slot under the listener's caps, held as long as
     /// anything serves it (an upgraded connection outlives its task).
     pub(crate) slot: Option<Arc<Admitted>>,
+    /// Another node of the cluster carried the connection here: it is not
+    /// carried on again.
+    pub(crate) carried: bool,
 }
 
 impl Ctx {
@@ -89,7 +92,13 @@ impl Ctx {
         life: Lifecycle,
         slot: Option<Arc<Admitted>>,
     ) -> Ctx {
-        Ctx { gateway, settings, peer, ip: peer.ip().to_canonical().to_string(), life, slot }
+        Ctx { gateway, settings, peer, ip: peer.ip().to_canonical().to_string(), life, slot, carried: false }
+    }
+
+    /// The context of a connection another node carried here.
+    pub(crate) fn carried(mut self) -> Ctx {
+        self.carried = true;
+        self
     }
 
     /// No new request should start on the connection: the server is

@@ -14,6 +14,8 @@
 //! bytes read so far, through the guard that holds hyper to the same rules
 //! ([`crate::guard`]); hyper serves the connection from there on.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -24,6 +26,7 @@ use crate::error::GatewayError;
 use crate::io::{read_more, Replay, Stall, TimedIo};
 use crate::route::{Lookup, Scheme, Upstream};
 use crate::rules::{self, BodyFraming, Chunked, Framing, ResponseInfo, MAX_HEADERS, MAX_RESPONSE_HEAD};
+use opennotr_plugin::Elsewhere;
 
 /// Largest request body taken here (it is read whole, then sent with the
 /// head); larger and chunked bodies stream through hyper, which reads the
@@ -49,14 +52,26 @@ enum Plan {
     Partial,
     /// Not for this path: hyper serves the connection from here.
     Handoff,
+    /// The first request names a domain another node serves: the
+    /// connection goes there.
+    Elsewhere(Arc<dyn Elsewhere>, String),
     Proxy(Planned),
     Refuse(GatewayError),
 }
 
+/// Where a connection goes from the direct path, with the bytes read of it.
+pub(crate) enum Next<S> {
+    /// To hyper, which serves it from its current request on.
+    Hyper(Replay<TimedIo<S>>),
+    /// To the node serving its first request's name ([`crate::elsewhere`]).
+    Elsewhere(Replay<TimedIo<S>>, Arc<dyn Elsewhere>, String),
+}
+
 /// Serves requests on `visitor` until it closes, times out or the gateway
 /// shuts down (`None`), or until a request this path does not take: then
-/// the connection, with the bytes read of it, is returned for hyper.
-pub(crate) async fn serve<S>(mut visitor: TimedIo<S>, ctx: &Ctx) -> Option<Replay<TimedIo<S>>>
+/// the connection, with the bytes read of it, is returned for hyper (or,
+/// for the first request, for another node).
+pub(crate) async fn serve<S>(mut visitor: TimedIo<S>, ctx: &Ctx) -> Option<Next<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -70,6 +85,7 @@ where
     // may wait the idle timeout for their first byte, then have the header
     // timeout from it.
     let mut deadline = Some(Instant::now() + settings.header_timeout);
+    let mut first = true;
     loop {
         if buf.is_empty() {
             // An idle connection keeps small buffers, whatever the last
@@ -82,9 +98,10 @@ where
         let deadline_at = deadline.unwrap_or_else(|| Instant::now() + settings.header_timeout);
         deadline = None;
         let planned = loop {
-            match plan(&buf, &mut out, ctx) {
+            match plan(&buf, &mut out, ctx, first) {
                 Plan::Proxy(p) => break p,
-                Plan::Handoff => return Some(Replay::new(buf, visitor)),
+                Plan::Handoff => return Some(Next::Hyper(Replay::new(buf, visitor))),
+                Plan::Elsewhere(e, node) => return Some(Next::Elsewhere(Replay::new(buf, visitor), e, node)),
                 Plan::Refuse(e) => {
                     refuse(&mut visitor, ctx, &e).await;
                     return None;
@@ -108,6 +125,7 @@ where
                 }
             }
         };
+        first = false;
         buf.advance(planned.head_len);
         if planned.body_len > 0 {
             let body_deadline = Instant::now() + settings.body_timeout;
@@ -206,9 +224,10 @@ async fn wait_for_request<S: AsyncRead + Unpin>(
     }
 }
 
-/// Decides what to do with the request at the start of `buf` and, if it is
-/// proxied here, writes its head for the service into `out`.
-fn plan(buf: &[u8], out: &mut Vec<u8>, ctx: &Ctx) -> Plan {
+/// Decides what to do with the request at the start of `buf` (the
+/// connection's `first`?) and, if it is proxied here, writes its head for
+/// the service into `out`.
+fn plan(buf: &[u8], out: &mut Vec<u8>, ctx: &Ctx, first: bool) -> Plan {
     let settings = &ctx.settings;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -221,6 +240,13 @@ fn plan(buf: &[u8], out: &mut Vec<u8>, ctx: &Ctx) -> Plan {
         Ok(info) => info,
         Err(r) => return Plan::Refuse(GatewayError::bad_request(r)),
     };
+    // Only a valid request is carried, and only on the `http` port: the
+    // TLS port decides by SNI before any request is read.
+    if first && !ctx.carried && settings.scheme == Scheme::Http {
+        if let Some((e, node)) = ctx.gateway.elsewhere(settings.scheme, &info.route_name(), settings.wildcard) {
+            return Plan::Elsewhere(e, node);
+        }
+    }
     let body_len = match info.framing {
         BodyFraming::None => 0,
         BodyFraming::Length(n) if n <= MAX_BODY && !info.expect_continue => n as usize,

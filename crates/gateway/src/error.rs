@@ -58,6 +58,10 @@ pub enum GatewayError {
     /// The name's client is not connected, or no stream to it opened.
     #[error("client not connected: {0}")]
     ClientGone(String),
+    /// Another node of the cluster serves the name, and it could not be
+    /// reached.
+    #[error("the node serving this name cannot be reached: {0}")]
+    NodeUnreachable(String),
     /// The client has as many streams open as it may.
     #[error("too many streams for this client")]
     TooManyStreams,
@@ -97,7 +101,9 @@ impl GatewayError {
             | GatewayError::Forbidden
             | GatewayError::Unauthorized(_)
             | GatewayError::AuthBusy => Origin::Visitor,
-            GatewayError::ClientGone(_) | GatewayError::TooManyStreams => Origin::Tunnel,
+            GatewayError::ClientGone(_) | GatewayError::TooManyStreams | GatewayError::NodeUnreachable(_) => {
+                Origin::Tunnel
+            }
             GatewayError::ServiceRefused(_)
             | GatewayError::ServiceMalformed(_)
             | GatewayError::ServiceTimeout
@@ -116,7 +122,10 @@ impl GatewayError {
             GatewayError::Unauthorized(_) => 401,
             GatewayError::AuthBusy => 503,
             GatewayError::ClientGone(_) | GatewayError::TooManyStreams => 503,
-            GatewayError::ServiceRefused(_) | GatewayError::ServiceMalformed(_) | GatewayError::ServiceFailed(_) => 502,
+            GatewayError::ServiceRefused(_)
+            | GatewayError::ServiceMalformed(_)
+            | GatewayError::ServiceFailed(_)
+            | GatewayError::NodeUnreachable(_) => 502,
             GatewayError::ServiceTimeout => 504,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
@@ -209,6 +218,7 @@ mod tests {
             (GatewayError::VisitorTimeout("body"), Origin::Visitor, 408, true),
             (GatewayError::NoRoute("a.example".into()), Origin::Visitor, 404, false),
             (GatewayError::ClientGone("a.example".into()), Origin::Tunnel, 503, false),
+            (GatewayError::NodeUnreachable("node-b".into()), Origin::Tunnel, 502, false),
             (GatewayError::ServiceRefused("connection refused".into()), Origin::Service, 502, false),
             (GatewayError::ServiceMalformed("x"), Origin::Service, 502, false),
             (GatewayError::ServiceTimeout, Origin::Service, 504, false),

@@ -11,6 +11,7 @@ use opennotr_plugin::async_trait;
 use crate::error::{GatewayError, Origin};
 use crate::limits::ConnLimits;
 use crate::route::{Lookup, Router, Scheme, Upstream};
+use opennotr_plugin::Elsewhere;
 
 /// Binds the embedded `http` plugin's listener, for ACME's HTTP-01
 /// answers (the plugin layer implements it).
@@ -34,6 +35,11 @@ pub struct Gateway {
     errors: [AtomicU64; 3],
     /// Every listener's connection counts, for the metrics.
     listeners: Mutex<Vec<Weak<ConnLimits>>>,
+    /// Where the names another node serves go (a cluster node's).
+    elsewhere: std::sync::RwLock<Option<Arc<dyn Elsewhere>>>,
+    /// Connections carried to another node, carried here, and that could
+    /// not be carried (the node did not answer).
+    carried: [AtomicU64; 3],
 }
 
 /// Requests answered by scheme and status (100-999): one relaxed atomic add
@@ -81,6 +87,39 @@ impl Gateway {
         self.router.lookup(scheme, host, wildcard)
     }
 
+    /// Gives the gateway the names other nodes of the cluster serve: a
+    /// visitor's connection for one of them is carried to its node.
+    pub fn set_elsewhere(&self, e: Arc<dyn Elsewhere>) {
+        *self.elsewhere.write().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    /// Whether this node is part of a cluster (names may be served elsewhere).
+    pub(crate) fn has_elsewhere(&self) -> bool {
+        self.elsewhere.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The node serving `host` and the way there, when another node does
+    /// and `host` has no live route here for `scheme`.
+    pub(crate) fn elsewhere(&self, scheme: Scheme, host: &str, wildcard: bool) -> Option<(Arc<dyn Elsewhere>, String)> {
+        let e = self.elsewhere.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        if matches!(self.lookup(scheme, host, wildcard), Lookup::Found(_)) {
+            return None;
+        }
+        let node = crate::elsewhere::node_of(&*e, host, wildcard)?;
+        Some((e, node))
+    }
+
+    /// Counts a connection carried to another node (`ok`), or one that
+    /// could not be.
+    pub(crate) fn count_carried(&self, ok: bool) {
+        self.carried[if ok { 0 } else { 2 }].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection another node carried here.
+    pub(crate) fn count_carried_in(&self) {
+        self.carried[1].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_request(&self, scheme: Scheme, status: u16) {
         let Some(s) = Scheme::ALL.iter().position(|x| *x == scheme) else { return };
         if let Some(c) = usize::from(status).checked_sub(100).filter(|i| *i < STATUSES) {
@@ -122,6 +161,15 @@ impl Gateway {
         for (o, c) in Origin::ALL.iter().zip(&self.errors) {
             let _ =
                 writeln!(out, "opennotr_gateway_errors_total{{origin=\"{}\"}} {}", o.name(), c.load(Ordering::Relaxed));
+        }
+        out.push_str(
+            "# HELP opennotr_gateway_carried_total Visitor connections carried between the nodes of a cluster: \
+             to the node serving their name (out), from another node (in), or not, as that node did not answer \
+             (failed).\n\
+             # TYPE opennotr_gateway_carried_total counter\n",
+        );
+        for (way, c) in ["out", "in", "failed"].iter().zip(&self.carried) {
+            let _ = writeln!(out, "opennotr_gateway_carried_total{{way=\"{way}\"}} {}", c.load(Ordering::Relaxed));
         }
         let listeners: Vec<_> = {
             let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());

@@ -25,6 +25,8 @@
 //! - `pool`: connections to services kept per route (one entry per route:
 //!   idle streams, HTTP/1.1 and HTTP/2 connections, the multiplexed
 //!   connection); `gateway`: the shared [`Gateway`] (routes, counters).
+//! - `elsewhere`: names another node of a cluster serves ([`Elsewhere`]),
+//!   and carrying a visitor's connection there.
 //! - `error`: [`GatewayError`], who failed; `limits`: connection caps per
 //!   listener and source; `io`: socket wrappers and pause timers.
 //! - `rules`: the HTTP/1.1 message rules (framing, strictness, head
@@ -35,6 +37,7 @@ mod acme;
 mod config;
 mod ctx;
 mod direct;
+mod elsewhere;
 mod error;
 mod external;
 #[doc(hidden)]

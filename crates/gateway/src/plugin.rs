@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use opennotr_plugin::{
-    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Lifecycle, Plugin, PluginError,
+    async_trait, CancellationToken, Carried, Endpoint, ForwardContext, ForwardMeta, Lifecycle, Plugin, PluginError,
     PluginFactory, Registry, ServerInfo,
 };
 use tracing::info;
@@ -252,6 +252,42 @@ impl Plugin for GatewayPlugin {
         if let Some(ext) = &self.external {
             ext.start(Some(server.vip_pool));
         }
+        if let Some(e) = &server.elsewhere {
+            self.gateway.set_elsewhere(e.clone());
+            // Any node serves any name in a cluster: the port opens now,
+            // not with this node's first forward.
+            if let Some(port) = self.port.clone() {
+                let life = server.lifecycle.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = port.listen(life).await {
+                        tracing::warn!(error = %e, "a gateway port of this cluster node cannot open");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Another node's visitor for a name of this node's, on the `http`
+    /// port: served as if it had come here (never carried on again).
+    async fn serve_carried(
+        &self,
+        io: Box<dyn Carried>,
+        visitor: SocketAddr,
+        _reached: Option<SocketAddr>,
+    ) -> Result<(), Box<dyn Carried>> {
+        let Some(port) = self.port.as_ref().filter(|p| self.scheme == Scheme::Http && p.bound.get().is_some()) else {
+            return Err(io);
+        };
+        let settings = port.settings.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(settings) = settings else { return Err(io) };
+        self.gateway.count_carried_in();
+        let ctx = Ctx::new(self.gateway.clone(), settings, visitor, self.life(), None).carried();
+        let kill = ctx.life.kill.clone();
+        tokio::select! {
+            _ = serve_connection(io, ctx, Start::Http1) => {}
+            _ = kill.cancelled() => {}
+        }
+        Ok(())
     }
 
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {

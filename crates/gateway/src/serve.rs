@@ -13,16 +13,18 @@ use std::sync::Arc;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use opennotr_plugin::{CancellationToken, Lifecycle};
 use opennotr_transport::Acceptor;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, Instrument};
 
 use crate::ctx::Ctx;
+use crate::direct::Next;
 use crate::error::GatewayError;
 use crate::general::{handle, Conn};
 use crate::guard::Guard;
 use crate::io::{Activity, Replay, TimedIo};
 use crate::limits::{Admitted, ConnLimits, Refused};
+use opennotr_plugin::{CarriedPort, Elsewhere};
 
 /// What a refused connection on a plain HTTP port is told.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -102,11 +104,11 @@ where
 {
     let io = TimedIo::new(visitor, ctx.settings.send_timeout);
     match start {
-        Start::Http1 => {
-            if let Some(rest) = crate::direct::serve(io, &ctx).await {
-                serve_http1(rest, &ctx).await;
-            }
-        }
+        Start::Http1 => match crate::direct::serve(io, &ctx).await {
+            Some(Next::Hyper(rest)) => serve_http1(rest, &ctx).await,
+            Some(Next::Elsewhere(rest, elsewhere, node)) => carry_http(rest, &*elsewhere, &node, &ctx).await,
+            None => {}
+        },
         Start::Http2 => serve_http2(Replay::new(bytes::BytesMut::new(), io), &ctx).await,
         Start::Detect => {
             let mut io = io;
@@ -132,6 +134,31 @@ where
                 serve_http2(io, &ctx).await;
             } else {
                 serve_http1(io, &ctx).await;
+            }
+        }
+    }
+}
+
+/// Carries a visitor's connection on the `http` port, its first request
+/// read, to the node serving that request's name; a `502` if that node
+/// cannot be reached.
+async fn carry_http<S>(rest: Replay<TimedIo<S>>, elsewhere: &dyn Elsewhere, node: &str, ctx: &Ctx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let reached = None;
+    match crate::elsewhere::carry(rest, elsewhere, node, CarriedPort::Http, ctx.peer, reached, &ctx.life.kill).await {
+        Ok(()) => ctx.gateway.count_carried(true),
+        Err((mut rest, e)) => {
+            ctx.gateway.count_carried(false);
+            let e = GatewayError::NodeUnreachable(format!("{node}: {e}"));
+            debug!(error = %e, "cannot carry the connection");
+            ctx.gateway.count_error(&e);
+            ctx.gateway.count_request(ctx.settings.scheme, e.status().as_u16());
+            let mut page = Vec::new();
+            e.page().write_http1(&mut page, false);
+            if rest.write_all(&page).await.is_ok() {
+                let _ = rest.shutdown().await;
             }
         }
     }

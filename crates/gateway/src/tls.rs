@@ -20,14 +20,14 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use opennotr_plugin::{
-    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Lifecycle, OpenError, Plugin, PluginError,
-    ServerInfo, StreamProtocol, Visitor,
+    async_trait, CancellationToken, Carried, CarriedPort, Elsewhere, Endpoint, ForwardContext, ForwardMeta, Lifecycle,
+    OpenError, Plugin, PluginError, ServerInfo, StreamProtocol, Visitor,
 };
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -344,7 +344,11 @@ impl TlsPort {
                 }
                 self.state.gateway.add_listener(&self.state.limits);
                 let (state, conn_life) = (self.state.clone(), life.clone());
-                let serve = move |stream, peer, admitted| visit(stream, peer, state.clone(), conn_life.clone(), admitted);
+                let serve = move |stream: TcpStream, peer, admitted| {
+                    let _ = stream.set_nodelay(true);
+                    let at = At { peer, reached: stream.local_addr().ok(), slot: Some(admitted), carried: false };
+                    visit(stream, at, state.clone(), conn_life.clone())
+                };
                 tokio::spawn(accept_loop(
                     listener,
                     self.state.limits.clone(),
@@ -411,7 +415,7 @@ impl HelloPeek {
 /// Reads the ClientHello, keeping every byte read: the bytes and the SNI
 /// (`None` inside when the hello names none). `None` when the visitor is
 /// not speaking TLS or is too slow.
-async fn read_hello(s: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Option<String>)> {
+async fn read_hello<S: AsyncRead + Unpin>(s: &mut S, timeout: Duration) -> Option<(Vec<u8>, Option<String>)> {
     let mut buf = Vec::with_capacity(2048);
     let mut peek = HelloPeek::default();
     let read = async {
@@ -433,29 +437,74 @@ async fn read_hello(s: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Op
     Some((buf, sni))
 }
 
-async fn visit(
-    mut visitor: TcpStream,
+/// Where a visitor's connection on the TLS port comes from.
+struct At {
     peer: SocketAddr,
-    state: Arc<PortState>,
-    life: Lifecycle,
-    slot: Arc<crate::limits::Admitted>,
-) {
+    /// The address it reached (where it came to the cluster).
+    reached: Option<SocketAddr>,
+    /// Its slot under the port's caps; `None` when another node carried it
+    /// here (that node's caps held it).
+    slot: Option<Arc<crate::limits::Admitted>>,
+    /// Another node carried it here: it is not carried on again.
+    carried: bool,
+}
+
+/// A visitor's connection on the TLS port: a socket of this node's, or a
+/// connection another node carried here.
+trait Visiting: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Makes closing it a reset, where it is a socket of this node's.
+    fn reset_on_close(&self) {}
+}
+
+impl Visiting for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl Visiting for Box<dyn opennotr_plugin::Carried> {}
+
+async fn visit<S: Visiting>(mut visitor: S, at: At, state: Arc<PortState>, life: Lifecycle) {
     let term = state.term();
+    let pass = state.pass();
+    let elsewhere = !at.carried && state.gateway.has_elsewhere();
     let mut prefix = Vec::new();
-    if let Some(pass) = state.pass() {
-        let Some((bytes, sni)) = read_hello(&mut visitor, pass.hello_timeout).await else {
+    // The SNI decides which node serves the connection, and whether it is
+    // passed through or terminated here; a node with no `tls` plugin reads
+    // it too when it is part of a cluster.
+    if pass.is_some() || elsewhere {
+        let timeout = pass.map_or_else(
+            || term.as_ref().map_or(Duration::from_secs(10), |t| t.settings.header_timeout),
+            |p| p.hello_timeout,
+        );
+        let Some((bytes, sni)) = read_hello(&mut visitor, timeout).await else {
             debug!("no ClientHello; closing");
             return;
         };
         prefix = bytes;
         if let Some(name) = sni {
-            match state.gateway.lookup(Scheme::Tls, &name, pass.wildcard) {
-                Lookup::Found(up) => return relay(visitor, prefix, peer, up, &name).await,
-                _ if term.is_none() => {
-                    debug!(sni = %name, "no tls route for this name and no https here; closing");
+            if let Some(pass) = pass {
+                if let Lookup::Found(up) = state.gateway.lookup(Scheme::Tls, &name, pass.wildcard) {
+                    return relay(visitor, prefix, &at, up, &name).await;
+                }
+            }
+            if elsewhere {
+                let wildcard = pass.is_some_and(|p| p.wildcard) || term.as_ref().is_some_and(|t| t.settings.wildcard);
+                if let Some((e, node)) = tls_elsewhere(&state.gateway, &name, wildcard) {
+                    let io = Replay::new(&prefix[..], visitor);
+                    let carried =
+                        crate::elsewhere::carry(io, &*e, &node, CarriedPort::Tls, at.peer, at.reached, &life.kill);
+                    let ok = carried.await.is_ok();
+                    if !ok {
+                        debug!(sni = %name, %node, "cannot carry the connection to its node; closing");
+                    }
+                    state.gateway.count_carried(ok);
                     return;
                 }
-                _ => {}
+            }
+            if term.is_none() {
+                debug!(sni = %name, "no tls route for this name and no https here; closing");
+                return;
             }
         } else if term.is_none() {
             return;
@@ -479,19 +528,32 @@ async fn visit(
         return;
     }
     let start = if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Start::Http2 } else { Start::Http1 };
-    let ctx = Ctx::new(state.gateway.clone(), term.settings.clone(), peer, life, Some(slot));
+    let ctx = Ctx::new(state.gateway.clone(), term.settings.clone(), at.peer, life, at.slot);
+    let ctx = if at.carried { ctx.carried() } else { ctx };
     serve_connection(tls, ctx, start).await;
 }
 
+/// The node serving `name` on the TLS port, when another node does and
+/// no route of this node's (`tls`, `https` or `h2c`) takes it.
+fn tls_elsewhere(gateway: &Gateway, name: &str, wildcard: bool) -> Option<(Arc<dyn Elsewhere>, String)> {
+    let local = [Scheme::Tls, Scheme::Https, Scheme::H2c]
+        .iter()
+        .any(|s| matches!(gateway.lookup(*s, name, wildcard), Lookup::Found(_)));
+    if local {
+        return None;
+    }
+    gateway.elsewhere(Scheme::Tls, name, wildcard)
+}
+
 /// The visitor's TLS stream, from its first byte, to the client's service.
-async fn relay(mut visitor: TcpStream, prefix: Vec<u8>, peer: SocketAddr, up: Upstream, name: &str) {
-    if up.access.as_ref().is_some_and(|a| a.admit(peer.ip()).is_err()) {
+async fn relay<S: Visiting>(mut visitor: S, prefix: Vec<u8>, at: &At, up: Upstream, name: &str) {
+    if up.access.as_ref().is_some_and(|a| a.admit(at.peer.ip()).is_err()) {
         debug!(sni = %name, "refused by the forward's access rules; reset");
-        let _ = socket2::SockRef::from(&visitor).set_linger(Some(std::time::Duration::ZERO));
+        visitor.reset_on_close();
         return;
     }
     let opened = tokio::select! {
-        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(Visitor::new(peer).reached(visitor.local_addr().ok()))) => r,
+        r = up.tunnel.open_stream(StreamProtocol::Tcp, up.target, Some(Visitor::new(at.peer).reached(at.reached))) => r,
         _ = up.kill.cancelled() => Err(OpenError::SessionClosed),
     };
     let mut stream = match opened {
@@ -501,7 +563,6 @@ async fn relay(mut visitor: TcpStream, prefix: Vec<u8>, peer: SocketAddr, up: Up
             return;
         }
     };
-    let _ = visitor.set_nodelay(true);
     tokio::select! {
         r = async {
             stream.write_all(&prefix).await?;
@@ -645,6 +706,39 @@ impl Plugin for TlsPlugin {
             t.settings.follow(server.lifecycle.draining.clone());
         }
         self.install();
+        if let Some(e) = &server.elsewhere {
+            self.gateway.set_elsewhere(e.clone());
+            // Any node serves any name in a cluster: the port opens now,
+            // not with this node's first forward.
+            let (port, life) = (self.port.clone(), server.lifecycle.clone());
+            tokio::spawn(async move {
+                if let Err(e) = port.listen(life).await {
+                    warn!(error = %e, "the TLS gateway port of this cluster node cannot open");
+                }
+            });
+        }
+    }
+
+    /// Another node's visitor for a name of this node's, on the TLS port
+    /// (the `https` and `tls` plugins share it): its SNI decides, here as
+    /// for a visitor of this node's, and it is never carried on again.
+    async fn serve_carried(
+        &self,
+        io: Box<dyn Carried>,
+        visitor: SocketAddr,
+        reached: Option<SocketAddr>,
+    ) -> Result<(), Box<dyn Carried>> {
+        let Some(life) = self.life.get().cloned().filter(|_| self.port.bound.get().is_some()) else {
+            return Err(io);
+        };
+        self.gateway.count_carried_in();
+        let at = At { peer: visitor, reached, slot: None, carried: true };
+        let kill = life.kill.clone();
+        tokio::select! {
+            _ = visit(io, at, self.port.state.clone(), life) => {}
+            _ = kill.cancelled() => {}
+        }
+        Ok(())
     }
 
     async fn run_proxy(&self, meta: &ForwardMeta, ctx: ForwardContext) -> Result<Endpoint, PluginError> {

@@ -250,13 +250,22 @@ pub struct ServerInfo {
     /// The server's shutdown, for connections a plugin serves that belong
     /// to no one session (a port many sessions share).
     pub lifecycle: Lifecycle,
+    /// The other nodes of the cluster this server is a node of: where the
+    /// names they serve are reached. `None` on a single server.
+    pub elsewhere: Option<Arc<dyn Elsewhere>>,
 }
 
 impl ServerInfo {
     /// The server whose VIPs come from `vip_pool` (with a lifecycle of its
     /// own that never ends; see [`ServerInfo::with_lifecycle`]).
     pub fn new(vip_pool: Ipv4Net) -> ServerInfo {
-        ServerInfo { vip_pool: vip_pool.trunc(), lifecycle: Lifecycle::default() }
+        ServerInfo { vip_pool: vip_pool.trunc(), lifecycle: Lifecycle::default(), elsewhere: None }
+    }
+
+    /// The same, as a node of a cluster whose other nodes `elsewhere` reaches.
+    pub fn with_elsewhere(mut self, elsewhere: Option<Arc<dyn Elsewhere>>) -> ServerInfo {
+        self.elsewhere = elsewhere;
+        self
     }
 
     /// The same, shutting down with `lifecycle`.
@@ -264,6 +273,44 @@ impl ServerInfo {
         self.lifecycle = lifecycle;
         self
     }
+}
+
+/// A visitor's connection carried between the nodes of a cluster.
+pub trait Carried: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Carried for T {}
+
+/// Which shared port of the node serving a name a carried connection
+/// enters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CarriedPort {
+    /// The `http` gateway port: the visitor's bytes from its first request.
+    Http,
+    /// The TLS gateway port (`https` and `tls`): the visitor's TLS from its
+    /// ClientHello.
+    Tls,
+}
+
+/// The other nodes of a cluster, as a plugin serving names on a shared
+/// port sees them (the gateway): which node serves a name, and a
+/// connection into that node's port. The server implements it with its
+/// node links (docs/cluster.md).
+#[async_trait]
+pub trait Elsewhere: Send + Sync + fmt::Debug {
+    /// The node that serves `domain` (a whole name, lowercase), when it is
+    /// another node than this one.
+    fn node_of(&self, domain: &str) -> Option<String>;
+
+    /// A connection into `node`'s port `port` for `visitor`, who reached
+    /// this node at `reached`.
+    async fn carry(
+        &self,
+        node: &str,
+        port: CarriedPort,
+        visitor: SocketAddr,
+        reached: Option<SocketAddr>,
+    ) -> std::io::Result<Box<dyn Carried>>;
 }
 
 /// The server's shutdown tree, as a plugin's own connections see it: when
@@ -305,6 +352,20 @@ pub trait Plugin: Send + Sync + 'static {
     /// scrape of the server's `/metrics` (bytes and streams per forward are
     /// counted by the server already).
     fn metrics(&self, _out: &mut String) {}
+
+    /// Serves `io`, a visitor's connection another node of the cluster
+    /// carried here ([`Elsewhere::carry`]) for this plugin's port, as if
+    /// `visitor` had come to this node (at `reached` on the other one).
+    /// `Err` gives the connection back, untouched: the plugin takes no
+    /// such connections (the default), or its port is not open.
+    async fn serve_carried(
+        &self,
+        io: Box<dyn Carried>,
+        _visitor: SocketAddr,
+        _reached: Option<SocketAddr>,
+    ) -> Result<(), Box<dyn Carried>> {
+        Err(io)
+    }
 }
 
 /// Creates a plugin from its configuration.

@@ -28,4 +28,4 @@ pub mod quic;
 pub mod record;
 
 pub use frame::{FrameError, MAX_FRAME_LEN, PREFACE_MAGIC, PROTOCOL_VERSION};
-pub use message::{ClientMessage, ServerMessage};
+pub use message::{ClientMessage, NodeStream, ServerMessage};

@@ -478,6 +478,46 @@ pub struct ForwardResult {
     pub bandwidth: Option<u64>,
 }
 
+/// The first frame of a stream on a node link (docs/cluster.md): which
+/// connection of the cluster the bytes after it are. The node that opened
+/// the link sends it; the bytes follow at once, with no answer awaited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NodeStream {
+    /// A visitor's connection for the receiving node's gateway, from its
+    /// first byte: it enters the `http` port, or the TLS port.
+    Gateway {
+        /// `http` or `tls`.
+        port: GatewayPort,
+        /// The visitor's address.
+        visitor: SocketAddr,
+        /// Where the visitor reached the cluster (the sending node's
+        /// address), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reached: Option<SocketAddr>,
+    },
+    /// A connection to port `port` of a client's VIP `vip`, which the
+    /// receiving node's client holds, from `visitor` on the sending node.
+    Vip {
+        /// The client's VIP.
+        vip: Ipv4Addr,
+        /// The port at the VIP.
+        port: u16,
+        /// Who connects (on the sending node's host).
+        visitor: SocketAddr,
+    },
+}
+
+/// A gateway port a carried connection enters ([`NodeStream::Gateway`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayPort {
+    /// The `http` port.
+    Http,
+    /// The TLS port (`https` and `tls`).
+    Tls,
+}
+
 macro_rules! json_codec {
     ($t:ty) => {
         impl $t {
@@ -496,6 +536,7 @@ macro_rules! json_codec {
 }
 json_codec!(ClientMessage);
 json_codec!(ServerMessage);
+json_codec!(NodeStream);
 
 mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -518,6 +559,35 @@ mod hex_bytes {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn node_stream_headers_are_strict() {
+        let h = NodeStream::Gateway {
+            port: GatewayPort::Tls,
+            visitor: "203.0.113.7:50000".parse().unwrap(),
+            reached: Some("198.51.100.1:443".parse().unwrap()),
+        };
+        assert_eq!(
+            String::from_utf8(h.to_bytes()).unwrap(),
+            r#"{"to":"gateway","port":"tls","visitor":"203.0.113.7:50000","reached":"198.51.100.1:443"}"#
+        );
+        assert_eq!(NodeStream::from_bytes(&h.to_bytes()), Ok(h));
+        let v = NodeStream::Vip {
+            vip: Ipv4Addr::new(100, 64, 0, 2),
+            port: 22,
+            visitor: "100.64.0.1:4000".parse().unwrap(),
+        };
+        assert_eq!(NodeStream::from_bytes(&v.to_bytes()), Ok(v));
+        for bad in [
+            r#"{"to":"gateway","port":"ftp","visitor":"1.2.3.4:5"}"#,
+            r#"{"to":"gateway","port":"http"}"#,
+            r#"{"to":"gateway","port":"http","visitor":"1.2.3.4:5","extra":1}"#,
+            r#"{"to":"vip","vip":"100.64.0.2","port":70000,"visitor":"1.2.3.4:5"}"#,
+            r#"{"to":"elsewhere"}"#,
+        ] {
+            assert!(NodeStream::from_bytes(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
 
     fn arb_forward() -> impl Strategy<Value = ForwardRequest> {
         let group = ("[a-z.]{1,10}", "[0-9a-f]{64}", any::<bool>()).prop_map(|(name, key, lc)| GroupRequest {

@@ -393,6 +393,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// `/metrics` of `shared`'s server, as the API answers it.
+pub(crate) fn metrics(shared: &Shared) -> String {
+    let sessions: Vec<_> = shared.state().sessions.values().cloned().collect();
+    metrics_text(shared, &sessions)
+}
+
 /// The metrics in Prometheus' text format (0.0.4).
 fn metrics_text(shared: &Shared, sessions: &[Arc<Session>]) -> String {
     let mut out = String::with_capacity(4096);

@@ -138,6 +138,18 @@ pub(crate) struct Cluster {
     /// The domains other nodes' clients hold, with those nodes' public
     /// addresses, for the embedded DNS server.
     remote: tokio::sync::watch::Sender<Arc<opennotr_dns::RemoteNames>>,
+    /// Where the other nodes' domains are served, for node links.
+    routes: RwLock<Arc<Routes>>,
+}
+
+/// The other live nodes as node links need them: which one serves each
+/// domain, and where each is reached.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Routes {
+    /// Domain → the node whose client holds it (never this node).
+    pub(crate) domains: std::collections::HashMap<String, String>,
+    /// Node → its `advertise` address (this node left out).
+    pub(crate) nodes: std::collections::HashMap<String, String>,
 }
 
 /// The lease this node holds its name and claims under, while registered.
@@ -205,6 +217,7 @@ impl Cluster {
             leaving: Default::default(),
             losses: tokio::sync::watch::Sender::new(0),
             remote: tokio::sync::watch::Sender::new(Arc::default()),
+            routes: RwLock::default(),
         }
     }
 
@@ -226,6 +239,11 @@ impl Cluster {
     /// addresses, as last read.
     pub(crate) fn remote_names(&self) -> tokio::sync::watch::Receiver<Arc<opennotr_dns::RemoteNames>> {
         self.remote.subscribe()
+    }
+
+    /// Where the other nodes' domains are served, as last read.
+    pub(crate) fn routes(&self) -> Arc<Routes> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Changes each time this node loses its place in the cluster (see
@@ -357,7 +375,8 @@ impl Cluster {
         self.losses.send_modify(|n| *n += 1);
     }
 
-    /// Sends the other nodes' domains to DNS, if they changed.
+    /// Sends the other nodes' domains to DNS and to node links, if they
+    /// changed.
     fn publish_remote(&self, nodes: &[NodeRecord], domains: &[(String, String)]) {
         let at: std::collections::HashMap<&str, &Vec<IpAddr>> =
             nodes.iter().filter(|n| n.node != self.record.node).map(|n| (n.node.as_str(), &n.public)).collect();
@@ -373,6 +392,19 @@ impl Cluster {
             *cur = Arc::new(remote);
             true
         });
+        let others = nodes.iter().filter(|n| n.node != self.record.node);
+        let routes = Routes {
+            nodes: others.map(|n| (n.node.clone(), n.advertise.clone())).collect(),
+            domains: domains
+                .iter()
+                .filter(|(_, node)| *node != self.record.node && at.contains_key(node.as_str()))
+                .cloned()
+                .collect(),
+        };
+        let mut cur = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if **cur != routes {
+            *cur = Arc::new(routes);
+        }
     }
 
     fn claim_key(&self, domain: &str) -> String {

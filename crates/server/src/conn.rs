@@ -26,7 +26,7 @@ use crate::sources::Unauthenticated;
 use crate::state::AdmitError;
 use crate::Shared;
 
-const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
+pub(crate) const SOFTWARE: &str = concat!("opennotrd/", env!("CARGO_PKG_VERSION"));
 
 /// Accepts clients and data channels until `stop`.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
@@ -374,7 +374,14 @@ pub(crate) async fn authenticate<C: HelloConn>(
         debug!("client left before its challenge");
         return None;
     }
-    let name = name.filter(|n| !n.is_empty() && n.len() <= 63);
+    // A node's name is `node:` and up to 63 characters (links.rs).
+    let name = name.filter(|n| !n.is_empty() && n.len() <= 63 + crate::links::NODE_NAME_PREFIX.len());
+    let node = crate::links::node_of_name(name.as_deref()).is_some();
+    if node && plaintext {
+        result("protocol_error");
+        conn.refuse(shared, peer, RefuseCode::ProtocolError, "a node link is always encrypted".into()).await;
+        return None;
+    }
     let creds = shared.creds();
     if name.is_none() && creds.shared_key.is_none() {
         result("bad_key");
@@ -385,7 +392,12 @@ pub(crate) async fn authenticate<C: HelloConn>(
     }
     // An unknown name runs the exchange with a random key, so it fails at
     // key confirmation exactly like a wrong key: names cannot be probed.
-    let key = creds.key_for(name.as_deref()).map(|k| k.expose().as_bytes().to_vec());
+    let key = match node {
+        // A node authenticates with the cluster's key; on a server that
+        // is no node, like an unknown name.
+        true => shared.cfg.cluster.as_ref().map(|c| c.key.expose().as_bytes().to_vec()),
+        false => creds.key_for(name.as_deref()).map(|k| k.expose().as_bytes().to_vec()),
+    };
     // What a shared-key session is checked against once it is in the
     // table: a reload in between is missed by the reload's sweep.
     let shared_key = if name.is_none() { creds.shared_key.clone() } else { None };
@@ -474,6 +486,11 @@ async fn control(
         return;
     };
     drop(unauthenticated);
+    if let Some(node) = crate::links::node_of_name(name.as_deref()).map(str::to_string) {
+        drop(permit);
+        let chan = SecureStream::new(tcp, &keys.control.s2c, &keys.control.c2s, BytesMut::new());
+        return crate::links::serve(shared, chan, node, peer).await;
+    }
     // Held while this session lives: its source's data channels may come
     // in bursts past the per-source cap of strangers.
     let live = shared.sources.session(peer.ip());
@@ -514,6 +531,12 @@ pub(crate) async fn serve(
     permit: OwnedSemaphorePermit,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let Authenticated { peer, name, plaintext, keys, shared_key, quic } = auth;
+    if crate::links::node_of_name(name.as_deref()).is_some() {
+        // A node's link comes over TCP only (`control`); a node's name is
+        // never a client's.
+        debug!("a node's handshake where a client's session was expected; closed");
+        return None;
+    }
     let limit = shared.cfg.server.handshake_timeout;
     let (rd, wr) = tokio::io::split(chan);
     let mut reader = FrameReader::new(rd);

@@ -36,6 +36,7 @@ mod cluster;
 mod conn;
 mod creds;
 mod group;
+mod links;
 pub mod plugins;
 mod quic;
 mod session;
@@ -138,11 +139,13 @@ impl Shared {
 
     /// What plugins are told when they start ([`Plugin::start`]).
     pub(crate) fn server_info(&self) -> opennotr_plugin::ServerInfo {
-        opennotr_plugin::ServerInfo::new(self.cfg.dhcp.cidr).with_lifecycle(opennotr_plugin::Lifecycle {
-            draining: self.draining.clone(),
-            kill: self.kill.clone(),
-            tracker: self.streams.clone(),
-        })
+        opennotr_plugin::ServerInfo::new(self.cfg.dhcp.cidr)
+            .with_lifecycle(opennotr_plugin::Lifecycle {
+                draining: self.draining.clone(),
+                kill: self.kill.clone(),
+                tracker: self.streams.clone(),
+            })
+            .with_elsewhere(self.links.clone().map(|l| l as Arc<dyn opennotr_plugin::Elsewhere>))
     }
 
     /// The limits in force now.
@@ -282,6 +285,8 @@ pub(crate) struct Shared {
     pub(crate) access: Arc<access::Guard>,
     /// This server's membership of a cluster (`cluster`), when it is a node.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+    /// Links to the other nodes of the cluster, when this server is a node.
+    pub(crate) links: Option<Arc<links::Links>>,
 }
 
 /// The longest a burst of registrations waits for its names: the live names
@@ -553,6 +558,10 @@ impl Server {
             quic_stats: Arc::default(),
             groups: Arc::default(),
             access: Arc::default(),
+            links: cluster
+                .as_ref()
+                .zip(cfg.cluster.as_ref())
+                .map(|(c, s)| Arc::new(links::Links::new(c.clone(), s.key.clone()))),
             cluster,
             cfg,
         });
@@ -710,6 +719,11 @@ impl ServerHandle {
     /// Whether `vip` is held by a session.
     pub fn vip_in_use(&self, vip: Ipv4Addr) -> bool {
         self.shared.state().vips.is_used(vip)
+    }
+
+    /// `/metrics` as the admin API serves it.
+    pub fn metrics_text(&self) -> String {
+        admin::metrics(&self.shared)
     }
 }
 

@@ -80,7 +80,7 @@ pub(crate) async fn export(shared: &Shared, s: &Session, on: bool) {
 }
 
 /// The session holding `dst`'s VIP and what it dials for `dst`'s port.
-fn route(shared: &Shared, dst: SocketAddr, p: StreamProtocol) -> Option<(Arc<Session>, SocketAddr)> {
+pub(crate) fn route(shared: &Shared, dst: SocketAddr, p: StreamProtocol) -> Option<(Arc<Session>, SocketAddr)> {
     let SocketAddr::V4(dst) = dst else { return None };
     let session = shared.state().by_vip(*dst.ip())?;
     let target = *session.exports.get(&(p, dst.port()))?;

@@ -602,8 +602,10 @@ impl Drop for MuxStream {
             if s.is_reset() || closed {
                 st.remove(self.id);
                 false
-            } else if s.fin_in() && s.fin_out() {
-                // A clean close: what is still queued goes out first.
+            } else if s.fin_out() {
+                // A clean close, or one after a shutdown as a socket's: what
+                // is still queued (and the FIN) goes out first, and what the
+                // peer sends after is let go.
                 if s.io.queued {
                     s.io.detached = true;
                 } else {
@@ -663,6 +665,38 @@ mod tests {
         assert_eq!(c.open.load(Ordering::Relaxed), 2);
         drop(a);
         assert_eq!(c.open.load(Ordering::Relaxed), 1);
+    }
+
+    /// As a socket's close after its shutdown: a stream shut down and
+    /// dropped before the peer's FIN still delivers what it wrote, then a
+    /// clean end; what the peer sends after is let go, and the connection
+    /// lives on.
+    #[tokio::test]
+    async fn a_stream_shut_down_then_dropped_delivers_its_bytes() {
+        let (opener, _acc, mut incoming) = pair();
+        let mut a = opener.open().unwrap();
+        a.write_all(b"request").await.unwrap();
+        let mut r = incoming.recv().await.unwrap();
+        let mut req = [0u8; 7];
+        r.read_exact(&mut req).await.unwrap();
+        // More than a window: the last bytes leave after the drop.
+        let writer = tokio::spawn(async move {
+            r.write_all(&vec![7u8; 200 * 1024]).await.unwrap();
+            r.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        a.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got, vec![7u8; 200 * 1024]);
+        a.write_all(b"late").await.unwrap();
+        a.shutdown().await.unwrap();
+        drop(a);
+        let mut b = opener.open().unwrap();
+        b.write_all(b"next").await.unwrap();
+        let mut rb = incoming.recv().await.unwrap();
+        let mut four = [0u8; 4];
+        rb.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"next");
     }
 
     #[tokio::test]

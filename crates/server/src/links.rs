@@ -1,0 +1,249 @@
+//! Node links: how the nodes of a cluster carry visitors to each other.
+//!
+//! A visitor may reach any node: a name of the gateway resolves to every
+//! live node, and a program on any node's host may dial any client's VIP.
+//! When the client is on another node, the connection is carried there
+//! over a node link, one hop, and that node serves it as its own visitor's.
+//!
+//! A link is the tunnel protocol again: the node that needs it connects to
+//! the other's control port and runs the tunnel's handshake under the name
+//! `node:<its node>` with `cluster.key`, so a link is authenticated both
+//! ways (key confirmation) and encrypted with the keys derived from it, and
+//! a wrong key is one more failed guess of its source. On the encrypted
+//! channel runs the multiplexer of the gateway's streams
+//! ([`opennotr_transport::mux`]): each carried connection is a stream that
+//! starts with its header ([`NodeStream`]), the visitor's bytes following
+//! at once — no round trip per connection between nodes. A link is opened
+//! when first needed and kept while it lives; a node has at most
+//! [`MAX_LINKS`] to another (each of up to [`MAX_STREAMS`] streams).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use opennotr_config::Secret;
+use opennotr_plugin::{async_trait, Carried, CarriedPort, Elsewhere, StreamProtocol, Tunnel, Visitor};
+use opennotr_proto::handshake::ClientHandshake;
+use opennotr_proto::message::GatewayPort;
+use opennotr_proto::{ClientMessage, NodeStream, ServerMessage, PROTOCOL_VERSION};
+use opennotr_transport::mux::{Mux, MuxStream, MAX_STREAMS};
+use opennotr_transport::{read_frame_exact, timed, write_frame, SecureStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::cluster::Cluster;
+use crate::Shared;
+
+/// What a node's name is prefixed with in the tunnel's handshake; no
+/// client name can have it (a client name has no `:`).
+pub(crate) const NODE_NAME_PREFIX: &str = "node:";
+
+/// Links one node keeps to another, at most.
+pub(crate) const MAX_LINKS: usize = 8;
+
+/// Connecting to another node, and its handshake, each.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn failed(why: String) -> opennotr_transport::TransportError {
+    io::Error::other(why).into()
+}
+
+/// The node a handshake's name says the peer is, if it is a node's name.
+pub(crate) fn node_of_name(name: Option<&str>) -> Option<&str> {
+    name?.strip_prefix(NODE_NAME_PREFIX)
+}
+
+/// This node's links to the other nodes of its cluster.
+pub(crate) struct Links {
+    me: String,
+    key: Secret,
+    cluster: Arc<Cluster>,
+    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vec<Mux>>>>>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    /// The links of node `cluster.node()`, authenticated with `key`.
+    pub(crate) fn new(cluster: Arc<Cluster>, key: Secret) -> Links {
+        Links { me: cluster.node().to_string(), key, cluster, peers: Mutex::default() }
+    }
+
+    /// A new stream to `node` carrying `header`'s connection: on a link
+    /// that has room, else on a new one.
+    pub(crate) async fn open(&self, node: &str, header: &NodeStream) -> io::Result<MuxStream> {
+        let Some(advertise) = self.cluster.routes().nodes.get(node).cloned() else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("node {node} is not in the cluster")));
+        };
+        let peer = self.peers.lock().unwrap_or_else(|e| e.into_inner()).entry(node.to_string()).or_default().clone();
+        let mux = {
+            // One dial at a time to a node: the others wait for its link.
+            let mut links = peer.lock().await;
+            links.retain(|m| !m.is_closed());
+            match links.iter().find(|m| m.streams() < MAX_STREAMS) {
+                Some(m) => m.clone(),
+                None if links.len() < MAX_LINKS => {
+                    let m = self.dial(node, &advertise).await?;
+                    links.push(m.clone());
+                    m
+                }
+                None => return Err(io::Error::other(format!("every link to node {node} is full"))),
+            }
+        };
+        let mut stream = mux.open()?;
+        let mut first = BytesMut::new();
+        opennotr_proto::frame::encode_frame(&header.to_bytes(), &mut first).map_err(io::Error::other)?;
+        stream.write_all(&first).await?;
+        Ok(stream)
+    }
+
+    /// A new link to `node` at `advertise`: the tunnel's handshake as
+    /// `node:<me>`, then the multiplexer on the encrypted channel.
+    async fn dial(&self, node: &str, advertise: &str) -> io::Result<Mux> {
+        let unreachable = |what: &str, e: String| io::Error::other(format!("node {node} at {advertise}: {what}: {e}"));
+        let mut tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(advertise))
+            .await
+            .map_err(|_| unreachable("connecting", "timed out".into()))?
+            .map_err(|e| unreachable("connecting", e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        opennotr_transport::keep_alive(&tcp, opennotr_transport::SPARE_KEEPALIVE);
+        let name = format!("{NODE_NAME_PREFIX}{}", self.me);
+        let (hs, spake) = ClientHandshake::start(self.key.expose().as_bytes(), Some(&name), false);
+        let hello = ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            spake,
+            plaintext: false,
+            software: crate::conn::SOFTWARE.into(),
+            name: Some(name),
+        };
+        let keys = timed(DIAL_TIMEOUT, "the handshake", async {
+            let mut first = BytesMut::from(&opennotr_proto::frame::preface()[..]);
+            opennotr_proto::frame::encode_frame(&hello.to_bytes(), &mut first)?;
+            tcp.write_all(&first).await?;
+            let reply = read_frame_exact(&mut tcp).await?;
+            let (keys, mac) = match ServerMessage::from_bytes(&reply)? {
+                ServerMessage::Challenge { spake, mac, .. } => hs
+                    .finish(&spake, &mac)
+                    .map_err(|e| failed(format!("{e} (is cluster.key the same on both nodes?)")))?,
+                ServerMessage::Refused { code, message } => {
+                    return Err(failed(format!("refused ({code:?}): {message}")))
+                }
+                _ => return Err(failed("an unexpected answer".into())),
+            };
+            write_frame(&mut tcp, &ClientMessage::Confirm { mac }.to_bytes()).await?;
+            Ok(keys)
+        })
+        .await
+        .map_err(|e| unreachable("handshake", e.to_string()))?;
+        info!(node, %advertise, "node link up");
+        let chan = SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new());
+        Ok(Mux::opener(chan, None))
+    }
+}
+
+#[async_trait]
+impl Elsewhere for Links {
+    fn node_of(&self, domain: &str) -> Option<String> {
+        self.cluster.routes().domains.get(domain).cloned()
+    }
+
+    async fn carry(
+        &self,
+        node: &str,
+        port: CarriedPort,
+        visitor: SocketAddr,
+        reached: Option<SocketAddr>,
+    ) -> io::Result<Box<dyn Carried>> {
+        let port = match port {
+            CarriedPort::Http => GatewayPort::Http,
+            _ => GatewayPort::Tls,
+        };
+        let s = self.open(node, &NodeStream::Gateway { port, visitor, reached }).await?;
+        Ok(Box::new(s))
+    }
+}
+
+/// Serves a link node `node` opened to this one (its handshake done, on
+/// the encrypted channel `chan`): each stream it carries, until the link
+/// closes or the server stops.
+pub(crate) async fn serve(shared: Arc<Shared>, chan: SecureStream<TcpStream>, node: String, peer: SocketAddr) {
+    info!(node, %peer, "node link from another node");
+    let (mux, mut streams) = Mux::acceptor(chan);
+    loop {
+        let stream = tokio::select! {
+            s = streams.recv() => s,
+            _ = shared.kill.cancelled() => None,
+        };
+        let Some(stream) = stream else { break };
+        let span = info_span!("carried", from = %node);
+        shared.streams.spawn(carried(shared.clone(), stream).instrument(span));
+    }
+    mux.close();
+    debug!(node, "node link closed");
+}
+
+/// One stream of a link: its header, then the connection it carries.
+async fn carried(shared: Arc<Shared>, mut stream: MuxStream) {
+    let limit = shared.cfg.server.handshake_timeout;
+    let header = match timed(limit, "the stream's header", read_frame_exact(&mut stream)).await {
+        Ok(f) => NodeStream::from_bytes(&f),
+        Err(e) => return debug!(error = %e, "carried stream without a header; closed"),
+    };
+    match header {
+        Ok(NodeStream::Gateway { port, visitor, reached }) => {
+            let names: &[&str] = match port {
+                GatewayPort::Http => &["http"],
+                GatewayPort::Tls => &["https", "tls"],
+            };
+            let mut io: Box<dyn Carried> = Box::new(stream);
+            for name in names {
+                let Some(p) = shared.plugin(name) else { continue };
+                match p.serve_carried(io, visitor, reached).await {
+                    Ok(()) => return,
+                    Err(back) => io = back,
+                }
+            }
+            debug!(?port, %visitor, "no gateway port here for a carried connection; closed");
+        }
+        Ok(NodeStream::Vip { vip, port, visitor }) => vip_conn(&shared, stream, vip, port, visitor).await,
+        Err(e) => debug!(error = %e, "carried stream with a bad header; closed"),
+    }
+}
+
+/// A connection from another node's host to a VIP of this node's client,
+/// as [`crate::vlan`] serves one from this host.
+async fn vip_conn(shared: &Shared, mut stream: MuxStream, vip: std::net::Ipv4Addr, port: u16, visitor: SocketAddr) {
+    let dst = SocketAddr::from((vip, port));
+    let Some((session, target)) = crate::vlan::route(shared, dst, StreamProtocol::Tcp) else {
+        return debug!(%dst, "nothing exported there; closed");
+    };
+    if !crate::access::admit_vip(shared, &session, StreamProtocol::Tcp, port, visitor.ip()) {
+        return debug!(%dst, "refused by the access rules; closed");
+    }
+    let kill = session.kill.clone();
+    let tunnel =
+        crate::session::SessionTunnel(session.clone(), session.vip_counters.clone(), shared.channel_stats.clone());
+    let opened = tokio::select! {
+        s = tunnel.open_stream(StreamProtocol::Tcp, target, Some(Visitor::new(visitor).reached(Some(dst)))) => s,
+        _ = kill.cancelled() => return,
+    };
+    let mut there = match opened {
+        Ok(s) => s,
+        Err(e) => return debug!(%dst, error = %e, "client cannot reach its service; closed"),
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut stream, &mut there) => match r {
+            Ok((up, down)) => debug!(%dst, up, down, "carried VIP connection closed"),
+            Err(e) => debug!(%dst, error = %e, "carried VIP connection ended with an error"),
+        },
+        _ = kill.cancelled() => {}
+    }
+}
