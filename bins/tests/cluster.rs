@@ -158,6 +158,22 @@ fn curl_in(ns: &str, gateway: &str) -> (String, String) {
     (code.trim().to_string(), body.to_string())
 }
 
+/// The nodes (by index) the client in `ns` holds a session with: its
+/// established connections to a control port.
+fn holder(ns: &str, lan: &Lan) -> Vec<usize> {
+    let out = run_bounded(in_ns(ns, "ss", &["-Htn", "state", "established", "( dport = :10100 )"]), WAIT);
+    (0..3).filter(|&i| out.stdout.contains(&format!("{}:10100", lan.client_ip(i)))).collect()
+}
+
+/// GET / of the client's service at its VIP (port 8000, the forward's
+/// local port) from namespace `ns`: the HTTP status and the body.
+fn vip_in(ns: &str, vip: &std::net::Ipv4Addr) -> (String, String) {
+    let url = format!("http://{vip}:8000/");
+    let out = run_bounded(in_ns(ns, "curl", &["-s", "-m", "3", "-w", "\n%{http_code}", &url]), WAIT);
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", out.stdout.as_str()));
+    (code.trim().to_string(), body.to_string())
+}
+
 /// Three nodes in namespaces of their own and the client in a fourth, all
 /// joined through a hub namespace that holds etcd and the visitor. node-a's
 /// link is cut (a partition): node-a, unable to renew its lease, gives up
@@ -167,7 +183,7 @@ fn curl_in(ns: &str, gateway: &str) -> (String, String) {
 /// link is back, node-a rejoins and does not take the domain back.
 #[test]
 fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
-    if !root_with(&["ip", "etcd", "curl", "python3"]) {
+    if !root_with(&["ip", "ss", "nft", "etcd", "curl", "python3"]) {
         return;
     }
     let dir = TempDir::new("cluster-netns");
@@ -209,6 +225,7 @@ fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
                 &format!("{name}.yaml"),
                 format!(
                     "server:\n  listen: \"{ip}:10100\"\n  authKey: \"{KEY}\"\n  domain: \"open.notr.test\"\n  publicIP: \"{ip}\"\n\
+                     \x20 tcplisten: \"127.0.0.1:4398\"\n\
                      dhcp:\n  cidr: \"100.64.242.1/24\"\n\
                      plugin:\n  http: |\n    {{\"listen\": \"{ip}:8080\"}}\n\
                      cluster:\n  node: {name}\n  etcdEndpoints: [\"http://{}:2379\"]\n  leaseTtl: 2\n  key: cluster-test-key-0123456789\n",
@@ -239,8 +256,16 @@ fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
     let mut client = Proc::spawn_named("opennotr", in_ns(&client_ns, CLIENT, &["-c", conf.to_str().unwrap()]), &dir.0);
     let reg = read_registration(&mut client, 1);
     assert_eq!(reg.domain, DOMAIN);
+    assert_eq!(holder(&client_ns, &lan), vec![0], "the client is on node-a, its first server");
     let a_gateway = format!("{}:8080", lan.client_ip(0));
     assert_eq!(curl_in(&hub, &a_gateway), ("200".into(), "served".into()), "through node-a");
+    // Every node's gateway serves the domain, and every node's virtual LAN
+    // reaches the client's VIP: node-b and node-c carry to node-a.
+    for i in 1..3 {
+        let gateway = format!("{}:8080", lan.client_ip(i));
+        assert_eq!(curl_in(&hub, &gateway), ("200".into(), "served".into()), "through node {i}");
+        assert_eq!(vip_in(&lan.clients[i], &reg.vip), ("200".into(), "served".into()), "VIP from node {i}");
+    }
 
     // The partition: node-a's only link goes down.
     let link = format!("v{}cls0", std::process::id());
@@ -250,19 +275,26 @@ fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
     let (code, _) = curl_in(&lan.clients[0], &a_gateway);
     assert_ne!(code, "200", "the partitioned node still serves the domain");
 
-    // The client moves to node-b or node-c, which serves the domain.
+    // The client moves to node-b or node-c; both serve the domain, one
+    // of them through its link to the other, and the other one's virtual
+    // LAN reaches the client's VIP.
     let reg = read_registration(&mut client, 1);
     assert_eq!(reg.domain, DOMAIN);
-    let served_by: Vec<usize> =
-        (1..3).filter(|&i| curl_in(&hub, &format!("{}:8080", lan.client_ip(i))).0 == "200").collect();
-    assert_eq!(served_by.len(), 1, "exactly one node serves the domain: {served_by:?}");
+    let on = holder(&client_ns, &lan);
+    assert!(on == [1] || on == [2], "the client is on exactly one of node-b and node-c: {on:?}");
+    for i in 1..3 {
+        assert_eq!(curl_in(&hub, &format!("{}:8080", lan.client_ip(i))), ("200".into(), "served".into()), "node {i}");
+    }
+    let other = 3 - on[0];
+    assert_eq!(vip_in(&lan.clients[other], &reg.vip), ("200".into(), "served".into()), "VIP from node {other}");
 
-    // The link is back: node-a rejoins, and the domain stays where it is.
+    // The link is back: node-a rejoins, serves the domain through its link,
+    // and the client stays where it is.
     check(cmd("ip", &["-n", &hub, "link", "set", &link, "up"]));
     nodes[0].expect(Src::Err, "node-a to rejoin", |l| json_fields(l, "joined the cluster").is_some());
-    assert_ne!(curl_in(&hub, &a_gateway).0, "200", "node-a took the domain back");
-    let i = served_by[0];
-    assert_eq!(curl_in(&hub, &format!("{}:8080", lan.client_ip(i))), ("200".into(), "served".into()));
+    let served = poll_every(std::time::Duration::from_millis(200), WAIT, || curl_in(&hub, &a_gateway).0 == "200");
+    assert!(served, "node-a does not serve the domain through its link");
+    assert_eq!(holder(&client_ns, &lan), on, "the client moved back");
     drop(client);
     nodes.clear();
 }

@@ -11,12 +11,13 @@
 //! the lease TTL together with the keepalive. etcd being slow or down never
 //! reaches the sessions: the view says since when it has been stale.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opennotr_config::ClusterSection;
 use opennotr_dns::etcd::{endpoint_base, Change, Error, Expect, Gateway, Kv, Lease, Put, Watch};
+use opennotr_tproxy::Proto;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -55,24 +56,55 @@ pub(crate) struct NodeRecord {
     pub(crate) public: Vec<IpAddr>,
 }
 
-/// Who holds a domain in the cluster: `<prefix>/claims/domains/<domain>`,
-/// under the holding node's lease.
+/// What the cluster holds unique: a domain (`<prefix>/claims/domains/<domain>`)
+/// or a VIP (`<prefix>/claims/vips/<ip>`), each claimed by one node's
+/// session under that node's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Claimed {
+    Domain(String),
+    Vip(Ipv4Addr),
+}
+
+impl Claimed {
+    /// Its key below `<prefix>/claims/`.
+    fn key(&self) -> String {
+        match self {
+            Claimed::Domain(d) => format!("domains/{d}"),
+            Claimed::Vip(ip) => format!("vips/{ip}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claimed::Domain(d) => f.write_str(d),
+            Claimed::Vip(ip) => write!(f, "VIP {ip}"),
+        }
+    }
+}
+
+/// A claim's value.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct DomainClaim {
+struct ClaimRecord {
     node: String,
     /// The session, hex.
     session: String,
+    /// A VIP's exported ports (`tcp`/`udp`, port): what every node's
+    /// virtual LAN lets through to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<(String, u16)>,
 }
 
-/// Why a domain was not claimed.
+/// Why a domain or VIP was not claimed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClaimError {
     /// Another node holds it.
-    #[error("{domain} is held by a client of node {node}")]
-    Held { domain: String, node: String },
+    #[error("{what} is held by a client of node {node}")]
+    Held { what: Claimed, node: String },
     /// etcd is out of reach, or this node is not registered.
-    #[error("this node cannot reach the cluster's state to claim {domain}: {why}; retry")]
-    Unavailable { domain: String, why: String },
+    #[error("this node cannot reach the cluster's state to claim {what}: {why}; retry")]
+    Unavailable { what: Claimed, why: String },
 }
 
 /// The cluster as this node last read it.
@@ -125,8 +157,8 @@ pub(crate) struct Cluster {
     /// Claims and releases, one at a time, on a gateway of their own (the
     /// membership loop holds the other).
     claims: tokio::sync::Mutex<Gateway>,
-    /// The domains this node holds a claim on.
-    held: std::sync::Mutex<std::collections::HashMap<String, Held>>,
+    /// The domains and VIPs this node holds a claim on.
+    held: std::sync::Mutex<std::collections::HashMap<Claimed, Held>>,
     /// Bound of one claim or release, the wait for its turn included.
     claim_bound: Duration,
     /// Set once the node is leaving: releases are left to the revocation.
@@ -138,8 +170,8 @@ pub(crate) struct Cluster {
     /// The domains other nodes' clients hold, with those nodes' public
     /// addresses, for the embedded DNS server.
     remote: tokio::sync::watch::Sender<Arc<opennotr_dns::RemoteNames>>,
-    /// Where the other nodes' domains are served, for node links.
-    routes: RwLock<Arc<Routes>>,
+    /// Where the other nodes' domains and VIPs are, for node links.
+    routes: tokio::sync::watch::Sender<Arc<Routes>>,
 }
 
 /// The other live nodes as node links need them: which one serves each
@@ -150,6 +182,9 @@ pub(crate) struct Routes {
     pub(crate) domains: std::collections::HashMap<String, String>,
     /// Node → its `advertise` address (this node left out).
     pub(crate) nodes: std::collections::HashMap<String, String>,
+    /// VIP → the node whose client holds it, and the ports it exports
+    /// (never this node's).
+    pub(crate) vips: std::collections::HashMap<Ipv4Addr, (String, Vec<(Proto, u16)>)>,
 }
 
 /// The lease this node holds its name and claims under, while registered.
@@ -179,10 +214,12 @@ struct Held {
 /// A claim as listed from etcd.
 #[derive(Debug, Clone)]
 struct ClaimKv {
-    domain: String,
+    what: Claimed,
     node: String,
     lease: i64,
     mod_revision: i64,
+    /// A VIP's exported ports.
+    ports: Vec<(Proto, u16)>,
 }
 
 /// Part of the TTL given up early, so that this node stops serving before
@@ -217,7 +254,7 @@ impl Cluster {
             leaving: Default::default(),
             losses: tokio::sync::watch::Sender::new(0),
             remote: tokio::sync::watch::Sender::new(Arc::default()),
-            routes: RwLock::default(),
+            routes: tokio::sync::watch::Sender::new(Arc::default()),
         }
     }
 
@@ -241,9 +278,14 @@ impl Cluster {
         self.remote.subscribe()
     }
 
-    /// Where the other nodes' domains are served, as last read.
+    /// Where the other nodes' domains and VIPs are, as last read.
     pub(crate) fn routes(&self) -> Arc<Routes> {
-        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.routes.borrow().clone()
+    }
+
+    /// [`routes`](Self::routes), each time they change.
+    pub(crate) fn routes_changes(&self) -> tokio::sync::watch::Receiver<Arc<Routes>> {
+        self.routes.subscribe()
     }
 
     /// Changes each time this node loses its place in the cluster (see
@@ -375,9 +417,9 @@ impl Cluster {
         self.losses.send_modify(|n| *n += 1);
     }
 
-    /// Sends the other nodes' domains to DNS and to node links, if they
-    /// changed.
-    fn publish_remote(&self, nodes: &[NodeRecord], domains: &[(String, String)]) {
+    /// Sends the other nodes' domains to DNS, and their domains and VIPs to
+    /// node links, if they changed.
+    fn publish_remote(&self, nodes: &[NodeRecord], domains: &[(String, String)], claims: &[&ClaimKv]) {
         let at: std::collections::HashMap<&str, &Vec<IpAddr>> =
             nodes.iter().filter(|n| n.node != self.record.node).map(|n| (n.node.as_str(), &n.public)).collect();
         let remote: opennotr_dns::RemoteNames = domains
@@ -400,15 +442,26 @@ impl Cluster {
                 .filter(|(_, node)| *node != self.record.node && at.contains_key(node.as_str()))
                 .cloned()
                 .collect(),
+            vips: claims
+                .iter()
+                .filter(|c| c.node != self.record.node && at.contains_key(c.node.as_str()))
+                .filter_map(|c| match c.what {
+                    Claimed::Vip(ip) => Some((ip, (c.node.clone(), c.ports.clone()))),
+                    Claimed::Domain(_) => None,
+                })
+                .collect(),
         };
-        let mut cur = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        if **cur != routes {
+        self.routes.send_if_modified(|cur| {
+            if **cur == routes {
+                return false;
+            }
             *cur = Arc::new(routes);
-        }
+            true
+        });
     }
 
-    fn claim_key(&self, domain: &str) -> String {
-        format!("{}/claims/domains/{domain}", self.cfg.prefix)
+    fn claim_key(&self, what: &Claimed) -> String {
+        format!("{}/claims/{}", self.cfg.prefix, what.key())
     }
 
     /// Claims `domain` for a session (`session`, hex) of this node: a
@@ -420,15 +473,32 @@ impl Cluster {
     /// [`release`](Self::release)d once. Bounded in time, the wait for its
     /// turn included.
     pub(crate) async fn claim(&self, domain: &str, session: &str) -> Result<(), ClaimError> {
-        let unavailable = |why: &str| ClaimError::Unavailable { domain: domain.to_string(), why: why.to_string() };
-        match tokio::time::timeout(self.claim_bound, self.claim_now(domain, session)).await {
+        let record = ClaimRecord { node: self.record.node.clone(), session: session.into(), ports: Vec::new() };
+        self.claim_bounded(Claimed::Domain(domain.to_string()), record).await
+    }
+
+    /// Claims `vip` for a session (`session`, hex) of this node, with the
+    /// ports it exports at the VIP, as [`claim`](Self::claim) a domain.
+    pub(crate) async fn claim_vip(
+        &self,
+        vip: Ipv4Addr,
+        session: &str,
+        ports: &[(Proto, u16)],
+    ) -> Result<(), ClaimError> {
+        let ports = ports.iter().map(|(p, port)| (proto_name(*p).to_string(), *port)).collect();
+        let record = ClaimRecord { node: self.record.node.clone(), session: session.into(), ports };
+        self.claim_bounded(Claimed::Vip(vip), record).await
+    }
+
+    async fn claim_bounded(&self, what: Claimed, record: ClaimRecord) -> Result<(), ClaimError> {
+        match tokio::time::timeout(self.claim_bound, self.claim_now(&what, &record)).await {
             Ok(r) => r,
-            Err(_) => Err(unavailable("etcd did not answer in time")),
+            Err(_) => Err(ClaimError::Unavailable { what, why: "etcd did not answer in time".into() }),
         }
     }
 
-    async fn claim_now(&self, domain: &str, session: &str) -> Result<(), ClaimError> {
-        let unavailable = |why: String| ClaimError::Unavailable { domain: domain.to_string(), why };
+    async fn claim_now(&self, what: &Claimed, record: &ClaimRecord) -> Result<(), ClaimError> {
+        let unavailable = |why: String| ClaimError::Unavailable { what: what.clone(), why };
         let mut etcd = self.claims.lock().await;
         // The lease as it is once it is our turn.
         let lease = self.lease().ok_or_else(|| {
@@ -436,21 +506,20 @@ impl Cluster {
         })?;
         {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            match held.get_mut(domain) {
+            match held.get_mut(what) {
                 Some(h) if h.lease == lease => {
                     h.count += 1;
                     return Ok(());
                 }
                 // Of a place given up: not ours any more.
                 Some(_) => {
-                    held.remove(domain);
+                    held.remove(what);
                 }
                 None => {}
             }
         }
-        let key = self.claim_key(domain);
-        let value = serde_json::to_vec(&DomainClaim { node: self.record.node.clone(), session: session.into() })
-            .unwrap_or_default();
+        let key = self.claim_key(what);
+        let value = serde_json::to_vec(record).unwrap_or_default();
         let mut expect = Expect::Absent;
         for _ in 0..CLAIM_ATTEMPTS {
             match etcd.put_if(&key, &value, lease, expect).await {
@@ -465,15 +534,15 @@ impl Cluster {
                         return Err(unavailable("it lost its place in the cluster meanwhile".into()));
                     }
                     let held = Held { lease, revision, count: 1 };
-                    self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(domain.to_string(), held);
+                    self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(what.clone(), held);
                     return Ok(());
                 }
                 // Released meanwhile: try again.
                 Ok(Put::Refused(None)) => expect = Expect::Absent,
-                Ok(Put::Refused(Some(kv))) => match serde_json::from_slice::<DomainClaim>(&kv.value) {
+                Ok(Put::Refused(Some(kv))) => match serde_json::from_slice::<ClaimRecord>(&kv.value) {
                     Ok(c) if c.node == self.record.node => expect = Expect::ModRevision(kv.mod_revision),
-                    Ok(c) => return Err(ClaimError::Held { domain: domain.into(), node: c.node }),
-                    Err(_) => return Err(ClaimError::Held { domain: domain.into(), node: "?".into() }),
+                    Ok(c) => return Err(ClaimError::Held { what: what.clone(), node: c.node }),
+                    Err(_) => return Err(ClaimError::Held { what: what.clone(), node: "?".into() }),
                 },
             }
         }
@@ -485,18 +554,18 @@ impl Cluster {
     /// that fails is left to the lease: the claim goes with this node, or
     /// its next session of the domain takes it over, or the next read of
     /// the claims deletes it (an orphan).
-    pub(crate) async fn release(&self, domain: &str) {
-        let key = self.claim_key(domain);
+    pub(crate) async fn release(&self, what: &Claimed) {
+        let key = self.claim_key(what);
         let release = async {
             let mut etcd = self.claims.lock().await;
             let held = {
                 let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                match held.get_mut(domain) {
+                match held.get_mut(what) {
                     Some(h) if h.count > 1 => {
                         h.count -= 1;
                         return;
                     }
-                    Some(_) => held.remove(domain),
+                    Some(_) => held.remove(what),
                     // Lost with this node's place (its lease is gone).
                     None => return,
                 }
@@ -506,12 +575,12 @@ impl Cluster {
                 return;
             }
             if let Err(e) = etcd.delete_if(&key, h.revision).await {
-                debug!(%domain, error = %e, "cluster: releasing a claim failed; it goes with the lease");
+                debug!(%what, error = %e, "cluster: releasing a claim failed; it goes with the lease");
                 etcd.rewind();
             }
         };
         if tokio::time::timeout(self.claim_bound, release).await.is_err() {
-            debug!(%domain, "cluster: releasing a claim timed out; it goes with the lease");
+            debug!(%what, "cluster: releasing a claim timed out; it goes with the lease");
         }
     }
 
@@ -524,13 +593,12 @@ impl Cluster {
             let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             claims
                 .iter()
-                .filter(|c| c.node == self.record.node && c.lease == lease && !held.contains_key(&c.domain))
+                .filter(|c| c.node == self.record.node && c.lease == lease && !held.contains_key(&c.what))
                 .collect()
         };
         for c in orphans {
-            debug!(domain = %c.domain, "cluster: deleting a claim nobody holds");
-            let _ =
-                tokio::time::timeout(CLAIM_TIMEOUT, etcd.delete_if(&self.claim_key(&c.domain), c.mod_revision)).await;
+            debug!(what = %c.what, "cluster: deleting a claim nobody holds");
+            let _ = tokio::time::timeout(CLAIM_TIMEOUT, etcd.delete_if(&self.claim_key(&c.what), c.mod_revision)).await;
         }
     }
 
@@ -708,10 +776,16 @@ impl Cluster {
     fn show(&self, cache: &Cache) {
         let mut nodes: Vec<NodeRecord> = cache.nodes.values().cloned().collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        let mut domains: Vec<(String, String)> =
-            cache.claims.values().map(|c| (c.domain.clone(), c.node.clone())).collect();
+        let claims: Vec<&ClaimKv> = cache.claims.values().collect();
+        let mut domains: Vec<(String, String)> = claims
+            .iter()
+            .filter_map(|c| match &c.what {
+                Claimed::Domain(d) => Some((d.clone(), c.node.clone())),
+                Claimed::Vip(_) => None,
+            })
+            .collect();
         domains.sort();
-        self.publish_remote(&nodes, &domains);
+        self.publish_remote(&nodes, &domains, &claims);
         let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
         if v.error.take().is_some() {
             info!("cluster: etcd reachable again");
@@ -751,7 +825,7 @@ impl Cache {
     /// domain a client could hold, is passed over.
     fn apply(&mut self, change: Change, prefix: &str) {
         let nodes = format!("{prefix}/nodes/");
-        let claims = format!("{prefix}/claims/domains/");
+        let claims = format!("{prefix}/claims/");
         match change {
             Change::Put(kv) if kv.value.len() <= MAX_RECORD => {
                 if kv.key.starts_with(nodes.as_bytes()) {
@@ -778,14 +852,38 @@ impl Cache {
     }
 }
 
-/// The claim a key under `<prefix>/claims/domains/` (`skip` bytes long) holds.
+/// The claim a key under `<prefix>/claims/` (`skip` bytes long) holds: a
+/// domain a client could hold, or a VIP (as `Ipv4Addr` writes it), each
+/// with a record opennotrd wrote.
 fn claim_of(kv: &Kv, skip: usize) -> Option<ClaimKv> {
-    let domain = std::str::from_utf8(kv.key.get(skip..)?).ok()?.to_string();
-    if crate::state::normalize_domain(&domain).ok()? != domain || !domain.contains('.') {
-        return None;
+    let rest = std::str::from_utf8(kv.key.get(skip..)?).ok()?;
+    let what = if let Some(domain) = rest.strip_prefix("domains/") {
+        if crate::state::normalize_domain(domain).ok()? != domain || !domain.contains('.') {
+            return None;
+        }
+        Claimed::Domain(domain.to_string())
+    } else {
+        let ip: Ipv4Addr = rest.strip_prefix("vips/")?.parse().ok()?;
+        (ip.to_string() == rest["vips/".len()..]).then_some(Claimed::Vip(ip))?
+    };
+    let claim: ClaimRecord = serde_json::from_slice(&kv.value).ok()?;
+    let ports = claim
+        .ports
+        .iter()
+        .map(|(p, port)| match p.as_str() {
+            "tcp" => Some((Proto::Tcp, *port)),
+            "udp" => Some((Proto::Udp, *port)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(ClaimKv { what, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision, ports })
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
     }
-    let claim: DomainClaim = serde_json::from_slice(&kv.value).ok()?;
-    Some(ClaimKv { domain, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision })
 }
 
 /// The next changes of `cache`'s watch; never, while there is none.
@@ -812,5 +910,40 @@ async fn renew(etcd: &mut Gateway, id: i64) -> Result<tokio::time::Instant, Erro
     match etcd.keepalive(id).await.map_err(lease_lost)? {
         ttl if ttl > 0 => Ok(sent),
         _ => Err(Error::LeaseLost),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str) -> Kv {
+        Kv { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), lease: 7, mod_revision: 9 }
+    }
+
+    /// Claims read from etcd: a domain a client could hold, or a VIP as
+    /// `Ipv4Addr` writes it, with a record opennotrd wrote; anything else is
+    /// passed over.
+    #[test]
+    fn claims_are_read_strictly() {
+        let skip = "/p/claims/".len();
+        let record = r#"{"node":"node-b","session":"00ff","ports":[["tcp",22],["udp",53]]}"#;
+        let c = claim_of(&kv("/p/claims/vips/100.64.0.7", record), skip).expect("a VIP claim");
+        assert_eq!((c.what, c.node.as_str()), (Claimed::Vip(Ipv4Addr::new(100, 64, 0, 7)), "node-b"));
+        assert_eq!(c.ports, vec![(Proto::Tcp, 22), (Proto::Udp, 53)]);
+        let c = claim_of(&kv("/p/claims/domains/shop.example.com", r#"{"node":"a","session":"01"}"#), skip);
+        assert_eq!(c.map(|c| c.what), Some(Claimed::Domain("shop.example.com".into())));
+        for (key, value) in [
+            ("/p/claims/vips/100.64.0.07", record),
+            ("/p/claims/vips/100.64.0.7 ", record),
+            ("/p/claims/vips/::1", record),
+            ("/p/claims/vips/100.64.0.7", r#"{"node":"b","session":"00","ports":[["sctp",1]]}"#),
+            ("/p/claims/vips/100.64.0.7", r#"{"node":"b"}"#),
+            ("/p/claims/domains/Shop.example.com", r#"{"node":"a","session":"01"}"#),
+            ("/p/claims/domains/localhost", r#"{"node":"a","session":"01"}"#),
+            ("/p/claims/ports/80", r#"{"node":"a","session":"01"}"#),
+        ] {
+            assert!(claim_of(&kv(key, value), skip).is_none(), "{key} {value}");
+        }
     }
 }

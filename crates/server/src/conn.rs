@@ -673,19 +673,37 @@ pub(crate) async fn serve(
         if claimed.is_ok() {
             let _ = session.claimed.set(());
         }
+        // Its VIP too, where the virtual LAN is on: every node's virtual
+        // LAN reaches it, so no two nodes' clients may hold one.
+        let vlan = shared.vlan.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let claimed = match claimed {
+            Ok(()) if vlan => {
+                let ports: Vec<_> = session.exports.keys().map(|&(p, port)| (crate::vlan::proto(p), port)).collect();
+                let r = c.claim_vip(session.vip, &hex::encode(session_id), &ports).await;
+                if r.is_ok() {
+                    let _ = session.vip_claimed.set(());
+                }
+                r
+            }
+            other => other,
+        };
         let refusal = match claimed {
             // Closed while it claimed (replaced, or the node lost its place).
             Ok(()) if session.kill.is_cancelled() => {
                 Some((RefuseCode::ClusterUnavailable, "the session was closed while it registered; retry".to_string()))
             }
             Ok(()) => None,
-            Err(e @ crate::cluster::ClaimError::Held { .. }) => Some((RefuseCode::DomainTaken, e.to_string())),
-            Err(e @ crate::cluster::ClaimError::Unavailable { .. }) => {
+            Err(e @ crate::cluster::ClaimError::Held { what: crate::cluster::Claimed::Domain(_), .. }) => {
+                Some((RefuseCode::DomainTaken, e.to_string()))
+            }
+            // Drawn here while another node's claim on it was on its way:
+            // the next attempt draws another.
+            Err(e @ crate::cluster::ClaimError::Held { .. }) => Some((RefuseCode::ClusterUnavailable, e.to_string())),
+            Err(crate::cluster::ClaimError::Unavailable { what, why }) => {
                 // The details (etcd's endpoints, its errors) are for the log.
-                warn!(error = %e, "cannot claim the domain in the cluster");
+                warn!(%what, error = %why, "cannot claim in the cluster");
                 let message = format!(
-                    "this server cannot reach the cluster's state to claim {}; retry, here or on another server",
-                    session.domain
+                    "this server cannot reach the cluster's state to claim {what}; retry, here or on another server"
                 );
                 Some((RefuseCode::ClusterUnavailable, message))
             }

@@ -528,7 +528,11 @@ impl Server {
             }
             _ => None,
         };
-        let state = state::State::new(&cfg);
+        let mut state = state::State::new(&cfg);
+        if let Some(c) = &cluster {
+            let c = c.clone();
+            state.vips.avoid(move |ip| c.routes().vips.contains_key(&ip));
+        }
         opennotr_transport::fds::set_reserve(cfg.limits.fd_reserve);
         let handshake_slots = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes));
         let shared = Arc::new(Shared {

@@ -80,6 +80,8 @@ pub(crate) struct Session {
     pub(crate) bandwidth: std::sync::OnceLock<Arc<opennotr_transport::bandwidth::Throttle>>,
     /// It holds a claim on its domain in the cluster, to release when it ends.
     pub(crate) claimed: std::sync::OnceLock<()>,
+    /// It holds a claim on its VIP in the cluster, likewise.
+    pub(crate) vip_claimed: std::sync::OnceLock<()>,
 }
 
 pub(crate) struct RunningForward {
@@ -150,6 +152,7 @@ impl Session {
             quic: std::sync::OnceLock::new(),
             bandwidth: std::sync::OnceLock::new(),
             claimed: std::sync::OnceLock::new(),
+            vip_claimed: std::sync::OnceLock::new(),
         }
     }
 
@@ -730,9 +733,14 @@ pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
     // Before the VIP is released: a client that gets it next must not
     // inherit this one's exported ports.
     crate::vlan::export(shared, session, false).await;
+    // Its VIP's claim goes before the VIP is free here: a session of this
+    // node that takes it next claims it anew, with its own ports.
+    if let (Some(c), Some(())) = (&shared.cluster, session.vip_claimed.get()) {
+        c.release(&crate::cluster::Claimed::Vip(session.vip)).await;
+    }
     shared.state().remove(session, ports);
     if let (Some(c), Some(())) = (&shared.cluster, session.claimed.get()) {
-        c.release(&session.domain).await;
+        c.release(&crate::cluster::Claimed::Domain(session.domain.clone())).await;
     }
     shared.publish_names();
     session.finished.cancel();

@@ -10,13 +10,24 @@ use std::net::Ipv4Addr;
 /// first, so an address just released (and remembered by its client for a
 /// reconnect) is the last one given to somebody else. Only allocated
 /// addresses are stored, so a /8 costs nothing up front.
-#[derive(Debug)]
 pub struct VipPool {
     first: u32,
     last: u32,
     reserved: Option<u32>,
     used: HashSet<u32>,
     cursor: u32,
+    /// Addresses held elsewhere (by another node of a cluster), not handed
+    /// out while they are.
+    elsewhere: Option<Box<dyn Fn(Ipv4Addr) -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for VipPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VipPool")
+            .field("capacity", &self.capacity())
+            .field("in_use", &self.in_use())
+            .finish_non_exhaustive()
+    }
 }
 
 impl VipPool {
@@ -28,7 +39,20 @@ impl VipPool {
         let network = u32::from(net.network());
         let broadcast = u32::from(net.broadcast());
         let (first, last) = if net.prefix_len() >= 31 { (network, broadcast) } else { (network + 1, broadcast - 1) };
-        VipPool { first, last, reserved: server_ip.map(u32::from), used: HashSet::new(), cursor: first }
+        VipPool {
+            first,
+            last,
+            reserved: server_ip.map(u32::from),
+            used: HashSet::new(),
+            cursor: first,
+            elsewhere: None,
+        }
+    }
+
+    /// Never hands out an address for which `held(ip)` says another node
+    /// of the cluster holds it.
+    pub fn avoid(&mut self, held: impl Fn(Ipv4Addr) -> bool + Send + Sync + 'static) {
+        self.elsewhere = Some(Box::new(held));
     }
 
     /// How many addresses can be handed out in all.
@@ -46,7 +70,10 @@ impl VipPool {
     }
 
     fn available(&self, a: u32) -> bool {
-        (self.first..=self.last).contains(&a) && Some(a) != self.reserved && !self.used.contains(&a)
+        (self.first..=self.last).contains(&a)
+            && Some(a) != self.reserved
+            && !self.used.contains(&a)
+            && !self.elsewhere.as_ref().is_some_and(|held| held(a.into()))
     }
 
     /// Takes `preferred` if it is free, else the next free address.
@@ -134,6 +161,14 @@ mod tests {
         }
         p.cursor = p.last;
         assert_eq!(p.allocate(None), Some(Ipv4Addr::new(0, 0, 0, 3)));
+    }
+
+    #[test]
+    fn addresses_held_elsewhere_are_passed_over() {
+        let mut p = pool("10.0.0.0/29", None);
+        p.avoid(|ip| ip == Ipv4Addr::new(10, 0, 0, 1) || ip == Ipv4Addr::new(10, 0, 0, 3));
+        assert_eq!(p.allocate(Some(Ipv4Addr::new(10, 0, 0, 3))), Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(p.allocate(None), Some(Ipv4Addr::new(10, 0, 0, 4)));
     }
 
     #[test]

@@ -87,8 +87,48 @@ pub(crate) fn route(shared: &Shared, dst: SocketAddr, p: StreamProtocol) -> Opti
     Some((session, target))
 }
 
+/// On a node of a cluster, keeps the other nodes' clients' VIPs exported
+/// here too (their ports as their claims say), until `stop`: a program on
+/// this host reaches them through node links ([`crate::links`]).
+async fn export_elsewhere(shared: Arc<Shared>, stop: CancellationToken) {
+    let (Some(cluster), Some(rules)) =
+        (shared.cluster.clone(), shared.vlan.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    else {
+        return;
+    };
+    let mut changes = cluster.routes_changes();
+    let mut exported: std::collections::HashMap<std::net::Ipv4Addr, Vec<(Proto, u16)>> = Default::default();
+    loop {
+        let routes = changes.borrow_and_update().clone();
+        let want: std::collections::HashMap<_, _> =
+            routes.vips.iter().map(|(ip, (_, ports))| (*ip, ports.clone())).collect();
+        for ip in exported.keys().filter(|ip| !want.contains_key(ip)).copied().collect::<Vec<_>>() {
+            // A VIP of this node's own client is exported by its session.
+            if shared.state().by_vip(ip).is_none() {
+                if let Err(e) = rules.export(ip, Vec::new()).await {
+                    warn!(vip = %ip, error = %e, "cannot update the exported VIP ports");
+                }
+            }
+            exported.remove(&ip);
+        }
+        for (ip, ports) in want {
+            if exported.get(&ip) != Some(&ports) {
+                if let Err(e) = rules.export(ip, ports.clone()).await {
+                    warn!(vip = %ip, error = %e, "cannot export another node's VIP here");
+                }
+                exported.insert(ip, ports);
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Serves the transparent sockets until `stop`.
 pub(crate) fn spawn(setup: Setup, shared: Arc<Shared>, stop: CancellationToken) {
+    tokio::spawn(export_elsewhere(shared.clone(), stop.clone()).instrument(info_span!("vlan_elsewhere")));
     tokio::spawn(tcp_loop(setup.tcp, shared.clone(), stop.clone()).instrument(info_span!("vlan_tcp")));
     if let Some(udp) = setup.udp {
         tokio::spawn(udp_loop(udp, shared, stop).instrument(info_span!("vlan_udp")));
@@ -112,8 +152,7 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
     // The rules let only exported ports through; a miss here is a session
     // that just ended, or a direct connection to the listener itself.
     let Some((session, target)) = route(&shared, dst, StreamProtocol::Tcp) else {
-        debug!(%dst, "nothing exported there; reset");
-        return reset(&sock);
+        return elsewhere(&shared, sock, peer, dst).await;
     };
     if !crate::access::admit_vip(&shared, &session, StreamProtocol::Tcp, dst.port(), peer.ip()) {
         debug!(%dst, "refused by the access rules; reset");
@@ -139,6 +178,36 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
         },
         _ = kill.cancelled() => {}
     }
+}
+
+/// A connection to a VIP no client of this node holds: carried to the
+/// node whose client does, if one does.
+async fn elsewhere(shared: &Shared, mut sock: TcpStream, peer: SocketAddr, dst: SocketAddr) {
+    let (Some(cluster), Some(links), SocketAddr::V4(v4)) = (&shared.cluster, &shared.links, dst) else {
+        debug!(%dst, "nothing exported there; reset");
+        return reset(&sock);
+    };
+    let Some(node) = cluster.routes().vips.get(v4.ip()).map(|(node, _)| node.clone()) else {
+        debug!(%dst, "nothing exported there; reset");
+        return reset(&sock);
+    };
+    let header = opennotr_proto::NodeStream::Vip { vip: *v4.ip(), port: v4.port(), visitor: peer };
+    let mut there = match links.open(&node, &header).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%dst, %node, error = %e, "cannot carry the connection to its node; reset");
+            return reset(&sock);
+        }
+    };
+    let kill = shared.kill.clone();
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut sock, &mut there) => match r {
+            Ok((up, down)) => debug!(%dst, %node, up, down, "VIP connection carried to its node closed"),
+            Err(e) => debug!(%dst, %node, error = %e, "VIP connection carried to its node ended with an error"),
+        },
+        _ = kill.cancelled() => {}
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut there).await;
 }
 
 type FlowKey = (SocketAddr, SocketAddr);
