@@ -706,7 +706,8 @@ async fn a_dead_nodes_client_gets_its_domain_back_on_another_node() {
 
 /// Every node's embedded DNS answers for the domains of every node's
 /// clients, with the address of the node that serves them; when the domain
-/// moves, the answer follows.
+/// moves, the answer follows. A domain with gateway forwards only is
+/// answered with every node, since any node's gateway serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_nodes_dns_answers_with_the_node_holding_the_domain() {
     run_test(async {
@@ -715,7 +716,8 @@ async fn every_nodes_dns_answers_with_the_node_holding_the_domain() {
             let spec = ServerSpec {
                 dns: Some(DnsSpec { public_ips: vec![public.into()], ..DnsSpec::default() }),
                 ..Default::default()
-            };
+            }
+            .plugin("http", r#"{"listen": "127.0.0.1:0"}"#);
             let yaml = spec.yaml()
                 + &format!("cluster:\n  node: {name}\n  etcdEndpoints: [\"{}\"]\n  leaseTtl: 2\n  key: cluster-test-key-0123456789\n", etcd.endpoint());
             opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
@@ -745,6 +747,25 @@ async fn every_nodes_dns_answers_with_the_node_holding_the_domain() {
             }
         })
         .await;
+
+        // A domain with gateway forwards only is served by every node (node
+        // links carry its visitors): both answer with both nodes.
+        let web = "web.e2e.notr.test";
+        let mut z = TestClient::start(&ClientSpec::new(a.addr).domain(web).forward(http_fwd(9)));
+        z.connected().await;
+        for dns in [a_dns, b_dns] {
+            within(WAIT, "the DNS to answer with every node", async {
+                loop {
+                    let mut got = short(dns, web, "A", false).await;
+                    got.sort();
+                    if got == ["127.0.0.2", "127.0.0.3"] {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await;
+        }
     })
     .await
 }

@@ -74,9 +74,13 @@ impl Index {
                 ambiguous.insert(name);
             }
         }
+        // Another node's entry for one of our names is stale (ours win); an
+        // entry naming this node among others is the cluster's answer for
+        // a name every node serves.
+        let ours = |ips: &[IpAddr]| !cfg.public.is_empty() && cfg.public.iter().all(|p| ips.contains(p));
         let remote: HashMap<String, Vec<IpAddr>> = remote
             .iter()
-            .filter(|(d, ips)| !names.contains_key(*d) && !ips.is_empty())
+            .filter(|(d, ips)| !ips.is_empty() && (!names.contains_key(*d) || ours(ips)))
             .map(|(d, ips)| (d.clone(), ips.clone()))
             .collect();
         let mut zones: HashSet<String> =
@@ -347,11 +351,11 @@ fn address_records(owner: &Name, cfg: &ZoneConfig, ips: &[IpAddr], t: RecordType
 
 /// The addresses of `name` (lowercase, in the zone `apex`), if it has any.
 fn address_of<'a>(name: &str, apex: &str, names: &Names, cfg: &ZoneConfig, index: &'a Index) -> Option<Addr<'a>> {
-    if names.contains_key(name) || (index.ns_glue && name == cfg.nameserver) {
-        return Some(Addr::Public);
-    }
     if let Some(ips) = index.remote.get(name) {
         return Some(Addr::Node(ips));
+    }
+    if names.contains_key(name) || (index.ns_glue && name == cfg.nameserver) {
+        return Some(Addr::Public);
     }
     if let Some(v) = index.vips.get(name) {
         return Some(Addr::Vip(*v));
@@ -361,11 +365,11 @@ fn address_of<'a>(name: &str, apex: &str, names: &Names, cfg: &ZoneConfig, index
         let mut cur = name;
         while cur != apex {
             cur = parent(cur)?;
-            if names.contains_key(cur) {
-                return Some(Addr::Public);
-            }
             if let Some(ips) = index.remote.get(cur) {
                 return Some(Addr::Node(ips));
+            }
+            if names.contains_key(cur) {
+                return Some(Addr::Public);
             }
         }
     }
@@ -464,7 +468,8 @@ mod tests {
     }
 
     /// Domains of other nodes' clients answer with those nodes' addresses;
-    /// ours win over a stale remote entry; a remote custom domain is a zone
+    /// ours win over a stale remote entry, and answer with every node when
+    /// the cluster says every node serves them; a remote custom domain is a zone
     /// of ours; wildcards and empty non-terminals count them.
     #[test]
     fn other_nodes_domains_answer_with_their_addresses() {
@@ -474,6 +479,8 @@ mod tests {
             ("abc.open.notr.tech".to_string(), node_b.clone()),
             ("shop.example.net".to_string(), node_b.clone()),
             ("a.deep.open.notr.tech".to_string(), node_b.clone()),
+            // Ours, and served by every node: the cluster's answer.
+            ("x.y.open.notr.tech".to_string(), vec![IpAddr::V4(V4), IpAddr::V6(V6), node_b[0], node_b[1]]),
         ]
         .into_iter()
         .collect();
@@ -487,6 +494,8 @@ mod tests {
         assert_eq!(ips(&ask("far.open.notr.tech", RecordType::A, false)), [node_b[0]]);
         assert_eq!(ips(&ask("far.open.notr.tech", RecordType::AAAA, false)), [node_b[1]]);
         assert_eq!(ips(&ask("abc.open.notr.tech", RecordType::A, false)), [IpAddr::V4(V4)], "ours wins");
+        let every = ips(&ask("x.y.open.notr.tech", RecordType::A, false));
+        assert_eq!(every, [IpAddr::V4(V4), node_b[0]], "a name every node serves");
         let m = ask("shop.example.net", RecordType::A, false);
         assert!(m.metadata.authoritative && ips(&m) == [node_b[0]], "{m}");
         assert_eq!(ips(&ask("x.far.open.notr.tech", RecordType::A, true)), [node_b[0]], "wildcard");

@@ -26,9 +26,11 @@ mod server;
 /// The live clients' domains (lowercase, no trailing dot) and their VIPs.
 pub type Names = BTreeMap<String, Ipv4Addr>;
 
-/// Domains that clients of other nodes of a cluster hold (lowercase, no
-/// trailing dot), with those nodes' public addresses: the A/AAAA answers
-/// for them. A domain in [`Names`] too is answered as ours.
+/// The cluster's answers (lowercase, no trailing dot → the A/AAAA
+/// addresses): the domains clients of other nodes hold, with those nodes'
+/// public addresses, and the domains every node serves (gateway forwards
+/// only), with every live node's. A domain in [`Names`] too is answered as
+/// ours, unless its entry names this node among others.
 pub type RemoteNames = BTreeMap<String, Vec<IpAddr>>;
 
 /// What the DNS server answers with.

@@ -94,6 +94,10 @@ struct ClaimRecord {
     /// virtual LAN lets through to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ports: Vec<(String, u16)>,
+    /// A domain whose forwards every node's gateway serves (http, https,
+    /// tls): DNS answers it with every live node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    anywhere: bool,
 }
 
 /// Why a domain or VIP was not claimed.
@@ -220,6 +224,8 @@ struct ClaimKv {
     mod_revision: i64,
     /// A VIP's exported ports.
     ports: Vec<(Proto, u16)>,
+    /// A domain every node serves ([`ClaimRecord::anywhere`]).
+    anywhere: bool,
 }
 
 /// Part of the TTL given up early, so that this node stops serving before
@@ -422,9 +428,21 @@ impl Cluster {
     fn publish_remote(&self, nodes: &[NodeRecord], domains: &[(String, String)], claims: &[&ClaimKv]) {
         let at: std::collections::HashMap<&str, &Vec<IpAddr>> =
             nodes.iter().filter(|n| n.node != self.record.node).map(|n| (n.node.as_str(), &n.public)).collect();
-        let remote: opennotr_dns::RemoteNames = domains
+        // A domain every node serves is answered with every live node (this
+        // one too); another node's other domains with that node.
+        let everywhere: Vec<IpAddr> = nodes.iter().flat_map(|n| n.public.iter().copied()).collect();
+        let remote: opennotr_dns::RemoteNames = claims
             .iter()
-            .filter_map(|(domain, node)| Some((domain.clone(), at.get(node.as_str())?.to_vec())))
+            .filter_map(|c| {
+                let Claimed::Domain(domain) = &c.what else { return None };
+                let live = c.node == self.record.node || at.contains_key(c.node.as_str());
+                let ips = match (c.anywhere, c.node == self.record.node) {
+                    (true, _) if live => everywhere.clone(),
+                    (false, false) => at.get(c.node.as_str())?.to_vec(),
+                    _ => return None,
+                };
+                Some((domain.clone(), ips))
+            })
             .filter(|(_, ips)| !ips.is_empty())
             .collect();
         self.remote.send_if_modified(|cur| {
@@ -472,8 +490,11 @@ impl Cluster {
     /// share it) is counted once more. Each claim is
     /// [`release`](Self::release)d once. Bounded in time, the wait for its
     /// turn included.
-    pub(crate) async fn claim(&self, domain: &str, session: &str) -> Result<(), ClaimError> {
-        let record = ClaimRecord { node: self.record.node.clone(), session: session.into(), ports: Vec::new() };
+    /// `anywhere`: every node's gateway serves all the session's forwards
+    /// (http, https, tls), so DNS answers the domain with every live node.
+    pub(crate) async fn claim(&self, domain: &str, session: &str, anywhere: bool) -> Result<(), ClaimError> {
+        let record =
+            ClaimRecord { node: self.record.node.clone(), session: session.into(), ports: Vec::new(), anywhere };
         self.claim_bounded(Claimed::Domain(domain.to_string()), record).await
     }
 
@@ -486,7 +507,7 @@ impl Cluster {
         ports: &[(Proto, u16)],
     ) -> Result<(), ClaimError> {
         let ports = ports.iter().map(|(p, port)| (proto_name(*p).to_string(), *port)).collect();
-        let record = ClaimRecord { node: self.record.node.clone(), session: session.into(), ports };
+        let record = ClaimRecord { node: self.record.node.clone(), session: session.into(), ports, anywhere: false };
         self.claim_bounded(Claimed::Vip(vip), record).await
     }
 
@@ -876,7 +897,8 @@ fn claim_of(kv: &Kv, skip: usize) -> Option<ClaimKv> {
             _ => None,
         })
         .collect::<Option<Vec<_>>>()?;
-    Some(ClaimKv { what, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision, ports })
+    let anywhere = claim.anywhere;
+    Some(ClaimKv { what, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision, ports, anywhere })
 }
 
 fn proto_name(p: Proto) -> &'static str {

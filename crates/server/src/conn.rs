@@ -567,6 +567,10 @@ pub(crate) async fn serve(
     // QUIC streams are cheap: each gateway connection takes one of its own.
     let mux = mux && quic.is_none();
     let exports = session::exports(&forwards, &vip_ports);
+    // Every node's gateway serves these forwards (node links carry their
+    // visitors): in a cluster, DNS answers the domain with every node.
+    let anywhere =
+        !forwards.is_empty() && forwards.iter().all(|f| matches!(f.protocol.as_str(), "http" | "https" | "tls"));
     if let Err(message) = crate::state::check_client_id(&client_id, name.is_some()) {
         let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message };
         let _ = writer.send(&m.to_bytes()).await;
@@ -669,7 +673,7 @@ pub(crate) async fn serve(
     // two nodes never serve one domain.
     if let Some(c) = &shared.cluster {
         // Its name is published with its forwards, below, once claimed.
-        let claimed = c.claim(&session.domain, &hex::encode(session_id)).await;
+        let claimed = c.claim(&session.domain, &hex::encode(session_id), anywhere).await;
         if claimed.is_ok() {
             let _ = session.claimed.set(());
         }
