@@ -883,6 +883,7 @@ async fn curl_https(ca: &std::path::Path, domain: &str, port: u16, http2: bool) 
 /// `Host`, on the TLS port by SNI, with HTTP/1.1 and HTTP/2), with its own
 /// address for the service. A node whose `cluster.key` differs cannot link
 /// (its visitor gets a 502), and a name no node serves is not carried.
+/// Every node's sessions are read over the links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_nodes_gateway_serves_any_domain() {
     run_test(async {
@@ -940,6 +941,14 @@ async fn any_nodes_gateway_serves_any_domain() {
         let (status, body) = get_via(pc.0, &domain).await;
         assert_eq!(status, "HTTP/1.1 502 Bad Gateway", "{body}");
         assert!(body.contains("node-b"), "{body}");
+
+        // Every node's sessions, from node-a: node-b's over its link;
+        // node-c, whose key differs, does not answer.
+        let all = a.handle.cluster_sessions().await.expect("a cluster node");
+        let by: Vec<(&str, usize, bool)> =
+            all.iter().map(|n| (n.node.as_str(), n.sessions.len(), n.error.is_some())).collect();
+        assert_eq!(by, [("node-a", 0, false), ("node-b", 1, false), ("node-c", 0, true)], "{all:?}");
+        assert_eq!(all[1].sessions[0].domain, domain);
 
         let metrics = |s: &TestServer| s.handle.metrics_text();
         let carried = |m: &str, way: &str| metric(m, &format!("opennotr_gateway_carried_total{{way=\"{way}\"}}"));

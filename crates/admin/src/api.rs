@@ -226,6 +226,10 @@ where
             Some(c) => Ok(json(StatusCode::OK, &c)),
             None => Err(ApiError::NotFound("this server is not a cluster node (it has no cluster section)".into())),
         },
+        Op::ClusterSessions => match blocking(move || backend.cluster_sessions()).await? {
+            Some(c) => Ok(json(StatusCode::OK, &c)),
+            None => Err(ApiError::NotFound("this server is not a cluster node (it has no cluster section)".into())),
+        },
     }
 }
 

@@ -43,6 +43,23 @@ pub trait Backend: Send + Sync + 'static {
     fn cluster(&self) -> Option<ClusterView> {
         None
     }
+    /// Every live node's sessions, asked of each node over its node link
+    /// (this node's own from memory); `None` for a single server.
+    fn cluster_sessions(&self) -> Option<Vec<NodeSessions>> {
+        None
+    }
+}
+
+/// One node's sessions, as it answered over its node link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSessions {
+    /// The node.
+    pub node: String,
+    /// Why the node's sessions could not be read (it did not answer in
+    /// time, or its link failed); `sessions` is empty then.
+    pub error: Option<String>,
+    /// Its live sessions.
+    pub sessions: Vec<SessionView>,
 }
 
 /// The cluster as a node last read it from etcd.

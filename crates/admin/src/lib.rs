@@ -39,7 +39,8 @@ mod server;
 pub use auth::TokenHandle;
 pub use backend::{
     AccessRulesView, Backend, BackendError, ClaimView, ClientView, ClusterView, ForwardAccessView, ForwardGroupView,
-    ForwardView, GroupMemberView, GroupView, NewClient, NodeView, RefusalView, RefusedView, ReloadReport, SessionView,
+    ForwardView, GroupMemberView, GroupView, NewClient, NodeSessions, NodeView, RefusalView, RefusedView, ReloadReport,
+    SessionView,
 };
 pub use server::AdminServer;
 

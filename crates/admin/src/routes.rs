@@ -23,6 +23,7 @@ pub(crate) enum Op {
     Refusals,
     ListGroups,
     Cluster,
+    ClusterSessions,
 }
 
 /// One method on one path.
@@ -58,6 +59,7 @@ pub(crate) static ROUTES: &[Route] = &[
     route(Method::GET, "/api/v1/refusals", Op::Refusals, false),
     route(Method::GET, "/api/v1/groups", Op::ListGroups, false),
     route(Method::GET, "/api/v1/cluster", Op::Cluster, false),
+    route(Method::GET, "/api/v1/cluster/sessions", Op::ClusterSessions, false),
 ];
 
 /// What a request's method and path lead to.

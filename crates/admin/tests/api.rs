@@ -208,6 +208,25 @@ async fn the_cluster_is_shown_and_a_single_server_has_none() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn every_nodes_sessions_are_listed_by_node() {
+    let s = Running::start(two_sessions()).await;
+    let r = get(s.addr, "/api/v1/cluster/sessions").await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("not a cluster node"), "{}", r.body);
+    s.fake.state.lock().unwrap().cluster = Some(cluster());
+    let r = get(s.addr, "/api/v1/cluster/sessions").await;
+    assert_eq!((r.status, r.header(CONTENT_TYPE)), (200, "application/json"));
+    let v = r.json();
+    assert_eq!(v[0]["node"], "node-a");
+    assert_eq!((v[0]["error"].clone(), v[0]["sessions"].as_array().unwrap().len()), (Value::Null, 2));
+    assert_eq!(v[0]["sessions"][0]["id"], "a1");
+    assert_eq!(v[1]["node"], "node-b");
+    assert_eq!((v[1]["error"].as_str(), v[1]["sessions"].as_array().unwrap().len()), (Some("no answer in time"), 0));
+    assert_eq!(call(s.addr, "GET", "/api/v1/cluster/sessions", None, None).await.status, 401);
+    s.stop().await;
+}
+
 fn cluster() -> opennotr_admin::ClusterView {
     let node =
         |n: &str, at: &str| opennotr_admin::NodeView { node: n.into(), advertise: at.into(), started: 1_700_000_000 };
@@ -555,6 +574,7 @@ fn openapi_schemas_have_the_views_fields() {
         ("ClusterView", keys(&cluster())),
         ("NodeView", keys(&cluster().nodes[0])),
         ("ClaimView", keys(&cluster().domains[0])),
+        ("NodeSessions", keys(&opennotr_admin::NodeSessions { node: "a".into(), error: None, sessions: vec![] })),
     ] {
         let (props, required) = schema_keys(&doc, name);
         assert_eq!(props, fields, "{name}: properties");

@@ -180,6 +180,10 @@ async fn dashboard_renders_sessions_refusals_and_charts_in_chromium() {
         context()
     );
     assert!(dom.contains("this node: node-a"), "cluster state missing; {}", context());
+    // Every node's sessions: this node's, and a node that did not answer.
+    let sessions = dom.split("<table id=\"cluster-sessions\">").nth(1).unwrap_or_default();
+    assert!(sessions.contains(">alpha-7c1f.relay.test<"), "a node's session missing; {}", context());
+    assert!(sessions.contains(">no answer: no answer in time<"), "an unanswering node missing; {}", context());
     let groups = dom.split("<table id=\"groups\">").nth(1).unwrap_or_default();
     assert!(groups.contains("<strong>ssh-pool</strong>"), "groups table missing; {}", context());
     assert!(groups.contains(">least connections<"), "group balance missing; {}", context());

@@ -506,6 +506,9 @@ pub enum NodeStream {
         /// Who connects (on the sending node's host).
         visitor: SocketAddr,
     },
+    /// The receiving node's live sessions, for the sending node's admin
+    /// API: it answers with them (JSON) and closes the stream.
+    Sessions,
 }
 
 /// A gateway port a carried connection enters ([`NodeStream::Gateway`]).
@@ -578,12 +581,15 @@ mod tests {
             visitor: "100.64.0.1:4000".parse().unwrap(),
         };
         assert_eq!(NodeStream::from_bytes(&v.to_bytes()), Ok(v));
+        assert_eq!(NodeStream::Sessions.to_bytes(), br#"{"to":"sessions"}"#);
+        assert_eq!(NodeStream::from_bytes(br#"{"to":"sessions"}"#), Ok(NodeStream::Sessions));
         for bad in [
             r#"{"to":"gateway","port":"ftp","visitor":"1.2.3.4:5"}"#,
             r#"{"to":"gateway","port":"http"}"#,
             r#"{"to":"gateway","port":"http","visitor":"1.2.3.4:5","extra":1}"#,
             r#"{"to":"vip","vip":"100.64.0.2","port":70000,"visitor":"1.2.3.4:5"}"#,
             r#"{"to":"elsewhere"}"#,
+            r#"{"to":"sessions","all":true}"#,
         ] {
             assert!(NodeStream::from_bytes(bad.as_bytes()).is_err(), "{bad}");
         }

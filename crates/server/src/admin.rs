@@ -382,6 +382,34 @@ impl Backend for ServerHandle {
     fn cluster(&self) -> Option<opennotr_admin::ClusterView> {
         ServerHandle::cluster(self)
     }
+
+    fn cluster_sessions(&self) -> Option<Vec<opennotr_admin::NodeSessions>> {
+        self.shared.cluster.as_ref()?;
+        Some(tokio::runtime::Handle::current().block_on(cluster_sessions(&self.shared)))
+    }
+}
+
+/// Every live node's sessions: this node's own, the others' asked over
+/// node links, all at once.
+pub(crate) async fn cluster_sessions(shared: &Shared) -> Vec<opennotr_admin::NodeSessions> {
+    let (Some(cluster), Some(links)) = (&shared.cluster, &shared.links) else { return Vec::new() };
+    let me = cluster.node().to_string();
+    let others: Vec<String> = cluster.view().nodes.into_iter().map(|n| n.node).filter(|n| *n != me).collect();
+    let mut asked = tokio::task::JoinSet::new();
+    for node in others {
+        let links = links.clone();
+        asked.spawn(async move {
+            let (sessions, error) = match links.sessions_of(&node).await {
+                Ok(s) => (s, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            opennotr_admin::NodeSessions { node, error, sessions }
+        });
+    }
+    let mut all: Vec<_> = asked.join_all().await;
+    all.push(opennotr_admin::NodeSessions { node: me, error: None, sessions: sessions(shared) });
+    all.sort_by(|a, b| a.node.cmp(&b.node));
+    all
 }
 
 /// A Prometheus label value, escaped.
@@ -391,6 +419,13 @@ fn esc(s: &str) -> String {
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Every live session of `shared`'s server, as the API lists them.
+pub(crate) fn sessions(shared: &Shared) -> Vec<SessionView> {
+    let mut live: Vec<_> = shared.state().sessions.values().cloned().collect();
+    live.sort_by_key(|s| s.connected_at);
+    live.iter().map(|s| view(shared, s)).collect()
 }
 
 /// `/metrics` of `shared`'s server, as the API answers it.

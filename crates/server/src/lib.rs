@@ -725,6 +725,13 @@ impl ServerHandle {
         self.shared.state().vips.is_used(vip)
     }
 
+    /// Every live node's sessions, asked over node links, as
+    /// `GET /api/v1/cluster/sessions` answers; `None` for a single server.
+    pub async fn cluster_sessions(&self) -> Option<Vec<opennotr_admin::NodeSessions>> {
+        self.shared.cluster.as_ref()?;
+        Some(admin::cluster_sessions(&self.shared).await)
+    }
+
     /// `/metrics` as the admin API serves it.
     pub fn metrics_text(&self) -> String {
         admin::metrics(&self.shared)

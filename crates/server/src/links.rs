@@ -171,6 +171,30 @@ impl Elsewhere for Links {
     }
 }
 
+/// Most a node's answer with its sessions may hold (a few kB a session).
+const MAX_SESSIONS_ANSWER: u64 = 256 * 1024 * 1024;
+
+/// Bound of asking another node for its sessions.
+pub(crate) const SESSIONS_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Links {
+    /// Node `node`'s live sessions, as it answers over its link.
+    pub(crate) async fn sessions_of(&self, node: &str) -> Result<Vec<opennotr_admin::SessionView>, String> {
+        let ask = async {
+            let mut s = self.open(node, &NodeStream::Sessions).await.map_err(|e| e.to_string())?;
+            s.shutdown().await.map_err(|e| e.to_string())?;
+            let mut json = Vec::new();
+            let mut limited = tokio::io::AsyncReadExt::take(&mut s, MAX_SESSIONS_ANSWER + 1);
+            tokio::io::AsyncReadExt::read_to_end(&mut limited, &mut json).await.map_err(|e| e.to_string())?;
+            if json.len() as u64 > MAX_SESSIONS_ANSWER {
+                return Err("its answer is too large".to_string());
+            }
+            serde_json::from_slice(&json).map_err(|e| format!("its answer does not parse: {e}"))
+        };
+        tokio::time::timeout(SESSIONS_TIMEOUT, ask).await.unwrap_or_else(|_| Err("no answer in time".into()))
+    }
+}
+
 /// Serves a link node `node` opened to this one (its handshake done, on
 /// the encrypted channel `chan`): each stream it carries, until the link
 /// closes or the server stops.
@@ -214,6 +238,12 @@ async fn carried(shared: Arc<Shared>, mut stream: MuxStream) {
             debug!(?port, %visitor, "no gateway port here for a carried connection; closed");
         }
         Ok(NodeStream::Vip { vip, port, visitor }) => vip_conn(&shared, stream, vip, port, visitor).await,
+        Ok(NodeStream::Sessions) => {
+            let json = serde_json::to_vec(&crate::admin::sessions(&shared)).unwrap_or_default();
+            if stream.write_all(&json).await.is_ok() {
+                let _ = stream.shutdown().await;
+            }
+        }
         Err(e) => debug!(error = %e, "carried stream with a bad header; closed"),
     }
 }

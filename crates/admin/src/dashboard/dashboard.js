@@ -349,6 +349,29 @@
     fillRows($('cluster'), rows, 'No live node read from etcd yet.', 4);
   }
 
+  // Every node's sessions; a node that did not answer is one row saying so.
+  function renderClusterSessions(all, nowMs) {
+    if (all === null) return;
+    const rows = [];
+    for (const n of all) {
+      if (n.error !== null) {
+        rows.push(el('tr', null, el('td', 'nowrap', n.node), el('td', 'muted', 'no answer: ' + n.error)));
+        continue;
+      }
+      for (const s of n.sessions) {
+        rows.push(el('tr', null,
+          el('td', 'nowrap', n.node),
+          el('td', 'mono', s.domain),
+          el('td', 'mono', s.client !== null ? s.client : s.client_id.slice(0, 8)),
+          el('td', 'mono', s.vip),
+          el('td', 'mono', s.remote),
+          titled(el('td', 'nowrap', duration(nowMs / 1000 - s.connected_since)), new Date(s.connected_since * 1000).toLocaleString()),
+          el('td', 'num', String(s.open_streams))));
+      }
+    }
+    fillRows($('cluster-sessions'), rows, 'No sessions on any node.', 7);
+  }
+
   function renderGroups(groups, sessions) {
     const domainOf = new Map(sessions.map((s) => [s.id, s.domain]));
     const rows = groups.map((g) => {
@@ -604,6 +627,7 @@
       renderClients(clients);
       renderGroups(groups, sessions);
       renderCluster(cluster, now);
+      if (cluster !== null) renderClusterSessions(await api('GET', '/api/v1/cluster/sessions', true), now);
       $('sum-sessions').textContent = sessions.length;
       $('sum-streams').textContent = sessions.reduce((n, s) => n + s.open_streams, 0);
       $('sum-in').textContent = rate(total.in);

@@ -248,6 +248,23 @@ impl Backend for Fake {
         self.state().cluster.clone()
     }
 
+    /// This node's sessions are the fake's; every other node did not answer.
+    fn cluster_sessions(&self) -> Option<Vec<opennotr_admin::NodeSessions>> {
+        let st = self.state();
+        let c = st.cluster.as_ref()?;
+        let of = |node: &opennotr_admin::NodeView| match node.node == c.node {
+            true => {
+                opennotr_admin::NodeSessions { node: node.node.clone(), error: None, sessions: st.sessions.clone() }
+            }
+            false => opennotr_admin::NodeSessions {
+                node: node.node.clone(),
+                error: Some("no answer in time".into()),
+                sessions: Vec::new(),
+            },
+        };
+        Some(c.nodes.iter().map(of).collect())
+    }
+
     fn metrics(&self) -> String {
         let n = self.state().sessions.len();
         format!("# HELP opennotr_sessions Live sessions.\n# TYPE opennotr_sessions gauge\nopennotr_sessions {n}\n")
