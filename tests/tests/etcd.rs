@@ -965,3 +965,49 @@ async fn any_nodes_gateway_serves_any_domain() {
     })
     .await
 }
+
+/// A client whose path to its node goes silent moves to another node at
+/// once: that node asks the first (which has not noticed yet) to end the
+/// client's session, and gets the client's domain as soon as it has;
+/// the client is never refused `domain_taken` on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moving_to_another_node_takes_its_session_over() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        // node-a would notice a silent client only after a minute.
+        let mut cfg = cluster_config(&etcd.endpoint(), "node-a");
+        cfg.server.keepalive_interval = Duration::from_secs(30);
+        cfg.server.keepalive_timeout = Duration::from_secs(60);
+        let a = TestServer::start_with(cfg, &builtin_plugins()).await;
+        let b = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-b"), &builtin_plugins()).await;
+        wait_until("both nodes to join", || nodes(&b.handle) == ["node-a", "node-b"]).await;
+        let domain = "mover.e2e.notr.test";
+        let proxy = Proxy::start(a.addr).await;
+        let mut spec = ClientSpec::new(proxy.addr).domain(domain);
+        spec.keepalive = Some((0.2, 1.0));
+        spec.handshake_timeout = Some(2.0);
+        let yaml = spec.yaml().replace(
+            &format!("serverAddr: \"{}\"", proxy.addr),
+            &format!("serverAddr: \"{}, {}\"", proxy.addr, b.addr),
+        );
+        let mut x = TestClient::start_config(opennotr_config::parse_client(&yaml).unwrap());
+        x.connected().await;
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+
+        // The path to node-a goes silent: the client gives up on it and
+        // comes to node-b, which takes its session over from node-a.
+        proxy.set_blackhole(true);
+        proxy.freeze_all();
+        x.disconnected().await;
+        let e =
+            x.wait_event("the client's next step", |e| matches!(e, Event::Connected(_) | Event::Refused { .. })).await;
+        let Event::Connected(reg) = e else { panic!("refused on the way: {e:?}") };
+        assert_eq!(reg.domain, domain);
+        assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-b"));
+        assert!(a.handle.sessions().is_empty(), "node-a still holds the client's session");
+        x.stop().await;
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+}

@@ -38,6 +38,9 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(6);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts of one claim racing with other writers.
 const CLAIM_ATTEMPTS: usize = 3;
+/// How long a client coming to this node waits for the node holding its
+/// previous session to end it.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// What a node writes about itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,6 +66,17 @@ pub(crate) struct NodeRecord {
 pub(crate) enum Claimed {
     Domain(String),
     Vip(Ipv4Addr),
+    /// A client (its id, hashed: [`client_key`]): one session of it in the
+    /// cluster at a time.
+    Client(String),
+}
+
+/// How a client id appears in etcd: the first 128 bits of its SHA-256, in
+/// hex. The id itself is what lets a client replace its own session, so it
+/// stays out of etcd; and a key of fixed shape holds any id.
+pub(crate) fn client_key(client_id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, client_id.as_bytes());
+    hex::encode(&digest.as_ref()[..16])
 }
 
 impl Claimed {
@@ -71,6 +85,7 @@ impl Claimed {
         match self {
             Claimed::Domain(d) => format!("domains/{d}"),
             Claimed::Vip(ip) => format!("vips/{ip}"),
+            Claimed::Client(k) => format!("clients/{k}"),
         }
     }
 }
@@ -80,6 +95,7 @@ impl std::fmt::Display for Claimed {
         match self {
             Claimed::Domain(d) => f.write_str(d),
             Claimed::Vip(ip) => write!(f, "VIP {ip}"),
+            Claimed::Client(_) => f.write_str("the client's session"),
         }
     }
 }
@@ -98,6 +114,30 @@ struct ClaimRecord {
     /// tls): DNS answers it with every live node.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     anywhere: bool,
+    /// A client's credential name (none: the shared key): a takeover is
+    /// honoured only for the same credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+/// A node asks the node holding a client's session to end it (the client
+/// came to it): `<prefix>/takeovers/<client key>`, under the asking node's
+/// lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct TakeoverRecord {
+    node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+/// A takeover asked of this node: end the session of the client whose
+/// [`client_key`] is `client`, if it has credential `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Takeover {
+    pub(crate) client: String,
+    pub(crate) name: Option<String>,
+    /// The node the client is on now.
+    pub(crate) by: String,
 }
 
 /// Why a domain or VIP was not claimed.
@@ -176,6 +216,15 @@ pub(crate) struct Cluster {
     remote: tokio::sync::watch::Sender<Arc<opennotr_dns::RemoteNames>>,
     /// Where the other nodes' domains and VIPs are, for node links.
     routes: tokio::sync::watch::Sender<Arc<Routes>>,
+    /// Counts the times the view was rebuilt: something in the cluster
+    /// changed (a claim came or went).
+    shown: tokio::sync::watch::Sender<u64>,
+    /// Takeovers asked of this node, and their receiver until the server
+    /// takes it.
+    takeovers: (
+        tokio::sync::mpsc::UnboundedSender<Takeover>,
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Takeover>>>,
+    ),
 }
 
 /// The other live nodes as node links need them: which one serves each
@@ -261,6 +310,11 @@ impl Cluster {
             losses: tokio::sync::watch::Sender::new(0),
             remote: tokio::sync::watch::Sender::new(Arc::default()),
             routes: tokio::sync::watch::Sender::new(Arc::default()),
+            shown: tokio::sync::watch::Sender::new(0),
+            takeovers: {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (tx, std::sync::Mutex::new(Some(rx)))
+            },
         }
     }
 
@@ -465,7 +519,7 @@ impl Cluster {
                 .filter(|c| c.node != self.record.node && at.contains_key(c.node.as_str()))
                 .filter_map(|c| match c.what {
                     Claimed::Vip(ip) => Some((ip, (c.node.clone(), c.ports.clone()))),
-                    Claimed::Domain(_) => None,
+                    _ => None,
                 })
                 .collect(),
         };
@@ -493,8 +547,13 @@ impl Cluster {
     /// `anywhere`: every node's gateway serves all the session's forwards
     /// (http, https, tls), so DNS answers the domain with every live node.
     pub(crate) async fn claim(&self, domain: &str, session: &str, anywhere: bool) -> Result<(), ClaimError> {
-        let record =
-            ClaimRecord { node: self.record.node.clone(), session: session.into(), ports: Vec::new(), anywhere };
+        let record = ClaimRecord {
+            node: self.record.node.clone(),
+            session: session.into(),
+            ports: Vec::new(),
+            anywhere,
+            name: None,
+        };
         self.claim_bounded(Claimed::Domain(domain.to_string()), record).await
     }
 
@@ -507,8 +566,91 @@ impl Cluster {
         ports: &[(Proto, u16)],
     ) -> Result<(), ClaimError> {
         let ports = ports.iter().map(|(p, port)| (proto_name(*p).to_string(), *port)).collect();
-        let record = ClaimRecord { node: self.record.node.clone(), session: session.into(), ports, anywhere: false };
+        let record =
+            ClaimRecord { node: self.record.node.clone(), session: session.into(), ports, anywhere: false, name: None };
         self.claim_bounded(Claimed::Vip(vip), record).await
+    }
+
+    /// Claims client `client_id`'s session for `session` (hex) of this
+    /// node, under credential `name`. Held by another node (the client
+    /// came here before that node noticed it gone): that node is asked to
+    /// end it, and the claim is tried again as the view changes, for up to
+    /// [`TAKEOVER_WAIT`].
+    pub(crate) async fn claim_client(
+        &self,
+        client_id: &str,
+        session: &str,
+        name: Option<&str>,
+    ) -> Result<(), ClaimError> {
+        let key = client_key(client_id);
+        let what = Claimed::Client(key.clone());
+        let record = ClaimRecord {
+            node: self.record.node.clone(),
+            session: session.into(),
+            ports: Vec::new(),
+            anywhere: false,
+            name: name.map(str::to_string),
+        };
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        let mut changes = self.shown.subscribe();
+        let mut asked = None;
+        loop {
+            match self.claim_bounded(what.clone(), record.clone()).await {
+                Err(ClaimError::Held { node, .. }) if tokio::time::Instant::now() < deadline => {
+                    if asked.is_none() {
+                        info!(%node, "cluster: the client's session is on another node; asking it to end it");
+                        asked = Some(self.ask_takeover(&key, name).await);
+                    }
+                    let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+                }
+                r => {
+                    if let Some(Some(revision)) = asked {
+                        self.end_takeover(&key, revision).await;
+                    }
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// Writes the takeover of client `key`: its revision, when this node
+    /// wrote it (another node asking already is as good).
+    async fn ask_takeover(&self, key: &str, name: Option<&str>) -> Option<i64> {
+        let lease = self.lease()?;
+        let record = TakeoverRecord { node: self.record.node.clone(), name: name.map(str::to_string) };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        let mut etcd = self.claims.lock().await;
+        let at = self.takeover_key(key);
+        let put = etcd.put_if(&at, &value, lease, Expect::Absent);
+        match tokio::time::timeout(CLAIM_TIMEOUT, put).await {
+            Ok(Ok(Put::Done(revision))) => Some(revision),
+            Ok(Ok(Put::Refused(_))) => None,
+            Ok(Err(e)) => {
+                debug!(error = %e, "cluster: asking for a takeover failed");
+                etcd.rewind();
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Deletes the takeover this node wrote (else it goes with the lease).
+    async fn end_takeover(&self, key: &str, revision: i64) {
+        let mut etcd = self.claims.lock().await;
+        if let Ok(Err(e)) = tokio::time::timeout(CLAIM_TIMEOUT, etcd.delete_if(&self.takeover_key(key), revision)).await
+        {
+            debug!(error = %e, "cluster: deleting a takeover failed; it goes with the lease");
+            etcd.rewind();
+        }
+    }
+
+    fn takeover_key(&self, key: &str) -> String {
+        format!("{}/takeovers/{key}", self.cfg.prefix)
+    }
+
+    /// The takeovers other nodes ask of this one, as they come.
+    pub(crate) fn takeovers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Takeover>> {
+        self.takeovers.1.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     async fn claim_bounded(&self, what: Claimed, record: ClaimRecord) -> Result<(), ClaimError> {
@@ -725,7 +867,8 @@ impl Cluster {
                     // no watch, and now and then besides, as a check.
                     if cache.is_none() || renewals.is_multiple_of(RELIST_EVERY) {
                         match self.relist(etcd, l.id).await {
-                            Ok(fresh) => {
+                            Ok(mut fresh) => {
+                                self.hand_on_takeovers(&mut fresh);
                                 cache = Some(fresh);
                                 dirty = true;
                                 let now = tokio::time::Instant::now();
@@ -747,6 +890,7 @@ impl Cluster {
                         for change in changes {
                             c.apply(change, &self.cfg.prefix);
                         }
+                        self.hand_on_takeovers(c);
                     }
                 }
                 Step::Show => {}
@@ -783,7 +927,8 @@ impl Cluster {
             let endpoint = etcd.endpoint().to_owned();
             return Err(Error::Protocol { endpoint, path: "/v3/kv/range", reason: "no revision in the header".into() });
         }
-        let mut cache = Cache { nodes: Default::default(), claims: Default::default(), watch: None };
+        let mut cache =
+            Cache { nodes: Default::default(), claims: Default::default(), watch: None, takeovers: Vec::new() };
         for kv in kvs {
             cache.apply(Change::Put(kv), &self.cfg.prefix);
         }
@@ -791,6 +936,15 @@ impl Cluster {
         self.delete_orphans(&claims, lease).await;
         cache.watch = Some(etcd.watch(start.as_bytes(), end.as_bytes(), at + 1).await?);
         Ok(cache)
+    }
+
+    /// Hands the takeovers other nodes asked of this one to the server.
+    fn hand_on_takeovers(&self, cache: &mut Cache) {
+        for t in cache.takeovers.drain(..) {
+            if t.by != self.record.node {
+                let _ = self.takeovers.0.send(t);
+            }
+        }
     }
 
     /// Shows `cache` in the view, and the other nodes' domains to DNS.
@@ -802,7 +956,7 @@ impl Cluster {
             .iter()
             .filter_map(|c| match &c.what {
                 Claimed::Domain(d) => Some((d.clone(), c.node.clone())),
-                Claimed::Vip(_) => None,
+                _ => None,
             })
             .collect();
         domains.sort();
@@ -812,6 +966,8 @@ impl Cluster {
             info!("cluster: etcd reachable again");
         }
         *v = View { registered: true, nodes, error: None, held_by: None, domains };
+        drop(v);
+        self.shown.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -838,6 +994,8 @@ struct Cache {
     nodes: std::collections::BTreeMap<Vec<u8>, NodeRecord>,
     claims: std::collections::BTreeMap<Vec<u8>, ClaimKv>,
     watch: Option<Watch>,
+    /// Takeovers read since they were last handed on.
+    takeovers: Vec<Takeover>,
 }
 
 impl Cache {
@@ -849,7 +1007,14 @@ impl Cache {
         let claims = format!("{prefix}/claims/");
         match change {
             Change::Put(kv) if kv.value.len() <= MAX_RECORD => {
-                if kv.key.starts_with(nodes.as_bytes()) {
+                if let Some(client) = kv.key.strip_prefix(format!("{prefix}/takeovers/").as_bytes()) {
+                    let record = serde_json::from_slice::<TakeoverRecord>(&kv.value);
+                    if let (Ok(client), Ok(r)) = (std::str::from_utf8(client), record) {
+                        if is_client_key(client) {
+                            self.takeovers.push(Takeover { client: client.into(), name: r.name, by: r.node });
+                        }
+                    }
+                } else if kv.key.starts_with(nodes.as_bytes()) {
                     match serde_json::from_slice::<NodeRecord>(&kv.value) {
                         Ok(n) => self.nodes.insert(kv.key, n),
                         Err(_) => self.nodes.remove(&kv.key),
@@ -883,6 +1048,8 @@ fn claim_of(kv: &Kv, skip: usize) -> Option<ClaimKv> {
             return None;
         }
         Claimed::Domain(domain.to_string())
+    } else if let Some(key) = rest.strip_prefix("clients/") {
+        is_client_key(key).then(|| Claimed::Client(key.to_string()))?
     } else {
         let ip: Ipv4Addr = rest.strip_prefix("vips/")?.parse().ok()?;
         (ip.to_string() == rest["vips/".len()..]).then_some(Claimed::Vip(ip))?
@@ -899,6 +1066,11 @@ fn claim_of(kv: &Kv, skip: usize) -> Option<ClaimKv> {
         .collect::<Option<Vec<_>>>()?;
     let anywhere = claim.anywhere;
     Some(ClaimKv { what, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision, ports, anywhere })
+}
+
+/// A [`client_key`]: 32 lowercase hex digits.
+fn is_client_key(k: &str) -> bool {
+    k.len() == 32 && k.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn proto_name(p: Proto) -> &'static str {
@@ -955,6 +1127,11 @@ mod tests {
         assert_eq!(c.ports, vec![(Proto::Tcp, 22), (Proto::Udp, 53)]);
         let c = claim_of(&kv("/p/claims/domains/shop.example.com", r#"{"node":"a","session":"01"}"#), skip);
         assert_eq!(c.map(|c| c.what), Some(Claimed::Domain("shop.example.com".into())));
+        let key = client_key("a client's id");
+        assert_eq!(key.len(), 32);
+        let c =
+            claim_of(&kv(&format!("/p/claims/clients/{key}"), r#"{"node":"a","session":"01","name":"alice"}"#), skip);
+        assert_eq!(c.map(|c| c.what), Some(Claimed::Client(key.clone())));
         for (key, value) in [
             ("/p/claims/vips/100.64.0.07", record),
             ("/p/claims/vips/100.64.0.7 ", record),
@@ -964,6 +1141,8 @@ mod tests {
             ("/p/claims/domains/Shop.example.com", r#"{"node":"a","session":"01"}"#),
             ("/p/claims/domains/localhost", r#"{"node":"a","session":"01"}"#),
             ("/p/claims/ports/80", r#"{"node":"a","session":"01"}"#),
+            ("/p/claims/clients/my-client", r#"{"node":"a","session":"01"}"#),
+            ("/p/claims/clients/0123456789ABCDEF0123456789ABCDEF", r#"{"node":"a","session":"01"}"#),
         ] {
             assert!(claim_of(&kv(key, value), skip).is_none(), "{key} {value}");
         }

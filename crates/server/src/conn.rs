@@ -672,18 +672,32 @@ pub(crate) async fn serve(
     // A node of a cluster claims the domain in etcd before it serves it:
     // two nodes never serve one domain.
     if let Some(c) = &shared.cluster {
-        // Its name is published with its forwards, below, once claimed.
-        let claimed = c.claim(&session.domain, &hex::encode(session_id), anywhere).await;
+        let hex_id = hex::encode(session_id);
+        // The client first: one session of it in the cluster. A session it
+        // left on another node (which has not noticed yet) is ended there,
+        // which frees its domain and VIP for the claims below.
+        let claimed = c.claim_client(&session.client_id, &hex_id, session.client.as_deref()).await;
         if claimed.is_ok() {
-            let _ = session.claimed.set(());
+            let _ = session.client_claimed.set(());
         }
+        // Its name is published with its forwards, below, once claimed.
+        let claimed = match claimed {
+            Ok(()) => {
+                let r = c.claim(&session.domain, &hex_id, anywhere).await;
+                if r.is_ok() {
+                    let _ = session.claimed.set(());
+                }
+                r
+            }
+            other => other,
+        };
         // Its VIP too, where the virtual LAN is on: every node's virtual
         // LAN reaches it, so no two nodes' clients may hold one.
         let vlan = shared.vlan.lock().unwrap_or_else(|e| e.into_inner()).is_some();
         let claimed = match claimed {
             Ok(()) if vlan => {
                 let ports: Vec<_> = session.exports.keys().map(|&(p, port)| (crate::vlan::proto(p), port)).collect();
-                let r = c.claim_vip(session.vip, &hex::encode(session_id), &ports).await;
+                let r = c.claim_vip(session.vip, &hex_id, &ports).await;
                 if r.is_ok() {
                     let _ = session.vip_claimed.set(());
                 }

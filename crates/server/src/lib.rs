@@ -643,6 +643,27 @@ impl Server {
                     }
                 }
             });
+            // Another node asks to end a session of a client that came to
+            // it: the same client (its id) under the same credential.
+            if let Some(mut takeovers) = c.takeovers() {
+                let (sh, stop) = (shared.clone(), cluster_stop.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let t = tokio::select! {
+                            t = takeovers.recv() => match t { Some(t) => t, None => break },
+                            _ = stop.cancelled() => break,
+                        };
+                        let sessions: Vec<_> = sh.state().sessions.values().cloned().collect();
+                        let taken = sessions.into_iter().filter(|s| {
+                            s.client == t.name && cluster::client_key(&s.client_id) == t.client
+                        });
+                        for s in taken {
+                            info!(domain = %s.domain, node = %t.by, "the client connected to another node; closing its session here");
+                            s.close(&format!("this client connected to node {}", t.by));
+                        }
+                    }
+                });
+            }
             tokio::spawn(c.run(cluster_stop.clone()))
         });
         let publisher_stop = CancellationToken::new();

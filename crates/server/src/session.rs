@@ -82,6 +82,8 @@ pub(crate) struct Session {
     pub(crate) claimed: std::sync::OnceLock<()>,
     /// It holds a claim on its VIP in the cluster, likewise.
     pub(crate) vip_claimed: std::sync::OnceLock<()>,
+    /// It holds the claim on its client in the cluster, likewise.
+    pub(crate) client_claimed: std::sync::OnceLock<()>,
 }
 
 pub(crate) struct RunningForward {
@@ -153,6 +155,7 @@ impl Session {
             bandwidth: std::sync::OnceLock::new(),
             claimed: std::sync::OnceLock::new(),
             vip_claimed: std::sync::OnceLock::new(),
+            client_claimed: std::sync::OnceLock::new(),
         }
     }
 
@@ -741,6 +744,11 @@ pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
     shared.state().remove(session, ports);
     if let (Some(c), Some(())) = (&shared.cluster, session.claimed.get()) {
         c.release(&crate::cluster::Claimed::Domain(session.domain.clone())).await;
+    }
+    // Last: a node waiting to take the client over finds its domain and
+    // VIP free once it has the client.
+    if let (Some(c), Some(())) = (&shared.cluster, session.client_claimed.get()) {
+        c.release(&crate::cluster::Claimed::Client(crate::cluster::client_key(&session.client_id))).await;
     }
     shared.publish_names();
     session.finished.cancel();
