@@ -821,6 +821,18 @@ fn gateway_node(etcd: &Etcd, node: &str, ports: (u16, u16), pem: &(PathBuf, Path
     opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
 }
 
+/// A directory `label` with a self-signed certificate for `*.ZONE`: the
+/// directory, and the certificate's and key's files.
+fn self_signed(label: &str) -> (PathBuf, (PathBuf, PathBuf)) {
+    let dir = std::env::temp_dir().join(format!("opennotr-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec![format!("*.{ZONE}")]).unwrap();
+    let pem = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&pem.0, cert.cert.pem()).unwrap();
+    std::fs::write(&pem.1, cert.signing_key.serialize_pem()).unwrap();
+    (dir, pem)
+}
+
 /// A service answering every HTTP/1.1 request with the request's head.
 async fn echo_head_service() -> Service {
     tcp_service(|s| async move {
@@ -888,12 +900,7 @@ async fn curl_https(ca: &std::path::Path, domain: &str, port: u16, http2: bool) 
 async fn any_nodes_gateway_serves_any_domain() {
     run_test(async {
         let etcd = Etcd::start().await;
-        let dir = std::env::temp_dir().join(format!("opennotr-links-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec![format!("*.{ZONE}")]).unwrap();
-        let pem = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&pem.0, cert.cert.pem()).unwrap();
-        std::fs::write(&pem.1, cert.signing_key.serialize_pem()).unwrap();
+        let (dir, pem) = self_signed("links");
         let key = "cluster-test-key-0123456789";
         let (pa, pb, pc) = ((free_port(), free_port()), (free_port(), free_port()), (free_port(), free_port()));
         let a = TestServer::start_with(gateway_node(&etcd, "node-a", pa, &pem, key), &builtin_plugins()).await;
@@ -1008,6 +1015,68 @@ async fn a_client_moving_to_another_node_takes_its_session_over() {
         x.stop().await;
         a.stop().await;
         b.stop().await;
+    })
+    .await
+}
+
+/// etcd restarts (with its data): nothing is lost. The nodes keep their
+/// places (etcd keeps leases across a restart), the client its session
+/// and claims, and a visitor of another node's gateway is served all
+/// along, during the outage too (routes are kept in memory); a client that
+/// comes while etcd is down is refused `cluster_unavailable` and gets its
+/// domain once etcd is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_restart_loses_nothing() {
+    run_test(async {
+        let mut etcd = Etcd::start().await;
+        let (dir, pem) = self_signed("restart");
+        let key = "cluster-test-key-0123456789";
+        let node = |name: &str, ports| {
+            let mut cfg = gateway_node(&etcd, name, ports, &pem, key);
+            cfg.cluster.as_mut().unwrap().lease_ttl = Duration::from_secs(10);
+            cfg
+        };
+        let (pa, pb) = ((free_port(), free_port()), (free_port(), free_port()));
+        let a = TestServer::start_with(node("node-a", pa), &builtin_plugins()).await;
+        let b = TestServer::start_with(node("node-b", pb), &builtin_plugins()).await;
+        wait_until("both nodes to join", || nodes(&b.handle) == ["node-a", "node-b"]).await;
+        let svc = echo_head_service().await;
+        let domain = format!("steady.{ZONE}");
+        let mut x = TestClient::start(&ClientSpec::new(a.addr).domain(&domain).forward(http_fwd(svc.addr.port())));
+        x.connected().await;
+        wait_until("node-b to see node-a's claim", || {
+            b.handle.cluster().is_some_and(|v| v.domains.iter().any(|d| d.domain == domain))
+        })
+        .await;
+        assert_eq!(get_via(pb.0, &domain).await.0, "HTTP/1.1 200 OK");
+
+        etcd.kill();
+        // Down: visitors are served from what the nodes know; a new client
+        // cannot claim its domain.
+        assert_eq!(get_via(pb.0, &domain).await.0, "HTTP/1.1 200 OK", "during the outage");
+        let late = format!("late.{ZONE}");
+        let mut y = TestClient::start(&ClientSpec::new(b.addr).domain(&late).forward(http_fwd(svc.addr.port())));
+        let e = y.wait_event("the late client to be refused", |e| matches!(e, Event::Refused { .. })).await;
+        assert!(matches!(e, Event::Refused { code: RefuseCode::ClusterUnavailable, .. }), "{e:?}");
+
+        etcd.launch().await;
+        let reg = y.connected().await;
+        assert_eq!(reg.domain, late);
+        assert_eq!(claim_of(&etcd, &domain).await.as_deref(), Some("node-a"), "the claim survived");
+        assert_eq!(claim_of(&etcd, &late).await.as_deref(), Some("node-b"));
+        assert!(x.pending_events().iter().all(|e| !matches!(e, Event::Disconnected { .. })), "the client was cut");
+        wait_until("node-a to see node-b's new claim", || {
+            a.handle.cluster().is_some_and(|v| v.domains.iter().any(|d| d.domain == late))
+        })
+        .await;
+        for (port, name) in [(pa.0, &late), (pb.0, &domain)] {
+            assert_eq!(get_via(port, name).await.0, "HTTP/1.1 200 OK", "{name} through the other node");
+        }
+        x.stop().await;
+        y.stop().await;
+        a.stop().await;
+        b.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     })
     .await
 }
