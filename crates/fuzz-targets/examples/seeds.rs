@@ -116,6 +116,7 @@ fn main() {
         ("http_response", http_responses),
         ("chunked", chunked_bodies),
         ("tls_hello", tls_hellos),
+        ("h2c_name", h2c_names),
         ("dns_query", dns_queries),
         ("etcd_reply", etcd_replies),
         ("acme_reply", acme_replies),
@@ -621,6 +622,47 @@ fn tls_hellos(s: &mut Seeds) {
     s.ctl("record-length-wrong", 0, &long);
     s.ctl("http", 0, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
     s.ctl("alert", 0, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+}
+
+/// An HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn h2c_names(s: &mut Seeds) {
+    // RFC 7541 C.4.1 (Huffman) and C.3.1 (plain): GET http://www.example.com/.
+    let huffman =
+        [0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff];
+    let mut plain = vec![0x82, 0x86, 0x84, 0x41, 0x0f];
+    plain.extend_from_slice(b"www.example.com");
+    let settings = h2_frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    let window = h2_frame(0x8, 0, 0, &[0, 0x0f, 0, 1]);
+    for ctl in [0, 128, 255] {
+        s.ctl("huffman", ctl, [settings.clone(), window.clone(), h2_frame(0x1, 0x5, 1, &huffman)].concat());
+        s.ctl("plain", ctl, [settings.clone(), h2_frame(0x1, 0x5, 1, &plain)].concat());
+    }
+    // Padded with priority, then a CONTINUATION.
+    let mut payload = vec![2, 0, 0, 0, 0, 16];
+    payload.extend_from_slice(&huffman[..6]);
+    payload.extend_from_slice(&[0, 0]);
+    let split = [h2_frame(0x1, 0x28, 3, &payload), h2_frame(0x9, 0x4, 3, &huffman[6..])].concat();
+    s.ctl("continued", 100, [settings.clone(), split].concat());
+    // `host` and a port; a dynamic table entry used; a table size update.
+    let mut host = vec![0x82, 0x00, 4];
+    host.extend_from_slice(b"host");
+    host.push(14);
+    host.extend_from_slice(b"A.Example:8080");
+    s.ctl("host-port", 0, h2_frame(0x1, 0x4, 1, &host));
+    let mut dynamic = vec![0x3f, 0xe1, 0x1f, 0x41, 9];
+    dynamic.extend_from_slice(b"b.example");
+    dynamic.push(0xbe);
+    s.ctl("dynamic", 0, h2_frame(0x1, 0x4, 1, &dynamic));
+    s.ctl("eos-in-string", 0, h2_frame(0x1, 0x4, 1, &[0x00, 0x85, 0xff, 0xff, 0xff, 0xff, 0xff]));
+    s.ctl("frame-too-large", 0, [0u8, 0x40, 0x01, 0x1, 0x4, 0, 0, 0, 1]);
 }
 
 fn query(name: &str, t: RecordType, edns: Option<(u16, u8)>) -> Vec<u8> {

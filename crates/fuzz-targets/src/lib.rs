@@ -21,6 +21,7 @@ mod acme;
 mod dns;
 mod etcd;
 mod frame;
+mod h2c;
 mod handshake;
 mod http;
 mod message;
@@ -34,6 +35,7 @@ pub use acme::acme_reply;
 pub use dns::dns_query;
 pub use etcd::etcd_reply;
 pub use frame::{datagram, frame};
+pub use h2c::h2c_name;
 pub use handshake::handshake;
 pub use http::{chunked, http_request, http_response};
 pub use message::message;
@@ -60,6 +62,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_response", http_response),
     ("chunked", chunked),
     ("tls_hello", tls_hello),
+    ("h2c_name", h2c_name),
     ("dns_query", dns_query),
     ("etcd_reply", etcd_reply),
     ("acme_reply", acme_reply),

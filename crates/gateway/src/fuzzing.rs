@@ -9,6 +9,20 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::rules::{self, BodyFraming, Framing, MAX_HEADERS};
 
+pub use crate::h2peek::{scan as h2_first_name, Scan as H2Scan, MAX_SCAN as H2_MAX_SCAN};
+
+/// The h2c peek's filter of the client's first SETTINGS ack, over `pieces`
+/// (frames, no preface): what passes, and how many bytes it holds back (an
+/// incomplete frame header).
+pub fn h2_ack_filter<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, usize) {
+    let mut f = crate::h2peek::AckFilter::new(0);
+    let mut out = Vec::new();
+    for p in pieces {
+        f.feed(p, &mut out);
+    }
+    (out, f.held())
+}
+
 /// Where a message's body ends, as the rules decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {

@@ -149,6 +149,11 @@ impl<S> TimedIo<S> {
         self.activity = Some(activity);
     }
 
+    /// The same socket, read and written through `f`'s wrapper.
+    pub(crate) fn map<T>(self, f: impl FnOnce(S) -> T) -> TimedIo<T> {
+        TimedIo { inner: f(self.inner), stall: self.stall, activity: self.activity }
+    }
+
     /// Passes on a write-side poll's result, failing it once the writes
     /// have waited for the send timeout.
     fn deadline<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>, progress: bool) -> Poll<io::Result<T>> {
@@ -246,6 +251,75 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+// ------------------------------------------------------ settings ack
+
+/// A visitor's HTTP/2 connection read without the client's first SETTINGS
+/// acknowledgement ([`crate::h2peek::AckFilter`]); writes pass as they are.
+pub(crate) struct AckFiltered<S> {
+    inner: S,
+    filter: crate::h2peek::AckFilter,
+    /// Bytes read and filtered, not yet taken.
+    ready: BytesMut,
+}
+
+impl<S> AckFiltered<S> {
+    pub(crate) fn new(inner: S, filter: crate::h2peek::AckFilter) -> AckFiltered<S> {
+        AckFiltered { inner, filter, ready: BytesMut::new() }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AckFiltered<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.ready.is_empty() {
+                let n = buf.remaining().min(self.ready.len());
+                buf.put_slice(&self.ready[..n]);
+                self.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if self.filter.done() {
+                return Pin::new(&mut self.inner).poll_read(cx, buf);
+            }
+            let mut chunk = [0u8; 4096];
+            let mut rb = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut out = Vec::with_capacity(rb.filled().len());
+            let this = &mut *self;
+            this.filter.feed(rb.filled(), &mut out);
+            this.ready.extend_from_slice(&out);
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AckFiltered<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

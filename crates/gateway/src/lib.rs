@@ -45,6 +45,7 @@ pub mod fuzzing;
 mod gateway;
 mod general;
 mod guard;
+mod h2peek;
 mod io;
 mod limits;
 mod plugin;

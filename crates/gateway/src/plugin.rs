@@ -267,15 +267,20 @@ impl Plugin for GatewayPlugin {
         }
     }
 
-    /// Another node's visitor for a name of this node's, on the `http`
-    /// port: served as if it had come here (never carried on again).
+    /// Another node's visitor for a name of this node's, on the `http` or
+    /// `h2c` port: served as if it had come here (never carried on again).
     async fn serve_carried(
         &self,
         io: Box<dyn Carried>,
         visitor: SocketAddr,
         _reached: Option<SocketAddr>,
     ) -> Result<(), Box<dyn Carried>> {
-        let Some(port) = self.port.as_ref().filter(|p| self.scheme == Scheme::Http && p.bound.get().is_some()) else {
+        let start = match self.scheme {
+            Scheme::Http => Start::Http1,
+            Scheme::H2c => Start::Detect,
+            _ => return Err(io),
+        };
+        let Some(port) = self.port.as_ref().filter(|p| p.bound.get().is_some()) else {
             return Err(io);
         };
         let settings = port.settings.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -284,7 +289,7 @@ impl Plugin for GatewayPlugin {
         let ctx = Ctx::new(self.gateway.clone(), settings, visitor, self.life(), None).carried();
         let kill = ctx.life.kill.clone();
         tokio::select! {
-            _ = serve_connection(io, ctx, Start::Http1) => {}
+            _ = serve_connection(io, ctx, start) => {}
             _ = kill.cancelled() => {}
         }
         Ok(())

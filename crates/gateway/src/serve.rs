@@ -22,8 +22,9 @@ use crate::direct::Next;
 use crate::error::GatewayError;
 use crate::general::{handle, Conn};
 use crate::guard::Guard;
-use crate::io::{Activity, Replay, TimedIo};
+use crate::io::{AckFiltered, Activity, Replay, TimedIo};
 use crate::limits::{Admitted, ConnLimits, Refused};
+use crate::route::Scheme;
 use opennotr_plugin::{CarriedPort, Elsewhere};
 
 /// What a refused connection on a plain HTTP port is told.
@@ -129,6 +130,33 @@ where
                 debug!("no request within the header timeout; closing");
                 return;
             }
+            if first.starts_with(PREFACE) && !ctx.carried && ctx.gateway.has_elsewhere() {
+                // A cluster node: the first request's name, in its first
+                // HEADERS block, decides which node serves the connection.
+                // Some clients send none before the server's SETTINGS: an
+                // empty one goes first, and the client's ack of it is taken
+                // out for the server that serves the connection.
+                if io.write_all(&crate::h2peek::EMPTY_SETTINGS).await.is_err() || io.flush().await.is_err() {
+                    return;
+                }
+                let decided = h2c_elsewhere(&mut io, &mut first, &ctx).await;
+                let mut filter = crate::h2peek::AckFilter::new(PREFACE.len());
+                let mut read = Vec::with_capacity(first.len());
+                filter.feed(&first, &mut read);
+                let rest = Replay::new(&read[..], io.map(|s| AckFiltered::new(s, filter)));
+                let Some((elsewhere, node)) = decided else {
+                    return serve_http2(rest, &ctx).await;
+                };
+                let kill = ctx.life.kill.clone();
+                let carried =
+                    crate::elsewhere::carry(rest, &*elsewhere, &node, CarriedPort::H2c, ctx.peer, None, &kill);
+                let ok = carried.await.is_ok();
+                if !ok {
+                    debug!(%node, "cannot carry the connection to its node; closing");
+                }
+                ctx.gateway.count_carried(ok);
+                return;
+            }
             let io = Replay::new(first.clone(), io);
             if first.starts_with(PREFACE) {
                 serve_http2(io, &ctx).await;
@@ -162,6 +190,37 @@ where
             }
         }
     }
+}
+
+/// Reads an h2c connection (its preface read into `first`) up to its first
+/// header block, within the header timeout and [`crate::h2peek::MAX_SCAN`]:
+/// the node serving that block's name, if another node does. Every byte
+/// read stays in `first`, for whoever serves the connection.
+async fn h2c_elsewhere<S>(
+    io: &mut TimedIo<S>,
+    first: &mut bytes::BytesMut,
+    ctx: &Ctx,
+) -> Option<(std::sync::Arc<dyn Elsewhere>, String)>
+where
+    S: AsyncRead + Unpin,
+{
+    let read = async {
+        loop {
+            match crate::h2peek::scan(&first[PREFACE.len()..]) {
+                crate::h2peek::Scan::More => {}
+                crate::h2peek::Scan::Name(name) => return name,
+                crate::h2peek::Scan::Unreadable => return None,
+            }
+            if io.read_buf(first).await.ok()? == 0 {
+                return None;
+            }
+        }
+    };
+    let name = tokio::select! {
+        r = tokio::time::timeout(ctx.settings.header_timeout, read) => r.ok().flatten(),
+        _ = ctx.until_closing() => None,
+    }?;
+    ctx.gateway.elsewhere(Scheme::H2c, &name, ctx.settings.wildcard)
 }
 
 /// The start of every HTTP/2 connection (RFC 9113 §3.4).

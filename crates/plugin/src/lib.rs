@@ -290,6 +290,8 @@ pub enum CarriedPort {
     /// The TLS gateway port (`https` and `tls`): the visitor's TLS from its
     /// ClientHello.
     Tls,
+    /// The `h2c` gateway port: the visitor's HTTP/2 from its preface.
+    H2c,
 }
 
 /// The other nodes of a cluster, as a plugin serving names on a shared

@@ -487,7 +487,7 @@ pub enum NodeStream {
     /// A visitor's connection for the receiving node's gateway, from its
     /// first byte: it enters the `http` port, or the TLS port.
     Gateway {
-        /// `http` or `tls`.
+        /// `http`, `tls` or `h2c`.
         port: GatewayPort,
         /// The visitor's address.
         visitor: SocketAddr,
@@ -519,6 +519,8 @@ pub enum GatewayPort {
     Http,
     /// The TLS port (`https` and `tls`).
     Tls,
+    /// The `h2c` port.
+    H2c,
 }
 
 macro_rules! json_codec {

@@ -569,8 +569,8 @@ pub(crate) async fn serve(
     let exports = session::exports(&forwards, &vip_ports);
     // Every node's gateway serves these forwards (node links carry their
     // visitors): in a cluster, DNS answers the domain with every node.
-    let anywhere =
-        !forwards.is_empty() && forwards.iter().all(|f| matches!(f.protocol.as_str(), "http" | "https" | "tls"));
+    let anywhere = !forwards.is_empty()
+        && forwards.iter().all(|f| matches!(f.protocol.as_str(), "http" | "https" | "tls" | "h2c"));
     if let Err(message) = crate::state::check_client_id(&client_id, name.is_some()) {
         let m = ServerMessage::Refused { code: RefuseCode::ProtocolError, message };
         let _ = writer.send(&m.to_bytes()).await;

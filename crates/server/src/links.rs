@@ -164,6 +164,7 @@ impl Elsewhere for Links {
     ) -> io::Result<Box<dyn Carried>> {
         let port = match port {
             CarriedPort::Http => GatewayPort::Http,
+            CarriedPort::H2c => GatewayPort::H2c,
             _ => GatewayPort::Tls,
         };
         let s = self.open(node, &NodeStream::Gateway { port, visitor, reached }).await?;
@@ -226,6 +227,7 @@ async fn carried(shared: Arc<Shared>, mut stream: MuxStream) {
             let names: &[&str] = match port {
                 GatewayPort::Http => &["http"],
                 GatewayPort::Tls => &["https", "tls"],
+                GatewayPort::H2c => &["h2c"],
             };
             let mut io: Box<dyn Carried> = Box::new(stream);
             for name in names {
