@@ -174,13 +174,17 @@ fn vip_in(ns: &str, vip: &std::net::Ipv4Addr) -> (String, String) {
     (code.trim().to_string(), body.to_string())
 }
 
-/// Three nodes in namespaces of their own and the client in a fourth, all
-/// joined through a hub namespace that holds etcd and the visitor. node-a's
-/// link is cut (a partition): node-a, unable to renew its lease, gives up
-/// its place and closes its session (it stops serving the domain); the
-/// client, which lists the three nodes, notices its silent server and gets
-/// its domain on another node once node-a's claim has expired; when the
-/// link is back, node-a rejoins and does not take the domain back.
+/// Three nodes in namespaces of their own (each with its virtual LAN) and
+/// the client in a fourth, all joined through a hub namespace that holds
+/// etcd and the visitor. The client, on node-a, is reached through every
+/// node's gateway, and at its VIP (TCP and UDP) from every other node's
+/// host, over node links. node-a's link is cut (a partition): node-a,
+/// unable to renew its lease, gives up its place and closes its session
+/// (it stops serving the domain); the client, which lists the three nodes,
+/// notices its silent server and gets its domain on another node once
+/// node-a's claim has expired, reached there the same ways; when the link
+/// is back, node-a rejoins, serves the domain through its link, and does
+/// not take the client back.
 #[test]
 fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
     if !root_with(&["ip", "ss", "nft", "etcd", "curl", "python3"]) {
@@ -225,7 +229,7 @@ fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
                 &format!("{name}.yaml"),
                 format!(
                     "server:\n  listen: \"{ip}:10100\"\n  authKey: \"{KEY}\"\n  domain: \"open.notr.test\"\n  publicIP: \"{ip}\"\n\
-                     \x20 tcplisten: \"127.0.0.1:4398\"\n\
+                     \x20 tcplisten: \"127.0.0.1:4398\"\n  udplisten: \"127.0.0.1:4399\"\n\
                      dhcp:\n  cidr: \"100.64.242.1/24\"\n\
                      plugin:\n  http: |\n    {{\"listen\": \"{ip}:8080\"}}\n\
                      cluster:\n  node: {name}\n  etcdEndpoints: [\"http://{}:2379\"]\n  leaseTtl: 2\n  key: cluster-test-key-0123456789\n",
@@ -243,13 +247,15 @@ fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
     let client_ns = lan.clients[3].clone();
     std::fs::write(dir.path("index.html"), "served").unwrap();
     let _service = support::netns::http_server(&client_ns, &dir.0, 8000);
+    let _echo = support::netns::udp_echo(&client_ns, &dir, 5353);
     let servers: Vec<String> = (0..3).map(|i| format!("{}:10100", lan.client_ip(i))).collect();
     let conf = dir.write(
         "opennotr.yaml",
         format!(
             "serverAddr: \"{}\"\nkey: \"{KEY}\"\ndomain: \"{DOMAIN}\"\nreconnectMaxDelay: 1\n\
              keepaliveInterval: 0.5\nkeepaliveTimeout: 2\n\
-             forwards:\n  - protocol: http\n    ports:\n      0: 8000\n",
+             forwards:\n  - protocol: http\n    ports:\n      0: 8000\n\
+             vipPorts:\n  - port: 5353\n    protocol: udp\n",
             servers.join(", ")
         ),
     );
@@ -262,9 +268,15 @@ fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
     // Every node's gateway serves the domain, and every node's virtual LAN
     // reaches the client's VIP: node-b and node-c carry to node-a.
     for i in 1..3 {
+        // Once node i has read node-a's claims (its watch, within a moment).
         let gateway = format!("{}:8080", lan.client_ip(i));
+        let seen = poll_every(std::time::Duration::from_millis(100), WAIT, || curl_in(&hub, &gateway).0 == "200");
+        assert!(seen, "node {i} does not serve the domain: {:?}", curl_in(&hub, &gateway));
         assert_eq!(curl_in(&hub, &gateway), ("200".into(), "served".into()), "through node {i}");
-        assert_eq!(vip_in(&lan.clients[i], &reg.vip), ("200".into(), "served".into()), "VIP from node {i}");
+        let reached =
+            poll_every(std::time::Duration::from_millis(100), WAIT, || vip_in(&lan.clients[i], &reg.vip).0 == "200");
+        assert!(reached, "VIP from node {i}: {:?}", vip_in(&lan.clients[i], &reg.vip));
+        support::netns::udp_echo_probe(&lan.clients[i], reg.vip, 5353, 20);
     }
 
     // The partition: node-a's only link goes down.
@@ -283,10 +295,15 @@ fn a_partitioned_node_stops_serving_and_another_takes_its_domain() {
     let on = holder(&client_ns, &lan);
     assert!(on == [1] || on == [2], "the client is on exactly one of node-b and node-c: {on:?}");
     for i in 1..3 {
-        assert_eq!(curl_in(&hub, &format!("{}:8080", lan.client_ip(i))), ("200".into(), "served".into()), "node {i}");
+        let gateway = format!("{}:8080", lan.client_ip(i));
+        let seen = poll_every(std::time::Duration::from_millis(100), WAIT, || curl_in(&hub, &gateway).0 == "200");
+        assert!(seen, "node {i} does not serve the domain: {:?}", curl_in(&hub, &gateway));
     }
     let other = 3 - on[0];
-    assert_eq!(vip_in(&lan.clients[other], &reg.vip), ("200".into(), "served".into()), "VIP from node {other}");
+    let reached =
+        poll_every(std::time::Duration::from_millis(100), WAIT, || vip_in(&lan.clients[other], &reg.vip).0 == "200");
+    assert!(reached, "VIP from node {other}: {:?}", vip_in(&lan.clients[other], &reg.vip));
+    support::netns::udp_echo_probe(&lan.clients[other], reg.vip, 5353, 20);
 
     // The link is back: node-a rejoins, serves the domain through its link,
     // and the client stays where it is.

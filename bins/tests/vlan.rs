@@ -24,7 +24,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::netns::{check, cmd, http_server, in_ns, on_path, poll_every, python, root_with, run_bounded, Lan, Out};
+use support::netns::{
+    check, cmd, http_server, in_ns, on_path, poll_every, python, root_with, run_bounded, udp_echo, udp_echo_probe, Lan,
+    Out,
+};
 use support::{json_fields, parse_forward, read_registration, Proc, Registration, Src, TempDir, CLIENT, SERVER, WAIT};
 
 /// The priority of opennotrd's `ip rule` and the number of its routing table.
@@ -127,24 +130,6 @@ fn stop_server(mut server: Proc) {
 
 // ------------------------------------------------------------------ services (client namespaces)
 
-const UDP_ECHO: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-print("ready", flush=True)
-while True:
-    d, a = s.recvfrom(65535)
-    s.sendto(d, a)
-"#;
-
-/// A UDP echo on 127.0.0.1:`port` of `ns`.
-fn udp_echo(ns: &str, dir: &TempDir, port: u16) -> Proc {
-    let mut p = Proc::spawn_named("udp echo", in_ns(ns, python(), &["-u", "-c", UDP_ECHO, &port.to_string()]), &dir.0);
-    p.expect(Src::Out, "`ready`", |l| l == "ready");
-    p
-}
-
 // ------------------------------------------------------------------ probes (server namespace)
 
 /// `curl URL` in `ns` with `-m max_secs`; body to `out` (or stdout), then
@@ -175,50 +160,6 @@ fn curl_refused(ns: &str, url: &str) {
     let t = Instant::now();
     let out = curl(ns, url, None, 5);
     assert_eq!(out.code, Some(7), "curl {url} in {ns} should be refused (7), took {:?}: {}", t.elapsed(), out.show());
-}
-
-const UDP_PROBE: &str = r#"
-import os, socket, sys
-ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-fixed = [1, 2, 3, 17, 100, 512, 1200, 1400, 1472, 1473, 1500, 2000, 4096, 8192, 9000, 16384, 32768, 50000, 65000, 65507]
-sizes = (fixed + [1 + (i * 7919) % 3000 for i in range(count)])[:count]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-s.connect((ip, port))
-s.settimeout(2.0)
-retries = 0
-for i, n in enumerate(sizes):
-    payload = bytes([i]) + os.urandom(n - 1)
-    for attempt in range(5):
-        s.send(payload)
-        try:
-            while True:
-                d = s.recv(70000)
-                if d == payload:
-                    break
-                if d[:1] and d[0] < i:
-                    continue  # a late echo of a retransmission
-                print("datagram %d (%d bytes): echo differs (%d bytes)" % (i, n, len(d)))
-                sys.exit(1)
-            break
-        except socket.timeout:
-            retries += 1
-    else:
-        print("datagram %d (%d bytes): no echo after 5 tries" % (i, n))
-        sys.exit(1)
-print("ok %d datagrams, %d bytes, %d retries" % (len(sizes), sum(sizes), retries))
-"#;
-
-/// Sends `count` datagrams of various sizes (1 to 65507 bytes) to
-/// `ip:port` from `ns`; each must come back unchanged.
-fn udp_echo_probe(ns: &str, ip: Ipv4Addr, port: u16, count: usize) {
-    let out = run_bounded(
-        in_ns(ns, python(), &["-c", UDP_PROBE, &ip.to_string(), &port.to_string(), &count.to_string()]),
-        WAIT * 2,
-    );
-    assert_eq!(out.code, Some(0), "udp echo via {ip}:{port}: {}", out.show());
-    assert!(out.stdout.starts_with(&format!("ok {count} datagrams")), "{}", out.show());
-    eprintln!("udp {ip}:{port}: {}", out.stdout.trim());
 }
 
 const UDP_REFUSED: &str = r#"

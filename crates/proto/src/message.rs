@@ -497,7 +497,9 @@ pub enum NodeStream {
         reached: Option<SocketAddr>,
     },
     /// A connection to port `port` of a client's VIP `vip`, which the
-    /// receiving node's client holds, from `visitor` on the sending node.
+    /// receiving node's client holds, from `visitor` on the sending node;
+    /// with `udp`, a UDP flow, its datagrams framed as on a tunnel stream
+    /// ([`crate::datagram`]).
     Vip {
         /// The client's VIP.
         vip: Ipv4Addr,
@@ -505,10 +507,14 @@ pub enum NodeStream {
         port: u16,
         /// Who connects (on the sending node's host).
         visitor: SocketAddr,
+        /// A UDP flow rather than a TCP connection.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        udp: bool,
     },
     /// The receiving node's live sessions, for the sending node's admin
-    /// API: it answers with them (JSON) and closes the stream.
-    Sessions,
+    /// API: it answers with them (JSON) and closes the stream. (A struct
+    /// variant: serde refuses unknown fields only in those.)
+    Sessions {},
 }
 
 /// A gateway port a carried connection enters ([`NodeStream::Gateway`]).
@@ -581,10 +587,19 @@ mod tests {
             vip: Ipv4Addr::new(100, 64, 0, 2),
             port: 22,
             visitor: "100.64.0.1:4000".parse().unwrap(),
+            udp: false,
         };
         assert_eq!(NodeStream::from_bytes(&v.to_bytes()), Ok(v));
-        assert_eq!(NodeStream::Sessions.to_bytes(), br#"{"to":"sessions"}"#);
-        assert_eq!(NodeStream::from_bytes(br#"{"to":"sessions"}"#), Ok(NodeStream::Sessions));
+        let u = NodeStream::Vip {
+            vip: Ipv4Addr::new(100, 64, 0, 2),
+            port: 53,
+            visitor: "100.64.0.1:4000".parse().unwrap(),
+            udp: true,
+        };
+        assert!(String::from_utf8(u.to_bytes()).unwrap().ends_with(r#","udp":true}"#));
+        assert_eq!(NodeStream::from_bytes(&u.to_bytes()), Ok(u));
+        assert_eq!((NodeStream::Sessions {}).to_bytes(), br#"{"to":"sessions"}"#);
+        assert_eq!(NodeStream::from_bytes(br#"{"to":"sessions"}"#), Ok(NodeStream::Sessions {}));
         for bad in [
             r#"{"to":"gateway","port":"ftp","visitor":"1.2.3.4:5"}"#,
             r#"{"to":"gateway","port":"http"}"#,

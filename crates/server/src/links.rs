@@ -182,7 +182,7 @@ impl Links {
     /// Node `node`'s live sessions, as it answers over its link.
     pub(crate) async fn sessions_of(&self, node: &str) -> Result<Vec<opennotr_admin::SessionView>, String> {
         let ask = async {
-            let mut s = self.open(node, &NodeStream::Sessions).await.map_err(|e| e.to_string())?;
+            let mut s = self.open(node, &NodeStream::Sessions {}).await.map_err(|e| e.to_string())?;
             s.shutdown().await.map_err(|e| e.to_string())?;
             let mut json = Vec::new();
             let mut limited = tokio::io::AsyncReadExt::take(&mut s, MAX_SESSIONS_ANSWER + 1);
@@ -239,8 +239,8 @@ async fn carried(shared: Arc<Shared>, mut stream: MuxStream) {
             }
             debug!(?port, %visitor, "no gateway port here for a carried connection; closed");
         }
-        Ok(NodeStream::Vip { vip, port, visitor }) => vip_conn(&shared, stream, vip, port, visitor).await,
-        Ok(NodeStream::Sessions) => {
+        Ok(NodeStream::Vip { vip, port, visitor, udp }) => vip_conn(&shared, stream, vip, port, visitor, udp).await,
+        Ok(NodeStream::Sessions {}) => {
             let json = serde_json::to_vec(&crate::admin::sessions(&shared)).unwrap_or_default();
             if stream.write_all(&json).await.is_ok() {
                 let _ = stream.shutdown().await;
@@ -250,21 +250,30 @@ async fn carried(shared: Arc<Shared>, mut stream: MuxStream) {
     }
 }
 
-/// A connection from another node's host to a VIP of this node's client,
+/// A connection (or, with `udp`, a UDP flow, its datagrams framed as on a
+/// tunnel stream) from another node's host to a VIP of this node's client,
 /// as [`crate::vlan`] serves one from this host.
-async fn vip_conn(shared: &Shared, mut stream: MuxStream, vip: std::net::Ipv4Addr, port: u16, visitor: SocketAddr) {
+async fn vip_conn(
+    shared: &Shared,
+    mut stream: MuxStream,
+    vip: std::net::Ipv4Addr,
+    port: u16,
+    visitor: SocketAddr,
+    udp: bool,
+) {
     let dst = SocketAddr::from((vip, port));
-    let Some((session, target)) = crate::vlan::route(shared, dst, StreamProtocol::Tcp) else {
+    let protocol = if udp { StreamProtocol::Udp } else { StreamProtocol::Tcp };
+    let Some((session, target)) = crate::vlan::route(shared, dst, protocol) else {
         return debug!(%dst, "nothing exported there; closed");
     };
-    if !crate::access::admit_vip(shared, &session, StreamProtocol::Tcp, port, visitor.ip()) {
+    if !crate::access::admit_vip(shared, &session, protocol, port, visitor.ip()) {
         return debug!(%dst, "refused by the access rules; closed");
     }
     let kill = session.kill.clone();
     let tunnel =
         crate::session::SessionTunnel(session.clone(), session.vip_counters.clone(), shared.channel_stats.clone());
     let opened = tokio::select! {
-        s = tunnel.open_stream(StreamProtocol::Tcp, target, Some(Visitor::new(visitor).reached(Some(dst)))) => s,
+        s = tunnel.open_stream(protocol, target, Some(Visitor::new(visitor).reached(Some(dst)))) => s,
         _ = kill.cancelled() => return,
     };
     let mut there = match opened {

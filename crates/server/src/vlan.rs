@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::plugins::udp::{FlowEnds, FlowTable};
+use crate::plugins::udp::{FlowEnds, FlowTable, FlowTo};
 use crate::session::{Session, SessionTunnel};
 use crate::Shared;
 
@@ -191,7 +191,7 @@ async fn elsewhere(shared: &Shared, mut sock: TcpStream, peer: SocketAddr, dst: 
         debug!(%dst, "nothing exported there; reset");
         return reset(&sock);
     };
-    let header = opennotr_proto::NodeStream::Vip { vip: *v4.ip(), port: v4.port(), visitor: peer };
+    let header = opennotr_proto::NodeStream::Vip { vip: *v4.ip(), port: v4.port(), visitor: peer, udp: false };
     let mut there = match links.open(&node, &header).await {
         Ok(s) => s,
         Err(e) => {
@@ -208,6 +208,15 @@ async fn elsewhere(shared: &Shared, mut sock: TcpStream, peer: SocketAddr, dst: 
         _ = kill.cancelled() => {}
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut there).await;
+}
+
+/// Where a UDP flow to `dst`, a VIP no client of this node holds, goes: to
+/// the node whose client does, if one does.
+fn udp_elsewhere(shared: &Shared, peer: SocketAddr, dst: SocketAddr) -> Option<FlowTo> {
+    let (Some(cluster), Some(links), SocketAddr::V4(v4)) = (&shared.cluster, &shared.links, dst) else { return None };
+    let node = cluster.routes().vips.get(v4.ip())?.0.clone();
+    let header = opennotr_proto::NodeStream::Vip { vip: *v4.ip(), port: v4.port(), visitor: peer, udp: true };
+    Some(FlowTo::Node(links.clone(), node, header))
 }
 
 type FlowKey = (SocketAddr, SocketAddr);
@@ -228,7 +237,20 @@ async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationT
                 let key = (peer, dst);
                 if !flows.contains(&key) {
                     let Some((session, target)) = route(&shared, dst, StreamProtocol::Udp) else {
-                        debug!(%dst, "nothing exported there; datagram dropped");
+                        // Another node's client's VIP: a flow over the link.
+                        if let Some(to) = udp_elsewhere(&shared, peer, dst) {
+                            if flows.keys().filter(|(_, d)| d.ip() == dst.ip()).count() >= max_flows {
+                                continue;
+                            }
+                            let reply = match opennotr_tproxy::reply_socket(dst) {
+                                Ok(r) => Arc::new(r),
+                                Err(e) => { warn!(%dst, error = %e, "cannot open a reply socket at the VIP"); continue; }
+                            };
+                            flows.start(key, FlowEnds { reply, peer, to }, UDP_IDLE, shared.kill.child_token(), &shared.streams);
+                            flows.send(&key, &buf[..n]);
+                        } else {
+                            debug!(%dst, "nothing exported there; datagram dropped");
+                        }
                         continue;
                     };
                     if !crate::access::admit_vip(&shared, &session, StreamProtocol::Udp, dst.port(), peer.ip()) {
@@ -242,7 +264,8 @@ async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationT
                         Ok(r) => Arc::new(r),
                         Err(e) => { warn!(%dst, error = %e, "cannot open a reply socket at the VIP"); continue; }
                     };
-                    let ends = FlowEnds { reply, peer, tunnel: Arc::new(SessionTunnel(session.clone(), session.vip_counters.clone(), shared.channel_stats.clone())), target };
+                    let tunnel = Arc::new(SessionTunnel(session.clone(), session.vip_counters.clone(), shared.channel_stats.clone()));
+                    let ends = FlowEnds { reply, peer, to: FlowTo::Client(tunnel, target) };
                     flows.start(key, ends, UDP_IDLE, session.kill.child_token(), &shared.streams);
                 }
                 // A full queue: the flow is slower than its sender; drop.

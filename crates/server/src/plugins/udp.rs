@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use opennotr_plugin::{
-    async_trait, CancellationToken, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
+    async_trait, CancellationToken, Carried, Endpoint, ForwardContext, ForwardMeta, Plugin, PluginError, PluginFactory,
     StreamProtocol, TaskTracker, Tunnel, Visitor,
 };
 use opennotr_proto::datagram;
-use opennotr_transport::bandwidth::Direction;
+use opennotr_transport::bandwidth::{Direction, Throttles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -193,7 +193,7 @@ async fn recv_loop(sock: Arc<UdpSocket>, meta: ForwardMeta, ctx: ForwardContext,
                         }
                         continue;
                     }
-                    let ends = FlowEnds { reply: sock.clone(), peer, tunnel: ctx.tunnel.clone(), target: meta.target() };
+                    let ends = FlowEnds { reply: sock.clone(), peer, to: FlowTo::Client(ctx.tunnel.clone(), meta.target()) };
                     flows.start(peer, ends, idle, ctx.kill.child_token(), &ctx.tracker);
                 }
                 if !flows.send(&peer, &buf[..n]) {
@@ -215,10 +215,17 @@ pub(crate) struct FlowEnds {
     pub(crate) reply: Arc<UdpSocket>,
     /// The remote peer.
     pub(crate) peer: SocketAddr,
-    /// The client's session.
-    pub(crate) tunnel: Arc<dyn Tunnel>,
-    /// What the client dials.
-    pub(crate) target: SocketAddr,
+    /// Where the flow goes.
+    pub(crate) to: FlowTo,
+}
+
+/// Where a flow's datagrams go.
+pub(crate) enum FlowTo {
+    /// To a session of this server: its tunnel, and what the client dials.
+    Client(Arc<dyn Tunnel>, SocketAddr),
+    /// To the node of a cluster whose client holds the VIP: a stream on the
+    /// link to it, with its header (that node's limits apply there).
+    Node(Arc<crate::links::Links>, String, opennotr_proto::NodeStream),
 }
 
 /// One flow: opens a stream to the client, then carries datagrams both ways
@@ -233,13 +240,30 @@ pub(crate) async fn flow<K: Send + 'static>(
     ended: mpsc::UnboundedSender<(K, u64)>,
     generation: u64,
 ) {
-    let FlowEnds { reply: sock, peer, tunnel, target } = ends;
+    let FlowEnds { reply: sock, peer, to } = ends;
     let visitor = Visitor::new(peer).reached(sock.local_addr().ok());
+    let open = async {
+        match to {
+            FlowTo::Client(tunnel, target) => {
+                let mut stream =
+                    tunnel.open_stream(StreamProtocol::Udp, target, Some(visitor)).await.map_err(|e| e.to_string())?;
+                // Datagrams over a bandwidth limit are dropped here, not
+                // held back in the stream: late datagrams only add delay to
+                // a protocol made for loss.
+                let limits = stream.take_limits();
+                Ok::<(Box<dyn Carried>, Throttles), String>((Box::new(stream), limits))
+            }
+            FlowTo::Node(links, node, header) => {
+                let stream = links.open(&node, &header).await.map_err(|e| format!("node {node}: {e}"))?;
+                Ok((Box::new(stream) as Box<dyn Carried>, Throttles::default()))
+            }
+        }
+    };
     let opened = tokio::select! {
-        s = tunnel.open_stream(StreamProtocol::Udp, target, Some(visitor)) => s,
+        s = open => s,
         _ = stop.cancelled() => { let _ = ended.send((key, generation)); return; }
     };
-    let mut stream = match opened {
+    let (stream, limits) = match opened {
         Ok(s) => s,
         Err(e) => {
             debug!(error = %e, "cannot open a flow to the client");
@@ -247,9 +271,6 @@ pub(crate) async fn flow<K: Send + 'static>(
             return;
         }
     };
-    // Datagrams over a bandwidth limit are dropped here, not held back in
-    // the stream: late datagrams only add delay to a protocol made for loss.
-    let limits = stream.take_limits();
     let (mut rd, mut wr) = tokio::io::split(stream);
     let base = Instant::now();
     let last = AtomicU64::new(0);
