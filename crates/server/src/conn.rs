@@ -669,71 +669,15 @@ pub(crate) async fn serve(
         let _ = session.quic.set(q);
         session.spares.close();
     }
-    // A node of a cluster claims the domain in etcd before it serves it:
-    // two nodes never serve one domain.
-    if let Some(c) = &shared.cluster {
-        let hex_id = hex::encode(session_id);
-        // The client first: one session of it in the cluster. A session it
-        // left on another node (which has not noticed yet) is ended there,
-        // which frees its domain and VIP for the claims below.
-        let claimed = c.claim_client(&session.client_id, &hex_id, session.client.as_deref()).await;
-        if claimed.is_ok() {
-            let _ = session.client_claimed.set(());
-        }
-        // Its name is published with its forwards, below, once claimed.
-        let claimed = match claimed {
-            Ok(()) => {
-                let r = c.claim(&session.domain, &hex_id, anywhere).await;
-                if r.is_ok() {
-                    let _ = session.claimed.set(());
-                }
-                r
-            }
-            other => other,
-        };
-        // Its VIP too, where the virtual LAN is on: every node's virtual
-        // LAN reaches it, so no two nodes' clients may hold one.
-        let vlan = shared.vlan.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-        let claimed = match claimed {
-            Ok(()) if vlan => {
-                let ports: Vec<_> = session.exports.keys().map(|&(p, port)| (crate::vlan::proto(p), port)).collect();
-                let r = c.claim_vip(session.vip, &hex_id, &ports).await;
-                if r.is_ok() {
-                    let _ = session.vip_claimed.set(());
-                }
-                r
-            }
-            other => other,
-        };
-        let refusal = match claimed {
-            // Closed while it claimed (replaced, or the node lost its place).
-            Ok(()) if session.kill.is_cancelled() => {
-                Some((RefuseCode::ClusterUnavailable, "the session was closed while it registered; retry".to_string()))
-            }
-            Ok(()) => None,
-            Err(e @ crate::cluster::ClaimError::Held { what: crate::cluster::Claimed::Domain(_), .. }) => {
-                Some((RefuseCode::DomainTaken, e.to_string()))
-            }
-            // Drawn here while another node's claim on it was on its way:
-            // the next attempt draws another.
-            Err(e @ crate::cluster::ClaimError::Held { .. }) => Some((RefuseCode::ClusterUnavailable, e.to_string())),
-            Err(crate::cluster::ClaimError::Unavailable { what, why }) => {
-                // The details (etcd's endpoints, its errors) are for the log.
-                warn!(%what, error = %why, "cannot claim in the cluster");
-                let message = format!(
-                    "this server cannot reach the cluster's state to claim {what}; retry, here or on another server"
-                );
-                Some((RefuseCode::ClusterUnavailable, message))
-            }
-        };
-        if let Some((code, message)) = refusal {
-            info!(%code, %message, "refusing client");
-            shared.refused(peer, name.as_deref(), code, &message);
-            session::cleanup(&shared, &session).await;
-            let m = ServerMessage::Refused { code, message };
-            let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
-            return None;
-        }
+    // On a node of a cluster, what must be unique in it is claimed in etcd
+    // before the session is served: two nodes never serve one domain.
+    if let Err((code, message)) = crate::holdings::claim(&shared, &session, anywhere).await {
+        info!(%code, %message, "refusing client");
+        shared.refused(peer, name.as_deref(), code, &message);
+        crate::holdings::release(&shared, &session).await;
+        let m = ServerMessage::Refused { code, message };
+        let _ = timed(limit, "sending refusal", writer.send(&m.to_bytes())).await;
+        return None;
     }
     let server_bandwidth = crate::bandwidth::client_limit(cred.as_ref(), &shared.limits());
     let bandwidth = crate::bandwidth::effective(server_bandwidth, wished_bandwidth);
@@ -768,10 +712,14 @@ pub(crate) async fn serve(
         };
         if let Err(e) = timed(limit, "sending registered", writer.send(&registered.to_bytes())).await {
             debug!(error = %e, "client gone before registration finished");
-            session::cleanup(&shared, &session).await;
+            crate::holdings::release(&shared, &session).await;
             return None;
         }
-        Some(session::run(shared.clone(), session, reader, writer, outbox))
+        let ends = session.clone();
+        Some(async move {
+            session::run(shared.clone(), session, reader, writer, outbox).await;
+            crate::holdings::release(&shared, &ends).await;
+        })
     }
     .instrument(span.clone())
     .await

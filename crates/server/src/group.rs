@@ -24,7 +24,7 @@ use opennotr_transport::Counters;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::state::SessionId;
+use crate::session::SessionId;
 use crate::Shared;
 
 /// At most one log line a member's health changes make in this time: a

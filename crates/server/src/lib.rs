@@ -36,6 +36,7 @@ mod cluster;
 mod conn;
 mod creds;
 mod group;
+mod holdings;
 mod links;
 pub mod plugins;
 mod quic;

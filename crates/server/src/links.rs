@@ -263,7 +263,7 @@ async fn vip_conn(
 ) {
     let dst = SocketAddr::from((vip, port));
     let protocol = if udp { StreamProtocol::Udp } else { StreamProtocol::Tcp };
-    let Some((session, target)) = crate::vlan::route(shared, dst, protocol) else {
+    let Some((session, target)) = crate::holdings::Holder::here(shared, vip, port, protocol) else {
         return debug!(%dst, "nothing exported there; closed");
     };
     if !crate::access::admit_vip(shared, &session, protocol, port, visitor.ip()) {

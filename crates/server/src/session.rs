@@ -22,7 +22,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::state::{ForwardKey, SessionId};
 use crate::{ForwardInfo, SessionInfo, Shared};
 
 type Pending = oneshot::Sender<Result<Channel, OpenError>>;
@@ -36,6 +35,18 @@ pub(crate) const OUTBOX: usize = 1024;
 /// allocated with the queue) then costs every session 32 pointers, not 32
 /// of the largest message.
 pub(crate) type Outgoing = Box<ServerMessage>;
+
+/// A session's id: random, 16 bytes.
+pub(crate) type SessionId = [u8; 16];
+
+/// Identifies "the same forward" across reconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ForwardKey {
+    pub(crate) protocol: String,
+    pub(crate) requested_port: u16,
+    pub(crate) local_ip: std::net::IpAddr,
+    pub(crate) local_port: u16,
+}
 
 pub(crate) struct Session {
     pub(crate) id: SessionId,
@@ -195,6 +206,29 @@ impl Session {
     }
 
     /// Closes the session from the server's side, telling the client why.
+    /// Ends the session's streams and stops its forwards (each plugin
+    /// within [`PLUGIN_STEP_TIMEOUT`]): the public ports they had, to be
+    /// remembered for the client's return.
+    pub(crate) async fn wind_down(&self) -> HashMap<ForwardKey, u16> {
+        self.kill.cancel();
+        self.stop.cancel();
+        let forwards = self.forwards.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default();
+        let mut ports = HashMap::new();
+        for f in &forwards {
+            if tokio::time::timeout(PLUGIN_STEP_TIMEOUT, f.plugin.stop_proxy(&f.meta)).await.is_err() {
+                warn!(protocol = %f.meta.protocol, "plugin did not stop the forward in time");
+            }
+            if let Some(p) = f.info.public_port {
+                ports.insert(f.key.clone(), p);
+            }
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+        self.spares.close();
+        ports
+    }
+
     pub(crate) fn close(&self, reason: &str) {
         let _ = self.out.try_send(Box::new(ServerMessage::GoingAway { reason: reason.to_string() }));
         self.kill.cancel();
@@ -674,7 +708,6 @@ pub(crate) async fn run(
     session.kill.cancel();
     done.cancel();
     let _ = writer_task.await;
-    cleanup(&shared, &session).await;
 }
 
 /// Writes queued messages until `done`, then flushes what is queued and
@@ -713,46 +746,6 @@ async fn write_loop(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
-}
-
-/// Frees everything the session holds, then marks it finished.
-pub(crate) async fn cleanup(shared: &Shared, session: &Arc<Session>) {
-    session.kill.cancel();
-    session.stop.cancel();
-    let forwards = session.forwards.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default();
-    let mut ports = HashMap::new();
-    for f in &forwards {
-        if tokio::time::timeout(PLUGIN_STEP_TIMEOUT, f.plugin.stop_proxy(&f.meta)).await.is_err() {
-            warn!(protocol = %f.meta.protocol, "plugin did not stop the forward in time");
-        }
-        if let Some(p) = f.info.public_port {
-            ports.insert(f.key.clone(), p);
-        }
-    }
-    if let Ok(mut p) = session.pending.lock() {
-        p.clear();
-    }
-    session.spares.close();
-    // Before the VIP is released: a client that gets it next must not
-    // inherit this one's exported ports.
-    crate::vlan::export(shared, session, false).await;
-    // Its VIP's claim goes before the VIP is free here: a session of this
-    // node that takes it next claims it anew, with its own ports.
-    if let (Some(c), Some(())) = (&shared.cluster, session.vip_claimed.get()) {
-        c.release(&crate::cluster::Claimed::Vip(session.vip)).await;
-    }
-    shared.state().remove(session, ports);
-    if let (Some(c), Some(())) = (&shared.cluster, session.claimed.get()) {
-        c.release(&crate::cluster::Claimed::Domain(session.domain.clone())).await;
-    }
-    // Last: a node waiting to take the client over finds its domain and
-    // VIP free once it has the client.
-    if let (Some(c), Some(())) = (&shared.cluster, session.client_claimed.get()) {
-        c.release(&crate::cluster::Claimed::Client(crate::cluster::client_key(&session.client_id))).await;
-    }
-    shared.publish_names();
-    session.finished.cancel();
-    debug!("session resources released");
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! reconnecting client take its VIP, domain and ports back.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,19 +10,8 @@ use opennotr_config::{ReservedNames, ServerConfig};
 use opennotr_proto::message::RefuseCode;
 use rand::Rng;
 
-use crate::session::Session;
+use crate::session::{ForwardKey, Session, SessionId};
 use crate::vip::VipPool;
-
-pub(crate) type SessionId = [u8; 16];
-
-/// Identifies "the same forward" across reconnects.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct ForwardKey {
-    pub(crate) protocol: String,
-    pub(crate) requested_port: u16,
-    pub(crate) local_ip: IpAddr,
-    pub(crate) local_port: u16,
-}
 
 /// What a client held last time.
 #[derive(Debug, Clone)]

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::holdings::Holder;
 use crate::plugins::udp::{FlowEnds, FlowTable, FlowTo};
 use crate::session::{Session, SessionTunnel};
 use crate::Shared;
@@ -77,14 +78,6 @@ pub(crate) async fn export(shared: &Shared, s: &Session, on: bool) {
     if let Err(e) = rules.export(s.vip, ports).await {
         warn!(vip = %s.vip, error = %e, "cannot update the exported VIP ports");
     }
-}
-
-/// The session holding `dst`'s VIP and what it dials for `dst`'s port.
-pub(crate) fn route(shared: &Shared, dst: SocketAddr, p: StreamProtocol) -> Option<(Arc<Session>, SocketAddr)> {
-    let SocketAddr::V4(dst) = dst else { return None };
-    let session = shared.state().by_vip(*dst.ip())?;
-    let target = *session.exports.get(&(p, dst.port()))?;
-    Some((session, target))
 }
 
 /// On a node of a cluster, keeps the other nodes' clients' VIPs exported
@@ -151,8 +144,13 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
     let Ok(dst) = sock.local_addr() else { return };
     // The rules let only exported ports through; a miss here is a session
     // that just ended, or a direct connection to the listener itself.
-    let Some((session, target)) = route(&shared, dst, StreamProtocol::Tcp) else {
-        return elsewhere(&shared, sock, peer, dst).await;
+    let (session, target) = match Holder::of(&shared, dst, StreamProtocol::Tcp) {
+        Some(Holder::Here(session, target)) => (session, target),
+        Some(Holder::Node(node)) => return elsewhere(&shared, sock, peer, dst, node).await,
+        None => {
+            debug!(%dst, "nothing exported there; reset");
+            return reset(&sock);
+        }
     };
     if !crate::access::admit_vip(&shared, &session, StreamProtocol::Tcp, dst.port(), peer.ip()) {
         debug!(%dst, "refused by the access rules; reset");
@@ -180,17 +178,10 @@ async fn tcp_conn(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr) {
     }
 }
 
-/// A connection to a VIP no client of this node holds: carried to the
-/// node whose client does, if one does.
-async fn elsewhere(shared: &Shared, mut sock: TcpStream, peer: SocketAddr, dst: SocketAddr) {
-    let (Some(cluster), Some(links), SocketAddr::V4(v4)) = (&shared.cluster, &shared.links, dst) else {
-        debug!(%dst, "nothing exported there; reset");
-        return reset(&sock);
-    };
-    let Some(node) = cluster.routes().vips.get(v4.ip()).map(|(node, _)| node.clone()) else {
-        debug!(%dst, "nothing exported there; reset");
-        return reset(&sock);
-    };
+/// A connection to a VIP another node's client holds: carried to that
+/// node.
+async fn elsewhere(shared: &Shared, mut sock: TcpStream, peer: SocketAddr, dst: SocketAddr, node: String) {
+    let (Some(links), SocketAddr::V4(v4)) = (&shared.links, dst) else { return reset(&sock) };
     let header = opennotr_proto::NodeStream::Vip { vip: *v4.ip(), port: v4.port(), visitor: peer, udp: false };
     let mut there = match links.open(&node, &header).await {
         Ok(s) => s,
@@ -210,11 +201,10 @@ async fn elsewhere(shared: &Shared, mut sock: TcpStream, peer: SocketAddr, dst: 
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut there).await;
 }
 
-/// Where a UDP flow to `dst`, a VIP no client of this node holds, goes: to
-/// the node whose client does, if one does.
-fn udp_elsewhere(shared: &Shared, peer: SocketAddr, dst: SocketAddr) -> Option<FlowTo> {
-    let (Some(cluster), Some(links), SocketAddr::V4(v4)) = (&shared.cluster, &shared.links, dst) else { return None };
-    let node = cluster.routes().vips.get(v4.ip())?.0.clone();
+/// Where a UDP flow to `dst`, a VIP another node's client holds, goes: to
+/// that node.
+fn udp_elsewhere(shared: &Shared, peer: SocketAddr, dst: SocketAddr, holder: Holder) -> Option<FlowTo> {
+    let (Holder::Node(node), Some(links), SocketAddr::V4(v4)) = (holder, &shared.links, dst) else { return None };
     let header = opennotr_proto::NodeStream::Vip { vip: *v4.ip(), port: v4.port(), visitor: peer, udp: true };
     Some(FlowTo::Node(links.clone(), node, header))
 }
@@ -236,9 +226,10 @@ async fn udp_loop(sock: TransparentUdp, shared: Arc<Shared>, stop: CancellationT
                 };
                 let key = (peer, dst);
                 if !flows.contains(&key) {
-                    let Some((session, target)) = route(&shared, dst, StreamProtocol::Udp) else {
+                    let holder = Holder::of(&shared, dst, StreamProtocol::Udp);
+                    let Some(Holder::Here(session, target)) = holder else {
                         // Another node's client's VIP: a flow over the link.
-                        if let Some(to) = udp_elsewhere(&shared, peer, dst) {
+                        if let Some(to) = holder.and_then(|h| udp_elsewhere(&shared, peer, dst, h)) {
                             if flows.keys().filter(|(_, d)| d.ip() == dst.ip()).count() >= max_flows {
                                 continue;
                             }
