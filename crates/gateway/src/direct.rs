@@ -243,7 +243,7 @@ fn plan(buf: &[u8], out: &mut Vec<u8>, ctx: &Ctx, first: bool) -> Plan {
     // Only a valid request is carried, and only on the `http` port: the
     // TLS port decides by SNI before any request is read.
     if first && !ctx.carried && settings.scheme == Scheme::Http {
-        if let Some((e, node)) = ctx.gateway.elsewhere(settings.scheme, &info.route_name(), settings.wildcard) {
+        if let Some((e, node)) = ctx.gateway.elsewhere(&[Scheme::Http], &info.route_name(), settings.wildcard) {
             return Plan::Elsewhere(e, node);
         }
     }

@@ -20,25 +20,6 @@ use opennotr_plugin::{CarriedPort, Elsewhere};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-/// The node serving `host`, if another one does: the name itself, else
-/// (with `wildcard`) the nearest routed domain above it, as the router
-/// looks names up.
-pub(crate) fn node_of(elsewhere: &dyn Elsewhere, host: &str, wildcard: bool) -> Option<String> {
-    let mut name = host;
-    loop {
-        if let Some(node) = elsewhere.node_of(name) {
-            return Some(node);
-        }
-        if !wildcard {
-            return None;
-        }
-        match name.split_once('.') {
-            Some((_, parent)) if parent.contains('.') => name = parent,
-            _ => return None,
-        }
-    }
-}
-
 /// Carries `visitor` (with what was read of it, replayed first) to
 /// `node`'s gateway port `port`, and copies both ways until either side
 /// closes. `Err`: no connection to the node could be made; nothing was

@@ -58,9 +58,9 @@ pub enum GatewayError {
     /// The name's client is not connected, or no stream to it opened.
     #[error("client not connected: {0}")]
     ClientGone(String),
-    /// Another node of the cluster serves the name, and it could not be
-    /// reached.
-    #[error("the node serving this name cannot be reached: {0}")]
+    /// Another node of the cluster (named) serves the name, and it could
+    /// not be reached.
+    #[error("the node serving this name ({0}) cannot be reached")]
     NodeUnreachable(String),
     /// The client has as many streams open as it may.
     #[error("too many streams for this client")]

@@ -98,15 +98,34 @@ impl Gateway {
         self.elsewhere.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
-    /// The node serving `host` and the way there, when another node does
-    /// and `host` has no live route here for `scheme`.
-    pub(crate) fn elsewhere(&self, scheme: Scheme, host: &str, wildcard: bool) -> Option<(Arc<dyn Elsewhere>, String)> {
+    /// The node serving `host` and the way there, when another node does:
+    /// from the name itself up (with `wildcard`), the first level that a
+    /// live route of this node for one of `schemes` or another node's
+    /// domain holds decides, so an exact name of another node's is never
+    /// taken by a wildcard route of this one's (nor the other way round).
+    pub(crate) fn elsewhere(
+        &self,
+        schemes: &[Scheme],
+        host: &str,
+        wildcard: bool,
+    ) -> Option<(Arc<dyn Elsewhere>, String)> {
         let e = self.elsewhere.read().unwrap_or_else(|e| e.into_inner()).clone()?;
-        if matches!(self.lookup(scheme, host, wildcard), Lookup::Found(_)) {
-            return None;
+        let mut name = host;
+        loop {
+            if schemes.iter().any(|s| matches!(self.lookup(*s, name, false), Lookup::Found(_))) {
+                return None;
+            }
+            if let Some(node) = e.node_of(name) {
+                return Some((e, node));
+            }
+            if !wildcard {
+                return None;
+            }
+            match name.split_once('.') {
+                Some((_, parent)) if parent.contains('.') => name = parent,
+                _ => return None,
+            }
         }
-        let node = crate::elsewhere::node_of(&*e, host, wildcard)?;
-        Some((e, node))
     }
 
     /// Counts a connection carried to another node (`ok`), or one that
@@ -222,5 +241,58 @@ impl Gateway {
             Some(l) => l.ensure_listening().await,
             None => Err("HTTP-01 needs the embedded http gateway (plugin.http.listen)".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opennotr_plugin::{CancellationToken, Carried, CarriedPort};
+
+    /// Other nodes' domains, by name.
+    #[derive(Debug)]
+    struct Nodes(HashMap<String, String>);
+
+    #[async_trait]
+    impl Elsewhere for Nodes {
+        fn node_of(&self, domain: &str) -> Option<String> {
+            self.0.get(domain).cloned()
+        }
+
+        async fn carry(
+            &self,
+            _: &str,
+            _: CarriedPort,
+            _: std::net::SocketAddr,
+            _: Option<std::net::SocketAddr>,
+        ) -> std::io::Result<Box<dyn Carried>> {
+            Err(std::io::Error::other("not in this test"))
+        }
+    }
+
+    /// The nearest name decides, whichever node holds it: another node's
+    /// exact name is not taken by a wildcard route here, and a route here
+    /// is not taken by a wildcard name of another node's.
+    #[test]
+    fn the_nearest_name_decides_between_here_and_elsewhere() {
+        let g = Gateway::new();
+        let up = Upstream {
+            tunnel: Arc::new(crate::route::tests::NoTunnel),
+            target: "127.0.0.1:80".parse().unwrap(),
+            forward: 1,
+            client_id: "x".into(),
+            kill: CancellationToken::new(),
+            access: None,
+        };
+        g.insert(Scheme::Http, "x.example.com", up).unwrap();
+        let nodes = [("shop.x.example.com", "node-b"), ("y.example.com", "node-c"), ("x.example.com", "node-d")];
+        g.set_elsewhere(Arc::new(Nodes(nodes.iter().map(|(d, n)| (d.to_string(), n.to_string())).collect())));
+        let at = |host: &str, wildcard: bool| g.elsewhere(&[Scheme::Http], host, wildcard).map(|(_, n)| n);
+        assert_eq!(at("shop.x.example.com", true).as_deref(), Some("node-b"));
+        assert_eq!(at("a.x.example.com", true), None, "this node's wildcard route");
+        assert_eq!(at("x.example.com", true), None, "this node's own name");
+        assert_eq!(at("deep.y.example.com", true).as_deref(), Some("node-c"));
+        assert_eq!(at("deep.y.example.com", false), None);
+        assert_eq!(g.elsewhere(&[Scheme::H2c], "x.example.com", false).map(|(_, n)| n).as_deref(), Some("node-d"));
     }
 }

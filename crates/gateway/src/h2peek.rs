@@ -48,45 +48,63 @@ pub enum Scan {
 
 /// Reads `bytes`, the connection's first bytes after the preface.
 pub fn scan(bytes: &[u8]) -> Scan {
-    let bytes = &bytes[..bytes.len().min(MAX_SCAN)];
-    let mut at = 0;
-    let mut block: Vec<u8> = Vec::new();
-    let mut stream = None;
-    loop {
-        let Some(head) = bytes.get(at..at + 9) else {
-            return more(bytes);
-        };
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let (kind, flags) = (head[3], head[4]);
-        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        if len > MAX_FRAME {
-            return Scan::Unreadable;
-        }
-        let Some(payload) = bytes.get(at + 9..at + 9 + len) else {
-            return more(bytes);
-        };
-        at += 9 + len;
-        match (stream, kind) {
-            (None, HEADERS) if id != 0 => {
-                let Some(fragment) = headers_fragment(payload, flags) else { return Scan::Unreadable };
-                block.extend_from_slice(fragment);
-                stream = Some(id);
-            }
-            // Frames before the first HEADERS (SETTINGS, WINDOW_UPDATE,
-            // PRIORITY…) say nothing of the name.
-            (None, _) => continue,
-            (Some(s), CONTINUATION) if id == s => block.extend_from_slice(payload),
-            // A header block is followed by its CONTINUATION frames only.
-            (Some(_), _) => return Scan::Unreadable,
-        }
-        if block.len() > MAX_BLOCK {
-            return Scan::Unreadable;
-        }
-        if flags & END_HEADERS != 0 {
-            return match authority(&block) {
-                Some(name) => Scan::Name(name),
-                None => Scan::Unreadable,
+    Scanner::default().scan(bytes)
+}
+
+/// [`scan`] as bytes come: each call reads on from where the last one
+/// stopped (the bytes given grow; what was read of them is not read
+/// again), so a visitor dripping frames costs linear time.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    /// Where the next frame starts.
+    at: usize,
+    /// The first header block, so far.
+    block: Vec<u8>,
+    /// Its stream, once its HEADERS frame was read.
+    stream: Option<u32>,
+}
+
+impl Scanner {
+    /// Reads `bytes` (all the connection's bytes so far after the preface,
+    /// the ones given before included) on from the last call.
+    pub fn scan(&mut self, bytes: &[u8]) -> Scan {
+        let bytes = &bytes[..bytes.len().min(MAX_SCAN)];
+        loop {
+            let Some(head) = bytes.get(self.at..self.at + 9) else {
+                return more(bytes);
             };
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            if len > MAX_FRAME {
+                return Scan::Unreadable;
+            }
+            let Some(payload) = bytes.get(self.at + 9..self.at + 9 + len) else {
+                return more(bytes);
+            };
+            self.at += 9 + len;
+            match (self.stream, kind) {
+                (None, HEADERS) if id != 0 => {
+                    let Some(fragment) = headers_fragment(payload, flags) else { return Scan::Unreadable };
+                    self.block.extend_from_slice(fragment);
+                    self.stream = Some(id);
+                }
+                // Frames before the first HEADERS (SETTINGS, WINDOW_UPDATE,
+                // PRIORITY…) say nothing of the name.
+                (None, _) => continue,
+                (Some(s), CONTINUATION) if id == s => self.block.extend_from_slice(payload),
+                // A header block is followed by its CONTINUATION frames only.
+                (Some(_), _) => return Scan::Unreadable,
+            }
+            if self.block.len() > MAX_BLOCK {
+                return Scan::Unreadable;
+            }
+            if flags & END_HEADERS != 0 {
+                return match authority(&self.block) {
+                    Some(name) => Scan::Name(name),
+                    None => Scan::Unreadable,
+                };
+            }
         }
     }
 }
@@ -585,9 +603,12 @@ mod tests {
         let headers = frame(HEADERS, END_HEADERS | 0x1, 1, &hex(C41));
         let all = [settings.clone(), window, headers.clone()].concat();
         assert_eq!(scan(&all), Scan::Name(Some("www.example.com".into())));
+        let mut scanner = Scanner::default();
         for cut in 0..all.len() {
             assert_eq!(scan(&all[..cut]), Scan::More, "cut at {cut}");
+            assert_eq!(scanner.scan(&all[..cut]), Scan::More, "cut at {cut}, read on");
         }
+        assert_eq!(scanner.scan(&all), Scan::Name(Some("www.example.com".into())));
         // Padded, with priority, and split over a CONTINUATION.
         let block = hex(C41);
         let mut payload = vec![3];

@@ -144,8 +144,10 @@ where
                 let mut read = Vec::with_capacity(first.len());
                 filter.feed(&first, &mut read);
                 let rest = Replay::new(&read[..], io.map(|s| AckFiltered::new(s, filter)));
-                let Some((elsewhere, node)) = decided else {
-                    return serve_http2(rest, &ctx).await;
+                let (elsewhere, node) = match decided {
+                    H2cTo::Here => return serve_http2(rest, &ctx).await,
+                    H2cTo::Close => return debug!("no request on the h2c connection; closing"),
+                    H2cTo::Node(e, node) => (e, node),
                 };
                 let kill = ctx.life.kill.clone();
                 let carried =
@@ -177,10 +179,11 @@ where
     let reached = None;
     match crate::elsewhere::carry(rest, elsewhere, node, CarriedPort::Http, ctx.peer, reached, &ctx.life.kill).await {
         Ok(()) => ctx.gateway.count_carried(true),
-        Err((mut rest, e)) => {
+        Err((mut rest, why)) => {
             ctx.gateway.count_carried(false);
-            let e = GatewayError::NodeUnreachable(format!("{node}: {e}"));
-            debug!(error = %e, "cannot carry the connection");
+            // Why is for the log: the visitor learns the node's name only.
+            debug!(%node, error = %why, "cannot carry the connection");
+            let e = GatewayError::NodeUnreachable(node.to_string());
             ctx.gateway.count_error(&e);
             ctx.gateway.count_request(ctx.settings.scheme, e.status().as_u16());
             let mut page = Vec::new();
@@ -192,24 +195,33 @@ where
     }
 }
 
+/// Where an h2c connection goes, by its first request's name.
+enum H2cTo {
+    /// Served here.
+    Here,
+    /// Carried to another node.
+    Node(std::sync::Arc<dyn Elsewhere>, String),
+    /// Closed: gone, or no request within the idle timeout.
+    Close,
+}
+
 /// Reads an h2c connection (its preface read into `first`) up to its first
-/// header block, within the header timeout and [`crate::h2peek::MAX_SCAN`]:
-/// the node serving that block's name, if another node does. Every byte
-/// read stays in `first`, for whoever serves the connection.
-async fn h2c_elsewhere<S>(
-    io: &mut TimedIo<S>,
-    first: &mut bytes::BytesMut,
-    ctx: &Ctx,
-) -> Option<(std::sync::Arc<dyn Elsewhere>, String)>
+/// header block, within [`crate::h2peek::MAX_SCAN`]: another node serving
+/// that block's name, or here. A client may open a connection well before
+/// its first request: it has the idle timeout, as hyper would give it,
+/// and is closed after it (it was neither here's nor another node's to
+/// serve). Every byte read stays in `first`, for whoever serves it.
+async fn h2c_elsewhere<S>(io: &mut TimedIo<S>, first: &mut bytes::BytesMut, ctx: &Ctx) -> H2cTo
 where
     S: AsyncRead + Unpin,
 {
+    let mut scanner = crate::h2peek::Scanner::default();
     let read = async {
         loop {
-            match crate::h2peek::scan(&first[PREFACE.len()..]) {
+            match scanner.scan(&first[PREFACE.len()..]) {
                 crate::h2peek::Scan::More => {}
-                crate::h2peek::Scan::Name(name) => return name,
-                crate::h2peek::Scan::Unreadable => return None,
+                crate::h2peek::Scan::Name(name) => return Some(name),
+                crate::h2peek::Scan::Unreadable => return Some(None),
             }
             if io.read_buf(first).await.ok()? == 0 {
                 return None;
@@ -217,10 +229,17 @@ where
         }
     };
     let name = tokio::select! {
-        r = tokio::time::timeout(ctx.settings.header_timeout, read) => r.ok().flatten(),
+        r = tokio::time::timeout(ctx.settings.idle_timeout, read) => r.ok().flatten(),
         _ = ctx.until_closing() => None,
-    }?;
-    ctx.gateway.elsewhere(Scheme::H2c, &name, ctx.settings.wildcard)
+    };
+    match name {
+        None => H2cTo::Close,
+        Some(None) => H2cTo::Here,
+        Some(Some(name)) => match ctx.gateway.elsewhere(&[Scheme::H2c], &name, ctx.settings.wildcard) {
+            Some((e, node)) => H2cTo::Node(e, node),
+            None => H2cTo::Here,
+        },
+    }
 }
 
 /// The start of every HTTP/2 connection (RFC 9113 §3.4).

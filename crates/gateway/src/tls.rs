@@ -483,11 +483,9 @@ async fn visit<S: Visiting>(mut visitor: S, at: At, state: Arc<PortState>, life:
         };
         prefix = bytes;
         if let Some(name) = sni {
-            if let Some(pass) = pass {
-                if let Lookup::Found(up) = state.gateway.lookup(Scheme::Tls, &name, pass.wildcard) {
-                    return relay(visitor, prefix, &at, up, &name).await;
-                }
-            }
+            // Another node first: it is asked only when no route of this
+            // node's is as near the name (an exact name of another node's
+            // is not taken by a wildcard route here).
             if elsewhere {
                 let wildcard = pass.is_some_and(|p| p.wildcard) || term.as_ref().is_some_and(|t| t.settings.wildcard);
                 if let Some((e, node)) = tls_elsewhere(&state.gateway, &name, wildcard) {
@@ -500,6 +498,11 @@ async fn visit<S: Visiting>(mut visitor: S, at: At, state: Arc<PortState>, life:
                     }
                     state.gateway.count_carried(ok);
                     return;
+                }
+            }
+            if let Some(pass) = pass {
+                if let Lookup::Found(up) = state.gateway.lookup(Scheme::Tls, &name, pass.wildcard) {
+                    return relay(visitor, prefix, &at, up, &name).await;
                 }
             }
             if term.is_none() {
@@ -533,16 +536,10 @@ async fn visit<S: Visiting>(mut visitor: S, at: At, state: Arc<PortState>, life:
     serve_connection(tls, ctx, start).await;
 }
 
-/// The node serving `name` on the TLS port, when another node does and
-/// no route of this node's (`tls`, `https` or `h2c`) takes it.
+/// The node serving `name` on the TLS port, when another node does and no
+/// route of this node's (`tls`, `https` or `h2c`) takes it first.
 fn tls_elsewhere(gateway: &Gateway, name: &str, wildcard: bool) -> Option<(Arc<dyn Elsewhere>, String)> {
-    let local = [Scheme::Tls, Scheme::Https, Scheme::H2c]
-        .iter()
-        .any(|s| matches!(gateway.lookup(*s, name, wildcard), Lookup::Found(_)));
-    if local {
-        return None;
-    }
-    gateway.elsewhere(Scheme::Tls, name, wildcard)
+    gateway.elsewhere(&[Scheme::Tls, Scheme::Https, Scheme::H2c], name, wildcard)
 }
 
 /// The visitor's TLS stream, from its first byte, to the client's service.

@@ -128,6 +128,9 @@ struct TakeoverRecord {
     node: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    /// The session to end (hex), as the client's claim names it: a later
+    /// session of the client is never ended by a takeover left behind.
+    session: String,
 }
 
 /// A takeover asked of this node: end the session of the client whose
@@ -136,6 +139,8 @@ struct TakeoverRecord {
 pub(crate) struct Takeover {
     pub(crate) client: String,
     pub(crate) name: Option<String>,
+    /// The session to end, hex.
+    pub(crate) session: String,
     /// The node the client is on now.
     pub(crate) by: String,
 }
@@ -143,9 +148,9 @@ pub(crate) struct Takeover {
 /// Why a domain or VIP was not claimed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClaimError {
-    /// Another node holds it.
+    /// Another node holds it (for `session`, hex).
     #[error("{what} is held by a client of node {node}")]
-    Held { what: Claimed, node: String },
+    Held { what: Claimed, node: String, session: String },
     /// etcd is out of reach, or this node is not registered.
     #[error("this node cannot reach the cluster's state to claim {what}: {why}; retry")]
     Unavailable { what: Claimed, why: String },
@@ -596,10 +601,10 @@ impl Cluster {
         let mut asked = None;
         loop {
             match self.claim_bounded(what.clone(), record.clone()).await {
-                Err(ClaimError::Held { node, .. }) if tokio::time::Instant::now() < deadline => {
+                Err(ClaimError::Held { node, session, .. }) if tokio::time::Instant::now() < deadline => {
                     if asked.is_none() {
                         info!(%node, "cluster: the client's session is on another node; asking it to end it");
-                        asked = Some(self.ask_takeover(&key, name).await);
+                        asked = Some(self.ask_takeover(&key, name, &session).await);
                     }
                     let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
                 }
@@ -615,9 +620,10 @@ impl Cluster {
 
     /// Writes the takeover of client `key`: its revision, when this node
     /// wrote it (another node asking already is as good).
-    async fn ask_takeover(&self, key: &str, name: Option<&str>) -> Option<i64> {
+    async fn ask_takeover(&self, key: &str, name: Option<&str>, session: &str) -> Option<i64> {
         let lease = self.lease()?;
-        let record = TakeoverRecord { node: self.record.node.clone(), name: name.map(str::to_string) };
+        let record =
+            TakeoverRecord { node: self.record.node.clone(), name: name.map(str::to_string), session: session.into() };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         let mut etcd = self.claims.lock().await;
         let at = self.takeover_key(key);
@@ -704,8 +710,10 @@ impl Cluster {
                 Ok(Put::Refused(None)) => expect = Expect::Absent,
                 Ok(Put::Refused(Some(kv))) => match serde_json::from_slice::<ClaimRecord>(&kv.value) {
                     Ok(c) if c.node == self.record.node => expect = Expect::ModRevision(kv.mod_revision),
-                    Ok(c) => return Err(ClaimError::Held { what: what.clone(), node: c.node }),
-                    Err(_) => return Err(ClaimError::Held { what: what.clone(), node: "?".into() }),
+                    Ok(c) => return Err(ClaimError::Held { what: what.clone(), node: c.node, session: c.session }),
+                    Err(_) => {
+                        return Err(ClaimError::Held { what: what.clone(), node: "?".into(), session: String::new() })
+                    }
                 },
             }
         }
@@ -1011,7 +1019,8 @@ impl Cache {
                     let record = serde_json::from_slice::<TakeoverRecord>(&kv.value);
                     if let (Ok(client), Ok(r)) = (std::str::from_utf8(client), record) {
                         if is_client_key(client) {
-                            self.takeovers.push(Takeover { client: client.into(), name: r.name, by: r.node });
+                            let t = Takeover { client: client.into(), name: r.name, session: r.session, by: r.node };
+                            self.takeovers.push(t);
                         }
                     }
                 } else if kv.key.starts_with(nodes.as_bytes()) {

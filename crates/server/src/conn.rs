@@ -488,6 +488,7 @@ async fn control(
     drop(unauthenticated);
     if let Some(node) = crate::links::node_of_name(name.as_deref()).map(str::to_string) {
         drop(permit);
+        crate::links::link_socket(&tcp);
         let chan = SecureStream::new(tcp, &keys.control.s2c, &keys.control.c2s, BytesMut::new());
         return crate::links::serve(shared, chan, node, peer).await;
     }

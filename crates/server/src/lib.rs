@@ -656,7 +656,9 @@ impl Server {
                         };
                         let sessions: Vec<_> = sh.state().sessions.values().cloned().collect();
                         let taken = sessions.into_iter().filter(|s| {
-                            s.client == t.name && cluster::client_key(&s.client_id) == t.client
+                            hex::encode(s.id) == t.session
+                                && s.client == t.name
+                                && cluster::client_key(&s.client_id) == t.client
                         });
                         for s in taken {
                             info!(domain = %s.domain, node = %t.by, "the client connected to another node; closing its session here");

@@ -47,6 +47,28 @@ pub(crate) const MAX_LINKS: usize = 8;
 
 /// Connecting to another node, and its handshake, each.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a failed dial to a node, how long opens to it fail at once
+/// rather than dial again (visitors do not queue behind a dead node).
+const DIAL_BACKOFF: Duration = Duration::from_secs(3);
+/// How long a link may hold data the other node does not acknowledge
+/// (`TCP_USER_TIMEOUT`): a node that vanished without a word is noticed
+/// in this time, not TCP's quarter of an hour.
+const LINK_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The links to one node, and its last failed dial.
+#[derive(Default)]
+struct Peer {
+    links: Vec<Mux>,
+    failed: Option<(tokio::time::Instant, String)>,
+}
+
+/// A link's socket: no delay, keepalive probes, and a bound on data left
+/// unacknowledged (either end of a link).
+pub(crate) fn link_socket(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    opennotr_transport::keep_alive(tcp, opennotr_transport::SPARE_KEEPALIVE);
+    let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(LINK_USER_TIMEOUT));
+}
 
 fn failed(why: String) -> opennotr_transport::TransportError {
     io::Error::other(why).into()
@@ -62,7 +84,7 @@ pub(crate) struct Links {
     me: String,
     key: Secret,
     cluster: Arc<Cluster>,
-    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Vec<Mux>>>>>,
+    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Peer>>>>,
 }
 
 impl std::fmt::Debug for Links {
@@ -84,21 +106,37 @@ impl Links {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("node {node} is not in the cluster")));
         };
         let peer = self.peers.lock().unwrap_or_else(|e| e.into_inner()).entry(node.to_string()).or_default().clone();
-        let mux = {
-            // One dial at a time to a node: the others wait for its link.
-            let mut links = peer.lock().await;
-            links.retain(|m| !m.is_closed());
-            match links.iter().find(|m| m.streams() < MAX_STREAMS) {
-                Some(m) => m.clone(),
-                None if links.len() < MAX_LINKS => {
-                    let m = self.dial(node, &advertise).await?;
-                    links.push(m.clone());
-                    m
-                }
-                None => return Err(io::Error::other(format!("every link to node {node} is full"))),
+        // One dial at a time to a node: the others wait for its link (at
+        // most a dial's time), and fail at once for a while after it failed.
+        let mut p = tokio::time::timeout(DIAL_TIMEOUT * 2, peer.lock())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("node {node}: its link is being dialed")))?;
+        if let Some((at, why)) = &p.failed {
+            if at.elapsed() < DIAL_BACKOFF {
+                return Err(io::Error::other(why.clone()));
             }
+        }
+        p.links.retain(|m| !m.is_closed());
+        // The stream is opened under the lock: no other open takes the
+        // room it saw.
+        let room = |m: &Mux| if m.streams() < MAX_STREAMS { m.open().ok() } else { None };
+        let mut stream = match p.links.iter().find_map(room) {
+            Some(s) => s,
+            None if p.links.len() < MAX_LINKS => {
+                let m = match self.dial(node, &advertise).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        p.failed = Some((tokio::time::Instant::now(), e.to_string()));
+                        return Err(e);
+                    }
+                };
+                p.failed = None;
+                p.links.push(m.clone());
+                m.open()?
+            }
+            None => return Err(io::Error::other(format!("every link to node {node} is full"))),
         };
-        let mut stream = mux.open()?;
+        drop(p);
         let mut first = BytesMut::new();
         opennotr_proto::frame::encode_frame(&header.to_bytes(), &mut first).map_err(io::Error::other)?;
         stream.write_all(&first).await?;
@@ -113,8 +151,7 @@ impl Links {
             .await
             .map_err(|_| unreachable("connecting", "timed out".into()))?
             .map_err(|e| unreachable("connecting", e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        opennotr_transport::keep_alive(&tcp, opennotr_transport::SPARE_KEEPALIVE);
+        link_socket(&tcp);
         let name = format!("{NODE_NAME_PREFIX}{}", self.me);
         let (hs, spake) = ClientHandshake::start(self.key.expose().as_bytes(), Some(&name), false);
         let hello = ClientMessage::Hello {
@@ -208,6 +245,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, chan: SecureStream<TcpStream>, no
             _ = shared.kill.cancelled() => None,
         };
         let Some(stream) = stream else { break };
+        if shared.draining.is_cancelled() {
+            // Leaving: its claims go with its lease; what comes meanwhile
+            // is refused (reset) rather than kept past the grace period.
+            stream.reset("the node is shutting down");
+            continue;
+        }
         let span = info_span!("carried", from = %node);
         shared.streams.spawn(carried(shared.clone(), stream).instrument(span));
     }

@@ -64,6 +64,12 @@ struct Slot {
     /// Its [`MuxStream`] is gone after a clean close; the slot stays until
     /// its last bytes are out.
     detached: bool,
+    /// Its [`MuxStream`] was dropped after its shutdown, before the peer's
+    /// FIN, as a socket closed after `shutdown`: the slot stays (its last
+    /// bytes and FIN go out) until the peer's FIN or reset, and the peer's
+    /// data, which nobody reads, is answered with a reset, so a peer still
+    /// writing stops instead of waiting for a window forever.
+    linger: bool,
 }
 
 impl Slot {
@@ -148,6 +154,7 @@ impl State {
             let Some(id) = self.ready.pop_front() else { break };
             let Some(s) = self.streams.get_mut(id) else { continue };
             let reset = s.is_reset();
+            let fin_in = s.fin_in();
             let s = &mut s.io;
             if reset {
                 s.queued = false;
@@ -174,7 +181,7 @@ impl State {
                 s.fin_queued = false;
                 wire::encode(batch, id, Kind::Fin, &[]);
             }
-            if s.detached {
+            if s.detached && (!s.linger || fin_in) {
                 self.remove(id);
             }
         }
@@ -367,11 +374,19 @@ fn on_frame(
         (Event::Refused, _) => {
             after.notify |= shared.queue(st, h.id, Kind::Reset, b"too many multiplexed streams");
         }
+        // Nobody reads a lingering stream: the peer is told to stop.
+        (Event::Data { deliver: true }, Some(s)) if s.io.linger => {
+            st.remove(h.id);
+            after.notify |= shared.queue(st, h.id, Kind::Reset, b"stream closed");
+        }
         // Bytes of a stream this side reset are let go (the catch-all).
         (Event::Data { deliver: true }, Some(s)) => {
             s.io.inbuf.extend_from_slice(payload);
             wakers.extend(s.io.read_waker.take());
         }
+        // Done both ways; the slot goes once its last bytes are out.
+        (Event::Fin, Some(s)) if s.io.linger && !s.io.queued => st.remove(h.id),
+        (Event::Fin, Some(s)) if s.io.linger => {}
         (Event::Fin, Some(s)) => wakers.extend(s.io.read_waker.take()),
         (Event::Reset { first }, Some(s)) => {
             if first {
@@ -602,15 +617,21 @@ impl Drop for MuxStream {
             if s.is_reset() || closed {
                 st.remove(self.id);
                 false
-            } else if s.fin_out() {
-                // A clean close, or one after a shutdown as a socket's: what
-                // is still queued (and the FIN) goes out first, and what the
-                // peer sends after is let go.
+            } else if s.fin_in() && s.fin_out() {
+                // A clean close: what is still queued goes out first.
                 if s.io.queued {
                     s.io.detached = true;
                 } else {
                     st.remove(self.id);
                 }
+                false
+            } else if s.fin_out() {
+                // Closed after a shutdown, as a socket: what is still
+                // queued (and the FIN) goes out, then the slot lingers
+                // until the peer's FIN ([`Slot::linger`]).
+                s.io.detached = true;
+                s.io.linger = true;
+                s.io.inbuf.clear();
                 false
             } else {
                 st.remove(self.id);
@@ -669,8 +690,8 @@ mod tests {
 
     /// As a socket's close after its shutdown: a stream shut down and
     /// dropped before the peer's FIN still delivers what it wrote, then a
-    /// clean end; what the peer sends after is let go, and the connection
-    /// lives on.
+    /// clean end; the peer's writes after are answered with a reset (not
+    /// left waiting for a window), and the connection lives on.
     #[tokio::test]
     async fn a_stream_shut_down_then_dropped_delivers_its_bytes() {
         let (opener, _acc, mut incoming) = pair();
@@ -688,8 +709,10 @@ mod tests {
         a.read_to_end(&mut got).await.unwrap();
         writer.await.unwrap();
         assert_eq!(got, vec![7u8; 200 * 1024]);
-        a.write_all(b"late").await.unwrap();
-        a.shutdown().await.unwrap();
+        // The peer writing on, past a window, is told the stream is gone
+        // rather than left waiting for a window forever.
+        let late = a.write_all(&vec![1u8; 1024 * 1024]).await;
+        assert!(late.is_err(), "the writer after the drop was not reset");
         drop(a);
         let mut b = opener.open().unwrap();
         b.write_all(b"next").await.unwrap();
