@@ -1100,3 +1100,69 @@ async fn an_etcd_restart_loses_nothing() {
     })
     .await
 }
+
+/// A GET of `http://host/` on the keep-alive connection `s`: what came
+/// back first (nothing when the connection was closed).
+async fn ask_keep_alive(s: &mut TcpStream, host: &str) -> String {
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("an answer in time").unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+/// A connection carried to a node counts under that node's gateway caps
+/// too, by the visitor's own address: with `maxConnectionsPerIp: 1` on
+/// node-b, a visitor holding one connection through node-a gets a second
+/// one closed, whichever node it comes through, until the first ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carried_connections_count_under_the_serving_nodes_caps() {
+    run_test(async {
+        let etcd = Etcd::start().await;
+        let node = |name: &str, http: &str| {
+            let yaml = ServerSpec::default().plugin("http", http).yaml()
+                + &format!(
+                    "cluster:\n  node: {name}\n  etcdEndpoints: [\"{}\"]\n  leaseTtl: 2\n  key: cluster-test-key-0123456789\n",
+                    etcd.endpoint()
+                );
+            opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
+        };
+        let (pa, pb) = (free_port(), free_port());
+        let a = TestServer::start_with(node("node-a", &format!(r#"{{"listen": "127.0.0.1:{pa}"}}"#)), &builtin_plugins())
+            .await;
+        let capped = format!(r#"{{"listen": "127.0.0.1:{pb}", "maxConnectionsPerIp": 1}}"#);
+        let b = TestServer::start_with(node("node-b", &capped), &builtin_plugins()).await;
+        wait_until("both nodes to join", || nodes(&a.handle) == ["node-a", "node-b"]).await;
+        let svc = echo_head_service().await;
+        let domain = format!("capped.{ZONE}");
+        let mut x = TestClient::start(&ClientSpec::new(b.addr).domain(&domain).forward(http_fwd(svc.addr.port())));
+        x.connected().await;
+        wait_until("node-a to see node-b's claim", || {
+            a.handle.cluster().is_some_and(|v| v.domains.iter().any(|d| d.domain == domain))
+        })
+        .await;
+
+        // One keep-alive connection through node-a, held open.
+        let mut first = TcpStream::connect(("127.0.0.1", pa)).await.unwrap();
+        assert!(ask_keep_alive(&mut first, &domain).await.starts_with("HTTP/1.1 200"), "the first connection");
+        // A second one, through node-a: node-b refuses it (closed, no answer).
+        let mut second = TcpStream::connect(("127.0.0.1", pa)).await.unwrap();
+        assert_eq!(ask_keep_alive(&mut second, &domain).await, "", "a second connection of the same visitor");
+        // The first one ends: the next one is served.
+        drop(first);
+        within(WAIT, "node-b to free the visitor's slot", async {
+            loop {
+                let mut third = TcpStream::connect(("127.0.0.1", pa)).await.unwrap();
+                if ask_keep_alive(&mut third, &domain).await.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        x.stop().await;
+        a.stop().await;
+        b.stop().await;
+    })
+    .await
+}

@@ -18,7 +18,7 @@ use opennotr_plugin::{
     async_trait, CancellationToken, Carried, Endpoint, ForwardContext, ForwardMeta, Lifecycle, Plugin, PluginError,
     PluginFactory, Registry, ServerInfo,
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::{GatewayConfig, Mode};
 use crate::ctx::{Ctx, Settings};
@@ -286,7 +286,14 @@ impl Plugin for GatewayPlugin {
         let settings = port.settings.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(settings) = settings else { return Err(io) };
         self.gateway.count_carried_in();
-        let ctx = Ctx::new(self.gateway.clone(), settings, visitor, self.life(), None).carried();
+        // Under this port's caps too, by the visitor's own address: a
+        // visitor spread over many nodes gets no more here than it would
+        // coming here alone. Refused: closed, as the accept loop does.
+        let Ok(slot) = port.limits.admit(visitor.ip()) else {
+            debug!(%visitor, "carried visitor connection refused by this port's caps");
+            return Ok(());
+        };
+        let ctx = Ctx::new(self.gateway.clone(), settings, visitor, self.life(), Some(Arc::new(slot))).carried();
         let kill = ctx.life.kill.clone();
         tokio::select! {
             _ = serve_connection(io, ctx, start) => {}

@@ -346,7 +346,7 @@ impl TlsPort {
                 let (state, conn_life) = (self.state.clone(), life.clone());
                 let serve = move |stream: TcpStream, peer, admitted| {
                     let _ = stream.set_nodelay(true);
-                    let at = At { peer, reached: stream.local_addr().ok(), slot: Some(admitted), carried: false };
+                    let at = At { peer, reached: stream.local_addr().ok(), slot: admitted, carried: false };
                     visit(stream, at, state.clone(), conn_life.clone())
                 };
                 tokio::spawn(accept_loop(
@@ -442,9 +442,9 @@ struct At {
     peer: SocketAddr,
     /// The address it reached (where it came to the cluster).
     reached: Option<SocketAddr>,
-    /// Its slot under the port's caps; `None` when another node carried it
-    /// here (that node's caps held it).
-    slot: Option<Arc<crate::limits::Admitted>>,
+    /// Its slot under the port's caps (a connection another node carried
+    /// here is counted by the visitor's own address).
+    slot: Arc<crate::limits::Admitted>,
     /// Another node carried it here: it is not carried on again.
     carried: bool,
 }
@@ -531,7 +531,7 @@ async fn visit<S: Visiting>(mut visitor: S, at: At, state: Arc<PortState>, life:
         return;
     }
     let start = if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Start::Http2 } else { Start::Http1 };
-    let ctx = Ctx::new(state.gateway.clone(), term.settings.clone(), at.peer, life, at.slot);
+    let ctx = Ctx::new(state.gateway.clone(), term.settings.clone(), at.peer, life, Some(at.slot));
     let ctx = if at.carried { ctx.carried() } else { ctx };
     serve_connection(tls, ctx, start).await;
 }
@@ -729,7 +729,12 @@ impl Plugin for TlsPlugin {
             return Err(io);
         };
         self.gateway.count_carried_in();
-        let at = At { peer: visitor, reached, slot: None, carried: true };
+        // Under this port's caps too, by the visitor's own address.
+        let Ok(slot) = self.port.state.limits.admit(visitor.ip()) else {
+            debug!(%visitor, "carried visitor connection refused by this port's caps");
+            return Ok(());
+        };
+        let at = At { peer: visitor, reached, slot: Arc::new(slot), carried: true };
         let kill = life.kill.clone();
         tokio::select! {
             _ = visit(io, at, self.port.state.clone(), life) => {}
