@@ -683,22 +683,34 @@ async fn a_dead_nodes_client_gets_its_domain_back_on_another_node() {
         let b = TestServer::start_with(cluster_config(&etcd.endpoint(), "node-b"), &builtin_plugins()).await;
         wait_until("both nodes to join", || nodes(&b.handle) == ["node-a", "node-b"]).await;
         let domain = "moves.e2e.notr.test";
-        let mut spec = ClientSpec::new(a_addr);
-        spec.domain = Some(domain.into());
-        let yaml =
-            spec.yaml().replace(&format!("serverAddr: \"{a_addr}\""), &format!("serverAddr: \"{a_addr}, {}\"", b.addr));
-        let mut x = TestClient::start_config(opennotr_config::parse_client(&yaml).unwrap());
-        x.connected().await;
+        // Another client of node-a first: the moving ones' VIPs are not the
+        // first of the pool, which node-b would draw anyway.
+        let (_w, _) = connect(a_addr, Some("stays.e2e.notr.test")).await;
+        let both = |spec: ClientSpec| {
+            let yaml = spec
+                .yaml()
+                .replace(&format!("serverAddr: \"{a_addr}\""), &format!("serverAddr: \"{a_addr}, {}\"", b.addr));
+            TestClient::start_config(opennotr_config::parse_client(&yaml).unwrap())
+        };
+        let mut x = both(ClientSpec::new(a_addr).domain(domain));
+        let before = x.connected().await;
         assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-a"));
+        // And one whose domain node-a drew.
+        let mut y = both(ClientSpec::new(a_addr));
+        let drawn = y.connected().await;
 
         a.crash();
         x.disconnected().await;
         let reg = x.connected().await;
-        assert_eq!(reg.domain, domain);
-        assert_eq!(b.handle.sessions().len(), 1);
+        assert_eq!((reg.domain.as_str(), reg.vip), (domain, before.vip), "its domain and VIP back");
         assert_eq!(claim_of(&etcd, domain).await.as_deref(), Some("node-b"));
+        y.disconnected().await;
+        let reg = y.connected().await;
+        assert_eq!((reg.domain, reg.vip), (drawn.domain, drawn.vip), "its drawn domain and VIP back");
+        assert_eq!(b.handle.sessions().len(), 2);
         wait_until("node-a to leave with its lease", || nodes(&b.handle) == ["node-b"]).await;
         x.stop().await;
+        y.stop().await;
         b.stop().await;
     })
     .await

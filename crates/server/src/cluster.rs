@@ -38,6 +38,15 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(6);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts of one claim racing with other writers.
 const CLAIM_ATTEMPTS: usize = 3;
+/// Clients of other nodes remembered after their claims went.
+const GONE_CLIENTS: usize = 4096;
+
+/// What a client held on a node ([`Routes::clients`]): its VIP and domain.
+type ClientHeld = (Ipv4Addr, String);
+
+/// Clients of other nodes whose claims went, by key, and their keys oldest
+/// first.
+type Gone = (std::collections::HashMap<String, ClientHeld>, std::collections::VecDeque<String>);
 /// How long a client coming to this node waits for the node holding its
 /// previous session to end it.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -118,6 +127,12 @@ struct ClaimRecord {
     /// honoured only for the same credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
+    /// A client's VIP and domain: what it takes back on the node it moves
+    /// to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    domain: Option<String>,
 }
 
 /// A node asks the node holding a client's session to end it (the client
@@ -224,6 +239,9 @@ pub(crate) struct Cluster {
     /// Counts the times the view was rebuilt: something in the cluster
     /// changed (a claim came or went).
     shown: tokio::sync::watch::Sender<u64>,
+    /// Clients of other nodes whose claims went, with the VIP and domain
+    /// they held, oldest first (at most [`GONE_CLIENTS`]).
+    gone: std::sync::Mutex<Gone>,
     /// Takeovers asked of this node, and their receiver until the server
     /// takes it.
     takeovers: (
@@ -243,6 +261,9 @@ pub(crate) struct Routes {
     /// VIP → the node whose client holds it, and the ports it exports
     /// (never this node's).
     pub(crate) vips: std::collections::HashMap<Ipv4Addr, (String, Vec<(Proto, u16)>)>,
+    /// Client (its [`client_key`]) → the VIP and domain it holds on
+    /// another node.
+    pub(crate) clients: std::collections::HashMap<String, (Ipv4Addr, String)>,
 }
 
 /// The lease this node holds its name and claims under, while registered.
@@ -280,6 +301,8 @@ struct ClaimKv {
     ports: Vec<(Proto, u16)>,
     /// A domain every node serves ([`ClaimRecord::anywhere`]).
     anywhere: bool,
+    /// A client's VIP and domain ([`ClaimRecord::vip`]).
+    held: Option<(Ipv4Addr, String)>,
 }
 
 /// Part of the TTL given up early, so that this node stops serving before
@@ -316,6 +339,7 @@ impl Cluster {
             remote: tokio::sync::watch::Sender::new(Arc::default()),
             routes: tokio::sync::watch::Sender::new(Arc::default()),
             shown: tokio::sync::watch::Sender::new(0),
+            gone: Default::default(),
             takeovers: {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 (tx, std::sync::Mutex::new(Some(rx)))
@@ -346,6 +370,18 @@ impl Cluster {
     /// Where the other nodes' domains and VIPs are, as last read.
     pub(crate) fn routes(&self) -> Arc<Routes> {
         self.routes.borrow().clone()
+    }
+
+    /// What client `key` ([`client_key`]) holds on another node, or held on
+    /// one whose claims went: its VIP and domain, to take back here.
+    /// A remembered one whose VIP another client holds now is not.
+    pub(crate) fn moved(&self, key: &str) -> Option<(Ipv4Addr, String)> {
+        let routes = self.routes();
+        if let Some(h) = routes.clients.get(key) {
+            return Some(h.clone());
+        }
+        let gone = self.gone.lock().unwrap_or_else(|e| e.into_inner()).0.get(key).cloned()?;
+        (!routes.vips.contains_key(&gone.0)).then_some(gone)
     }
 
     /// [`routes`](Self::routes), each time they change.
@@ -519,6 +555,14 @@ impl Cluster {
                 .filter(|(_, node)| *node != self.record.node && at.contains_key(node.as_str()))
                 .cloned()
                 .collect(),
+            clients: claims
+                .iter()
+                .filter(|c| c.node != self.record.node)
+                .filter_map(|c| match (&c.what, &c.held) {
+                    (Claimed::Client(k), Some(h)) => Some((k.clone(), h.clone())),
+                    _ => None,
+                })
+                .collect(),
             vips: claims
                 .iter()
                 .filter(|c| c.node != self.record.node && at.contains_key(c.node.as_str()))
@@ -531,6 +575,19 @@ impl Cluster {
         self.routes.send_if_modified(|cur| {
             if **cur == routes {
                 return false;
+            }
+            // Clients whose claims went (their node died or let them go):
+            // remembered, for the node they come to next.
+            let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, h) in cur.clients.iter().filter(|(k, _)| !routes.clients.contains_key(*k)) {
+                if gone.0.len() >= GONE_CLIENTS {
+                    if let Some(old) = gone.1.pop_front() {
+                        gone.0.remove(&old);
+                    }
+                }
+                if gone.0.insert(k.clone(), h.clone()).is_none() {
+                    gone.1.push_back(k.clone());
+                }
             }
             *cur = Arc::new(routes);
             true
@@ -558,6 +615,8 @@ impl Cluster {
             ports: Vec::new(),
             anywhere,
             name: None,
+            vip: None,
+            domain: None,
         };
         self.claim_bounded(Claimed::Domain(domain.to_string()), record).await
     }
@@ -571,8 +630,15 @@ impl Cluster {
         ports: &[(Proto, u16)],
     ) -> Result<(), ClaimError> {
         let ports = ports.iter().map(|(p, port)| (proto_name(*p).to_string(), *port)).collect();
-        let record =
-            ClaimRecord { node: self.record.node.clone(), session: session.into(), ports, anywhere: false, name: None };
+        let record = ClaimRecord {
+            node: self.record.node.clone(),
+            session: session.into(),
+            ports,
+            anywhere: false,
+            name: None,
+            vip: None,
+            domain: None,
+        };
         self.claim_bounded(Claimed::Vip(vip), record).await
     }
 
@@ -586,6 +652,8 @@ impl Cluster {
         client_id: &str,
         session: &str,
         name: Option<&str>,
+        vip: Ipv4Addr,
+        domain: &str,
     ) -> Result<(), ClaimError> {
         let key = client_key(client_id);
         let what = Claimed::Client(key.clone());
@@ -595,6 +663,8 @@ impl Cluster {
             ports: Vec::new(),
             anywhere: false,
             name: name.map(str::to_string),
+            vip: Some(vip),
+            domain: Some(domain.to_string()),
         };
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
         let mut changes = self.shown.subscribe();
@@ -1074,7 +1144,8 @@ fn claim_of(kv: &Kv, skip: usize) -> Option<ClaimKv> {
         })
         .collect::<Option<Vec<_>>>()?;
     let anywhere = claim.anywhere;
-    Some(ClaimKv { what, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision, ports, anywhere })
+    let held = claim.vip.zip(claim.domain);
+    Some(ClaimKv { what, node: claim.node, lease: kv.lease, mod_revision: kv.mod_revision, ports, anywhere, held })
 }
 
 /// A [`client_key`]: 32 lowercase hex digits.

@@ -615,11 +615,14 @@ pub(crate) async fn serve(
     let session_id: [u8; 16] = rand::random();
     let (out, outbox) = mpsc::channel(OUTBOX);
     let mut keys = Some(keys);
+    // What the client held on another node of the cluster, if it comes
+    // from one: its VIP and domain, to take back here.
+    let moved = shared.cluster.as_ref().and_then(|c| c.moved(&crate::cluster::client_key(&client_id)));
     let (session, leased_ports) = loop {
         let admitted = {
             let mut st = shared.state();
             let shares = |d: &str| crate::group::shares_domain(&shared, d, &forwards);
-            st.admit_sharing(&client_id, domain.as_deref(), &shares).map(|a| {
+            st.admit_sharing(&client_id, domain.as_deref(), &shares, moved.clone()).map(|a| {
                 let session = Arc::new(Session::new(
                     &shared,
                     session_id,

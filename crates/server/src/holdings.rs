@@ -33,7 +33,7 @@ pub(crate) async fn claim(shared: &Shared, session: &Session, anywhere: bool) ->
     let Some(c) = &shared.cluster else { return Ok(()) };
     let id = hex::encode(session.id);
     let claimed = async {
-        c.claim_client(&session.client_id, &id, session.client.as_deref()).await?;
+        c.claim_client(&session.client_id, &id, session.client.as_deref(), session.vip, &session.domain).await?;
         let _ = session.client_claimed.set(());
         // Its name is published with its forwards, once claimed.
         c.claim(&session.domain, &id, anywhere).await?;

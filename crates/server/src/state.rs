@@ -115,17 +115,20 @@ impl State {
     /// refuses. The caller inserts the session with [`State::insert`] under the same lock.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn admit(&mut self, client_id: &str, requested: Option<&str>) -> Result<Admission, AdmitError> {
-        self.admit_sharing(client_id, requested, &|_| false)
+        self.admit_sharing(client_id, requested, &|_| false, None)
     }
 
     /// [`State::admit`], where a requested domain that live sessions hold
     /// is admitted too if `shares(domain)`: the client proved it belongs to
-    /// the load-balanced group serving it (docs/load-balancing.md).
+    /// the load-balanced group serving it (docs/load-balancing.md). Without
+    /// a lease of this server's, `moved` is what the client held on another
+    /// node of the cluster (its VIP and domain), to take back here.
     pub(crate) fn admit_sharing(
         &mut self,
         client_id: &str,
         requested: Option<&str>,
         shares: &dyn Fn(&str) -> bool,
+        moved: Option<(Ipv4Addr, String)>,
     ) -> Result<Admission, AdmitError> {
         if let Some(old) = self.by_client.get(client_id).and_then(|id| self.sessions.get(id)) {
             return Err(AdmitError::Replace(old.clone()));
@@ -136,7 +139,14 @@ impl State {
                 format!("the server already has its maximum of {} clients", self.max_clients),
             ));
         }
-        let lease = self.leases.get(client_id).cloned();
+        let own = self.leases.get(client_id).cloned();
+        // Another node's VIP of this very client is its own to take back,
+        // though the cluster still shows it held (the claim goes as this
+        // node claims the client).
+        let trusted = own.is_none() && moved.is_some();
+        let lease = own.or_else(|| {
+            moved.map(|(vip, domain)| Lease { vip, domain, ports: HashMap::new(), touched: Instant::now() })
+        });
         let domain = match requested {
             Some(d) => {
                 let d = normalize_domain(d).map_err(|m| AdmitError::Refused(RefuseCode::DomainInvalid, m))?;
@@ -166,7 +176,7 @@ impl State {
                 format!("domain {domain} is held by another connected client"),
             ));
         }
-        let vip = self.vips.allocate(lease.as_ref().map(|l| l.vip)).ok_or_else(|| {
+        let vip = self.vips.allocate_as(lease.as_ref().map(|l| l.vip), trusted).ok_or_else(|| {
             AdmitError::Refused(
                 RefuseCode::PoolExhausted,
                 format!("no virtual IP is free: all {} addresses of dhcp.cidr are in use", self.vips.capacity()),

@@ -78,8 +78,17 @@ impl VipPool {
 
     /// Takes `preferred` if it is free, else the next free address.
     pub fn allocate(&mut self, preferred: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        self.allocate_as(preferred, false)
+    }
+
+    /// [`allocate`](Self::allocate); with `ours`, `preferred` is taken even
+    /// where another node is said to hold it (it is this client's own,
+    /// coming from that node).
+    pub fn allocate_as(&mut self, preferred: Option<Ipv4Addr>, ours: bool) -> Option<Ipv4Addr> {
         if let Some(p) = preferred.map(u32::from) {
-            if self.available(p) {
+            let free_here =
+                (self.first..=self.last).contains(&p) && Some(p) != self.reserved && !self.used.contains(&p);
+            if (ours && free_here) || self.available(p) {
                 self.used.insert(p);
                 return Some(p.into());
             }
@@ -169,6 +178,10 @@ mod tests {
         p.avoid(|ip| ip == Ipv4Addr::new(10, 0, 0, 1) || ip == Ipv4Addr::new(10, 0, 0, 3));
         assert_eq!(p.allocate(Some(Ipv4Addr::new(10, 0, 0, 3))), Some(Ipv4Addr::new(10, 0, 0, 2)));
         assert_eq!(p.allocate(None), Some(Ipv4Addr::new(10, 0, 0, 4)));
+        // A client's own VIP, coming from the node said to hold it.
+        assert_eq!(p.allocate_as(Some(Ipv4Addr::new(10, 0, 0, 3)), true), Some(Ipv4Addr::new(10, 0, 0, 3)));
+        // Not when it is in use here.
+        assert_eq!(p.allocate_as(Some(Ipv4Addr::new(10, 0, 0, 3)), true), Some(Ipv4Addr::new(10, 0, 0, 5)));
     }
 
     #[test]
