@@ -6,13 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use opennotr_config::ClientConfig;
-use opennotr_proto::frame::{preface, PROTOCOL_VERSION};
-use opennotr_proto::handshake::{ClientHandshake, HandshakeError, SessionKeys};
+use opennotr_proto::handshake::SessionKeys;
 use opennotr_proto::message::{ClientMessage, ForwardRequest, ServerMessage, StreamProtocol, VipPort};
-use opennotr_transport::{
-    read_frame_exact, timed, tune_tcp, write_frame, Channel, FrameReader, FrameWriter, SecureStream, TransportError,
-};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use opennotr_transport::hello::HelloError;
+use opennotr_transport::{timed, tune_tcp, Channel, FrameReader, FrameWriter, SecureStream, TransportError};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -116,52 +114,28 @@ pub(crate) async fn connect_and_serve(
     r
 }
 
-/// The client's side of the handshake on either transport: hello (with
-/// the preface, in one write), the server's challenge, key confirmation.
-/// `binding` ties the transcript to the secure channel underneath (QUIC's
-/// TLS exporter): a relay that terminated TLS holds another binding than
-/// the server's, so its MAC fails here exactly like a wrong key.
+/// The client's side of the handshake on either transport
+/// ([`opennotr_transport::hello`]) with its key and name; `binding` ties
+/// the transcript to the secure channel underneath (QUIC's TLS exporter).
 pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     cfg: &ClientConfig,
     s: &mut S,
     plaintext: bool,
     binding: Option<&[u8]>,
 ) -> Result<SessionKeys, ClientError> {
-    let limit = cfg.handshake_timeout;
-    let (hs, spake) = ClientHandshake::start(cfg.key.expose().as_bytes(), cfg.name.as_deref(), plaintext);
-    let hello = ClientMessage::Hello {
-        version: PROTOCOL_VERSION,
-        spake,
+    let who = opennotr_transport::hello::Hello {
+        key: cfg.key.expose().as_bytes(),
+        name: cfg.name.as_deref(),
         plaintext,
-        software: SOFTWARE.into(),
-        name: cfg.name.clone(),
+        software: SOFTWARE,
+        limit: cfg.handshake_timeout,
     };
-    timed(limit, "sending hello", async {
-        let mut first = BytesMut::from(&preface()[..]);
-        opennotr_proto::frame::encode_frame(&hello.to_bytes(), &mut first)?;
-        s.write_all(&first).await?;
-        Ok(())
+    opennotr_transport::hello::hello(s, who, binding).await.map_err(|e| match e {
+        HelloError::Refused { code, message } => ClientError::Refused { code, message },
+        HelloError::BadKey => ClientError::BadKey,
+        HelloError::Protocol(m) => ClientError::Protocol(m),
+        HelloError::Transport(t) => ClientError::Transport(t),
     })
-    .await?;
-    let reply = timed(limit, "waiting for the server's challenge", read_frame_exact(&mut *s)).await?;
-    let (keys, mac) = match ServerMessage::from_bytes(&reply).map_err(TransportError::from)? {
-        ServerMessage::Challenge { version, spake, mac, software } => {
-            if version != PROTOCOL_VERSION {
-                return Err(ClientError::Protocol(format!(
-                    "server speaks protocol {version}, we speak {PROTOCOL_VERSION}"
-                )));
-            }
-            debug!(%software, "server");
-            match hs.finish_bound(&spake, &mac, binding) {
-                Ok(x) => x,
-                Err(HandshakeError::BadKey) => return Err(ClientError::BadKey),
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
-            }
-        }
-        other => return Err(refused(other)),
-    };
-    timed(limit, "sending confirm", write_frame(&mut *s, &ClientMessage::Confirm { mac }.to_bytes())).await?;
-    Ok(keys)
 }
 
 /// Registration on the control channel, then the control loop until the

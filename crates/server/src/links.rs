@@ -26,11 +26,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 use opennotr_config::Secret;
 use opennotr_plugin::{async_trait, Carried, CarriedPort, Elsewhere, StreamProtocol, Tunnel, Visitor};
-use opennotr_proto::handshake::ClientHandshake;
 use opennotr_proto::message::GatewayPort;
-use opennotr_proto::{ClientMessage, NodeStream, ServerMessage, PROTOCOL_VERSION};
+use opennotr_proto::NodeStream;
+use opennotr_transport::hello::HelloError;
 use opennotr_transport::mux::{Mux, MuxStream, MAX_STREAMS};
-use opennotr_transport::{read_frame_exact, timed, write_frame, SecureStream};
+use opennotr_transport::{read_frame_exact, timed, SecureStream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, info_span, Instrument};
@@ -68,10 +68,6 @@ pub(crate) fn link_socket(tcp: &TcpStream) {
     let _ = tcp.set_nodelay(true);
     opennotr_transport::keep_alive(tcp, opennotr_transport::SPARE_KEEPALIVE);
     let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(LINK_USER_TIMEOUT));
-}
-
-fn failed(why: String) -> opennotr_transport::TransportError {
-    io::Error::other(why).into()
 }
 
 /// The node a handshake's name says the peer is, if it is a node's name.
@@ -153,33 +149,17 @@ impl Links {
             .map_err(|e| unreachable("connecting", e.to_string()))?;
         link_socket(&tcp);
         let name = format!("{NODE_NAME_PREFIX}{}", self.me);
-        let (hs, spake) = ClientHandshake::start(self.key.expose().as_bytes(), Some(&name), false);
-        let hello = ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            spake,
+        let who = opennotr_transport::hello::Hello {
+            key: self.key.expose().as_bytes(),
+            name: Some(&name),
             plaintext: false,
-            software: crate::conn::SOFTWARE.into(),
-            name: Some(name),
+            software: crate::conn::SOFTWARE,
+            limit: DIAL_TIMEOUT,
         };
-        let keys = timed(DIAL_TIMEOUT, "the handshake", async {
-            let mut first = BytesMut::from(&opennotr_proto::frame::preface()[..]);
-            opennotr_proto::frame::encode_frame(&hello.to_bytes(), &mut first)?;
-            tcp.write_all(&first).await?;
-            let reply = read_frame_exact(&mut tcp).await?;
-            let (keys, mac) = match ServerMessage::from_bytes(&reply)? {
-                ServerMessage::Challenge { spake, mac, .. } => hs
-                    .finish(&spake, &mac)
-                    .map_err(|e| failed(format!("{e} (is cluster.key the same on both nodes?)")))?,
-                ServerMessage::Refused { code, message } => {
-                    return Err(failed(format!("refused ({code:?}): {message}")))
-                }
-                _ => return Err(failed("an unexpected answer".into())),
-            };
-            write_frame(&mut tcp, &ClientMessage::Confirm { mac }.to_bytes()).await?;
-            Ok(keys)
-        })
-        .await
-        .map_err(|e| unreachable("handshake", e.to_string()))?;
+        let keys = opennotr_transport::hello::hello(&mut tcp, who, None).await.map_err(|e| match e {
+            HelloError::BadKey => unreachable("handshake", format!("{e} (is cluster.key the same on both nodes?)")),
+            e => unreachable("handshake", e.to_string()),
+        })?;
         info!(node, %advertise, "node link up");
         let chan = SecureStream::new(tcp, &keys.control.c2s, &keys.control.s2c, BytesMut::new());
         Ok(Mux::opener(chan, None))

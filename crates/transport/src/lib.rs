@@ -8,6 +8,8 @@
 //! - [`quic`]: QUIC endpoint configurations, a QUIC stream as a byte
 //!   stream, and UDP flows as QUIC datagrams.
 //! - [`framed`]: reading and writing control messages with timeouts.
+//! - [`hello`]: the connecting side of the tunnel's handshake (a client's,
+//!   and a cluster node's toward another node).
 //! - [`relay`]: copying between a visitor and a tunnel stream, with half-close;
 //!   `splice` does it inside the kernel for plaintext channels (Linux).
 //! - [`accept`]: an accept loop that backs off on errors instead of dying
@@ -19,6 +21,7 @@ pub mod bandwidth;
 pub mod channel;
 pub mod fds;
 pub mod framed;
+pub mod hello;
 pub mod mux;
 pub mod quic;
 pub mod relay;
