@@ -9,7 +9,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::rules::{self, BodyFraming, Framing, MAX_HEADERS};
 
-pub use crate::h2peek::{scan as h2_first_name, Scan as H2Scan, Scanner as H2Scanner, MAX_SCAN as H2_MAX_SCAN};
+pub use crate::h2peek::{scan as h2_first_name, Scan as H2Scan, Scanner as H2Scanner};
 
 /// The h2c peek's filter of the client's first SETTINGS ack, over `pieces`
 /// (frames, no preface): what passes, and how many bytes it holds back (an

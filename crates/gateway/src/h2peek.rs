@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::sync::OnceLock;
 
 /// Bytes of a connection (after its preface) looked at, at most.
-pub const MAX_SCAN: usize = 64 * 1024;
+pub(crate) const MAX_SCAN: usize = 64 * 1024;
 /// Size of the first header block, at most.
 pub(crate) const MAX_BLOCK: usize = 16 * 1024;
 /// SETTINGS_MAX_FRAME_SIZE's initial value (RFC 9113 §6.5.2): no frame of

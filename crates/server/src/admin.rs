@@ -129,12 +129,6 @@ fn invalid(e: opennotr_config::ConfigError) -> BackendError {
 }
 
 impl ServerHandle {
-    fn live(&self) -> Vec<Arc<Session>> {
-        let mut v: Vec<_> = self.shared.state().sessions.values().cloned().collect();
-        v.sort_by_key(|s| s.connected_at);
-        v
-    }
-
     fn find(&self, id: &str) -> Option<Arc<Session>> {
         let id: [u8; 16] = hex::decode(id).ok()?.try_into().ok()?;
         self.shared.state().sessions.get(&id).cloned()
@@ -264,7 +258,7 @@ impl ServerHandle {
                 }
             }
             *self.shared.plugin_cfgs.lock().unwrap_or_else(|e| e.into_inner()) = next_cfgs;
-            for s in self.live() {
+            for s in live(&self.shared) {
                 let uses = s.with_forwards(|fs| fs.iter().any(|f| changed.contains(&f.meta.protocol)));
                 if uses && !s.kill.is_cancelled() {
                     s.close("the server's plugin configuration changed; reconnect");
@@ -280,7 +274,7 @@ impl ServerHandle {
 
 impl Backend for ServerHandle {
     fn sessions(&self) -> Vec<SessionView> {
-        self.live().iter().map(|s| view(&self.shared, s)).collect()
+        sessions(&self.shared)
     }
 
     fn session(&self, id: &str) -> Option<SessionView> {
@@ -368,7 +362,7 @@ impl Backend for ServerHandle {
     }
 
     fn metrics(&self) -> String {
-        metrics_text(&self.shared, &self.live())
+        metrics(&self.shared)
     }
 
     fn groups(&self) -> Vec<GroupView> {
@@ -421,17 +415,21 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Every live session of `shared`'s server, oldest first.
+fn live(shared: &Shared) -> Vec<Arc<Session>> {
+    let mut v: Vec<_> = shared.state().sessions.values().cloned().collect();
+    v.sort_by_key(|s| s.connected_at);
+    v
+}
+
 /// Every live session of `shared`'s server, as the API lists them.
 pub(crate) fn sessions(shared: &Shared) -> Vec<SessionView> {
-    let mut live: Vec<_> = shared.state().sessions.values().cloned().collect();
-    live.sort_by_key(|s| s.connected_at);
-    live.iter().map(|s| view(shared, s)).collect()
+    live(shared).iter().map(|s| view(shared, s)).collect()
 }
 
 /// `/metrics` of `shared`'s server, as the API answers it.
 pub(crate) fn metrics(shared: &Shared) -> String {
-    let sessions: Vec<_> = shared.state().sessions.values().cloned().collect();
-    metrics_text(shared, &sessions)
+    metrics_text(shared, &live(shared))
 }
 
 /// The metrics in Prometheus' text format (0.0.4).
