@@ -812,26 +812,43 @@ async fn a_node_whose_etcd_lost_its_data_rejoins_and_claims_anew() {
 // ------------------------------------------------------------ node links
 
 /// A cluster node on `etcd` with the `http` gateway, the TLS port (`https`
-/// with `pem`'s certificate for `*.ZONE`, `tls` beside it) and `h2c` on
-/// `ports`, and `key` as `cluster.key`.
-fn gateway_node(etcd: &Etcd, node: &str, ports: (u16, u16, u16), pem: &(PathBuf, PathBuf), key: &str) -> ServerConfig {
-    let https = format!(
-        r#"{{"listen": "127.0.0.1:{}", "cert": "{}", "key": "{}"}}"#,
-        ports.1,
-        pem.0.display(),
-        pem.1.display()
-    );
+/// with `pem`'s certificate for `*.ZONE`, `tls` beside it) and `h2c`, each
+/// on a free loopback port ([`gateway_ports`]), and `key` as `cluster.key`.
+fn gateway_node(etcd: &Etcd, node: &str, pem: &(PathBuf, PathBuf), key: &str) -> ServerConfig {
+    let https = format!(r#"{{"listen": "127.0.0.1:0", "cert": "{}", "key": "{}"}}"#, pem.0.display(), pem.1.display());
     let yaml = ServerSpec::default()
-        .plugin("http", &format!(r#"{{"listen": "127.0.0.1:{}"}}"#, ports.0))
+        .plugin("http", r#"{"listen": "127.0.0.1:0"}"#)
         .plugin("https", &https)
-        .plugin("tls", &format!(r#"{{"listen": "127.0.0.1:{}"}}"#, ports.1))
-        .plugin("h2c", &format!(r#"{{"listen": "127.0.0.1:{}"}}"#, ports.2))
+        .plugin("tls", r#"{"listen": "127.0.0.1:0"}"#)
+        .plugin("h2c", r#"{"listen": "127.0.0.1:0"}"#)
         .yaml()
         + &format!(
             "cluster:\n  node: {node}\n  etcdEndpoints: [\"{}\"]\n  leaseTtl: 2\n  key: {key}\n",
             etcd.endpoint()
         );
     opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
+}
+
+/// The port `server`'s gateway listener `kind` (`http`, `tls`, `h2c`) is
+/// bound to, as its metrics say (a cluster node binds them at start).
+async fn gateway_port(server: &TestServer, kind: &str) -> u16 {
+    let prefix = format!("opennotr_gateway_connections{{port=\"{kind}\",listen=\"127.0.0.1:");
+    within(WAIT, "the gateway listener to be bound", async {
+        loop {
+            let m = server.handle.metrics_text();
+            let port = m.lines().find_map(|l| l.strip_prefix(&prefix)?.split('"').next()?.parse::<u16>().ok());
+            if let Some(p) = port.filter(|p| *p != 0) {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// The `http`, TLS and `h2c` ports of a [`gateway_node`].
+async fn gateway_ports(server: &TestServer) -> (u16, u16, u16) {
+    (gateway_port(server, "http").await, gateway_port(server, "tls").await, gateway_port(server, "h2c").await)
 }
 
 /// A directory `label` with a self-signed certificate for `*.ZONE`: the
@@ -916,16 +933,13 @@ async fn any_nodes_gateway_serves_any_domain() {
         let etcd = Etcd::start().await;
         let (dir, pem) = self_signed("links");
         let key = "cluster-test-key-0123456789";
-        let ports = || (free_port(), free_port(), free_port());
-        let (pa, pb, pc) = (ports(), ports(), ports());
-        let a = TestServer::start_with(gateway_node(&etcd, "node-a", pa, &pem, key), &builtin_plugins()).await;
-        let b = TestServer::start_with(gateway_node(&etcd, "node-b", pb, &pem, key), &builtin_plugins()).await;
-        let c = TestServer::start_with(
-            gateway_node(&etcd, "node-c", pc, &pem, "another-key-0123456789"),
-            &builtin_plugins(),
-        )
-        .await;
+        let a = TestServer::start_with(gateway_node(&etcd, "node-a", &pem, key), &builtin_plugins()).await;
+        let b = TestServer::start_with(gateway_node(&etcd, "node-b", &pem, key), &builtin_plugins()).await;
+        let c =
+            TestServer::start_with(gateway_node(&etcd, "node-c", &pem, "another-key-0123456789"), &builtin_plugins())
+                .await;
         wait_until("the nodes to join", || nodes(&a.handle) == ["node-a", "node-b", "node-c"]).await;
+        let (pa, pb, pc) = (gateway_ports(&a).await, gateway_ports(&b).await, gateway_ports(&c).await);
 
         let svc = echo_head_service().await;
         let domain = format!("shop.{ZONE}");
@@ -1063,14 +1077,14 @@ async fn an_etcd_restart_loses_nothing() {
         let mut etcd = Etcd::start().await;
         let (dir, pem) = self_signed("restart");
         let key = "cluster-test-key-0123456789";
-        let node = |name: &str, ports| {
-            let mut cfg = gateway_node(&etcd, name, ports, &pem, key);
+        let node = |name: &str| {
+            let mut cfg = gateway_node(&etcd, name, &pem, key);
             cfg.cluster.as_mut().unwrap().lease_ttl = Duration::from_secs(10);
             cfg
         };
-        let (pa, pb) = ((free_port(), free_port(), free_port()), (free_port(), free_port(), free_port()));
-        let a = TestServer::start_with(node("node-a", pa), &builtin_plugins()).await;
-        let b = TestServer::start_with(node("node-b", pb), &builtin_plugins()).await;
+        let a = TestServer::start_with(node("node-a"), &builtin_plugins()).await;
+        let b = TestServer::start_with(node("node-b"), &builtin_plugins()).await;
+        let (pa, pb) = (gateway_ports(&a).await, gateway_ports(&b).await);
         wait_until("both nodes to join", || nodes(&b.handle) == ["node-a", "node-b"]).await;
         let svc = echo_head_service().await;
         let domain = format!("steady.{ZONE}");
@@ -1139,11 +1153,10 @@ async fn carried_connections_count_under_the_serving_nodes_caps() {
                 );
             opennotr_config::parse_server(&yaml).unwrap_or_else(|e| panic!("bad test server config: {e}\n{yaml}"))
         };
-        let (pa, pb) = (free_port(), free_port());
-        let a = TestServer::start_with(node("node-a", &format!(r#"{{"listen": "127.0.0.1:{pa}"}}"#)), &builtin_plugins())
-            .await;
-        let capped = format!(r#"{{"listen": "127.0.0.1:{pb}", "maxConnectionsPerIp": 1}}"#);
-        let b = TestServer::start_with(node("node-b", &capped), &builtin_plugins()).await;
+        let a = TestServer::start_with(node("node-a", r#"{"listen": "127.0.0.1:0"}"#), &builtin_plugins()).await;
+        let capped = r#"{"listen": "127.0.0.1:0", "maxConnectionsPerIp": 1}"#;
+        let b = TestServer::start_with(node("node-b", capped), &builtin_plugins()).await;
+        let pa = gateway_port(&a, "http").await;
         wait_until("both nodes to join", || nodes(&a.handle) == ["node-a", "node-b"]).await;
         let svc = echo_head_service().await;
         let domain = format!("capped.{ZONE}");
